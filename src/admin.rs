@@ -1,0 +1,189 @@
+//! The admin listener (CONTRACT.md, "Admin"): `/metrics`, `/healthz`, `/readyz`, and `/admin/*`
+//! guarded by `[admin] key_sha256` (disabled when unset). Kept apart from the data plane so that
+//! it can be exposed to the cluster's probes and scrapers only.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::envelope::error_response;
+use crate::layers::request_id::generate;
+use crate::metrics::Metrics;
+use crate::upstream::AccountHandle;
+use crate::upstream::token::TokenStatus;
+
+/// How long `/readyz` waits for a token when none is held.
+const READY_TOKEN_WAIT: Duration = Duration::from_secs(3);
+
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub accounts: Vec<Arc<AccountHandle>>,
+    pub admin_key_sha256: Option<[u8; 32]>,
+    pub draining: Arc<AtomicBool>,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen = %addr, "admin listening");
+    }
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await.map(Full::new)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> http::Response<Bytes> {
+    let mut resp = http::Response::new(Bytes::from(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Response<Bytes> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readiness(state).await,
+        (&Method::GET, "/metrics") => {
+            update_token_gauge(state);
+            let mut resp = http::Response::new(Bytes::from(state.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (_, p) if p.starts_with("/admin/") => admin(state, &req),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            404,
+            "not an admin endpoint",
+            &generate(),
+        ),
+    }
+}
+
+/// 200 when every account holds (or can get) a valid token and the gateway is not draining.
+async fn readiness(state: &AdminState) -> http::Response<Bytes> {
+    if state.draining.load(Ordering::SeqCst) {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"ready": false, "reason": "draining"}),
+        );
+    }
+    let mut ready = true;
+    let mut accounts = serde_json::Map::new();
+    for a in &state.accounts {
+        let status = match a.broker.status() {
+            TokenStatus::Fixed => "fixed token".to_string(),
+            TokenStatus::Held { expires_in } => {
+                format!("token valid for {}s", expires_in.as_secs())
+            }
+            _ => match tokio::time::timeout(READY_TOKEN_WAIT, a.broker.get()).await {
+                Ok(Ok(_)) => "token obtained".to_string(),
+                Ok(Err(e)) => {
+                    ready = false;
+                    format!("no token: {e}")
+                }
+                Err(_) => {
+                    ready = false;
+                    "no token: getToken did not answer in time".to_string()
+                }
+            },
+        };
+        accounts.insert(a.name.clone(), serde_json::Value::String(status));
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({"ready": ready, "accounts": accounts}),
+    )
+}
+
+fn update_token_gauge(state: &AdminState) {
+    let soonest = state
+        .accounts
+        .iter()
+        .filter_map(|a| match a.broker.status() {
+            TokenStatus::Held { expires_in } => Some(expires_in.as_secs() as i64),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(0);
+    state.metrics.token_expires_in.set(soonest);
+}
+
+/// `/admin/*`: 404 when no admin key is configured, 401 without the right key.
+fn admin(state: &AdminState, req: &http::Request<Incoming>) -> http::Response<Bytes> {
+    let id = generate();
+    let Some(expected) = state.admin_key_sha256 else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            404,
+            "admin endpoints are disabled: set [admin] key_sha256",
+            &id,
+        );
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let authorised = presented.is_some_and(|k| {
+        let digest: [u8; 32] = Sha256::digest(k.trim().as_bytes()).into();
+        bool::from(digest.ct_eq(&expected))
+    });
+    if !authorised {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            401,
+            "missing or wrong admin key",
+            &id,
+        );
+    }
+    error_response(StatusCode::NOT_FOUND, 404, "no such admin endpoint", &id)
+}

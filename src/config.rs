@@ -1,0 +1,777 @@
+//! Typed settings: the TOML file, then the environment, then command-line flags.
+//!
+//! Everything is parsed once, at start, into the types below; unknown keys and bad values are errors
+//! that name the key. Secrets (upstream uuid, secret and token) live in [`Secret`], whose `Debug` and
+//! `Serialize` print a mask, so `check-config` and logs can never show them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routes::Route;
+
+/// The environment variables of the default account's credentials (CONTRACT.md, "Configuration").
+pub const ENV_UUID: &str = "FINOVY_UUID";
+pub const ENV_SECRET: &str = "FINOVY_SECRET";
+pub const ENV_TOKEN: &str = "FINOVY_TOKEN";
+pub const ENV_REDIS_URL: &str = "FGW_REDIS_URL";
+
+/// Where `serve` and `check-config` look when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A credential. Never printed: `Debug`, `Display` and `Serialize` all show a mask.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// Durations are written as in CONTRACT.md: `250ms`, `5s`, `10m`, `24h`.
+pub mod duration {
+    use super::*;
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            format!("expected a duration such as \"250ms\", \"5s\" or \"10m\", got {text:?} ({e})")
+        })
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+// === the file's shape ===
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub token: TokenConfig,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+    pub clients: Vec<ClientConfig>,
+    pub accounts: Vec<AccountConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers), in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Whole-request deadline, upstream call included (504 beyond).
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more are answered 503 at once instead of queueing.
+    pub max_concurrency: usize,
+    /// How long a SIGTERM waits for in-flight requests before exiting anyway.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            admin_listen: ([0, 0, 0, 0], 9090).into(),
+            max_body_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_concurrency: 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub base_url: String,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// From sending the request to the end of the answer's body.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            base_url: "https://client.xuandashi.com".into(),
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(15),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// Refresh this long before the token expires (at most a quarter of its lifetime).
+    #[serde(with = "duration")]
+    pub refresh_before: Duration,
+    /// First wait after a failed `getToken`; doubles up to `retry_max`, with jitter.
+    #[serde(with = "duration")]
+    pub retry_min: Duration,
+    #[serde(with = "duration")]
+    pub retry_max: Duration,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            refresh_before: Duration::from_secs(5 * 60),
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `finovy_gateway=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// SHA-256 (hex) of the admin key guarding `/admin/*`; unset = those endpoints are disabled.
+    pub key_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    #[serde(serialize_with = "mask_url_password")]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    pub key_sha256: String,
+    #[serde(default = "default_account_name")]
+    pub account: String,
+    /// Route names this client may call (`disk.info`, ...); absent = every route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub base_url: Option<String>,
+    pub uuid_env: Option<String>,
+    pub secret_env: Option<String>,
+    pub token_env: Option<String>,
+}
+
+fn default_account_name() -> String {
+    DEFAULT_ACCOUNT.into()
+}
+
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+fn mask_url_password<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_url(url))
+}
+
+/// `redis://user:pass@host` → `redis://user:***@host`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+// === the resolved settings ===
+
+/// How an account gets its upstream token.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Credentials {
+    /// Trade uuid and secret at `getToken`.
+    Exchange { uuid: Secret, secret: Secret },
+    /// A token kept by another system.
+    Fixed { token: Secret },
+    /// None set: `serve` refuses to start.
+    Missing { hint: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub name: String,
+    pub base_url: String,
+    pub credentials: Credentials,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Client {
+    pub name: String,
+    #[serde(serialize_with = "hex_digest")]
+    pub key_sha256: [u8; 32],
+    pub account: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<BTreeSet<Route>>,
+}
+
+fn hex_digest<S: serde::Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(d))
+}
+
+/// Everything the gateway runs with, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub token: TokenConfig,
+    pub log: LogConfig,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "mask_opt")]
+    pub admin_key_sha256: Option<[u8; 32]>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "mask_opt_url"
+    )]
+    pub redis_url: Option<String>,
+    pub accounts: Vec<Account>,
+    pub clients: Vec<Client>,
+}
+
+fn mask_opt<S: serde::Serializer>(_: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("*** (set)")
+}
+
+fn mask_opt_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_url(v.as_deref().unwrap_or("")))
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub redis: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Reads the environment; a trait-free function pointer so tests can pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// `Some(path)`: that file must exist. `None`: `config/gateway.toml` when present, else defaults.
+    pub fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => FileConfig::parse(&text, &path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(FileConfig::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+}
+
+impl Settings {
+    /// Validates the file, then applies the environment and the flags.
+    pub fn resolve(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: EnvLookup<'_>,
+    ) -> Result<Settings, ConfigError> {
+        let mut server = file.server;
+        if let Some(a) = overrides.listen {
+            server.listen = a;
+        }
+        if let Some(a) = overrides.admin_listen {
+            server.admin_listen = a;
+        }
+        let mut upstream = file.upstream;
+        if let Some(u) = &overrides.upstream {
+            upstream.base_url = u.clone();
+        }
+        let mut log = file.log;
+        if let Some(f) = overrides.log_format {
+            log.format = f;
+        }
+        check_positive("server.max_body_bytes", server.max_body_bytes)?;
+        check_positive("server.max_concurrency", server.max_concurrency)?;
+        if server.max_header_bytes < 8192 {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "expected at least 8192 bytes",
+            ));
+        }
+        check_nonzero("server.request_timeout", server.request_timeout)?;
+        check_nonzero("upstream.connect_timeout", upstream.connect_timeout)?;
+        check_nonzero("upstream.timeout", upstream.timeout)?;
+        if file.token.retry_min > file.token.retry_max {
+            return Err(invalid(
+                "token.retry_min",
+                "must not exceed token.retry_max",
+            ));
+        }
+        check_base_url("upstream.base_url", &upstream.base_url)?;
+        tracing_subscriber::EnvFilter::try_new(&log.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!("expected a filter such as \"info\": {e}"),
+            )
+        })?;
+
+        let redis_url = overrides
+            .redis
+            .clone()
+            .or_else(|| env(ENV_REDIS_URL))
+            .or(file.redis.map(|r| r.url));
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid("redis.url", "expected a redis:// or rediss:// URL"));
+        }
+
+        let admin_key_sha256 = file
+            .admin
+            .key_sha256
+            .as_deref()
+            .map(|d| parse_digest("admin.key_sha256", d))
+            .transpose()?;
+
+        let accounts = resolve_accounts(&file.accounts, &upstream.base_url, env)?;
+        let clients = resolve_clients(&file.clients, &accounts)?;
+
+        Ok(Settings {
+            server,
+            upstream,
+            auth: file.auth,
+            token: file.token,
+            log,
+            admin_key_sha256,
+            redis_url,
+            accounts,
+            clients,
+        })
+    }
+
+    /// Protected mode (CONTRACT.md): without clients, anonymous calls only on loopback or when allowed.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.auth.allow_anonymous
+            || (self.clients.is_empty() && self.server.listen.ip().is_loopback())
+    }
+
+    /// Why `serve` cannot start with these settings, if it cannot.
+    pub fn serve_blockers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.clients.is_empty() && !self.anonymous_allowed() {
+            out.push(format!(
+                "protected mode: no [[clients]] are configured and listen = {} is not a loopback address; \
+                 add a [[clients]] entry (see `finovy-gateway keygen`), listen on 127.0.0.1, \
+                 or set [auth] allow_anonymous = true",
+                self.server.listen
+            ));
+        }
+        for a in &self.accounts {
+            if let Credentials::Missing { hint } = &a.credentials {
+                out.push(format!(
+                    "account {:?} has no upstream credentials: {hint}",
+                    a.name
+                ));
+            }
+        }
+        if self.redis_url.is_some() {
+            out.push(
+                "shared mode (--redis / [redis] url / FGW_REDIS_URL) is not available in this version; \
+                 remove the setting to run as a single replica with state in memory"
+                    .into(),
+            );
+        }
+        out
+    }
+
+    /// The effective settings as TOML, every secret masked (for `check-config`).
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+fn check_positive(key: &str, v: usize) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "expected a number greater than 0"));
+    }
+    Ok(())
+}
+
+fn check_nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "expected a duration greater than 0"));
+    }
+    Ok(())
+}
+
+fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = url.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("expected an http:// or https:// URL, got {url:?}"),
+        )
+    })?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+    if !scheme_ok || uri.host().is_none() || uri.query().is_some() {
+        return Err(invalid(
+            key,
+            format!("expected an http:// or https:// URL without a query, got {url:?}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn parse_digest(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32);
+    bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
+        invalid(
+            key,
+            "expected 64 lower-case hex characters (a SHA-256 digest; see `finovy-gateway keygen`)",
+        )
+    })
+}
+
+fn resolve_accounts(
+    list: &[AccountConfig],
+    default_base: &str,
+    env: EnvLookup<'_>,
+) -> Result<Vec<Account>, ConfigError> {
+    let mut accounts = Vec::new();
+    if !list.iter().any(|a| a.name == DEFAULT_ACCOUNT) {
+        accounts.push(Account {
+            name: DEFAULT_ACCOUNT.into(),
+            base_url: default_base.to_string(),
+            credentials: credentials(env, ENV_UUID, ENV_SECRET, ENV_TOKEN),
+        });
+    }
+    for (i, a) in list.iter().enumerate() {
+        let key = format!("accounts[{i}]");
+        if a.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "expected a non-empty name"));
+        }
+        if accounts.iter().any(|b| b.name == a.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("account {:?} is defined twice", a.name),
+            ));
+        }
+        let base_url = a
+            .base_url
+            .clone()
+            .unwrap_or_else(|| default_base.to_string());
+        check_base_url(&format!("{key}.base_url"), &base_url)?;
+        let is_default = a.name == DEFAULT_ACCOUNT;
+        let pick = |v: &Option<String>, fallback: &'static str| {
+            v.clone().unwrap_or_else(|| {
+                if is_default {
+                    fallback.to_string()
+                } else {
+                    String::new()
+                }
+            })
+        };
+        let (uuid_env, secret_env, token_env) = (
+            pick(&a.uuid_env, ENV_UUID),
+            pick(&a.secret_env, ENV_SECRET),
+            pick(&a.token_env, ENV_TOKEN),
+        );
+        if uuid_env.is_empty() != secret_env.is_empty() {
+            return Err(invalid(
+                key,
+                "set both uuid_env and secret_env, or token_env",
+            ));
+        }
+        if uuid_env.is_empty() && token_env.is_empty() {
+            return Err(invalid(
+                key,
+                "expected uuid_env and secret_env, or token_env",
+            ));
+        }
+        accounts.push(Account {
+            name: a.name.clone(),
+            base_url,
+            credentials: credentials(env, &uuid_env, &secret_env, &token_env),
+        });
+    }
+    Ok(accounts)
+}
+
+/// A fixed token wins over a uuid/secret pair, as it is the more deliberate setting.
+fn credentials(
+    env: EnvLookup<'_>,
+    uuid_env: &str,
+    secret_env: &str,
+    token_env: &str,
+) -> Credentials {
+    let get = |n: &str| if n.is_empty() { None } else { env(n) };
+    if let Some(token) = get(token_env) {
+        return Credentials::Fixed {
+            token: Secret::new(token),
+        };
+    }
+    match (get(uuid_env), get(secret_env)) {
+        (Some(uuid), Some(secret)) => Credentials::Exchange {
+            uuid: Secret::new(uuid),
+            secret: Secret::new(secret),
+        },
+        _ => {
+            let names: Vec<&str> = [uuid_env, secret_env]
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .collect();
+            let mut hint = format!("set {}", names.join(" and "));
+            if !token_env.is_empty() {
+                hint.push_str(&format!(", or {token_env}"));
+            }
+            Credentials::Missing { hint }
+        }
+    }
+}
+
+fn resolve_clients(
+    list: &[ClientConfig],
+    accounts: &[Account],
+) -> Result<Vec<Client>, ConfigError> {
+    let mut clients: Vec<Client> = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let key = format!("clients[{i}]");
+        if c.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "expected a non-empty name"));
+        }
+        if clients.iter().any(|d| d.name == c.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("client {:?} is defined twice", c.name),
+            ));
+        }
+        let digest = parse_digest(&format!("{key}.key_sha256"), &c.key_sha256)?;
+        if clients.iter().any(|d| d.key_sha256 == digest) {
+            return Err(invalid(
+                format!("{key}.key_sha256"),
+                "two clients share one key",
+            ));
+        }
+        if !accounts.iter().any(|a| a.name == c.account) {
+            let known: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
+            return Err(invalid(
+                format!("{key}.account"),
+                format!("unknown account {:?}; expected one of {known:?}", c.account),
+            ));
+        }
+        let routes = match &c.routes {
+            None => None,
+            Some(names) => {
+                let mut set = BTreeSet::new();
+                for n in names {
+                    let r = Route::from_name(n).ok_or_else(|| {
+                        invalid(
+                            format!("{key}.routes"),
+                            format!("unknown route {n:?}; expected one of {:?}", Route::names()),
+                        )
+                    })?;
+                    set.insert(r);
+                }
+                Some(set)
+            }
+        };
+        clients.push(Client {
+            name: c.name.clone(),
+            key_sha256: digest,
+            account: c.account.clone(),
+            routes,
+        });
+    }
+    Ok(clients)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_none(_: &str) -> Option<String> {
+        None
+    }
+
+    fn resolve(text: &str) -> Result<Settings, ConfigError> {
+        let file = FileConfig::parse(text, Path::new("t.toml"))?;
+        Settings::resolve(file, &Overrides::default(), &env_none)
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let s = resolve("").unwrap();
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.accounts.len(), 1);
+        assert!(matches!(
+            s.accounts[0].credentials,
+            Credentials::Missing { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = resolve("[server]\nlisten_addr = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = resolve("[server]\nrequest_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("request_timeout") && e.contains("duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_route_in_allow_list() {
+        let text = format!(
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"{}\"\nroutes = [\"disk.nope\"]\n",
+            "0".repeat(64)
+        );
+        let e = resolve(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("clients[0].routes") && e.contains("disk.nope"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let env = |n: &str| match n {
+            "FINOVY_UUID" => Some("uuid-value-123".to_string()),
+            "FINOVY_SECRET" => Some("secret-value-456".to_string()),
+            _ => None,
+        };
+        let s = Settings::resolve(FileConfig::default(), &Overrides::default(), &env).unwrap();
+        let out = s.to_masked_toml() + &format!("{s:?}");
+        assert!(
+            !out.contains("uuid-value-123") && !out.contains("secret-value-456"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn redis_url_password_is_masked() {
+        assert_eq!(mask_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+    }
+}

@@ -1,0 +1,111 @@
+//! The upstream's JSON envelope: reading the head of an upstream answer, and writing the gateway's
+//! own errors in the same shape so existing client code keeps working (CONTRACT.md, "Errors").
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde::{Deserialize, Serialize};
+
+use crate::svc::Resp;
+
+/// The parts of an upstream answer the gateway acts on. Parsing into it also checks that the
+/// whole body is JSON (serde validates what it skips).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvelopeHead {
+    pub code: Option<i64>,
+    pub trace_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawHead<'a> {
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(default, rename = "traceId", borrow)]
+    trace_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl EnvelopeHead {
+    /// `None` when the body is not JSON at all; a JSON body of another shape gives an empty head.
+    pub fn parse(body: &[u8]) -> Option<EnvelopeHead> {
+        match serde_json::from_slice::<RawHead<'_>>(body) {
+            Ok(raw) => Some(EnvelopeHead {
+                code: raw.code.and_then(|c| {
+                    c.as_i64()
+                        .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+                }),
+                trace_id: raw.trace_id.map(|t| t.into_owned()),
+            }),
+            Err(e) if e.is_data() => {
+                // Valid JSON that is not an object (an array, a string): still an answer.
+                serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                    .ok()
+                    .map(|_| EnvelopeHead::default())
+            }
+            Err(_) => None,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: i64,
+    success: bool,
+    msg: &'a str,
+    data: Option<()>,
+    #[serde(rename = "traceId")]
+    trace_id: &'a str,
+}
+
+/// Renders one of the gateway's own errors.
+pub fn error_response(status: StatusCode, code: i64, msg: &str, trace_id: &str) -> Resp {
+    let body = serde_json::to_vec(&ErrorBody {
+        code,
+        success: false,
+        msg,
+        data: None,
+        trace_id,
+    })
+    .expect("the error body always serialises");
+    let mut resp = Resp::new(Bytes::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_of_an_envelope() {
+        let h = EnvelopeHead::parse(
+            br#"{"code":401,"success":false,"msg":"x","data":null,"traceId":"t1"}"#,
+        )
+        .unwrap();
+        assert_eq!(h.code, Some(401));
+        assert_eq!(h.trace_id.as_deref(), Some("t1"));
+    }
+
+    #[test]
+    fn not_json_is_none() {
+        assert!(EnvelopeHead::parse(b"<html>").is_none());
+        assert!(EnvelopeHead::parse(br#"{"code":0"#).is_none());
+        assert_eq!(EnvelopeHead::parse(b"[1,2]"), Some(EnvelopeHead::default()));
+    }
+
+    #[test]
+    fn error_body_has_the_envelope_fields() {
+        let r = error_response(StatusCode::NOT_FOUND, 404, "no such route", "rid");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["code"], 404);
+        assert_eq!(v["success"], false);
+        assert_eq!(v["traceId"], "rid");
+        assert!(v["data"].is_null());
+    }
+}

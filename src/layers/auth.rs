@@ -1,0 +1,185 @@
+//! Client authentication (CONTRACT.md, "Clients"): a bearer key in `Authorization`, or the key in
+//! `Finovy-Access-Token` for code written against the upstream (`Authorization` decides when both
+//! are sent). Keys are compared as SHA-256 digests in constant time against every client, so the
+//! time taken says nothing about which digest came close. Both headers are removed here: nothing a
+//! client sends as a credential goes further. The client's account and name are handed on in the
+//! request's extensions; a client's `routes` allow-list is enforced here (403, code 1001).
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower::{Layer, Service};
+
+use crate::error::GatewayError;
+use crate::layers::{ClientName, RequestId};
+use crate::routes::{Route, RouteMatch};
+use crate::svc::{Req, Resp, RespFuture};
+use crate::upstream::AccountHandle;
+use crate::upstream::forward::TOKEN_HEADER;
+
+/// One calling service.
+pub struct ClientEntry {
+    pub name: Arc<str>,
+    pub key_sha256: [u8; 32],
+    pub account: Arc<AccountHandle>,
+    pub routes: Option<BTreeSet<Route>>,
+}
+
+/// The identified caller: its name, its account, and its entry unless anonymous.
+struct Caller<'a> {
+    name: Arc<str>,
+    account: Arc<AccountHandle>,
+    entry: Option<&'a ClientEntry>,
+}
+
+/// Who may call, and as which account.
+pub struct Authenticator {
+    clients: Vec<ClientEntry>,
+    /// Set in anonymous mode: keyless calls go to this (the default) account.
+    anonymous: Option<Arc<AccountHandle>>,
+}
+
+/// The name anonymous calls carry in the access log.
+pub const ANONYMOUS: &str = "anonymous";
+
+impl Authenticator {
+    pub fn new(clients: Vec<ClientEntry>, anonymous: Option<Arc<AccountHandle>>) -> Authenticator {
+        Authenticator { clients, anonymous }
+    }
+
+    /// The presented key: `Authorization: Bearer` first, then `Finovy-Access-Token`.
+    /// `Err` when `Authorization` is present but not a bearer key.
+    fn presented_key(headers: &HeaderMap) -> Result<Option<&[u8]>, GatewayError> {
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            let bytes = v.as_bytes();
+            let is_bearer = bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ");
+            return if is_bearer {
+                Ok(Some(bytes[7..].trim_ascii()))
+            } else {
+                Err(GatewayError::Unauthorized)
+            };
+        }
+        Ok(headers.get(TOKEN_HEADER).map(|v| v.as_bytes().trim_ascii()))
+    }
+
+    /// Finds the caller: a client entry, or the anonymous account.
+    fn identify(&self, headers: &HeaderMap) -> Result<Caller<'_>, GatewayError> {
+        let key = Self::presented_key(headers)?;
+        let anonymous = |account: &Arc<AccountHandle>| Caller {
+            name: ANONYMOUS.into(),
+            account: account.clone(),
+            entry: None,
+        };
+        match (key, &self.anonymous) {
+            // With no clients configured, a presented key (say, an upstream token left in a client's
+            // code) cannot match anything, and anonymous mode serves the call anyway.
+            (_, Some(account)) if self.clients.is_empty() => Ok(anonymous(account)),
+            (None, Some(account)) => Ok(anonymous(account)),
+            (None, None) => Err(GatewayError::Unauthorized),
+            (Some(key), _) => {
+                let digest: [u8; 32] = Sha256::digest(key).into();
+                let mut found = None;
+                for c in &self.clients {
+                    if bool::from(c.key_sha256.ct_eq(&digest)) {
+                        found = Some(c);
+                    }
+                }
+                let c = found.ok_or(GatewayError::Unauthorized)?;
+                Ok(Caller {
+                    name: c.name.clone(),
+                    account: c.account.clone(),
+                    entry: Some(c),
+                })
+            }
+        }
+    }
+
+    fn authorize(&self, req: &mut Req) -> Result<Arc<str>, GatewayError> {
+        let Caller {
+            name,
+            account,
+            entry,
+        } = self.identify(req.headers())?;
+        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+        if let (Some(entry), Some(route)) = (entry, route)
+            && entry
+                .routes
+                .as_ref()
+                .is_some_and(|allowed| !allowed.contains(&route))
+        {
+            return Err(GatewayError::Forbidden(route.as_str()));
+        }
+        req.headers_mut().remove(header::AUTHORIZATION);
+        req.headers_mut().remove(TOKEN_HEADER);
+        req.extensions_mut().insert(ClientName(name.clone()));
+        req.extensions_mut().insert(account);
+        Ok(name)
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S> Service<Req> for Auth<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> RespFuture {
+        match self.auth.authorize(&mut req) {
+            Ok(name) => {
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let mut resp = fut.await?;
+                    resp.extensions_mut().insert(ClientName(name));
+                    Ok(resp)
+                })
+            }
+            Err(e) => {
+                let id = req
+                    .extensions()
+                    .get::<RequestId>()
+                    .cloned()
+                    .unwrap_or_default();
+                Box::pin(async move { Ok(e.into_response(id.as_str())) })
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The gateway's middleware, one concern per module, composed in request order by
+//! [`crate::stack::build`]. Layers hand each other what they learned through request and response
+//! extensions (the types below), never through shared global state.
+
+pub mod access_log;
+pub mod auth;
+pub mod body_limit;
+pub mod request_id;
+pub mod rescue;
+pub mod route;
+pub mod token;
+
+use std::sync::Arc;
+
+use crate::config::Secret;
+
+/// The request's id (`X-Request-Id`, kept or generated); the `traceId` of the gateway's own errors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The authenticated client's name, for the access log (never its key).
+#[derive(Debug, Clone)]
+pub struct ClientName(pub Arc<str>);
+
+/// The upstream token to send with this request, set by the token layer.
+#[derive(Clone)]
+pub struct UpstreamToken(pub Secret);

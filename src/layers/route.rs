@@ -1,0 +1,65 @@
+//! Classifies each request once (method and raw path, see [`crate::routes`]): a known route goes on
+//! with its [`RouteMatch`] in the extensions; anything else is answered 404 here and never forwarded.
+//! The route is stamped on every answer, so the access log labels errors of inner layers too.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use http::Request;
+use tower::{Layer, Service};
+
+use crate::error::GatewayError;
+use crate::layers::RequestId;
+use crate::routes::{Route, classify};
+use crate::svc::{Resp, RespFuture};
+
+#[derive(Clone, Default)]
+pub struct RouteLayer;
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RouteService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RouteService<S>
+where
+    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> RespFuture {
+        let Some(matched) = classify(req.method(), req.uri().path()) else {
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_default();
+            let shown: String = req.uri().path().chars().take(200).collect();
+            let err = GatewayError::NotFound(format!("{} {shown}", req.method()));
+            return Box::pin(async move { Ok(err.into_response(id.as_str())) });
+        };
+        let route: Route = matched.route;
+        req.extensions_mut().insert(matched);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            resp.extensions_mut().insert(route);
+            Ok(resp)
+        })
+    }
+}

@@ -1,0 +1,98 @@
+//! Token injection: asks the account's broker for its upstream token and hands it to the upstream
+//! call. When the upstream answers 401 (HTTP 401, or envelope code 401) the token is dropped, a new
+//! one is obtained (once for all requests that saw the same rejection) and the request is sent once
+//! more. A 401 means the upstream did nothing, so even a create is safe to send again.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::StatusCode;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::envelope::EnvelopeHead;
+use crate::error::GatewayError;
+use crate::layers::{RequestId, UpstreamToken};
+use crate::svc::{Req, Resp, RespFuture};
+use crate::upstream::AccountHandle;
+
+#[derive(Clone, Default)]
+pub struct TokenLayer;
+
+impl<S> Layer<S> for TokenLayer {
+    type Service = Token<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Token { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Token<S> {
+    inner: S,
+}
+
+/// The upstream refused the token.
+fn rejected(resp: &Resp) -> bool {
+    resp.status() == StatusCode::UNAUTHORIZED
+        || resp
+            .extensions()
+            .get::<EnvelopeHead>()
+            .is_some_and(|h| h.code == Some(401))
+}
+
+/// A second copy of the request, for the retry. Bodies are `Bytes`, so this copies no payload.
+fn duplicate(req: &Req) -> Req {
+    let mut copy = Req::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
+
+impl<S> Service<Req> for Token<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> RespFuture {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_default();
+            let Some(account) = req.extensions().get::<Arc<AccountHandle>>().cloned() else {
+                return Ok(GatewayError::Unauthorized.into_response(id.as_str()));
+            };
+            let token = match account.broker.get().await {
+                Ok(t) => t,
+                Err(e) => return Ok(GatewayError::NoToken(e.0).into_response(id.as_str())),
+            };
+            let mut retry = duplicate(&req);
+            req.extensions_mut().insert(UpstreamToken(token.clone()));
+            let resp = inner.clone().oneshot(req).await?;
+            if !rejected(&resp) {
+                return Ok(resp);
+            }
+            account.broker.invalidate(&token);
+            let fresh = match account.broker.get().await {
+                Ok(t) => t,
+                Err(e) => return Ok(GatewayError::NoToken(e.0).into_response(id.as_str())),
+            };
+            retry.extensions_mut().insert(UpstreamToken(fresh));
+            inner.oneshot(retry).await
+        })
+    }
+}

@@ -1,0 +1,36 @@
+//! finovy-gateway: a token-brokering, caching, create-protecting gateway in front of the xuandashi
+//! cloud's open API. `main.rs` parses the command line; everything it runs is built here, so tests
+//! and benchmarks run exactly the gateway that ships.
+
+pub mod admin;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod layers;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod sim;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
+
+/// The types every layer speaks, named once.
+pub mod svc {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use bytes::Bytes;
+
+    /// A request whose body has been read (with a limit) at the edge.
+    pub type Req = http::Request<Bytes>;
+    /// Every answer is a complete body: upstream answers are small JSON envelopes.
+    pub type Resp = http::Response<Bytes>;
+    pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+    /// What a layer's service returns: errors are already rendered into envelope answers.
+    pub type RespFuture = BoxFuture<Result<Resp, Infallible>>;
+    /// The innermost part of the stack (after the body is read), boxed so stacks stay nameable.
+    pub type GatewayService = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
+    pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+}

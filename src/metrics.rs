@@ -1,0 +1,129 @@
+//! The metric set of CONTRACT.md, registered once on a registry this struct owns (not the global
+//! default, so parallel tests never share counters). Labels are bounded: route names, methods,
+//! status codes and outcome words, never an id, a key or a raw path.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub token_refreshes: IntCounterVec,
+    pub token_expires_in: IntGauge,
+    pub inflight: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+/// Buckets from 1 ms to 30 s: a cache hit is sub-millisecond, a slow upstream several seconds.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                &["route"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let m = Metrics {
+            requests: counter(
+                "finovy_gateway_requests_total",
+                "Requests answered on the data plane.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram(
+                "finovy_gateway_request_duration_seconds",
+                "Time from request to answer on the data plane.",
+            ),
+            upstream_requests: counter(
+                "finovy_gateway_upstream_requests_total",
+                "Calls sent to the upstream, by outcome (ok, server_error, error, timeout, invalid).",
+                &["route", "outcome"],
+            ),
+            upstream_duration: histogram(
+                "finovy_gateway_upstream_request_duration_seconds",
+                "Time of one upstream call.",
+            ),
+            token_refreshes: counter(
+                "finovy_gateway_token_refreshes_total",
+                "getToken calls, by outcome.",
+                &["outcome"],
+            ),
+            token_expires_in: gauge(
+                "finovy_gateway_token_expires_in_seconds",
+                "Seconds until the soonest-expiring held upstream token expires (0 when none is held).",
+            ),
+            inflight: gauge(
+                "finovy_gateway_inflight_requests",
+                "Data-plane requests being handled.",
+            ),
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("finovy_gateway_build_info", "Always 1."),
+                    &["version"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    pub fn observe_upstream(&self, route: &str, outcome: &str, seconds: f64) {
+        self.upstream_requests
+            .with_label_values(&[route, outcome])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[route])
+            .observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

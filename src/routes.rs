@@ -1,0 +1,294 @@
+//! The route table: every upstream call the gateway forwards, by name (CONTRACT.md, "Clients").
+//!
+//! A request is classified once, at the edge, from its method and raw path. Only exact matches of the
+//! table are routes; a path parameter is one segment of `[A-Za-z0-9_-]`, so `..`, `//`, `%2F`,
+//! backslashes and every other way out of the table simply match nothing and are answered 404.
+//! The upstream host never comes from the request: the forwarded URI is the account's base URL
+//! plus the matched path.
+
+use http::Method;
+use serde::Serialize;
+
+/// Every route the gateway forwards. The name (`as_str`) is the `route` metric label and what
+/// client allow-lists name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    DiskInfo,
+    DiskCreate,
+    DiskList,
+    DiskMount,
+    DiskUpdateStatus,
+    DiskMemoryTotal,
+    HostImage,
+    HostPackage,
+    HostCreateQuantity,
+    HostCreateRent,
+    HostOperate,
+    HostReboot,
+    HostOne,
+    HostPage,
+    HostDelete,
+}
+
+/// How a route's path looks: a fixed prefix, then optionally one parameter segment.
+struct Entry {
+    route: Route,
+    name: &'static str,
+    method: Method,
+    path: &'static str,
+    has_param: bool,
+}
+
+const DISK: &str = "/v1/PveMachineHardDisk/open/";
+const HOST: &str = "/v1/pve/open/";
+
+fn table() -> &'static [Entry] {
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Vec<Entry>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let e = |route, name, method, path: &'static str, has_param| Entry {
+            route,
+            name,
+            method,
+            path,
+            has_param,
+        };
+        vec![
+            e(Route::DiskInfo, "disk.info", Method::GET, "info", true),
+            e(
+                Route::DiskCreate,
+                "disk.create",
+                Method::POST,
+                "create",
+                false,
+            ),
+            e(Route::DiskList, "disk.list", Method::POST, "getList", false),
+            e(
+                Route::DiskMount,
+                "disk.mount",
+                Method::POST,
+                "pveCreate",
+                false,
+            ),
+            e(
+                Route::DiskUpdateStatus,
+                "disk.update_status",
+                Method::PUT,
+                "updateStatus",
+                false,
+            ),
+            e(
+                Route::DiskMemoryTotal,
+                "disk.memory_total",
+                Method::GET,
+                "memoryTotal",
+                true,
+            ),
+            e(Route::HostImage, "host.image", Method::GET, "image", false),
+            e(
+                Route::HostPackage,
+                "host.package",
+                Method::GET,
+                "packAge",
+                true,
+            ),
+            e(
+                Route::HostCreateQuantity,
+                "host.create_quantity",
+                Method::POST,
+                "createquantity",
+                false,
+            ),
+            e(
+                Route::HostCreateRent,
+                "host.create_rent",
+                Method::POST,
+                "createRent",
+                false,
+            ),
+            e(
+                Route::HostOperate,
+                "host.operate",
+                Method::GET,
+                "operate",
+                true,
+            ),
+            e(
+                Route::HostReboot,
+                "host.reboot",
+                Method::GET,
+                "reboot",
+                true,
+            ),
+            e(Route::HostOne, "host.one", Method::GET, "one", true),
+            e(Route::HostPage, "host.page", Method::GET, "mypage", false),
+            e(
+                Route::HostDelete,
+                "host.delete",
+                Method::DELETE,
+                "delete",
+                true,
+            ),
+        ]
+    })
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        self.entry().name
+    }
+
+    pub fn from_name(name: &str) -> Option<Route> {
+        table().iter().find(|e| e.name == name).map(|e| e.route)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        table().iter().map(|e| e.name).collect()
+    }
+
+    pub fn all() -> impl Iterator<Item = Route> {
+        table().iter().map(|e| e.route)
+    }
+
+    pub fn method(self) -> &'static Method {
+        &self.entry().method
+    }
+
+    fn entry(self) -> &'static Entry {
+        table()
+            .iter()
+            .find(|e| e.route == self)
+            .expect("every route is in the table")
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Route::DiskInfo
+            | Route::DiskCreate
+            | Route::DiskList
+            | Route::DiskMount
+            | Route::DiskUpdateStatus
+            | Route::DiskMemoryTotal => DISK,
+            _ => HOST,
+        }
+    }
+
+    /// An example path for this route, for docs and tests.
+    pub fn example_path(self, param: &str) -> String {
+        let e = self.entry();
+        if e.has_param {
+            format!("{}{}/{param}", self.prefix(), e.path)
+        } else {
+            format!("{}{}", self.prefix(), e.path)
+        }
+    }
+}
+
+impl Serialize for Route {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A classified request: which route, and its path parameter (disk id, host id, area, type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub route: Route,
+    pub param: Option<String>,
+}
+
+/// The longest path parameter accepted; upstream ids are ten characters.
+const MAX_PARAM: usize = 128;
+
+fn is_param(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_PARAM
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Classifies a request by method and raw (still percent-encoded) path.
+pub fn classify(method: &Method, path: &str) -> Option<RouteMatch> {
+    let (prefix, rest) = if let Some(rest) = path.strip_prefix(DISK) {
+        (DISK, rest)
+    } else if let Some(rest) = path.strip_prefix(HOST) {
+        (HOST, rest)
+    } else {
+        return None;
+    };
+    let (head, param) = match rest.split_once('/') {
+        Some((head, param)) => (head, Some(param)),
+        None => (rest, None),
+    };
+    let entry = table()
+        .iter()
+        .find(|e| e.route.prefix() == prefix && e.path == head)?;
+    if entry.method != method {
+        return None;
+    }
+    match (entry.has_param, param) {
+        (false, None) => Some(RouteMatch {
+            route: entry.route,
+            param: None,
+        }),
+        (true, Some(p)) if is_param(p) => Some(RouteMatch {
+            route: entry.route,
+            param: Some(p.to_string()),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_classifies_its_own_example() {
+        for r in Route::all() {
+            let m = classify(r.method(), &r.example_path("AbC123xyz9")).unwrap();
+            assert_eq!(m.route, r);
+            assert_eq!(Route::from_name(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn wrong_method_is_not_a_route() {
+        assert!(classify(&Method::POST, "/v1/PveMachineHardDisk/open/info/abc").is_none());
+        assert!(classify(&Method::GET, "/v1/PveMachineHardDisk/open/create").is_none());
+    }
+
+    #[test]
+    fn escapes_match_nothing() {
+        for p in [
+            "/v1/auth/getToken",
+            "/v1/PveMachineHardDisk/open/info/../../auth/getToken",
+            "/v1/PveMachineHardDisk/open/info/..",
+            "/v1/PveMachineHardDisk/open/info/a%2Fb",
+            "/v1/PveMachineHardDisk/open/info/a%2fb",
+            "/v1/PveMachineHardDisk/open/info/a/b",
+            "/v1/PveMachineHardDisk/open/info/",
+            "/v1/PveMachineHardDisk/open/info/a\\b",
+            "//evil.example/v1/PveMachineHardDisk/open/info/a",
+            "/v1/PveMachineHardDisk/open//info/a",
+            "/v1/PveMachineHardDisk/open/./info/a",
+            "/v1/PveMachineHardDisk/open/info/%2e%2e",
+        ] {
+            assert!(classify(&Method::GET, p).is_none(), "{p}");
+        }
+        assert!(classify(&Method::POST, "/v1/PveMachineHardDisk/open/create/").is_none());
+        assert!(classify(&Method::POST, "/v1/PveMachineHardDisk/open/create/x").is_none());
+    }
+
+    #[test]
+    fn param_is_captured() {
+        let m = classify(&Method::GET, "/v1/PveMachineHardDisk/open/info/PgOiNCqaJQ").unwrap();
+        assert_eq!(m.param.as_deref(), Some("PgOiNCqaJQ"));
+    }
+}

@@ -1,0 +1,245 @@
+//! Listeners and connections: the data plane (HTTP/1.1 and h2c on one port) and the admin
+//! listener, the token refreshers, and the graceful drain on shutdown: stop accepting, let what is
+//! in flight finish (up to `drain_timeout`), then return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::admin::{self, AdminState};
+use crate::config::Settings;
+use crate::layers::auth::{Authenticator, ClientEntry};
+use crate::metrics::Metrics;
+use crate::stack::{self, EdgeService};
+use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Everything a running gateway holds, built from validated settings.
+pub struct Gateway {
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub accounts: Vec<Arc<AccountHandle>>,
+    service: EdgeService<Incoming>,
+}
+
+impl Gateway {
+    pub fn new(settings: Settings) -> Result<Gateway, StartError> {
+        let blockers = settings.serve_blockers();
+        if !blockers.is_empty() {
+            return Err(StartError::Refused(blockers));
+        }
+        let metrics = Arc::new(Metrics::new());
+        let client = UpstreamClient::new(&settings.upstream, metrics.clone());
+        let mut accounts = Vec::new();
+        for a in &settings.accounts {
+            let broker = TokenBroker::new(
+                &a.name,
+                a.base_url.trim_end_matches('/'),
+                &a.credentials,
+                client.clone(),
+                settings.token.clone(),
+                metrics.clone(),
+            )
+            .ok_or_else(|| {
+                StartError::Refused(vec![format!("account {:?} has no credentials", a.name)])
+            })?;
+            accounts.push(Arc::new(AccountHandle {
+                name: a.name.clone(),
+                base_url: a.base_url.trim_end_matches('/').to_string(),
+                broker: Arc::new(broker),
+            }));
+        }
+        let find = |name: &str| accounts.iter().find(|a| a.name == name).cloned();
+        let clients = settings
+            .clients
+            .iter()
+            .map(|c| ClientEntry {
+                name: c.name.as_str().into(),
+                key_sha256: c.key_sha256,
+                account: find(&c.account).expect("client accounts are validated"),
+                routes: c.routes.clone(),
+            })
+            .collect();
+        let anonymous = settings
+            .anonymous_allowed()
+            .then(|| find(crate::config::DEFAULT_ACCOUNT))
+            .flatten();
+        let auth = Arc::new(Authenticator::new(clients, anonymous));
+        let service = stack::build(&settings.server, metrics.clone(), auth, client);
+        Ok(Gateway {
+            settings,
+            metrics,
+            accounts,
+            service,
+        })
+    }
+}
+
+/// A gateway with its listeners bound (port 0 allowed), ready to run.
+pub struct Server {
+    gateway: Gateway,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Server {
+    pub async fn bind(settings: Settings) -> Result<Server, StartError> {
+        let gateway = Gateway::new(settings)?;
+        let listener = bind(gateway.settings.server.listen).await?;
+        let admin_listener = bind(gateway.settings.server.admin_listen).await?;
+        Ok(Server {
+            gateway,
+            listener,
+            admin_listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Server {
+            gateway,
+            listener,
+            admin_listener,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        for a in &gateway.accounts {
+            tokio::spawn(a.broker.clone().run_refresher(stopped()));
+        }
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin_state = Arc::new(AdminState {
+            metrics: gateway.metrics.clone(),
+            accounts: gateway.accounts.clone(),
+            admin_key_sha256: gateway.settings.admin_key_sha256,
+            draining: draining.clone(),
+        });
+        let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped()));
+
+        let server_cfg = gateway.settings.server.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(server_cfg.max_header_bytes)
+            .header_read_timeout(server_cfg.request_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(server_cfg.max_header_bytes as u32);
+        let graceful = GracefulShutdown::new();
+        tracing::info!(listen = %listener.local_addr()?, "gateway listening");
+
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let edge = gateway.service.clone();
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let edge = edge.clone();
+                async move {
+                    let resp = edge.oneshot(req).await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(Full::new))
+                }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+
+        drop(listener);
+        draining.store(true, Ordering::SeqCst);
+        tracing::info!("draining in-flight requests");
+        if tokio::time::timeout(server_cfg.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?server_cfg.drain_timeout, "drain timed out; exiting with requests in flight");
+        }
+        let _ = stop_tx.send(true);
+        let _ = admin_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,67 @@
+//! The one function that builds the data plane's tower stack. Read top to bottom, it is the path
+//! a request takes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::config::ServerConfig;
+use crate::layers::access_log::AccessLogLayer;
+use crate::layers::auth::{AuthLayer, Authenticator};
+use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::request_id::RequestIdLayer;
+use crate::layers::rescue::RescueLayer;
+use crate::layers::route::RouteLayer;
+use crate::layers::token::TokenLayer;
+use crate::metrics::Metrics;
+use crate::svc::{BoxError, GatewayService, Resp};
+use crate::upstream::UpstreamClient;
+use crate::upstream::forward::Forward;
+
+/// The whole data plane as one service over requests with body `B` (hyper's `Incoming` when served).
+pub type EdgeService<B> = BoxCloneSyncService<Request<B>, Resp, Infallible>;
+
+pub fn build<B>(
+    cfg: &ServerConfig,
+    metrics: Arc<Metrics>,
+    auth: Arc<Authenticator>,
+    client: UpstreamClient,
+) -> EdgeService<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // After the body is read: plain `Req` → `Resp` services.
+    let inner = GatewayService::new(
+        ServiceBuilder::new()
+            // Who is calling (401), as which account, and may they call this route (403).
+            .layer(AuthLayer::new(auth))
+            // The account's upstream token; one retry with a fresh token when the upstream says 401.
+            .layer(TokenLayer)
+            // The upstream call itself, with only allow-listed headers.
+            .service(Forward::new(client)),
+    );
+    EdgeService::new(
+        ServiceBuilder::new()
+            // Outermost, so every answer (our own errors too) is logged and counted.
+            .layer(AccessLogLayer::new(metrics))
+            // Before anything can fail, so every error envelope carries the request's id.
+            .layer(RequestIdLayer)
+            // Classify once; unknown routes are answered 404 here and never go further.
+            .layer(RouteLayer)
+            // Overload and timeout errors of the tower layers below become 503/504 envelopes.
+            .layer(RescueLayer)
+            // Answer 503 at once when `max_concurrency` requests are in flight, rather than queueing.
+            .load_shed()
+            .concurrency_limit(cfg.max_concurrency)
+            // The whole request, body upload and upstream call included.
+            .timeout(cfg.request_timeout)
+            // Read the body up to the limit (413 beyond); every layer below sees it whole.
+            .layer(BodyLimitLayer::new(cfg.max_body_bytes))
+            .service(inner),
+    )
+}

@@ -1,0 +1,140 @@
+//! The innermost service: sends a classified request to its account's upstream and hands the answer
+//! back unchanged (status, the headers that matter, body). Only an allow-list of request headers
+//! goes upstream, so nothing a client sends (its key, cookies, forwarding headers) leaks through;
+//! the upstream token comes from the token layer, never from the client.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use tower::Service;
+
+use crate::layers::{RequestId, UpstreamToken};
+use crate::routes::RouteMatch;
+use crate::svc::{Req, Resp, RespFuture};
+use crate::upstream::{AccountHandle, UpstreamClient};
+
+/// The upstream's token header.
+pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("finovy-access-token");
+
+/// Request headers passed to the upstream.
+static FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::ACCEPT_LANGUAGE,
+    header::USER_AGENT,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// Answer headers never passed back: hop-by-hop (RFC 9110 §7.6.1), framing that hyper recomputes,
+/// and upstream session state.
+static DROPPED_RESPONSE_HEADERS: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
+    header::SET_COOKIE,
+];
+
+#[derive(Clone)]
+pub struct Forward {
+    client: UpstreamClient,
+}
+
+impl Forward {
+    pub fn new(client: UpstreamClient) -> Forward {
+        Forward { client }
+    }
+}
+
+impl Service<Req> for Forward {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> RespFuture {
+        let client = self.client.clone();
+        Box::pin(async move { Ok(forward(&client, req).await) })
+    }
+}
+
+async fn forward(client: &UpstreamClient, req: Req) -> Resp {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_default();
+    let (Some(route), Some(account)) = (
+        req.extensions().get::<RouteMatch>().cloned(),
+        req.extensions().get::<Arc<AccountHandle>>().cloned(),
+    ) else {
+        // The stack classifies and authenticates before this service; reaching here without
+        // both is a wiring bug, answered rather than panicked on.
+        return crate::error::GatewayError::NotFound("unclassified request".into())
+            .into_response(request_id.as_str());
+    };
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri = format!("{}{}", account.base_url, path_and_query);
+
+    let mut builder = http::Request::builder().method(parts.method).uri(uri);
+    let headers = builder
+        .headers_mut()
+        .expect("builder is valid until body()");
+    copy_allowed(&parts.headers, headers);
+    if let Some(UpstreamToken(token)) = parts.extensions.get::<UpstreamToken>()
+        && let Ok(mut v) = HeaderValue::from_str(token.expose())
+    {
+        v.set_sensitive(true);
+        headers.insert(TOKEN_HEADER, v);
+    }
+    let upstream_req = match builder.body(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return crate::error::GatewayError::BadRequest {
+                code: 1007,
+                msg: format!("cannot forward this request: {e}"),
+            }
+            .into_response(request_id.as_str());
+        }
+    };
+
+    match client.send(route.route.as_str(), upstream_req).await {
+        Ok(answer) => {
+            let mut resp = Resp::new(answer.body);
+            *resp.status_mut() = answer.parts.status;
+            let mut headers = answer.parts.headers;
+            for h in &DROPPED_RESPONSE_HEADERS {
+                headers.remove(h);
+            }
+            *resp.headers_mut() = headers;
+            resp.extensions_mut().insert(answer.head);
+            resp
+        }
+        Err(e) => crate::error::GatewayError::from(e).into_response(request_id.as_str()),
+    }
+}
+
+fn copy_allowed(from: &HeaderMap, to: &mut HeaderMap) {
+    for name in &FORWARDED_REQUEST_HEADERS {
+        for v in from.get_all(name) {
+            to.append(name.clone(), v.clone());
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The token broker: one per upstream account. It trades the account's uuid and secret for a token
+//! at `POST /v1/auth/getToken`, keeps it with its expiry, refreshes it in the background ahead of
+//! expiry, and makes sure that however many requests need a token at once, exactly one `getToken`
+//! is in flight. A token the upstream rejected (code 401) is dropped with [`TokenBroker::invalidate`],
+//! so the next [`TokenBroker::get`] fetches a new one, once for everyone.
+//!
+//! States: no token yet → held (valid until `expires_at`) → due for refresh → held again; a failed
+//! `getToken` puts the broker in backoff (callers get the error at once, no upstream call) until
+//! `retry_at`, doubling with jitter up to `retry_max`. A fixed token (`FINOVY_TOKEN`) is always held.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, header};
+use rand::Rng;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::config::{Credentials, Secret, TokenConfig};
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamClient;
+
+/// What a caller sees when no token can be had.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenError(pub String);
+
+/// The route label of `getToken` calls in the upstream metrics.
+pub const TOKEN_ROUTE: &str = "auth.token";
+
+/// When the upstream does not say how long a token lives: its documented 30 minutes.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Clone)]
+struct Held {
+    token: Secret,
+    expires_at: Instant,
+    lifetime: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    held: Option<Held>,
+    /// The last `getToken` failure and when the next try may go.
+    failing: Option<(TokenError, Instant)>,
+    failures: u32,
+}
+
+/// What `/readyz` and the metrics report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenStatus {
+    Fixed,
+    Held { expires_in: Duration },
+    Failing(String),
+    None,
+}
+
+// One per account, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Exchange {
+        uuid: Secret,
+        secret: Secret,
+        base_url: String,
+        client: UpstreamClient,
+    },
+    Fixed(Secret),
+}
+
+pub struct TokenBroker {
+    account: String,
+    source: Source,
+    cfg: TokenConfig,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    /// Held while a `getToken` is in flight: the single-flight of this broker.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for TokenBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenBroker")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    code: Option<i64>,
+    msg: Option<String>,
+    data: Option<TokenData>,
+}
+
+#[derive(Deserialize)]
+struct TokenData {
+    token: String,
+    #[serde(rename = "effectiveTime")]
+    effective_time: Option<serde_json::Value>,
+}
+
+impl TokenBroker {
+    /// `None` when the account has no credentials (`serve` refuses to start before this).
+    pub fn new(
+        account: &str,
+        base_url: &str,
+        credentials: &Credentials,
+        client: UpstreamClient,
+        cfg: TokenConfig,
+        metrics: Arc<Metrics>,
+    ) -> Option<TokenBroker> {
+        let source = match credentials {
+            Credentials::Exchange { uuid, secret } => Source::Exchange {
+                uuid: uuid.clone(),
+                secret: secret.clone(),
+                base_url: base_url.to_string(),
+                client,
+            },
+            Credentials::Fixed { token } => Source::Fixed(token.clone()),
+            Credentials::Missing { .. } => return None,
+        };
+        Some(TokenBroker {
+            account: account.to_string(),
+            source,
+            cfg,
+            metrics,
+            state: Mutex::new(State::default()),
+            fetching: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// A valid token, fetching one if none is held (one fetch for all concurrent callers).
+    pub async fn get(&self) -> Result<Secret, TokenError> {
+        if let Some(t) = self.valid_now() {
+            return Ok(t);
+        }
+        let _fetching = self.fetching.lock().await;
+        // Whoever held the lock before us may have fetched, or failed, for us too.
+        if let Some(t) = self.valid_now() {
+            return Ok(t);
+        }
+        if let Some(e) = self.backing_off() {
+            return Err(e);
+        }
+        self.fetch().await
+    }
+
+    /// Drops `token` if it is still the held one: the upstream said it is no longer valid.
+    pub fn invalidate(&self, token: &Secret) {
+        let mut state = self.state.lock().expect("token state");
+        if state.held.as_ref().is_some_and(|h| &h.token == token) {
+            tracing::info!(account = %self.account, "upstream rejected the token; fetching a new one");
+            state.held = None;
+        }
+    }
+
+    pub fn status(&self) -> TokenStatus {
+        if matches!(self.source, Source::Fixed(_)) {
+            return TokenStatus::Fixed;
+        }
+        let state = self.state.lock().expect("token state");
+        let now = Instant::now();
+        match (&state.held, &state.failing) {
+            (Some(h), _) if h.expires_at > now => TokenStatus::Held {
+                expires_in: h.expires_at - now,
+            },
+            (_, Some((e, _))) => TokenStatus::Failing(e.0.clone()),
+            _ => TokenStatus::None,
+        }
+    }
+
+    /// Keeps the token fresh until `shutdown` resolves: fetches one at start, then again ahead of
+    /// each expiry, and after a failure once its backoff has passed. A no-op for a fixed token.
+    pub async fn run_refresher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        if matches!(self.source, Source::Fixed(_)) {
+            return;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            let due = self.next_refresh();
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            let _fetching = self.fetching.lock().await;
+            if self.next_refresh() > Instant::now() {
+                continue; // someone refreshed while we waited for the lock
+            }
+            let _ = self.fetch().await;
+        }
+    }
+
+    /// When the background refresher should act next.
+    fn next_refresh(&self) -> Instant {
+        let state = self.state.lock().expect("token state");
+        let now = Instant::now();
+        if let Some((_, retry_at)) = &state.failing {
+            return *retry_at;
+        }
+        match &state.held {
+            Some(h) => {
+                let ahead = self.cfg.refresh_before.min(h.lifetime / 4);
+                h.expires_at.checked_sub(ahead).unwrap_or(now)
+            }
+            None => now,
+        }
+    }
+
+    fn valid_now(&self) -> Option<Secret> {
+        if let Source::Fixed(t) = &self.source {
+            return Some(t.clone());
+        }
+        let state = self.state.lock().expect("token state");
+        let h = state.held.as_ref()?;
+        // Leave a little room for the request's own trip, so we do not send a token at its last instant.
+        let margin = (h.lifetime / 20).min(Duration::from_secs(2));
+        (Instant::now() + margin < h.expires_at).then(|| h.token.clone())
+    }
+
+    fn backing_off(&self) -> Option<TokenError> {
+        let state = self.state.lock().expect("token state");
+        match &state.failing {
+            Some((e, retry_at)) if Instant::now() < *retry_at => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// One `getToken` call; the caller holds `fetching`.
+    async fn fetch(&self) -> Result<Secret, TokenError> {
+        let Source::Exchange {
+            uuid,
+            secret,
+            base_url,
+            client,
+        } = &self.source
+        else {
+            unreachable!("a fixed token is never fetched");
+        };
+        let sent_at = Instant::now();
+        let result = self.exchange(client, base_url, uuid, secret).await;
+        let mut state = self.state.lock().expect("token state");
+        match result {
+            Ok((token, lifetime)) => {
+                self.metrics
+                    .token_refreshes
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!(account = %self.account, lifetime = ?lifetime, "obtained an upstream token");
+                state.held = Some(Held {
+                    token: token.clone(),
+                    expires_at: sent_at + lifetime,
+                    lifetime,
+                });
+                state.failing = None;
+                state.failures = 0;
+                Ok(token)
+            }
+            Err(e) => {
+                self.metrics
+                    .token_refreshes
+                    .with_label_values(&["error"])
+                    .inc();
+                let backoff = self.backoff(state.failures);
+                state.failures = state.failures.saturating_add(1);
+                tracing::warn!(account = %self.account, error = %e, retry_in = ?backoff, "getToken failed");
+                state.failing = Some((e.clone(), Instant::now() + backoff));
+                Err(e)
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        client: &UpstreamClient,
+        base_url: &str,
+        uuid: &Secret,
+        secret: &Secret,
+    ) -> Result<(Secret, Duration), TokenError> {
+        let body = serde_json::json!({ "uuid": uuid.expose(), "secret": secret.expose() });
+        let req = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("{base_url}/v1/auth/getToken"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(Bytes::from(body.to_string()))
+            .map_err(|e| TokenError(format!("cannot build the getToken request: {e}")))?;
+        let answer = client
+            .send(TOKEN_ROUTE, req)
+            .await
+            .map_err(|e| TokenError(format!("getToken failed: {e}")))?;
+        let parsed: TokenAnswer = serde_json::from_slice(&answer.body).map_err(|_| {
+            TokenError(format!(
+                "getToken answered HTTP {} with an unexpected body",
+                answer.parts.status
+            ))
+        })?;
+        match (parsed.code, parsed.data) {
+            (Some(0), Some(data)) if !data.token.is_empty() => {
+                let ms = data.effective_time.and_then(|v| {
+                    v.as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                });
+                let lifetime = ms.map(Duration::from_millis).unwrap_or(DEFAULT_LIFETIME);
+                Ok((
+                    Secret::new(data.token),
+                    lifetime.max(Duration::from_millis(100)),
+                ))
+            }
+            (code, _) => Err(TokenError(format!(
+                "getToken refused: code {} ({})",
+                code.map_or("none".to_string(), |c| c.to_string()),
+                parsed
+                    .msg
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ))),
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let base = self
+            .cfg
+            .retry_min
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.cfg.retry_max);
+        base.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
