@@ -1,6 +1,8 @@
 //! Logging through tracing-subscriber: human-readable by default, JSON lines with `[log] format =
 //! "json"` or `--log-format json`. `RUST_LOG` overrides the configured level.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -11,7 +13,9 @@ pub fn init(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in files or collectors.
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests starting several servers in one process) keeps the first subscriber.
     let _ = match format {
         LogFormat::Human => builder.try_init(),

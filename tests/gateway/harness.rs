@@ -1,0 +1,355 @@
+//! Starts the pieces of a test on loopback: the simulator and the gateway in process, or the real
+//! binary as a child process whose log lines are captured. Every address is bound on port 0.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use finovy_gateway::config::{FileConfig, Overrides, Settings};
+use finovy_gateway::server::Server;
+use finovy_gateway::sim::{SimConfig, Simulator};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+pub const DISK: &str = "/v1/PveMachineHardDisk/open";
+
+/// A simulator with test-friendly defaults: no create interval, short mounts.
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        create_min_interval: Duration::ZERO,
+        mount_delay: Duration::from_millis(200),
+        ..SimConfig::default()
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+pub struct Sim {
+    pub addr: SocketAddr,
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Sim {
+    pub async fn start(cfg: SimConfig) -> Sim {
+        let sim = Simulator::bind("127.0.0.1:0".parse().unwrap(), cfg)
+            .await
+            .expect("bind simulator");
+        let addr = sim.local_addr();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(sim.run(async move {
+            let _ = rx.await;
+        }));
+        Sim {
+            addr,
+            url: format!("http://{addr}"),
+            stop: Some(tx),
+        }
+    }
+
+    pub async fn stats(&self) -> Value {
+        http()
+            .get(format!("{}/_sim/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Calls that reached the simulator for one endpoint (`getToken`, `info`, ...).
+    pub async fn calls(&self, endpoint: &str) -> u64 {
+        self.stats().await["calls"][endpoint].as_u64().unwrap_or(0)
+    }
+
+    /// Every call that reached the simulator, whatever its path.
+    pub async fn total(&self) -> u64 {
+        self.stats().await["total"].as_u64().expect("stats.total")
+    }
+
+    pub async fn fault(&self, mode: &str, latency: &str) {
+        let r = http()
+            .post(format!("{}/_sim/fault", self.url))
+            .json(&serde_json::json!({"mode": mode, "latency": latency}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "fault {mode}");
+    }
+
+    pub async fn revoke_tokens(&self) {
+        let r = http()
+            .post(format!("{}/_sim/revoke-tokens", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// The requests the simulator received, oldest first.
+    pub async fn requests(&self) -> Vec<Value> {
+        http()
+            .get(format!("{}/_sim/requests", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A token straight from the simulator, as another system holding one would have it.
+    pub async fn token(&self) -> String {
+        let v: Value = http()
+            .post(format!("{}/v1/auth/getToken", self.url))
+            .json(&serde_json::json!({"uuid": "demo-uuid", "secret": "demo-secret"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"]["token"].as_str().expect("token").to_string()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The demo credentials the simulator accepts by default.
+pub fn demo_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("FINOVY_UUID", "demo-uuid".to_string()),
+        ("FINOVY_SECRET", "demo-secret".to_string()),
+    ]
+}
+
+/// A `[[clients]]` entry for `key`.
+pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
+    format!(
+        "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{extra}\n",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
+}
+
+/// A gateway in this process, listening on loopback ports chosen by the OS.
+pub struct Gw {
+    pub url: String,
+    pub admin_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Gw {
+    /// `toml` is a config file's text; the upstream defaults to `upstream`, credentials to `env`.
+    pub async fn start(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
+        let file =
+            FileConfig::parse(toml, std::path::Path::new("test.toml")).expect("test config parses");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            upstream: Some(upstream.to_string()),
+            ..Overrides::default()
+        };
+        let env: HashMap<&str, String> = env.into_iter().collect();
+        let lookup = move |name: &str| env.get(name).cloned();
+        let settings = Settings::resolve(file, &overrides, &lookup).expect("test config is valid");
+        let server = Server::bind(settings).await.expect("gateway binds");
+        let url = format!("http://{}", server.local_addr());
+        let admin_url = format!("http://{}", server.admin_addr());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Gw {
+            url,
+            admin_url,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A gateway with anonymous access on loopback and the demo credentials.
+    pub async fn anonymous(sim: &Sim) -> Gw {
+        Gw::start("", &sim.url, demo_env()).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops accepting, drains, and waits until the server has returned.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A unique file under the temporary directory holding `text`.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "fgw-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_finovy-gateway"))
+}
+
+/// The `listen` field of a log line, human (`listen=ADDR`) or JSON (`"listen":"ADDR"`).
+fn listen_field(line: &str) -> Option<String> {
+    let rest = line
+        .split("listen=")
+        .nth(1)
+        .or_else(|| line.split("\"listen\":\"").nth(1))?;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    Some(addr)
+}
+
+/// The real binary running `serve`, with its log lines captured.
+pub struct Bin {
+    pub child: Child,
+    pub url: String,
+    pub admin_url: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bin {
+    /// Starts `serve --config <toml>` on loopback port 0 and waits for both listeners' log lines.
+    pub fn serve(toml: &str, upstream: &str, env: &[(&str, &str)]) -> Bin {
+        let config = temp_file("gateway.toml", toml);
+        let mut cmd = binary();
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--upstream",
+                upstream,
+            ])
+            .env_remove("FINOVY_UUID")
+            .env_remove("FINOVY_SECRET")
+            .env_remove("FINOVY_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the gateway binary");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for (marker, which) in [("gateway listening", "data"), ("admin listening", "admin")]
+                {
+                    if line.contains(marker)
+                        && let Some(addr) = listen_field(&line)
+                    {
+                        let _ = tx.send((which, addr));
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut url = None;
+        let mut admin_url = None;
+        while url.is_none() || admin_url.is_none() {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(("data", a)) => url = Some(format!("http://{a}")),
+                Ok((_, a)) => admin_url = Some(format!("http://{a}")),
+                Err(_) => panic!(
+                    "the gateway did not start; its log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                ),
+            }
+        }
+        Bin {
+            child,
+            url: url.unwrap(),
+            admin_url: admin_url.unwrap(),
+            logs,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (up to 30 s) and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the gateway did not exit within 30 s");
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,179 @@
+//! Limits with clear answers (body size, concurrency, request timeout) and paths that try to
+//! leave the route table or reach another host.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+/// Sends `raw` over a fresh connection and returns the status code and body of the answer.
+async fn raw(addr: &str, raw: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the server closes; a reset after the answer (unread body bytes) ends it too.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answer within 10 s")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn path_escapes_never_reach_the_upstream() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let before = sim.total().await;
+    for target in [
+        "/v1/PveMachineHardDisk/open/info/../../../v1/auth/getToken",
+        "/v1/PveMachineHardDisk/open/info/..%2F..%2Fauth%2FgetToken",
+        "/v1/PveMachineHardDisk/open/info/%2e%2e",
+        "/v1/PveMachineHardDisk/open/./info/abc",
+        "/v1/PveMachineHardDisk/open//info/abc",
+        "//evil.example/v1/PveMachineHardDisk/open/info/abc",
+        "/v1/PveMachineHardDisk/open/info/abc/..",
+        "/v1/PveMachineHardDisk/open/info/a\\b",
+        "http://evil.example/v1/auth/getToken",
+        "*",
+    ] {
+        let (status, body) = raw(
+            &gw.url,
+            &format!("GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(status == 404 || status == 400, "{target}: {status} {body}");
+        if status == 404 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["code"], 404, "{target}");
+        }
+    }
+    assert_eq!(sim.total().await, before, "nothing reached the simulator");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absolute_form_target_goes_to_the_configured_upstream_only() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let (status, body) = raw(
+        &gw.url,
+        "GET http://evil.example:81/v1/PveMachineHardDisk/open/memoryTotal/0 HTTP/1.1\r\nHost: evil.example:81\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = sim
+        .requests()
+        .await
+        .pop()
+        .expect("forwarded to the simulator");
+    assert_eq!(seen["path"], "/v1/PveMachineHardDisk/open/memoryTotal/0");
+    assert_eq!(seen["headers"]["host"], sim.addr.to_string().as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_is_413() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start("[server]\nmax_body_bytes = 1024\n", &sim.url, demo_env()).await;
+    let before = sim.total().await;
+    let big = format!(
+        "{{\"area\":0,\"memory\":20,\"isMount\":0,\"pad\":\"{}\"}}",
+        "x".repeat(4096)
+    );
+    let resp = http()
+        .post(format!("{}{DISK}/create", gw.url))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 1007);
+    // Without a Content-Length (chunked), the limit holds while reading.
+    let mut chunked = String::new();
+    for chunk in big.as_bytes().chunks(512) {
+        chunked.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        ));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let (status, body) = raw(
+        &gw.url,
+        &format!(
+            "POST {DISK}/create HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked}"
+        ),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(sim.total().await, before);
+    assert_eq!(sim.stats().await["disks"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_concurrency_bound_answers_503_at_once() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start("[server]\nmax_concurrency = 2\n", &sim.url, demo_env()).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 200); // token held
+    sim.fault("slow", "1500ms").await;
+    let client = http();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut shed = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            (200, _) => ok += 1,
+            (503, v) => {
+                assert_eq!(v["code"], 503);
+                shed += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(ok <= 2 && ok >= 1, "ok {ok}");
+    assert_eq!(ok + shed, 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_past_its_deadline_is_504() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        "[server]\nrequest_timeout = \"300ms\"\n",
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
+    sim.fault("slow", "2s").await;
+    let resp = http().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 503);
+}

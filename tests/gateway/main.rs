@@ -1,0 +1,10 @@
+//! The gateway's end-to-end tests: real HTTP over loopback, the simulator as the upstream and as
+//! the witness of what reached it. One test binary, one module per capability.
+
+mod auth;
+mod faults;
+mod forwarding;
+mod harness;
+mod limits;
+mod process;
+mod token;

@@ -1,0 +1,343 @@
+//! The real binary: protected mode, secrets kept out of logs and metrics, graceful drain on
+//! SIGTERM, `check-config`, and the `dev` demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use finovy_gateway::sim::SimConfig;
+use serde_json::Value;
+
+use crate::harness::*;
+
+#[test]
+fn protected_mode_refuses_to_start() {
+    let config = temp_file("empty.toml", "");
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .env("FINOVY_UUID", "u")
+        .env("FINOVY_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("protected mode"), "{err}");
+}
+
+#[test]
+fn missing_credentials_refuse_to_start() {
+    let config = temp_file("empty.toml", "");
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env_remove("FINOVY_UUID")
+        .env_remove("FINOVY_SECRET")
+        .env_remove("FINOVY_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FINOVY_UUID") && err.contains("FINOVY_TOKEN"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_logs_metrics_or_answers() {
+    const UUID: &str = "acct-uuid-7f3a9c";
+    const SECRET: &str = "app-secret-d41d8cd98f";
+    const KEY: &str = "fgw_client_key_e3b0c44298fc1c14";
+    let sim = Sim::start(SimConfig {
+        uuid: UUID.into(),
+        secret: SECRET.into(),
+        ..sim_config()
+    })
+    .await;
+    let toml = client_entry("svc", KEY, "") + "[log]\nformat = \"json\"\nlevel = \"trace\"\n";
+    let gw = Bin::serve(
+        &toml,
+        &sim.url,
+        &[("FINOVY_UUID", UUID), ("FINOVY_SECRET", SECRET)],
+    );
+    let auth = format!("Bearer {KEY}");
+    let mut answers = String::new();
+    for (path, key) in [
+        (format!("{DISK}/memoryTotal/0"), auth.as_str()),
+        (format!("{DISK}/info/nope"), auth.as_str()),
+        (format!("{DISK}/info/nope"), "Bearer wrong"),
+        ("/v1/auth/getToken".to_string(), auth.as_str()),
+    ] {
+        let r = http()
+            .get(format!("{}{path}", gw.url))
+            .header("Authorization", key)
+            .send()
+            .await
+            .unwrap();
+        answers.push_str(&r.text().await.unwrap());
+    }
+    sim.revoke_tokens().await;
+    let r = http()
+        .get(format!("{}{DISK}/memoryTotal/0", gw.url))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    answers.push_str(&r.text().await.unwrap());
+    let tokens: Vec<String> = sim
+        .requests()
+        .await
+        .iter()
+        .filter_map(|r| {
+            r["headers"]["finovy-access-token"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert!(tokens.len() >= 2, "two tokens were used: {tokens:?}");
+    let metrics = http()
+        .get(format!("{}/metrics", gw.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ready = http()
+        .get(format!("{}/readyz", gw.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let config = temp_file("check.toml", &toml);
+    let check = binary()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("FINOVY_UUID", UUID)
+        .env("FINOVY_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let check = String::from_utf8_lossy(&check.stdout).to_string();
+    let logs = gw.log_text();
+    assert!(
+        logs.contains("\"route\":\"disk.memory_total\""),
+        "JSON access lines:\n{logs}"
+    );
+    for line in logs.lines() {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    }
+    for secret in [UUID, SECRET, KEY]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(tokens)
+    {
+        for (what, text) in [
+            ("logs", &logs),
+            ("metrics", &metrics),
+            ("answers", &answers),
+            ("readyz", &ready),
+            ("check-config", &check),
+        ] {
+            assert!(!text.contains(&secret), "{secret} found in {what}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_an_in_flight_request_then_exits_0() {
+    let sim = Sim::start(sim_config()).await;
+    let mut gw = Bin::serve(
+        "",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
+    sim.fault("slow", "1500ms").await;
+    let before = sim.calls("memoryTotal").await;
+    let in_flight = tokio::spawn(async move {
+        let r = http().get(url).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    // The request is in flight once the simulator has received it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.calls("memoryTotal").await == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never reached the simulator"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.terminate();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!((status, body["code"].as_i64()), (200, Some(0)), "{body}");
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_the_bad_key() {
+    let good = temp_file(
+        "good.toml",
+        "[server]\nlisten = \"127.0.0.1:8081\"\nrequest_timeout = \"5s\"\n[[clients]]\nname = \"a\"\nkey_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n",
+    );
+    let out = binary()
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("127.0.0.1:8081") && text.contains("request_timeout = \"5s\""),
+        "{text}"
+    );
+
+    // The shipped, documented config is valid too.
+    let shipped = binary()
+        .args(["check-config", "--config", "config/gateway.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        shipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
+
+    for (text, key) in [
+        ("[server]\nlisten_on = \"x\"\n", "listen_on"),
+        ("[server]\nrequest_timeout = \"fast\"\n", "request_timeout"),
+        ("[upstream]\nbase_url = \"ftp://x\"\n", "upstream.base_url"),
+        (
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"abc\"\n",
+            "clients[0].key_sha256",
+        ),
+        ("[log]\nformat = \"xml\"\n", "format"),
+        ("[server\n", "t"),
+    ] {
+        let bad = temp_file("bad.toml", text);
+        let out = binary()
+            .args(["check-config", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    let missing = binary()
+        .args(["check-config", "--config", "/nonexistent/gw.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn keygen_prints_a_key_whose_digest_it_configures() {
+    let out = binary()
+        .args(["keygen", "--name", "render"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("fgw_"))
+        .expect("a key");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+    assert!(
+        text.contains(&format!("key_sha256 = \"{digest}\"")),
+        "{text}"
+    );
+    assert!(text.contains("name = \"render\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_serves_the_simulator_behind_the_gateway() {
+    let mut child = binary()
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--sim-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut gw = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["gateway", url, ..] => gw = Some(url.to_string()),
+                ["client", "key", key, ..] => {
+                    let _ = tx.send((gw.clone().expect("gateway line first"), key.to_string()));
+                }
+                _ => {}
+            }
+        }
+    });
+    let (url, key) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("dev prints its banner");
+    let auth = format!("Bearer {key}");
+    let created: Value = http()
+        .post(format!("{url}{DISK}/create"))
+        .header("Authorization", &auth)
+        .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["code"], 0, "{created}");
+    let id = created["data"].as_str().unwrap();
+    let info: Value = http()
+        .get(format!("{url}{DISK}/info/{id}"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["data"]["id"], id);
+    let keyless = http()
+        .get(format!("{url}{DISK}/info/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyless.status(), 401);
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

@@ -1,0 +1,234 @@
+//! The token broker: one getToken for many, refresh across expiries, one retry after a 401,
+//! fixed tokens, and one token per account.
+
+use std::time::{Duration, Instant};
+
+use finovy_gateway::sim::SimConfig;
+use serde_json::Value;
+
+use crate::harness::*;
+
+async fn code(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = http().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_first_requests_share_one_get_token() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    let client = http();
+    let calls = (0..200).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    });
+    for answer in futures_join(calls).await {
+        assert_eq!(answer["code"], 0, "{answer}");
+    }
+    assert_eq!(sim.calls("getToken").await, 1);
+    assert_eq!(sim.calls("memoryTotal").await, 200);
+}
+
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_succeed_across_token_expiries() {
+    let sim = Sim::start(SimConfig {
+        token_ttl: Duration::from_millis(800),
+        ..sim_config()
+    })
+    .await;
+    let gw = Gw::anonymous(&sim).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    let started = Instant::now();
+    let mut n = 0;
+    // Four token lifetimes of steady traffic.
+    while started.elapsed() < Duration::from_millis(3200) {
+        let (status, body) = code(&url, &[]).await;
+        assert_eq!(
+            (status, body["code"].as_i64()),
+            (200, Some(0)),
+            "request {n}: {body}"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fetched = sim.calls("getToken").await;
+    assert!(
+        (4..=12).contains(&fetched),
+        "getToken calls: {fetched} over {n} requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_token_is_refreshed_once_and_the_request_retried() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(code(&url, &[]).await.1["code"], 0);
+    assert_eq!(sim.calls("getToken").await, 1);
+    sim.revoke_tokens().await;
+    let before = sim.calls("memoryTotal").await;
+    let client = http();
+    let calls = (0..50).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    });
+    for answer in futures_join(calls).await {
+        assert_eq!(answer["code"], 0, "the client never sees the 401: {answer}");
+    }
+    assert_eq!(
+        sim.calls("getToken").await,
+        2,
+        "one refresh for all 50 rejections"
+    );
+    let sent = sim.calls("memoryTotal").await - before;
+    assert!(
+        (51..=100).contains(&sent),
+        "each request sent at most twice: {sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_token_is_used_and_get_token_never_called() {
+    let sim = Sim::start(sim_config()).await;
+    let token = sim.token().await;
+    let gw = Gw::start("", &sim.url, vec![("FINOVY_TOKEN", token.clone())]).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    for _ in 0..5 {
+        assert_eq!(code(&url, &[]).await.1["code"], 0);
+    }
+    assert_eq!(
+        sim.calls("getToken").await,
+        1,
+        "only the test's own getToken"
+    );
+    let seen = sim.requests().await.pop().unwrap();
+    assert_eq!(seen["headers"]["finovy-access-token"], token.as_str());
+    let ready = http()
+        .get(format!("{}/readyz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_accounts_use_their_own_upstream_and_token() {
+    let sim_a = Sim::start(sim_config()).await;
+    let sim_b = Sim::start(SimConfig {
+        uuid: "b-uuid".into(),
+        secret: "b-secret".into(),
+        ..sim_config()
+    })
+    .await;
+    let toml = format!(
+        "{}{}[[accounts]]\nname = \"b\"\nbase_url = \"{}\"\nuuid_env = \"B_UUID\"\nsecret_env = \"B_SECRET\"\n",
+        client_entry("ka", "key-of-client-a-000000000", ""),
+        client_entry("kb", "key-of-client-b-000000000", "account = \"b\""),
+        sim_b.url
+    );
+    let mut env = demo_env();
+    env.push(("B_UUID", "b-uuid".into()));
+    env.push(("B_SECRET", "b-secret".into()));
+    let gw = Gw::start(&toml, &sim_a.url, env).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    for _ in 0..3 {
+        let (_, a) = code(
+            &url,
+            &[("Authorization", "Bearer key-of-client-a-000000000")],
+        )
+        .await;
+        assert_eq!(a["code"], 0, "{a}");
+    }
+    let (_, b) = code(
+        &url,
+        &[("Authorization", "Bearer key-of-client-b-000000000")],
+    )
+    .await;
+    assert_eq!(b["code"], 0, "{b}");
+    assert_eq!(
+        (
+            sim_a.calls("memoryTotal").await,
+            sim_b.calls("memoryTotal").await
+        ),
+        (3, 1)
+    );
+    assert_eq!(
+        (sim_a.calls("getToken").await, sim_b.calls("getToken").await),
+        (1, 1)
+    );
+    let token_a = sim_a.requests().await.pop().unwrap()["headers"]["finovy-access-token"].clone();
+    let token_b = sim_b.requests().await.pop().unwrap()["headers"]["finovy-access-token"].clone();
+    assert_ne!(token_a, token_b);
+    // Had either simulator been sent the other's token, it would have answered 401 and the
+    // counts above would show a second getToken and a repeated call.
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_answer_503_and_back_off() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        "",
+        &sim.url,
+        vec![
+            ("FINOVY_UUID", "demo-uuid".into()),
+            ("FINOVY_SECRET", "wrong".into()),
+        ],
+    )
+    .await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    for _ in 0..20 {
+        let (status, body) = code(&url, &[]).await;
+        assert_eq!((status, body["code"].as_i64()), (503, Some(503)), "{body}");
+        assert!(
+            !body["msg"].as_str().unwrap().contains("wrong"),
+            "no secret in the answer: {body}"
+        );
+    }
+    let fetched = sim.calls("getToken").await;
+    assert!(fetched <= 3, "backoff keeps getToken calls few: {fetched}");
+    assert_eq!(sim.calls("memoryTotal").await, 0);
+    let ready = http()
+        .get(format!("{}/readyz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("finovy_gateway_token_refreshes_total{outcome=\"error\"}"),
+        "{metrics}"
+    );
+}
