@@ -180,6 +180,12 @@ impl Gw {
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
+        // `/readyz` answers once the startup getToken has settled, so tests count from a quiet state.
+        http()
+            .get(format!("{admin_url}/readyz"))
+            .send()
+            .await
+            .expect("readyz answers");
         Gw {
             url,
             admin_url,

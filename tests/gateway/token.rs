@@ -204,7 +204,7 @@ async fn wrong_credentials_answer_503_and_back_off() {
         &sim.url,
         vec![
             ("FINOVY_UUID", "demo-uuid".into()),
-            ("FINOVY_SECRET", "wrong".into()),
+            ("FINOVY_SECRET", "bad-secret-x9".into()),
         ],
     )
     .await;
@@ -213,7 +213,7 @@ async fn wrong_credentials_answer_503_and_back_off() {
         let (status, body) = code(&url, &[]).await;
         assert_eq!((status, body["code"].as_i64()), (503, Some(503)), "{body}");
         assert!(
-            !body["msg"].as_str().unwrap().contains("wrong"),
+            !body["msg"].as_str().unwrap().contains("bad-secret-x9"),
             "no secret in the answer: {body}"
         );
     }
