@@ -23,7 +23,6 @@ fn start(args: &[&str], marker: &str) -> (Proc, String) {
         .args(args)
         .env("FINOVY_UUID", "demo-uuid")
         .env("FINOVY_SECRET", "demo-secret")
-        .env("RUST_LOG", "warn,finovy_gateway::server=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -275,8 +275,8 @@ finovy-gateway dev: the gateway in front of the built-in upstream simulator (dem
 state in memory). Ctrl-C stops both.
 
   gateway    http://{gw}
-  admin      http://{admin}   (/metrics /healthz /readyz)
-  simulator  http://{sim}     (/_sim/stats /_sim/fault /_sim/reset)
+  admin      http://{admin}  (/metrics /healthz /readyz)
+  simulator  http://{sim}  (/_sim/stats /_sim/fault /_sim/reset)
   client key {key}   (client "demo"; new at every start)
 
 Try:

@@ -130,7 +130,7 @@ where
                 method,
                 route,
                 status = status.as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 client,
                 upstream_trace_id = upstream_trace,
                 "request"

@@ -359,3 +359,35 @@ impl Drop for Bin {
         let _ = self.child.wait();
     }
 }
+
+/// Sends `req` and returns the answer's status and JSON body.
+pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("an answer");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON body"))
+}
+
+/// A GET's body as text.
+pub async fn get_text(url: &str) -> String {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("a body")
+}
+
+/// `n` GETs of `url` at once; their JSON answers.
+pub async fn concurrent_gets(url: &str, n: usize) -> Vec<Value> {
+    let client = http();
+    let handles: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(send_json(client.get(url))))
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for h in handles {
+        out.push(h.await.expect("request task").1);
+    }
+    out
+}

@@ -98,22 +98,8 @@ async fn secrets_never_reach_logs_metrics_or_answers() {
         })
         .collect();
     assert!(tokens.len() >= 2, "two tokens were used: {tokens:?}");
-    let metrics = http()
-        .get(format!("{}/metrics", gw.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let ready = http()
-        .get(format!("{}/readyz", gw.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", gw.admin_url)).await;
+    let ready = get_text(&format!("{}/readyz", gw.admin_url)).await;
     let config = temp_file("check.toml", &toml);
     let check = binary()
         .args(["check-config", "--config"])
@@ -303,27 +289,21 @@ async fn dev_serves_the_simulator_behind_the_gateway() {
         .recv_timeout(Duration::from_secs(30))
         .expect("dev prints its banner");
     let auth = format!("Bearer {key}");
-    let created: Value = http()
-        .post(format!("{url}{DISK}/create"))
-        .header("Authorization", &auth)
-        .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, created) = send_json(
+        http()
+            .post(format!("{url}{DISK}/create"))
+            .header("Authorization", &auth)
+            .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0})),
+    )
+    .await;
     assert_eq!(created["code"], 0, "{created}");
     let id = created["data"].as_str().unwrap();
-    let info: Value = http()
-        .get(format!("{url}{DISK}/info/{id}"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, info) = send_json(
+        http()
+            .get(format!("{url}{DISK}/info/{id}"))
+            .header("Authorization", &auth),
+    )
+    .await;
     assert_eq!(info["data"]["id"], id);
     let keyless = http()
         .get(format!("{url}{DISK}/info/{id}"))

@@ -22,35 +22,11 @@ async fn concurrent_first_requests_share_one_get_token() {
     let sim = Sim::start(sim_config()).await;
     let gw = Gw::anonymous(&sim).await;
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
-    let client = http();
-    let calls = (0..200).map(|_| {
-        let (client, url) = (client.clone(), url.clone());
-        tokio::spawn(async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    });
-    for answer in futures_join(calls).await {
+    for answer in concurrent_gets(&url, 200).await {
         assert_eq!(answer["code"], 0, "{answer}");
     }
     assert_eq!(sim.calls("getToken").await, 1);
     assert_eq!(sim.calls("memoryTotal").await, 200);
-}
-
-async fn futures_join<T: Send + 'static>(
-    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<T> {
-    let mut out = Vec::new();
-    for h in handles.collect::<Vec<_>>() {
-        out.push(h.await.unwrap());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,21 +67,7 @@ async fn a_rejected_token_is_refreshed_once_and_the_request_retried() {
     assert_eq!(sim.calls("getToken").await, 1);
     sim.revoke_tokens().await;
     let before = sim.calls("memoryTotal").await;
-    let client = http();
-    let calls = (0..50).map(|_| {
-        let (client, url) = (client.clone(), url.clone());
-        tokio::spawn(async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    });
-    for answer in futures_join(calls).await {
+    for answer in concurrent_gets(&url, 50).await {
         assert_eq!(answer["code"], 0, "the client never sees the 401: {answer}");
     }
     assert_eq!(
