@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -18,9 +18,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+use crate::cache::Cache;
+use crate::cache::Reason;
+use crate::cache::key::CacheKey;
+use crate::config::DEFAULT_ACCOUNT;
 use crate::envelope::error_response;
 use crate::layers::request_id::generate;
 use crate::metrics::Metrics;
+use crate::routes::Route;
+use crate::store::Invalidation;
 use crate::upstream::AccountHandle;
 use crate::upstream::token::TokenStatus;
 
@@ -30,6 +36,7 @@ const READY_TOKEN_WAIT: Duration = Duration::from_secs(3);
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub accounts: Vec<Arc<AccountHandle>>,
+    pub cache: Arc<Cache>,
     pub admin_key_sha256: Option<[u8; 32]>,
     pub draining: Arc<AtomicBool>,
 }
@@ -83,6 +90,7 @@ async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Respo
         (&Method::GET, "/readyz") => readiness(state).await,
         (&Method::GET, "/metrics") => {
             update_token_gauge(state);
+            state.cache.update_gauges();
             let mut resp = http::Response::new(Bytes::from(state.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -90,7 +98,7 @@ async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Respo
             );
             resp
         }
-        (_, p) if p.starts_with("/admin/") => admin(state, &req),
+        (_, p) if p.starts_with("/admin/") => admin(state, req).await,
         _ => error_response(
             StatusCode::NOT_FOUND,
             404,
@@ -155,7 +163,7 @@ fn update_token_gauge(state: &AdminState) {
 }
 
 /// `/admin/*`: 404 when no admin key is configured, 401 without the right key.
-fn admin(state: &AdminState, req: &http::Request<Incoming>) -> http::Response<Bytes> {
+async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Response<Bytes> {
     let id = generate();
     let Some(expected) = state.admin_key_sha256 else {
         return error_response(
@@ -185,5 +193,68 @@ fn admin(state: &AdminState, req: &http::Request<Incoming>) -> http::Response<By
             &id,
         );
     }
-    error_response(StatusCode::NOT_FOUND, 404, "no such admin endpoint", &id)
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/admin/cache/purge") => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        1007,
+                        "could not read the body",
+                        &id,
+                    );
+                }
+            };
+            match purge_target(&body) {
+                Ok(what) => {
+                    let shown = format!("{what:?}");
+                    state.cache.invalidate(what, Reason::Purge).await;
+                    json(
+                        StatusCode::OK,
+                        serde_json::json!({"code": 0, "success": true, "msg": "purged", "data": {"purged": shown}, "traceId": id}),
+                    )
+                }
+                Err(msg) => error_response(StatusCode::BAD_REQUEST, 1007, &msg, &id),
+            }
+        }
+        _ => error_response(StatusCode::NOT_FOUND, 404, "no such admin endpoint", &id),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    #[serde(default)]
+    all: bool,
+    route: Option<String>,
+    account: Option<String>,
+    id: Option<String>,
+}
+
+/// `{"all": true}`, `{"route": "disk.info"}` (every account, or one with `account`), or
+/// `{"route": "disk.info", "id": "PgOiNCqaJQ"}` (one entry; `account` defaults to `default`).
+fn purge_target(body: &[u8]) -> Result<Invalidation, String> {
+    const USAGE: &str = "expected {\"all\": true}, {\"route\": \"disk.info\"} or {\"route\": \"disk.info\", \"id\": \"...\"} (optional \"account\")";
+    let req: PurgeRequest = serde_json::from_slice(body).map_err(|e| format!("{USAGE}: {e}"))?;
+    let route = match &req.route {
+        Some(name) => {
+            Some(Route::from_name(name).ok_or_else(|| format!("unknown route {name:?}; {USAGE}"))?)
+        }
+        None => None,
+    };
+    match (req.all, route, req.account, req.id) {
+        (true, None, None, None) => Ok(Invalidation::All),
+        (false, Some(route), account, Some(id)) => Ok(Invalidation::Key(CacheKey::new(
+            account.as_deref().unwrap_or(DEFAULT_ACCOUNT),
+            route,
+            &id,
+        ))),
+        (false, Some(route), Some(account), None) => Ok(Invalidation::Route {
+            account: account.into(),
+            route,
+        }),
+        (false, Some(route), None, None) => Ok(Invalidation::AnyAccount(route)),
+        _ => Err(USAGE.to_string()),
+    }
 }

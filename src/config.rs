@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::policy::{CacheConfig, CacheSettings};
 use crate::routes::Route;
 
 /// The environment variables of the default account's credentials (CONTRACT.md, "Configuration").
@@ -100,6 +101,7 @@ pub struct FileConfig {
     pub token: TokenConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub cache: CacheConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,
@@ -322,6 +324,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub token: TokenConfig,
     pub log: LogConfig,
+    pub cache: CacheSettings,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "mask_opt")]
     pub admin_key_sha256: Option<[u8; 32]>,
     #[serde(
@@ -447,6 +450,7 @@ impl Settings {
             .map(|d| parse_digest("admin.key_sha256", d))
             .transpose()?;
 
+        let cache = file.cache.resolve()?;
         let accounts = resolve_accounts(&file.accounts, &upstream.base_url, env)?;
         let clients = resolve_clients(&file.clients, &accounts)?;
 
@@ -456,6 +460,7 @@ impl Settings {
             auth: file.auth,
             token: file.token,
             log,
+            cache,
             admin_key_sha256,
             redis_url,
             accounts,

@@ -3,6 +3,7 @@
 //! and benchmarks run exactly the gateway that ships.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -11,7 +12,9 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod sim;
+pub mod single_flight;
 pub mod stack;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
 

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub token_refreshes: IntCounterVec,
     pub token_expires_in: IntGauge,
     pub inflight: IntGauge,
+    pub cache_lookups: IntCounterVec,
+    pub cache_entries: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub cache_invalidations: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -83,6 +87,21 @@ impl Metrics {
             inflight: gauge(
                 "finovy_gateway_inflight_requests",
                 "Data-plane requests being handled.",
+            ),
+            cache_lookups: counter(
+                "finovy_gateway_cache_lookups_total",
+                "Requests of cached routes, by result (hit, stale, miss, coalesced, bypass).",
+                &["route", "result"],
+            ),
+            cache_entries: gauge("finovy_gateway_cache_entries", "Entries held by the cache."),
+            cache_bytes: gauge(
+                "finovy_gateway_cache_bytes",
+                "Bytes held by the cache (estimated).",
+            ),
+            cache_invalidations: counter(
+                "finovy_gateway_cache_invalidations_total",
+                "Cache entries dropped, by route and reason (mutation, purge, no_cache, gone).",
+                &["route", "reason"],
             ),
             build_info: {
                 let g = IntGaugeVec::new(

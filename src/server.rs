@@ -17,10 +17,12 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::admin::{self, AdminState};
+use crate::cache::Cache;
 use crate::config::Settings;
 use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::metrics::Metrics;
 use crate::stack::{self, EdgeService};
+use crate::store::MemoryStore;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,7 @@ pub struct Gateway {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub accounts: Vec<Arc<AccountHandle>>,
+    pub cache: Arc<Cache>,
     service: EdgeService<Incoming>,
 }
 
@@ -85,11 +88,20 @@ impl Gateway {
             .then(|| find(crate::config::DEFAULT_ACCOUNT))
             .flatten();
         let auth = Arc::new(Authenticator::new(clients, anonymous));
-        let service = stack::build(&settings.server, metrics.clone(), auth, client);
+        let store = Arc::new(MemoryStore::new(settings.cache.max_bytes));
+        let cache = Arc::new(Cache::new(&settings.cache, store, metrics.clone()));
+        let service = stack::build(
+            &settings.server,
+            metrics.clone(),
+            auth,
+            cache.clone(),
+            client,
+        );
         Ok(Gateway {
             settings,
             metrics,
             accounts,
+            cache,
             service,
         })
     }
@@ -153,6 +165,7 @@ impl Server {
         let admin_state = Arc::new(AdminState {
             metrics: gateway.metrics.clone(),
             accounts: gateway.accounts.clone(),
+            cache: gateway.cache.clone(),
             admin_key_sha256: gateway.settings.admin_key_sha256,
             draining: draining.clone(),
         });

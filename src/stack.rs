@@ -9,10 +9,12 @@ use http::Request;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
+use crate::cache::Cache;
 use crate::config::ServerConfig;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::auth::{AuthLayer, Authenticator};
 use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::cache::CacheLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
@@ -29,6 +31,7 @@ pub fn build<B>(
     cfg: &ServerConfig,
     metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
+    cache: Arc<Cache>,
     client: UpstreamClient,
 ) -> EdgeService<B>
 where
@@ -40,6 +43,8 @@ where
         ServiceBuilder::new()
             // Who is calling (401), as which account, and may they call this route (403).
             .layer(AuthLayer::new(auth))
+            // Cached routes answered from the account's entries; mutations drop what they change.
+            .layer(CacheLayer::new(cache))
             // The account's upstream token; one retry with a fresh token when the upstream says 401.
             .layer(TokenLayer)
             // The upstream call itself, with only allow-listed headers.

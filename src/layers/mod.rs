@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod body_limit;
+pub mod cache;
 pub mod request_id;
 pub mod rescue;
 pub mod route;

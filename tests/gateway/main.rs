@@ -2,6 +2,7 @@
 //! the witness of what reached it. One test binary, one module per capability.
 
 mod auth;
+mod cache;
 mod faults;
 mod forwarding;
 mod harness;

@@ -1,0 +1,252 @@
+//! A stored upstream answer and its freshness (RFC 5861). Freshness is kept on tokio's clock in the
+//! entry itself: the store's own expiry is only a memory bound.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::cache::policy::CachePolicy;
+use crate::envelope::EnvelopeHead;
+use crate::routes::Route;
+use crate::svc::Resp;
+
+/// A complete answer as the upstream call gave it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// `None` for an answer the gateway made itself (an error envelope of its own).
+    pub head: Option<EnvelopeHead>,
+}
+
+impl Answer {
+    pub fn from_response(resp: Resp) -> Answer {
+        let head = resp.extensions().get::<EnvelopeHead>().cloned();
+        let (parts, body) = resp.into_parts();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            head,
+        }
+    }
+
+    pub fn to_response(&self) -> Resp {
+        let mut resp = Resp::new(self.body.clone());
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers.clone();
+        if let Some(head) = &self.head {
+            resp.extensions_mut().insert(head.clone());
+        }
+        resp
+    }
+
+    /// Only upstream successes are stored: HTTP 200 with envelope code 0.
+    pub fn is_storable(&self) -> bool {
+        self.status == StatusCode::OK && self.head.as_ref().is_some_and(EnvelopeHead::is_success)
+    }
+
+    /// The upstream failed (rather than answering a business error): a stored entry may stand in.
+    pub fn is_failure(&self) -> bool {
+        self.status.is_server_error()
+            || self
+                .head
+                .as_ref()
+                .is_some_and(|h| matches!(h.code, Some(500) | Some(503)))
+    }
+
+    /// The upstream says the thing does not exist (220001 disk, 1021 host): drop what we hold.
+    pub fn is_gone(&self) -> bool {
+        self.head
+            .as_ref()
+            .is_some_and(|h| matches!(h.code, Some(220001) | Some(1021)))
+    }
+}
+
+/// What a lookup finds, by age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Serve it; this long is left.
+    Fresh(Duration),
+    /// Past its TTL but within stale-while-revalidate: serve it and refresh in the background.
+    Revalidate,
+    /// Only usable if the upstream fails (within stale-if-error).
+    IfError,
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub answer: Answer,
+    pub stored_at: Instant,
+    pub fresh_for: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+#[derive(Deserialize)]
+struct DiskStatus {
+    data: Option<DiskData>,
+}
+
+#[derive(Deserialize)]
+struct DiskData {
+    status: Option<serde_json::Value>,
+}
+
+/// A disk's `status` as the upstream writes it (`"1"` or `1`), as text.
+fn disk_status(body: &[u8]) -> Option<String> {
+    let status = serde_json::from_slice::<DiskStatus>(body)
+        .ok()?
+        .data?
+        .status?;
+    match status {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl Entry {
+    pub fn new(route: Route, answer: Answer, policy: &CachePolicy, now: Instant) -> Entry {
+        let mut fresh_for = policy.ttl;
+        // A disk mounting or being destroyed is what pollers wait on: its entry lives shorter.
+        if route == Route::DiskInfo
+            && !policy.status_ttl.is_empty()
+            && let Some(ttl) = disk_status(&answer.body).and_then(|s| policy.status_ttl.get(&s))
+        {
+            fresh_for = fresh_for.min(*ttl);
+        }
+        Entry {
+            answer,
+            stored_at: now,
+            fresh_for,
+            stale_while_revalidate: policy.stale_while_revalidate,
+            stale_if_error: policy.stale_if_error,
+        }
+    }
+
+    /// `None` when the entry is of no use any more.
+    pub fn freshness(&self, now: Instant) -> Option<Freshness> {
+        let age = now.saturating_duration_since(self.stored_at);
+        if age < self.fresh_for {
+            Some(Freshness::Fresh(self.fresh_for - age))
+        } else if age < self.fresh_for + self.stale_while_revalidate {
+            Some(Freshness::Revalidate)
+        } else if age < self.fresh_for + self.stale_if_error {
+            Some(Freshness::IfError)
+        } else {
+            None
+        }
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored_at)
+    }
+
+    /// Seconds of freshness left, negative once stale (the `ttl` of `Cache-Status`).
+    pub fn ttl_secs(&self, now: Instant) -> i64 {
+        let age = self.age(now);
+        if age < self.fresh_for {
+            (self.fresh_for - age).as_secs() as i64
+        } else {
+            -((age - self.fresh_for).as_secs() as i64) - 1
+        }
+    }
+
+    /// How long the entry is worth keeping at all.
+    pub fn retain_for(&self) -> Duration {
+        self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+
+    /// Bytes this entry costs in memory, roughly.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .answer
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        self.answer.body.len() + headers + 256
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: &str) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+            head: EnvelopeHead::parse(body.as_bytes()),
+        }
+    }
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            ttl: Duration::from_secs(5),
+            stale_while_revalidate: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(60),
+            status_ttl: [("1".to_string(), Duration::from_secs(1))].into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_moves_through_its_states() {
+        let e = Entry::new(
+            Route::DiskInfo,
+            answer(r#"{"code":0,"data":{"status":"0"}}"#),
+            &policy(),
+            Instant::now(),
+        );
+        assert_eq!(
+            e.freshness(Instant::now()),
+            Some(Freshness::Fresh(Duration::from_secs(5)))
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(e.freshness(Instant::now()), Some(Freshness::Revalidate));
+        assert_eq!(e.ttl_secs(Instant::now()), -2);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(e.freshness(Instant::now()), Some(Freshness::IfError));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(e.freshness(Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mounting_disk_lives_shorter() {
+        let mounting = Entry::new(
+            Route::DiskInfo,
+            answer(r#"{"code":0,"data":{"status":"1"}}"#),
+            &policy(),
+            Instant::now(),
+        );
+        assert_eq!(mounting.fresh_for, Duration::from_secs(1));
+        let numeric = Entry::new(
+            Route::DiskInfo,
+            answer(r#"{"code":0,"data":{"status":1}}"#),
+            &policy(),
+            Instant::now(),
+        );
+        assert_eq!(numeric.fresh_for, Duration::from_secs(1));
+        let other_route = Entry::new(
+            Route::HostOne,
+            answer(r#"{"code":0,"data":{"status":1}}"#),
+            &policy(),
+            Instant::now(),
+        );
+        assert_eq!(other_route.fresh_for, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_successes_are_storable() {
+        assert!(answer(r#"{"code":0}"#).is_storable());
+        assert!(!answer(r#"{"code":220001}"#).is_storable());
+        assert!(answer(r#"{"code":220001}"#).is_gone());
+        assert!(answer(r#"{"code":503}"#).is_failure());
+    }
+}

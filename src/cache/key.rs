@@ -1,0 +1,60 @@
+//! What identifies a cache entry: the account, the route, and the route's identity of the request
+//! (its path parameter and query, or for a body-keyed route the canonical form of its JSON body).
+//! Never the client key: every service of one account shares entries, and two accounts never do.
+
+use std::sync::Arc;
+
+use crate::routes::Route;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub account: Arc<str>,
+    pub route: Route,
+    pub id: Arc<str>,
+}
+
+impl CacheKey {
+    pub fn new(account: &str, route: Route, id: &str) -> CacheKey {
+        CacheKey {
+            account: account.into(),
+            route,
+            id: id.into(),
+        }
+    }
+
+    /// Bytes this key costs in memory, roughly, for the cache's byte bound.
+    pub fn weight(&self) -> usize {
+        self.account.len() + self.id.len() + 64
+    }
+}
+
+/// Whether a route's requests are told apart by their JSON body (a POST that only reads).
+pub fn body_keyed(route: Route) -> bool {
+    route == Route::DiskList
+}
+
+/// The canonical form of a JSON body: keys sorted, no whitespace. `None` when it is not JSON.
+/// An empty body is `{}`, as the upstream reads it.
+pub fn canonical_json(body: &[u8]) -> Option<String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Some("{}".to_string());
+    }
+    // serde_json's map is ordered by key (no `preserve_order`), so this serialisation is canonical.
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    serde_json::to_string(&value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_order_and_whitespace_do_not_matter() {
+        let a = canonical_json(br#"{"page":1,"pageSize":10}"#).unwrap();
+        let b = canonical_json(b"{ \"pageSize\" : 10,\n \"page\": 1 }").unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, canonical_json(br#"{"page":2,"pageSize":10}"#).unwrap());
+        assert!(canonical_json(b"{nope").is_none());
+        assert_eq!(canonical_json(b"").unwrap(), "{}");
+    }
+}

@@ -1,0 +1,210 @@
+//! The response cache: which routes are cached and how (`policy`), what identifies an entry
+//! (`key`), an entry's freshness (`entry`), and [`Cache`], which ties a store to single-flight
+//! fills and invalidation. It knows keys, answers and durations; the HTTP side is
+//! [`crate::layers::cache`].
+//!
+//! Invalidation and fills race safely through an epoch: every invalidation moves it on, a fill
+//! stores its answer only if no invalidation happened while it ran, and a request joins only a fill
+//! of the current epoch. So after a mutation through the gateway, no answer fetched before it is
+//! ever served as fresh.
+
+pub mod entry;
+pub mod key;
+pub mod policy;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::routes::Route;
+use crate::single_flight::{Flight, SingleFlight};
+use crate::store::{CacheStore, Invalidation, Usage};
+use entry::{Answer, Entry, Freshness};
+use key::CacheKey;
+use policy::{CachePolicy, CacheSettings};
+
+/// The result of a fill, shared by everyone who waited for it.
+#[derive(Debug)]
+pub enum Filled {
+    /// The upstream's answer, and whether it was stored.
+    Fetched { answer: Answer, stored: bool },
+    /// A fresh entry was stored between the caller's lookup and the fill: no call was needed.
+    Found(Arc<Entry>),
+}
+
+pub struct Cache {
+    store: Arc<dyn CacheStore>,
+    policies: BTreeMap<Route, CachePolicy>,
+    flights: SingleFlight<(CacheKey, u64), Arc<Filled>>,
+    epoch: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// Why entries were dropped (the `reason` label of the invalidations metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A mutation through the gateway changed what the entry describes.
+    Mutation,
+    /// An operator's `POST /admin/cache/purge`.
+    Purge,
+    /// A client's `Cache-Control: no-cache`.
+    NoCache,
+    /// The upstream said the thing no longer exists.
+    Gone,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Mutation => "mutation",
+            Reason::Purge => "purge",
+            Reason::NoCache => "no_cache",
+            Reason::Gone => "gone",
+        }
+    }
+}
+
+/// Which entries a successful mutation makes wrong: a route's entry for the id the mutation names,
+/// or all of the account's entries of a route.
+#[derive(Debug, Clone, Copy)]
+pub enum Stale {
+    SameId(Route),
+    WholeRoute(Route),
+}
+
+/// The invalidation rules: what each mutation changes.
+pub fn invalidated_by(route: Route) -> &'static [Stale] {
+    use Route::*;
+    use Stale::*;
+    match route {
+        DiskMount => &[SameId(DiskInfo), WholeRoute(DiskList)],
+        DiskUpdateStatus => &[
+            SameId(DiskInfo),
+            WholeRoute(DiskList),
+            WholeRoute(DiskMemoryTotal),
+        ],
+        DiskCreate => &[WholeRoute(DiskList), WholeRoute(DiskMemoryTotal)],
+        HostOperate | HostReboot => &[SameId(HostOne), WholeRoute(HostPage)],
+        // Deleting a host unmounts its disks.
+        HostDelete => &[
+            SameId(HostOne),
+            WholeRoute(HostPage),
+            WholeRoute(DiskInfo),
+            WholeRoute(DiskList),
+        ],
+        HostCreateQuantity | HostCreateRent => &[WholeRoute(HostPage)],
+        _ => &[],
+    }
+}
+
+fn label(what: &Invalidation) -> &'static str {
+    match what {
+        Invalidation::Key(k) => k.route.as_str(),
+        Invalidation::Route { route, .. } | Invalidation::AnyAccount(route) => route.as_str(),
+        Invalidation::All => "all",
+    }
+}
+
+impl Cache {
+    pub fn new(
+        settings: &CacheSettings,
+        store: Arc<dyn CacheStore>,
+        metrics: Arc<Metrics>,
+    ) -> Cache {
+        Cache {
+            store,
+            policies: settings.routes.clone(),
+            flights: SingleFlight::new(),
+            epoch: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn policy(&self, route: Route) -> Option<&CachePolicy> {
+        self.policies.get(&route)
+    }
+
+    /// The stored entry, if it is still of any use.
+    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let entry = self.store.get(key).await?;
+        entry.freshness(Instant::now()).map(|_| entry)
+    }
+
+    /// Runs `fetch` once for all concurrent callers of `key`; a storable answer is stored unless an
+    /// invalidation happened meanwhile. The fetch runs to its end even if every caller goes away.
+    /// Unless `force`, a fresh entry stored since the caller looked (by a fill that landed in
+    /// between) is used instead of calling again.
+    pub fn fill<F>(self: &Arc<Self>, key: CacheKey, force: bool, fetch: F) -> Flight<Arc<Filled>>
+    where
+        F: Future<Output = Answer> + Send + 'static,
+    {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let cache = self.clone();
+        self.flights
+            .join_or_start((key.clone(), epoch), move || async move {
+                if !force
+                    && let Some(entry) = cache.store.get(&key).await
+                    && matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_)))
+                {
+                    return Arc::new(Filled::Found(entry));
+                }
+                let answer = fetch.await;
+                let mut stored = false;
+                if answer.is_storable() {
+                    if let Some(policy) = cache.policy(key.route)
+                        && cache.epoch.load(Ordering::SeqCst) == epoch
+                    {
+                        let entry = Entry::new(key.route, answer.clone(), policy, Instant::now());
+                        cache.store.put(key, Arc::new(entry)).await;
+                        stored = true;
+                    }
+                } else if answer.is_gone() {
+                    cache.invalidate(Invalidation::Key(key), Reason::Gone).await;
+                }
+                Arc::new(Filled::Fetched { answer, stored })
+            })
+    }
+
+    pub async fn invalidate(&self, what: Invalidation, reason: Reason) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.metrics
+            .cache_invalidations
+            .with_label_values(&[label(&what), reason.as_str()])
+            .inc();
+        self.store.invalidate(what).await;
+    }
+
+    /// Drops what a successful mutation of `route` (naming `id`, when it names one) made wrong.
+    pub async fn after_mutation(&self, account: &str, route: Route, id: Option<&str>) {
+        for stale in invalidated_by(route) {
+            let what = match (stale, id) {
+                (Stale::SameId(r), Some(id)) => Invalidation::Key(CacheKey::new(account, *r, id)),
+                // Without the id we cannot tell which entry: drop the route's entries of this account.
+                (Stale::SameId(r), None) | (Stale::WholeRoute(r), _) => Invalidation::Route {
+                    account: account.into(),
+                    route: *r,
+                },
+            };
+            self.invalidate(what, Reason::Mutation).await;
+        }
+    }
+
+    pub fn record_lookup(&self, route: Route, result: &str) {
+        self.metrics
+            .cache_lookups
+            .with_label_values(&[route.as_str(), result])
+            .inc();
+    }
+
+    /// Refreshes the entry and byte gauges.
+    pub fn update_gauges(&self) -> Usage {
+        let usage = self.store.usage();
+        self.metrics.cache_entries.set(usage.entries as i64);
+        self.metrics.cache_bytes.set(usage.bytes as i64);
+        usage
+    }
+}

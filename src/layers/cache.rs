@@ -1,0 +1,271 @@
+//! The cache layer: answers cached routes from [`crate::cache::Cache`] and drops entries that a
+//! mutation through the gateway makes wrong.
+//!
+//! For a cached route: a fresh entry is a *hit*; an entry past its TTL but within
+//! stale-while-revalidate is answered at once while one background fill refreshes it; otherwise the
+//! request joins (or starts) the one fill for its key. When that fill fails (5xx, reset, timeout,
+//! garbage, code 500/503) and the entry is within stale-if-error, the entry is answered instead.
+//! Business errors (220001 and the like) always pass through. `Cache-Control: no-cache` sends the
+//! request upstream and refreshes the entry. Every answer of a cached route carries `Cache-Status`
+//! (RFC 9211) and `Age`.
+//!
+//! For a mutation: the request passes through, and a success drops the entries it changed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::cache::entry::{Answer, Entry, Freshness};
+use crate::cache::key::{CacheKey, body_keyed, canonical_json};
+use crate::cache::{Cache, Filled, Reason, invalidated_by};
+use crate::envelope::EnvelopeHead;
+use crate::error::GatewayError;
+use crate::layers::RequestId;
+use crate::routes::{Route, RouteMatch};
+use crate::single_flight::Role;
+use crate::store::Invalidation;
+use crate::svc::{Req, Resp, RespFuture};
+use crate::upstream::AccountHandle;
+
+/// The cache's name in `Cache-Status`.
+const CACHE_NAME: &str = "finovy-gateway";
+
+#[derive(Clone)]
+pub struct CacheLayer {
+    cache: Arc<Cache>,
+}
+
+impl CacheLayer {
+    pub fn new(cache: Arc<Cache>) -> Self {
+        CacheLayer { cache }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService {
+            inner,
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    cache: Arc<Cache>,
+}
+
+/// What the request is to the cache.
+enum Plan {
+    /// Not cached and changes nothing cached.
+    PassThrough,
+    /// A mutation: after a success, drop what it changed.
+    Mutation { route: Route, id: Option<String> },
+    /// A cached route, with its key.
+    Cached { key: CacheKey, no_cache: bool },
+}
+
+fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Plan {
+    let Some(m) = req.extensions().get::<RouteMatch>() else {
+        return Plan::PassThrough;
+    };
+    if !invalidated_by(m.route).is_empty() {
+        // Disk mutations name their disk in the body; host ones in the path.
+        let id = m.param.clone().or_else(|| body_id(req.body()));
+        return Plan::Mutation { route: m.route, id };
+    }
+    if cache.policy(m.route).is_none() {
+        return Plan::PassThrough;
+    }
+    let id = if body_keyed(m.route) {
+        match canonical_json(req.body()) {
+            Some(c) => c,
+            None => return Plan::PassThrough, // not JSON: the upstream will say so, uncached
+        }
+    } else {
+        match (&m.param, req.uri().query()) {
+            (Some(p), Some(q)) => format!("{p}?{q}"),
+            (Some(p), None) => p.clone(),
+            (None, Some(q)) => format!("?{q}"),
+            (None, None) => String::new(),
+        }
+    };
+    let no_cache = req
+        .headers()
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+        });
+    Plan::Cached {
+        key: CacheKey::new(&account.name, m.route, &id),
+        no_cache,
+    }
+}
+
+/// The `id` field of a JSON body, as text.
+fn body_id(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match v.get("id")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn succeeded(resp: &Resp) -> bool {
+    resp.status() == StatusCode::OK
+        && resp
+            .extensions()
+            .get::<EnvelopeHead>()
+            .is_some_and(EnvelopeHead::is_success)
+}
+
+/// An answer with `Cache-Status` and `Age` set.
+fn respond(answer: &Answer, status: String, age_secs: u64) -> Resp {
+    let mut resp = answer.to_response();
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&status) {
+        headers.insert(HeaderName::from_static("cache-status"), v);
+    }
+    headers.insert(header::AGE, HeaderValue::from(age_secs));
+    resp
+}
+
+fn from_entry(entry: &Entry, params: &str, now: Instant) -> Resp {
+    let status = format!("{CACHE_NAME}; {params}; ttl={}", entry.ttl_secs(now));
+    respond(&entry.answer, status, entry.age(now).as_secs())
+}
+
+impl<S> Service<Req> for CacheService<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> RespFuture {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let cache = self.cache.clone();
+        Box::pin(async move {
+            let Some(account) = req.extensions().get::<Arc<AccountHandle>>().cloned() else {
+                return inner.oneshot(req).await;
+            };
+            match plan(&cache, &req, &account) {
+                Plan::PassThrough => inner.oneshot(req).await,
+                Plan::Mutation { route, id } => {
+                    let resp = inner.oneshot(req).await?;
+                    if succeeded(&resp) {
+                        cache
+                            .after_mutation(&account.name, route, id.as_deref())
+                            .await;
+                    }
+                    Ok(resp)
+                }
+                Plan::Cached { key, no_cache } => {
+                    Ok(cached(&cache, inner, req, key, no_cache).await)
+                }
+            }
+        })
+    }
+}
+
+async fn cached<S>(cache: &Arc<Cache>, inner: S, req: Req, key: CacheKey, no_cache: bool) -> Resp
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+{
+    let route = key.route;
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_default();
+    let fetch = async move {
+        Answer::from_response(inner.oneshot(req).await.unwrap_or_else(|e| match e {}))
+    };
+
+    let stored_entry = if no_cache {
+        cache
+            .invalidate(Invalidation::Key(key.clone()), Reason::NoCache)
+            .await;
+        None
+    } else {
+        cache.lookup(&key).await
+    };
+    let now = Instant::now();
+    let freshness = stored_entry.as_ref().and_then(|e| e.freshness(now));
+    match (&stored_entry, freshness) {
+        (Some(entry), Some(Freshness::Fresh(_))) => {
+            cache.record_lookup(route, "hit");
+            return from_entry(entry, "hit", now);
+        }
+        (Some(entry), Some(Freshness::Revalidate)) => {
+            cache.record_lookup(route, "stale");
+            // One background refresh per key; this request does not wait for it.
+            drop(cache.fill(key, false, fetch));
+            return from_entry(entry, "fwd=stale; detail=revalidating", now);
+        }
+        _ => {}
+    }
+
+    let flight = cache.fill(key, no_cache, fetch);
+    let role = flight.role;
+    let filled: Option<Arc<Filled>> = flight.wait().await;
+    let (answer, stored) = match filled.as_deref() {
+        Some(Filled::Found(entry)) => {
+            cache.record_lookup(route, "hit");
+            return from_entry(entry, "hit", Instant::now());
+        }
+        Some(Filled::Fetched { answer, stored }) => (Some(answer), *stored),
+        None => (None, false),
+    };
+    // The upstream failed (or the call was lost): a stale entry within stale-if-error stands in.
+    if let Some(entry) = stored_entry.filter(|_| answer.is_none_or(Answer::is_failure)) {
+        cache.record_lookup(route, "stale");
+        let fwd_status = answer.map_or(502, |a| a.status.as_u16());
+        let params = format!("fwd=stale; fwd-status={fwd_status}; detail=stale-if-error");
+        return from_entry(&entry, &params, Instant::now());
+    }
+    let Some(answer) = answer else {
+        return GatewayError::UpstreamUnavailable("the upstream call was lost".into())
+            .into_response(request_id.as_str());
+    };
+    let result = match (no_cache, role) {
+        (true, _) => "bypass",
+        (false, Role::Leader) => "miss",
+        (false, Role::Joined) => "coalesced",
+    };
+    cache.record_lookup(route, result);
+    let fwd = match (no_cache, &freshness) {
+        (true, _) => "request",
+        (false, Some(_)) => "stale",
+        (false, None) => "miss",
+    };
+    let mut status = format!(
+        "{CACHE_NAME}; fwd={fwd}; fwd-status={}",
+        answer.status.as_u16()
+    );
+    if stored {
+        status.push_str("; stored");
+    }
+    if role == Role::Joined {
+        status.push_str("; collapsed");
+    }
+    respond(answer, status, 0)
+}

@@ -1,0 +1,171 @@
+//! Single-flight: concurrent requests for one key make one call, and all of them get its result.
+//!
+//! The call runs in a task of its own, so it finishes even when every caller has gone away (a
+//! client that disconnects never cancels a fetch others are waiting for, and a create already sent
+//! upstream always runs to its end). States of a flight, as a caller sees them:
+//! - *leader*: this caller started the call;
+//! - *joined*: a call for the key was already running, and this caller waits for it;
+//! - *done*: the result, shared with every caller;
+//! - *lost*: the task ended without a result (it panicked); callers get `None` and decide.
+//!
+//! The key leaves the table when the task ends, however it ends, so no key is ever stuck.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// Whether this caller started the flight or joined one already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Joined,
+}
+
+type Table<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
+
+pub struct SingleFlight<K, V> {
+    flights: Table<K, V>,
+}
+
+impl<K, V> Default for SingleFlight<K, V> {
+    fn default() -> Self {
+        SingleFlight {
+            flights: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// A caller's handle on a flight.
+pub struct Flight<V> {
+    pub role: Role,
+    rx: watch::Receiver<Option<V>>,
+}
+
+impl<V: Clone> Flight<V> {
+    /// The flight's result; `None` when its task died without one.
+    pub async fn wait(mut self) -> Option<V> {
+        match self.rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => v.clone(),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Removes the key when the flight's task ends, normally or by panic.
+struct Land<K: Hash + Eq, V> {
+    flights: Table<K, V>,
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq, V> Drop for Land<K, V> {
+    fn drop(&mut self) {
+        if let (Some(key), Ok(mut map)) = (self.key.take(), self.flights.lock()) {
+            map.remove(&key);
+        }
+    }
+}
+
+impl<K, V> SingleFlight<K, V>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Joins the flight for `key`, or starts one running `call()` in a new task.
+    pub fn join_or_start<F>(&self, key: K, call: impl FnOnce() -> F) -> Flight<V>
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        let mut map = self.flights.lock().expect("single-flight table");
+        if let Some(rx) = map.get(&key) {
+            return Flight {
+                role: Role::Joined,
+                rx: rx.clone(),
+            };
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.clone(), rx.clone());
+        drop(map);
+        let land = Land {
+            flights: self.flights.clone(),
+            key: Some(key),
+        };
+        let fut = call();
+        tokio::spawn(async move {
+            let _land = land;
+            let value = fut.await;
+            let _ = tx.send(Some(value));
+        });
+        Flight {
+            role: Role::Leader,
+            rx,
+        }
+    }
+
+    /// How many flights are running (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.flights.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_call() {
+        let sf: SingleFlight<&str, u32> = SingleFlight::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Notify::new());
+        let mut flights = Vec::new();
+        for _ in 0..10 {
+            let (calls, gate) = (calls.clone(), gate.clone());
+            flights.push(sf.join_or_start("k", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                gate.notified().await;
+                7
+            }));
+        }
+        assert_eq!(flights.iter().filter(|f| f.role == Role::Leader).count(), 1);
+        gate.notify_one();
+        for f in flights {
+            assert_eq!(f.wait().await, Some(7));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flight_finishes_when_every_caller_is_gone() {
+        let sf: SingleFlight<&str, u32> = SingleFlight::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        drop(sf.join_or_start("k", || async move {
+            tokio::task::yield_now().await;
+            let _ = done_tx.send(());
+            1
+        }));
+        done_rx.await.expect("the call ran to its end");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_is_lost_and_leaves_no_key() {
+        let sf: SingleFlight<&str, u32> = SingleFlight::new();
+        let f = sf.join_or_start("k", || async { panic!("boom") });
+        assert_eq!(f.wait().await, None);
+        assert!(sf.is_empty());
+        let again = sf.join_or_start("k", || async { 2 });
+        assert_eq!(again.role, Role::Leader);
+        assert_eq!(again.wait().await, Some(2));
+    }
+}
