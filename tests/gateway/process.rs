@@ -321,3 +321,38 @@ async fn dev_serves_the_simulator_behind_the_gateway() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_host_password_never_reaches_a_log_line() {
+    let sim = Sim::start(sim_config()).await;
+    let toml = "[cache.routes.\"host.one\"]\nenabled = true\n[log]\nlevel = \"trace\"\n";
+    let gw = Bin::serve(
+        toml,
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let url = format!(
+        "{}/v1/pve/open/one/{}",
+        gw.url,
+        finovy_gateway::sim::seed::HOST_AREA0
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = http().get(&url).send().await.unwrap();
+        statuses.push(r.headers()["cache-status"].to_str().unwrap().to_string());
+        let v: Value = r.json().await.unwrap();
+        let password = v["data"]["hostPw"]
+            .as_str()
+            .expect("the answer carries the password")
+            .to_string();
+        assert!(
+            !gw.log_text().contains(&password),
+            "the password is in the log"
+        );
+    }
+    assert!(statuses[1].contains("hit"), "{statuses:?}");
+    assert_eq!(sim.calls("one").await, 1);
+}
