@@ -160,7 +160,7 @@ async fn run(command: Command) -> ExitCode {
             create_min_interval,
             mount_delay,
         } => {
-            telemetry::init(LogFormat::Human, "info");
+            let _log = telemetry::init(LogFormat::Human, "info");
             let cfg = SimConfig {
                 uuid,
                 secret,
@@ -188,7 +188,7 @@ async fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<(), String
     let file = FileConfig::load(path.as_deref()).map_err(|e| e.to_string())?;
     let settings =
         Settings::resolve(file, &overrides, &config::process_env).map_err(|e| e.to_string())?;
-    telemetry::init(settings.log.format, &settings.log.level);
+    let _log = telemetry::init(settings.log.format, &settings.log.level);
     let server = Server::bind(settings).await.map_err(|e| e.to_string())?;
     server
         .run(shutdown_signal())
@@ -215,7 +215,7 @@ async fn dev(
     sim_listen: SocketAddr,
     log_format: LogFormat,
 ) -> Result<(), String> {
-    telemetry::init(log_format, "info");
+    let _log = telemetry::init(log_format, "info");
     let sim = Simulator::bind(sim_listen, SimConfig::default())
         .await
         .map_err(|e| {

@@ -1,24 +1,128 @@
 //! Logging through tracing-subscriber: human-readable by default, JSON lines with `[log] format =
 //! "json"` or `--log-format json`. `RUST_LOG` overrides the configured level.
+//!
+//! Log lines (one access line per request) go into a buffer that a background thread writes to
+//! stderr every [`FLUSH_EVERY`], so a request never waits on a `write` of its own: under load many
+//! lines leave in one write, and when the gateway is idle a line appears within that interval.
+//! Nothing is dropped: a buffer past [`MAX_BUFFER`] (stderr not keeping up) is written by the
+//! logging thread itself, which slows it down instead.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat, level: &str) {
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+const MAX_BUFFER: usize = 8 * 1024 * 1024;
+
+#[derive(Default)]
+struct Shared {
+    buf: Mutex<Vec<u8>>,
+    wake: Condvar,
+    closed: Mutex<bool>,
+}
+
+/// The writer every log line goes through.
+#[derive(Clone, Default)]
+pub struct BufferedStderr(Arc<Shared>);
+
+impl Write for BufferedStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut buf = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
+        buf.extend_from_slice(line);
+        if buf.len() > MAX_BUFFER {
+            let full = std::mem::take(&mut *buf);
+            drop(buf);
+            std::io::stderr().write_all(&full)?;
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedStderr {
+    type Writer = BufferedStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl BufferedStderr {
+    fn write_out(&self) {
+        let pending = std::mem::take(&mut *self.0.buf.lock().unwrap_or_else(|p| p.into_inner()));
+        if !pending.is_empty() {
+            let _ = std::io::stderr().write_all(&pending);
+        }
+    }
+}
+
+/// Writes what is buffered when dropped; keep it for as long as the program logs.
+pub struct LogGuard {
+    writer: BufferedStderr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        *self
+            .writer
+            .0
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = true;
+        self.writer.0.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.writer.write_out();
+    }
+}
+
+fn spawn_flusher(writer: BufferedStderr) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || {
+            loop {
+                let closed = writer.0.closed.lock().unwrap_or_else(|p| p.into_inner());
+                let (closed, _) = writer
+                    .0
+                    .wake
+                    .wait_timeout(closed, FLUSH_EVERY)
+                    .unwrap_or_else(|p| p.into_inner());
+                let done = *closed;
+                drop(closed);
+                writer.write_out();
+                if done {
+                    return;
+                }
+            }
+        })
+        .expect("spawn the log writer thread")
+}
+
+pub fn init(format: LogFormat, level: &str) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = BufferedStderr::default();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer.clone())
         // Colour codes only for a person at a terminal, never in files or collectors.
         .with_ansi(std::io::stderr().is_terminal());
-    // A second init (tests starting several servers in one process) keeps the first subscriber.
+    // A second init (several servers in one process) keeps the first subscriber.
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    let thread = Some(spawn_flusher(writer.clone()));
+    LogGuard { writer, thread }
 }

@@ -126,13 +126,14 @@ where
                 .unwrap_or("-");
             tracing::info!(
                 target: "finovy_gateway::access",
-                request_id,
-                method,
-                route,
+                // Display (`%`), not Debug: no quoting or escaping work per line.
+                request_id = %request_id,
+                method = %method,
+                route = %route,
                 status = status.as_u16(),
                 duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-                client,
-                upstream_trace_id = upstream_trace,
+                client = %client,
+                upstream_trace_id = %upstream_trace,
                 "request"
             );
             Ok(resp)

@@ -332,6 +332,22 @@ impl Bin {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits until `count` log lines contain `needle` (the gateway writes its log in batches).
+    pub fn wait_for_log(&self, needle: &str, count: usize) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.log_text();
+            if text.lines().filter(|l| l.contains(needle)).count() >= count {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{count} lines with {needle:?} never came:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
