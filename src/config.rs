@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::policy::{CacheConfig, CacheSettings};
+use crate::protect::policy::{CreateConfig, CreateSettings};
 use crate::routes::Route;
 
 /// The environment variables of the default account's credentials (CONTRACT.md, "Configuration").
@@ -102,6 +103,7 @@ pub struct FileConfig {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub cache: CacheConfig,
+    pub create: CreateConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,
@@ -325,6 +327,7 @@ pub struct Settings {
     pub token: TokenConfig,
     pub log: LogConfig,
     pub cache: CacheSettings,
+    pub create: CreateSettings,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "mask_opt")]
     pub admin_key_sha256: Option<[u8; 32]>,
     #[serde(
@@ -451,6 +454,7 @@ impl Settings {
             .transpose()?;
 
         let cache = file.cache.resolve()?;
+        let create = file.create.resolve()?;
         let accounts = resolve_accounts(&file.accounts, &upstream.base_url, env)?;
         let clients = resolve_clients(&file.clients, &accounts)?;
 
@@ -461,6 +465,7 @@ impl Settings {
             token: file.token,
             log,
             cache,
+            create,
             admin_key_sha256,
             redis_url,
             accounts,

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod layers;
 pub mod metrics;
+pub mod protect;
 pub mod routes;
 pub mod server;
 pub mod sim;
@@ -17,6 +18,7 @@ pub mod stack;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod work;
 
 /// The types every layer speaks, named once.
 pub mod svc {
@@ -36,4 +38,16 @@ pub mod svc {
     /// The innermost part of the stack (after the body is read), boxed so stacks stay nameable.
     pub type GatewayService = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
     pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// A second copy of a request (for a retry, or a call that outlives its caller). Bodies are
+    /// `Bytes`, so this copies no payload.
+    pub fn duplicate(req: &Req) -> Req {
+        let mut copy = Req::new(req.body().clone());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        copy
+    }
 }

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub cache_bytes: IntGauge,
     pub cache_invalidations: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub dedup: IntCounterVec,
+    pub budget_refused: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -102,6 +105,22 @@ impl Metrics {
                 "finovy_gateway_cache_invalidations_total",
                 "Cache entries dropped, by route and reason (mutation, purge, no_cache, gone).",
                 &["route", "reason"],
+            ),
+            rate_limited: counter(
+                "finovy_gateway_rate_limited_total",
+                "Creates refused by a rate limit (scope tenant, client, or upstream after max_wait).",
+                &["route", "scope"],
+            ),
+            dedup: counter(
+                "finovy_gateway_dedup_total",
+                "Repeated requests answered without a new upstream call, by result \
+                 (joined, replayed, conflict, mismatch, reconciled).",
+                &["route", "result"],
+            ),
+            budget_refused: counter(
+                "finovy_gateway_budget_refused_total",
+                "Creates refused by the spending guard, by scope (account, client) and cap.",
+                &["scope", "cap"],
             ),
             build_info: {
                 let g = IntGaugeVec::new(

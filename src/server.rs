@@ -20,10 +20,16 @@ use crate::admin::{self, AdminState};
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::layers::auth::{Authenticator, ClientEntry};
+use crate::layers::dedup::DedupLayer;
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::metrics::Metrics;
+use crate::protect::gcra::MemoryLimiter;
+use crate::protect::records::MemoryRecords;
+use crate::stack::Protection;
 use crate::stack::{self, EdgeService};
 use crate::store::MemoryStore;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
+use crate::work::WorkTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,6 +48,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub accounts: Vec<Arc<AccountHandle>>,
     pub cache: Arc<Cache>,
+    /// Creates that run to their end whoever waits: the drain waits for them.
+    pub work: Arc<WorkTracker>,
     service: EdgeService<Incoming>,
 }
 
@@ -90,11 +98,27 @@ impl Gateway {
         let auth = Arc::new(Authenticator::new(clients, anonymous));
         let store = Arc::new(MemoryStore::new(settings.cache.max_bytes));
         let cache = Arc::new(Cache::new(&settings.cache, store, metrics.clone()));
+        let work = WorkTracker::new();
+        let create = Arc::new(settings.create.clone());
+        let protection = Protection {
+            dedup: DedupLayer::new(
+                Arc::new(MemoryRecords::default()),
+                create.clone(),
+                metrics.clone(),
+                work.clone(),
+            ),
+            rate_limit: RateLimitLayer::new(
+                Arc::new(MemoryLimiter::new()),
+                create,
+                metrics.clone(),
+            ),
+        };
         let service = stack::build(
             &settings.server,
             metrics.clone(),
             auth,
             cache.clone(),
+            protection,
             client,
         );
         Ok(Gateway {
@@ -102,6 +126,7 @@ impl Gateway {
             metrics,
             accounts,
             cache,
+            work,
             service,
         })
     }
@@ -222,7 +247,12 @@ impl Server {
         drop(listener);
         draining.store(true, Ordering::SeqCst);
         tracing::info!("draining in-flight requests");
-        if tokio::time::timeout(server_cfg.drain_timeout, graceful.shutdown())
+        let drained = async {
+            graceful.shutdown().await;
+            // Creates whose clients went away still finish (their answers are kept for the retry).
+            gateway.work.idle().await;
+        };
+        if tokio::time::timeout(server_cfg.drain_timeout, drained)
             .await
             .is_err()
         {

@@ -15,14 +15,23 @@ use crate::layers::access_log::AccessLogLayer;
 use crate::layers::auth::{AuthLayer, Authenticator};
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::cache::CacheLayer;
+use crate::layers::dedup::DedupLayer;
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::token::TokenLayer;
+use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
 use crate::svc::{BoxError, GatewayService, Resp};
 use crate::upstream::UpstreamClient;
 use crate::upstream::forward::Forward;
+
+/// The create-protection layers, built around their state by the server.
+pub struct Protection {
+    pub dedup: DedupLayer,
+    pub rate_limit: RateLimitLayer,
+}
 
 /// The whole data plane as one service over requests with body `B` (hyper's `Incoming` when served).
 pub type EdgeService<B> = BoxCloneSyncService<Request<B>, Resp, Infallible>;
@@ -32,6 +41,7 @@ pub fn build<B>(
     metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
     cache: Arc<Cache>,
+    protection: Protection,
     client: UpstreamClient,
 ) -> EdgeService<B>
 where
@@ -45,6 +55,12 @@ where
             .layer(AuthLayer::new(auth))
             // Cached routes answered from the account's entries; mutations drop what they change.
             .layer(CacheLayer::new(cache))
+            // Creates with a bad body are refused before anything is spent (400).
+            .layer(ValidateLayer)
+            // One purchase per intent: Idempotency-Key replay, identical creates collapsed.
+            .layer(protection.dedup)
+            // Creates within the rate the upstream accepts: wait for a slot, else 429.
+            .layer(protection.rate_limit)
             // The account's upstream token; one retry with a fresh token when the upstream says 401.
             .layer(TokenLayer)
             // The upstream call itself, with only allow-listed headers.

@@ -6,10 +6,13 @@ pub mod access_log;
 pub mod auth;
 pub mod body_limit;
 pub mod cache;
+pub mod dedup;
+pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;
 pub mod route;
 pub mod token;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -28,6 +31,11 @@ impl RequestId {
 /// The authenticated client's name, for the access log (never its key).
 #[derive(Debug, Clone)]
 pub struct ClientName(pub Arc<str>);
+
+/// Marks an answer made because the upstream call broke after the request was sent (timeout,
+/// reset, not JSON): the upstream may have carried it out.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeUnknown;
 
 /// The upstream token to send with this request, set by the token layer.
 #[derive(Clone)]

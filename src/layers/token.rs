@@ -13,7 +13,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::layers::{RequestId, UpstreamToken};
-use crate::svc::{Req, Resp, RespFuture};
+use crate::svc::{Req, Resp, RespFuture, duplicate};
 use crate::upstream::AccountHandle;
 
 #[derive(Clone, Default)]
@@ -38,17 +38,6 @@ fn rejected(resp: &Resp) -> bool {
             .extensions()
             .get::<EnvelopeHead>()
             .is_some_and(|h| h.code == Some(401))
-}
-
-/// A second copy of the request, for the retry. Bodies are `Bytes`, so this copies no payload.
-fn duplicate(req: &Req) -> Req {
-    let mut copy = Req::new(req.body().clone());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    copy
 }
 
 impl<S> Service<Req> for Token<S>

@@ -22,8 +22,12 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
+    /// No connection: the request was never sent.
     #[error("{0}")]
     Unreachable(String),
+    /// The connection broke after the request was sent.
+    #[error("{0}")]
+    Broken(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("answer is not JSON (HTTP {0})")]
@@ -33,10 +37,17 @@ pub enum UpstreamError {
 impl UpstreamError {
     fn outcome(&self) -> &'static str {
         match self {
-            UpstreamError::Unreachable(_) => "error",
+            UpstreamError::Unreachable(_) | UpstreamError::Broken(_) => "error",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::NotJson(_) => "invalid",
         }
+    }
+}
+
+impl UpstreamError {
+    /// Whether the upstream may have carried the request out: it was sent and no answer was read.
+    pub fn outcome_unknown(&self) -> bool {
+        !matches!(self, UpstreamError::Unreachable(_))
     }
 }
 
@@ -108,16 +119,18 @@ impl UpstreamClient {
     }
 
     async fn exchange(&self, req: http::Request<Full<Bytes>>) -> Result<Answer, UpstreamError> {
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Unreachable(describe(&e))
+            } else {
+                UpstreamError::Broken(describe(&e))
+            }
+        })?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| UpstreamError::Unreachable(format!("reading the answer failed: {e}")))?
+            .map_err(|e| UpstreamError::Broken(format!("reading the answer failed: {e}")))?
             .to_bytes();
         let head =
             EnvelopeHead::parse(&body).ok_or(UpstreamError::NotJson(parts.status.as_u16()))?;

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tower::Service;
 
-use crate::layers::{RequestId, UpstreamToken};
+use crate::layers::{OutcomeUnknown, RequestId, UpstreamToken};
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::{AccountHandle, UpstreamClient};
@@ -127,7 +127,14 @@ async fn forward(client: &UpstreamClient, req: Req) -> Resp {
             resp.extensions_mut().insert(answer.head);
             resp
         }
-        Err(e) => crate::error::GatewayError::from(e).into_response(request_id.as_str()),
+        Err(e) => {
+            let unknown = e.outcome_unknown();
+            let mut resp = crate::error::GatewayError::from(e).into_response(request_id.as_str());
+            if unknown {
+                resp.extensions_mut().insert(OutcomeUnknown);
+            }
+            resp
+        }
     }
 }
 

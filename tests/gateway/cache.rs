@@ -30,7 +30,13 @@ fn cache_status(h: &HeaderMap) -> String {
 }
 
 async fn create_disk(gw: &Gw, body: Value) -> String {
-    let (_, v) = send_json(http().post(format!("{}{DISK}/create", gw.url)).json(&body)).await;
+    let (_, v) = send_json(
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .header("Idempotency-Key", fresh_key())
+            .json(&body),
+    )
+    .await;
     assert_eq!(v["code"], 0, "{v}");
     v["data"].as_str().unwrap().to_string()
 }

@@ -143,6 +143,20 @@ pub fn demo_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A create policy for tests that are not about rate limits.
+pub const FAST_CREATES: &str =
+    "[create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\n";
+
+/// A fresh `Idempotency-Key`, so equal bodies still make distinct disks.
+pub fn fresh_key() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 /// A `[[clients]]` entry for `key`.
 pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
     format!(
@@ -161,9 +175,16 @@ pub struct Gw {
 
 impl Gw {
     /// `toml` is a config file's text; the upstream defaults to `upstream`, credentials to `env`.
+    /// Unless `toml` sets a `[create]` policy, creates are limited only loosely, so tests that
+    /// create many disks do not wait for the production rate.
     pub async fn start(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
-        let file =
-            FileConfig::parse(toml, std::path::Path::new("test.toml")).expect("test config parses");
+        let toml = if toml.contains("[create") {
+            toml.to_string()
+        } else {
+            format!("{toml}\n{FAST_CREATES}")
+        };
+        let file = FileConfig::parse(&toml, std::path::Path::new("test.toml"))
+            .expect("test config parses");
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),

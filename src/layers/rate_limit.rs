@@ -1,0 +1,237 @@
+//! Rate-limits the routes that spend money, per account and (when configured) per client, with
+//! GCRA reservations: a create over the rate waits for its slot up to `max_wait`, else it is
+//! answered 429 with code 220025, `Retry-After` and the `RateLimit-Policy` / `RateLimit` headers of
+//! the IETF httpapi ratelimit-headers draft. Successful creates carry those headers too.
+//!
+//! When the upstream itself answers 220025 (too frequent; it did nothing), the create is sent again
+//! at its next slot while `max_wait` lasts, so the client does not see the upstream's refusal.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::envelope::{EnvelopeHead, error_response};
+use crate::layers::{ClientName, RequestId};
+use crate::metrics::Metrics;
+use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
+use crate::protect::policy::CreateSettings;
+use crate::routes::RouteMatch;
+use crate::svc::{Req, Resp, RespFuture, duplicate};
+use crate::upstream::AccountHandle;
+
+/// The upstream's "too frequent, try later" code.
+pub const TOO_FREQUENT: i64 = 220025;
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<dyn RateLimiter>,
+    settings: Arc<CreateSettings>,
+    metrics: Arc<Metrics>,
+}
+
+impl RateLimitLayer {
+    pub fn new(
+        limiter: Arc<dyn RateLimiter>,
+        settings: Arc<CreateSettings>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        RateLimitLayer {
+            limiter,
+            settings,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    layer: RateLimitLayer,
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured fields).
+fn set_headers(resp: &mut Resp, standing: &[Standing]) {
+    let policy: Vec<String> = standing
+        .iter()
+        .map(|s| {
+            format!(
+                "\"{}\";q={};w={}",
+                s.scope.as_str(),
+                s.rate.count,
+                secs_ceil(s.rate.period)
+            )
+        })
+        .collect();
+    let state: Vec<String> = standing
+        .iter()
+        .map(|s| {
+            format!(
+                "\"{}\";r={};t={}",
+                s.scope.as_str(),
+                s.remaining,
+                secs_ceil(s.reset)
+            )
+        })
+        .collect();
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&policy.join(", ")) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&state.join(", ")) {
+        headers.insert(HeaderName::from_static("ratelimit"), v);
+    }
+}
+
+fn too_frequent(resp: &Resp) -> bool {
+    resp.extensions()
+        .get::<EnvelopeHead>()
+        .is_some_and(|h| h.code == Some(TOO_FREQUENT))
+}
+
+impl<S> Service<Req> for RateLimitService<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> RespFuture {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+            let policy = route.and_then(|r| layer.settings.routes.get(&r));
+            let (Some(route), Some(policy), Some(account)) = (
+                route,
+                policy,
+                req.extensions().get::<Arc<AccountHandle>>().cloned(),
+            ) else {
+                return inner.oneshot(req).await;
+            };
+            let client = req.extensions().get::<ClientName>().map(|c| c.0.clone());
+            let mut limits = vec![Limit {
+                key: format!("{}|{}", account.name, route.as_str()),
+                scope: Scope::Tenant,
+                rate: policy.rate,
+            }];
+            if let (Some(rate), Some(client)) = (policy.client_rate, &client) {
+                limits.push(Limit {
+                    key: format!("{}|{}|{client}", account.name, route.as_str()),
+                    scope: Scope::Client,
+                    rate,
+                });
+            }
+            let deadline = Instant::now() + policy.max_wait;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match layer.limiter.reserve(limits.clone(), left).await {
+                    Decision::Refused {
+                        scope,
+                        retry_after,
+                        standing,
+                    } => {
+                        layer
+                            .metrics
+                            .rate_limited
+                            .with_label_values(&[route.as_str(), scope.as_str()])
+                            .inc();
+                        let id = req
+                            .extensions()
+                            .get::<RequestId>()
+                            .cloned()
+                            .unwrap_or_default();
+                        let wait = secs_ceil(retry_after).max(1);
+                        let msg = format!(
+                            "too many {route} requests for this {}: over {} per {:?}; retry in {wait}s",
+                            if scope == Scope::Tenant {
+                                "account"
+                            } else {
+                                "client"
+                            },
+                            standing
+                                .iter()
+                                .find(|s| s.scope == scope)
+                                .map_or(0, |s| s.rate.count),
+                            standing
+                                .iter()
+                                .find(|s| s.scope == scope)
+                                .map_or(Duration::ZERO, |s| s.rate.period),
+                        );
+                        let mut resp = error_response(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            TOO_FREQUENT,
+                            &msg,
+                            id.as_str(),
+                        );
+                        resp.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                        set_headers(&mut resp, &standing);
+                        return Ok(resp);
+                    }
+                    Decision::Granted { wait, standing } => {
+                        tokio::time::sleep(wait).await;
+                        let mut resp = inner.clone().oneshot(duplicate(&req)).await?;
+                        if too_frequent(&resp) {
+                            if Instant::now() < deadline {
+                                // The upstream did nothing: try again at the next slot.
+                                tracing::debug!(route = %route, "upstream answered 220025; retrying at the next slot");
+                                continue;
+                            }
+                            layer
+                                .metrics
+                                .rate_limited
+                                .with_label_values(&[route.as_str(), "upstream"])
+                                .inc();
+                            let id = req
+                                .extensions()
+                                .get::<RequestId>()
+                                .cloned()
+                                .unwrap_or_default();
+                            let wait = secs_ceil(policy.rate.interval()).max(1);
+                            let msg = format!(
+                                "the upstream refused {route} as too frequent for {:?}; retry in {wait}s",
+                                policy.max_wait
+                            );
+                            resp = error_response(
+                                StatusCode::TOO_MANY_REQUESTS,
+                                TOO_FREQUENT,
+                                &msg,
+                                id.as_str(),
+                            );
+                            resp.headers_mut()
+                                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                        }
+                        set_headers(&mut resp, &standing);
+                        return Ok(resp);
+                    }
+                }
+            }
+        })
+    }
+}

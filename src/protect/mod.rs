@@ -1,0 +1,9 @@
+//! Create protection: what spends money goes upstream once per intent, within the rate the upstream
+//! accepts. `policy` (configuration), `validate` (bodies checked before spending), `gcra` (the rate
+//! limiter), `records` (idempotency and de-duplication records), `budget` (the spending guard).
+//! The HTTP side is in `crate::layers::{validate, dedup, rate_limit}`.
+
+pub mod gcra;
+pub mod policy;
+pub mod records;
+pub mod validate;

@@ -1,0 +1,242 @@
+//! Create protection as data: per-route policies (`[create.routes."disk.create"]`) for the routes
+//! that spend money, and the optional spending guard (`[create.budget]`). Resolved once at start.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, duration};
+use crate::routes::Route;
+
+/// The `[create]` section as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateConfig {
+    pub routes: BTreeMap<String, CreatePolicyConfig>,
+    pub budget: BudgetConfig,
+}
+
+/// One route's policy as written; every field falls back to the built-in default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePolicyConfig {
+    /// `"N/DURATION"`: creates per period for the account, e.g. `"1/1s"`, `"30/1m"`.
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
+    /// The same, per client; absent = no per-client limit.
+    pub client_rate: Option<String>,
+    pub client_burst: Option<u32>,
+    pub max_wait: Option<String>,
+    pub dedup_window: Option<String>,
+    pub idempotency_ttl: Option<String>,
+}
+
+/// `[create.budget]`: caps on spending, off unless set. `account` caps count every client of an
+/// account together; `client` caps count each client alone.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    pub account: Caps,
+    pub client: Caps,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Caps {
+    /// Creates (of any protected route) per clock hour (UTC); 0 = no cap.
+    pub creates_per_hour: u64,
+    /// Creates per day (UTC); 0 = no cap.
+    pub creates_per_day: u64,
+    /// Gigabytes of disk created per day (UTC); 0 = no cap.
+    pub gb_per_day: u64,
+}
+
+impl Caps {
+    pub fn any(&self) -> bool {
+        self.creates_per_hour > 0 || self.creates_per_day > 0 || self.gb_per_day > 0
+    }
+}
+
+/// A GCRA rate: `count` events per `period`, with `burst` allowed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    pub count: u32,
+    #[serde(with = "duration")]
+    pub period: Duration,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// The time one event uses up (GCRA's emission interval).
+    pub fn interval(&self) -> Duration {
+        self.period / self.count
+    }
+}
+
+/// How one spending route is protected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CreatePolicy {
+    pub rate: Rate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_rate: Option<Rate>,
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
+    #[serde(with = "duration")]
+    pub dedup_window: Duration,
+    #[serde(with = "duration")]
+    pub idempotency_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateSettings {
+    pub routes: BTreeMap<Route, CreatePolicy>,
+    pub budget: BudgetConfig,
+}
+
+/// Routes that spend money.
+pub fn spends_money(route: Route) -> bool {
+    matches!(
+        route,
+        Route::DiskCreate | Route::HostCreateQuantity | Route::HostCreateRent
+    )
+}
+
+/// Mutations that only get in-flight de-duplication.
+pub fn collapses_in_flight(route: Route) -> bool {
+    matches!(
+        route,
+        Route::DiskMount
+            | Route::DiskUpdateStatus
+            | Route::HostOperate
+            | Route::HostReboot
+            | Route::HostDelete
+    )
+}
+
+fn invalid(key: String, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+pub fn parse_rate(text: &str, burst: u32) -> Result<Rate, String> {
+    let expected =
+        || format!("expected \"COUNT/DURATION\" such as \"1/1s\" or \"30/1m\", got {text:?}");
+    let (count, period) = text.split_once('/').ok_or_else(expected)?;
+    let count: u32 = count.trim().parse().map_err(|_| expected())?;
+    let period = duration::parse(period).map_err(|_| expected())?;
+    if count == 0 || period.is_zero() {
+        return Err(expected());
+    }
+    if burst == 0 {
+        return Err("burst must be at least 1".into());
+    }
+    Ok(Rate {
+        count,
+        period,
+        burst,
+    })
+}
+
+impl CreateConfig {
+    pub fn resolve(&self) -> Result<CreateSettings, ConfigError> {
+        for name in self.routes.keys() {
+            let key = format!("create.routes.{name:?}");
+            let route = Route::from_name(name).ok_or_else(|| {
+                invalid(
+                    key.clone(),
+                    format!("unknown route; expected one of {:?}", Route::names()),
+                )
+            })?;
+            if !spends_money(route) {
+                return Err(invalid(
+                    key,
+                    "only disk.create, host.create_quantity and host.create_rent have a create policy",
+                ));
+            }
+        }
+        let mut routes = BTreeMap::new();
+        for route in Route::all().filter(|r| spends_money(*r)) {
+            let c = self.routes.get(route.as_str()).cloned().unwrap_or_default();
+            let key = |field: &str| format!("create.routes.{:?}.{field}", route.as_str());
+            let dur = |field: &str,
+                       v: &Option<String>,
+                       default: Duration|
+             -> Result<Duration, ConfigError> {
+                match v {
+                    Some(text) => duration::parse(text).map_err(|m| invalid(key(field), m)),
+                    None => Ok(default),
+                }
+            };
+            let rate = parse_rate(c.rate.as_deref().unwrap_or("1/1s"), c.burst.unwrap_or(1))
+                .map_err(|m| invalid(key("rate"), m))?;
+            let client_rate = match &c.client_rate {
+                Some(text) => Some(
+                    parse_rate(text, c.client_burst.unwrap_or(1))
+                        .map_err(|m| invalid(key("client_rate"), m))?,
+                ),
+                None => None,
+            };
+            routes.insert(
+                route,
+                CreatePolicy {
+                    rate,
+                    client_rate,
+                    max_wait: dur("max_wait", &c.max_wait, Duration::from_secs(5))?,
+                    dedup_window: dur("dedup_window", &c.dedup_window, Duration::from_secs(10))?,
+                    idempotency_ttl: dur(
+                        "idempotency_ttl",
+                        &c.idempotency_ttl,
+                        Duration::from_secs(24 * 3600),
+                    )?,
+                },
+            );
+        }
+        Ok(CreateSettings {
+            routes,
+            budget: self.budget.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_cover_every_spending_route() {
+        let s = CreateConfig::default().resolve().unwrap();
+        assert_eq!(s.routes.len(), 3);
+        let p = &s.routes[&Route::DiskCreate];
+        assert_eq!(p.rate.interval(), Duration::from_secs(1));
+        assert_eq!(p.dedup_window, Duration::from_secs(10));
+        assert!(p.client_rate.is_none());
+    }
+
+    #[test]
+    fn rates_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_rate("30/1m", 2).unwrap().interval(),
+            Duration::from_secs(2)
+        );
+        for bad in ["1", "0/1s", "x/1s", "1/soon"] {
+            assert!(parse_rate(bad, 1).is_err(), "{bad}");
+        }
+        let mut c = CreateConfig::default();
+        c.routes.insert(
+            "disk.create".into(),
+            CreatePolicyConfig {
+                rate: Some("fast".into()),
+                ..Default::default()
+            },
+        );
+        let e = c.resolve().unwrap_err().to_string();
+        assert!(e.contains("create.routes.\"disk.create\".rate"), "{e}");
+        let mut c = CreateConfig::default();
+        c.routes
+            .insert("disk.info".into(), CreatePolicyConfig::default());
+        assert!(c.resolve().unwrap_err().to_string().contains("disk.info"));
+    }
+}
