@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod create;
 mod faults;
 mod forwarding;
 mod harness;

@@ -1,0 +1,439 @@
+//! Create protection end to end: a retry or a duplicate never buys a second disk, creates stay
+//! within the rate the upstream accepts, and bad creates never leave the gateway. The simulator's
+//! counters are the witness of every purchase.
+
+use std::time::Duration;
+
+use finovy_gateway::sim::SimConfig;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+async fn create(
+    gw: &Gw,
+    key: Option<&str>,
+    client: Option<&str>,
+    body: &str,
+) -> (u16, HeaderMap, Value) {
+    let mut req = http()
+        .post(format!("{}{DISK}/create", gw.url))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    if let Some(c) = client {
+        req = req.header("Authorization", format!("Bearer {c}"));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap())
+}
+
+fn replayed(h: &HeaderMap) -> bool {
+    h.get("idempotent-replayed").is_some_and(|v| v == "true")
+}
+
+const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_identical_creates_buy_one_disk() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    sim.fault("slow", "300ms").await;
+    let handles: Vec<_> = (0..30)
+        .map(|i| {
+            let url = gw.url.clone();
+            // Key order and whitespace vary: the canonical body is the same.
+            let body = if i % 2 == 0 {
+                DISK20.to_string()
+            } else {
+                "{ \"isMount\": 0,\n \"memory\": 20, \"area\": 0 }".into()
+            };
+            tokio::spawn(async move {
+                let r = http()
+                    .post(format!("{url}{DISK}/create"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let replayed = replayed(r.headers());
+                (replayed, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.unwrap());
+    }
+    let first = &answers[0].1;
+    assert_eq!(first["code"], 0, "{first}");
+    assert!(
+        answers.iter().all(|(_, a)| a == first),
+        "30 identical answers"
+    );
+    assert_eq!(answers.iter().filter(|(r, _)| *r).count(), 29);
+    assert_eq!(sim.calls("create").await, 1);
+    assert_eq!(sim.stats().await["disks"], 1);
+    // Within the de-dup window a repeat still gets the same disk.
+    let (_, h, again) = create(&gw, None, None, DISK20).await;
+    assert!(replayed(&h));
+    assert_eq!(again["data"], first["data"]);
+    assert_eq!(sim.calls("create").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_replay_refuse_a_new_body_and_separate_intents() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let (_, h, a) = create(&gw, Some("order-1"), None, DISK20).await;
+    assert!(!replayed(&h));
+    let (_, h, again) = create(&gw, Some("order-1"), None, DISK20).await;
+    assert!(replayed(&h));
+    assert_eq!(again, a);
+    let (status, _, mismatch) = create(
+        &gw,
+        Some("order-1"),
+        None,
+        r#"{"area":0,"memory":40,"isMount":0}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, mismatch["code"].as_i64()),
+        (422, Some(1003)),
+        "{mismatch}"
+    );
+    // Two identical disks on purpose: two keys.
+    let (_, _, b) = create(&gw, Some("order-2"), None, DISK20).await;
+    assert_ne!(a["data"], b["data"]);
+    assert_eq!(sim.calls("create").await, 2);
+    assert_eq!(sim.stats().await["disks"], 2);
+    let metrics = gw.metrics().await;
+    for result in ["replayed", "mismatch"] {
+        let line =
+            format!("finovy_gateway_dedup_total{{result=\"{result}\",route=\"disk.create\"}} 1");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_in_flight_answers_409() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    sim.fault("slow", "1500ms").await;
+    let url = gw.url.clone();
+    let first = tokio::spawn(async move {
+        send_json(
+            http()
+                .post(format!("{url}{DISK}/create"))
+                .header("Idempotency-Key", "slow-1")
+                .body(DISK20),
+        )
+        .await
+    });
+    wait_for(|| async { sim.calls("create").await == 1 }).await;
+    let (status, h, v) = create(&gw, Some("slow-1"), None, DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (409, Some(1005)), "{v}");
+    assert_eq!(h["retry-after"], "1");
+    let (status, v) = first.await.unwrap();
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)));
+    assert_eq!(sim.calls("create").await, 1);
+}
+
+/// Polls `check` until it holds (20 s at most): for states only another process can show.
+async fn wait_for<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "condition never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_still_gets_its_disk_on_retry() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    sim.fault("slow", "1s").await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}{DISK}/create", gw.url))
+        .header("Idempotency-Key", "gone-1")
+        .body(DISK20)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out and hung up");
+    // The create runs to its end without anyone waiting for it.
+    wait_for(|| async { sim.stats().await["disks"] == 1 }).await;
+    sim.fault("none", "0s").await;
+    let (_, h, retry) = loop {
+        let (status, h, v) = create(&gw, Some("gone-1"), None, DISK20).await;
+        if status != 409 {
+            break (status, h, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // still finishing; 409 says so
+    };
+    assert!(replayed(&h));
+    assert_eq!(retry["code"], 0);
+    let listed: Value = send_json(
+        http()
+            .post(format!("{}{DISK}/getList", gw.url))
+            .json(&json!({})),
+    )
+    .await
+    .1;
+    assert_eq!(listed["data"]["data"][0]["id"], retry["data"]);
+    assert_eq!(sim.calls("create").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_validation_rule_is_checked_before_the_upstream() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let before = sim.total().await;
+    for (body, code) in [
+        ("not json", 1007),
+        ("[]", 1007),
+        (r#"{"memory":20,"isMount":0}"#, 1007),
+        (r#"{"area":5,"memory":20,"isMount":0}"#, 1007),
+        (r#"{"area":0,"isMount":0}"#, 1007),
+        (r#"{"area":0,"memory":"big","isMount":0}"#, 1007),
+        (r#"{"area":0,"memory":19,"isMount":0}"#, 220013),
+        (r#"{"area":0,"memory":20481,"isMount":0}"#, 220014),
+        (r#"{"area":0,"memory":20,"isMount":1}"#, 220015),
+        (r#"{"area":0,"memory":20,"isMount":3}"#, 220020),
+    ] {
+        let (status, _, v) = create(&gw, None, None, body).await;
+        assert_eq!(
+            (status, v["code"].as_i64()),
+            (400, Some(code)),
+            "{body}: {v}"
+        );
+        assert!(!v["msg"].as_str().unwrap().is_empty());
+    }
+    let (status, v) = send_json(
+        http()
+            .post(format!("{}/v1/pve/open/createquantity", gw.url))
+            .json(&json!({"imageId": "i"})),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(1007)));
+    assert_eq!(sim.total().await, before, "nothing reached the simulator");
+    // The seed's own example (area as a string) is valid.
+    let (_, _, v) = create(
+        &gw,
+        None,
+        None,
+        r#"{"pveId":"","area":"1","buyNumber":1,"memory":32,"isMount":0}"#,
+    )
+    .await;
+    assert_eq!(v["code"], 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_is_smoothed_to_the_upstreams_pace_and_the_rest_refused() {
+    let sim = Sim::start(SimConfig {
+        create_min_interval: Duration::from_millis(200),
+        ..sim_config()
+    })
+    .await;
+    let toml =
+        "[create.routes.\"disk.create\"]\nrate = \"4/1s\"\nburst = 1\nmax_wait = \"1500ms\"\n";
+    let gw = Gw::start(toml, &sim.url, demo_env()).await;
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let url = gw.url.clone();
+            tokio::spawn(async move {
+                let r = http()
+                    .post(format!("{url}{DISK}/create"))
+                    .json(&json!({"area": 1, "memory": 20 + i, "isMount": 0}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let h = r.headers().clone();
+                (status, h, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for h in handles {
+        let (status, headers, v) = h.await.unwrap();
+        assert!(
+            headers.contains_key("ratelimit-policy") && headers.contains_key("ratelimit"),
+            "{headers:?}"
+        );
+        assert_eq!(headers["ratelimit-policy"], "\"tenant\";q=4;w=1");
+        match status {
+            200 => {
+                assert_eq!(
+                    v["code"], 0,
+                    "the client never sees the upstream's 220025: {v}"
+                );
+                ok += 1;
+            }
+            429 => {
+                assert_eq!(v["code"], 220025);
+                let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(retry >= 1);
+                assert!(
+                    headers["ratelimit"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("\"tenant\";r=0;t=")
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(ok + refused, 20);
+    assert!(
+        (4..=9).contains(&ok),
+        "about max_wait × rate + 1 went through: {ok}"
+    );
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["calls"]["create"], ok,
+        "one upstream call per success"
+    );
+    assert_eq!(
+        stats["tooFrequent"], 0,
+        "the simulator never saw two creates closer than its interval"
+    );
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(&format!(
+        "finovy_gateway_rate_limited_total{{route=\"disk.create\",scope=\"tenant\"}} {refused}"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_220025_is_retried_within_max_wait() {
+    let sim = Sim::start(SimConfig {
+        create_min_interval: Duration::from_millis(400),
+        ..sim_config()
+    })
+    .await;
+    // The gateway's own rate is set faster than the upstream accepts.
+    let toml = "[create.routes.\"disk.create\"]\nrate = \"20/1s\"\nburst = 5\nmax_wait = \"5s\"\n";
+    let gw = Gw::start(toml, &sim.url, demo_env()).await;
+    for i in 0..3 {
+        let (status, _, v) = create(
+            &gw,
+            None,
+            None,
+            &format!(r#"{{"area":2,"memory":{},"isMount":0}}"#, 20 + i),
+        )
+        .await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    }
+    let stats = sim.stats().await;
+    assert_eq!(stats["disks"], 3);
+    assert!(
+        stats["tooFrequent"].as_u64().unwrap() >= 1,
+        "the upstream did refuse, and the gateway retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_client_limits_isolate_a_noisy_client() {
+    let sim = Sim::start(sim_config()).await;
+    let toml = format!(
+        "{}{}[create.routes.\"disk.create\"]\nrate = \"100/1s\"\nburst = 100\nclient_rate = \"1/1m\"\nmax_wait = \"0s\"\n",
+        client_entry("noisy", "noisy-key-000000000000", ""),
+        client_entry("quiet", "quiet-key-000000000000", "")
+    );
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let body = format!(r#"{{"area":0,"memory":{},"isMount":0}}"#, 30 + i);
+        let (status, h, _) = create(&gw, None, Some("noisy-key-000000000000"), &body).await;
+        statuses.push(status);
+        if status == 429 {
+            assert!(
+                h["ratelimit"].to_str().unwrap().contains("\"client\";r=0"),
+                "{h:?}"
+            );
+        }
+    }
+    assert_eq!(statuses, vec![200, 429, 429]);
+    let (status, _, v) = create(&gw, None, Some("quiet-key-000000000000"), DISK20).await;
+    assert_eq!(
+        (status, v["code"].as_i64()),
+        (200, Some(0)),
+        "the quiet client is not held back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_outcome_is_reconciled_not_bought_twice() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        &format!("[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}"),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    // The simulator creates the disk, then holds its answer past the gateway's upstream timeout.
+    sim.fault("slow", "1s").await;
+    let (status, _, v) = create(&gw, Some("unknown-1"), None, DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("may exist"), "{v}");
+    wait_for(|| async { sim.stats().await["disks"] == 1 }).await;
+    sim.fault("none", "0s").await;
+    let (status, h, found) = create(&gw, Some("unknown-1"), None, DISK20).await;
+    assert_eq!((status, found["code"].as_i64()), (200, Some(0)), "{found}");
+    assert!(replayed(&h));
+    let listed: Value = send_json(
+        http()
+            .post(format!("{}{DISK}/getList", gw.url))
+            .json(&json!({})),
+    )
+    .await
+    .1;
+    assert_eq!(
+        listed["data"]["data"][0]["id"], found["data"],
+        "the disk that was made"
+    );
+    assert_eq!(sim.calls("create").await, 1, "never bought twice");
+    // Later retries replay the reconciled answer.
+    let (_, _, again) = create(&gw, Some("unknown-1"), None, DISK20).await;
+    assert_eq!(again["data"], found["data"]);
+
+    // A reset: the simulator did nothing, so the retry finds no disk and buys it once.
+    sim.fault("reset", "0s").await;
+    let body = r#"{"area":1,"memory":64,"isMount":0}"#;
+    let (status, _, v) = create(&gw, None, None, body).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    sim.fault("none", "0s").await;
+    let (status, _, made) = create(&gw, None, None, body).await;
+    assert_eq!((status, made["code"].as_i64()), (200, Some(0)), "{made}");
+    assert_eq!(sim.stats().await["disks"], 2);
+    assert_eq!(
+        sim.calls("create").await,
+        3,
+        "the reset attempt, and one real create"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failures_are_not_kept_so_a_retry_runs_again() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    sim.fault("error", "0s").await;
+    let (status, _, _) = create(&gw, Some("fails-1"), None, DISK20).await;
+    assert_eq!(status, 500);
+    sim.fault("none", "0s").await;
+    let (status, h, v) = create(&gw, Some("fails-1"), None, DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)));
+    assert!(!replayed(&h), "the failure was not a final answer");
+    assert_eq!(sim.stats().await["disks"], 1);
+}
