@@ -20,9 +20,11 @@ use crate::admin::{self, AdminState};
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::layers::auth::{Authenticator, ClientEntry};
+use crate::layers::budget::BudgetLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::metrics::Metrics;
+use crate::protect::budget::Budget;
 use crate::protect::gcra::MemoryLimiter;
 use crate::protect::records::MemoryRecords;
 use crate::stack::Protection;
@@ -106,6 +108,10 @@ impl Gateway {
                 create.clone(),
                 metrics.clone(),
                 work.clone(),
+            ),
+            budget: BudgetLayer::new(
+                Arc::new(Budget::new(settings.create.budget.clone())),
+                metrics.clone(),
             ),
             rate_limit: RateLimitLayer::new(
                 Arc::new(MemoryLimiter::new()),

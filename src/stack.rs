@@ -14,6 +14,7 @@ use crate::config::ServerConfig;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::auth::{AuthLayer, Authenticator};
 use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::budget::BudgetLayer;
 use crate::layers::cache::CacheLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
@@ -30,6 +31,7 @@ use crate::upstream::forward::Forward;
 /// The create-protection layers, built around their state by the server.
 pub struct Protection {
     pub dedup: DedupLayer,
+    pub budget: BudgetLayer,
     pub rate_limit: RateLimitLayer,
 }
 
@@ -59,6 +61,8 @@ where
             .layer(ValidateLayer)
             // One purchase per intent: Idempotency-Key replay, identical creates collapsed.
             .layer(protection.dedup)
+            // The spending guard's caps (off unless configured): 429 before anything is spent.
+            .layer(protection.budget)
             // Creates within the rate the upstream accepts: wait for a slot, else 429.
             .layer(protection.rate_limit)
             // The account's upstream token; one retry with a fresh token when the upstream says 401.

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod body_limit;
+pub mod budget;
 pub mod cache;
 pub mod dedup;
 pub mod rate_limit;

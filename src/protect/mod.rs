@@ -3,6 +3,7 @@
 //! limiter), `records` (idempotency and de-duplication records), `budget` (the spending guard).
 //! The HTTP side is in `crate::layers::{validate, dedup, rate_limit}`.
 
+pub mod budget;
 pub mod gcra;
 pub mod policy;
 pub mod records;

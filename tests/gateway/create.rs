@@ -437,3 +437,74 @@ async fn upstream_failures_are_not_kept_so_a_retry_runs_again() {
     assert!(!replayed(&h), "the failure was not a final answer");
     assert_eq!(sim.stats().await["disks"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daily_cap_refuses_the_next_create_before_the_upstream() {
+    let sim = Sim::start(sim_config()).await;
+    let toml = format!(
+        "{FAST_CREATES}[create.budget.client]\ncreates_per_day = 2\n[create.budget.account]\ngb_per_day = 1000\n"
+    );
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    // A create that fails upstream buys nothing and does not count.
+    sim.fault("error", "0s").await;
+    assert_eq!(
+        create(&gw, None, None, r#"{"area":0,"memory":20,"isMount":0}"#)
+            .await
+            .0,
+        500
+    );
+    sim.fault("none", "0s").await;
+    for memory in [20, 21] {
+        let (status, _, v) = create(
+            &gw,
+            None,
+            None,
+            &format!(r#"{{"area":0,"memory":{memory},"isMount":0}}"#),
+        )
+        .await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    }
+    let before = sim.calls("create").await;
+    let (status, h, v) = create(&gw, None, None, r#"{"area":0,"memory":22,"isMount":0}"#).await;
+    assert_eq!((status, v["code"].as_i64()), (429, Some(220025)), "{v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("creates_per_day"),
+        "{v}"
+    );
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(
+        sim.calls("create").await,
+        before,
+        "refused before the upstream"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            "finovy_gateway_budget_refused_total{cap=\"creates_per_day\",scope=\"client\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gb_cap_counts_the_sizes_bought() {
+    let sim = Sim::start(sim_config()).await;
+    let toml = format!("{FAST_CREATES}[create.budget.account]\ngb_per_day = 100\n");
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    assert_eq!(
+        create(&gw, None, None, r#"{"area":0,"memory":60,"isMount":0}"#)
+            .await
+            .0,
+        200
+    );
+    let (status, _, v) = create(&gw, None, None, r#"{"area":0,"memory":50,"isMount":0}"#).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("gb_per_day"));
+    assert_eq!(
+        create(&gw, None, None, r#"{"area":0,"memory":40,"isMount":0}"#)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(sim.stats().await["disks"], 2);
+}

@@ -1,0 +1,141 @@
+//! The spending guard on the data plane (see [`crate::protect::budget`]): a create over a cap is
+//! answered 429 with code 220025, a message naming the cap, and `Retry-After` until it resets,
+//! before it reaches the upstream. A create that bought nothing gives its admission back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, StatusCode, header};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::envelope::{EnvelopeHead, error_response};
+use crate::layers::rate_limit::TOO_FREQUENT;
+use crate::layers::{ClientName, OutcomeUnknown, RequestId};
+use crate::metrics::Metrics;
+use crate::protect::budget::Budget;
+use crate::protect::policy::spends_money;
+use crate::protect::validate;
+use crate::routes::{Route, RouteMatch};
+use crate::svc::{Req, Resp, RespFuture};
+use crate::upstream::AccountHandle;
+
+#[derive(Clone)]
+pub struct BudgetLayer {
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
+}
+
+impl BudgetLayer {
+    pub fn new(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
+        BudgetLayer { budget, metrics }
+    }
+}
+
+impl<S> Layer<S> for BudgetLayer {
+    type Service = BudgetService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BudgetService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BudgetService<S> {
+    inner: S,
+    layer: BudgetLayer,
+}
+
+/// Whether the create may have bought something (a success, or an unknown outcome).
+fn may_have_spent(resp: &Resp) -> bool {
+    resp.extensions().get::<OutcomeUnknown>().is_some()
+        || resp
+            .extensions()
+            .get::<EnvelopeHead>()
+            .is_some_and(EnvelopeHead::is_success)
+}
+
+impl<S> Service<Req> for BudgetService<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> RespFuture {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+            let account = req.extensions().get::<Arc<AccountHandle>>().cloned();
+            let (Some(route), Some(account)) = (route, account) else {
+                return inner.oneshot(req).await;
+            };
+            if !layer.budget.enabled() || !spends_money(route) {
+                return inner.oneshot(req).await;
+            }
+            let client = req
+                .extensions()
+                .get::<ClientName>()
+                .map_or("-".into(), |c| c.0.to_string());
+            let gb = match route {
+                Route::DiskCreate => {
+                    validate::disk_create(req.body()).map_or(0, |o| o.memory_gb.max(0) as u64)
+                }
+                _ => 0,
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match layer.budget.admit(&account.name, &client, gb, now) {
+                Ok(admission) => {
+                    let resp = inner.oneshot(req).await?;
+                    if !may_have_spent(&resp) {
+                        layer.budget.refund(admission);
+                    }
+                    Ok(resp)
+                }
+                Err(over) => {
+                    layer
+                        .metrics
+                        .budget_refused
+                        .with_label_values(&[over.scope, over.cap])
+                        .inc();
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .cloned()
+                        .unwrap_or_default();
+                    let secs = over.resets_in.as_secs().max(1);
+                    let msg = format!(
+                        "spending guard: the {} cap of {} for {} {:?} is reached; it resets in {}",
+                        over.cap,
+                        over.limit,
+                        over.scope,
+                        over.who,
+                        humantime::format_duration(std::time::Duration::from_secs(secs))
+                    );
+                    let mut resp = error_response(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        TOO_FREQUENT,
+                        &msg,
+                        id.as_str(),
+                    );
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    Ok(resp)
+                }
+            }
+        })
+    }
+}
