@@ -195,7 +195,10 @@ where
                         return Ok(resp);
                     }
                     Decision::Granted { wait, standing } => {
-                        tokio::time::sleep(wait).await;
+                        // Even a zero sleep would wait for the timer's next tick (a millisecond).
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
                         let mut resp = inner.clone().oneshot(duplicate(&req)).await?;
                         if too_frequent(&resp) {
                             if Instant::now() < deadline {
