@@ -405,12 +405,25 @@ impl Ctx {
         }
         let keep = Keep {
             rkey: rkey.clone(),
-            fingerprint: fingerprint.into(),
+            fingerprint: fingerprint.as_str().into(),
             final_ttl: policy.idempotency_ttl,
             unknown_ttl: policy.idempotency_ttl,
             remove_otherwise: true,
         };
-        let (role, outcome) = self.execute(inner, req, rkey, Some(keep)).await;
+        let started_ms = now_ms();
+        let (role, outcome) = self.execute(inner, req, rkey.clone(), Some(keep)).await;
+        if outcome.is_none() {
+            // The task died mid-way: the purchase may or may not exist, and the record must not
+            // stay "in flight" for its whole lifetime.
+            let unknown = Record {
+                fingerprint: fingerprint.as_str().into(),
+                state: State::Unknown {
+                    sent_at_ms: started_ms,
+                },
+                ttl: policy.idempotency_ttl,
+            };
+            self.shared.records.set(&rkey, unknown).await;
+        }
         self.answer(role, &outcome, true)
     }
 
