@@ -72,6 +72,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> RespFuture {
+        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+        if !self.layer.budget.enabled() || !route.is_some_and(spends_money) {
+            return Box::pin(self.inner.call(req));
+        }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
@@ -81,9 +85,6 @@ where
             let (Some(route), Some(account)) = (route, account) else {
                 return inner.oneshot(req).await;
             };
-            if !layer.budget.enabled() || !spends_money(route) {
-                return inner.oneshot(req).await;
-            }
             let client = req
                 .extensions()
                 .get::<ClientName>()

@@ -163,6 +163,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> RespFuture {
+        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+        let applies = route.is_some_and(|r| {
+            self.shared.settings.routes.contains_key(&r) || collapses_in_flight(r)
+        });
+        if !applies {
+            return Box::pin(self.inner.call(req));
+        }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();

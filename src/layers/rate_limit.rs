@@ -121,6 +121,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> RespFuture {
+        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+        if !route.is_some_and(|r| self.layer.settings.routes.contains_key(&r)) {
+            return Box::pin(self.inner.call(req));
+        }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();

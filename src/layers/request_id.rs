@@ -43,7 +43,7 @@ fn acceptable(v: &HeaderValue) -> Option<&str> {
 
 /// 128 random bits in hex, the shape of a W3C trace id.
 pub fn generate() -> String {
-    hex::encode(rand::rng().random::<[u8; 16]>())
+    format!("{:032x}", rand::rng().random::<u128>())
 }
 
 impl<S, B> Service<Request<B>> for RequestIdService<S>
