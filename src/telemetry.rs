@@ -2,8 +2,9 @@
 //! "json"` or `--log-format json`. `RUST_LOG` overrides the configured level.
 //!
 //! Log lines (one access line per request) go into a buffer that a background thread writes to
-//! stderr every [`FLUSH_EVERY`], so a request never waits on a `write` of its own: under load many
-//! lines leave in one write, and when the gateway is idle a line appears within that interval.
+//! stderr every [`FLUSH_EVERY`] or once [`WAKE_AT`] bytes are waiting, so a request never waits on
+//! a `write` of its own: under load many lines leave in one write, and when the gateway is idle a
+//! line appears within that interval.
 //! Nothing is dropped: a buffer past [`MAX_BUFFER`] (stderr not keeping up) is written by the
 //! logging thread itself, which slows it down instead.
 
@@ -19,6 +20,8 @@ use crate::config::LogFormat;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const MAX_BUFFER: usize = 8 * 1024 * 1024;
+/// Past this much, the writer thread is woken at once: smaller writes, steadier latency.
+const WAKE_AT: usize = 32 * 1024;
 
 #[derive(Default)]
 struct Shared {
@@ -34,7 +37,11 @@ pub struct BufferedStderr(Arc<Shared>);
 impl Write for BufferedStderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let mut buf = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let before = buf.len();
         buf.extend_from_slice(line);
+        if before < WAKE_AT && buf.len() >= WAKE_AT {
+            self.0.wake.notify_one();
+        }
         if buf.len() > MAX_BUFFER {
             let full = std::mem::take(&mut *buf);
             drop(buf);

@@ -128,6 +128,12 @@ impl Cache {
         self.policies.get(&route)
     }
 
+    /// A fresh entry this replica holds in memory, looked up without waiting on anything.
+    pub fn peek_fresh(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let entry = self.store.peek(key)?;
+        matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_))).then_some(entry)
+    }
+
     /// The stored entry, if it is still of any use.
     pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let entry = self.store.get(key).await?;

@@ -41,16 +41,15 @@ impl MemoryStore {
             .build();
         MemoryStore { entries }
     }
-
-    fn get_now(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.entries.get(key)
-    }
 }
 
 impl CacheStore for MemoryStore {
     fn get(&self, key: &CacheKey) -> BoxFuture<Option<Arc<Entry>>> {
-        let found = self.get_now(key);
-        Box::pin(std::future::ready(found))
+        Box::pin(std::future::ready(self.entries.get(key)))
+    }
+
+    fn peek(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.entries.get(key)
     }
 
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> BoxFuture<()> {

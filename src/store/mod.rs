@@ -48,6 +48,9 @@ pub struct Usage {
 /// The cache's storage. Coalescing of fills is the cache's own (see [`crate::cache::Cache`]).
 pub trait CacheStore: Send + Sync + 'static {
     fn get(&self, key: &CacheKey) -> BoxFuture<Option<Arc<Entry>>>;
+    /// What this replica holds in its own memory for `key`, without I/O (a shared store answers
+    /// from its local level); `get` is the full lookup.
+    fn peek(&self, key: &CacheKey) -> Option<Arc<Entry>>;
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> BoxFuture<()>;
     fn invalidate(&self, what: Invalidation) -> BoxFuture<()>;
     fn usage(&self) -> Usage;
