@@ -508,3 +508,73 @@ async fn a_gb_cap_counts_the_sizes_bought() {
     );
     assert_eq!(sim.stats().await["disks"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_mounts_in_flight_collapse_into_one_call() {
+    let sim = Sim::start(SimConfig {
+        mount_delay: Duration::from_secs(3600),
+        ..sim_config()
+    })
+    .await;
+    let gw = Gw::anonymous(&sim).await;
+    let (_, _, disk) = create(&gw, None, None, DISK20).await;
+    sim.fault("slow", "1500ms").await;
+    let body = json!({"id": disk["data"], "pveId": finovy_gateway::sim::seed::HOST_AREA0});
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let (url, body) = (gw.url.clone(), body.clone());
+            tokio::spawn(async move {
+                let r = http()
+                    .post(format!("{url}{DISK}/pveCreate"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                (replayed(r.headers()), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut replays = 0;
+    for h in handles {
+        let (was_replayed, v) = h.await.unwrap();
+        assert_eq!(v["code"], 0, "{v}");
+        replays += usize::from(was_replayed);
+    }
+    assert_eq!(sim.calls("pveCreate").await, 1);
+    assert_eq!(replays, 9);
+    // Once it has landed, a new identical mount goes upstream (and the upstream says 220002).
+    sim.fault("none", "0s").await;
+    let (_, again) = send_json(
+        http()
+            .post(format!("{}{DISK}/pveCreate", gw.url))
+            .json(&body),
+    )
+    .await;
+    assert_eq!(again["code"], 220002, "{again}");
+    assert_eq!(sim.calls("pveCreate").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_are_scoped_per_client() {
+    let sim = Sim::start(sim_config()).await;
+    let toml = client_entry("a", "client-a-key-0000000000", "")
+        + &client_entry("b", "client-b-key-0000000000", "");
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    let (_, _, a) = create(
+        &gw,
+        Some("shared-key"),
+        Some("client-a-key-0000000000"),
+        DISK20,
+    )
+    .await;
+    let (_, h, b) = create(
+        &gw,
+        Some("shared-key"),
+        Some("client-b-key-0000000000"),
+        DISK20,
+    )
+    .await;
+    assert!(!replayed(&h), "another client's key is another intent");
+    assert_ne!(a["data"], b["data"]);
+    assert_eq!(sim.stats().await["disks"], 2);
+}
