@@ -44,14 +44,17 @@ static DROPPED_RESPONSE_HEADERS: [HeaderName; 10] = [
     header::SET_COOKIE,
 ];
 
+/// Cloned with the stack on every request, so the client sits behind one `Arc`.
 #[derive(Clone)]
 pub struct Forward {
-    client: UpstreamClient,
+    client: Arc<UpstreamClient>,
 }
 
 impl Forward {
     pub fn new(client: UpstreamClient) -> Forward {
-        Forward { client }
+        Forward {
+            client: Arc::new(client),
+        }
     }
 }
 
