@@ -13,8 +13,10 @@
 //! refused connection did nothing, so a retry runs again. A create sent upstream without an answer
 //! (timeout, reset, garbage) has an *unknown* outcome: the client gets 504 (code 1005), and the
 //! record stays. A retry of a disk create then *reconciles*: the account's disks created since the
-//! attempt are listed, and one matching its area and size (and host) is answered as the purchase;
-//! when none matches the create did not happen and runs again. Host creates are refused (409, code
+//! attempt are listed, and the earliest one matching its area and size (and host) that no other
+//! purchase owns is answered as the purchase (every disk a create made, or a reconciliation
+//! handed out, is claimed by a marker record); when none matches the create did not happen and
+//! runs again. Host creates are refused (409, code
 //! 1005) until the record expires, since hosts cannot be matched safely.
 
 use std::convert::Infallible;
@@ -50,6 +52,21 @@ const MAX_KEY_LEN: usize = 255;
 
 /// How far before the attempt a disk's `createTime` may lie and still match it (clock skew).
 const RECONCILE_SLACK_MS: u64 = 60_000;
+
+/// The marker record saying that a disk already belongs to a purchase, so that reconciliation
+/// never hands one disk to two intents.
+fn claim_key(account: &str, disk: &str) -> String {
+    format!("claimed|{account}|{disk}")
+}
+
+/// The new disk's id in a successful create answer.
+fn created_disk(answer: &Answer) -> Option<String> {
+    if !answer.is_storable() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&answer.body).ok()?;
+    v.get("data")?.as_str().map(str::to_string)
+}
 
 /// What became of one execution, shared with everyone who waited for it.
 #[derive(Debug)]
@@ -288,6 +305,7 @@ impl Ctx {
     {
         let records = self.shared.records.clone();
         let guard = self.shared.work.start();
+        let (route, account) = (self.route, self.account.clone());
         let flight = self.shared.flights.join_or_start(rkey, move || async move {
             let _guard = guard;
             let sent_at_ms = now_ms();
@@ -298,6 +316,13 @@ impl Ctx {
                 unknown,
             };
             if let Some(keep) = keep {
+                if route == Route::DiskCreate
+                    && let Some(disk) = created_disk(&outcome.answer)
+                {
+                    records
+                        .begin(&claim_key(&account, &disk), "claimed", keep.unknown_ttl)
+                        .await;
+                }
                 let record = |state, ttl| Record {
                     fingerprint: keep.fingerprint.clone(),
                     state,
@@ -386,7 +411,10 @@ impl Ctx {
                     return replay(&answer);
                 }
                 State::Unknown { sent_at_ms } => {
-                    match self.reconcile(inner.clone(), &req, sent_at_ms).await {
+                    match self
+                        .reconcile(inner.clone(), &req, sent_at_ms, policy.idempotency_ttl)
+                        .await
+                    {
                         Reconciled::Found(answer) => {
                             self.count("reconciled");
                             let done = Record {
@@ -454,7 +482,10 @@ impl Ctx {
                     return replay(&answer);
                 }
                 State::Unknown { sent_at_ms } => {
-                    match self.reconcile(inner.clone(), &req, sent_at_ms).await {
+                    match self
+                        .reconcile(inner.clone(), &req, sent_at_ms, policy.idempotency_ttl)
+                        .await
+                    {
                         Reconciled::Found(answer) => {
                             self.count("reconciled");
                             let done = Record {
@@ -496,7 +527,7 @@ impl Ctx {
     }
 
     /// Looks for the disk an unknown-outcome create may have made.
-    async fn reconcile<S>(&self, inner: S, req: &Req, sent_at_ms: u64) -> Reconciled
+    async fn reconcile<S>(&self, inner: S, req: &Req, sent_at_ms: u64, ttl: Duration) -> Reconciled
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
         S::Future: Send,
@@ -559,8 +590,21 @@ impl Ctx {
             .filter_map(|d| Some((as_i64(&d["createTime"])?, d["id"].as_str()?.to_string())))
             .collect();
         matches.sort();
-        match matches.into_iter().next() {
-            Some((_, disk)) => {
+        // The earliest match no other purchase owns yet.
+        let mut found = None;
+        for (_, disk) in matches {
+            if let Begin::Started = self
+                .shared
+                .records
+                .begin(&claim_key(&self.account, &disk), "claimed", ttl)
+                .await
+            {
+                found = Some(disk);
+                break;
+            }
+        }
+        match found {
+            Some(disk) => {
                 tracing::info!(route = %self.route, disk = %disk, "reconciled an unknown-outcome create");
                 let body = serde_json::json!({"code": 0, "success": true, "msg": "success", "data": disk, "traceId": id});
                 let body = Bytes::from(body.to_string());

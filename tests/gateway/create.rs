@@ -578,3 +578,33 @@ async fn idempotency_keys_are_scoped_per_client() {
     assert_ne!(a["data"], b["data"]);
     assert_eq!(sim.stats().await["disks"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_unknown_purchases_reconcile_to_two_different_disks() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        &format!("[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}"),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    sim.fault("slow", "1s").await;
+    for key in ["twin-1", "twin-2"] {
+        let (status, _, v) = create(&gw, Some(key), None, DISK20).await;
+        assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    }
+    wait_for(|| async { sim.stats().await["disks"] == 2 }).await;
+    sim.fault("none", "0s").await;
+    // Retried in the other order: each intent still gets a disk of its own.
+    let (_, _, second) = create(&gw, Some("twin-2"), None, DISK20).await;
+    let (_, _, first) = create(&gw, Some("twin-1"), None, DISK20).await;
+    assert_eq!(
+        (first["code"].as_i64(), second["code"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_ne!(
+        first["data"], second["data"],
+        "one disk is never handed to two purchases"
+    );
+    assert_eq!(sim.calls("create").await, 2);
+}
