@@ -1,6 +1,7 @@
 //! Cache hits under load: the gateway (whole stack on: request id, access log, metrics, auth,
 //! routing, cache) answering `disk.info` for 1,000 cached disks, beside a minimal hyper server that
-//! answers the same bodies from a moka cache, and nginx `proxy_cache` in front of the simulator.
+//! answers the same bodies from a moka cache, and nginx `proxy_cache` in front of the simulator
+//! (twice: with `access_log off`, its best case, and with its default access log, like ours).
 //! Each server is pinned to CPU 0, wrk to CPU 1 (64 connections, a random id of the 1,000 per
 //! request). Reports requests/s, p50 and p99 for each and the gateway's ratios.
 //!
@@ -180,11 +181,14 @@ fn nginx_config(dir: &Path, sim: &str, token: &str) -> PathBuf {
     let conf = dir.join("nginx.conf");
     let cache = dir.join("nginx-cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, logged_port) = (free(), free());
     let text = format!(
         r#"worker_processes 1;
 daemon off;
@@ -208,6 +212,21 @@ http {{
             proxy_cache_lock on;
         }}
     }}
+    server {{
+        listen 127.0.0.1:{logged_port};
+        # nginx's default: an access line per request, written as it happens.
+        access_log {dir}/nginx-access.log;
+        location / {{
+            proxy_pass http://sim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Finovy-Access-Token "{token}";
+            proxy_cache disks;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+        }}
+    }}
 }}
 "#,
         dir = dir.display(),
@@ -216,6 +235,7 @@ http {{
     std::fs::write(&conf, text).unwrap();
     eprintln!("nginx will listen on 127.0.0.1:{port}");
     std::fs::write(dir.join("nginx.port"), port.to_string()).unwrap();
+    std::fs::write(dir.join("nginx-logged.port"), logged_port.to_string()).unwrap();
     conf
 }
 
@@ -338,10 +358,13 @@ fn main() {
         .spawn()
         .expect("start nginx (is it installed?)");
     let _nginx = Proc(nginx);
-    let nginx_addr = format!(
-        "127.0.0.1:{}",
-        std::fs::read_to_string(dir.join("nginx.port")).unwrap()
-    );
+    let port_of = |file: &str| {
+        format!(
+            "127.0.0.1:{}",
+            std::fs::read_to_string(dir.join(file)).unwrap()
+        )
+    };
+    let (nginx_addr, nginx_logged) = (port_of("nginx.port"), port_of("nginx-logged.port"));
     rt.block_on(async {
         // Warm every cache with every id; wait for nginx to listen.
         for _ in 0..100 {
@@ -356,6 +379,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for id in &ids {
+            // Both nginx servers share one cache zone, so warming one warms both.
             for addr in [&gw, &nginx_addr] {
                 let r = client
                     .get(format!("http://{addr}{PATH}{id}"))
@@ -380,6 +404,12 @@ fn main() {
             &script,
             secs,
         ),
+        wrk(
+            "nginx proxy_cache + log",
+            &format!("http://{nginx_logged}"),
+            &script,
+            secs,
+        ),
         wrk("finovy-gateway", &format!("http://{gw}"), &script, secs),
     ];
     println!("cache hits: {DISKS} disks, wrk -t1 -c64 -d{secs}s on CPU 1, each server on CPU 0");
@@ -389,11 +419,19 @@ fn main() {
             r.name, r.rps, r.p50_ms, r.p99_ms
         );
     }
-    let (b, n, g) = (&results[0], &results[1], &results[2]);
+    let (b, n, nl, g) = (&results[0], &results[1], &results[2], &results[3]);
     println!(
-        "  gateway / nginx: {:.2}x req/s, p99 {:.2}x   gateway / baseline: {:.2}x req/s, p99 {:.2}x",
+        "  gateway / nginx (access_log off): {:.2}x req/s, p99 {:.2}x",
         g.rps / n.rps,
-        g.p99_ms / n.p99_ms,
+        g.p99_ms / n.p99_ms
+    );
+    println!(
+        "  gateway / nginx (access log on, its default): {:.2}x req/s, p99 {:.2}x",
+        g.rps / nl.rps,
+        g.p99_ms / nl.p99_ms
+    );
+    println!(
+        "  gateway / baseline: {:.2}x req/s, p99 {:.2}x",
         g.rps / b.rps,
         g.p99_ms / b.p99_ms
     );
