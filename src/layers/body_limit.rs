@@ -57,6 +57,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> RespFuture {
+        if req.body().is_end_stream() {
+            // No body (a GET): nothing to read or wait for, so no need for a copy of the stack.
+            let (parts, _) = req.into_parts();
+            return Box::pin(self.inner.call(Request::from_parts(parts, Bytes::new())));
+        }
         let limit = self.limit;
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

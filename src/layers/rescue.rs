@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use http::Request;
-use tower::{Layer, Service, ServiceExt};
+use std::sync::Arc;
+
+use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
@@ -18,13 +20,18 @@ pub struct RescueLayer;
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner }
+        Rescue {
+            inner,
+            not_ready: None,
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Rescue<S> {
     inner: S,
+    /// The error a `poll_ready` of the layers below returned, answered by the next `call`.
+    not_ready: Option<Arc<BoxError>>,
 }
 
 /// Which of the gateway's errors a middleware error is.
@@ -40,17 +47,25 @@ fn classify(e: &BoxError) -> GatewayError {
 impl<S, B> Service<Request<B>> for Rescue<S>
 where
     S: Service<Request<B>, Response = Resp, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = Resp;
     type Error = Infallible;
     type Future = RespFuture;
 
-    /// Readiness is checked per request (in `call`), so that a not-ready inner service becomes an
-    /// answer rather than back-pressure on the connection.
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    /// `LoadShed` below is always ready (it answers `Overloaded` from `call` instead), so
+    /// readiness passes straight through; an error here would be a tower layer's own, rendered by
+    /// `call` like any other.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                self.not_ready = Some(Arc::new(e));
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 
     fn call(&mut self, req: Request<B>) -> RespFuture {
@@ -59,9 +74,14 @@ where
             .get::<RequestId>()
             .cloned()
             .unwrap_or_default();
-        let inner = self.inner.clone();
+        if let Some(e) = self.not_ready.take() {
+            let err = GatewayError::Overloaded;
+            tracing::warn!(request_id = id.as_str(), error = %e, "request rescued");
+            return Box::pin(async move { Ok(err.into_response(id.as_str())) });
+        }
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            match inner.oneshot(req).await {
+            match fut.await {
                 Ok(resp) => Ok(resp),
                 Err(e) => {
                     let err = classify(&e);
