@@ -411,30 +411,27 @@ impl Ctx {
                     return replay(&answer);
                 }
                 State::Unknown { sent_at_ms } => {
-                    match self
-                        .reconcile(inner.clone(), &req, sent_at_ms, policy.idempotency_ttl)
-                        .await
-                    {
-                        Reconciled::Found(answer) => {
-                            self.count("reconciled");
-                            let done = Record {
-                                fingerprint: fingerprint.as_str().into(),
-                                state: State::Done(Arc::new(answer.clone())),
-                                ttl: policy.idempotency_ttl,
-                            };
-                            records.set(&rkey, done).await;
-                            return replay(&answer);
-                        }
-                        Reconciled::NotMade => {
-                            let again = Record {
-                                fingerprint: fingerprint.as_str().into(),
-                                state: State::InFlight,
-                                ttl: policy.idempotency_ttl,
-                            };
-                            records.set(&rkey, again).await;
-                        }
-                        Reconciled::Refused(resp) => return resp,
+                    let settled = self
+                        .settle_unknown(
+                            inner.clone(),
+                            &req,
+                            &rkey,
+                            &fingerprint,
+                            sent_at_ms,
+                            policy.idempotency_ttl,
+                            policy,
+                        )
+                        .await;
+                    if let Some(resp) = settled {
+                        return resp;
                     }
+                    // The create was not made: this request makes it, under the same record.
+                    let again = Record {
+                        fingerprint: fingerprint.as_str().into(),
+                        state: State::InFlight,
+                        ttl: policy.idempotency_ttl,
+                    };
+                    records.set(&rkey, again).await;
                 }
             }
         }
@@ -482,23 +479,21 @@ impl Ctx {
                     return replay(&answer);
                 }
                 State::Unknown { sent_at_ms } => {
-                    match self
-                        .reconcile(inner.clone(), &req, sent_at_ms, policy.idempotency_ttl)
-                        .await
-                    {
-                        Reconciled::Found(answer) => {
-                            self.count("reconciled");
-                            let done = Record {
-                                fingerprint: fingerprint.as_str().into(),
-                                state: State::Done(Arc::new(answer.clone())),
-                                ttl: policy.dedup_window,
-                            };
-                            records.set(&rkey, done).await;
-                            return replay(&answer);
-                        }
-                        Reconciled::NotMade => records.remove(&rkey).await,
-                        Reconciled::Refused(resp) => return resp,
+                    let settled = self
+                        .settle_unknown(
+                            inner.clone(),
+                            &req,
+                            &rkey,
+                            &fingerprint,
+                            sent_at_ms,
+                            policy.dedup_window,
+                            policy,
+                        )
+                        .await;
+                    if let Some(resp) = settled {
+                        return resp;
                     }
+                    records.remove(&rkey).await; // not made: this request makes it
                 }
                 State::InFlight => {}
             }
@@ -524,6 +519,42 @@ impl Ctx {
             return o.answer.to_response();
         }
         self.answer(role, &outcome, false)
+    }
+
+    /// Answers a repeat of a create whose outcome is unknown: with the disk it made (recorded as
+    /// done for `done_ttl`), with a refusal, or `None` when it made nothing and may run again.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_unknown<S>(
+        &self,
+        inner: S,
+        req: &Req,
+        rkey: &str,
+        fingerprint: &str,
+        sent_at_ms: u64,
+        done_ttl: Duration,
+        policy: &CreatePolicy,
+    ) -> Option<Resp>
+    where
+        S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
+        match self
+            .reconcile(inner, req, sent_at_ms, policy.idempotency_ttl)
+            .await
+        {
+            Reconciled::Found(answer) => {
+                self.count("reconciled");
+                let done = Record {
+                    fingerprint: fingerprint.into(),
+                    state: State::Done(Arc::new(answer.clone())),
+                    ttl: done_ttl,
+                };
+                self.shared.records.set(rkey, done).await;
+                Some(replay(&answer))
+            }
+            Reconciled::NotMade => None,
+            Reconciled::Refused(resp) => Some(resp),
+        }
     }
 
     /// Looks for the disk an unknown-outcome create may have made.
