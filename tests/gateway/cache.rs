@@ -277,7 +277,14 @@ async fn a_missing_disk_is_never_cached_nor_masked() {
     for _ in 0..3 {
         let (_, h, v) = get(&format!("{}{DISK}/info/noSuchDisk", gw.url), &[]).await;
         assert_eq!(v["code"], 220001);
-        assert!(!cache_status(&h).contains("stored"), "{h:?}");
+        assert!(
+            cache_status(&h).contains("fwd=miss") && !cache_status(&h).contains("stored"),
+            "{h:?}"
+        );
+        assert!(
+            h.contains_key("age"),
+            "every answer of a cached route has Age"
+        );
     }
     assert_eq!(sim.calls("info").await, 3);
 
