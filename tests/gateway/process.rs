@@ -357,3 +357,44 @@ async fn a_cached_host_password_never_reaches_a_log_line() {
     assert!(statuses[1].contains("hit"), "{statuses:?}");
     assert_eq!(sim.calls("one").await, 1);
 }
+
+#[test]
+fn the_kubernetes_configmap_holds_a_valid_config() {
+    let manifest = std::fs::read_to_string("deploy/k8s/configmap.yaml").unwrap();
+    let block: String = manifest
+        .split("gateway.toml: |\n")
+        .nth(1)
+        .expect("the configmap carries gateway.toml")
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The placeholder is meant to fail until an operator puts a real digest in.
+    let placeholder = binary()
+        .args(["check-config", "--config"])
+        .arg(temp_file("cm.toml", &block))
+        .output()
+        .unwrap();
+    assert!(!placeholder.status.success());
+    assert!(String::from_utf8_lossy(&placeholder.stderr).contains("clients[0].key_sha256"));
+    let filled = block.replace(
+        "REPLACE-with-the-64-hex-digest-from-keygen",
+        &"ab".repeat(32),
+    );
+    let out = binary()
+        .args(["check-config", "--config"])
+        .arg(temp_file("cm.toml", &filled))
+        .env("FINOVY_UUID", "u")
+        .env("FINOVY_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("serve would refuse"),
+        "a config that serves"
+    );
+}
