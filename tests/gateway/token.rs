@@ -194,3 +194,36 @@ async fn wrong_credentials_answer_503_and_back_off() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_is_refreshed_in_the_background_before_it_expires() {
+    let sim = Sim::start(SimConfig {
+        token_ttl: Duration::from_secs(4),
+        ..sim_config()
+    })
+    .await;
+    let gw = Gw::anonymous(&sim).await; // returns once the first token is held
+    let held_since = Instant::now();
+    assert_eq!(sim.calls("getToken").await, 1);
+    // No client traffic at all: the broker refreshes by itself, a quarter-lifetime ahead (at ~3s).
+    let deadline = held_since + Duration::from_secs(20);
+    while sim.calls("getToken").await < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        held_since.elapsed() < Duration::from_secs(4),
+        "refreshed before the first token expired"
+    );
+    let metrics = gw.metrics().await;
+    let expires_in: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("finovy_gateway_token_expires_in_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("the expiry gauge");
+    assert!((1..=4).contains(&expires_in), "{expires_in}");
+    assert!(
+        metrics.contains("finovy_gateway_token_refreshes_total{outcome=\"ok\"} 2"),
+        "{metrics}"
+    );
+}
