@@ -61,32 +61,30 @@ pub struct CacheService<S> {
     cache: Arc<Cache>,
 }
 
-/// What the request is to the cache.
+/// What the request is to the cache (`None` from [`plan`]: not cached, and changes nothing cached).
 enum Plan {
-    /// Not cached and changes nothing cached.
-    PassThrough,
     /// A mutation: after a success, drop what it changed.
     Mutation { route: Route, id: Option<String> },
     /// A cached route, with its key.
     Cached { key: CacheKey, no_cache: bool },
 }
 
-fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Plan {
+fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
     let Some(m) = req.extensions().get::<RouteMatch>() else {
-        return Plan::PassThrough;
+        return None;
     };
     if !invalidated_by(m.route).is_empty() {
         // Disk mutations name their disk in the body; host ones in the path.
         let id = m.param.clone().or_else(|| body_id(req.body()));
-        return Plan::Mutation { route: m.route, id };
+        return Some(Plan::Mutation { route: m.route, id });
     }
     if cache.policy(m.route).is_none() {
-        return Plan::PassThrough;
+        return None;
     }
     let id = if body_keyed(m.route) {
         match canonical_json(req.body()) {
             Some(c) => c,
-            None => return Plan::PassThrough, // not JSON: the upstream will say so, uncached
+            None => return None, // not JSON: the upstream will say so, uncached
         }
     } else {
         match (&m.param, req.uri().query()) {
@@ -105,10 +103,10 @@ fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Plan {
             v.split(',')
                 .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
         });
-    Plan::Cached {
+    Some(Plan::Cached {
         key: CacheKey::new(&account.name, m.route, &id),
         no_cache,
-    }
+    })
 }
 
 /// The `id` field of a JSON body, as text.
@@ -162,7 +160,9 @@ where
         let Some(account) = req.extensions().get::<Arc<AccountHandle>>().cloned() else {
             return Box::pin(self.inner.call(req));
         };
-        let plan = plan(&self.cache, &req, &account);
+        let Some(plan) = plan(&self.cache, &req, &account) else {
+            return Box::pin(self.inner.call(req));
+        };
         // The hot path: a fresh entry this replica holds is answered here, without a task or a
         // clone of the stack below.
         if let Plan::Cached {
@@ -183,7 +183,6 @@ where
         let cache = self.cache.clone();
         Box::pin(async move {
             match plan {
-                Plan::PassThrough => inner.oneshot(req).await,
                 Plan::Mutation { route, id } => {
                     let resp = inner.oneshot(req).await?;
                     if succeeded(&resp) {
