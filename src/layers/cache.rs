@@ -70,22 +70,16 @@ enum Plan {
 }
 
 fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
-    let Some(m) = req.extensions().get::<RouteMatch>() else {
-        return None;
-    };
+    let m = req.extensions().get::<RouteMatch>()?;
     if !invalidated_by(m.route).is_empty() {
         // Disk mutations name their disk in the body; host ones in the path.
         let id = m.param.clone().or_else(|| body_id(req.body()));
         return Some(Plan::Mutation { route: m.route, id });
     }
-    if cache.policy(m.route).is_none() {
-        return None;
-    }
+    cache.policy(m.route)?;
     let id = if body_keyed(m.route) {
-        match canonical_json(req.body()) {
-            Some(c) => c,
-            None => return None, // not JSON: the upstream will say so, uncached
-        }
+        // Not JSON: the upstream will say so, uncached.
+        canonical_json(req.body())?
     } else {
         match (&m.param, req.uri().query()) {
             (Some(p), Some(q)) => format!("{p}?{q}"),
