@@ -16,8 +16,8 @@ use crate::layers::{ClientName, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
 use crate::protect::policy::spends_money;
-use crate::protect::validate;
-use crate::routes::{Route, RouteMatch};
+use crate::protect::validate::DiskOrder;
+use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::AccountHandle;
 
@@ -80,21 +80,18 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-            let account = req.extensions().get::<Arc<AccountHandle>>().cloned();
-            let (Some(route), Some(account)) = (route, account) else {
+            let Some(account) = req.extensions().get::<Arc<AccountHandle>>().cloned() else {
                 return inner.oneshot(req).await;
             };
             let client = req
                 .extensions()
                 .get::<ClientName>()
                 .map_or("-".into(), |c| c.0.to_string());
-            let gb = match route {
-                Route::DiskCreate => {
-                    validate::disk_create(req.body()).map_or(0, |o| o.memory_gb.max(0) as u64)
-                }
-                _ => 0,
-            };
+            // Set by the validate layer for disk creates; hosts are not counted in GB.
+            let gb = req
+                .extensions()
+                .get::<DiskOrder>()
+                .map_or(0, |o| o.memory_gb.max(0) as u64);
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());

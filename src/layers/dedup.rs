@@ -37,7 +37,7 @@ use crate::layers::{ClientName, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
 use crate::protect::records::{Begin, Record, RecordStore, State};
-use crate::protect::validate;
+use crate::protect::validate::DiskOrder;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp, RespFuture};
@@ -564,9 +564,10 @@ impl Ctx {
         S::Future: Send,
     {
         let id = self.request_id.as_str();
-        let order = match (self.route, validate::disk_create(req.body())) {
-            (Route::DiskCreate, Ok(order)) => order,
-            _ => {
+        // Set by the validate layer for (valid) disk creates only.
+        let order = match req.extensions().get::<DiskOrder>() {
+            Some(order) => order.clone(),
+            None => {
                 let msg = format!(
                     "an earlier {} with this request has an unknown outcome: check the host list (mypage) before \
                      buying again; this record expires after the idempotency lifetime",

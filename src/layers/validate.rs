@@ -1,5 +1,7 @@
 //! Checks the body of a create before anything is spent (see [`crate::protect::validate`]): a bad
-//! create is answered 400 with the upstream's own code and never goes further.
+//! create is answered 400 with the upstream's own code and never goes further. A valid disk create
+//! carries its parsed [`validate::DiskOrder`] on in the request's extensions, so that no layer below parses
+//! the body again.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -40,13 +42,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> RespFuture {
+    fn call(&mut self, mut req: Req) -> RespFuture {
         let checked = match req.extensions().get::<RouteMatch>() {
             Some(m) => validate::check(m.route, req.body()),
-            None => Ok(()),
+            None => Ok(None),
         };
         match checked {
-            Ok(()) => Box::pin(self.inner.call(req)),
+            Ok(order) => {
+                if let Some(order) = order {
+                    req.extensions_mut().insert(order);
+                }
+                Box::pin(self.inner.call(req))
+            }
             Err(invalid) => {
                 let id = req
                     .extensions()

@@ -135,13 +135,13 @@ fn host_create(body: &[u8], rent: bool) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Validates the body of a create route; other routes pass.
-pub fn check(route: Route, body: &[u8]) -> Result<(), Invalid> {
+/// Validates the body of a create route; other routes pass. A valid disk create gives its order.
+pub fn check(route: Route, body: &[u8]) -> Result<Option<DiskOrder>, Invalid> {
     match route {
-        Route::DiskCreate => disk_create(body).map(|_| ()),
-        Route::HostCreateQuantity => host_create(body, false),
-        Route::HostCreateRent => host_create(body, true),
-        _ => Ok(()),
+        Route::DiskCreate => disk_create(body).map(Some),
+        Route::HostCreateQuantity => host_create(body, false).map(|_| None),
+        Route::HostCreateRent => host_create(body, true).map(|_| None),
+        _ => Ok(None),
     }
 }
 
