@@ -14,8 +14,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::cache::Cache;
@@ -23,6 +21,7 @@ use crate::cache::Reason;
 use crate::cache::key::CacheKey;
 use crate::config::DEFAULT_ACCOUNT;
 use crate::envelope::error_response;
+use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
 use crate::metrics::Metrics;
 use crate::routes::Route;
@@ -173,18 +172,8 @@ async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Respon
             &id,
         );
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    let authorised = presented.is_some_and(|k| {
-        let digest: [u8; 32] = Sha256::digest(k.trim().as_bytes()).into();
-        bool::from(digest.ct_eq(&expected))
-    });
+    let authorised =
+        matches!(bearer_key(req.headers()), Ok(Some(key)) if key_matches(key, &expected));
     if !authorised {
         return error_response(
             StatusCode::UNAUTHORIZED,

@@ -44,6 +44,26 @@ pub struct Authenticator {
     anonymous: Option<Arc<AccountHandle>>,
 }
 
+/// The key of an `Authorization: Bearer <key>` header (the scheme in any case); `Err` when the
+/// header is there but holds something else. Shared with the admin listener.
+pub fn bearer_key(headers: &HeaderMap) -> Result<Option<&[u8]>, GatewayError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bytes = v.as_bytes();
+    if bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        Ok(Some(bytes[7..].trim_ascii()))
+    } else {
+        Err(GatewayError::Unauthorized)
+    }
+}
+
+/// Whether `key` hashes to `digest`, compared in constant time.
+pub fn key_matches(key: &[u8], digest: &[u8; 32]) -> bool {
+    let presented: [u8; 32] = Sha256::digest(key).into();
+    bool::from(presented.ct_eq(digest))
+}
+
 /// The name anonymous calls carry in the access log.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -55,16 +75,10 @@ impl Authenticator {
     /// The presented key: `Authorization: Bearer` first, then `Finovy-Access-Token`.
     /// `Err` when `Authorization` is present but not a bearer key.
     fn presented_key(headers: &HeaderMap) -> Result<Option<&[u8]>, GatewayError> {
-        if let Some(v) = headers.get(header::AUTHORIZATION) {
-            let bytes = v.as_bytes();
-            let is_bearer = bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ");
-            return if is_bearer {
-                Ok(Some(bytes[7..].trim_ascii()))
-            } else {
-                Err(GatewayError::Unauthorized)
-            };
+        match bearer_key(headers)? {
+            Some(key) => Ok(Some(key)),
+            None => Ok(headers.get(TOKEN_HEADER).map(|v| v.as_bytes().trim_ascii())),
         }
-        Ok(headers.get(TOKEN_HEADER).map(|v| v.as_bytes().trim_ascii()))
     }
 
     /// Finds the caller: a client entry, or the anonymous account.
