@@ -135,7 +135,7 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
                 }
             },
         };
-        accounts.insert(a.name.clone(), serde_json::Value::String(status));
+        accounts.insert(a.name.to_string(), serde_json::Value::String(status));
     }
     let status = if ready {
         StatusCode::OK
@@ -237,7 +237,7 @@ fn purge_target(body: &[u8]) -> Result<Invalidation, String> {
         (false, Some(route), account, Some(id)) => Ok(Invalidation::Key(CacheKey::new(
             account.as_deref().unwrap_or(DEFAULT_ACCOUNT),
             route,
-            &id,
+            id,
         ))),
         (false, Some(route), Some(account), None) => Ok(Invalidation::Route {
             account: account.into(),

@@ -77,12 +77,12 @@ impl Gateway {
                 StartError::Refused(vec![format!("account {:?} has no credentials", a.name)])
             })?;
             accounts.push(Arc::new(AccountHandle {
-                name: a.name.clone(),
+                name: a.name.as_str().into(),
                 base_url: a.base_url.trim_end_matches('/').to_string(),
                 broker: Arc::new(broker),
             }));
         }
-        let find = |name: &str| accounts.iter().find(|a| a.name == name).cloned();
+        let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
         let clients = settings
             .clients
             .iter()

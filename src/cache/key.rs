@@ -14,7 +14,7 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn new(account: &str, route: Route, id: &str) -> CacheKey {
+    pub fn new(account: impl Into<Arc<str>>, route: Route, id: impl Into<Arc<str>>) -> CacheKey {
         CacheKey {
             account: account.into(),
             route,

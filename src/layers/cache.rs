@@ -98,7 +98,7 @@ fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
                 .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
         });
     Some(Plan::Cached {
-        key: CacheKey::new(&account.name, m.route, &id),
+        key: CacheKey::new(account.name.clone(), m.route, id),
         no_cache,
     })
 }

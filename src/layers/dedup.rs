@@ -200,7 +200,7 @@ where
             let ctx = Ctx {
                 shared,
                 route: m.route,
-                account: account.name.clone(),
+                account: account.name.to_string(),
                 request_id: req
                     .extensions()
                     .get::<RequestId>()

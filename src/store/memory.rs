@@ -117,7 +117,7 @@ mod tests {
         for i in 0..100_000 {
             store
                 .put(
-                    CacheKey::new("default", Route::DiskInfo, &format!("disk{i:06}")),
+                    CacheKey::new("default", Route::DiskInfo, format!("disk{i:06}")),
                     entry(400),
                 )
                 .await;

@@ -13,7 +13,8 @@ pub use token::TokenBroker;
 /// One upstream account as the data plane sees it: where to send, and whose token to use.
 #[derive(Debug)]
 pub struct AccountHandle {
-    pub name: String,
+    /// Shared, since every cache key of the account carries it.
+    pub name: Arc<str>,
     /// The base URL without a trailing slash.
     pub base_url: String,
     pub broker: Arc<TokenBroker>,
