@@ -8,10 +8,8 @@
 //! Needs `wrk`, `nginx` and `taskset` (Debian: `apt-get install wrk nginx util-linux`).
 //! Run with: `cargo bench --bench cache_hits` (`FGW_BENCH_SECS=20` for longer runs).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,17 +21,9 @@ use hyper_util::rt::TokioIo;
 const DISKS: usize = 1000;
 const PATH: &str = "/v1/PveMachineHardDisk/open/info/";
 
-struct Proc(Child);
+mod common;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // TERM, not KILL: nginx's master takes its workers down with it only when asked nicely.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
+use common::{Proc, start};
 
 fn workdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fgw-bench-{}", std::process::id()));
@@ -41,37 +31,12 @@ fn workdir() -> PathBuf {
     dir
 }
 
-/// Starts `cmd` on CPU 0 and returns it with the address from its `<marker> listen=` log line.
+/// Starts `program` pinned to CPU 0; its address from its `<marker> listen=` log line. The rest
+/// of its log (the access log, for the gateway) goes to `log`.
 fn start_pinned(program: &str, args: &[&str], marker: &str, log: &Path) -> (Proc, String) {
-    let mut child = Command::new("taskset")
-        .args(["-c", "0", program])
-        .args(args)
-        .env("FINOVY_UUID", "demo-uuid")
-        .env("FINOVY_SECRET", "demo-secret")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start (is taskset installed?)");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the process printed its address")
-            .unwrap();
-        if line.contains(marker)
-            && let Some(rest) = line.split("listen=").nth(1)
-        {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // The rest of the log (the access log, for the gateway) goes to a file, off CPU 1.
-    let mut file = File::create(log).unwrap();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = writeln!(file, "{line}");
-        }
-    });
-    (Proc(child), addr)
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", program]).args(args);
+    start(cmd, marker, Some(log))
 }
 
 struct Result_ {

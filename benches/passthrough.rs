@@ -6,46 +6,18 @@
 //!
 //! Run with: `cargo bench --bench passthrough` (`FGW_BENCH_N=20000` for more requests).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Proc(Child);
+mod common;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Proc, start as start_process};
 
-/// Starts the binary with `args` and returns it with the address from its `<marker> listen=` line.
+/// Starts the gateway binary with `args`; its address from its `<marker> listen=` line.
 fn start(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_finovy-gateway"))
-        .args(args)
-        .env("FINOVY_UUID", "demo-uuid")
-        .env("FINOVY_SECRET", "demo-secret")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let marker = marker.to_string();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the process printed its address")
-            .unwrap();
-        if line.contains(&marker)
-            && let Some(rest) = line.split("listen=").nth(1)
-        {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_finovy-gateway"));
+    cmd.args(args);
+    start_process(cmd, marker, None)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
