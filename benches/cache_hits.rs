@@ -23,7 +23,7 @@ const PATH: &str = "/v1/PveMachineHardDisk/open/info/";
 
 mod common;
 
-use common::{Proc, start};
+use common::{Proc, demo_token, start};
 
 fn workdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fgw-bench-{}", std::process::id()));
@@ -237,16 +237,7 @@ fn main() {
     );
     let client = reqwest::Client::new();
     let (token, ids, bodies) = rt.block_on(async {
-        let t: serde_json::Value = client
-            .post(format!("http://{sim}/v1/auth/getToken"))
-            .json(&serde_json::json!({"uuid": "demo-uuid", "secret": "demo-secret"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = t["data"]["token"].as_str().unwrap().to_string();
+        let token = demo_token(&client, &format!("http://{sim}")).await;
         let mut ids = Vec::new();
         let mut bodies = String::new();
         for i in 0..DISKS {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Proc, start as start_process};
+use common::{Proc, demo_token, start as start_process};
 
 /// Starts the gateway binary with `args`; its address from its `<marker> listen=` line.
 fn start(args: &[&str], marker: &str) -> (Proc, String) {
@@ -111,16 +111,7 @@ async fn main() {
         "gateway listening",
     );
     let client = reqwest::Client::new();
-    let token: serde_json::Value = client
-        .post(format!("{upstream}/v1/auth/getToken"))
-        .json(&serde_json::json!({"uuid": "demo-uuid", "secret": "demo-secret"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["data"]["token"].as_str().unwrap().to_string();
+    let token = demo_token(&client, &upstream).await;
 
     // One call. `create = Some(i)`: a disk create whose body is distinct for each i.
     let one = |url: String, token: Option<String>, create: Option<usize>| {

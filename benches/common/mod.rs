@@ -51,3 +51,21 @@ pub fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc, Strin
     });
     (Proc(child), addr)
 }
+
+/// A token straight from the simulator at `base` (`http://host:port`), for calls that bypass the
+/// gateway.
+pub async fn demo_token(client: &reqwest::Client, base: &str) -> String {
+    let answer: serde_json::Value = client
+        .post(format!("{base}/v1/auth/getToken"))
+        .json(&serde_json::json!({"uuid": "demo-uuid", "secret": "demo-secret"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["data"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_string()
+}
