@@ -29,6 +29,11 @@ pub enum GatewayError {
     UpstreamUnavailable(String),
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    #[error(
+        "the fleet's shared state (Redis) is unavailable, so this {0} is refused: without the shared \
+         records a duplicate purchase cannot be ruled out; nothing was sent upstream, retry shortly"
+    )]
+    SharedStateDown(&'static str),
 }
 
 impl GatewayError {
@@ -40,9 +45,9 @@ impl GatewayError {
             GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, 404),
             GatewayError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
             GatewayError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 1007),
-            GatewayError::Overloaded | GatewayError::NoToken(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, 503)
-            }
+            GatewayError::Overloaded
+            | GatewayError::NoToken(_)
+            | GatewayError::SharedStateDown(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
             GatewayError::RequestTimeout | GatewayError::UpstreamTimeout => {
                 (StatusCode::GATEWAY_TIMEOUT, 503)
             }

@@ -11,6 +11,7 @@ use http::{HeaderValue, StatusCode, header};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::envelope::{EnvelopeHead, error_response};
+use crate::error::GatewayError;
 use crate::layers::rate_limit::TOO_FREQUENT;
 use crate::layers::{ClientName, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
@@ -95,25 +96,31 @@ where
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            match layer.budget.admit(&account.name, &client, gb, now) {
-                Ok(admission) => {
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_default();
+            let route = req
+                .extensions()
+                .get::<RouteMatch>()
+                .map_or("create", |m| m.route.as_str());
+            match layer.budget.admit(&account.name, &client, gb, now).await {
+                Err(_) => Ok(GatewayError::SharedStateDown(route).into_response(id.as_str())),
+                Ok(Ok(admission)) => {
                     let resp = inner.oneshot(req).await?;
                     if !may_have_spent(&resp) {
-                        layer.budget.refund(admission);
+                        // A refund lost to a Redis failure only makes the guard stricter.
+                        let _ = layer.budget.refund(admission).await;
                     }
                     Ok(resp)
                 }
-                Err(over) => {
+                Ok(Err(over)) => {
                     layer
                         .metrics
                         .budget_refused
                         .with_label_values(&[over.scope, over.cap])
                         .inc();
-                    let id = req
-                        .extensions()
-                        .get::<RequestId>()
-                        .cloned()
-                        .unwrap_or_default();
                     let secs = over.resets_in.as_secs().max(1);
                     let msg = format!(
                         "spending guard: the {} cap of {} for {} {:?} is reached; it resets in {}",

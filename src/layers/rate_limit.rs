@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::envelope::{EnvelopeHead, error_response};
+use crate::error::GatewayError;
 use crate::layers::{ClientName, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
@@ -154,7 +155,19 @@ where
             let deadline = Instant::now() + policy.max_wait;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match layer.limiter.reserve(limits.clone(), left).await {
+                let decision = match layer.limiter.reserve(limits.clone(), left).await {
+                    Ok(d) => d,
+                    Err(_) => {
+                        let id = req
+                            .extensions()
+                            .get::<RequestId>()
+                            .cloned()
+                            .unwrap_or_default();
+                        return Ok(GatewayError::SharedStateDown(route.as_str())
+                            .into_response(id.as_str()));
+                    }
+                };
+                match decision {
                     Decision::Refused {
                         scope,
                         retry_after,

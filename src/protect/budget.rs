@@ -4,24 +4,101 @@
 //! did not buy anything. Off unless `[create.budget]` sets a cap.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::protect::policy::{BudgetConfig, Caps};
+use crate::protect::policy::BudgetConfig;
+use crate::protect::records::Stored;
+use crate::svc::BoxFuture;
 
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Window {
-    Hour(u64),
-    Day(u64),
+/// One counter of one clock window (`account|a|h|493812`), what a create adds to it, and its caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub key: String,
+    pub gb: u64,
+    /// 0 = no cap.
+    pub max_creates: u64,
+    pub max_gb: u64,
+    /// The counter is of no use after this (the window's end, plus a margin for clock skew).
+    pub ttl: Duration,
+}
+
+/// Which cap a charge would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    Creates(usize),
+    Gb(usize),
+}
+
+/// Where the counters live: this replica's memory, or Redis for the fleet. `charge` adds every
+/// charge or none, atomically.
+pub trait Ledger: Send + Sync + 'static {
+    fn charge(&self, charges: Vec<Charge>) -> BoxFuture<Stored<Result<(), Over>>>;
+    fn refund(&self, charges: Vec<Charge>) -> BoxFuture<Stored<()>>;
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Spent {
     creates: u64,
     gb: u64,
+    until_secs: u64,
+}
+
+/// The counters in memory.
+#[derive(Default)]
+pub struct MemoryLedger {
+    spent: Mutex<HashMap<String, Spent>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl MemoryLedger {
+    /// Checks and adds at `now` (seconds since the epoch).
+    pub fn charge_at(&self, charges: &[Charge], now: u64) -> Result<(), Over> {
+        let mut spent = self.spent.lock().expect("budget state");
+        // Windows that have passed are of no use any more.
+        spent.retain(|_, s| s.until_secs > now);
+        for (i, c) in charges.iter().enumerate() {
+            let s = spent.get(&c.key).copied().unwrap_or_default();
+            if c.max_creates > 0 && s.creates >= c.max_creates {
+                return Err(Over::Creates(i));
+            }
+            if c.max_gb > 0 && s.gb + c.gb > c.max_gb {
+                return Err(Over::Gb(i));
+            }
+        }
+        for c in charges {
+            let s = spent.entry(c.key.clone()).or_default();
+            s.creates += 1;
+            s.gb += c.gb;
+            s.until_secs = now + c.ttl.as_secs();
+        }
+        Ok(())
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn charge(&self, charges: Vec<Charge>) -> BoxFuture<Stored<Result<(), Over>>> {
+        Box::pin(std::future::ready(Ok(self.charge_at(&charges, now_secs()))))
+    }
+
+    fn refund(&self, charges: Vec<Charge>) -> BoxFuture<Stored<()>> {
+        let mut spent = self.spent.lock().expect("budget state");
+        for c in charges {
+            if let Some(s) = spent.get_mut(&c.key) {
+                s.creates = s.creates.saturating_sub(1);
+                s.gb = s.gb.saturating_sub(c.gb);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// A refused create: which cap, of whom, and when it resets.
@@ -39,35 +116,33 @@ pub struct OverCap {
 /// What an admission charged, to refund it.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    charges: Vec<(String, Window, u64)>,
+    charges: Vec<Charge>,
 }
 
 pub struct Budget {
     caps: BudgetConfig,
-    spent: Mutex<HashMap<(String, Window), Spent>>,
+    ledger: Arc<dyn Ledger>,
+}
+
+/// Who a charge is for, to name the cap it would pass.
+struct Labels {
+    scope: &'static str,
+    who: String,
+    hourly: bool,
+    resets_in: u64,
 }
 
 impl Budget {
-    pub fn new(caps: BudgetConfig) -> Budget {
-        Budget {
-            caps,
-            spent: Mutex::new(HashMap::new()),
-        }
+    pub fn new(caps: BudgetConfig, ledger: Arc<dyn Ledger>) -> Budget {
+        Budget { caps, ledger }
     }
 
     pub fn enabled(&self) -> bool {
         self.caps.account.any() || self.caps.client.any()
     }
 
-    /// Admits one create of `gb` GB (0 for hosts) at `now` (seconds since the epoch), or names the cap.
-    pub fn admit(
-        &self,
-        account: &str,
-        client: &str,
-        gb: u64,
-        now: u64,
-    ) -> Result<Admission, OverCap> {
-        let (hour, day) = (Window::Hour(now / HOUR), Window::Day(now / DAY));
+    /// The charges of one create of `gb` GB (0 for hosts) at `now` (seconds since the epoch).
+    fn charges(&self, account: &str, client: &str, gb: u64, now: u64) -> Vec<(Charge, Labels)> {
         let scopes = [
             (
                 "account",
@@ -82,80 +157,99 @@ impl Budget {
                 self.caps.client,
             ),
         ];
-        let mut spent = self.spent.lock().expect("budget state");
-        // Windows that have passed are of no use any more.
-        spent.retain(|(_, w), _| match w {
-            Window::Hour(h) => *h >= now / HOUR,
-            Window::Day(d) => *d >= now / DAY,
-        });
-        for (scope, key, who, caps) in &scopes {
-            let get = |w| spent.get(&(key.clone(), w)).copied().unwrap_or_default();
-            let over = |cap: &'static str, limit: u64, resets_in: u64| OverCap {
-                scope,
-                who: who.to_string(),
-                cap,
-                limit,
-                resets_in: Duration::from_secs(resets_in),
-            };
-            let Caps {
-                creates_per_hour,
-                creates_per_day,
-                gb_per_day,
-            } = *caps;
-            if creates_per_hour > 0 && get(hour).creates >= creates_per_hour {
-                return Err(over(
-                    "creates_per_hour",
-                    creates_per_hour,
-                    HOUR - now % HOUR,
-                ));
-            }
-            if creates_per_day > 0 && get(day).creates >= creates_per_day {
-                return Err(over("creates_per_day", creates_per_day, DAY - now % DAY));
-            }
-            if gb_per_day > 0 && get(day).gb + gb > gb_per_day {
-                return Err(over("gb_per_day", gb_per_day, DAY - now % DAY));
-            }
+        let mut out = Vec::new();
+        for (scope, key, who, caps) in scopes.into_iter().filter(|s| s.3.any()) {
+            let hour_end = HOUR - now % HOUR;
+            let day_end = DAY - now % DAY;
+            let margin = Duration::from_secs(HOUR);
+            out.push((
+                Charge {
+                    key: format!("{key}|h|{}", now / HOUR),
+                    gb: 0,
+                    max_creates: caps.creates_per_hour,
+                    max_gb: 0,
+                    ttl: Duration::from_secs(hour_end) + margin,
+                },
+                Labels {
+                    scope,
+                    who: who.to_string(),
+                    hourly: true,
+                    resets_in: hour_end,
+                },
+            ));
+            out.push((
+                Charge {
+                    key: format!("{key}|d|{}", now / DAY),
+                    gb,
+                    max_creates: caps.creates_per_day,
+                    max_gb: caps.gb_per_day,
+                    ttl: Duration::from_secs(day_end) + margin,
+                },
+                Labels {
+                    scope,
+                    who: who.to_string(),
+                    hourly: false,
+                    resets_in: day_end,
+                },
+            ));
         }
-        let mut charges = Vec::new();
-        for (_, key, _, _) in scopes.into_iter().filter(|s| s.3.any()) {
-            for w in [hour, day] {
-                let s = spent.entry((key.clone(), w)).or_default();
-                s.creates += 1;
-                if matches!(w, Window::Day(_)) {
-                    s.gb += gb;
-                }
-                charges.push((
-                    key.clone(),
-                    w,
-                    if matches!(w, Window::Day(_)) { gb } else { 0 },
-                ));
-            }
-        }
-        Ok(Admission { charges })
+        out
+    }
+
+    /// Admits one create of `gb` GB (0 for hosts) at `now` (seconds since the epoch), or names the
+    /// cap it would pass.
+    pub async fn admit(
+        &self,
+        account: &str,
+        client: &str,
+        gb: u64,
+        now: u64,
+    ) -> Stored<Result<Admission, OverCap>> {
+        let (charges, labels): (Vec<_>, Vec<_>) =
+            self.charges(account, client, gb, now).into_iter().unzip();
+        let over = match self.ledger.charge(charges.clone()).await? {
+            Ok(()) => return Ok(Ok(Admission { charges })),
+            Err(over) => over,
+        };
+        let (i, gb_cap) = match over {
+            Over::Creates(i) => (i, false),
+            Over::Gb(i) => (i, true),
+        };
+        let (c, l) = (&charges[i], &labels[i]);
+        let (cap, limit) = match (gb_cap, l.hourly) {
+            (true, _) => ("gb_per_day", c.max_gb),
+            (false, true) => ("creates_per_hour", c.max_creates),
+            (false, false) => ("creates_per_day", c.max_creates),
+        };
+        Ok(Err(OverCap {
+            scope: l.scope,
+            who: l.who.clone(),
+            cap,
+            limit,
+            resets_in: Duration::from_secs(l.resets_in),
+        }))
     }
 
     /// Gives an admission back: the create bought nothing.
-    pub fn refund(&self, admission: Admission) {
-        let mut spent = self.spent.lock().expect("budget state");
-        for (key, w, gb) in admission.charges {
-            if let Some(s) = spent.get_mut(&(key, w)) {
-                s.creates = s.creates.saturating_sub(1);
-                s.gb = s.gb.saturating_sub(gb);
-            }
-        }
+    pub async fn refund(&self, admission: Admission) -> Stored<()> {
+        self.ledger.refund(admission.charges).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protect::policy::Caps;
 
     fn budget(account: Caps, client: Caps) -> Budget {
-        Budget::new(BudgetConfig { account, client })
+        Budget::new(
+            BudgetConfig { account, client },
+            Arc::new(MemoryLedger::default()),
+        )
     }
 
-    #[test]
-    fn daily_cap_refuses_the_next_and_names_it() {
+    #[tokio::test]
+    async fn daily_cap_refuses_the_next_and_names_it() {
         let b = budget(
             Caps::default(),
             Caps {
@@ -164,23 +258,26 @@ mod tests {
             },
         );
         let now = 10 * DAY + 5 * HOUR;
-        b.admit("a", "svc", 20, now).unwrap();
-        b.admit("a", "svc", 20, now).unwrap();
-        let over = b.admit("a", "svc", 20, now).unwrap_err();
+        b.admit("a", "svc", 20, now).await.unwrap().unwrap();
+        b.admit("a", "svc", 20, now).await.unwrap().unwrap();
+        let over = b.admit("a", "svc", 20, now).await.unwrap().unwrap_err();
         assert_eq!(
             (over.scope, over.cap, over.limit),
             ("client", "creates_per_day", 2)
         );
         assert_eq!(over.resets_in, Duration::from_secs(19 * HOUR));
         assert!(
-            b.admit("a", "other", 20, now).is_ok(),
+            b.admit("a", "other", 20, now).await.unwrap().is_ok(),
             "another client has its own budget"
         );
-        assert!(b.admit("a", "svc", 20, 11 * DAY).is_ok(), "a new day");
+        assert!(
+            b.admit("a", "svc", 20, 11 * DAY).await.unwrap().is_ok(),
+            "a new day"
+        );
     }
 
-    #[test]
-    fn gb_cap_and_refunds() {
+    #[tokio::test]
+    async fn gb_cap_and_refunds() {
         let b = budget(
             Caps {
                 gb_per_day: 100,
@@ -188,9 +285,12 @@ mod tests {
             },
             Caps::default(),
         );
-        let a = b.admit("acct", "c1", 60, 0).unwrap();
-        assert_eq!(b.admit("acct", "c2", 60, 0).unwrap_err().cap, "gb_per_day");
-        b.refund(a);
-        assert!(b.admit("acct", "c2", 60, 0).is_ok());
+        let a = b.admit("acct", "c1", 60, 0).await.unwrap().unwrap();
+        assert_eq!(
+            b.admit("acct", "c2", 60, 0).await.unwrap().unwrap_err().cap,
+            "gb_per_day"
+        );
+        b.refund(a).await.unwrap();
+        assert!(b.admit("acct", "c2", 60, 0).await.unwrap().is_ok());
     }
 }

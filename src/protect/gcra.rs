@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::protect::policy::Rate;
+use crate::protect::records::Stored;
 use crate::svc::BoxFuture;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub enum Decision {
 }
 
 pub trait RateLimiter: Send + Sync + 'static {
-    fn reserve(&self, limits: Vec<Limit>, max_wait: Duration) -> BoxFuture<Decision>;
+    fn reserve(&self, limits: Vec<Limit>, max_wait: Duration) -> BoxFuture<Stored<Decision>>;
 }
 
 /// The in-memory limiter: each key's theoretical arrival time.
@@ -71,15 +72,16 @@ pub struct MemoryLimiter {
     tat: Mutex<HashMap<String, Instant>>,
 }
 
-fn tolerance(rate: &Rate) -> Duration {
+pub fn tolerance(rate: &Rate) -> Duration {
     rate.interval() * (rate.burst - 1)
 }
 
-fn standing(limit: &Limit, tat: Instant, now: Instant) -> Standing {
+/// A limit's standing when its theoretical arrival time lies `ahead` of now.
+pub fn standing(limit: &Limit, ahead: Duration) -> Standing {
     let interval = limit.rate.interval();
-    let horizon = now + tolerance(&limit.rate);
-    let remaining = if horizon >= tat {
-        ((horizon - tat).as_nanos() / interval.as_nanos().max(1)) as u32 + 1
+    let tolerance = tolerance(&limit.rate);
+    let remaining = if tolerance >= ahead {
+        ((tolerance - ahead).as_nanos() / interval.as_nanos().max(1)) as u32 + 1
     } else {
         0
     };
@@ -87,7 +89,7 @@ fn standing(limit: &Limit, tat: Instant, now: Instant) -> Standing {
         scope: limit.scope,
         rate: limit.rate,
         remaining: remaining.min(limit.rate.burst),
-        reset: tat.saturating_duration_since(now),
+        reset: ahead,
     }
 }
 
@@ -118,7 +120,10 @@ impl MemoryLimiter {
         if let Some(scope) = refused_by {
             let standing = limits
                 .iter()
-                .map(|l| standing(l, tats.get(&l.key).copied().unwrap_or(now).max(now), now))
+                .map(|l| {
+                    let tat = tats.get(&l.key).copied().unwrap_or(now).max(now);
+                    standing(l, tat - now)
+                })
                 .collect();
             return Decision::Refused {
                 scope,
@@ -131,7 +136,7 @@ impl MemoryLimiter {
         for l in limits {
             let tat = tats.get(&l.key).copied().unwrap_or(go_at).max(go_at) + l.rate.interval();
             tats.insert(l.key.clone(), tat);
-            standing_after.push(standing(l, tat, now));
+            standing_after.push(standing(l, tat - now));
         }
         Decision::Granted {
             wait: go_at - now,
@@ -141,9 +146,9 @@ impl MemoryLimiter {
 }
 
 impl RateLimiter for MemoryLimiter {
-    fn reserve(&self, limits: Vec<Limit>, max_wait: Duration) -> BoxFuture<Decision> {
+    fn reserve(&self, limits: Vec<Limit>, max_wait: Duration) -> BoxFuture<Stored<Decision>> {
         let d = self.decide(&limits, max_wait, Instant::now());
-        Box::pin(std::future::ready(d))
+        Box::pin(std::future::ready(Ok(d)))
     }
 }
 
