@@ -21,6 +21,8 @@ use crate::cache::Reason;
 use crate::cache::key::CacheKey;
 use crate::config::DEFAULT_ACCOUNT;
 use crate::envelope::error_response;
+use crate::fleet::Fleet;
+use crate::fleet::cache::TwoLevel;
 use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
 use crate::metrics::Metrics;
@@ -38,6 +40,8 @@ pub struct AdminState {
     pub cache: Arc<Cache>,
     pub admin_key_sha256: Option<[u8; 32]>,
     pub draining: Arc<AtomicBool>,
+    pub fleet: Option<Arc<Fleet>>,
+    pub two_level: Option<Arc<TwoLevel>>,
 }
 
 pub async fn serve(
@@ -137,15 +141,37 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
         };
         accounts.insert(a.name.to_string(), serde_json::Value::String(status));
     }
+    let mut body = serde_json::json!({"ready": ready, "accounts": accounts});
+    if let Some(fleet) = &state.fleet {
+        // Without Redis the replica still serves (cache and token on its own), but creates are
+        // refused unless configured otherwise, and the fleet no longer acts as one.
+        let redis = match fleet.ping().await {
+            Ok(()) => {
+                let listening = state.two_level.as_ref().is_none_or(|t| t.subscribed());
+                if listening {
+                    "ok".to_string()
+                } else {
+                    "ok; not yet listening for invalidations".to_string()
+                }
+            }
+            Err(e) => {
+                ready = false;
+                format!(
+                    "down ({}): cache and token from this replica only; creates {}",
+                    e.0,
+                    fleet.creates_when_down()
+                )
+            }
+        };
+        body["ready"] = ready.into();
+        body["redis"] = redis.into();
+    }
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(
-        status,
-        serde_json::json!({"ready": ready, "accounts": accounts}),
-    )
+    json(status, body)
 }
 
 fn update_token_gauge(state: &AdminState) {

@@ -230,11 +230,43 @@ pub struct AdminConfig {
     pub key_sha256: Option<String>,
 }
 
+/// Shared mode: replicas share the token, the cache, the create limits and records through Redis.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     #[serde(serialize_with = "mask_url_password")]
     pub url: String,
+    /// Every key and channel of the gateway starts with this (several fleets can share one Redis).
+    pub prefix: String,
+    /// Longest wait for one Redis command; past it the command counts as failed.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Lifetime of a fleet lock (cache fill, token refresh): a dead holder's lock frees itself after it.
+    #[serde(with = "duration")]
+    pub lock_ttl: Duration,
+    /// What creates do while Redis is down: `refuse` (503) or `local` (this replica's own protection).
+    pub creates_when_down: CreatesWhenDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreatesWhenDown {
+    /// 503: without the shared records a duplicate purchase cannot be ruled out.
+    Refuse,
+    /// Fall back to this replica's own records and limits.
+    Local,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            prefix: "fgw:".into(),
+            timeout: Duration::from_millis(250),
+            lock_ttl: Duration::from_secs(10),
+            creates_when_down: CreatesWhenDown::Refuse,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -330,21 +362,14 @@ pub struct Settings {
     pub create: CreateSettings,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "mask_opt")]
     pub admin_key_sha256: Option<[u8; 32]>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "mask_opt_url"
-    )]
-    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
     pub accounts: Vec<Account>,
     pub clients: Vec<Client>,
 }
 
 fn mask_opt<S: serde::Serializer>(_: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("*** (set)")
-}
-
-fn mask_opt_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&mask_url(v.as_deref().unwrap_or("")))
 }
 
 /// Command-line values that override the file.
@@ -435,16 +460,7 @@ impl Settings {
             )
         })?;
 
-        let redis_url = overrides
-            .redis
-            .clone()
-            .or_else(|| env(ENV_REDIS_URL))
-            .or(file.redis.map(|r| r.url));
-        if let Some(url) = &redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(invalid("redis.url", "expected a redis:// or rediss:// URL"));
-        }
+        let redis = resolve_redis(file.redis, overrides, env)?;
 
         let admin_key_sha256 = file
             .admin
@@ -467,7 +483,7 @@ impl Settings {
             cache,
             create,
             admin_key_sha256,
-            redis_url,
+            redis,
             accounts,
             clients,
         })
@@ -498,13 +514,6 @@ impl Settings {
                 ));
             }
         }
-        if self.redis_url.is_some() {
-            out.push(
-                "shared mode (--redis / [redis] url / FGW_REDIS_URL) is not available in this version; \
-                 remove the setting to run as a single replica with state in memory"
-                    .into(),
-            );
-        }
         out
     }
 
@@ -512,6 +521,54 @@ impl Settings {
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
+}
+
+/// The flag, then the environment, then the file; the rest of `[redis]` applies whichever gave the URL.
+fn resolve_redis(
+    file: Option<RedisConfig>,
+    overrides: &Overrides,
+    env: EnvLookup<'_>,
+) -> Result<Option<RedisConfig>, ConfigError> {
+    let from_file = file
+        .as_ref()
+        .map(|r| r.url.clone())
+        .filter(|u| !u.is_empty());
+    let Some(url) = overrides
+        .redis
+        .clone()
+        .or_else(|| env(ENV_REDIS_URL))
+        .or(from_file)
+    else {
+        return Ok(None);
+    };
+    if !(url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://")
+        || url.starts_with("unix://"))
+    {
+        return Err(invalid(
+            "redis.url",
+            "expected a redis://, rediss:// or unix:// URL",
+        ));
+    }
+    let mut cfg = file.unwrap_or_default();
+    cfg.url = url;
+    if cfg.prefix.is_empty()
+        || cfg
+            .prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            "redis.prefix",
+            "expected a non-empty prefix without spaces",
+        ));
+    }
+    check_nonzero("redis.timeout", cfg.timeout)?;
+    if cfg.lock_ttl < Duration::from_millis(100) {
+        return Err(invalid("redis.lock_ttl", "expected at least 100ms"));
+    }
+    Ok(Some(cfg))
 }
 
 fn check_positive(key: &str, v: usize) -> Result<(), ConfigError> {

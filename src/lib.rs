@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod fleet;
 pub mod layers;
 pub mod metrics;
 pub mod protect;

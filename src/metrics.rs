@@ -3,8 +3,8 @@
 //! status codes and outcome words, never an id, a key or a raw path.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,6 +23,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub dedup: IntCounterVec,
     pub budget_refused: IntCounterVec,
+    pub redis_errors: IntCounterVec,
+    pub invalidation_lag: Histogram,
     pub build_info: IntGaugeVec,
 }
 
@@ -122,6 +124,28 @@ impl Metrics {
                 "Creates refused by the spending guard, by scope (account, client) and cap.",
                 &["scope", "cap"],
             ),
+            redis_errors: counter(
+                "finovy_gateway_redis_errors_total",
+                "Shared-state (Redis) operations that failed or timed out, by operation.",
+                &["op"],
+            ),
+            invalidation_lag: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "finovy_gateway_invalidation_lag_seconds",
+                        "Shared mode: from an invalidation on another replica to its arrival here \
+                         (the replicas' clocks included).",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+                    ]),
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
             build_info: {
                 let g = IntGaugeVec::new(
                     Opts::new("finovy_gateway_build_info", "Always 1."),

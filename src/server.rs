@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -18,18 +19,25 @@ use tower::ServiceExt;
 
 use crate::admin::{self, AdminState};
 use crate::cache::Cache;
+use crate::config::CreatesWhenDown;
 use crate::config::Settings;
+use crate::fleet::Fleet;
+use crate::fleet::cache::TwoLevel;
+use crate::fleet::ledger::RedisLedger;
+use crate::fleet::limiter::RedisLimiter;
+use crate::fleet::records::RedisRecords;
+use crate::fleet::token::TokenStore;
 use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::layers::budget::BudgetLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::metrics::Metrics;
-use crate::protect::budget::Budget;
-use crate::protect::gcra::MemoryLimiter;
-use crate::protect::records::MemoryRecords;
+use crate::protect::budget::{Budget, Ledger, MemoryLedger};
+use crate::protect::gcra::{MemoryLimiter, RateLimiter};
+use crate::protect::records::{MemoryRecords, RecordStore};
 use crate::stack::Protection;
 use crate::stack::{self, EdgeService};
-use crate::store::MemoryStore;
+use crate::store::{CacheStore, MemoryStore};
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
 use crate::work::WorkTracker;
 
@@ -52,7 +60,31 @@ pub struct Gateway {
     pub cache: Arc<Cache>,
     /// Creates that run to their end whoever waits: the drain waits for them.
     pub work: Arc<WorkTracker>,
+    /// Shared mode: the fleet's Redis, and the cache store that listens for invalidations.
+    pub fleet: Option<Arc<Fleet>>,
+    two_level: Option<Arc<TwoLevel>>,
     service: EdgeService<Incoming>,
+}
+
+/// Where the state of the data plane lives.
+struct Stores {
+    store: Arc<dyn CacheStore>,
+    records: Arc<dyn RecordStore>,
+    ledger: Arc<dyn Ledger>,
+    limiter: Arc<dyn RateLimiter>,
+}
+
+/// The longest a create's execution can run (rate-limit wait, token, upstream call and one
+/// retry): an in-flight record older than this was lost with its replica.
+fn execution_lease(settings: &Settings) -> Duration {
+    let max_wait = settings
+        .create
+        .routes
+        .values()
+        .map(|p| p.max_wait)
+        .max()
+        .unwrap_or_default();
+    max_wait + settings.upstream.timeout * 3 + Duration::from_secs(5)
 }
 
 impl Gateway {
@@ -62,6 +94,17 @@ impl Gateway {
             return Err(StartError::Refused(blockers));
         }
         let metrics = Arc::new(Metrics::new());
+        let fleet = match &settings.redis {
+            Some(cfg) => {
+                Some(Fleet::new(cfg, metrics.clone()).map_err(|e| StartError::Refused(vec![e]))?)
+            }
+            None => None,
+        };
+        let fall_back = settings
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.creates_when_down == CreatesWhenDown::Local);
+        let token_store = fleet.clone().map(|f| Arc::new(TokenStore::new(f)));
         let client = UpstreamClient::new(&settings.upstream, metrics.clone());
         let mut accounts = Vec::new();
         for a in &settings.accounts {
@@ -76,6 +119,10 @@ impl Gateway {
             .ok_or_else(|| {
                 StartError::Refused(vec![format!("account {:?} has no credentials", a.name)])
             })?;
+            let broker = match &token_store {
+                Some(store) => broker.with_shared(store.clone()),
+                None => broker,
+            };
             accounts.push(Arc::new(AccountHandle {
                 name: a.name.as_str().into(),
                 base_url: a.base_url.trim_end_matches('/').to_string(),
@@ -98,26 +145,45 @@ impl Gateway {
             .then(|| find(crate::config::DEFAULT_ACCOUNT))
             .flatten();
         let auth = Arc::new(Authenticator::new(clients, anonymous));
-        let store = Arc::new(MemoryStore::new(settings.cache.max_bytes));
+        // Where state lives: this replica's memory, or the fleet's Redis.
+        let two_level = fleet
+            .clone()
+            .map(|f| Arc::new(TwoLevel::new(f, settings.cache.max_bytes, metrics.clone())));
+        let Stores {
+            store,
+            records,
+            ledger,
+            limiter,
+        } = match (&fleet, &two_level) {
+            (Some(f), Some(two)) => Stores {
+                store: two.clone(),
+                records: Arc::new(RedisRecords::new(f.clone(), fall_back)),
+                ledger: Arc::new(RedisLedger::new(f.clone(), fall_back)),
+                limiter: Arc::new(RedisLimiter::new(f.clone(), fall_back)),
+            },
+            _ => Stores {
+                store: Arc::new(MemoryStore::new(settings.cache.max_bytes)),
+                records: Arc::new(MemoryRecords::default()),
+                ledger: Arc::new(MemoryLedger::default()),
+                limiter: Arc::new(MemoryLimiter::new()),
+            },
+        };
         let cache = Arc::new(Cache::new(&settings.cache, store, metrics.clone()));
         let work = WorkTracker::new();
         let create = Arc::new(settings.create.clone());
         let protection = Protection {
             dedup: DedupLayer::new(
-                Arc::new(MemoryRecords::default()),
+                records,
+                execution_lease(&settings),
                 create.clone(),
                 metrics.clone(),
                 work.clone(),
             ),
             budget: BudgetLayer::new(
-                Arc::new(Budget::new(settings.create.budget.clone())),
+                Arc::new(Budget::new(settings.create.budget.clone(), ledger)),
                 metrics.clone(),
             ),
-            rate_limit: RateLimitLayer::new(
-                Arc::new(MemoryLimiter::new()),
-                create,
-                metrics.clone(),
-            ),
+            rate_limit: RateLimitLayer::new(limiter, create, metrics.clone()),
         };
         let service = stack::build(
             &settings.server,
@@ -133,6 +199,8 @@ impl Gateway {
             accounts,
             cache,
             work,
+            fleet,
+            two_level,
             service,
         })
     }
@@ -192,6 +260,9 @@ impl Server {
         for a in &gateway.accounts {
             tokio::spawn(a.broker.clone().run_refresher(stopped()));
         }
+        if let Some(two) = &gateway.two_level {
+            tokio::spawn(two.subscriber(stopped()));
+        }
         let draining = Arc::new(AtomicBool::new(false));
         let admin_state = Arc::new(AdminState {
             metrics: gateway.metrics.clone(),
@@ -199,6 +270,8 @@ impl Server {
             cache: gateway.cache.clone(),
             admin_key_sha256: gateway.settings.admin_key_sha256,
             draining: draining.clone(),
+            fleet: gateway.fleet.clone(),
+            two_level: gateway.two_level.clone(),
         });
         let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped()));
 

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::single_flight::{Flight, SingleFlight};
-use crate::store::{CacheStore, Invalidation, Usage};
+use crate::store::{CacheStore, Claim, Invalidation, Ticket, Usage};
 use entry::{Answer, Entry, Freshness};
 use key::CacheKey;
 use policy::{CachePolicy, CacheSettings};
@@ -158,6 +158,14 @@ impl Cache {
                 {
                     return Arc::new(Filled::Found(entry));
                 }
+                let ticket = if force {
+                    Ticket::default()
+                } else {
+                    match cache.claim(&key).await {
+                        Ok(ticket) => ticket,
+                        Err(entry) => return Arc::new(Filled::Found(entry)),
+                    }
+                };
                 let answer = fetch.await;
                 let mut stored = false;
                 if answer.is_storable() {
@@ -165,14 +173,39 @@ impl Cache {
                         && cache.epoch.load(Ordering::SeqCst) == epoch
                     {
                         let entry = Entry::new(key.route, answer.clone(), policy, Instant::now());
-                        cache.store.put(key, Arc::new(entry)).await;
-                        stored = true;
+                        stored = cache.store.put_filled(key, Arc::new(entry), ticket).await;
+                    } else {
+                        cache.store.release_fill(&key, ticket).await;
                     }
-                } else if answer.is_gone() {
-                    cache.invalidate(Invalidation::Key(key), Reason::Gone).await;
+                } else {
+                    cache.store.release_fill(&key, ticket).await;
+                    if answer.is_gone() {
+                        cache.invalidate(Invalidation::Key(key), Reason::Gone).await;
+                    }
                 }
                 Arc::new(Filled::Fetched { answer, stored })
             })
+    }
+
+    /// The fleet's right to fill `key`; while another replica holds it, waits for that replica's
+    /// entry (`Err`), up to the store's wait, after which this replica fetches on its own.
+    async fn claim(&self, key: &CacheKey) -> Result<Ticket, Arc<Entry>> {
+        let deadline = Instant::now() + self.store.fill_wait();
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match self.store.claim_fill(key).await {
+                Claim::Claimed(ticket) => return Ok(ticket),
+                Claim::Busy if Instant::now() >= deadline => return Ok(Ticket::default()),
+                Claim::Busy => {}
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            if let Some(entry) = self.store.get(key).await
+                && matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_)))
+            {
+                return Err(entry);
+            }
+        }
     }
 
     pub async fn invalidate(&self, what: Invalidation, reason: Reason) {

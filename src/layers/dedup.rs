@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -32,11 +32,13 @@ use tower::{Layer, Service, ServiceExt};
 use crate::cache::entry::Answer;
 use crate::cache::key::canonical_json;
 use crate::envelope::{EnvelopeHead, error_response};
+use crate::error::GatewayError;
+use crate::fleet::now_ms;
 use crate::layers::rate_limit::TOO_FREQUENT;
 use crate::layers::{ClientName, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
-use crate::protect::records::{Begin, Record, RecordStore, State};
+use crate::protect::records::{Begin, Record, RecordStore, State, in_flight};
 use crate::protect::validate::DiskOrder;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
@@ -98,6 +100,8 @@ pub struct DedupLayer {
 
 struct Shared {
     records: Arc<dyn RecordStore>,
+    /// How long an execution may take at most; an in-flight record older than this was lost.
+    lease: Duration,
     flights: SingleFlight<String, Arc<Outcome>>,
     settings: Arc<CreateSettings>,
     metrics: Arc<Metrics>,
@@ -107,6 +111,7 @@ struct Shared {
 impl DedupLayer {
     pub fn new(
         records: Arc<dyn RecordStore>,
+        lease: Duration,
         settings: Arc<CreateSettings>,
         metrics: Arc<Metrics>,
         work: Arc<WorkTracker>,
@@ -114,6 +119,7 @@ impl DedupLayer {
         DedupLayer {
             shared: Arc::new(Shared {
                 records,
+                lease,
                 flights: SingleFlight::new(),
                 settings,
                 metrics,
@@ -139,16 +145,23 @@ pub struct Dedup<S> {
     shared: Arc<Shared>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// Marks an answer made from a record (a replay, or a refusal about the record): the record
+/// stays as it is.
+#[derive(Debug, Clone, Copy)]
+struct FromRecord;
 
 fn replay(answer: &Answer) -> Resp {
     let mut resp = answer.to_response();
     resp.headers_mut()
         .insert(REPLAYED, HeaderValue::from_static("true"));
+    resp.extensions_mut().insert(FromRecord);
+    resp
+}
+
+/// The answer while the shared records cannot be read or written.
+fn records_down(route: Route, request_id: &str) -> Resp {
+    let mut resp = GatewayError::SharedStateDown(route.as_str()).into_response(request_id);
+    resp.extensions_mut().insert(FromRecord);
     resp
 }
 
@@ -271,8 +284,6 @@ struct Keep {
     /// Lifetime of a final answer's record.
     final_ttl: Duration,
     unknown_ttl: Duration,
-    /// Remove the record when the answer is not final (an idempotency key's in-flight record).
-    remove_otherwise: bool,
 }
 
 struct Ctx {
@@ -311,15 +322,16 @@ impl Ctx {
             let sent_at_ms = now_ms();
             let resp = inner.oneshot(req).await.unwrap_or_else(|e| match e {});
             let unknown = resp.extensions().get::<OutcomeUnknown>().is_some();
+            let from_record = resp.extensions().get::<FromRecord>().is_some();
             let outcome = Outcome {
                 answer: Answer::from_response(resp),
                 unknown,
             };
-            if let Some(keep) = keep {
+            if let Some(keep) = keep.filter(|_| !from_record) {
                 if route == Route::DiskCreate
                     && let Some(disk) = created_disk(&outcome.answer)
                 {
-                    records
+                    let _ = records
                         .begin(&claim_key(&account, &disk), "claimed", keep.unknown_ttl)
                         .await;
                 }
@@ -328,18 +340,17 @@ impl Ctx {
                     state,
                     ttl,
                 };
-                if outcome.is_final() {
+                let kept = if outcome.is_final() {
                     let done = State::Done(Arc::new(outcome.answer.clone()));
-                    records.set(&keep.rkey, record(done, keep.final_ttl)).await;
+                    records.set(&keep.rkey, record(done, keep.final_ttl)).await
                 } else if outcome.unknown {
-                    records
-                        .set(
-                            &keep.rkey,
-                            record(State::Unknown { sent_at_ms }, keep.unknown_ttl),
-                        )
-                        .await;
-                } else if keep.remove_otherwise {
-                    records.remove(&keep.rkey).await;
+                    let unknown = State::Unknown { sent_at_ms };
+                    records.set(&keep.rkey, record(unknown, keep.unknown_ttl)).await
+                } else {
+                    records.remove(&keep.rkey).await
+                };
+                if let Err(e) = kept {
+                    tracing::warn!(route = %route, error = %e, "could not record the outcome of a create; a retry may not find it");
                 }
             }
             Arc::new(outcome)
@@ -378,33 +389,26 @@ impl Ctx {
         S::Future: Send,
     {
         let records = &self.shared.records;
+        let id = self.request_id.as_str();
         let record = match records
             .begin(&rkey, &fingerprint, policy.idempotency_ttl)
             .await
         {
-            Begin::Started => None,
-            Begin::Exists(r) => Some(r),
+            Err(_) => return records_down(self.route, id),
+            Ok(Begin::Started) => None,
+            Ok(Begin::Exists(r)) => Some(r),
         };
         if let Some(record) = record {
             if *record.fingerprint != *fingerprint {
                 self.count("mismatch");
                 let msg = "this Idempotency-Key was used with a different request; use a new key for a new purchase";
-                return error_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    1003,
-                    msg,
-                    self.request_id.as_str(),
-                );
+                return error_response(StatusCode::UNPROCESSABLE_ENTITY, 1003, msg, id);
             }
-            match record.state {
-                State::InFlight => {
+            match record.settled_state(self.shared.lease, now_ms()) {
+                State::InFlight { .. } => {
                     self.count("conflict");
                     let msg = "a request with this Idempotency-Key is still being processed; retry shortly";
-                    let mut resp =
-                        error_response(StatusCode::CONFLICT, 1005, msg, self.request_id.as_str());
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return resp;
+                    return still_in_flight(msg, id);
                 }
                 State::Done(answer) => {
                     self.count("replayed");
@@ -422,16 +426,16 @@ impl Ctx {
                             policy,
                         )
                         .await;
-                    if let Some(resp) = settled {
-                        return resp;
+                    match settled {
+                        Settled::Answer(resp) => return resp,
+                        // The create was not made: this request makes it, under the same record.
+                        Settled::NotMade => {
+                            let again = in_flight(&fingerprint, policy.idempotency_ttl);
+                            if records.set(&rkey, again).await.is_err() {
+                                return records_down(self.route, id);
+                            }
+                        }
                     }
-                    // The create was not made: this request makes it, under the same record.
-                    let again = Record {
-                        fingerprint: fingerprint.as_str().into(),
-                        state: State::InFlight,
-                        ttl: policy.idempotency_ttl,
-                    };
-                    records.set(&rkey, again).await;
                 }
             }
         }
@@ -440,7 +444,6 @@ impl Ctx {
             fingerprint: fingerprint.as_str().into(),
             final_ttl: policy.idempotency_ttl,
             unknown_ttl: policy.idempotency_ttl,
-            remove_otherwise: true,
         };
         let started_ms = now_ms();
         let (role, outcome) = self.execute(inner, req, rkey.clone(), Some(keep)).await;
@@ -454,7 +457,7 @@ impl Ctx {
                 },
                 ttl: policy.idempotency_ttl,
             };
-            self.shared.records.set(&rkey, unknown).await;
+            let _ = self.shared.records.set(&rkey, unknown).await;
         }
         self.answer(role, &outcome, true)
     }
@@ -472,8 +475,13 @@ impl Ctx {
         S::Future: Send,
     {
         let records = &self.shared.records;
-        if let Some(record) = records.get(&rkey).await {
-            match record.state {
+        let id = self.request_id.as_str();
+        let record = match records.get(&rkey).await {
+            Ok(r) => r,
+            Err(_) => return records_down(self.route, id),
+        };
+        if let Some(record) = record {
+            match record.settled_state(self.shared.lease, now_ms()) {
                 State::Done(answer) => {
                     self.count("replayed");
                     return replay(&answer);
@@ -490,28 +498,42 @@ impl Ctx {
                             policy,
                         )
                         .await;
-                    if let Some(resp) = settled {
-                        return resp;
+                    match settled {
+                        Settled::Answer(resp) => return resp,
+                        // Not made: this request makes it.
+                        Settled::NotMade => {
+                            if records.remove(&rkey).await.is_err() {
+                                return records_down(self.route, id);
+                            }
+                        }
                     }
-                    records.remove(&rkey).await; // not made: this request makes it
                 }
-                State::InFlight => {}
+                // Being carried out here or on another replica: join it below.
+                State::InFlight { .. } => {}
             }
         }
         let keep = Keep {
             rkey: rkey.clone(),
-            fingerprint: fingerprint.into(),
+            fingerprint: fingerprint.as_str().into(),
             final_ttl: policy.dedup_window,
             unknown_ttl: policy.idempotency_ttl,
-            remove_otherwise: false,
         };
-        // A record may land between the lookup above and this flight: re-check inside it.
-        let checked = RecheckFirst {
-            records: records.clone(),
-            rkey: rkey.clone(),
+        // The record is claimed inside the flight, so that one execution in the fleet runs and
+        // the others (here or on other replicas) get its answer.
+        let claimed = ClaimFirst {
+            ctx: ClaimCtx {
+                records: records.clone(),
+                rkey: rkey.clone(),
+                fingerprint,
+                ttl: policy.idempotency_ttl,
+                lease: self.shared.lease,
+                route: self.route,
+                request_id: self.request_id.clone(),
+            }
+            .into(),
             inner,
         };
-        let (role, outcome) = self.execute(checked, req, rkey, Some(keep)).await;
+        let (role, outcome) = self.execute(claimed, req, rkey, Some(keep)).await;
         if let Some(o) = &outcome
             && o.answer.headers.contains_key(&REPLAYED)
         {
@@ -522,7 +544,8 @@ impl Ctx {
     }
 
     /// Answers a repeat of a create whose outcome is unknown: with the disk it made (recorded as
-    /// done for `done_ttl`), with a refusal, or `None` when it made nothing and may run again.
+    /// done for `done_ttl`), with a refusal, or [`Settled::NotMade`] when it made nothing and
+    /// may run again. One repeat at a time settles a record, fleet-wide.
     #[allow(clippy::too_many_arguments)]
     async fn settle_unknown<S>(
         &self,
@@ -533,12 +556,28 @@ impl Ctx {
         sent_at_ms: u64,
         done_ttl: Duration,
         policy: &CreatePolicy,
-    ) -> Option<Resp>
+    ) -> Settled
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
         S::Future: Send,
     {
+        let id = self.request_id.as_str();
+        let guard = format!("settle|{rkey}");
         match self
+            .shared
+            .records
+            .begin(&guard, "settle", self.shared.lease)
+            .await
+        {
+            Err(_) => return Settled::Answer(records_down(self.route, id)),
+            Ok(Begin::Exists(_)) => {
+                self.count("conflict");
+                let msg = "an earlier attempt of this request has an unknown outcome and is being checked; retry shortly";
+                return Settled::Answer(still_in_flight(msg, id));
+            }
+            Ok(Begin::Started) => {}
+        }
+        let settled = match self
             .reconcile(inner, req, sent_at_ms, policy.idempotency_ttl)
             .await
         {
@@ -549,12 +588,14 @@ impl Ctx {
                     state: State::Done(Arc::new(answer.clone())),
                     ttl: done_ttl,
                 };
-                self.shared.records.set(rkey, done).await;
-                Some(replay(&answer))
+                let _ = self.shared.records.set(rkey, done).await;
+                Settled::Answer(replay(&answer))
             }
-            Reconciled::NotMade => None,
-            Reconciled::Refused(resp) => Some(resp),
-        }
+            Reconciled::NotMade => Settled::NotMade,
+            Reconciled::Refused(resp) => Settled::Answer(resp),
+        };
+        let _ = self.shared.records.remove(&guard).await;
+        settled
     }
 
     /// Looks for the disk an unknown-outcome create may have made.
@@ -625,14 +666,18 @@ impl Ctx {
         // The earliest match no other purchase owns yet.
         let mut found = None;
         for (_, disk) in matches {
-            if let Begin::Started = self
+            match self
                 .shared
                 .records
                 .begin(&claim_key(&self.account, &disk), "claimed", ttl)
                 .await
             {
-                found = Some(disk);
-                break;
+                Ok(Begin::Started) => {
+                    found = Some(disk);
+                    break;
+                }
+                Ok(Begin::Exists(_)) => {}
+                Err(_) => return Reconciled::Refused(records_down(self.route, id)),
             }
         }
         match found {
@@ -657,37 +702,76 @@ impl Ctx {
     }
 }
 
+enum Settled {
+    Answer(Resp),
+    NotMade,
+}
+
+/// A 409 (code 1005) asking to retry shortly.
+fn still_in_flight(msg: &str, request_id: &str) -> Resp {
+    let mut resp = error_response(StatusCode::CONFLICT, 1005, msg, request_id);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 enum Reconciled {
     Found(Answer),
     NotMade,
     Refused(Resp),
 }
 
-/// Answers from a record that landed since the caller looked, instead of calling again.
-struct RecheckFirst<S> {
+/// What the one execution of an unkeyed create needs to claim its record first.
+struct ClaimCtx {
     records: Arc<dyn RecordStore>,
     rkey: String,
+    fingerprint: String,
+    ttl: Duration,
+    lease: Duration,
+    route: Route,
+    request_id: RequestId,
+}
+
+/// Claims the record before calling: answers from a record that landed since the caller looked,
+/// and waits for an execution in flight on another replica to land, instead of calling again.
+struct ClaimFirst<S> {
+    ctx: Arc<ClaimCtx>,
     inner: S,
 }
 
-impl<S> RecheckFirst<S>
-where
-    S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
-    S::Future: Send,
-{
-    async fn call(self, req: Req) -> Resp {
-        if let Some(Record {
-            state: State::Done(answer),
-            ..
-        }) = self.records.get(&self.rkey).await
-        {
-            return replay(&answer);
+impl ClaimCtx {
+    /// `Ok` when this execution holds the record and may call; otherwise the answer.
+    async fn claim(&self) -> Result<(), Resp> {
+        let id = self.request_id.as_str();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let found = match self
+                .records
+                .begin(&self.rkey, &self.fingerprint, self.ttl)
+                .await
+            {
+                Err(_) => return Err(records_down(self.route, id)),
+                Ok(Begin::Started) => return Ok(()),
+                Ok(Begin::Exists(record)) => record,
+            };
+            match found.settled_state(self.lease, now_ms()) {
+                State::Done(answer) => return Err(replay(&answer)),
+                State::Unknown { .. } => {
+                    let mut resp = unknown_answer(self.route, id, false);
+                    resp.extensions_mut().insert(FromRecord);
+                    return Err(resp);
+                }
+                // Another replica is carrying it out: its answer lands in the record.
+                State::InFlight { .. } => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+            }
         }
-        self.inner.oneshot(req).await.unwrap_or_else(|e| match e {})
     }
 }
 
-impl<S> Service<Req> for RecheckFirst<S>
+impl<S> Service<Req> for ClaimFirst<S>
 where
     S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
@@ -701,11 +785,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> RespFuture {
-        let this = RecheckFirst {
-            records: self.records.clone(),
-            rkey: self.rkey.clone(),
-            inner: self.inner.clone(),
-        };
-        Box::pin(async move { Ok(RecheckFirst::call(this, req).await) })
+        let ctx = self.ctx.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            match ctx.claim().await {
+                Ok(()) => inner.oneshot(req).await,
+                Err(resp) => Ok(resp),
+            }
+        })
     }
 }

@@ -75,7 +75,7 @@ where
             if !rejected(&resp) {
                 return Ok(resp);
             }
-            account.broker.invalidate(&token);
+            account.broker.invalidate(&token).await;
             let fresh = match account.broker.get().await {
                 Ok(t) => t,
                 Err(e) => return Ok(GatewayError::NoToken(e.0).into_response(id.as_str())),

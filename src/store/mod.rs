@@ -45,7 +45,27 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-/// The cache's storage. Coalescing of fills is the cache's own (see [`crate::cache::Cache`]).
+/// The right to fill one key for the whole fleet, and what the store needs to finish the fill.
+#[derive(Debug, Clone, Default)]
+pub struct Ticket {
+    /// The store's invalidation count when the fill began: a fill overtaken by an invalidation
+    /// is not stored.
+    pub epoch: Option<i64>,
+    /// Names this holder's lock, so that it frees only its own.
+    pub fence: Option<String>,
+}
+
+/// The outcome of [`CacheStore::claim_fill`].
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// This caller fetches, and ends with `put_filled` or `release_fill`.
+    Claimed(Ticket),
+    /// Another replica is fetching this key; wait for its entry.
+    Busy,
+}
+
+/// The cache's storage. Coalescing of fills within a replica is the cache's own (see
+/// [`crate::cache::Cache`]); a shared store also coalesces them across the fleet (`claim_fill`).
 pub trait CacheStore: Send + Sync + 'static {
     fn get(&self, key: &CacheKey) -> BoxFuture<Option<Arc<Entry>>>;
     /// What this replica holds in its own memory for `key`, without I/O (a shared store answers
@@ -54,4 +74,29 @@ pub trait CacheStore: Send + Sync + 'static {
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> BoxFuture<()>;
     fn invalidate(&self, what: Invalidation) -> BoxFuture<()>;
     fn usage(&self) -> Usage;
+
+    /// Claims the fill of `key` for the fleet. A store of one replica has nothing to coordinate.
+    fn claim_fill(&self, _key: &CacheKey) -> BoxFuture<Claim> {
+        Box::pin(std::future::ready(Claim::Claimed(Ticket::default())))
+    }
+
+    /// Stores the entry of a claimed fill (unless an invalidation overtook it: `false`) and frees
+    /// the claim.
+    fn put_filled(&self, key: CacheKey, entry: Arc<Entry>, _ticket: Ticket) -> BoxFuture<bool> {
+        let put = self.put(key, entry);
+        Box::pin(async move {
+            put.await;
+            true
+        })
+    }
+
+    /// Frees a claim without storing anything (the upstream failed).
+    fn release_fill(&self, _key: &CacheKey, _ticket: Ticket) -> BoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// How long a caller waits for another replica's fill before fetching itself.
+    fn fill_wait(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::{Credentials, Secret, TokenConfig};
+use crate::fleet::token::{SharedToken, TokenStore};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 
@@ -42,6 +43,8 @@ struct Held {
 #[derive(Default)]
 struct State {
     held: Option<Held>,
+    /// The last token the upstream rejected: never taken back from the fleet's store.
+    rejected: Option<Secret>,
     /// The last `getToken` failure and when the next try may go.
     failing: Option<(TokenError, Instant)>,
     failures: u32,
@@ -76,6 +79,8 @@ pub struct TokenBroker {
     state: Mutex<State>,
     /// Held while a `getToken` is in flight: the single-flight of this broker.
     fetching: tokio::sync::Mutex<()>,
+    /// Shared mode: the fleet's token, refreshed by one replica for all.
+    shared: Option<Arc<TokenStore>>,
 }
 
 impl std::fmt::Debug for TokenBroker {
@@ -127,7 +132,14 @@ impl TokenBroker {
             metrics,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
+            shared: None,
         })
+    }
+
+    /// Shares the token with the fleet through `store`.
+    pub fn with_shared(mut self, store: Arc<TokenStore>) -> TokenBroker {
+        self.shared = Some(store);
+        self
     }
 
     /// A valid token, fetching one if none is held (one fetch for all concurrent callers).
@@ -140,18 +152,27 @@ impl TokenBroker {
         if let Some(t) = self.valid_now() {
             return Ok(t);
         }
+        if let Some(t) = self.adopt_shared(false).await {
+            return Ok(t);
+        }
         if let Some(e) = self.backing_off() {
             return Err(e);
         }
-        self.fetch().await
+        self.obtain().await
     }
 
     /// Drops `token` if it is still the held one: the upstream said it is no longer valid.
-    pub fn invalidate(&self, token: &Secret) {
-        let mut state = self.state.lock().expect("token state");
-        if state.held.as_ref().is_some_and(|h| &h.token == token) {
-            tracing::info!(account = %self.account, "upstream rejected the token; fetching a new one");
-            state.held = None;
+    pub async fn invalidate(&self, token: &Secret) {
+        {
+            let mut state = self.state.lock().expect("token state");
+            state.rejected = Some(token.clone());
+            if state.held.as_ref().is_some_and(|h| &h.token == token) {
+                tracing::info!(account = %self.account, "upstream rejected the token; fetching a new one");
+                state.held = None;
+            }
+        }
+        if let Some(shared) = &self.shared {
+            shared.drop_rejected(&self.account, token).await;
         }
     }
 
@@ -187,7 +208,10 @@ impl TokenBroker {
             if self.next_refresh() > Instant::now() {
                 continue; // someone refreshed while we waited for the lock
             }
-            let _ = self.fetch().await;
+            if self.adopt_shared(true).await.is_some() {
+                continue; // another replica refreshed it for the fleet
+            }
+            let _ = self.obtain().await;
         }
     }
 
@@ -200,7 +224,7 @@ impl TokenBroker {
         }
         match &state.held {
             Some(h) => {
-                let ahead = self.cfg.refresh_before.min(h.lifetime / 4);
+                let ahead = self.refresh_ahead(h.lifetime);
                 h.expires_at.checked_sub(ahead).unwrap_or(now)
             }
             None => now,
@@ -223,6 +247,78 @@ impl TokenBroker {
         match &state.failing {
             Some((e, retry_at)) if Instant::now() < *retry_at => Some(e.clone()),
             _ => None,
+        }
+    }
+
+    /// How long before expiry a token is refreshed.
+    fn refresh_ahead(&self, lifetime: Duration) -> Duration {
+        self.cfg.refresh_before.min(lifetime / 4)
+    }
+
+    /// Takes the fleet's token when it is usable (and, with `need_fresh`, not yet due for
+    /// refresh), and holds it here.
+    async fn adopt_shared(&self, need_fresh: bool) -> Option<Secret> {
+        let shared = self.shared.as_ref()?;
+        let t = shared.read(&self.account).await.ok()??;
+        let now_ms = crate::fleet::now_ms();
+        let left = Duration::from_millis(t.expires_ms.checked_sub(now_ms)?);
+        let margin = (t.lifetime / 20).min(Duration::from_secs(2));
+        let due = left <= self.refresh_ahead(t.lifetime);
+        let mut state = self.state.lock().expect("token state");
+        if left <= margin || (need_fresh && due) || state.rejected.as_ref() == Some(&t.token) {
+            return None;
+        }
+        state.held = Some(Held {
+            token: t.token.clone(),
+            expires_at: Instant::now() + left,
+            lifetime: t.lifetime,
+        });
+        state.failing = None;
+        state.failures = 0;
+        Some(t.token)
+    }
+
+    /// A new token: in shared mode the refresh lock decides which replica calls `getToken`, and
+    /// the others wait for its token (or fetch on their own once the lock's holder is gone, or
+    /// while Redis fails). The caller holds `fetching`.
+    async fn obtain(&self) -> Result<Secret, TokenError> {
+        let Some(shared) = &self.shared else {
+            return self.fetch().await;
+        };
+        let deadline = Instant::now() + shared.wait();
+        loop {
+            match shared.lock(&self.account).await {
+                Err(_) => return self.fetch().await,
+                Ok(Some(fence)) => {
+                    // Someone may have shared a token just before the lock came free.
+                    if let Some(t) = self.adopt_shared(true).await {
+                        shared.unlock(&self.account, &fence).await;
+                        return Ok(t);
+                    }
+                    let fetched = self.fetch().await;
+                    let held = self.state.lock().expect("token state").held.clone();
+                    match (&fetched, held) {
+                        (Ok(_), Some(h)) => {
+                            let left = h.expires_at.saturating_duration_since(Instant::now());
+                            let t = SharedToken {
+                                token: h.token,
+                                expires_ms: crate::fleet::now_ms() + left.as_millis() as u64,
+                                lifetime: h.lifetime,
+                            };
+                            shared.publish(&self.account, &t, &fence).await;
+                        }
+                        _ => shared.unlock(&self.account, &fence).await,
+                    }
+                    return fetched;
+                }
+                Ok(None) if Instant::now() >= deadline => return self.fetch().await,
+                Ok(None) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Some(t) = self.adopt_shared(true).await {
+                        return Ok(t);
+                    }
+                }
+            }
         }
     }
 

@@ -1,0 +1,217 @@
+//! Shared mode: the state that replicas of one fleet share through Redis. This module holds the
+//! connection and what every shared part needs (key names, a deadline on each command, error
+//! counting, health); each part lives in its own file beside the memory version it stands in for:
+//! - `records`: idempotency and de-dup records ([`crate::protect::records::RecordStore`]);
+//! - `limiter`: the GCRA create limit ([`crate::protect::gcra::RateLimiter`]);
+//! - `ledger`: the spending guard's counters ([`crate::protect::budget::Ledger`]);
+//! - `cache`: the two-level cache store ([`crate::store::CacheStore`]);
+//! - `token`: the account's upstream token, one for the fleet;
+//! - `codec`: how answers, entries and records are written into Redis values.
+//!
+//! Every command runs under `[redis] timeout`, so a dead Redis costs a request that long at most.
+//! The connection reconnects by itself; until it does, each part falls back as README.md's
+//! "Shared mode" says (cache and token: the replica's own; creates: refused unless opted out).
+
+pub mod cache;
+pub mod codec;
+pub mod ledger;
+pub mod limiter;
+pub mod records;
+pub mod token;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::config::RedisConfig;
+use crate::metrics::Metrics;
+
+/// A shared-state operation that did not complete: Redis refused, was unreachable, or too slow.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("shared state unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// The fleet's Redis: one multiplexed connection per replica (re-established by itself).
+pub struct Fleet {
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+    timeout: Duration,
+    pub lock_ttl: Duration,
+    creates_when_down: crate::config::CreatesWhenDown,
+    metrics: Arc<Metrics>,
+    /// The last failure, until a command succeeds again (for `/readyz`).
+    last_error: Mutex<Option<String>>,
+    /// After a failure, commands fail at once until then instead of each waiting out the timeout.
+    resting_until: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How long commands rest after a failure before Redis is tried again.
+const REST: Duration = Duration::from_millis(250);
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Prepares the connection without waiting for Redis: a replica starts (and serves from its own
+    /// state) while Redis is down, and connects when it comes up.
+    pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Arc<Fleet>, String> {
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| format!("redis.url: {}", e.to_string().replace(&cfg.url, "<url>")))?;
+        let manager_cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            // Reconnection is retried on the next command; a short series here keeps commands
+            // from queueing behind a long backoff while Redis is away.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(Arc::new(Fleet {
+            conn,
+            client,
+            prefix: cfg.prefix.clone(),
+            timeout: cfg.timeout,
+            lock_ttl: cfg.lock_ttl,
+            creates_when_down: cfg.creates_when_down,
+            metrics,
+            last_error: Mutex::new(None),
+            resting_until: Mutex::new(None),
+        }))
+    }
+
+    /// A key of the fleet: the prefix, then the parts joined by `:`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                k.push(':');
+            }
+            k.push_str(p);
+        }
+        k
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs one Redis operation under the command timeout; a failure is counted under `op`.
+    pub async fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let resting = *self.resting_until.lock().expect("fleet health");
+        if let Some(until) = resting
+            && tokio::time::Instant::now() < until
+        {
+            let e = StoreError(self.last_error().unwrap_or_else(|| "resting".into()));
+            self.metrics.redis_errors.with_label_values(&[op]).inc();
+            return Err(e);
+        }
+        let outcome = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError(format!(
+                "no answer within {}",
+                humantime::format_duration(self.timeout)
+            ))),
+        };
+        match &outcome {
+            Ok(_) => {
+                let mut last = self.last_error.lock().expect("fleet health");
+                if last.is_some() {
+                    tracing::info!("redis answers again");
+                    *last = None;
+                    *self.resting_until.lock().expect("fleet health") = None;
+                }
+            }
+            Err(e) => self.failed(op, e),
+        }
+        outcome
+    }
+
+    /// Counts and remembers a failure seen outside [`Fleet::run`] (the subscriber).
+    pub fn failed(&self, op: &'static str, e: &StoreError) {
+        self.metrics.redis_errors.with_label_values(&[op]).inc();
+        let mut last = self.last_error.lock().expect("fleet health");
+        if last.is_none() {
+            tracing::warn!(op, error = %e.0, "redis failed; falling back where configured");
+        }
+        *last = Some(e.0.clone());
+        *self.resting_until.lock().expect("fleet health") =
+            Some(tokio::time::Instant::now() + REST);
+    }
+
+    /// What creates do while Redis is down, in words.
+    pub fn creates_when_down(&self) -> &'static str {
+        match self.creates_when_down {
+            crate::config::CreatesWhenDown::Refuse => "refused (503)",
+            crate::config::CreatesWhenDown::Local => "protected by this replica alone",
+        }
+    }
+
+    /// The failure Redis is in, if it is in one.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("fleet health").clone()
+    }
+
+    /// `Ok` when Redis answers a PING now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        self.run("ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// A random value naming one lock holder, so that a holder only ever frees its own lock.
+pub fn fence() -> String {
+    use rand::Rng;
+    let n: u128 = rand::rng().random();
+    format!("{n:032x}")
+}
+
+/// Frees a lock only if `ARGV[1]` still holds it (a holder past its lock's lifetime frees nothing).
+pub const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Milliseconds since the Unix epoch: the clock replicas share (entries and records carry it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whole milliseconds for `PX`, at least 1.
+pub fn px(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
