@@ -9,4 +9,6 @@ mod forwarding;
 mod harness;
 mod limits;
 mod process;
+mod redis_harness;
+mod shared;
 mod token;

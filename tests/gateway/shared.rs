@@ -1,0 +1,810 @@
+//! Shared mode end to end: several replicas in front of one simulator, sharing state through one
+//! real Redis. The fleet behaves like one gateway (one fill per entry, one purchase per intent, one
+//! rate, one token), survives Redis going away and coming back, and leaves nothing in Redis that
+//! never expires. The simulator's counters are the witness of what reached the upstream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use finovy_gateway::sim::SimConfig;
+use finovy_gateway::sim::seed::HOST_AREA0;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::redis_harness::RedisServer;
+
+const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
+
+/// A config in shared mode: `[redis]` with `redis_keys` added, then `rest` (more tables).
+fn config(redis: &RedisServer, prefix: &str, redis_keys: &str, rest: &str) -> String {
+    format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"250ms\"\n{redis_keys}\n{rest}",
+        redis.url()
+    )
+}
+
+fn info_policy(extra: &str) -> String {
+    format!("[cache.routes.\"disk.info\"]\n{extra}\n")
+}
+
+/// Three replicas started at the same time with one config.
+async fn three(toml: &str, sim: &Sim) -> [Gw; 3] {
+    let (a, b, c) = tokio::join!(
+        Gw::start(toml, &sim.url, demo_env()),
+        Gw::start(toml, &sim.url, demo_env()),
+        Gw::start(toml, &sim.url, demo_env()),
+    );
+    [a, b, c]
+}
+
+/// A client that gives up after 3 s: a request it cannot finish means the gateway hung.
+fn prompt() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client")
+}
+
+async fn answer(req: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
+    let resp = req.send().await.expect("an answer in time");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.expect("a JSON body"))
+}
+
+async fn info(client: &reqwest::Client, gw_url: &str, id: &str) -> (u16, HeaderMap, Value) {
+    answer(client.get(format!("{gw_url}{DISK}/info/{id}"))).await
+}
+
+async fn create(
+    client: &reqwest::Client,
+    gw_url: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, HeaderMap, Value) {
+    let mut req = client
+        .post(format!("{gw_url}{DISK}/create"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    answer(req).await
+}
+
+/// A new disk (area 0, 20 GB, not mounted) bought through `gw`; its id.
+async fn create_disk(gw: &Gw) -> String {
+    let (status, _, v) = create(&http(), &gw.url, Some(&fresh_key()), DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    v["data"].as_str().expect("a disk id").to_string()
+}
+
+async fn mount(gw: &Gw, id: &str) {
+    let (status, _, v) = answer(
+        http()
+            .post(format!("{}{DISK}/pveCreate", gw.url))
+            .json(&json!({"id": id, "pveId": HOST_AREA0})),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+}
+
+fn cache_status(h: &HeaderMap) -> String {
+    h.get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+fn replayed(h: &HeaderMap) -> bool {
+    h.get("idempotent-replayed").is_some_and(|v| v == "true")
+}
+
+/// The sum of every sample of a counter (all label sets) in a Prometheus text page.
+fn counter_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn readyz(gw: &Gw) -> (u16, String) {
+    let resp = prompt()
+        .get(format!("{}/readyz", gw.admin_url))
+        .send()
+        .await
+        .expect("readyz answers in time");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// Polls `check` until it holds or `within` passes: for states only another process can show.
+async fn wait_for<F, Fut>(what: &str, within: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_polling_one_disk_make_one_upstream_call() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let toml = config(&redis, "fgw-poll:", "", &info_policy("ttl = \"30s\""));
+    let gws = three(&toml, &sim).await;
+    let id = create_disk(&gws[0]).await;
+    // Every poll arrives while the first fill is still upstream, so only the fleet-wide fill lock
+    // (not a replica's own coalescing) can keep the count at one.
+    sim.fault("slow", "300ms").await;
+    let client = http();
+    let handles: Vec<_> = gws
+        .iter()
+        .flat_map(|gw| std::iter::repeat_n(gw.url.clone(), 300))
+        .map(|url| {
+            let (client, id) = (client.clone(), id.clone());
+            tokio::spawn(async move { info(&client, &url, &id).await })
+        })
+        .collect();
+    assert_eq!(handles.len(), 900);
+    for h in handles {
+        let (status, _, v) = h.await.unwrap();
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+        assert_eq!(v["data"]["id"], id.as_str());
+    }
+    assert_eq!(
+        sim.calls("info").await,
+        1,
+        "900 polls over three replicas, one upstream call"
+    );
+    // Later polls on any replica are answered from the cache.
+    sim.fault("none", "0s").await;
+    for gw in &gws {
+        let (_, h, _) = info(&client, &gw.url, &id).await;
+        assert!(cache_status(&h).contains("hit"), "{h:?}");
+    }
+    assert_eq!(sim.calls("info").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_identical_creates_over_three_replicas_buy_one_disk() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let gws = three(&config(&redis, "fgw-dup:", "", ""), &sim).await;
+    // The first create is still upstream when the others arrive on every replica.
+    sim.fault("slow", "300ms").await;
+    let handles: Vec<_> = (0..30)
+        .map(|i| {
+            let url = gws[i % 3].url.clone();
+            tokio::spawn(async move { create(&http(), &url, None, DISK20).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.unwrap());
+    }
+    let (status, _, first) = &answers[0];
+    assert_eq!((*status, first["code"].as_i64()), (200, Some(0)), "{first}");
+    assert!(first["data"].is_string(), "{first}");
+    for (status, _, v) in &answers {
+        assert_eq!(*status, 200, "{v}");
+        assert_eq!(v["data"], first["data"], "one disk for all: {v}");
+    }
+    assert_eq!(
+        answers.iter().filter(|(_, h, _)| replayed(h)).count(),
+        29,
+        "every answer but the buyer's is a replay"
+    );
+    assert_eq!(sim.calls("create").await, 1);
+    assert_eq!(sim.stats().await["disks"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_replays_and_refuses_a_new_body_on_other_replicas() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let [a, b, c] = three(&config(&redis, "fgw-idem:", "", ""), &sim).await;
+    let client = http();
+    let (status, h, bought) = create(&client, &a.url, Some("order-77"), DISK20).await;
+    assert_eq!(
+        (status, bought["code"].as_i64()),
+        (200, Some(0)),
+        "{bought}"
+    );
+    assert!(!replayed(&h));
+    let (status, h, again) = create(&client, &b.url, Some("order-77"), DISK20).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(replayed(&h), "the other replica replays: {h:?}");
+    assert_eq!(again, bought, "the same answer, byte for byte");
+    let (status, _, mismatch) = create(
+        &client,
+        &c.url,
+        Some("order-77"),
+        r#"{"area":0,"memory":40,"isMount":0}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, mismatch["code"].as_i64()),
+        (422, Some(1003)),
+        "{mismatch}"
+    );
+    assert_eq!(sim.calls("create").await, 1);
+    assert_eq!(sim.stats().await["disks"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_create_rate_holds_for_the_fleet_not_per_replica() {
+    const RATE_PER_S: f64 = 2.0;
+    const BURST: f64 = 1.0;
+    // The upstream refuses creates closer than 250 ms; the fleet's 2/s spaces them 500 ms apart,
+    // where three replicas limiting alone would send three at once and then one every 167 ms.
+    let sim = Sim::start(SimConfig {
+        create_min_interval: Duration::from_millis(250),
+        ..sim_config()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let toml = config(
+        &redis,
+        "fgw-rate:",
+        "",
+        "[create.routes.\"disk.create\"]\nrate = \"2/1s\"\nburst = 1\nmax_wait = \"1s\"\n",
+    );
+    let gws = three(&toml, &sim).await;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..30)
+        .map(|i| {
+            let url = gws[i % 3].url.clone();
+            let body = format!(r#"{{"area":1,"memory":{},"isMount":0}}"#, 20 + i);
+            tokio::spawn(async move { create(&http(), &url, None, &body).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for h in handles {
+        let (status, headers, v) = h.await.unwrap();
+        match status {
+            200 => {
+                assert_eq!(v["code"], 0, "{v}");
+                ok += 1;
+            }
+            429 => {
+                assert_eq!(v["code"], 220025, "{v}");
+                let retry: u64 = headers
+                    .get("retry-after")
+                    .unwrap_or_else(|| panic!("a 429 carries Retry-After: {headers:?}"))
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1, "{headers:?}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("fleet rate: {ok} created, {refused} refused in {elapsed:.2} s");
+    assert_eq!(ok + refused, 30);
+    assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["tooFrequent"], 0,
+        "the upstream never saw two creates closer than its interval: the fleet kept one pace"
+    );
+    assert_eq!(
+        stats["calls"]["create"], ok,
+        "one upstream call per success"
+    );
+    assert!(
+        ok as f64 <= elapsed * RATE_PER_S + BURST,
+        "{ok} creates in {elapsed:.2} s exceed the fleet's rate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_fetch_one_token() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    // A slow getToken keeps the three startups overlapping: one call for all is the fleet's doing.
+    sim.fault("slow", "500ms").await;
+    let gws = three(&config(&redis, "fgw-token:", "", ""), &sim).await;
+    sim.fault("none", "0s").await;
+    for gw in &gws {
+        let (status, _, v) = answer(http().get(format!("{}{DISK}/memoryTotal/0", gw.url))).await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+        assert_eq!(readyz(gw).await.0, 200);
+    }
+    assert_eq!(sim.calls("memoryTotal").await, 3);
+    assert_eq!(
+        sim.calls("getToken").await,
+        1,
+        "three ready replicas, one getToken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_through_one_replica_is_seen_at_once_through_another() {
+    let sim = Sim::start(SimConfig {
+        mount_delay: Duration::from_secs(3600),
+        ..sim_config()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let toml = config(&redis, "fgw-mount:", "", &info_policy("ttl = \"60s\""));
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let id = create_disk(&a).await;
+    let client = http();
+    assert_eq!(info(&client, &b.url, &id).await.2["data"]["status"], "0");
+    let (_, h, v) = info(&client, &b.url, &id).await;
+    assert_eq!(v["data"]["status"], "0");
+    assert!(
+        cache_status(&h).contains("hit"),
+        "B holds the entry at status 0: {h:?}"
+    );
+    mount(&a, &id).await;
+    let (_, h, v) = info(&client, &b.url, &id).await;
+    assert_eq!(
+        v["data"]["status"], "1",
+        "B shows the mount made through A: {h:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = RedisServer::start();
+    let toml = config(&redis, "fgw-down:", "", &info_policy("ttl = \"60s\""));
+    let gws = three(&toml, &sim).await;
+    let id = create_disk(&gws[0]).await;
+    for gw in &gws {
+        let (status, _, v) = info(&http(), &gw.url, &id).await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    }
+
+    // Steady polling through every replica, across the kill.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let urls: Vec<String> = gws.iter().map(|g| g.url.clone()).collect();
+        let (stop, served, id) = (stop.clone(), served.clone(), id.clone());
+        tokio::spawn(async move {
+            let client = prompt();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                for url in &urls {
+                    match client.get(format!("{url}{DISK}/info/{id}")).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            served.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(r) => failures.push(format!("{url}: HTTP {}", r.status())),
+                        Err(e) => failures.push(format!("{url}: {e}")),
+                    }
+                }
+            }
+            failures
+        })
+    };
+    wait_for("traffic flowing", Duration::from_secs(10), || async {
+        served.load(Ordering::SeqCst) >= 30
+    })
+    .await;
+    redis.kill();
+    let before_kill = served.load(Ordering::SeqCst);
+    let creates = sim.calls("create").await;
+
+    for (i, gw) in gws.iter().enumerate() {
+        let (status, _, v) = info(&prompt(), &gw.url, &id).await;
+        assert_eq!(
+            (status, v["code"].as_i64()),
+            (200, Some(0)),
+            "replica {i}: {v}"
+        );
+        assert_eq!(v["data"]["id"], id.as_str());
+        let body = format!(r#"{{"area":0,"memory":{},"isMount":0}}"#, 30 + i);
+        let (status, _, v) = create(&prompt(), &gw.url, None, &body).await;
+        assert_eq!(
+            (status, v["code"].as_i64()),
+            (503, Some(503)),
+            "replica {i}: no create without the shared records: {v}"
+        );
+        assert_eq!(v["success"], false);
+        let (status, ready) = readyz(gw).await;
+        assert_eq!(status, 503, "replica {i}: {ready}");
+        assert!(
+            ready.to_lowercase().contains("redis"),
+            "readyz says why: {ready}"
+        );
+    }
+    assert_eq!(
+        sim.calls("create").await,
+        creates,
+        "no create reached the upstream"
+    );
+    for (i, gw) in gws.iter().enumerate() {
+        let metrics = gw.metrics().await;
+        assert!(
+            counter_sum(&metrics, "finovy_gateway_redis_errors_total") > 0.0,
+            "replica {i} counts its Redis errors:\n{metrics}"
+        );
+    }
+    wait_for("traffic past the kill", Duration::from_secs(10), || async {
+        served.load(Ordering::SeqCst) >= before_kill + 30
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let failures = traffic.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "every poll was answered 200 in time: {failures:?}"
+    );
+
+    redis.restart();
+    for (i, gw) in gws.iter().enumerate() {
+        let body = format!(r#"{{"area":0,"memory":{},"isMount":0}}"#, 40 + i);
+        let url = gw.url.clone();
+        wait_for(
+            &format!("replica {i} creates again"),
+            Duration::from_secs(15),
+            || {
+                let (url, body) = (url.clone(), body.clone());
+                async move {
+                    let (status, _, v) = create(&prompt(), &url, None, &body).await;
+                    match (status, v["code"].as_i64()) {
+                        (200, Some(0)) => true,
+                        (503, Some(503)) => false,
+                        other => panic!("replica {i}: unexpected {other:?}: {v}"),
+                    }
+                }
+            },
+        )
+        .await;
+        wait_for(
+            &format!("replica {i} ready again"),
+            Duration::from_secs(15),
+            || async { readyz(gw).await.0 == 200 },
+        )
+        .await;
+    }
+    assert_eq!(sim.calls("create").await, creates + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_creates_when_down_local_duplicates_still_collapse() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = RedisServer::start();
+    let toml = config(&redis, "fgw-local:", "creates_when_down = \"local\"\n", "");
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    // Shared mode is on while Redis is up: B replays what A bought.
+    let earlier = r#"{"area":2,"memory":50,"isMount":0}"#;
+    let (_, _, bought) = create(&prompt(), &a.url, Some("local-1"), earlier).await;
+    let (_, h, again) = create(&prompt(), &b.url, Some("local-1"), earlier).await;
+    assert!(replayed(&h), "{again}");
+    assert_eq!(again["data"], bought["data"]);
+    assert_eq!(sim.calls("create").await, 1);
+
+    redis.kill();
+    let (status, h, first) = create(&prompt(), &a.url, None, DISK20).await;
+    assert_eq!((status, first["code"].as_i64()), (200, Some(0)), "{first}");
+    assert!(!replayed(&h));
+    let (status, h, dup) = create(&prompt(), &a.url, None, DISK20).await;
+    assert_eq!(status, 200, "{dup}");
+    assert!(replayed(&h), "the replica's own records caught the repeat");
+    assert_eq!(dup["data"], first["data"]);
+    assert_eq!(sim.calls("create").await, 2);
+
+    // Identical creates in flight at once still make one call.
+    sim.fault("slow", "300ms").await;
+    let body = r#"{"area":1,"memory":30,"isMount":0}"#;
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let url = a.url.clone();
+            tokio::spawn(async move { create(&prompt(), &url, None, body).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for h in handles {
+        let (status, _, v) = h.await.unwrap();
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+        ids.push(v["data"].clone());
+    }
+    assert!(ids.iter().all(|d| *d == ids[0]), "{ids:?}");
+    assert_eq!(sim.calls("create").await, 3);
+
+    // The other replica buys too.
+    sim.fault("none", "0s").await;
+    let (status, _, v) = create(
+        &prompt(),
+        &b.url,
+        None,
+        r#"{"area":2,"memory":25,"isMount":0}"#,
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    assert_eq!(sim.calls("create").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fill_lock_held_by_a_killed_replica_frees_itself_after_lock_ttl() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let toml = config(
+        &redis,
+        "fgw-lock:",
+        "lock_ttl = \"1s\"\n",
+        &info_policy("ttl = \"60s\""),
+    );
+    let b = Gw::start(&toml, &sim.url, demo_env()).await;
+    let mut a = Bin::serve(
+        &toml,
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let a_admin = a.admin_url.clone();
+    wait_for("replica A ready", Duration::from_secs(20), || {
+        let url = format!("{a_admin}/readyz");
+        async move {
+            http()
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    let id = create_disk(&b).await;
+
+    // A's fill hangs upstream (the simulator answers 3 s late) while A holds the fill lock.
+    sim.fault("slow", "3s").await;
+    let in_flight = {
+        let url = format!("{}{DISK}/info/{id}", a.url);
+        tokio::spawn(async move { http().get(url).send().await.map(|r| r.status()) })
+    };
+    wait_for(
+        "A's fill reached the upstream",
+        Duration::from_secs(10),
+        || async { sim.calls("info").await == 1 },
+    )
+    .await;
+    // The fill lock is the only key naming the disk before its entry is stored, and the only one
+    // living no longer than lock_ttl.
+    let mut locks = Vec::new();
+    for key in redis.keys(&format!("fgw-lock:*{id}*")).await {
+        let pttl = redis.pttl(&key).await;
+        if (1..=1000).contains(&pttl) {
+            locks.push(key);
+        }
+    }
+    assert!(
+        !locks.is_empty(),
+        "A holds a fill lock with the 1 s lock_ttl: {:?}",
+        redis.keys("*").await
+    );
+    tokio::task::block_in_place(|| {
+        a.child.kill().expect("SIGKILL replica A");
+        a.child.wait().expect("replica A exits");
+    });
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "A died before answering, still holding the lock"
+    );
+
+    sim.fault("none", "0s").await;
+    let started = Instant::now();
+    let (status, _, v) = info(&http(), &b.url, &id).await;
+    let waited = started.elapsed();
+    eprintln!("B answered {waited:?} after A was killed holding the fill lock");
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    assert_eq!(v["data"]["id"], id.as_str());
+    assert_eq!(sim.calls("info").await, 2, "A's call, then B's own");
+    assert!(
+        waited < Duration::from_secs(8),
+        "the 1 s lock_ttl, not the 10 s default, bounded B's wait: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_shared_key_lives_under_the_prefix_and_expires() {
+    const PREFIX: &str = "fgw-keys:";
+    let sim = Sim::start(SimConfig {
+        mount_delay: Duration::from_secs(3600),
+        ..sim_config()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let rest = format!(
+        "{}[cache.routes.\"disk.list\"]\nenabled = true\nttl = \"30s\"\n{FAST_CREATES}[create.budget.account]\ncreates_per_day = 100\n",
+        info_policy("ttl = \"30s\"")
+    );
+    let toml = config(&redis, PREFIX, "", &rest);
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let client = http();
+    // Traffic touching every kind of shared state: token, cache entries, fill locks, idempotency
+    // and de-dup records, rate and budget counters, invalidations.
+    let (_, _, keyed) = create(&client, &a.url, Some("hyg-1"), DISK20).await;
+    let (_, h, _) = create(&client, &b.url, Some("hyg-1"), DISK20).await;
+    assert!(replayed(&h));
+    let (status, _, _) = create(
+        &client,
+        &b.url,
+        Some("hyg-1"),
+        r#"{"area":0,"memory":21,"isMount":0}"#,
+    )
+    .await;
+    assert_eq!(status, 422);
+    let plain = r#"{"area":1,"memory":22,"isMount":0}"#;
+    let (_, _, unkeyed) = create(&client, &b.url, None, plain).await;
+    create(&client, &a.url, None, plain).await;
+    let ids: Vec<String> = [&keyed, &unkeyed]
+        .iter()
+        .map(|v| v["data"].as_str().expect("a disk id").to_string())
+        .collect();
+    for gw in [&a, &b] {
+        for id in &ids {
+            assert_eq!(info(&client, &gw.url, id).await.2["code"], 0);
+        }
+        let (_, _, list) = answer(
+            client
+                .post(format!("{}{DISK}/getList", gw.url))
+                .json(&json!({"page": 1, "pageSize": 10})),
+        )
+        .await;
+        assert_eq!(list["code"], 0, "{list}");
+    }
+    mount(&a, &ids[0]).await;
+    assert_eq!(info(&client, &b.url, &ids[0]).await.2["code"], 0);
+
+    let keys = redis.keys("*").await;
+    assert!(!keys.is_empty(), "shared mode stored something");
+    let mut report = String::new();
+    for key in &keys {
+        assert!(
+            key.starts_with(PREFIX),
+            "{key} is outside the prefix {PREFIX}"
+        );
+        let pttl = redis.pttl(key).await;
+        report.push_str(&format!("  {key}  pttl={pttl}\n"));
+        // -2: the key expired or was removed between KEYS and PTTL.
+        assert!(pttl != -1, "{key} never expires");
+        assert!(pttl > 0 || pttl == -2, "{key}: PTTL {pttl}");
+    }
+    eprintln!("{} keys in Redis:\n{report}", keys.len());
+
+    let entries: Vec<String> = redis
+        .keys(&format!("{PREFIX}cache:*"))
+        .await
+        .into_iter()
+        .filter(|k| k.contains("disk.info"))
+        .collect();
+    let entry = entries
+        .iter()
+        .find(|k| k.contains(ids[1].as_str()))
+        .unwrap_or_else(|| panic!("a disk.info entry for {}: {entries:?}", ids[1]));
+    let bytes = redis
+        .memory_usage(entry)
+        .await
+        .expect("the entry is still there");
+    eprintln!("MEMORY USAGE {entry} = {bytes} bytes");
+    assert!(bytes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalidation_reaches_every_replica() {
+    const DISKS: usize = 10;
+    let sim = Sim::start(SimConfig {
+        mount_delay: Duration::from_secs(3600),
+        ..sim_config()
+    })
+    .await;
+    let redis = RedisServer::start();
+    // Entries live far longer than the wait below: only the invalidation can change an answer.
+    let toml = config(&redis, "fgw-inval:", "", &info_policy("ttl = \"60s\""));
+    let [a, b, c] = three(&toml, &sim).await;
+    let mut ids = Vec::new();
+    for _ in 0..DISKS {
+        ids.push(create_disk(&a).await);
+    }
+    let client = http();
+    for id in &ids {
+        for gw in [&b, &c] {
+            info(&client, &gw.url, id).await;
+            let (_, h, v) = info(&client, &gw.url, id).await;
+            assert_eq!(v["data"]["status"], "0");
+            assert!(cache_status(&h).contains("hit"), "{h:?}");
+        }
+    }
+    let mut seen: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut stale_reads = [0usize; 2];
+    for id in &ids {
+        mount(&a, id).await;
+        let mounted = Instant::now();
+        let pollers: Vec<_> = [&b, &c]
+            .iter()
+            .map(|gw| {
+                let (url, id) = (gw.url.clone(), id.clone());
+                tokio::spawn(async move {
+                    let client = http();
+                    let mut stale = 0;
+                    loop {
+                        let (_, _, v) = info(&client, &url, &id).await;
+                        if v["data"]["status"] == "1" {
+                            return (mounted.elapsed(), stale);
+                        }
+                        stale += 1;
+                        assert!(
+                            mounted.elapsed() < Duration::from_secs(5),
+                            "the mount of {id} never showed through {url}: {v}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for (i, p) in pollers.into_iter().enumerate() {
+            let (elapsed, stale) = p.await.unwrap();
+            seen[i].push(elapsed);
+            stale_reads[i] += stale;
+        }
+    }
+    for (name, (times, stale)) in ["B", "C"].iter().zip(seen.iter_mut().zip(stale_reads)) {
+        times.sort();
+        eprintln!(
+            "invalidation to replica {name}: min {:?}, median {:?}, max {:?}; {stale} stale reads over {DISKS} mounts",
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_url_may_come_from_the_environment() {
+    const PREFIX: &str = "fgw-env:";
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let in_process = Gw::start(&config(&redis, PREFIX, "", ""), &sim.url, demo_env()).await;
+    // The binary's file has the rest of [redis] but no URL: FGW_REDIS_URL supplies it.
+    let url = redis.url();
+    let bin = Bin::serve(
+        &format!("[redis]\nprefix = \"{PREFIX}\"\n{FAST_CREATES}"),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+            ("FGW_REDIS_URL", &url),
+        ],
+    );
+    let (status, _, bought) = create(&http(), &in_process.url, Some("env-1"), DISK20).await;
+    assert_eq!(
+        (status, bought["code"].as_i64()),
+        (200, Some(0)),
+        "{bought}"
+    );
+    let (status, h, again) = create(&http(), &bin.url, Some("env-1"), DISK20).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        replayed(&h),
+        "the binary shares the records under the same prefix"
+    );
+    assert_eq!(again["data"], bought["data"]);
+    assert_eq!(sim.calls("create").await, 1);
+}
