@@ -155,7 +155,7 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
                 }
             }
             Err(e) => {
-                ready = false;
+                ready &= !fleet.required_for_readiness;
                 format!(
                     "down ({}): cache and token from this replica only; creates {}",
                     e.0,

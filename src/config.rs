@@ -246,6 +246,9 @@ pub struct RedisConfig {
     pub lock_ttl: Duration,
     /// What creates do while Redis is down: `refuse` (503) or `local` (this replica's own protection).
     pub creates_when_down: CreatesWhenDown,
+    /// Whether `/readyz` fails while Redis does not answer. Off, a fleet whose Redis died stays
+    /// in its load balancer and goes on serving reads from each replica's own state.
+    pub required_for_readiness: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -265,6 +268,7 @@ impl Default for RedisConfig {
             timeout: Duration::from_millis(250),
             lock_ttl: Duration::from_secs(10),
             creates_when_down: CreatesWhenDown::Refuse,
+            required_for_readiness: true,
         }
     }
 }

@@ -74,8 +74,9 @@ struct Stores {
     limiter: Arc<dyn RateLimiter>,
 }
 
-/// The longest a create's execution can run (rate-limit wait, token, upstream call and one
-/// retry): an in-flight record older than this was lost with its replica.
+/// The longest a create's execution can run (rate-limit wait, then the upstream call and its one
+/// retry after a rejected token, plus slack): an in-flight record older than this was lost with
+/// its replica.
 fn execution_lease(settings: &Settings) -> Duration {
     let max_wait = settings
         .create
@@ -84,7 +85,7 @@ fn execution_lease(settings: &Settings) -> Duration {
         .map(|p| p.max_wait)
         .max()
         .unwrap_or_default();
-    max_wait + settings.upstream.timeout * 3 + Duration::from_secs(5)
+    max_wait + settings.upstream.timeout * 2 + Duration::from_secs(2)
 }
 
 impl Gateway {

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::fleet::codec::{decode_entry, encode_entry};
-use crate::fleet::{Fleet, StoreError, UNLOCK, fence, now_ms, px};
+use crate::fleet::{Fleet, StoreError, UNLOCK, fence, px};
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::store::{CacheStore, Claim, Invalidation, MemoryStore, Ticket, Usage};
@@ -77,7 +77,14 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-/// An invalidation as a pub/sub message: `origin \t sent_ms \t kind \t account \t route \t id`.
+/// Microseconds since the Unix epoch: when an invalidation was sent, to measure its lag.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// An invalidation as a pub/sub message: `origin \t sent_us \t kind \t account \t route \t id`.
 fn encode_message(origin: &str, what: &Invalidation) -> String {
     let (kind, account, route, id) = match what {
         Invalidation::Key(k) => ("key", &*k.account, k.route.as_str(), &*k.id),
@@ -85,13 +92,13 @@ fn encode_message(origin: &str, what: &Invalidation) -> String {
         Invalidation::AnyAccount(route) => ("any", "", route.as_str(), ""),
         Invalidation::All => ("all", "", "", ""),
     };
-    format!("{origin}\t{}\t{kind}\t{account}\t{route}\t{id}", now_ms())
+    format!("{origin}\t{}\t{kind}\t{account}\t{route}\t{id}", now_us())
 }
 
 fn decode_message(msg: &str) -> Option<(&str, u64, Invalidation)> {
     let mut parts = msg.splitn(6, '\t');
     let origin = parts.next()?;
-    let sent_ms = parts.next()?.parse().ok()?;
+    let sent_us = parts.next()?.parse().ok()?;
     let kind = parts.next()?;
     let account = parts.next()?;
     let route = parts.next().map(Route::from_name);
@@ -106,7 +113,7 @@ fn decode_message(msg: &str) -> Option<(&str, u64, Invalidation)> {
         "all" => Invalidation::All,
         _ => return None,
     };
-    Some((origin, sent_ms, what))
+    Some((origin, sent_us, what))
 }
 
 impl TwoLevel {
@@ -196,15 +203,15 @@ impl Inner {
             let Ok(text) = msg.get_payload::<String>() else {
                 continue;
             };
-            let Some((origin, sent_ms, what)) = decode_message(&text) else {
+            let Some((origin, sent_us, what)) = decode_message(&text) else {
                 continue;
             };
             if origin == self.origin {
                 continue;
             }
             self.l1.invalidate(what).await;
-            let lag = now_ms().saturating_sub(sent_ms);
-            self.metrics.invalidation_lag.observe(lag as f64 / 1000.0);
+            let lag = now_us().saturating_sub(sent_us);
+            self.metrics.invalidation_lag.observe(lag as f64 / 1e6);
         }
         self.fleet.failed(
             "subscribe",

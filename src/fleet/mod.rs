@@ -42,6 +42,7 @@ pub struct Fleet {
     timeout: Duration,
     pub lock_ttl: Duration,
     creates_when_down: crate::config::CreatesWhenDown,
+    pub required_for_readiness: bool,
     metrics: Arc<Metrics>,
     /// The last failure, until a command succeeds again (for `/readyz`).
     last_error: Mutex<Option<String>>,
@@ -83,6 +84,7 @@ impl Fleet {
             timeout: cfg.timeout,
             lock_ttl: cfg.lock_ttl,
             creates_when_down: cfg.creates_when_down,
+            required_for_readiness: cfg.required_for_readiness,
             metrics,
             last_error: Mutex::new(None),
             resting_until: Mutex::new(None),

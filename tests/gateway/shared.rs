@@ -808,3 +808,105 @@ async fn the_redis_url_may_come_from_the_environment() {
     assert_eq!(again["data"], bought["data"]);
     assert_eq!(sim.calls("create").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_may_ignore_redis_when_configured_to() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = RedisServer::start();
+    let toml = config(&redis, "fgw-ready:", "required_for_readiness = false", "");
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""redis":"ok""#), "{body}");
+    redis.kill();
+    // Ready, and saying what is degraded.
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""redis":"down"#), "{body}");
+    // Creates are still refused: readiness changes nothing else.
+    let (status, _, v) = create(&prompt(), &gw.url, None, DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (503, Some(503)), "{v}");
+    assert_eq!(sim.calls("create").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    // The execution lease is max_wait + 2 × upstream timeout + 2 s: about 6 s here.
+    let rest = "[upstream]\ntimeout = \"2s\"\n\
+                [create.routes.\"disk.create\"]\nrate = \"100/1s\"\nburst = 10\nmax_wait = \"200ms\"\n";
+    let toml = config(&redis, "fgw-crash:", "", rest);
+    let b = Gw::start(&toml, &sim.url, demo_env()).await;
+    let mut a = Bin::serve(
+        &toml,
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let a_admin = a.admin_url.clone();
+    wait_for("replica A ready", Duration::from_secs(20), || {
+        let url = format!("{a_admin}/readyz");
+        async move {
+            http()
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+
+    // The simulator makes the disk at once and holds the answer back; A dies meanwhile.
+    sim.fault("slow", "10s").await;
+    let key = fresh_key();
+    let a_url = a.url.clone();
+    let k = key.clone();
+    let lost = tokio::spawn(async move { create(&http(), &a_url, Some(&k), DISK20).await });
+    wait_for(
+        "A's create reached the upstream",
+        Duration::from_secs(10),
+        || async { sim.calls("create").await == 1 },
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        a.child.kill().expect("SIGKILL replica A");
+        a.child.wait().expect("replica A exits");
+    });
+    assert!(lost.await.is_err(), "A died before answering");
+    sim.fault("none", "0s").await;
+
+    // Within the lease the record says "in flight": B refuses rather than buy again.
+    let (status, headers, v) = create(&http(), &b.url, Some(&key), DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (409, Some(1005)), "{v}");
+    assert!(headers.contains_key("retry-after"));
+
+    // Past it the record reads as an unknown outcome, and B finds the disk A's create made.
+    let started = Instant::now();
+    let answer = loop {
+        let (status, headers, v) = create(&http(), &b.url, Some(&key), DISK20).await;
+        if status != 409 {
+            break (status, headers, v);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still in flight: {v}"
+        );
+        // Waiting out the lease: nothing signals it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (status, headers, v) = answer;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    assert!(
+        replayed(&headers),
+        "the purchase A made is answered, not a new one"
+    );
+    let disks = sim.stats().await["disks"].as_u64();
+    assert_eq!(sim.calls("create").await, 1, "no second purchase");
+    assert_eq!(disks, Some(1));
+    // Every later retry, on any replica, gets the same disk.
+    let (_, _, again) = create(&http(), &b.url, Some(&key), DISK20).await;
+    assert_eq!(again["data"], v["data"]);
+}
