@@ -74,10 +74,9 @@ struct Stores {
     limiter: Arc<dyn RateLimiter>,
 }
 
-/// The longest a create's execution can run (rate-limit wait, then the upstream call and its one
-/// retry after a rejected token, plus slack): an in-flight record older than this was lost with
-/// its replica.
-fn execution_lease(settings: &Settings) -> Duration {
+/// The longest a create's execution may run: the rate-limit wait, then a token fetch, the upstream
+/// call, and after a rejected token one more of each. Past it the outcome counts as unknown.
+fn execution_limit(settings: &Settings) -> Duration {
     let max_wait = settings
         .create
         .routes
@@ -85,7 +84,7 @@ fn execution_lease(settings: &Settings) -> Duration {
         .map(|p| p.max_wait)
         .max()
         .unwrap_or_default();
-    max_wait + settings.upstream.timeout * 2 + Duration::from_secs(2)
+    max_wait + settings.upstream.timeout * 4
 }
 
 impl Gateway {
@@ -175,7 +174,7 @@ impl Gateway {
         let protection = Protection {
             dedup: DedupLayer::new(
                 records,
-                execution_lease(&settings),
+                execution_limit(&settings),
                 create.clone(),
                 metrics.clone(),
                 work.clone(),

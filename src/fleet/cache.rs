@@ -188,10 +188,10 @@ impl Inner {
         };
         let mut ps = match tokio::time::timeout(self.fleet.timeout() * 4, connect).await {
             Ok(Ok(ps)) => ps,
-            Ok(Err(e)) => return self.fleet.failed("subscribe", &StoreError(e.to_string())),
+            Ok(Err(e)) => return self.fleet.subscription_failed(&StoreError(e.to_string())),
             Err(_) => {
                 let e = StoreError("subscribing timed out".into());
-                return self.fleet.failed("subscribe", &e);
+                return self.fleet.subscription_failed(&e);
             }
         };
         // Whatever was published while this replica was not listening is lost: start L1 afresh.
@@ -213,10 +213,11 @@ impl Inner {
             let lag = now_us().saturating_sub(sent_us);
             self.metrics.invalidation_lag.observe(lag as f64 / 1e6);
         }
-        self.fleet.failed(
-            "subscribe",
-            &StoreError("subscription connection lost".into()),
+        tracing::warn!(
+            "lost the subscription to the fleet's cache invalidations; subscribing again"
         );
+        self.fleet
+            .subscription_failed(&StoreError("subscription connection lost".into()));
     }
 
     async fn get_l2(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, StoreError> {

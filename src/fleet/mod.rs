@@ -155,8 +155,18 @@ impl Fleet {
         outcome
     }
 
-    /// Counts and remembers a failure seen outside [`Fleet::run`] (the subscriber).
-    pub fn failed(&self, op: &'static str, e: &StoreError) {
+    /// Counts a failure of the subscription, which runs on its own connection: it says nothing
+    /// about the commands' connection, so it does not make commands rest.
+    pub fn subscription_failed(&self, e: &StoreError) {
+        self.metrics
+            .redis_errors
+            .with_label_values(&["subscribe"])
+            .inc();
+        tracing::debug!(error = %e.0, "cannot subscribe to the fleet's cache invalidations");
+    }
+
+    /// Counts and remembers a failed command; commands rest for a moment.
+    fn failed(&self, op: &'static str, e: &StoreError) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
         let mut last = self.last_error.lock().expect("fleet health");
         if last.is_none() {

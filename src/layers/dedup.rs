@@ -52,6 +52,9 @@ pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Longest `Idempotency-Key` accepted (Stripe's limit).
 const MAX_KEY_LEN: usize = 255;
 
+/// Time for an execution that reached its limit to write its outcome.
+const LEASE_SLACK: Duration = Duration::from_secs(2);
+
 /// How far before the attempt a disk's `createTime` may lie and still match it (clock skew).
 const RECONCILE_SLACK_MS: u64 = 60_000;
 
@@ -100,7 +103,10 @@ pub struct DedupLayer {
 
 struct Shared {
     records: Arc<dyn RecordStore>,
-    /// How long an execution may take at most; an in-flight record older than this was lost.
+    /// How long an execution may run before its outcome counts as unknown.
+    limit: Duration,
+    /// An in-flight record older than this was lost with its replica (the limit, plus slack for
+    /// writing the outcome).
     lease: Duration,
     flights: SingleFlight<String, Arc<Outcome>>,
     settings: Arc<CreateSettings>,
@@ -111,7 +117,7 @@ struct Shared {
 impl DedupLayer {
     pub fn new(
         records: Arc<dyn RecordStore>,
-        lease: Duration,
+        limit: Duration,
         settings: Arc<CreateSettings>,
         metrics: Arc<Metrics>,
         work: Arc<WorkTracker>,
@@ -119,7 +125,8 @@ impl DedupLayer {
         DedupLayer {
             shared: Arc::new(Shared {
                 records,
-                lease,
+                limit,
+                lease: limit + LEASE_SLACK,
                 flights: SingleFlight::new(),
                 settings,
                 metrics,
@@ -358,6 +365,16 @@ impl Ctx {
         (flight.role, flight.wait().await)
     }
 
+    /// `inner`, cut off at the execution limit with an unknown outcome.
+    fn bounded<S>(&self, inner: S) -> Bounded<S> {
+        Bounded {
+            inner,
+            limit: self.shared.limit,
+            route: self.route,
+            request_id: self.request_id.clone(),
+        }
+    }
+
     /// The answer for one caller of an execution.
     fn answer(&self, role: Role, outcome: &Option<Arc<Outcome>>, keyed: bool) -> Resp {
         let Some(outcome) = outcome else {
@@ -446,7 +463,8 @@ impl Ctx {
             unknown_ttl: policy.idempotency_ttl,
         };
         let started_ms = now_ms();
-        let (role, outcome) = self.execute(inner, req, rkey.clone(), Some(keep)).await;
+        let bounded = self.bounded(inner);
+        let (role, outcome) = self.execute(bounded, req, rkey.clone(), Some(keep)).await;
         if outcome.is_none() {
             // The task died mid-way: the purchase may or may not exist, and the record must not
             // stay "in flight" for its whole lifetime.
@@ -531,7 +549,7 @@ impl Ctx {
                 request_id: self.request_id.clone(),
             }
             .into(),
-            inner,
+            inner: self.bounded(inner),
         };
         let (role, outcome) = self.execute(claimed, req, rkey, Some(keep)).await;
         if let Some(o) = &outcome
@@ -719,6 +737,45 @@ enum Reconciled {
     Found(Answer),
     NotMade,
     Refused(Resp),
+}
+
+/// An execution cut off at its limit: the request may have reached the upstream, so the outcome
+/// is unknown, and is recorded as such before any other replica may take it for lost.
+#[derive(Clone)]
+struct Bounded<S> {
+    inner: S,
+    limit: Duration,
+    route: Route,
+    request_id: RequestId,
+}
+
+impl<S> Service<Req> for Bounded<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> RespFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(this.limit, this.inner.oneshot(req)).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::warn!(route = %this.route, limit = ?this.limit, "a create ran past its limit; its outcome is unknown");
+                    let mut resp = unknown_answer(this.route, this.request_id.as_str(), false);
+                    resp.extensions_mut().insert(OutcomeUnknown);
+                    Ok(resp)
+                }
+            }
+        })
+    }
 }
 
 /// What the one execution of an unkeyed create needs to claim its record first.

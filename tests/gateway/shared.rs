@@ -833,7 +833,7 @@ async fn readiness_may_ignore_redis_when_configured_to() {
 async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
-    // The execution lease is max_wait + 2 × upstream timeout + 2 s: about 6 s here.
+    // An in-flight record is taken for lost after max_wait + 4 × upstream timeout + 2 s: about 10 s.
     let rest = "[upstream]\ntimeout = \"2s\"\n\
                 [create.routes.\"disk.create\"]\nrate = \"100/1s\"\nburst = 10\nmax_wait = \"200ms\"\n";
     let toml = config(&redis, "fgw-crash:", "", rest);
