@@ -545,16 +545,7 @@ fn resolve_redis(
     else {
         return Ok(None);
     };
-    if !(url.starts_with("redis://")
-        || url.starts_with("rediss://")
-        || url.starts_with("redis+unix://")
-        || url.starts_with("unix://"))
-    {
-        return Err(invalid(
-            "redis.url",
-            "expected a redis://, rediss:// or unix:// URL",
-        ));
-    }
+    crate::fleet::conn::check_url(&url).map_err(|e| invalid("redis.url", e))?;
     let mut cfg = file.unwrap_or_default();
     cfg.url = url;
     if cfg.prefix.is_empty()

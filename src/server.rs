@@ -146,9 +146,15 @@ impl Gateway {
             .flatten();
         let auth = Arc::new(Authenticator::new(clients, anonymous));
         // Where state lives: this replica's memory, or the fleet's Redis.
-        let two_level = fleet
-            .clone()
-            .map(|f| Arc::new(TwoLevel::new(f, settings.cache.max_bytes, metrics.clone())));
+        let two_level = fleet.clone().map(|f| {
+            let names = accounts.iter().map(|a| a.name.clone()).collect();
+            Arc::new(TwoLevel::new(
+                f,
+                names,
+                settings.cache.max_bytes,
+                metrics.clone(),
+            ))
+        });
         let Stores {
             store,
             records,
@@ -262,6 +268,9 @@ impl Server {
         }
         if let Some(two) = &gateway.two_level {
             tokio::spawn(two.subscriber(stopped()));
+        }
+        if let Some(fleet) = &gateway.fleet {
+            tokio::spawn(fleet.clone().watch_primary(stopped()));
         }
         let draining = Arc::new(AtomicBool::new(false));
         let admin_state = Arc::new(AdminState {

@@ -5,10 +5,14 @@
 //! - A miss across the fleet makes one upstream call: the filler holds a per-key lock (`SET NX
 //!   PX lock_ttl`, with a fence); the others poll L2 for its entry and, once the lock is gone (its
 //!   holder failed or died, and the lock expired), claim it themselves.
-//! - Invalidations bump a fleet epoch, delete from L2 and are published; every replica drops the
-//!   matching L1 entries when the message arrives. A fill that began before an invalidation is
-//!   not stored (its epoch moved on). A replica that lost its subscription clears its L1 when it
-//!   subscribes again, since it may have missed messages.
+//! - Entry keys carry a generation per account and route, so that dropping a whole route (all
+//!   `disk.list` pages of an account) is one `INCR`: the old generation is never read again and
+//!   expires on its own. Every invalidation also moves the account's epoch: a fill that began
+//!   before it is not stored. Invalidations are published; every replica drops the matching L1
+//!   entries when the message arrives, and a replica that lost its subscription clears its L1 when
+//!   it subscribes again, since it may have missed some.
+//! - Every key of an account shares a Redis Cluster hash tag (`{account}`), so each script touches
+//!   one slot.
 //! - `host.one` answers carry host passwords: they stay in L1, never in Redis.
 //! - When Redis fails, L1 carries on alone (fail-open), counted in `redis_errors_total`.
 
@@ -27,23 +31,61 @@ use crate::routes::Route;
 use crate::store::{CacheStore, Claim, Invalidation, MemoryStore, Ticket, Usage};
 use crate::svc::BoxFuture;
 
-/// Takes the fill lock; answers the fleet epoch when taken, -1 when someone holds it.
-const CLAIM: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return tonumber(redis.call('GET', KEYS[2]) or 0)
-end
-return -1
+/// How long the epoch and generation counters outlive their last change (and every entry).
+const COUNTER_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// KEYS: generation. ARGV: entry key up to the generation, then `:id`. The current entry.
+const GET: &str = r#"
+local g = redis.call('GET', KEYS[1]) or '0'
+return redis.call('GET', ARGV[1] .. g .. ARGV[2])
 "#;
 
-/// Stores the entry unless the epoch moved on since the claim, then frees the lock if still ours.
+/// KEYS: lock, epoch, generation. ARGV: fence, lock px. Takes the fill lock and answers
+/// {epoch, generation}, or {-1} when someone holds it.
+const CLAIM: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {tonumber(redis.call('GET', KEYS[2]) or 0), tonumber(redis.call('GET', KEYS[3]) or 0)}
+end
+return {-1}
+"#;
+
+/// KEYS: epoch, lock, generation. ARGV: epoch and generation of the claim, entry key up to the
+/// generation, `:id`, value, px, fence, counter ttl. Stores the entry unless an invalidation came
+/// since the claim (epoch -1: no claim, store anyway); the counters then outlive it. Frees the
+/// lock if it is still ours.
 const PUT_FILLED: &str = r#"
 local stored = 0
-if tonumber(redis.call('GET', KEYS[3]) or 0) == tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local e = tonumber(redis.call('GET', KEYS[1]) or 0)
+local g = tonumber(redis.call('GET', KEYS[3]) or 0)
+if tonumber(ARGV[1]) < 0 or (e == tonumber(ARGV[1]) and g == tonumber(ARGV[2])) then
+  redis.call('SET', ARGV[3] .. g .. ARGV[4], ARGV[5], 'PX', ARGV[6])
+  local keep = tonumber(ARGV[6]) + tonumber(ARGV[8])
+  for _, k in ipairs({KEYS[1], KEYS[3]}) do
+    if redis.call('EXISTS', k) == 1 and redis.call('PTTL', k) < keep then redis.call('PEXPIRE', k, keep) end
+  end
   stored = 1
 end
-if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[7] then redis.call('DEL', KEYS[2]) end
 return stored
+"#;
+
+/// KEYS: epoch, generation. ARGV: entry key up to the generation, `:id` (empty: the whole
+/// route), counter ttl, channel, message (empty: publish nothing). Moves the epoch, then drops
+/// the entry or moves the route to a new generation.
+const INVALIDATE: &str = r#"
+for _, k in ipairs(KEYS) do
+  if redis.call('PTTL', k) < tonumber(ARGV[3]) then
+    redis.call('SET', k, tonumber(redis.call('GET', k) or 0), 'PX', ARGV[3])
+  end
+end
+redis.call('INCR', KEYS[1])
+if ARGV[2] == '' then
+  redis.call('INCR', KEYS[2])
+else
+  redis.call('DEL', ARGV[1] .. (redis.call('GET', KEYS[2]) or '0') .. ARGV[2])
+end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 0
 "#;
 
 /// Routes whose answers never leave the replica.
@@ -55,26 +97,18 @@ pub struct TwoLevel(Arc<Inner>);
 
 struct Inner {
     fleet: Arc<Fleet>,
+    /// The configured accounts, for invalidations that span them.
+    accounts: Vec<Arc<str>>,
     l1: MemoryStore,
     metrics: Arc<Metrics>,
+    get: redis::Script,
     claim: redis::Script,
     put_filled: redis::Script,
+    invalidate: redis::Script,
     unlock: redis::Script,
     /// Names this replica's own invalidation messages (already applied here).
     origin: String,
     subscribed: AtomicBool,
-}
-
-/// Escapes a glob's special characters, for `SCAN MATCH`.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Microseconds since the Unix epoch: when an invalidation was sent, to measure its lag.
@@ -119,13 +153,21 @@ fn decode_message(msg: &str) -> Option<(&str, u64, Invalidation)> {
 impl TwoLevel {
     /// The store, and the task that applies other replicas' invalidations to L1 (run it until
     /// shutdown with [`TwoLevel::subscriber`]).
-    pub fn new(fleet: Arc<Fleet>, l1_max_bytes: u64, metrics: Arc<Metrics>) -> TwoLevel {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        accounts: Vec<Arc<str>>,
+        l1_max_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> TwoLevel {
         TwoLevel(Arc::new(Inner {
             fleet,
+            accounts,
             l1: MemoryStore::new(l1_max_bytes),
             metrics,
+            get: redis::Script::new(GET),
             claim: redis::Script::new(CLAIM),
             put_filled: redis::Script::new(PUT_FILLED),
+            invalidate: redis::Script::new(INVALIDATE),
             unlock: redis::Script::new(UNLOCK),
             origin: fence(),
             subscribed: AtomicBool::new(false),
@@ -161,18 +203,24 @@ impl TwoLevel {
 }
 
 impl Inner {
-    fn key(&self, k: &CacheKey) -> String {
-        self.fleet
-            .key(&["cache", &k.account, k.route.as_str(), &k.id])
+    /// An entry's key up to its generation: `{p}{account}:cache:{route}:` (then `{gen}:{id}`).
+    fn entry_base(&self, account: &str, route: Route) -> String {
+        let mut k = self.fleet.account_key(account, &["cache", route.as_str()]);
+        k.push(':');
+        k
+    }
+
+    fn gen_key(&self, account: &str, route: Route) -> String {
+        self.fleet.account_key(account, &["gen", route.as_str()])
+    }
+
+    fn epoch_key(&self, account: &str) -> String {
+        self.fleet.account_key(account, &["cache-epoch"])
     }
 
     fn lock_key(&self, k: &CacheKey) -> String {
         self.fleet
-            .key(&["lock", "cache", &k.account, k.route.as_str(), &k.id])
-    }
-
-    fn epoch_key(&self) -> String {
-        self.fleet.key(&["cache-epoch"])
+            .account_key(&k.account, &["lock", "cache", k.route.as_str(), &k.id])
     }
 
     fn channel(&self) -> String {
@@ -182,7 +230,7 @@ impl Inner {
     /// One subscription, until its connection ends.
     async fn listen(&self) {
         let connect = async {
-            let mut ps = self.fleet.client().get_async_pubsub().await?;
+            let mut ps = self.fleet.pubsub().await?;
             ps.subscribe(self.channel()).await?;
             Ok::<_, redis::RedisError>(ps)
         };
@@ -198,8 +246,18 @@ impl Inner {
         self.l1.invalidate(Invalidation::All).await;
         self.subscribed.store(true, Ordering::SeqCst);
         tracing::info!("listening for the fleet's cache invalidations");
+        let mut moved = self.fleet.primary_moved();
+        moved.borrow_and_update();
         let mut messages = ps.on_message();
-        while let Some(msg) = messages.next().await {
+        loop {
+            let msg = tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+                // The primary moved: subscribe to the new one.
+                _ = moved.changed() => return,
+            };
             let Ok(text) = msg.get_payload::<String>() else {
                 continue;
             };
@@ -221,92 +279,70 @@ impl Inner {
     }
 
     async fn get_l2(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, StoreError> {
-        let mut c = self.fleet.conn();
-        let rkey = self.key(key);
+        let mut inv = self.get.key(self.gen_key(&key.account, key.route));
+        inv.arg(self.entry_base(&key.account, key.route))
+            .arg(format!(":{}", key.id));
         let got: Option<Vec<u8>> = self
             .fleet
-            .run("cache_get", async move {
-                redis::cmd("GET").arg(&rkey).query_async(&mut c).await
+            .run("cache_get", |mut c| async move {
+                inv.invoke_async(&mut c).await
             })
             .await?;
         Ok(got.and_then(|b| decode_entry(&b)).map(Arc::new))
     }
 
-    /// Deletes every L2 key matching `pattern`.
-    async fn delete_matching(&self, pattern: String) -> Result<(), StoreError> {
-        let mut cursor: u64 = 0;
-        loop {
-            let mut c = self.fleet.conn();
-            let p = pattern.clone();
-            let (next, keys): (u64, Vec<String>) = self
-                .fleet
-                .run("cache_invalidate", async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&p)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            if !keys.is_empty() {
-                let mut c = self.fleet.conn();
-                self.fleet
-                    .run("cache_invalidate", async move {
-                        redis::cmd("UNLINK")
-                            .arg(keys)
-                            .query_async::<()>(&mut c)
-                            .await
-                    })
-                    .await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+    /// Drops one entry (`id`) or a whole route of one account in Redis, publishing `message`.
+    async fn invalidate_one(
+        &self,
+        account: &str,
+        route: Route,
+        id: Option<&str>,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut inv = self.invalidate.key(self.epoch_key(account));
+        inv.key(self.gen_key(account, route))
+            .arg(self.entry_base(account, route))
+            .arg(id.map(|id| format!(":{id}")).unwrap_or_default())
+            .arg(COUNTER_TTL_MS)
+            .arg(self.channel())
+            .arg(message);
+        self.fleet
+            .run("cache_invalidate", |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn invalidate_l2(&self, what: &Invalidation) -> Result<(), StoreError> {
         let message = encode_message(&self.origin, what);
-        // The epoch moves first: a fill that claimed before this cannot store after it.
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("INCR").arg(self.epoch_key()).ignore();
-        // Like every key, the epoch expires: a day after the last invalidation (then reads as 0).
-        pipe.cmd("PEXPIRE")
-            .arg(self.epoch_key())
-            .arg(24 * 3600 * 1000)
-            .ignore();
-        if let Invalidation::Key(k) = what {
-            pipe.cmd("DEL").arg(self.key(k)).ignore();
-        }
-        pipe.cmd("PUBLISH")
-            .arg(self.channel())
-            .arg(message)
-            .ignore();
-        let mut c = self.fleet.conn();
-        self.fleet
-            .run("cache_invalidate", async move {
-                pipe.query_async::<()>(&mut c).await
-            })
-            .await?;
-        let cache = self.fleet.key(&["cache"]);
-        let pattern = match what {
-            Invalidation::Key(_) => return Ok(()),
-            Invalidation::Route { account, route } => {
-                format!(
-                    "{}:{}:{}:*",
-                    glob_escape(&cache),
-                    glob_escape(account),
-                    route
-                )
+        let routes = |route: Option<Route>| -> Vec<Route> {
+            match route {
+                Some(r) => vec![r],
+                None => Route::all().filter(|r| !local_only(*r)).collect(),
             }
-            Invalidation::AnyAccount(route) => format!("{}:*:{}:*", glob_escape(&cache), route),
-            Invalidation::All => format!("{}:*", glob_escape(&cache)),
         };
-        self.delete_matching(pattern).await
+        let (accounts, routes): (Vec<Arc<str>>, Vec<Route>) = match what {
+            Invalidation::Key(k) => {
+                return self
+                    .invalidate_one(&k.account, k.route, Some(&k.id), &message)
+                    .await;
+            }
+            Invalidation::Route { account, route } => (vec![account.clone()], routes(Some(*route))),
+            Invalidation::AnyAccount(route) => (self.accounts.clone(), routes(Some(*route))),
+            Invalidation::All => (self.accounts.clone(), routes(None)),
+        };
+        // Published once, with the last of the changes it announces.
+        let last = accounts.len() * routes.len();
+        let mut n = 0;
+        for account in &accounts {
+            for route in &routes {
+                n += 1;
+                let msg = if n == last { message.as_str() } else { "" };
+                self.invalidate_one(account, *route, None, msg).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -345,19 +381,22 @@ impl CacheStore for TwoLevel {
             if local_only(key.route) {
                 return;
             }
-            let value = encode_entry(&entry);
-            let (rkey, ttl) = (this.key(&key), px(entry.retain_for()));
-            let mut c = this.fleet.conn();
+            // Without a claim (a forced refresh, or Redis was down at the claim): no epoch to check.
+            let mut inv = this.put_filled.key(this.epoch_key(&key.account));
+            inv.key(this.lock_key(&key))
+                .key(this.gen_key(&key.account, key.route))
+                .arg(-1)
+                .arg(-1)
+                .arg(this.entry_base(&key.account, key.route))
+                .arg(format!(":{}", key.id))
+                .arg(encode_entry(&entry))
+                .arg(px(entry.retain_for()))
+                .arg("")
+                .arg(COUNTER_TTL_MS);
             let _ = this
                 .fleet
-                .run("cache_put", async move {
-                    redis::cmd("SET")
-                        .arg(&rkey)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(ttl)
-                        .query_async::<()>(&mut c)
-                        .await
+                .run("cache_put", |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
                 })
                 .await;
         })
@@ -384,20 +423,25 @@ impl CacheStore for TwoLevel {
         Box::pin(async move {
             let fence = fence();
             let mut inv = this.claim.key(this.lock_key(&key));
-            inv.key(this.epoch_key())
+            inv.key(this.epoch_key(&key.account))
+                .key(this.gen_key(&key.account, key.route))
                 .arg(&fence)
                 .arg(px(this.fleet.lock_ttl));
-            let mut c = this.fleet.conn();
             match this
                 .fleet
-                .run("cache_lock", inv.invoke_async::<i64>(&mut c))
+                .run("cache_lock", |mut c| async move {
+                    inv.invoke_async::<Vec<i64>>(&mut c).await
+                })
                 .await
             {
-                Ok(-1) => Claim::Busy,
-                Ok(epoch) => Claim::Claimed(Ticket {
-                    epoch: Some(epoch),
-                    fence: Some(fence),
-                }),
+                Ok(got) => match got[..] {
+                    [epoch, generation] => Claim::Claimed(Ticket {
+                        epoch: Some(epoch),
+                        generation: Some(generation),
+                        fence: Some(fence),
+                    }),
+                    _ => Claim::Busy,
+                },
                 // Without Redis this replica fills on its own.
                 Err(_) => Claim::Claimed(Ticket::default()),
             }
@@ -405,7 +449,9 @@ impl CacheStore for TwoLevel {
     }
 
     fn put_filled(&self, key: CacheKey, entry: Arc<Entry>, ticket: Ticket) -> BoxFuture<bool> {
-        let (Some(epoch), Some(fence)) = (ticket.epoch, ticket.fence) else {
+        let (Some(epoch), Some(generation), Some(fence)) =
+            (ticket.epoch, ticket.generation, ticket.fence)
+        else {
             let put = self.put(key, entry);
             return Box::pin(async move {
                 put.await;
@@ -414,17 +460,22 @@ impl CacheStore for TwoLevel {
         };
         let this = self.0.clone();
         Box::pin(async move {
-            let mut inv = this.put_filled.key(this.key(&key));
+            let mut inv = this.put_filled.key(this.epoch_key(&key.account));
             inv.key(this.lock_key(&key))
-                .key(this.epoch_key())
+                .key(this.gen_key(&key.account, key.route))
                 .arg(epoch)
+                .arg(generation)
+                .arg(this.entry_base(&key.account, key.route))
+                .arg(format!(":{}", key.id))
                 .arg(encode_entry(&entry))
                 .arg(px(entry.retain_for()))
-                .arg(fence);
-            let mut c = this.fleet.conn();
+                .arg(fence)
+                .arg(COUNTER_TTL_MS);
             match this
                 .fleet
-                .run("cache_put", inv.invoke_async::<i64>(&mut c))
+                .run("cache_put", |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
                 .await
             {
                 Ok(0) => false,
@@ -444,10 +495,11 @@ impl CacheStore for TwoLevel {
         Box::pin(async move {
             let mut inv = this.unlock.key(this.lock_key(&key));
             inv.arg(fence);
-            let mut c = this.fleet.conn();
             let _ = this
                 .fleet
-                .run("cache_lock", inv.invoke_async::<i64>(&mut c))
+                .run("cache_lock", |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
                 .await;
         })
     }
@@ -480,10 +532,5 @@ mod tests {
             assert_eq!(back, what);
         }
         assert!(decode_message("garbage").is_none());
-    }
-
-    #[test]
-    fn globs_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }

@@ -66,14 +66,19 @@ impl Ledger for RedisLedger {
         Box::pin(async move {
             let mut inv = this.charge.prepare_invoke();
             for c in &charges {
-                inv.key(this.fleet.key(&["budget", &c.key]));
+                inv.key(this.fleet.account_key(&c.account, &["budget", &c.key]));
                 inv.arg(c.gb)
                     .arg(c.max_creates)
                     .arg(c.max_gb)
                     .arg(px(c.ttl));
             }
-            let mut conn = this.fleet.conn();
-            let out: Result<i64, _> = this.fleet.run("budget", inv.invoke_async(&mut conn)).await;
+            let out: Result<i64, _> = this
+                .fleet
+                .run(
+                    "budget",
+                    |mut c| async move { inv.invoke_async(&mut c).await },
+                )
+                .await;
             match (out, &this.local) {
                 (Ok(0), _) => Ok(Ok(())),
                 (Ok(n), _) if n > 0 => {
@@ -96,11 +101,16 @@ impl Ledger for RedisLedger {
         Box::pin(async move {
             let mut inv = this.refund.prepare_invoke();
             for c in &charges {
-                inv.key(this.fleet.key(&["budget", &c.key]));
+                inv.key(this.fleet.account_key(&c.account, &["budget", &c.key]));
                 inv.arg(c.gb);
             }
-            let mut conn = this.fleet.conn();
-            let out: Result<i64, _> = this.fleet.run("budget", inv.invoke_async(&mut conn)).await;
+            let out: Result<i64, _> = this
+                .fleet
+                .run(
+                    "budget",
+                    |mut c| async move { inv.invoke_async(&mut c).await },
+                )
+                .await;
             match (out, &this.local) {
                 (Ok(_), _) => Ok(()),
                 (Err(_), Some(local)) => local.refund(charges).await,

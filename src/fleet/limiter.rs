@@ -99,13 +99,16 @@ impl RateLimiter for RedisLimiter {
             let mut inv = this.script.prepare_invoke();
             inv.arg(micros(max_wait));
             for l in &limits {
-                inv.key(this.fleet.key(&["rate", &l.key]));
+                inv.key(this.fleet.account_key(&l.account, &["rate", &l.key]));
                 inv.arg(micros(l.rate.interval()))
                     .arg(micros(tolerance(&l.rate)));
             }
-            let mut c = this.fleet.conn();
-            let out: Result<Vec<i64>, _> =
-                this.fleet.run("rate_limit", inv.invoke_async(&mut c)).await;
+            let out: Result<Vec<i64>, _> = this
+                .fleet
+                .run("rate_limit", |mut c| async move {
+                    inv.invoke_async(&mut c).await
+                })
+                .await;
             match (out, &this.local) {
                 (Ok(out), _) => decision(&limits, max_wait, &out).ok_or_else(|| {
                     crate::fleet::StoreError("unexpected answer from the rate script".into())

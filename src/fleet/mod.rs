@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod codec;
+pub mod conn;
 pub mod ledger;
 pub mod limiter;
 pub mod records;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use conn::{Conn, Connector};
 
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
@@ -36,8 +37,7 @@ pub struct StoreError(pub String);
 
 /// The fleet's Redis: one multiplexed connection per replica (re-established by itself).
 pub struct Fleet {
-    conn: ConnectionManager,
-    client: redis::Client,
+    connector: Connector,
     prefix: String,
     timeout: Duration,
     pub lock_ttl: Duration,
@@ -65,21 +65,10 @@ impl Fleet {
     /// Prepares the connection without waiting for Redis: a replica starts (and serves from its own
     /// state) while Redis is down, and connects when it comes up.
     pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Arc<Fleet>, String> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| format!("redis.url: {}", e.to_string().replace(&cfg.url, "<url>")))?;
-        let manager_cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            // Reconnection is retried on the next command; a short series here keeps commands
-            // from queueing behind a long backoff while Redis is away.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)
-            .map_err(|e| format!("redis: {e}"))?;
+        let connector =
+            Connector::new(&cfg.url, cfg.timeout).map_err(|e| format!("redis.url: {e}"))?;
         Ok(Arc::new(Fleet {
-            conn,
-            client,
+            connector,
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
             lock_ttl: cfg.lock_ttl,
@@ -89,6 +78,17 @@ impl Fleet {
             last_error: Mutex::new(None),
             resting_until: Mutex::new(None),
         }))
+    }
+
+    /// A key of one account: `{prefix}{account}:` then the parts. The braces are a Redis Cluster
+    /// hash tag: every key of one account lives in one slot, so that a script may touch several.
+    pub fn account_key(&self, account: &str, parts: &[&str]) -> String {
+        let mut k = format!("{}{{{account}}}", self.prefix);
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
     }
 
     /// A key of the fleet: the prefix, then the parts joined by `:`.
@@ -107,12 +107,22 @@ impl Fleet {
         &self.prefix
     }
 
-    pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// A connection for pub/sub.
+    pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        self.connector.pubsub().await
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// Changes when the primary moved (Sentinel): a subscription then subscribes again.
+    pub fn primary_moved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connector.moved()
+    }
+
+    /// Follows the primary until `shutdown` (Sentinel; nothing to do otherwise).
+    pub async fn watch_primary(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.connector.watch_primary() => {}
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -120,11 +130,11 @@ impl Fleet {
     }
 
     /// Runs one Redis operation under the command timeout; a failure is counted under `op`.
-    pub async fn run<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
+    pub async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let resting = *self.resting_until.lock().expect("fleet health");
         if let Some(until) = resting
             && tokio::time::Instant::now() < until
@@ -133,6 +143,10 @@ impl Fleet {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
             return Err(e);
         }
+        let fut = async {
+            let c = self.connector.conn().await?;
+            command(c).await
+        };
         let outcome = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError(e.to_string())),
@@ -150,7 +164,10 @@ impl Fleet {
                     *self.resting_until.lock().expect("fleet health") = None;
                 }
             }
-            Err(e) => self.failed(op, e),
+            Err(e) => {
+                self.connector.failed();
+                self.failed(op, e);
+            }
         }
         outcome
     }
@@ -192,8 +209,7 @@ impl Fleet {
 
     /// `Ok` when Redis answers a PING now.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.conn();
-        self.run("ping", async move {
+        self.run("ping", |mut c| async move {
             redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await

@@ -51,12 +51,13 @@ impl RecordStore for RedisRecords {
         let fingerprint = fingerprint.to_string();
         let this = self.0.clone();
         Box::pin(async move {
-            let mut c = this.fleet.conn();
             let mut inv = this.begin.key(&rkey);
             inv.arg(value).arg(px(ttl));
             let found: Result<Option<Vec<u8>>, _> = this
                 .fleet
-                .run("record_begin", inv.invoke_async(&mut c))
+                .run("record_begin", |mut c| async move {
+                    inv.invoke_async(&mut c).await
+                })
                 .await;
             match (found, &this.local) {
                 (Ok(None), _) => Ok(Begin::Started),
@@ -74,10 +75,9 @@ impl RecordStore for RedisRecords {
         let (rkey, key) = (self.key(key), key.to_string());
         let this = self.0.clone();
         Box::pin(async move {
-            let mut c = this.fleet.conn();
             let got: Result<Option<Vec<u8>>, _> = this
                 .fleet
-                .run("record_get", async move {
+                .run("record_get", |mut c| async move {
                     redis::cmd("GET").arg(&rkey).query_async(&mut c).await
                 })
                 .await;
@@ -93,12 +93,11 @@ impl RecordStore for RedisRecords {
         let (rkey, key) = (self.key(key), key.to_string());
         let this = self.0.clone();
         Box::pin(async move {
-            let mut c = this.fleet.conn();
             let value = encode_record(&record);
             let ttl = px(record.ttl);
             let done: Result<(), _> = this
                 .fleet
-                .run("record_set", async move {
+                .run("record_set", |mut c| async move {
                     redis::cmd("SET")
                         .arg(&rkey)
                         .arg(value)
@@ -120,10 +119,9 @@ impl RecordStore for RedisRecords {
         let (rkey, key) = (self.key(key), key.to_string());
         let this = self.0.clone();
         Box::pin(async move {
-            let mut c = this.fleet.conn();
             let done: Result<(), _> = this
                 .fleet
-                .run("record_remove", async move {
+                .run("record_remove", |mut c| async move {
                     redis::cmd("DEL").arg(&rkey).query_async(&mut c).await
                 })
                 .await;

@@ -55,11 +55,11 @@ impl TokenStore {
     }
 
     fn key(&self, account: &str) -> String {
-        self.fleet.key(&["token", account])
+        self.fleet.account_key(account, &["token"])
     }
 
     fn lock_key(&self, account: &str) -> String {
-        self.fleet.key(&["lock", "token", account])
+        self.fleet.account_key(account, &["lock", "token"])
     }
 
     /// How long a replica waits for another's refresh before fetching on its own.
@@ -68,11 +68,10 @@ impl TokenStore {
     }
 
     pub async fn read(&self, account: &str) -> Result<Option<SharedToken>, StoreError> {
-        let mut c = self.fleet.conn();
         let key = self.key(account);
         let v: Option<String> = self
             .fleet
-            .run("token", async move {
+            .run("token", |mut c| async move {
                 redis::cmd("GET").arg(&key).query_async(&mut c).await
             })
             .await?;
@@ -92,7 +91,6 @@ impl TokenStore {
     /// The refresh lock's fence when this replica got it, `None` when another holds it.
     pub async fn lock(&self, account: &str) -> Result<Option<String>, StoreError> {
         let fence = fence();
-        let mut c = self.fleet.conn();
         let (key, f, ttl) = (
             self.lock_key(account),
             fence.clone(),
@@ -100,7 +98,7 @@ impl TokenStore {
         );
         let got: Option<String> = self
             .fleet
-            .run("token_lock", async move {
+            .run("token_lock", |mut c| async move {
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(&f)
@@ -117,10 +115,11 @@ impl TokenStore {
     pub async fn unlock(&self, account: &str, fence: &str) {
         let mut inv = self.unlock.key(self.lock_key(account));
         inv.arg(fence);
-        let mut c = self.fleet.conn();
         let _ = self
             .fleet
-            .run("token_lock", inv.invoke_async::<i64>(&mut c))
+            .run("token_lock", |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
             .await;
     }
 
@@ -138,10 +137,11 @@ impl TokenStore {
             .arg(fence)
             .arg(value)
             .arg(px(left));
-        let mut c = self.fleet.conn();
         let _ = self
             .fleet
-            .run("token", inv.invoke_async::<i64>(&mut c))
+            .run("token", |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
             .await;
     }
 
@@ -149,10 +149,11 @@ impl TokenStore {
     pub async fn drop_rejected(&self, account: &str, token: &Secret) {
         let mut inv = self.drop_if.key(self.key(account));
         inv.arg(format!("|{}", token.expose()));
-        let mut c = self.fleet.conn();
         let _ = self
             .fleet
-            .run("token", inv.invoke_async::<i64>(&mut c))
+            .run("token", |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
             .await;
     }
 }

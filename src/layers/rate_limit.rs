@@ -141,12 +141,14 @@ where
             };
             let client = req.extensions().get::<ClientName>().map(|c| c.0.clone());
             let mut limits = vec![Limit {
+                account: account.name.to_string(),
                 key: format!("{}|{}", account.name, route.as_str()),
                 scope: Scope::Tenant,
                 rate: policy.rate,
             }];
             if let (Some(rate), Some(client)) = (policy.client_rate, &client) {
                 limits.push(Limit {
+                    account: account.name.to_string(),
                     key: format!("{}|{}|{client}", account.name, route.as_str()),
                     scope: Scope::Client,
                     rate,

@@ -17,6 +17,8 @@ const DAY: u64 = 24 * HOUR;
 /// One counter of one clock window (`account|a|h|493812`), what a create adds to it, and its caps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
+    /// The account charged (a shared store keeps an account's counters together).
+    pub account: String,
     pub key: String,
     pub gb: u64,
     /// 0 = no cap.
@@ -164,6 +166,7 @@ impl Budget {
             let margin = Duration::from_secs(HOUR);
             out.push((
                 Charge {
+                    account: account.to_string(),
                     key: format!("{key}|h|{}", now / HOUR),
                     gb: 0,
                     max_creates: caps.creates_per_hour,
@@ -179,6 +182,7 @@ impl Budget {
             ));
             out.push((
                 Charge {
+                    account: account.to_string(),
                     key: format!("{key}|d|{}", now / DAY),
                     gb,
                     max_creates: caps.creates_per_day,

@@ -31,6 +31,8 @@ impl Scope {
 /// One limit to reserve against.
 #[derive(Debug, Clone)]
 pub struct Limit {
+    /// The account the limit belongs to (a shared store keeps an account's limits together).
+    pub account: String,
     pub key: String,
     pub scope: Scope,
     pub rate: Rate,
@@ -158,6 +160,7 @@ mod tests {
 
     fn limit(key: &str, scope: Scope, count: u32, secs: u64, burst: u32) -> Limit {
         Limit {
+            account: "a".into(),
             key: key.into(),
             scope,
             rate: Rate {

@@ -51,6 +51,8 @@ pub struct Ticket {
     /// The store's invalidation count when the fill began: a fill overtaken by an invalidation
     /// is not stored.
     pub epoch: Option<i64>,
+    /// The generation of the key's route when the fill began (a shared store's entries carry it).
+    pub generation: Option<i64>,
     /// Names this holder's lock, so that it frees only its own.
     pub fence: Option<String>,
 }

@@ -24,6 +24,10 @@ pub struct RedisServer {
     dir: PathBuf,
     binary: PathBuf,
     child: Option<Child>,
+    /// More options after the usual ones (cluster mode, replication).
+    extra: Vec<String>,
+    /// Runs as a Sentinel with this config file (written into `dir`).
+    sentinel_conf: Option<String>,
 }
 
 /// A RESP reply.
@@ -98,6 +102,26 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[], None)
+    }
+
+    /// A server with more options, e.g. `--cluster-enabled yes` or `--replicaof 127.0.0.1 P`.
+    pub fn start_with_args(extra: &[&str]) -> RedisServer {
+        Self::start_with(extra, None)
+    }
+
+    /// A Sentinel watching the primary on `primary_port` under the name `mymaster`, quick to act.
+    pub fn start_sentinel(primary_port: u16) -> RedisServer {
+        let conf = format!(
+            "sentinel monitor mymaster 127.0.0.1 {primary_port} 1\n\
+             sentinel down-after-milliseconds mymaster 1000\n\
+             sentinel failover-timeout mymaster 3000\n\
+             sentinel parallel-syncs mymaster 1\n"
+        );
+        Self::start_with(&[], Some(conf))
+    }
+
+    fn start_with(extra: &[&str], sentinel_conf: Option<String>) -> RedisServer {
         blocking(|| {
             let binary = find_binary();
             static N: AtomicU64 = AtomicU64::new(0);
@@ -112,6 +136,8 @@ impl RedisServer {
                 dir,
                 binary,
                 child: None,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
+                sentinel_conf: sentinel_conf.clone(),
             };
             // The port is free when chosen but another process may take it before redis binds it.
             let mut last_log = String::new();
@@ -179,7 +205,28 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let port = self.port.to_string();
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(conf) = &self.sentinel_conf {
+            // A Sentinel rewrites its config file, and takes only its own options.
+            let path = self.dir.join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile redis.log\n{conf}",
+                self.dir.display()
+            );
+            std::fs::write(&path, text).expect("write sentinel.conf");
+            let child = cmd
+                .arg(&path)
+                .arg("--sentinel")
+                .current_dir(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+            self.child = Some(child);
+            return;
+        }
+        let child = cmd
             .args([
                 "--port",
                 &port,
@@ -196,6 +243,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -373,6 +421,73 @@ fn parse(buf: &[u8]) -> Option<(Resp, usize)> {
             Some((Resp::Array(Some(items)), at))
         }
         other => panic!("not a RESP reply: {:?}", other as char),
+    }
+}
+
+/// A Redis Cluster of three primaries on free loopback ports, slots spread by `redis-cli`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with_args(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        blocking(|| {
+            let out = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())))
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run redis-cli (apt-get install redis-tools): {e}")
+                });
+            assert!(
+                out.status.success(),
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://` naming every node.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Polls until every node says the cluster is ok (slots assigned and agreed).
+    pub async fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ok = true;
+            for n in &self.nodes {
+                let info = n.command(&["CLUSTER", "INFO"]).await;
+                ok &= info.text().is_some_and(|t| t.contains("cluster_state:ok"));
+            }
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
+use crate::redis_harness::{RedisCluster, RedisServer};
 
 const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
 
@@ -690,8 +690,9 @@ async fn every_shared_key_lives_under_the_prefix_and_expires() {
     }
     eprintln!("{} keys in Redis:\n{report}", keys.len());
 
+    // Entry keys: {prefix}{account}:cache:{route}:{generation}:{id}.
     let entries: Vec<String> = redis
-        .keys(&format!("{PREFIX}cache:*"))
+        .keys(&format!("{PREFIX}*:cache:*"))
         .await
         .into_iter()
         .filter(|k| k.contains("disk.info"))
@@ -864,7 +865,15 @@ async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
     let key = fresh_key();
     let a_url = a.url.clone();
     let k = key.clone();
-    let lost = tokio::spawn(async move { create(&http(), &a_url, Some(&k), DISK20).await });
+    let lost = tokio::spawn(async move {
+        http()
+            .post(format!("{a_url}{DISK}/create"))
+            .header("content-type", "application/json")
+            .header("Idempotency-Key", k)
+            .body(DISK20)
+            .send()
+            .await
+    });
     wait_for(
         "A's create reached the upstream",
         Duration::from_secs(10),
@@ -875,7 +884,7 @@ async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
         a.child.kill().expect("SIGKILL replica A");
         a.child.wait().expect("replica A exits");
     });
-    assert!(lost.await.is_err(), "A died before answering");
+    assert!(lost.await.unwrap().is_err(), "A died before answering");
     sim.fault("none", "0s").await;
 
     // Within the lease the record says "in flight": B refuses rather than buy again.
@@ -909,4 +918,167 @@ async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
     // Every later retry, on any replica, gets the same disk.
     let (_, _, again) = create(&http(), &b.url, Some(&key), DISK20).await;
     assert_eq!(again["data"], v["data"]);
+}
+
+/// A shared-mode config for any `[redis] url` (cluster or sentinel).
+fn config_url(url: &str, prefix: &str, rest: &str) -> String {
+    format!("[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\ntimeout = \"500ms\"\n\n{rest}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_serves_the_fleet_like_one_server() {
+    let sim = Sim::start(sim_config()).await;
+    let cluster = RedisCluster::start();
+    cluster.wait_ok().await;
+    let toml = config_url(&cluster.url(), "fgw-cl:", &info_policy("ttl = \"60s\""));
+    let gws = three(&toml, &sim).await;
+
+    // One purchase for 30 identical creates over the three replicas.
+    let mut creates = Vec::new();
+    for i in 0..30 {
+        let url = gws[i % 3].url.clone();
+        creates.push(tokio::spawn(async move {
+            create(&http(), &url, None, DISK20).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for c in creates {
+        let (status, _, v) = c.await.unwrap();
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+        ids.insert(v["data"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(sim.calls("create").await, 1);
+    let id = ids.into_iter().next().unwrap();
+
+    // An Idempotency-Key replays on another replica.
+    let key = fresh_key();
+    let body = r#"{"area":0,"memory":40,"isMount":0}"#;
+    let (_, _, first) = create(&http(), &gws[0].url, Some(&key), body).await;
+    let (status, h, again) = create(&http(), &gws[2].url, Some(&key), body).await;
+    assert_eq!(status, 200);
+    assert!(replayed(&h));
+    assert_eq!(again["data"], first["data"]);
+    assert_eq!(sim.calls("create").await, 2);
+
+    // 3 × 100 concurrent polls: one upstream call.
+    let before = sim.calls("info").await;
+    let mut polls = Vec::new();
+    for gw in &gws {
+        for _ in 0..100 {
+            let (url, id) = (gw.url.clone(), id.clone());
+            polls.push(tokio::spawn(
+                async move { info(&http(), &url, &id).await.0 },
+            ));
+        }
+    }
+    for p in polls {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    assert_eq!(sim.calls("info").await - before, 1);
+
+    // A mount through one replica is seen through another (pub/sub across the cluster).
+    mount(&gws[0], &id).await;
+    let (_, _, v) = info(&http(), &gws[1].url, &id).await;
+    assert_eq!(v["data"]["status"], "1", "{v}");
+    assert_eq!(sim.calls("getToken").await, 1, "one token for the fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
+    let sim = Sim::start(sim_config()).await;
+    let primary = RedisServer::start();
+    let port = primary.port().to_string();
+    let replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port]);
+    let sentinel = RedisServer::start_sentinel(primary.port());
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port());
+    let primary_of = || async {
+        sentinel
+            .command(&["SENTINEL", "get-master-addr-by-name", "mymaster"])
+            .await
+            .strings()
+            .get(1)
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the sentinel knows the primary",
+        Duration::from_secs(10),
+        || async { primary_of().await == primary.port().to_string() },
+    )
+    .await;
+    wait_for(
+        "the replica is in sync",
+        Duration::from_secs(10),
+        || async {
+            replica
+                .command(&["INFO", "replication"])
+                .await
+                .text()
+                .is_some_and(|t| t.contains("master_link_status:up"))
+        },
+    )
+    .await;
+    let toml = config_url(&url, "fgw-sen:", "");
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env()),
+    );
+    let key = fresh_key();
+    let (status, _, first) = create(&http(), &a.url, Some(&key), DISK20).await;
+    assert_eq!((status, first["code"].as_i64()), (200, Some(0)), "{first}");
+    // The record reached the replica before the failover (replication is asynchronous).
+    let record = format!("fgw-sen:rec:idem|default|anonymous|disk.create|{key}");
+    wait_for(
+        "the record is replicated",
+        Duration::from_secs(10),
+        || async { replica.get(&record).await.is_some() },
+    )
+    .await;
+
+    let reply = sentinel
+        .command(&["SENTINEL", "FAILOVER", "mymaster"])
+        .await;
+    assert_eq!(reply.text().as_deref(), Some("OK"));
+    wait_for(
+        "the replica is promoted",
+        Duration::from_secs(20),
+        || async { primary_of().await == replica.port().to_string() },
+    )
+    .await;
+
+    // Both replicas follow: the record is found on the new primary, and new creates are recorded.
+    wait_for(
+        "B answers from the new primary",
+        Duration::from_secs(20),
+        || async {
+            let (status, h, v) = create(&http(), &b.url, Some(&key), DISK20).await;
+            status == 200 && replayed(&h) && v["data"] == first["data"]
+        },
+    )
+    .await;
+    // A follows within about a second: a create of its then lands on the new primary.
+    let made = Arc::new(AtomicU64::new(0));
+    wait_for(
+        "A records on the new primary",
+        Duration::from_secs(20),
+        || {
+            let (a, replica, made) = (&a, &replica, made.clone());
+            async move {
+                let fresh = fresh_key();
+                if create(&http(), &a.url, Some(&fresh), DISK20).await.0 != 200 {
+                    return false;
+                }
+                made.fetch_add(1, Ordering::SeqCst);
+                let record = format!("fgw-sen:rec:idem|default|anonymous|disk.create|{fresh}");
+                replica.get(&record).await.is_some()
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sim.calls("create").await,
+        1 + made.load(Ordering::SeqCst),
+        "one purchase per key"
+    );
 }

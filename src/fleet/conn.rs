@@ -1,0 +1,317 @@
+//! Where the fleet's Redis is, from `[redis] url`:
+//! - `redis://host:port[/db]` (`rediss://` for TLS, `unix:///path`): one server, or a managed
+//!   Redis whose failover keeps one address;
+//! - `redis+cluster://[user:pass@]host:port,host:port` (`rediss+cluster://`): a Redis Cluster,
+//!   given some of its nodes;
+//! - `redis+sentinel://[user:pass@]host:port,host:port/primary-name[/db]` (`rediss+sentinel://`):
+//!   the primary that these Sentinels name (the credentials are the primary's).
+//!
+//! Each gives a [`Conn`] that reconnects by itself: one server and Cluster through the redis
+//! crate's own connection types; for Sentinel the primary is looked up again after a failure, so
+//! commands follow a failover.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+
+/// A connection to the fleet's Redis, cheap to clone.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Topology {
+    Single(redis::Client),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        nodes: Vec<String>,
+    },
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+pub struct Connector {
+    topology: Topology,
+    timeout: Duration,
+    current: Mutex<Option<Conn>>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
+    /// Sentinel: the primary the connection goes to, and how many times it moved.
+    primary: Mutex<Option<String>>,
+    moved: tokio::sync::watch::Sender<u64>,
+}
+
+/// How often the Sentinels are asked whether the primary moved.
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
+
+/// `scheme://[userinfo@]a,b,c[/rest]` → (`userinfo@` or "", the hosts, `/rest` or "").
+fn split_hosts(rest: &str) -> (&str, Vec<&str>, &str) {
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (&rest[..u.len() + 1], r),
+        None => ("", rest),
+    };
+    let (hosts, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    (
+        userinfo,
+        hosts.split(',').filter(|h| !h.is_empty()).collect(),
+        path,
+    )
+}
+
+/// Checks a `[redis] url` without connecting; the message never repeats the URL (it may hold a
+/// password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    Connector::new(url, Duration::from_secs(1)).map(|_| ())
+}
+
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        // Reconnection is retried on the next command; a short series keeps commands from
+        // queueing behind a long backoff while Redis is away.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
+}
+
+impl Connector {
+    pub fn new(url: &str, timeout: Duration) -> Result<Connector, String> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            // The crate's messages may quote the URL, password included.
+            format!("{what}: {}", e.to_string().replace(url, "<url>"))
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| "expected scheme://...".to_string())?;
+        let topology = match scheme {
+            "redis+cluster" | "rediss+cluster" => {
+                let base = if scheme.starts_with("rediss") {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                let (userinfo, hosts, _) = split_hosts(rest);
+                if hosts.is_empty() {
+                    return Err("a cluster URL names at least one node".into());
+                }
+                let nodes: Vec<String> = hosts
+                    .iter()
+                    .map(|h| format!("{base}://{userinfo}{h}"))
+                    .collect();
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()
+                    .map_err(|e| bad("cluster", &e))?;
+                Topology::Cluster { client, nodes }
+            }
+            "redis+sentinel" | "rediss+sentinel" => {
+                let tls = scheme.starts_with("rediss");
+                let (userinfo, hosts, path) = split_hosts(rest);
+                let mut parts = path.trim_start_matches('/').split('/');
+                let primary = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
+                    "a sentinel URL ends with the primary's name: redis+sentinel://host:26379/mymaster"
+                        .to_string()
+                })?;
+                let db = parts.next().unwrap_or("0");
+                if hosts.is_empty() {
+                    return Err("a sentinel URL names at least one sentinel".into());
+                }
+                let sentinels: Vec<String> = hosts.iter().map(|h| format!("redis://{h}")).collect();
+                let primary_info = format!("redis://{userinfo}localhost/{db}")
+                    .into_connection_info()
+                    .map_err(|e| bad("sentinel", &e))?;
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(primary_info.redis_settings().clone());
+                if tls {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
+                let client = SentinelClient::build(
+                    sentinels,
+                    primary,
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| bad("sentinel", &e))?;
+                Topology::Sentinel(tokio::sync::Mutex::new(client))
+            }
+            _ => Topology::Single(redis::Client::open(url).map_err(|e| bad("redis.url", &e))?),
+        };
+        Ok(Connector {
+            topology,
+            timeout,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            primary: Mutex::new(None),
+            moved: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// The connection, made on first use (a replica starts while Redis is down).
+    pub async fn conn(&self) -> RedisResult<Conn> {
+        if let Some(c) = self.current.lock().expect("redis connection").clone() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.current.lock().expect("redis connection").clone() {
+            return Ok(c);
+        }
+        let conn = match &self.topology {
+            Topology::Single(client) => Conn::Single(ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                manager_config(self.timeout),
+            )?),
+            Topology::Cluster { client, .. } => Conn::Cluster(client.get_async_connection().await?),
+            Topology::Sentinel(sentinel) => {
+                let primary = sentinel.lock().await.async_get_client().await?;
+                *self.primary.lock().expect("redis primary") =
+                    Some(primary.get_connection_info().addr().to_string());
+                Conn::Single(ConnectionManager::new_lazy_with_config(
+                    primary,
+                    manager_config(self.timeout),
+                )?)
+            }
+        };
+        *self.current.lock().expect("redis connection") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// After a failed command: with Sentinel the primary may have moved, so it is looked up
+    /// again on the next command. The other topologies reconnect by themselves.
+    pub fn failed(&self) {
+        if matches!(self.topology, Topology::Sentinel(_)) {
+            *self.current.lock().expect("redis connection") = None;
+        }
+    }
+
+    /// Counts the primary's moves (Sentinel), so that a subscription can follow them.
+    pub fn moved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.moved.subscribe()
+    }
+
+    /// Sentinel: asks every second where the primary is, and moves the connection when it moved
+    /// (a demoted primary may accept writes for a moment, which would then be lost). Returns at
+    /// once for the other topologies.
+    pub async fn watch_primary(&self) {
+        let Topology::Sentinel(sentinel) = &self.topology else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(PRIMARY_CHECK).await;
+            let found = tokio::time::timeout(self.timeout * 4, async {
+                sentinel.lock().await.async_get_client().await
+            })
+            .await;
+            let Ok(Ok(client)) = found else {
+                continue;
+            };
+            let addr = client.get_connection_info().addr().to_string();
+            let mut primary = self.primary.lock().expect("redis primary");
+            if primary.as_ref().is_some_and(|p| *p != addr) {
+                tracing::info!(primary = %addr, "the Redis primary moved; following it");
+                *self.current.lock().expect("redis connection") = None;
+                *primary = Some(addr);
+                self.moved.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// A connection for pub/sub (a cluster broadcasts what is published to every node).
+    pub async fn pubsub(&self) -> RedisResult<PubSub> {
+        match &self.topology {
+            Topology::Single(client) => client.get_async_pubsub().await,
+            Topology::Cluster { nodes, .. } => {
+                let mut last = None;
+                for node in nodes {
+                    match redis::Client::open(node.as_str()) {
+                        Ok(c) => match c.get_async_pubsub().await {
+                            Ok(ps) => return Ok(ps),
+                            Err(e) => last = Some(e),
+                        },
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "no cluster node"))
+                }))
+            }
+            Topology::Sentinel(sentinel) => {
+                let primary = sentinel.lock().await.async_get_client().await?;
+                primary.get_async_pubsub().await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_topology() {
+        let t = Duration::from_secs(1);
+        assert!(matches!(
+            Connector::new("redis://127.0.0.1:6379/0", t)
+                .unwrap()
+                .topology,
+            Topology::Single(_)
+        ));
+        match Connector::new("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000", t)
+            .unwrap()
+            .topology
+        {
+            Topology::Cluster { nodes, .. } => assert_eq!(
+                nodes,
+                vec!["redis://u:pw@10.0.0.1:7000", "redis://u:pw@10.0.0.2:7000"]
+            ),
+            _ => panic!("a cluster"),
+        }
+        assert!(matches!(
+            Connector::new("redis+sentinel://s1:26379,s2:26379/mymaster", t)
+                .unwrap()
+                .topology,
+            Topology::Sentinel(_)
+        ));
+        let e = Connector::new("redis+sentinel://:secret@s1:26379", t)
+            .err()
+            .unwrap();
+        assert!(e.contains("primary's name") && !e.contains("secret"), "{e}");
+        assert!(Connector::new("redis+cluster://", t).is_err());
+    }
+}
