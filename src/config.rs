@@ -246,6 +246,10 @@ pub struct RedisConfig {
     pub lock_ttl: Duration,
     /// What creates do while Redis is down: `refuse` (503) or `local` (this replica's own protection).
     pub creates_when_down: CreatesWhenDown,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://`, a private CA);
+    /// unset = the public web roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Whether `/readyz` fails while Redis does not answer. Off, a fleet whose Redis died stays
     /// in its load balancer and goes on serving reads from each replica's own state.
     pub required_for_readiness: bool,
@@ -268,6 +272,7 @@ impl Default for RedisConfig {
             timeout: Duration::from_millis(250),
             lock_ttl: Duration::from_secs(10),
             creates_when_down: CreatesWhenDown::Refuse,
+            tls_ca_file: None,
             required_for_readiness: true,
         }
     }
@@ -560,6 +565,14 @@ fn resolve_redis(
         ));
     }
     check_nonzero("redis.timeout", cfg.timeout)?;
+    if let Some(ca) = &cfg.tls_ca_file
+        && let Err(e) = std::fs::read(ca)
+    {
+        return Err(invalid(
+            "redis.tls_ca_file",
+            format!("cannot read {}: {e}", ca.display()),
+        ));
+    }
     if cfg.lock_ttl < Duration::from_millis(100) {
         return Err(invalid("redis.lock_ttl", "expected at least 100ms"));
     }

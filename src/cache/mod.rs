@@ -194,6 +194,16 @@ impl Cache {
         let mut pause = std::time::Duration::from_millis(5);
         loop {
             match self.store.claim_fill(key).await {
+                // Another replica may have stored the entry between our look and the claim.
+                Claim::Claimed(ticket) if ticket.fence.is_some() => {
+                    if let Some(entry) = self.store.get(key).await
+                        && matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_)))
+                    {
+                        self.store.release_fill(key, ticket).await;
+                        return Err(entry);
+                    }
+                    return Ok(ticket);
+                }
                 Claim::Claimed(ticket) => return Ok(ticket),
                 Claim::Busy if Instant::now() >= deadline => return Ok(Ticket::default()),
                 Claim::Busy => {}

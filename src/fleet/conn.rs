@@ -96,7 +96,7 @@ fn split_hosts(rest: &str) -> (&str, Vec<&str>, &str) {
 /// Checks a `[redis] url` without connecting; the message never repeats the URL (it may hold a
 /// password).
 pub fn check_url(url: &str) -> Result<(), String> {
-    Connector::new(url, Duration::from_secs(1)).map(|_| ())
+    Connector::new(url, Duration::from_secs(1), None).map(|_| ())
 }
 
 fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
@@ -111,7 +111,12 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
 }
 
 impl Connector {
-    pub fn new(url: &str, timeout: Duration) -> Result<Connector, String> {
+    /// `ca`: PEM of a private CA to verify `rediss://` servers with (one server or a cluster).
+    pub fn new(url: &str, timeout: Duration, ca: Option<Vec<u8>>) -> Result<Connector, String> {
+        let certs = |ca: Vec<u8>| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        };
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             // The crate's messages may quote the URL, password included.
             format!("{what}: {}", e.to_string().replace(url, "<url>"))
@@ -134,11 +139,13 @@ impl Connector {
                     .iter()
                     .map(|h| format!("{base}://{userinfo}{h}"))
                     .collect();
-                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                let mut builder = redis::cluster::ClusterClient::builder(nodes.clone())
                     .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .build()
-                    .map_err(|e| bad("cluster", &e))?;
+                    .response_timeout(timeout);
+                if let Some(ca) = ca {
+                    builder = builder.certs(certs(ca));
+                }
+                let client = builder.build().map_err(|e| bad("cluster", &e))?;
                 Topology::Cluster { client, nodes }
             }
             "redis+sentinel" | "rediss+sentinel" => {
@@ -171,7 +178,13 @@ impl Connector {
                 .map_err(|e| bad("sentinel", &e))?;
                 Topology::Sentinel(tokio::sync::Mutex::new(client))
             }
-            _ => Topology::Single(redis::Client::open(url).map_err(|e| bad("redis.url", &e))?),
+            _ => Topology::Single(
+                match ca {
+                    Some(ca) => redis::Client::build_with_tls(url, certs(ca)),
+                    None => redis::Client::open(url),
+                }
+                .map_err(|e| bad("redis.url", &e))?,
+            ),
         };
         Ok(Connector {
             topology,
@@ -287,12 +300,12 @@ mod tests {
     fn urls_name_their_topology() {
         let t = Duration::from_secs(1);
         assert!(matches!(
-            Connector::new("redis://127.0.0.1:6379/0", t)
+            Connector::new("redis://127.0.0.1:6379/0", t, None)
                 .unwrap()
                 .topology,
             Topology::Single(_)
         ));
-        match Connector::new("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000", t)
+        match Connector::new("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000", t, None)
             .unwrap()
             .topology
         {
@@ -303,15 +316,15 @@ mod tests {
             _ => panic!("a cluster"),
         }
         assert!(matches!(
-            Connector::new("redis+sentinel://s1:26379,s2:26379/mymaster", t)
+            Connector::new("redis+sentinel://s1:26379,s2:26379/mymaster", t, None)
                 .unwrap()
                 .topology,
             Topology::Sentinel(_)
         ));
-        let e = Connector::new("redis+sentinel://:secret@s1:26379", t)
+        let e = Connector::new("redis+sentinel://:secret@s1:26379", t, None)
             .err()
             .unwrap();
         assert!(e.contains("primary's name") && !e.contains("secret"), "{e}");
-        assert!(Connector::new("redis+cluster://", t).is_err());
+        assert!(Connector::new("redis+cluster://", t, None).is_err());
     }
 }

@@ -20,7 +20,7 @@ const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
 /// A config in shared mode: `[redis]` with `redis_keys` added, then `rest` (more tables).
 fn config(redis: &RedisServer, prefix: &str, redis_keys: &str, rest: &str) -> String {
     format!(
-        "[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"250ms\"\n{redis_keys}\n{rest}",
+        "[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"1s\"\n{redis_keys}\n{rest}",
         redis.url()
     )
 }
@@ -922,7 +922,7 @@ async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
 
 /// A shared-mode config for any `[redis] url` (cluster or sentinel).
 fn config_url(url: &str, prefix: &str, rest: &str) -> String {
-    format!("[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\ntimeout = \"500ms\"\n\n{rest}")
+    format!("[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\ntimeout = \"1s\"\n\n{rest}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1081,4 +1081,70 @@ async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
         1 + made.load(Ordering::SeqCst),
         "one purchase per key"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls_works_through_a_rediss_url() {
+    let sim = Sim::start(sim_config()).await;
+    // A private CA and a certificate it signed for localhost, made here.
+    let dir = std::env::temp_dir().join(format!("fgw-tls-{}", fresh_key()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=fgw-test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out srv.csr",
+        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out cert.pem",
+    ] {
+        let made = std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(&dir)
+            .output()
+            .expect("run openssl");
+        assert!(made.status.success(), "openssl {args}: {made:?}");
+    }
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let redis = RedisServer::start_with_args(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+        "--tls-ca-cert-file",
+        ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{tls_port}");
+    let toml = config_url(&url, "fgw-tls:", "")
+        .replace("[redis]\n", &format!("[redis]\ntls_ca_file = \"{ca}\"\n"));
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    let k = fresh_key();
+    let (status, _, v) = create(&http(), &gw.url, Some(&k), DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    // The record went over TLS into the server (read back over its plain port).
+    let record = format!("fgw-tls:rec:idem|default|anonymous|disk.create|{k}");
+    assert!(
+        redis.get(&record).await.is_some(),
+        "{:?}",
+        redis.keys("*").await
+    );
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
