@@ -298,6 +298,40 @@ fn main() {
         "gateway listening",
         &dir.join("gateway.log"),
     );
+    // The same gateway in shared mode: hits come from its own memory (L1), never from Redis.
+    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = Command::new("taskset")
+        .args(["-c", "1", "redis-server", "--port"])
+        .arg(redis_port.to_string())
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server (is it installed?)");
+    let _redis = Proc(redis);
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let (_shared, shared) = start_pinned(
+        bin,
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--redis",
+            &redis_url,
+        ],
+        "gateway listening",
+        &dir.join("gateway-shared.log"),
+    );
     let self_exe = std::env::current_exe().unwrap();
     let (_base, base) = start_pinned(
         self_exe.to_str().unwrap(),
@@ -336,7 +370,7 @@ fn main() {
         }
         for id in &ids {
             // Both nginx servers share one cache zone, so warming one warms both.
-            for addr in [&gw, &nginx_addr] {
+            for addr in [&gw, &shared, &nginx_addr] {
                 let r = client
                     .get(format!("http://{addr}{PATH}{id}"))
                     .send()
@@ -367,6 +401,12 @@ fn main() {
             secs,
         ),
         wrk("finovy-gateway", &format!("http://{gw}"), &script, secs),
+        wrk(
+            "finovy-gateway, shared mode",
+            &format!("http://{shared}"),
+            &script,
+            secs,
+        ),
     ];
     println!("cache hits: {DISKS} disks, wrk -t1 -c64 -d{secs}s on CPU 1, each server on CPU 0");
     for r in &results {
@@ -375,7 +415,13 @@ fn main() {
             r.name, r.rps, r.p50_ms, r.p99_ms
         );
     }
-    let (b, n, nl, g) = (&results[0], &results[1], &results[2], &results[3]);
+    let (b, n, nl, g, sh) = (
+        &results[0],
+        &results[1],
+        &results[2],
+        &results[3],
+        &results[4],
+    );
     println!(
         "  gateway / nginx (access_log off): {:.2}x req/s, p99 {:.2}x",
         g.rps / n.rps,
@@ -390,6 +436,11 @@ fn main() {
         "  gateway / baseline: {:.2}x req/s, p99 {:.2}x",
         g.rps / b.rps,
         g.p99_ms / b.p99_ms
+    );
+    println!(
+        "  shared mode / single replica: {:.2}x req/s, p99 {:.2}x",
+        sh.rps / g.rps,
+        sh.p99_ms / g.p99_ms
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
