@@ -2,7 +2,7 @@
 //! stopping it again.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -20,12 +20,39 @@ impl Drop for Proc {
 }
 
 /// Starts `cmd` with the demo credentials, waits for its `<marker> ... listen=ADDR` log line, and
-/// returns it with ADDR. The rest of its log goes to `log`, or nowhere, so the pipe never fills.
+/// returns it with ADDR. Its log goes straight into `log` (as nginx writes its own: no copying
+/// process in between), or is read and dropped.
 pub fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc, String) {
-    let mut child = cmd
-        .env("FINOVY_UUID", "demo-uuid")
+    cmd.env("FINOVY_UUID", "demo-uuid")
         .env("FINOVY_SECRET", "demo-secret")
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    let find = |line: &str| {
+        line.contains(marker)
+            .then(|| line.split("listen=").nth(1))
+            .flatten()
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+    };
+    if let Some(path) = log {
+        let child = Proc(
+            cmd.stderr(Stdio::from(File::create(path).unwrap()))
+                .spawn()
+                .expect("start the process (are its tools installed?)"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if let Some(addr) = text.lines().find_map(find) {
+                return (child, addr);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {marker:?} line in {}",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let mut child = cmd
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the process (are its tools installed?)");
@@ -35,20 +62,11 @@ pub fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc, Strin
             .next()
             .expect("the process printed its address")
             .unwrap();
-        if line.contains(marker)
-            && let Some(rest) = line.split("listen=").nth(1)
-        {
-            break rest.split_whitespace().next().unwrap().to_string();
+        if let Some(addr) = find(&line) {
+            break addr;
         }
     };
-    let mut file = log.map(|p| File::create(p).unwrap());
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if let Some(f) = file.as_mut() {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-    });
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     (Proc(child), addr)
 }
 
