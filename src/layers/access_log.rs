@@ -4,6 +4,7 @@
 //! answer's extensions; it never logs a header or a body.
 
 use std::convert::Infallible;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -12,12 +13,123 @@ use http::{Method, Request};
 use prometheus::IntGauge;
 use tower::{Layer, Service};
 
+use crate::config::LogFormat;
 use crate::envelope::EnvelopeHead;
 use crate::layers::ClientName;
 use crate::layers::request_id::X_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::svc::{Resp, RespFuture};
+use crate::telemetry::{self, AccessSink};
+
+const ACCESS_TARGET: &str = "finovy_gateway::access";
+
+/// One access line's fields.
+struct Line<'a> {
+    request_id: &'a str,
+    method: &'static str,
+    route: &'static str,
+    status: u16,
+    micros: u64,
+    client: &'a str,
+    upstream_trace: &'a str,
+}
+
+thread_local! {
+    /// A line being formatted, reused so that formatting allocates nothing; and the current
+    /// second's timestamp text, which every line of that second shares.
+    static SCRATCH: std::cell::RefCell<(String, u64, String)> =
+        const { std::cell::RefCell::new((String::new(), u64::MAX, String::new())) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), from the days-to-civil algorithm.
+fn second_text(unix: u64, out: &mut String) {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    out.clear();
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+}
+
+/// A string as a JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(s).to_string());
+    }
+}
+
+impl Line<'_> {
+    /// Writes the line as the subscriber would (same fields, order and timestamp format), into
+    /// its buffer.
+    fn write(&self, sink: &AccessSink) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let (line, second, stamp) = &mut *scratch;
+            if *second != now.as_secs() {
+                *second = now.as_secs();
+                second_text(now.as_secs(), stamp);
+            }
+            line.clear();
+            let (ms, frac) = (self.micros / 1000, self.micros % 1000);
+            match sink.format {
+                LogFormat::Human => {
+                    let _ = writeln!(
+                        line,
+                        "{stamp}.{:06}Z  INFO {ACCESS_TARGET}: request request_id={} method={} route={} \
+                         status={} duration_ms={ms}.{frac:03} client={} upstream_trace_id={}",
+                        now.subsec_micros(),
+                        self.request_id,
+                        self.method,
+                        self.route,
+                        self.status,
+                        self.client,
+                        self.upstream_trace,
+                    );
+                }
+                LogFormat::Json => {
+                    let _ = write!(
+                        line,
+                        "{{\"timestamp\":\"{stamp}.{:06}Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":",
+                        now.subsec_micros()
+                    );
+                    json_str(line, self.request_id);
+                    let _ = write!(
+                        line,
+                        ",\"method\":\"{}\",\"route\":\"{}\",\"status\":{},\"duration_ms\":{ms}.{frac:03},\"client\":",
+                        self.method, self.route, self.status
+                    );
+                    json_str(line, self.client);
+                    line.push_str(",\"upstream_trace_id\":");
+                    json_str(line, self.upstream_trace);
+                    let _ = writeln!(line, ",\"target\":\"{ACCESS_TARGET}\"}}");
+                }
+            }
+            let _ = sink.writer.append(line.as_bytes());
+        });
+    }
+}
 
 #[derive(Clone)]
 pub struct AccessLogLayer {
@@ -100,7 +212,7 @@ where
             let resp = fut.await?;
             drop(inflight);
             let elapsed = started.elapsed();
-            let route = resp
+            let route: &'static str = resp
                 .extensions()
                 .get::<Route>()
                 .map_or("unknown", |r| r.as_str());
@@ -118,25 +230,67 @@ where
                 .get(X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            let client = resp.extensions().get::<ClientName>().map_or("-", |c| &c.0);
+            let client: &str = resp.extensions().get::<ClientName>().map_or("-", |c| &c.0);
             let upstream_trace = resp
                 .extensions()
                 .get::<EnvelopeHead>()
                 .and_then(|h| h.trace_id.as_deref())
                 .unwrap_or("-");
-            tracing::info!(
-                target: "finovy_gateway::access",
-                // Display (`%`), not Debug: no quoting or escaping work per line.
-                request_id = %request_id,
-                method = %method,
-                route = %route,
-                status = status.as_u16(),
-                duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-                client = %client,
-                upstream_trace_id = %upstream_trace,
-                "request"
-            );
+            let line = Line {
+                request_id,
+                method,
+                route,
+                status: status.as_u16(),
+                micros: elapsed.as_micros() as u64,
+                client,
+                upstream_trace,
+            };
+            match telemetry::access_sink() {
+                Some(sink) if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) => {
+                    line.write(sink)
+                }
+                Some(_) => {}
+                // No subscriber of ours (a test, or an embedding program): plain `tracing`.
+                None => tracing::info!(
+                    target: ACCESS_TARGET,
+                    request_id = %request_id,
+                    method = %method,
+                    route = %route,
+                    status = status.as_u16(),
+                    duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                    client = %client,
+                    upstream_trace_id = %upstream_trace,
+                    "request"
+                ),
+            }
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_calendar_seconds() {
+        let mut s = String::new();
+        for (unix, text) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_795_490_535, "2026-11-24T03:22:15"),
+            (4_102_444_799, "2099-12-31T23:59:59"),
+        ] {
+            second_text(unix, &mut s);
+            assert_eq!(s, text);
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_when_needed() {
+        let mut s = String::new();
+        json_str(&mut s, "plain-id");
+        json_str(&mut s, "a\"b\\c\n");
+        assert_eq!(s, r#""plain-id""a\"b\\c\n""#);
     }
 }
