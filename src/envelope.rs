@@ -12,7 +12,8 @@ use crate::svc::Resp;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvelopeHead {
     pub code: Option<i64>,
-    pub trace_id: Option<String>,
+    /// Shared: every cached answer's copy points at one string.
+    pub trace_id: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Deserialize)]
@@ -32,7 +33,7 @@ impl EnvelopeHead {
                     c.as_i64()
                         .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
                 }),
-                trace_id: raw.trace_id.map(|t| t.into_owned()),
+                trace_id: raw.trace_id.map(|t| t.as_ref().into()),
             }),
             Err(e) if e.is_data() => {
                 // Valid JSON that is not an object (an array, a string): still an answer.

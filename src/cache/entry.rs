@@ -85,6 +85,18 @@ pub struct Entry {
     pub fresh_for: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// The `Cache-Status` and `Age` values of a hit, made once per second of age rather than
+    /// once per hit.
+    pub hit_headers: std::sync::Mutex<Option<HitHeaders>>,
+}
+
+/// A hit's header values at one `ttl` and age.
+#[derive(Debug, Clone)]
+pub struct HitHeaders {
+    pub ttl: i64,
+    pub age: u64,
+    pub cache_status: http::HeaderValue,
+    pub age_value: http::HeaderValue,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +138,7 @@ impl Entry {
             fresh_for,
             stale_while_revalidate: policy.stale_while_revalidate,
             stale_if_error: policy.stale_if_error,
+            hit_headers: Default::default(),
         }
     }
 

@@ -120,6 +120,7 @@ pub fn decode_entry(b: &[u8]) -> Option<Entry> {
         fresh_for,
         stale_while_revalidate,
         stale_if_error,
+        hit_headers: Default::default(),
     })
 }
 

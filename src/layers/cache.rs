@@ -19,7 +19,7 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::cache::entry::{Answer, Entry, Freshness};
+use crate::cache::entry::{Answer, Entry, Freshness, HitHeaders};
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
 use crate::cache::{Cache, Filled, Reason, invalidated_by};
 use crate::envelope::EnvelopeHead;
@@ -126,15 +126,44 @@ fn respond(answer: &Answer, status: String, age_secs: u64) -> Resp {
     let mut resp = answer.to_response();
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&status) {
-        headers.insert(HeaderName::from_static("cache-status"), v);
+        headers.insert(CACHE_STATUS, v);
     }
     headers.insert(header::AGE, HeaderValue::from(age_secs));
     resp
 }
 
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
 fn from_entry(entry: &Entry, params: &str, now: Instant) -> Resp {
     let status = format!("{CACHE_NAME}; {params}; ttl={}", entry.ttl_secs(now));
     respond(&entry.answer, status, entry.age(now).as_secs())
+}
+
+/// A hit: its header values are made once per second of the entry's age, not per request.
+fn hit(entry: &Entry, now: Instant) -> Resp {
+    let (ttl, age) = (entry.ttl_secs(now), entry.age(now).as_secs());
+    let mut cached = entry.hit_headers.lock().unwrap_or_else(|p| p.into_inner());
+    let values = match &*cached {
+        Some(h) if h.ttl == ttl && h.age == age => h.clone(),
+        _ => {
+            let status = format!("{CACHE_NAME}; hit; ttl={ttl}");
+            let made = HitHeaders {
+                ttl,
+                age,
+                cache_status: HeaderValue::from_str(&status)
+                    .unwrap_or(HeaderValue::from_static("finovy-gateway; hit")),
+                age_value: HeaderValue::from(age),
+            };
+            *cached = Some(made.clone());
+            made
+        }
+    };
+    drop(cached);
+    let mut resp = entry.answer.to_response();
+    let headers = resp.headers_mut();
+    headers.insert(CACHE_STATUS, values.cache_status);
+    headers.insert(header::AGE, values.age_value);
+    resp
 }
 
 impl<S> Service<Req> for CacheService<S>
@@ -166,11 +195,7 @@ where
             && let Some(entry) = self.cache.peek_fresh(key)
         {
             self.cache.record_lookup(key.route, "hit");
-            return Box::pin(std::future::ready(Ok(from_entry(
-                &entry,
-                "hit",
-                Instant::now(),
-            ))));
+            return Box::pin(std::future::ready(Ok(hit(&entry, Instant::now()))));
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -222,7 +247,7 @@ where
     match (&stored_entry, freshness) {
         (Some(entry), Some(Freshness::Fresh(_))) => {
             cache.record_lookup(route, "hit");
-            return from_entry(entry, "hit", now);
+            return hit(entry, now);
         }
         (Some(entry), Some(Freshness::Revalidate)) => {
             cache.record_lookup(route, "stale");
@@ -239,7 +264,7 @@ where
     let (answer, stored) = match filled.as_deref() {
         Some(Filled::Found(entry)) => {
             cache.record_lookup(route, "hit");
-            return from_entry(entry, "hit", Instant::now());
+            return hit(entry, Instant::now());
         }
         Some(Filled::Fetched { answer, stored }) => (Some(answer), *stored),
         None => (None, false),
