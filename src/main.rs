@@ -10,6 +10,10 @@ use finovy_gateway::config::{self, FileConfig, LogFormat, Overrides, Settings};
 use finovy_gateway::server::{Server, shutdown_signal};
 use finovy_gateway::sim::{SimConfig, Simulator};
 use finovy_gateway::telemetry;
+
+/// mimalloc: glibc's allocator spent a fifth of a cache hit's instructions on malloc and free.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
