@@ -282,9 +282,8 @@ fn main() {
     let config = dir.join("gateway.toml");
     std::fs::write(&config, "[cache.routes.\"disk.info\"]\nttl = \"1h\"\n").unwrap();
     let upstream = format!("http://{sim}");
-    let (_gw, gw) = start_pinned(
-        bin,
-        &[
+    let gateway = |extra: &[&str], log: &str| {
+        let mut args = vec![
             "serve",
             "--config",
             config.to_str().unwrap(),
@@ -294,10 +293,11 @@ fn main() {
             "127.0.0.1:0",
             "--upstream",
             &upstream,
-        ],
-        "gateway listening",
-        &dir.join("gateway.log"),
-    );
+        ];
+        args.extend_from_slice(extra);
+        start_pinned(bin, &args, "gateway listening", &dir.join(log))
+    };
+    let (_gw, gw) = gateway(&[], "gateway.log");
     // The same gateway in shared mode: hits come from its own memory (L1), never from Redis.
     let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -314,24 +314,7 @@ fn main() {
         .expect("start redis-server (is it installed?)");
     let _redis = Proc(redis);
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
-    let (_shared, shared) = start_pinned(
-        bin,
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--redis",
-            &redis_url,
-        ],
-        "gateway listening",
-        &dir.join("gateway-shared.log"),
-    );
+    let (_shared, shared) = gateway(&["--redis", &redis_url], "gateway-shared.log");
     let self_exe = std::env::current_exe().unwrap();
     let (_base, base) = start_pinned(
         self_exe.to_str().unwrap(),

@@ -123,6 +123,43 @@ async fn readyz(gw: &Gw) -> (u16, String) {
     (status, resp.text().await.unwrap())
 }
 
+/// A replica as a real process (so that it can be killed), once its `/readyz` says ready.
+async fn replica_process(toml: &str, sim: &Sim) -> Bin {
+    let bin = Bin::serve(
+        toml,
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let ready = format!("{}/readyz", bin.admin_url);
+    wait_for(
+        "the replica process is ready",
+        Duration::from_secs(20),
+        || {
+            let url = ready.clone();
+            async move {
+                http()
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        },
+    )
+    .await;
+    bin
+}
+
+/// SIGKILL: no drain, nothing written on the way out.
+fn sigkill(bin: &mut Bin) {
+    tokio::task::block_in_place(|| {
+        bin.child.kill().expect("SIGKILL the replica");
+        bin.child.wait().expect("the replica exits");
+    });
+}
+
 /// Polls `check` until it holds or `within` passes: for states only another process can show.
 async fn wait_for<F, Fut>(what: &str, within: Duration, check: F)
 where
@@ -549,26 +586,7 @@ async fn a_fill_lock_held_by_a_killed_replica_frees_itself_after_lock_ttl() {
         &info_policy("ttl = \"60s\""),
     );
     let b = Gw::start(&toml, &sim.url, demo_env()).await;
-    let mut a = Bin::serve(
-        &toml,
-        &sim.url,
-        &[
-            ("FINOVY_UUID", "demo-uuid"),
-            ("FINOVY_SECRET", "demo-secret"),
-        ],
-    );
-    let a_admin = a.admin_url.clone();
-    wait_for("replica A ready", Duration::from_secs(20), || {
-        let url = format!("{a_admin}/readyz");
-        async move {
-            http()
-                .get(url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
+    let mut a = replica_process(&toml, &sim).await;
     let id = create_disk(&b).await;
 
     // A's fill hangs upstream (the simulator answers 3 s late) while A holds the fill lock.
@@ -597,10 +615,7 @@ async fn a_fill_lock_held_by_a_killed_replica_frees_itself_after_lock_ttl() {
         "A holds a fill lock with the 1 s lock_ttl: {:?}",
         redis.keys("*").await
     );
-    tokio::task::block_in_place(|| {
-        a.child.kill().expect("SIGKILL replica A");
-        a.child.wait().expect("replica A exits");
-    });
+    sigkill(&mut a);
     assert!(
         in_flight.await.unwrap().is_err(),
         "A died before answering, still holding the lock"
@@ -839,26 +854,7 @@ async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
                 [create.routes.\"disk.create\"]\nrate = \"100/1s\"\nburst = 10\nmax_wait = \"200ms\"\n";
     let toml = config(&redis, "fgw-crash:", "", rest);
     let b = Gw::start(&toml, &sim.url, demo_env()).await;
-    let mut a = Bin::serve(
-        &toml,
-        &sim.url,
-        &[
-            ("FINOVY_UUID", "demo-uuid"),
-            ("FINOVY_SECRET", "demo-secret"),
-        ],
-    );
-    let a_admin = a.admin_url.clone();
-    wait_for("replica A ready", Duration::from_secs(20), || {
-        let url = format!("{a_admin}/readyz");
-        async move {
-            http()
-                .get(url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
+    let mut a = replica_process(&toml, &sim).await;
 
     // The simulator makes the disk at once and holds the answer back; A dies meanwhile.
     sim.fault("slow", "10s").await;
@@ -880,10 +876,7 @@ async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
         || async { sim.calls("create").await == 1 },
     )
     .await;
-    tokio::task::block_in_place(|| {
-        a.child.kill().expect("SIGKILL replica A");
-        a.child.wait().expect("replica A exits");
-    });
+    sigkill(&mut a);
     assert!(lost.await.unwrap().is_err(), "A died before answering");
     sim.fault("none", "0s").await;
 
