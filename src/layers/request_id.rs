@@ -43,7 +43,14 @@ fn acceptable(v: &HeaderValue) -> Option<&str> {
 
 /// 128 random bits in hex, the shape of a W3C trace id.
 pub fn generate() -> String {
-    format!("{:032x}", rand::rng().random::<u128>())
+    // By hand: `format!("{:032x}")` was a tenth of the request-id layer's work on a cache hit.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: u128 = rand::rng().random();
+    let mut out = String::with_capacity(32);
+    for shift in (0..32).rev() {
+        out.push(HEX[(n >> (shift * 4)) as usize & 0xf] as char);
+    }
+    out
 }
 
 impl<S, B> Service<Request<B>> for RequestIdService<S>
@@ -89,6 +96,12 @@ mod tests {
         );
         assert!(acceptable(&HeaderValue::from_static("a b")).is_none());
         assert!(acceptable(&HeaderValue::from_str(&"x".repeat(200)).unwrap()).is_none());
-        assert_eq!(generate().len(), 32);
+        let (a, b) = (generate(), generate());
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
+        assert_ne!(a, b);
     }
 }
