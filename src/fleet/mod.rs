@@ -1,6 +1,7 @@
-//! Shared mode: the state that replicas of one fleet share through Redis. This module holds the
-//! connection and what every shared part needs (key names, a deadline on each command, error
-//! counting, health); each part lives in its own file beside the memory version it stands in for:
+//! Shared mode: the state that replicas of one fleet share through Redis. This module holds what
+//! every shared part needs (key names, a deadline on each command, error counting, health);
+//! `conn` knows where Redis is (one server, a Cluster, or Sentinel); each part lives in its own
+//! file beside the memory version it stands in for:
 //! - `records`: idempotency and de-dup records ([`crate::protect::records::RecordStore`]);
 //! - `limiter`: the GCRA create limit ([`crate::protect::gcra::RateLimiter`]);
 //! - `ledger`: the spending guard's counters ([`crate::protect::budget::Ledger`]);
@@ -35,7 +36,8 @@ use crate::metrics::Metrics;
 #[error("shared state unavailable: {0}")]
 pub struct StoreError(pub String);
 
-/// The fleet's Redis: one multiplexed connection per replica (re-established by itself).
+/// The fleet's Redis: one multiplexed connection per replica (re-established by itself), and the
+/// health it last showed.
 pub struct Fleet {
     connector: Connector,
     prefix: String,
