@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use crate::error::GatewayError;
-use crate::layers::{ClientName, RequestId};
+use crate::layers::{Caller, ClientName, RequestId};
 use crate::routes::{Route, RouteMatch};
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::AccountHandle;
@@ -31,7 +31,7 @@ pub struct ClientEntry {
 }
 
 /// The identified caller: its name, its account, and its entry unless anonymous.
-struct Caller<'a> {
+struct Identified<'a> {
     name: Arc<str>,
     account: Arc<AccountHandle>,
     entry: Option<&'a ClientEntry>,
@@ -82,9 +82,9 @@ impl Authenticator {
     }
 
     /// Finds the caller: a client entry, or the anonymous account.
-    fn identify(&self, headers: &HeaderMap) -> Result<Caller<'_>, GatewayError> {
+    fn identify(&self, headers: &HeaderMap) -> Result<Identified<'_>, GatewayError> {
         let key = Self::presented_key(headers)?;
-        let anonymous = |account: &Arc<AccountHandle>| Caller {
+        let anonymous = |account: &Arc<AccountHandle>| Identified {
             name: ANONYMOUS.into(),
             account: account.clone(),
             entry: None,
@@ -104,7 +104,7 @@ impl Authenticator {
                     }
                 }
                 let c = found.ok_or(GatewayError::Unauthorized)?;
-                Ok(Caller {
+                Ok(Identified {
                     name: c.name.clone(),
                     account: c.account.clone(),
                     entry: Some(c),
@@ -114,7 +114,7 @@ impl Authenticator {
     }
 
     fn authorize(&self, req: &mut Req) -> Result<Arc<str>, GatewayError> {
-        let Caller {
+        let Identified {
             name,
             account,
             entry,
@@ -130,8 +130,10 @@ impl Authenticator {
         }
         req.headers_mut().remove(header::AUTHORIZATION);
         req.headers_mut().remove(TOKEN_HEADER);
-        req.extensions_mut().insert(ClientName(name.clone()));
-        req.extensions_mut().insert(account);
+        req.extensions_mut().insert(Caller {
+            client: name.clone(),
+            account,
+        });
         Ok(name)
     }
 }

@@ -13,14 +13,13 @@ use tower::{Layer, Service, ServiceExt};
 use crate::envelope::{EnvelopeHead, error_response};
 use crate::error::GatewayError;
 use crate::layers::rate_limit::TOO_FREQUENT;
-use crate::layers::{ClientName, OutcomeUnknown, RequestId};
+use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
 use crate::protect::policy::spends_money;
 use crate::protect::validate::DiskOrder;
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
-use crate::upstream::AccountHandle;
 
 #[derive(Clone)]
 pub struct BudgetLayer {
@@ -81,13 +80,13 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let Some(account) = req.extensions().get::<Arc<AccountHandle>>().cloned() else {
+            let Some(account) = req.extensions().get::<Caller>().map(|c| c.account.clone()) else {
                 return inner.oneshot(req).await;
             };
             let client = req
                 .extensions()
-                .get::<ClientName>()
-                .map_or("-".into(), |c| c.0.to_string());
+                .get::<Caller>()
+                .map_or("-".into(), |c| c.client.to_string());
             // Set by the validate layer for disk creates; hosts are not counted in GB.
             let gb = req
                 .extensions()

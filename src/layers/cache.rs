@@ -24,6 +24,7 @@ use crate::cache::key::{CacheKey, body_keyed, canonical_json};
 use crate::cache::{Cache, Filled, Reason, invalidated_by};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
+use crate::layers::Caller;
 use crate::layers::RequestId;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::Role;
@@ -180,7 +181,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> RespFuture {
-        let Some(account) = req.extensions().get::<Arc<AccountHandle>>().cloned() else {
+        let Some(account) = req.extensions().get::<Caller>().map(|c| c.account.clone()) else {
             return Box::pin(self.inner.call(req));
         };
         let Some(plan) = plan(&self.cache, &req, &account) else {

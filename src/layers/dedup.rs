@@ -35,7 +35,7 @@ use crate::envelope::{EnvelopeHead, error_response};
 use crate::error::GatewayError;
 use crate::fleet::now_ms;
 use crate::layers::rate_limit::TOO_FREQUENT;
-use crate::layers::{ClientName, OutcomeUnknown, RequestId};
+use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
 use crate::protect::records::{Begin, Record, RecordStore, State, in_flight};
@@ -43,7 +43,7 @@ use crate::protect::validate::DiskOrder;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp, RespFuture};
-use crate::upstream::AccountHandle;
+
 use crate::work::WorkTracker;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -213,7 +213,7 @@ where
         Box::pin(async move {
             let (Some(m), Some(account)) = (
                 req.extensions().get::<RouteMatch>().cloned(),
-                req.extensions().get::<Arc<AccountHandle>>().cloned(),
+                req.extensions().get::<Caller>().map(|c| c.account.clone()),
             ) else {
                 return inner.oneshot(req).await;
             };
@@ -240,8 +240,8 @@ where
                     Ok(Some(key)) => {
                         let client = req
                             .extensions()
-                            .get::<ClientName>()
-                            .map_or("-".into(), |c| c.0.to_string());
+                            .get::<Caller>()
+                            .map_or("-".into(), |c| c.client.to_string());
                         let rkey =
                             format!("idem|{}|{client}|{}|{key}", ctx.account, m.route.as_str());
                         Ok(ctx.keyed(inner, req, rkey, fingerprint, &policy).await)

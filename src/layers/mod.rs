@@ -29,9 +29,17 @@ impl RequestId {
     }
 }
 
-/// The authenticated client's name, for the access log (never its key).
+/// The authenticated client's name, on the answer for the access log (never its key).
 #[derive(Debug, Clone)]
 pub struct ClientName(pub Arc<str>);
+
+/// Who is calling, set by the auth layer: the client's name and the upstream account it uses.
+/// One entry for both, since every entry in a request's extensions is an allocation.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub client: Arc<str>,
+    pub account: Arc<crate::upstream::AccountHandle>,
+}
 
 /// Marks an answer made because the upstream call broke after the request was sent (timeout,
 /// reset, not JSON): the upstream may have carried it out.

@@ -17,13 +17,12 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::envelope::{EnvelopeHead, error_response};
 use crate::error::GatewayError;
-use crate::layers::{ClientName, RequestId};
+use crate::layers::{Caller, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture, duplicate};
-use crate::upstream::AccountHandle;
 
 /// The upstream's "too frequent, try later" code.
 pub const TOO_FREQUENT: i64 = 220025;
@@ -135,11 +134,11 @@ where
             let (Some(route), Some(policy), Some(account)) = (
                 route,
                 policy,
-                req.extensions().get::<Arc<AccountHandle>>().cloned(),
+                req.extensions().get::<Caller>().map(|c| c.account.clone()),
             ) else {
                 return inner.oneshot(req).await;
             };
-            let client = req.extensions().get::<ClientName>().map(|c| c.0.clone());
+            let client = req.extensions().get::<Caller>().map(|c| c.client.clone());
             let mut limits = vec![Limit {
                 account: account.name.to_string(),
                 key: format!("{}|{}", account.name, route.as_str()),

@@ -4,7 +4,7 @@
 //! more. A 401 means the upstream did nothing, so even a create is safe to send again.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+
 use std::task::{Context, Poll};
 
 use http::StatusCode;
@@ -12,9 +12,9 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
+use crate::layers::Caller;
 use crate::layers::{RequestId, UpstreamToken};
 use crate::svc::{Req, Resp, RespFuture, duplicate};
-use crate::upstream::AccountHandle;
 
 #[derive(Clone, Default)]
 pub struct TokenLayer;
@@ -62,7 +62,7 @@ where
                 .get::<RequestId>()
                 .cloned()
                 .unwrap_or_default();
-            let Some(account) = req.extensions().get::<Arc<AccountHandle>>().cloned() else {
+            let Some(account) = req.extensions().get::<Caller>().map(|c| c.account.clone()) else {
                 return Ok(GatewayError::Unauthorized.into_response(id.as_str()));
             };
             let token = match account.broker.get().await {

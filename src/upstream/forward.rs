@@ -10,10 +10,11 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tower::Service;
 
+use crate::layers::Caller;
 use crate::layers::{OutcomeUnknown, RequestId, UpstreamToken};
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
-use crate::upstream::{AccountHandle, UpstreamClient};
+use crate::upstream::UpstreamClient;
 
 /// The upstream's token header.
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("finovy-access-token");
@@ -81,7 +82,7 @@ async fn forward(client: &UpstreamClient, req: Req) -> Resp {
         .unwrap_or_default();
     let (Some(route), Some(account)) = (
         req.extensions().get::<RouteMatch>().cloned(),
-        req.extensions().get::<Arc<AccountHandle>>().cloned(),
+        req.extensions().get::<Caller>().map(|c| c.account.clone()),
     ) else {
         // The stack classifies and authenticates before this service; reaching here without
         // both is a wiring bug, answered rather than panicked on.
