@@ -64,6 +64,25 @@ fn second_text(unix: u64, out: &mut String) {
     );
 }
 
+/// `n` in decimal, zero-padded to at least `width` digits.
+fn push_padded(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    while n > 0 || digits.len() - i < width {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
+}
+
+/// Microseconds as milliseconds with three decimals (`1.234`).
+fn push_millis(out: &mut String, micros: u64) {
+    push_padded(out, micros / 1000, 1);
+    out.push('.');
+    push_padded(out, micros % 1000, 3);
+}
+
 /// A string as a JSON string literal.
 fn json_str(out: &mut String, s: &str) {
     if s.bytes()
@@ -92,39 +111,50 @@ impl Line<'_> {
                 second_text(now.as_secs(), stamp);
             }
             line.clear();
-            let (ms, frac) = (self.micros / 1000, self.micros % 1000);
-            match sink.format {
-                LogFormat::Human => {
-                    let _ = writeln!(
-                        line,
-                        "{stamp}.{:06}Z  INFO {ACCESS_TARGET}: request request_id={} method={} route={} \
-                         status={} duration_ms={ms}.{frac:03} client={} upstream_trace_id={}",
-                        now.subsec_micros(),
-                        self.request_id,
-                        self.method,
-                        self.route,
-                        self.status,
-                        self.client,
-                        self.upstream_trace,
-                    );
-                }
-                LogFormat::Json => {
-                    let _ = write!(
-                        line,
-                        "{{\"timestamp\":\"{stamp}.{:06}Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":",
-                        now.subsec_micros()
-                    );
-                    json_str(line, self.request_id);
-                    let _ = write!(
-                        line,
-                        ",\"method\":\"{}\",\"route\":\"{}\",\"status\":{},\"duration_ms\":{ms}.{frac:03},\"client\":",
-                        self.method, self.route, self.status
-                    );
-                    json_str(line, self.client);
-                    line.push_str(",\"upstream_trace_id\":");
-                    json_str(line, self.upstream_trace);
-                    let _ = writeln!(line, ",\"target\":\"{ACCESS_TARGET}\"}}");
-                }
+            // Pieces pushed one by one: `write!` with many arguments was most of a line's cost.
+            let json = sink.format == LogFormat::Json;
+            if json {
+                line.push_str("{\"timestamp\":\"");
+            }
+            line.push_str(stamp);
+            line.push('.');
+            push_padded(line, u64::from(now.subsec_micros()), 6);
+            if json {
+                line.push_str("Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
+                json_str(line, self.request_id);
+                line.push_str(",\"method\":\"");
+                line.push_str(self.method);
+                line.push_str("\",\"route\":\"");
+                line.push_str(self.route);
+                line.push_str("\",\"status\":");
+                push_padded(line, u64::from(self.status), 1);
+                line.push_str(",\"duration_ms\":");
+                push_millis(line, self.micros);
+                line.push_str(",\"client\":");
+                json_str(line, self.client);
+                line.push_str(",\"upstream_trace_id\":");
+                json_str(line, self.upstream_trace);
+                line.push_str(",\"target\":\"");
+                line.push_str(ACCESS_TARGET);
+                line.push_str("\"}\n");
+            } else {
+                line.push_str("Z  INFO ");
+                line.push_str(ACCESS_TARGET);
+                line.push_str(": request request_id=");
+                line.push_str(self.request_id);
+                line.push_str(" method=");
+                line.push_str(self.method);
+                line.push_str(" route=");
+                line.push_str(self.route);
+                line.push_str(" status=");
+                push_padded(line, u64::from(self.status), 1);
+                line.push_str(" duration_ms=");
+                push_millis(line, self.micros);
+                line.push_str(" client=");
+                line.push_str(self.client);
+                line.push_str(" upstream_trace_id=");
+                line.push_str(self.upstream_trace);
+                line.push('\n');
             }
             let _ = sink.writer.append(line.as_bytes());
         });
@@ -284,6 +314,21 @@ mod tests {
             second_text(unix, &mut s);
             assert_eq!(s, text);
         }
+    }
+
+    #[test]
+    fn numbers_are_padded_and_millis_have_three_decimals() {
+        let mut s = String::new();
+        push_padded(&mut s, 0, 1);
+        s.push(' ');
+        push_padded(&mut s, 42, 6);
+        s.push(' ');
+        push_padded(&mut s, 200, 1);
+        s.push(' ');
+        push_millis(&mut s, 1_234_005);
+        s.push(' ');
+        push_millis(&mut s, 30);
+        assert_eq!(s, "0 000042 200 1234.005 0.030");
     }
 
     #[test]
