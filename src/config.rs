@@ -231,7 +231,7 @@ pub struct AdminConfig {
 }
 
 /// Shared mode: replicas share the token, the cache, the create limits and records through Redis.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     #[serde(serialize_with = "mask_url_password")]
@@ -253,6 +253,21 @@ pub struct RedisConfig {
     /// Whether `/readyz` fails while Redis does not answer. Off, a fleet whose Redis died stays
     /// in its load balancer and goes on serving reads from each replica's own state.
     pub required_for_readiness: bool,
+}
+
+/// The URL may hold a password: `Debug` shows it masked, as `check-config` does.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &mask_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("creates_when_down", &self.creates_when_down)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("required_for_readiness", &self.required_for_readiness)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -315,10 +330,12 @@ pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
+    // The userinfo ends at the authority's last `@`: a password may hold `@` itself.
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}")
+            format!("{scheme}://{user}:***@{}", &rest[userinfo.len() + 1..])
         }
         None => url.to_string(),
     }
@@ -382,13 +399,25 @@ fn mask_opt<S: serde::Serializer>(_: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S
 }
 
 /// Command-line values that override the file.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub upstream: Option<String>,
     pub redis: Option<String>,
     pub log_format: Option<LogFormat>,
+}
+
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("upstream", &self.upstream)
+            .field("redis", &self.redis.as_deref().map(mask_url))
+            .field("log_format", &self.log_format)
+            .finish()
+    }
 }
 
 /// Reads the environment; a trait-free function pointer so tests can pass their own.
@@ -836,17 +865,25 @@ mod tests {
             "FINOVY_SECRET" => Some("secret-value-456".to_string()),
             _ => None,
         };
-        let s = Settings::resolve(FileConfig::default(), &Overrides::default(), &env).unwrap();
-        let out = s.to_masked_toml() + &format!("{s:?}");
+        let overrides = Overrides {
+            redis: Some("redis://u:p@ss-word-789@127.0.0.1:6379/0".into()),
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(FileConfig::default(), &overrides, &env).unwrap();
+        let out = s.to_masked_toml() + &format!("{s:?} {overrides:?}");
         assert!(
-            !out.contains("uuid-value-123") && !out.contains("secret-value-456"),
+            !out.contains("uuid-value-123")
+                && !out.contains("secret-value-456")
+                && !out.contains("ss-word-789"),
             "{out}"
         );
+        assert!(out.contains("redis://u:***@127.0.0.1:6379/0"), "{out}");
     }
 
     #[test]
     fn redis_url_password_is_masked() {
         assert_eq!(mask_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(mask_url("redis://u:a@b@h:1/x@y"), "redis://u:***@h:1/x@y");
     }
 }
