@@ -441,17 +441,12 @@ impl Ctx {
                             sent_at_ms,
                             policy.idempotency_ttl,
                             policy,
+                            true,
                         )
                         .await;
-                    match settled {
-                        Settled::Answer(resp) => return resp,
-                        // The create was not made: this request makes it, under the same record.
-                        Settled::NotMade => {
-                            let again = in_flight(&fingerprint, policy.idempotency_ttl);
-                            if records.set(&rkey, again).await.is_err() {
-                                return records_down(self.route, id);
-                            }
-                        }
+                    // Not made: the record is reopened, and this request makes it under it.
+                    if let Settled::Answer(resp) = settled {
+                        return resp;
                     }
                 }
             }
@@ -514,16 +509,12 @@ impl Ctx {
                             sent_at_ms,
                             policy.dedup_window,
                             policy,
+                            false,
                         )
                         .await;
-                    match settled {
-                        Settled::Answer(resp) => return resp,
-                        // Not made: this request makes it.
-                        Settled::NotMade => {
-                            if records.remove(&rkey).await.is_err() {
-                                return records_down(self.route, id);
-                            }
-                        }
+                    // Not made: the record is gone, and this request makes it.
+                    if let Settled::Answer(resp) = settled {
+                        return resp;
                     }
                 }
                 // Being carried out here or on another replica: join it below.
@@ -574,6 +565,7 @@ impl Ctx {
         sent_at_ms: u64,
         done_ttl: Duration,
         policy: &CreatePolicy,
+        keyed: bool,
     ) -> Settled
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
@@ -595,7 +587,57 @@ impl Ctx {
             }
             Ok(Begin::Started) => {}
         }
-        let settled = match self
+        let settled = self
+            .settle_locked(
+                inner,
+                req,
+                rkey,
+                fingerprint,
+                sent_at_ms,
+                done_ttl,
+                policy,
+                keyed,
+            )
+            .await;
+        let _ = self.shared.records.remove(&guard).await;
+        settled
+    }
+
+    /// [`Ctx::settle_unknown`] once it holds the settle guard: the record is read again (another
+    /// retry may have settled it since this one looked), and when nothing was made it is reopened
+    /// before the guard is released, so that two retries never both make the create.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_locked<S>(
+        &self,
+        inner: S,
+        req: &Req,
+        rkey: &str,
+        fingerprint: &str,
+        sent_at_ms: u64,
+        done_ttl: Duration,
+        policy: &CreatePolicy,
+        keyed: bool,
+    ) -> Settled
+    where
+        S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
+        let records = &self.shared.records;
+        let id = self.request_id.as_str();
+        let still_unknown = match records.get(rkey).await {
+            Err(_) => return Settled::Answer(records_down(self.route, id)),
+            Ok(r) => r.is_some_and(|r| {
+                matches!(r.settled_state(self.shared.lease, now_ms()),
+                    State::Unknown { sent_at_ms: at } if at == sent_at_ms)
+            }),
+        };
+        if !still_unknown {
+            self.count("conflict");
+            let msg =
+                "an earlier attempt of this request was settled meanwhile; retry to get its answer";
+            return Settled::Answer(still_in_flight(msg, id));
+        }
+        match self
             .reconcile(inner, req, sent_at_ms, policy.idempotency_ttl)
             .await
         {
@@ -606,14 +648,31 @@ impl Ctx {
                     state: State::Done(Arc::new(answer.clone())),
                     ttl: done_ttl,
                 };
-                let _ = self.shared.records.set(rkey, done).await;
+                if records.set(rkey, done).await.is_err()
+                    && let Some(disk) = created_disk(&answer)
+                {
+                    // Unrecorded, the claim would hide the disk from the next retry's search.
+                    let _ = records.remove(&claim_key(&self.account, &disk)).await;
+                }
                 Settled::Answer(replay(&answer))
             }
-            Reconciled::NotMade => Settled::NotMade,
+            Reconciled::NotMade => {
+                // Reopened: keyed, this request makes it under the same record; key-less, the
+                // record goes and the claim of the next execution takes its place.
+                let reopened = if keyed {
+                    records
+                        .set(rkey, in_flight(fingerprint, policy.idempotency_ttl))
+                        .await
+                } else {
+                    records.remove(rkey).await
+                };
+                match reopened {
+                    Ok(()) => Settled::NotMade,
+                    Err(_) => Settled::Answer(records_down(self.route, id)),
+                }
+            }
             Reconciled::Refused(resp) => Settled::Answer(resp),
-        };
-        let _ = self.shared.records.remove(&guard).await;
-        settled
+        }
     }
 
     /// Looks for the disk an unknown-outcome create may have made.
