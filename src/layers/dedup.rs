@@ -55,6 +55,10 @@ const MAX_KEY_LEN: usize = 255;
 /// Time for an execution that reached its limit to write its outcome.
 const LEASE_SLACK: Duration = Duration::from_secs(2);
 
+/// Reconciliation reads the account's disk list this many at a time, and at most this many pages.
+const RECONCILE_PAGE: u64 = 100;
+const RECONCILE_MAX_PAGES: u64 = 100;
+
 /// How far before the attempt a disk's `createTime` may lie and still match it (clock skew).
 const RECONCILE_SLACK_MS: u64 = 60_000;
 
@@ -568,7 +572,7 @@ impl Ctx {
         keyed: bool,
     ) -> Settled
     where
-        S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
+        S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send,
     {
         let id = self.request_id.as_str();
@@ -619,7 +623,7 @@ impl Ctx {
         keyed: bool,
     ) -> Settled
     where
-        S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
+        S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send,
     {
         let records = &self.shared.records;
@@ -678,7 +682,7 @@ impl Ctx {
     /// Looks for the disk an unknown-outcome create may have made.
     async fn reconcile<S>(&self, inner: S, req: &Req, sent_at_ms: u64, ttl: Duration) -> Reconciled
     where
-        S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
+        S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send,
     {
         let id = self.request_id.as_str();
@@ -694,40 +698,58 @@ impl Ctx {
                 return Reconciled::Refused(error_response(StatusCode::CONFLICT, 1005, &msg, id));
             }
         };
-        let body = serde_json::json!({"page": 1, "pageSize": 100, "area": order.area});
-        let mut list = Req::new(Bytes::from(body.to_string()));
-        *list.method_mut() = Method::POST;
-        *list.uri_mut() = http::Uri::from_static("/v1/PveMachineHardDisk/open/getList");
-        list.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        *list.extensions_mut() = req.extensions().clone();
-        list.extensions_mut().insert(RouteMatch {
-            route: Route::DiskList,
-            param: None,
-        });
-        let answer =
-            Answer::from_response(inner.oneshot(list).await.unwrap_or_else(|e| match e {}));
-        if !answer.is_storable() {
-            let msg = "an earlier create with this request has an unknown outcome, and the disk list could not be \
-                       read to find it; retry shortly";
-            return Reconciled::Refused(error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                1005,
-                msg,
-                id,
-            ));
+        // Every page: the new disk may be on any of them, whatever order the list is in.
+        let mut disks: Vec<Value> = Vec::new();
+        for page in 1..=RECONCILE_MAX_PAGES {
+            let body =
+                serde_json::json!({"page": page, "pageSize": RECONCILE_PAGE, "area": order.area});
+            let mut list = Req::new(Bytes::from(body.to_string()));
+            *list.method_mut() = Method::POST;
+            *list.uri_mut() = http::Uri::from_static("/v1/PveMachineHardDisk/open/getList");
+            list.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            *list.extensions_mut() = req.extensions().clone();
+            list.extensions_mut().insert(RouteMatch {
+                route: Route::DiskList,
+                param: None,
+            });
+            let answer = Answer::from_response(
+                inner
+                    .clone()
+                    .oneshot(list)
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            );
+            if !answer.is_storable() {
+                let msg = "an earlier create with this request has an unknown outcome, and the disk list could not be \
+                           read to find it; retry shortly";
+                return Reconciled::Refused(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    1005,
+                    msg,
+                    id,
+                ));
+            }
+            let mut listed: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+            let total = listed["data"]["totalCounts"].as_u64().unwrap_or(0);
+            let got = match listed["data"]["data"].take() {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            };
+            let last = got.is_empty();
+            disks.extend(got);
+            if last || disks.len() as u64 >= total {
+                break;
+            }
         }
-        let listed: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         let as_i64 = |v: &Value| {
             v.as_i64()
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         };
-        let mut matches: Vec<(i64, String)> = listed["data"]["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let mut matches: Vec<(i64, String)> = disks
+            .iter()
             .filter(|d| {
                 as_i64(&d["createTime"])
                     .is_some_and(|t| t as u64 + RECONCILE_SLACK_MS >= sent_at_ms)

@@ -608,3 +608,36 @@ async fn two_unknown_purchases_reconcile_to_two_different_disks() {
     );
     assert_eq!(sim.calls("create").await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconciliation_finds_the_disk_beyond_the_first_page_of_the_list() {
+    let sim = Sim::start(sim_config()).await;
+    // 150 older disks in the same area: the list's first page (100) does not reach the new one.
+    let token = sim.token().await;
+    for gb in 30..180 {
+        let (status, v) = send_json(
+            http()
+                .post(format!("{}{DISK}/create", sim.url))
+                .header("Finovy-Access-Token", &token)
+                .json(&json!({"area": 0, "memory": gb, "isMount": 0})),
+        )
+        .await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    }
+    let gw = Gw::start(
+        &format!("[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}"),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    sim.fault("slow", "1s").await;
+    let (status, _, v) = create(&gw, Some("deep-1"), None, DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    wait_for(|| async { sim.stats().await["disks"] == 151 }).await;
+    sim.fault("none", "0s").await;
+    let (status, h, found) = create(&gw, Some("deep-1"), None, DISK20).await;
+    assert_eq!((status, found["code"].as_i64()), (200, Some(0)), "{found}");
+    assert!(replayed(&h), "found, not bought again");
+    assert_eq!(sim.calls("create").await, 151, "never bought twice");
+    assert_eq!(sim.stats().await["disks"], 151);
+}
