@@ -17,7 +17,7 @@
 //! - When Redis fails, L1 carries on alone (fail-open), counted in `redis_errors_total`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -109,6 +109,9 @@ struct Inner {
     /// Names this replica's own invalidation messages (already applied here).
     origin: String,
     subscribed: AtomicBool,
+    /// Moves on every L1 invalidation: an entry read from Redis (or stored there) before one is
+    /// not put back into L1 after it.
+    l1_seq: AtomicU64,
 }
 
 /// Microseconds since the Unix epoch: when an invalidation was sent, to measure its lag.
@@ -171,6 +174,7 @@ impl TwoLevel {
             unlock: redis::Script::new(UNLOCK),
             origin: fence(),
             subscribed: AtomicBool::new(false),
+            l1_seq: AtomicU64::new(0),
         }))
     }
 
@@ -203,6 +207,20 @@ impl TwoLevel {
 }
 
 impl Inner {
+    async fn invalidate_l1(&self, what: Invalidation) {
+        self.l1_seq.fetch_add(1, Ordering::SeqCst);
+        self.l1.invalidate(what).await;
+    }
+
+    /// Puts an entry read or stored while L1 was at `seq`; if an invalidation came meanwhile,
+    /// the entry may be one it dropped, so it is taken out again.
+    async fn put_l1_unless_invalidated(&self, key: CacheKey, entry: Arc<Entry>, seq: u64) {
+        self.l1.put(key.clone(), entry).await;
+        if self.l1_seq.load(Ordering::SeqCst) != seq {
+            self.l1.invalidate(Invalidation::Key(key)).await;
+        }
+    }
+
     /// An entry's key up to its generation: `{p}{account}:cache:{route}:` (then `{gen}:{id}`).
     fn entry_base(&self, account: &str, route: Route) -> String {
         let mut k = self.fleet.account_key(account, &["cache", route.as_str()]);
@@ -243,7 +261,7 @@ impl Inner {
             }
         };
         // Whatever was published while this replica was not listening is lost: start L1 afresh.
-        self.l1.invalidate(Invalidation::All).await;
+        self.invalidate_l1(Invalidation::All).await;
         self.subscribed.store(true, Ordering::SeqCst);
         tracing::info!("listening for the fleet's cache invalidations");
         let mut moved = self.fleet.primary_moved();
@@ -267,7 +285,7 @@ impl Inner {
             if origin == self.origin {
                 continue;
             }
-            self.l1.invalidate(what).await;
+            self.invalidate_l1(what).await;
             let lag = now_us().saturating_sub(sent_us);
             self.metrics.invalidation_lag.observe(lag as f64 / 1e6);
         }
@@ -359,9 +377,11 @@ impl CacheStore for TwoLevel {
         }
         let (this, key) = (self.0.clone(), key.clone());
         Box::pin(async move {
+            let seq = this.l1_seq.load(Ordering::SeqCst);
             match this.get_l2(&key).await {
                 Ok(Some(entry)) => {
-                    this.l1.put(key, entry.clone()).await;
+                    this.put_l1_unless_invalidated(key, entry.clone(), seq)
+                        .await;
                     Some(entry)
                 }
                 // L2 has nothing newer: what L1 holds may still serve stale.
@@ -405,9 +425,11 @@ impl CacheStore for TwoLevel {
     fn invalidate(&self, what: Invalidation) -> BoxFuture<()> {
         let this = self.0.clone();
         Box::pin(async move {
-            this.l1.invalidate(what.clone()).await;
+            this.invalidate_l1(what.clone()).await;
             // Failing here is counted; L2 entries then live out their TTL.
             let _ = this.invalidate_l2(&what).await;
+            // A read of L2 that began before the delete may have put the old entry back.
+            this.invalidate_l1(what).await;
         })
     }
 
@@ -460,6 +482,7 @@ impl CacheStore for TwoLevel {
         };
         let this = self.0.clone();
         Box::pin(async move {
+            let seq = this.l1_seq.load(Ordering::SeqCst);
             let mut inv = this.put_filled.key(this.epoch_key(&key.account));
             inv.key(this.lock_key(&key))
                 .key(this.gen_key(&key.account, key.route))
@@ -480,7 +503,7 @@ impl CacheStore for TwoLevel {
             {
                 Ok(0) => false,
                 _ => {
-                    this.l1.put(key, entry).await;
+                    this.put_l1_unless_invalidated(key, entry, seq).await;
                     true
                 }
             }
