@@ -129,10 +129,9 @@ async fn main() {
             let started = Instant::now();
             let body = req.send().await.unwrap().bytes().await.unwrap();
             let took = started.elapsed();
-            assert!(
-                body.starts_with(b"{\"code\":0") || body.starts_with(b"{"),
-                "an envelope"
-            );
+            // Only successes are timed: an error answered fast would flatter the gateway.
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON envelope");
+            assert_eq!(v["code"], 0, "{v}");
             took
         }
     };

@@ -174,11 +174,16 @@ async fn a_client_that_disconnects_still_gets_its_disk_on_retry() {
     // The create runs to its end without anyone waiting for it.
     wait_for(|| async { sim.stats().await["disks"] == 1 }).await;
     sim.fault("none", "0s").await;
+    let started = std::time::Instant::now();
     let (_, h, retry) = loop {
         let (status, h, v) = create(&gw, Some("gone-1"), None, DISK20).await;
         if status != 409 {
             break (status, h, v);
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still 409: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await; // still finishing; 409 says so
     };
     assert!(replayed(&h));
