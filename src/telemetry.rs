@@ -78,7 +78,6 @@ impl BufferedStderr {
     }
 }
 
-/// Writes what is buffered when dropped; keep it for as long as the program logs.
 /// Where access lines go: the subscriber's own buffer, written in the same format, but formatted
 /// by [`crate::layers::access_log`] directly, since `tracing`'s formatter cost a quarter of a
 /// cache hit's instructions.
@@ -94,6 +93,7 @@ pub fn access_sink() -> Option<&'static AccessSink> {
     ACCESS_SINK.get()
 }
 
+/// Writes what is buffered when dropped; keep it for as long as the program logs.
 pub struct LogGuard {
     writer: BufferedStderr,
     thread: Option<JoinHandle<()>>,

@@ -112,10 +112,6 @@ impl Fleet {
         k
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// A connection for pub/sub.
     pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         self.connector.pubsub().await
@@ -212,7 +208,7 @@ impl Fleet {
     }
 
     /// The failure Redis is in, if it is in one.
-    pub fn last_error(&self) -> Option<String> {
+    fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("fleet health").clone()
     }
 

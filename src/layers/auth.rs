@@ -189,11 +189,7 @@ where
                 })
             }
             Err(e) => {
-                let id = req
-                    .extensions()
-                    .get::<RequestId>()
-                    .cloned()
-                    .unwrap_or_default();
+                let id = RequestId::of(&req);
                 Box::pin(async move { Ok(e.into_response(id.as_str())) })
             }
         }

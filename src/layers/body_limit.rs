@@ -66,11 +66,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let id = req
-                .extensions()
-                .get::<RequestId>()
-                .cloned()
-                .unwrap_or_default();
+            let id = RequestId::of(&req);
             let declared = req
                 .headers()
                 .get(header::CONTENT_LENGTH)

@@ -95,11 +95,7 @@ where
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let id = req
-                .extensions()
-                .get::<RequestId>()
-                .cloned()
-                .unwrap_or_default();
+            let id = RequestId::of(&req);
             let route = req
                 .extensions()
                 .get::<RouteMatch>()

@@ -226,11 +226,7 @@ where
     S::Future: Send,
 {
     let route = key.route;
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_default();
+    let request_id = RequestId::of(&req);
     let fetch = async move {
         Answer::from_response(inner.oneshot(req).await.unwrap_or_else(|e| match e {}))
     };

@@ -225,11 +225,7 @@ where
                 shared,
                 route: m.route,
                 account: account.name.to_string(),
-                request_id: req
-                    .extensions()
-                    .get::<RequestId>()
-                    .cloned()
-                    .unwrap_or_default(),
+                request_id: RequestId::of(&req),
             };
             // The request's identity: its route, path parameter and canonical body.
             let body = canonical_json(req.body())

@@ -24,6 +24,16 @@ use crate::config::Secret;
 pub struct RequestId(pub Arc<str>);
 
 impl RequestId {
+    /// The request's id, set by the request-id layer (empty before it).
+    pub fn of<B>(req: &http::Request<B>) -> RequestId {
+        req.extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -159,11 +159,7 @@ where
                 let decision = match layer.limiter.reserve(limits.clone(), left).await {
                     Ok(d) => d,
                     Err(_) => {
-                        let id = req
-                            .extensions()
-                            .get::<RequestId>()
-                            .cloned()
-                            .unwrap_or_default();
+                        let id = RequestId::of(&req);
                         return Ok(GatewayError::SharedStateDown(route.as_str())
                             .into_response(id.as_str()));
                     }
@@ -179,11 +175,7 @@ where
                             .rate_limited
                             .with_label_values(&[route.as_str(), scope.as_str()])
                             .inc();
-                        let id = req
-                            .extensions()
-                            .get::<RequestId>()
-                            .cloned()
-                            .unwrap_or_default();
+                        let id = RequestId::of(&req);
                         let wait = secs_ceil(retry_after).max(1);
                         let msg = format!(
                             "too many {route} requests for this {}: over {} per {:?}; retry in {wait}s",
@@ -229,11 +221,7 @@ where
                                 .rate_limited
                                 .with_label_values(&[route.as_str(), "upstream"])
                                 .inc();
-                            let id = req
-                                .extensions()
-                                .get::<RequestId>()
-                                .cloned()
-                                .unwrap_or_default();
+                            let id = RequestId::of(&req);
                             let wait = secs_ceil(policy.rate.interval()).max(1);
                             let msg = format!(
                                 "the upstream refused {route} as too frequent for {:?}; retry in {wait}s",

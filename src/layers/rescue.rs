@@ -69,11 +69,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> RespFuture {
-        let id = req
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_default();
+        let id = RequestId::of(&req);
         if let Some(e) = self.not_ready.take() {
             let err = GatewayError::Overloaded;
             tracing::warn!(request_id = id.as_str(), error = %e, "request rescued");

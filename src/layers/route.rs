@@ -44,11 +44,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
         let Some(matched) = classify(req.method(), req.uri().path()) else {
-            let id = req
-                .extensions()
-                .get::<RequestId>()
-                .cloned()
-                .unwrap_or_default();
+            let id = RequestId::of(&req);
             let shown: String = req.uri().path().chars().take(200).collect();
             let err = GatewayError::NotFound(format!("{} {shown}", req.method()));
             return Box::pin(async move { Ok(err.into_response(id.as_str())) });

@@ -57,11 +57,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let id = req
-                .extensions()
-                .get::<RequestId>()
-                .cloned()
-                .unwrap_or_default();
+            let id = RequestId::of(&req);
             let Some(account) = req.extensions().get::<Caller>().map(|c| c.account.clone()) else {
                 return Ok(GatewayError::Unauthorized.into_response(id.as_str()));
             };

@@ -55,11 +55,7 @@ where
                 Box::pin(self.inner.call(req))
             }
             Err(invalid) => {
-                let id = req
-                    .extensions()
-                    .get::<RequestId>()
-                    .cloned()
-                    .unwrap_or_default();
+                let id = RequestId::of(&req);
                 let err = GatewayError::BadRequest {
                     code: invalid.code,
                     msg: invalid.msg,

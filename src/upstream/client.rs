@@ -42,9 +42,7 @@ impl UpstreamError {
             UpstreamError::NotJson(_) => "invalid",
         }
     }
-}
 
-impl UpstreamError {
     /// Whether the upstream may have carried the request out: it was sent and no answer was read.
     pub fn outcome_unknown(&self) -> bool {
         !matches!(self, UpstreamError::Unreachable(_))

@@ -75,13 +75,9 @@ impl Service<Req> for Forward {
 }
 
 async fn forward(client: &UpstreamClient, req: Req) -> Resp {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_default();
+    let request_id = RequestId::of(&req);
     let (Some(route), Some(account)) = (
-        req.extensions().get::<RouteMatch>().cloned(),
+        req.extensions().get::<RouteMatch>().map(|m| m.route),
         req.extensions().get::<Caller>().map(|c| c.account.clone()),
     ) else {
         // The stack classifies and authenticates before this service; reaching here without
@@ -119,7 +115,7 @@ async fn forward(client: &UpstreamClient, req: Req) -> Resp {
         }
     };
 
-    match client.send(route.route.as_str(), upstream_req).await {
+    match client.send(route.as_str(), upstream_req).await {
         Ok(answer) => {
             let mut resp = Resp::new(answer.body);
             *resp.status_mut() = answer.parts.status;
