@@ -156,6 +156,11 @@ impl Entry {
         }
     }
 
+    /// Servable as a hit at `now`.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        matches!(self.freshness(now), Some(Freshness::Fresh(_)))
+    }
+
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.stored_at)
     }

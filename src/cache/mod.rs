@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::single_flight::{Flight, SingleFlight};
 use crate::store::{CacheStore, Claim, Invalidation, Ticket, Usage};
-use entry::{Answer, Entry, Freshness};
+use entry::{Answer, Entry};
 use key::CacheKey;
 use policy::{CachePolicy, CacheSettings};
 
@@ -131,7 +131,7 @@ impl Cache {
     /// A fresh entry this replica holds in memory, looked up without waiting on anything.
     pub fn peek_fresh(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let entry = self.store.peek(key)?;
-        matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_))).then_some(entry)
+        entry.is_fresh(Instant::now()).then_some(entry)
     }
 
     /// The stored entry, if it is still of any use.
@@ -152,9 +152,11 @@ impl Cache {
         let cache = self.clone();
         self.flights
             .join_or_start((key.clone(), epoch), move || async move {
+                // A fill of this replica that landed since the caller looked is in its own memory;
+                // one of another replica's is found by the claim below.
                 if !force
-                    && let Some(entry) = cache.store.get(&key).await
-                    && matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_)))
+                    && let Some(entry) = cache.store.peek(&key)
+                    && entry.is_fresh(Instant::now())
                 {
                     return Arc::new(Filled::Found(entry));
                 }
@@ -197,7 +199,7 @@ impl Cache {
                 // Another replica may have stored the entry between our look and the claim.
                 Claim::Claimed(ticket) if ticket.fence.is_some() => {
                     if let Some(entry) = self.store.get(key).await
-                        && matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_)))
+                        && entry.is_fresh(Instant::now())
                     {
                         self.store.release_fill(key, ticket).await;
                         return Err(entry);
@@ -211,7 +213,7 @@ impl Cache {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(50));
             if let Some(entry) = self.store.get(key).await
-                && matches!(entry.freshness(Instant::now()), Some(Freshness::Fresh(_)))
+                && entry.is_fresh(Instant::now())
             {
                 return Err(entry);
             }

@@ -368,10 +368,9 @@ impl CacheStore for TwoLevel {
     fn get(&self, key: &CacheKey) -> BoxFuture<Option<Arc<Entry>>> {
         let l1 = self.0.l1.peek(key);
         if local_only(key.route)
-            || l1.as_ref().is_some_and(|e| {
-                e.freshness(tokio::time::Instant::now())
-                    .is_some_and(|f| matches!(f, crate::cache::entry::Freshness::Fresh(_)))
-            })
+            || l1
+                .as_ref()
+                .is_some_and(|e| e.is_fresh(tokio::time::Instant::now()))
         {
             return Box::pin(std::future::ready(l1));
         }
