@@ -501,10 +501,14 @@ async fn creates_closer_than_the_minimum_interval_get_220025() {
     assert_eq!(stats["tooFrequent"], 1);
     assert_eq!(stats["disks"], 1);
 
+    // A refusal half-way through the interval: if refusals restarted it, the create at the end
+    // of the first interval below would be refused too.
+    tokio::time::sleep((interval / 2).saturating_sub(accepted.elapsed())).await;
+    assert_eq!(code(&sim.create(body.clone()).await), 220025);
     // Passing the time the simulator measures.
     tokio::time::sleep(interval.saturating_sub(accepted.elapsed()) + Duration::from_millis(100))
         .await;
-    // A refused create does not restart the interval.
+    // Neither that refusal nor an invalid create restarts the interval.
     let invalid = sim
         .create(json!({"area": 0, "memory": 1, "isMount": 0}))
         .await;
