@@ -313,6 +313,22 @@ fn main() {
         .spawn()
         .expect("start redis-server (is it installed?)");
     let _redis = Proc(redis);
+    // Shared mode is measured only once Redis answers: a replica without it would still serve.
+    let pong = (0..250).any(|_| {
+        use std::io::{Read, Write};
+        let answered =
+            std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_ok_and(|mut c| {
+                let mut buf = [0u8; 7];
+                c.write_all(b"PING\r\n").is_ok()
+                    && c.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+            });
+        if !answered {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        answered
+    });
+    assert!(pong, "redis-server did not answer PING");
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let (_shared, shared) = gateway(&["--redis", &redis_url], "gateway-shared.log");
     let self_exe = std::env::current_exe().unwrap();
