@@ -161,7 +161,7 @@ impl Cache {
                     return Arc::new(Filled::Found(entry));
                 }
                 let ticket = if force {
-                    Ticket::default()
+                    cache.store.observe(&key).await
                 } else {
                     match cache.claim(&key).await {
                         Ok(ticket) => ticket,
@@ -207,7 +207,9 @@ impl Cache {
                     return Ok(ticket);
                 }
                 Claim::Claimed(ticket) => return Ok(ticket),
-                Claim::Busy if Instant::now() >= deadline => return Ok(Ticket::default()),
+                Claim::Busy if Instant::now() >= deadline => {
+                    return Ok(self.store.observe(key).await);
+                }
                 Claim::Busy => {}
             }
             tokio::time::sleep(pause).await;

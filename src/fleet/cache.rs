@@ -49,6 +49,12 @@ end
 return {-1}
 "#;
 
+/// KEYS: epoch, generation. The account's epoch and the route's generation, for a fill that
+/// does not take the lock.
+const OBSERVE: &str = r#"
+return {tonumber(redis.call('GET', KEYS[1]) or 0), tonumber(redis.call('GET', KEYS[2]) or 0)}
+"#;
+
 /// KEYS: epoch, lock, generation. ARGV: epoch and generation of the claim, entry key up to the
 /// generation, `:id`, value, px, fence, counter ttl. Stores the entry unless an invalidation came
 /// since the claim (epoch -1: no claim, store anyway); the counters then outlive it. Frees the
@@ -103,6 +109,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     get: redis::Script,
     claim: redis::Script,
+    observe: redis::Script,
     put_filled: redis::Script,
     invalidate: redis::Script,
     unlock: redis::Script,
@@ -169,6 +176,7 @@ impl TwoLevel {
             metrics,
             get: redis::Script::new(GET),
             claim: redis::Script::new(CLAIM),
+            observe: redis::Script::new(OBSERVE),
             put_filled: redis::Script::new(PUT_FILLED),
             invalidate: redis::Script::new(INVALIDATE),
             unlock: redis::Script::new(UNLOCK),
@@ -469,10 +477,36 @@ impl CacheStore for TwoLevel {
         })
     }
 
+    fn observe(&self, key: &CacheKey) -> BoxFuture<Ticket> {
+        if local_only(key.route) {
+            return Box::pin(std::future::ready(Ticket::default()));
+        }
+        let (this, key) = (self.0.clone(), key.clone());
+        Box::pin(async move {
+            let mut inv = this.observe.key(this.epoch_key(&key.account));
+            inv.key(this.gen_key(&key.account, key.route));
+            match this
+                .fleet
+                .run("cache_lock", |mut c| async move {
+                    inv.invoke_async::<Vec<i64>>(&mut c).await
+                })
+                .await
+                .as_deref()
+            {
+                Ok([epoch, generation]) => Ticket {
+                    epoch: Some(*epoch),
+                    generation: Some(*generation),
+                    fence: None,
+                },
+                _ => Ticket::default(),
+            }
+        })
+    }
+
     fn put_filled(&self, key: CacheKey, entry: Arc<Entry>, ticket: Ticket) -> BoxFuture<bool> {
-        let (Some(epoch), Some(generation), Some(fence)) =
-            (ticket.epoch, ticket.generation, ticket.fence)
-        else {
+        // Without a lock there is no fence: the script then frees nothing.
+        let fence = ticket.fence.unwrap_or_default();
+        let (Some(epoch), Some(generation)) = (ticket.epoch, ticket.generation) else {
             let put = self.put(key, entry);
             return Box::pin(async move {
                 put.await;

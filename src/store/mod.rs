@@ -82,6 +82,12 @@ pub trait CacheStore: Send + Sync + 'static {
         Box::pin(std::future::ready(Claim::Claimed(Ticket::default())))
     }
 
+    /// What a fill that does not take the lock (a forced refresh, or one that waited long enough)
+    /// needs so that an invalidation during its fetch still keeps it from being stored.
+    fn observe(&self, _key: &CacheKey) -> BoxFuture<Ticket> {
+        Box::pin(std::future::ready(Ticket::default()))
+    }
+
     /// Stores the entry of a claimed fill (unless an invalidation overtook it: `false`) and frees
     /// the claim.
     fn put_filled(&self, key: CacheKey, entry: Arc<Entry>, _ticket: Ticket) -> BoxFuture<bool> {

@@ -1205,3 +1205,29 @@ async fn the_fleet_refreshes_its_token_once_per_lifetime() {
         "{fetched} getToken calls"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_no_cache_refresh_on_one_replica_is_shared_with_the_others() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let toml = config(&redis, "fgw-nocache:", "", &info_policy("ttl = \"60s\""));
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let id = create_disk(&a).await;
+    let before = sim.calls("info").await;
+    let (status, h, _) = answer(
+        http()
+            .get(format!("{}{DISK}/info/{id}", a.url))
+            .header("Cache-Control", "no-cache"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(cache_status(&h).contains("fwd=request"), "{h:?}");
+    // The refreshed entry was stored for the fleet: B answers it without an upstream call.
+    let (status, h, v) = info(&http(), &b.url, &id).await;
+    assert_eq!((status, v["data"]["id"].as_str()), (200, Some(id.as_str())));
+    assert!(cache_status(&h).contains("hit"), "{h:?}");
+    assert_eq!(sim.calls("info").await - before, 1);
+}
