@@ -47,9 +47,15 @@ impl Write for BufferedStderr {
 impl BufferedStderr {
     /// Adds whole lines to the buffer; the writer thread sends them out.
     pub fn append(&self, line: &[u8]) -> std::io::Result<usize> {
+        self.append_with(|buf| buf.extend_from_slice(line))?;
+        Ok(line.len())
+    }
+
+    /// Lets `write` add whole lines straight into the buffer, which saves a copy.
+    pub fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
         let mut buf = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
         let before = buf.len();
-        buf.extend_from_slice(line);
+        write(&mut buf);
         if before < WAKE_AT && buf.len() >= WAKE_AT {
             self.0.wake.notify_one();
         }
@@ -58,7 +64,7 @@ impl BufferedStderr {
             drop(buf);
             std::io::stderr().write_all(&full)?;
         }
-        Ok(line.len())
+        Ok(())
     }
 }
 
@@ -70,10 +76,20 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
 }
 
 impl BufferedStderr {
-    fn write_out(&self) {
-        let pending = std::mem::take(&mut *self.0.buf.lock().unwrap_or_else(|p| p.into_inner()));
-        if !pending.is_empty() {
-            let _ = std::io::stderr().write_all(&pending);
+    /// Writes out what is buffered. The buffer is swapped with `spare`, an empty one that kept its
+    /// capacity, so that the loggers' buffer does not grow again from nothing after every write.
+    fn write_out(&self, spare: &mut Vec<u8>) {
+        spare.clear();
+        std::mem::swap(
+            &mut *self.0.buf.lock().unwrap_or_else(|p| p.into_inner()),
+            spare,
+        );
+        if !spare.is_empty() {
+            let _ = std::io::stderr().write_all(spare);
+        }
+        // What a burst grew is not kept for good.
+        if spare.capacity() > WAKE_AT * 4 {
+            *spare = Vec::new();
         }
     }
 }
@@ -111,7 +127,7 @@ impl Drop for LogGuard {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.writer.write_out();
+        self.writer.write_out(&mut Vec::new());
     }
 }
 
@@ -119,6 +135,7 @@ fn spawn_flusher(writer: BufferedStderr) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
+            let mut spare = Vec::new();
             loop {
                 let closed = writer.0.closed.lock().unwrap_or_else(|p| p.into_inner());
                 let (closed, _) = writer
@@ -128,7 +145,7 @@ fn spawn_flusher(writer: BufferedStderr) -> JoinHandle<()> {
                     .unwrap_or_else(|p| p.into_inner());
                 let done = *closed;
                 drop(closed);
-                writer.write_out();
+                writer.write_out(&mut spare);
                 if done {
                     return;
                 }

@@ -4,7 +4,6 @@
 //! answer's extensions; it never logs a header or a body.
 
 use std::convert::Infallible;
-use std::fmt::Write;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -20,30 +19,29 @@ use crate::layers::request_id::X_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::svc::{Resp, RespFuture};
-use crate::telemetry::{self, AccessSink};
+use crate::telemetry;
 
 const ACCESS_TARGET: &str = "finovy_gateway::access";
 
 /// One access line's fields.
-struct Line<'a> {
-    request_id: &'a str,
-    method: &'static str,
-    route: &'static str,
-    status: u16,
-    micros: u64,
-    client: &'a str,
-    upstream_trace: &'a str,
+pub struct Line<'a> {
+    pub request_id: &'a str,
+    pub method: &'static str,
+    pub route: &'static str,
+    pub status: u16,
+    pub micros: u64,
+    pub client: &'a str,
+    pub upstream_trace: &'a str,
 }
 
 thread_local! {
-    /// A line being formatted, reused so that formatting allocates nothing; and the current
-    /// second's timestamp text, which every line of that second shares.
-    static SCRATCH: std::cell::RefCell<(String, u64, String)> =
-        const { std::cell::RefCell::new((String::new(), u64::MAX, String::new())) };
+    /// The current second's timestamp text (`YYYY-MM-DDTHH:MM:SS`), which every line of that
+    /// second shares.
+    static STAMP: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), from the days-to-civil algorithm.
-fn second_text(unix: u64, out: &mut String) {
+fn second_text(unix: u64) -> [u8; 19] {
     let (days, secs) = (unix / 86_400, unix % 86_400);
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -54,18 +52,23 @@ fn second_text(unix: u64, out: &mut String) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    out.clear();
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    let mut out = Vec::with_capacity(19);
+    push_padded(&mut out, year.max(0) as u64, 4);
+    for (sep, n) in [
+        (b'-', month as u64),
+        (b'-', day as u64),
+        (b'T', secs / 3600),
+        (b':', secs / 60 % 60),
+        (b':', secs % 60),
+    ] {
+        out.push(sep);
+        push_padded(&mut out, n, 2);
+    }
+    out.try_into().unwrap_or([b'?'; 19])
 }
 
 /// `n` in decimal, zero-padded to at least `width` digits.
-fn push_padded(out: &mut String, mut n: u64, width: usize) {
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
     let mut digits = [b'0'; 20];
     let mut i = digits.len();
     while n > 0 || digits.len() - i < width {
@@ -73,91 +76,116 @@ fn push_padded(out: &mut String, mut n: u64, width: usize) {
         digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    out.extend(digits[i..].iter().map(|&d| d as char));
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Microseconds as milliseconds with three decimals (`1.234`).
-fn push_millis(out: &mut String, micros: u64) {
+fn push_millis(out: &mut Vec<u8>, micros: u64) {
     push_padded(out, micros / 1000, 1);
-    out.push('.');
+    out.push(b'.');
     push_padded(out, micros % 1000, 3);
 }
 
 /// A string as a JSON string literal.
-fn json_str(out: &mut String, s: &str) {
+fn json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes()
         .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
     {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
     } else {
-        out.push_str(&serde_json::Value::from(s).to_string());
+        out.extend_from_slice(serde_json::Value::from(s).to_string().as_bytes());
     }
 }
 
 impl Line<'_> {
-    /// Writes the line as the subscriber would (same fields, order and timestamp format), into
-    /// its buffer.
-    fn write(&self, sink: &AccessSink) {
+    /// Logs the line: into the log buffer when this process's subscriber is installed and the
+    /// access target is enabled, else through plain `tracing`.
+    pub fn emit(&self) {
+        match telemetry::access_sink() {
+            Some(sink) if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) => {
+                let _ = sink
+                    .writer
+                    .append_with(|buf| self.write(buf, sink.format == LogFormat::Json));
+            }
+            Some(_) => {}
+            // No subscriber of ours (a test, or an embedding program): plain `tracing`.
+            None => tracing::info!(
+                target: ACCESS_TARGET,
+                request_id = %self.request_id,
+                method = %self.method,
+                route = %self.route,
+                status = self.status,
+                duration_ms = self.micros as f64 / 1e3,
+                client = %self.client,
+                upstream_trace_id = %self.upstream_trace,
+                "request"
+            ),
+        }
+    }
+
+    /// Writes the line as the subscriber would (same fields, order and timestamp format), straight
+    /// into its buffer. Pieces are pushed one by one: `write!` with many arguments was most of a
+    /// line's cost.
+    fn write(&self, line: &mut Vec<u8>, json: bool) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let (line, second, stamp) = &mut *scratch;
-            if *second != now.as_secs() {
-                *second = now.as_secs();
-                second_text(now.as_secs(), stamp);
+        let stamp = STAMP.with(|cell| {
+            let (second, text) = cell.get();
+            if second == now.as_secs() {
+                return text;
             }
-            line.clear();
-            // Pieces pushed one by one: `write!` with many arguments was most of a line's cost.
-            let json = sink.format == LogFormat::Json;
-            if json {
-                line.push_str("{\"timestamp\":\"");
-            }
-            line.push_str(stamp);
-            line.push('.');
-            push_padded(line, u64::from(now.subsec_micros()), 6);
-            if json {
-                line.push_str("Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
-                json_str(line, self.request_id);
-                line.push_str(",\"method\":\"");
-                line.push_str(self.method);
-                line.push_str("\",\"route\":\"");
-                line.push_str(self.route);
-                line.push_str("\",\"status\":");
-                push_padded(line, u64::from(self.status), 1);
-                line.push_str(",\"duration_ms\":");
-                push_millis(line, self.micros);
-                line.push_str(",\"client\":");
-                json_str(line, self.client);
-                line.push_str(",\"upstream_trace_id\":");
-                json_str(line, self.upstream_trace);
-                line.push_str(",\"target\":\"");
-                line.push_str(ACCESS_TARGET);
-                line.push_str("\"}\n");
-            } else {
-                line.push_str("Z  INFO ");
-                line.push_str(ACCESS_TARGET);
-                line.push_str(": request request_id=");
-                line.push_str(self.request_id);
-                line.push_str(" method=");
-                line.push_str(self.method);
-                line.push_str(" route=");
-                line.push_str(self.route);
-                line.push_str(" status=");
-                push_padded(line, u64::from(self.status), 1);
-                line.push_str(" duration_ms=");
-                push_millis(line, self.micros);
-                line.push_str(" client=");
-                line.push_str(self.client);
-                line.push_str(" upstream_trace_id=");
-                line.push_str(self.upstream_trace);
-                line.push('\n');
-            }
-            let _ = sink.writer.append(line.as_bytes());
+            let text = second_text(now.as_secs());
+            cell.set((now.as_secs(), text));
+            text
         });
+        if json {
+            line.extend_from_slice(b"{\"timestamp\":\"");
+        }
+        line.extend_from_slice(&stamp);
+        line.push(b'.');
+        push_padded(line, u64::from(now.subsec_micros()), 6);
+        if json {
+            line.extend_from_slice(
+                b"Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":",
+            );
+            json_str(line, self.request_id);
+            line.extend_from_slice(b",\"method\":\"");
+            line.extend_from_slice(self.method.as_bytes());
+            line.extend_from_slice(b"\",\"route\":\"");
+            line.extend_from_slice(self.route.as_bytes());
+            line.extend_from_slice(b"\",\"status\":");
+            push_padded(line, u64::from(self.status), 1);
+            line.extend_from_slice(b",\"duration_ms\":");
+            push_millis(line, self.micros);
+            line.extend_from_slice(b",\"client\":");
+            json_str(line, self.client);
+            line.extend_from_slice(b",\"upstream_trace_id\":");
+            json_str(line, self.upstream_trace);
+            line.extend_from_slice(b",\"target\":\"");
+            line.extend_from_slice(ACCESS_TARGET.as_bytes());
+            line.extend_from_slice(b"\"}\n");
+        } else {
+            line.extend_from_slice(b"Z  INFO ");
+            line.extend_from_slice(ACCESS_TARGET.as_bytes());
+            line.extend_from_slice(b": request request_id=");
+            line.extend_from_slice(self.request_id.as_bytes());
+            line.extend_from_slice(b" method=");
+            line.extend_from_slice(self.method.as_bytes());
+            line.extend_from_slice(b" route=");
+            line.extend_from_slice(self.route.as_bytes());
+            line.extend_from_slice(b" status=");
+            push_padded(line, u64::from(self.status), 1);
+            line.extend_from_slice(b" duration_ms=");
+            push_millis(line, self.micros);
+            line.extend_from_slice(b" client=");
+            line.extend_from_slice(self.client.as_bytes());
+            line.extend_from_slice(b" upstream_trace_id=");
+            line.extend_from_slice(self.upstream_trace.as_bytes());
+            line.push(b'\n');
+        }
     }
 }
 
@@ -205,7 +233,7 @@ impl Drop for InFlight {
 }
 
 /// Methods as a bounded label set.
-fn method_label(m: &Method) -> &'static str {
+pub fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -275,24 +303,7 @@ where
                 client,
                 upstream_trace,
             };
-            match telemetry::access_sink() {
-                Some(sink) if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) => {
-                    line.write(sink)
-                }
-                Some(_) => {}
-                // No subscriber of ours (a test, or an embedding program): plain `tracing`.
-                None => tracing::info!(
-                    target: ACCESS_TARGET,
-                    request_id = %request_id,
-                    method = %method,
-                    route = %route,
-                    status = status.as_u16(),
-                    duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-                    client = %client,
-                    upstream_trace_id = %upstream_trace,
-                    "request"
-                ),
-            }
+            line.emit();
             Ok(resp)
         })
     }
@@ -304,38 +315,36 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_calendar_seconds() {
-        let mut s = String::new();
         for (unix, text) in [
             (0, "1970-01-01T00:00:00"),
             (951_782_400, "2000-02-29T00:00:00"),
             (1_795_490_535, "2026-11-24T03:22:15"),
             (4_102_444_799, "2099-12-31T23:59:59"),
         ] {
-            second_text(unix, &mut s);
-            assert_eq!(s, text);
+            assert_eq!(&second_text(unix), text.as_bytes());
         }
     }
 
     #[test]
     fn numbers_are_padded_and_millis_have_three_decimals() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         push_padded(&mut s, 0, 1);
-        s.push(' ');
+        s.push(b' ');
         push_padded(&mut s, 42, 6);
-        s.push(' ');
+        s.push(b' ');
         push_padded(&mut s, 200, 1);
-        s.push(' ');
+        s.push(b' ');
         push_millis(&mut s, 1_234_005);
-        s.push(' ');
+        s.push(b' ');
         push_millis(&mut s, 30);
-        assert_eq!(s, "0 000042 200 1234.005 0.030");
+        assert_eq!(s, b"0 000042 200 1234.005 0.030");
     }
 
     #[test]
     fn json_strings_are_escaped_when_needed() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         json_str(&mut s, "plain-id");
         json_str(&mut s, "a\"b\\c\n");
-        assert_eq!(s, r#""plain-id""a\"b\\c\n""#);
+        assert_eq!(s, br#""plain-id""a\"b\\c\n""#);
     }
 }
