@@ -6,6 +6,8 @@
 //! The upstream host never comes from the request: the forwarded URI is the account's base URL
 //! plus the matched path.
 
+use std::sync::Arc;
+
 use http::Method;
 use serde::Serialize;
 
@@ -200,7 +202,8 @@ impl std::fmt::Display for Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
     pub route: Route,
-    pub param: Option<String>,
+    /// Shared, since it often becomes part of a cache key as it is.
+    pub param: Option<Arc<str>>,
 }
 
 /// The longest path parameter accepted; upstream ids are ten characters.
@@ -239,7 +242,7 @@ pub fn classify(method: &Method, path: &str) -> Option<RouteMatch> {
         }),
         (true, Some(p)) if is_param(p) => Some(RouteMatch {
             route: entry.route,
-            param: Some(p.to_string()),
+            param: Some(p.into()),
         }),
         _ => None,
     }

@@ -15,7 +15,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::admin::{self, AdminState};
 use crate::cache::Cache;
@@ -36,7 +35,7 @@ use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
 use crate::stack::Protection;
-use crate::stack::{self, EdgeService};
+use crate::stack::{self, Edge};
 use crate::store::{CacheStore, MemoryStore};
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
 use crate::work::WorkTracker;
@@ -63,7 +62,7 @@ pub struct Gateway {
     /// Shared mode: the fleet's Redis, and the cache store that listens for invalidations.
     pub fleet: Option<Arc<Fleet>>,
     two_level: Option<Arc<TwoLevel>>,
-    service: EdgeService<Incoming>,
+    edge: Arc<Edge<Incoming>>,
 }
 
 /// Where the state of the data plane lives.
@@ -191,14 +190,14 @@ impl Gateway {
             ),
             rate_limit: RateLimitLayer::new(limiter, create, metrics.clone()),
         };
-        let service = stack::build(
+        let edge = Arc::new(stack::build(
             &settings.server,
             metrics.clone(),
             auth,
             cache.clone(),
             protection,
             client,
-        );
+        ));
         Ok(Gateway {
             settings,
             metrics,
@@ -207,7 +206,7 @@ impl Gateway {
             work,
             fleet,
             two_level,
-            service,
+            edge,
         })
     }
 }
@@ -313,11 +312,11 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let edge = gateway.service.clone();
+            let edge = gateway.edge.clone();
             let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let edge = edge.clone();
+                let answer = edge.serve(req);
                 async move {
-                    let resp = edge.oneshot(req).await?;
+                    let resp = answer.await?;
                     Ok::<_, std::convert::Infallible>(resp.map(Full::new))
                 }
             });

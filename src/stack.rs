@@ -5,9 +5,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::Request;
-use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncService;
+use std::future::{Ready, ready};
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::{ServiceBuilder, ServiceExt};
 
 use crate::cache::Cache;
 use crate::config::ServerConfig;
@@ -17,6 +19,7 @@ use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::budget::BudgetLayer;
 use crate::layers::cache::CacheLayer;
 use crate::layers::dedup::DedupLayer;
+use crate::layers::fast_hit::FastHit;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
@@ -35,8 +38,27 @@ pub struct Protection {
     pub rate_limit: RateLimitLayer,
 }
 
-/// The whole data plane as one service over requests with body `B` (hyper's `Incoming` when served).
+/// The whole stack as one service over requests with body `B` (hyper's `Incoming` when served).
 pub type EdgeService<B> = BoxCloneSyncService<Request<B>, Resp, Infallible>;
+
+/// The data plane: fresh cache hits answered at once by [`FastHit`], everything else by the stack.
+pub struct Edge<B> {
+    hits: FastHit,
+    stack: EdgeService<B>,
+}
+
+/// What [`Edge::serve`] returns: a ready hit, or the stack's answer to come.
+pub type EdgeFuture<B> =
+    Either<Ready<Result<Resp, Infallible>>, Oneshot<EdgeService<B>, Request<B>>>;
+
+impl<B: http_body::Body> Edge<B> {
+    pub fn serve(&self, req: Request<B>) -> EdgeFuture<B> {
+        match self.hits.answer(&req) {
+            Some(resp) => Either::Left(ready(Ok(resp))),
+            None => Either::Right(self.stack.clone().oneshot(req)),
+        }
+    }
+}
 
 pub fn build<B>(
     cfg: &ServerConfig,
@@ -45,11 +67,13 @@ pub fn build<B>(
     cache: Arc<Cache>,
     protection: Protection,
     client: UpstreamClient,
-) -> EdgeService<B>
+) -> Edge<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    // In front of everything: a fresh hit, the bulk of the traffic, never enters the stack.
+    let hits = FastHit::new(auth.clone(), cache.clone(), metrics.clone());
     // After the body is read: plain `Req` → `Resp` services.
     let inner = GatewayService::new(
         ServiceBuilder::new()
@@ -70,7 +94,7 @@ where
             // The upstream call itself, with only allow-listed headers.
             .service(Forward::new(client)),
     );
-    EdgeService::new(
+    let stack = EdgeService::new(
         ServiceBuilder::new()
             // Outermost, so every answer (our own errors too) is logged and counted.
             .layer(AccessLogLayer::new(metrics))
@@ -88,5 +112,6 @@ where
             // Read the body up to the limit (413 beyond); every layer below sees it whole.
             .layer(BodyLimitLayer::new(cfg.max_body_bytes))
             .service(inner),
-    )
+    );
+    Edge { hits, stack }
 }

@@ -85,18 +85,17 @@ pub struct Entry {
     pub fresh_for: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
-    /// The `Cache-Status` and `Age` values of a hit, made once per second of age rather than
-    /// once per hit.
+    /// A hit's headers, made once per second of age rather than once per hit.
     pub hit_headers: std::sync::Mutex<Option<HitHeaders>>,
 }
 
-/// A hit's header values at one `ttl` and age.
+/// A hit's headers at one `ttl` and age: the stored ones, `Cache-Status`, `Age`, and a slot for
+/// `X-Request-Id`.
 #[derive(Debug, Clone)]
 pub struct HitHeaders {
     pub ttl: i64,
     pub age: u64,
-    pub cache_status: http::HeaderValue,
-    pub age_value: http::HeaderValue,
+    pub headers: HeaderMap,
 }
 
 #[derive(Deserialize)]

@@ -42,6 +42,8 @@ pub struct Authenticator {
     clients: Vec<ClientEntry>,
     /// Set in anonymous mode: keyless calls go to this (the default) account.
     anonymous: Option<Arc<AccountHandle>>,
+    /// [`ANONYMOUS`], made once rather than per call.
+    anonymous_name: Arc<str>,
 }
 
 /// The key of an `Authorization: Bearer <key>` header (the scheme in any case); `Err` when the
@@ -69,7 +71,11 @@ pub const ANONYMOUS: &str = "anonymous";
 
 impl Authenticator {
     pub fn new(clients: Vec<ClientEntry>, anonymous: Option<Arc<AccountHandle>>) -> Authenticator {
-        Authenticator { clients, anonymous }
+        Authenticator {
+            clients,
+            anonymous,
+            anonymous_name: ANONYMOUS.into(),
+        }
     }
 
     /// The presented key: `Authorization: Bearer` first, then `Finovy-Access-Token`.
@@ -85,7 +91,7 @@ impl Authenticator {
     fn identify(&self, headers: &HeaderMap) -> Result<Identified<'_>, GatewayError> {
         let key = Self::presented_key(headers)?;
         let anonymous = |account: &Arc<AccountHandle>| Identified {
-            name: ANONYMOUS.into(),
+            name: self.anonymous_name.clone(),
             account: account.clone(),
             entry: None,
         };
@@ -113,13 +119,18 @@ impl Authenticator {
         }
     }
 
-    fn authorize(&self, req: &mut Req) -> Result<Arc<str>, GatewayError> {
+    /// Who is calling `route` (when known): 401 without a valid key, 403 outside the client's
+    /// allow-list.
+    pub fn caller(
+        &self,
+        headers: &HeaderMap,
+        route: Option<Route>,
+    ) -> Result<Caller, GatewayError> {
         let Identified {
             name,
             account,
             entry,
-        } = self.identify(req.headers())?;
-        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+        } = self.identify(headers)?;
         if let (Some(entry), Some(route)) = (entry, route)
             && entry
                 .routes
@@ -128,12 +139,20 @@ impl Authenticator {
         {
             return Err(GatewayError::Forbidden(route.as_str()));
         }
+        Ok(Caller {
+            client: name,
+            account,
+        })
+    }
+
+    /// Authenticates the request, strips its credentials and hands the caller on.
+    fn authorize(&self, req: &mut Req) -> Result<Arc<str>, GatewayError> {
+        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+        let caller = self.caller(req.headers(), route)?;
         req.headers_mut().remove(header::AUTHORIZATION);
         req.headers_mut().remove(TOKEN_HEADER);
-        req.extensions_mut().insert(Caller {
-            client: name.clone(),
-            account,
-        });
+        let name = caller.client.clone();
+        req.extensions_mut().insert(caller);
         Ok(name)
     }
 }

@@ -9,13 +9,15 @@
 //! request upstream and refreshes the entry. Every answer of a cached route carries `Cache-Status`
 //! (RFC 9211) and `Age`.
 //!
+//! Most fresh hits never get here: [`crate::layers::fast_hit`] answers them in front of the stack.
+//!
 //! For a mutation: the request passes through, and a success drops the entries it changed.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -26,6 +28,7 @@ use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::layers::Caller;
 use crate::layers::RequestId;
+use crate::layers::request_id::X_REQUEST_ID;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::Role;
 use crate::store::Invalidation;
@@ -74,34 +77,47 @@ fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
     let m = req.extensions().get::<RouteMatch>()?;
     if !invalidated_by(m.route).is_empty() {
         // Disk mutations name their disk in the body; host ones in the path.
-        let id = m.param.clone().or_else(|| body_id(req.body()));
+        let id = m
+            .param
+            .as_deref()
+            .map(str::to_string)
+            .or_else(|| body_id(req.body()));
         return Some(Plan::Mutation { route: m.route, id });
     }
     cache.policy(m.route)?;
-    let id = if body_keyed(m.route) {
+    let key = if body_keyed(m.route) {
         // Not JSON: the upstream will say so, uncached.
-        canonical_json(req.body())?
+        CacheKey::new(account.name.clone(), m.route, canonical_json(req.body())?)
     } else {
-        match (&m.param, req.uri().query()) {
-            (Some(p), Some(q)) => format!("{p}?{q}"),
-            (Some(p), None) => p.clone(),
-            (None, Some(q)) => format!("?{q}"),
-            (None, None) => String::new(),
-        }
+        key_of(account, m, req.uri().query())
     };
-    let no_cache = req
-        .headers()
+    Some(Plan::Cached {
+        key,
+        no_cache: no_cache(req.headers()),
+    })
+}
+
+/// The key of a request to a route keyed by its path parameter and query.
+pub fn key_of(account: &AccountHandle, m: &RouteMatch, query: Option<&str>) -> CacheKey {
+    let id: Arc<str> = match (&m.param, query) {
+        (Some(p), Some(q)) => format!("{p}?{q}").into(),
+        (Some(p), None) => p.clone(),
+        (None, Some(q)) => format!("?{q}").into(),
+        (None, None) => "".into(),
+    };
+    CacheKey::new(account.name.clone(), m.route, id)
+}
+
+/// Whether the client asks for this request to go upstream (`Cache-Control: no-cache`).
+pub fn no_cache(headers: &HeaderMap) -> bool {
+    headers
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| {
             v.split(',')
                 .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
-        });
-    Some(Plan::Cached {
-        key: CacheKey::new(account.name.clone(), m.route, id),
-        no_cache,
-    })
+        })
 }
 
 /// The `id` field of a JSON body, as text.
@@ -140,30 +156,46 @@ fn from_entry(entry: &Entry, params: &str, now: Instant) -> Resp {
     respond(&entry.answer, status, entry.age(now).as_secs())
 }
 
-/// A hit: its header values are made once per second of the entry's age, not per request.
+/// A hit, with the upstream's envelope head for the layers above.
 fn hit(entry: &Entry, now: Instant) -> Resp {
+    let mut resp = bare_hit(entry, now);
+    if let Some(head) = &entry.answer.head {
+        resp.extensions_mut().insert(head.clone());
+    }
+    resp
+}
+
+/// A hit without extensions. Its headers are made once per second of the entry's age, not per
+/// request: a hit clones one map and allocates nothing else.
+pub fn bare_hit(entry: &Entry, now: Instant) -> Resp {
     let (ttl, age) = (entry.ttl_secs(now), entry.age(now).as_secs());
     let mut cached = entry.hit_headers.lock().unwrap_or_else(|p| p.into_inner());
-    let values = match &*cached {
-        Some(h) if h.ttl == ttl && h.age == age => h.clone(),
+    let headers = match &*cached {
+        Some(h) if h.ttl == ttl && h.age == age => h.headers.clone(),
         _ => {
             let status = format!("{CACHE_NAME}; hit; ttl={ttl}");
-            let made = HitHeaders {
+            let mut headers = entry.answer.headers.clone();
+            headers.insert(
+                CACHE_STATUS,
+                HeaderValue::from_str(&status)
+                    .unwrap_or(HeaderValue::from_static("finovy-gateway; hit")),
+            );
+            headers.insert(header::AGE, HeaderValue::from(age));
+            // A slot every answer fills with its own id (the request-id layer, or the fast path),
+            // so that filling it replaces a value rather than growing the cloned map.
+            headers.insert(X_REQUEST_ID, HeaderValue::from_static("-"));
+            *cached = Some(HitHeaders {
                 ttl,
                 age,
-                cache_status: HeaderValue::from_str(&status)
-                    .unwrap_or(HeaderValue::from_static("finovy-gateway; hit")),
-                age_value: HeaderValue::from(age),
-            };
-            *cached = Some(made.clone());
-            made
+                headers: headers.clone(),
+            });
+            headers
         }
     };
     drop(cached);
-    let mut resp = entry.answer.to_response();
-    let headers = resp.headers_mut();
-    headers.insert(CACHE_STATUS, values.cache_status);
-    headers.insert(header::AGE, values.age_value);
+    let mut resp = Resp::new(entry.answer.body.clone());
+    *resp.status_mut() = entry.answer.status;
+    *resp.headers_mut() = headers;
     resp
 }
 
@@ -187,17 +219,6 @@ where
         let Some(plan) = plan(&self.cache, &req, &account) else {
             return Box::pin(self.inner.call(req));
         };
-        // The hot path: a fresh entry this replica holds is answered here, without a task or a
-        // clone of the stack below.
-        if let Plan::Cached {
-            key,
-            no_cache: false,
-        } = &plan
-            && let Some(entry) = self.cache.peek_fresh(key)
-        {
-            self.cache.record_lookup(key.route, "hit");
-            return Box::pin(std::future::ready(Ok(hit(&entry, Instant::now()))));
-        }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();

@@ -8,6 +8,7 @@ pub mod body_limit;
 pub mod budget;
 pub mod cache;
 pub mod dedup;
+pub mod fast_hit;
 pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;

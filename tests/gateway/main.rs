@@ -7,6 +7,7 @@ mod create;
 mod faults;
 mod forwarding;
 mod harness;
+mod hits;
 mod limits;
 mod process;
 mod redis_harness;
