@@ -44,95 +44,104 @@ struct Entry {
 const DISK: &str = "/v1/PveMachineHardDisk/open/";
 const HOST: &str = "/v1/pve/open/";
 
-fn table() -> &'static [Entry] {
-    use std::sync::OnceLock;
-    static TABLE: OnceLock<Vec<Entry>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let e = |route, name, method, path: &'static str, has_param| Entry {
+/// The route table, in the order of [`Route`]'s variants (so a route's entry is found by index).
+static TABLE: [Entry; 15] = {
+    const fn e(
+        route: Route,
+        name: &'static str,
+        method: Method,
+        path: &'static str,
+        has_param: bool,
+    ) -> Entry {
+        Entry {
             route,
             name,
             method,
             path,
             has_param,
-        };
-        vec![
-            e(Route::DiskInfo, "disk.info", Method::GET, "info", true),
-            e(
-                Route::DiskCreate,
-                "disk.create",
-                Method::POST,
-                "create",
-                false,
-            ),
-            e(Route::DiskList, "disk.list", Method::POST, "getList", false),
-            e(
-                Route::DiskMount,
-                "disk.mount",
-                Method::POST,
-                "pveCreate",
-                false,
-            ),
-            e(
-                Route::DiskUpdateStatus,
-                "disk.update_status",
-                Method::PUT,
-                "updateStatus",
-                false,
-            ),
-            e(
-                Route::DiskMemoryTotal,
-                "disk.memory_total",
-                Method::GET,
-                "memoryTotal",
-                true,
-            ),
-            e(Route::HostImage, "host.image", Method::GET, "image", false),
-            e(
-                Route::HostPackage,
-                "host.package",
-                Method::GET,
-                "packAge",
-                true,
-            ),
-            e(
-                Route::HostCreateQuantity,
-                "host.create_quantity",
-                Method::POST,
-                "createquantity",
-                false,
-            ),
-            e(
-                Route::HostCreateRent,
-                "host.create_rent",
-                Method::POST,
-                "createRent",
-                false,
-            ),
-            e(
-                Route::HostOperate,
-                "host.operate",
-                Method::GET,
-                "operate",
-                true,
-            ),
-            e(
-                Route::HostReboot,
-                "host.reboot",
-                Method::GET,
-                "reboot",
-                true,
-            ),
-            e(Route::HostOne, "host.one", Method::GET, "one", true),
-            e(Route::HostPage, "host.page", Method::GET, "mypage", false),
-            e(
-                Route::HostDelete,
-                "host.delete",
-                Method::DELETE,
-                "delete",
-                true,
-            ),
-        ]
-    })
+        }
+    }
+    [
+        e(Route::DiskInfo, "disk.info", Method::GET, "info", true),
+        e(
+            Route::DiskCreate,
+            "disk.create",
+            Method::POST,
+            "create",
+            false,
+        ),
+        e(Route::DiskList, "disk.list", Method::POST, "getList", false),
+        e(
+            Route::DiskMount,
+            "disk.mount",
+            Method::POST,
+            "pveCreate",
+            false,
+        ),
+        e(
+            Route::DiskUpdateStatus,
+            "disk.update_status",
+            Method::PUT,
+            "updateStatus",
+            false,
+        ),
+        e(
+            Route::DiskMemoryTotal,
+            "disk.memory_total",
+            Method::GET,
+            "memoryTotal",
+            true,
+        ),
+        e(Route::HostImage, "host.image", Method::GET, "image", false),
+        e(
+            Route::HostPackage,
+            "host.package",
+            Method::GET,
+            "packAge",
+            true,
+        ),
+        e(
+            Route::HostCreateQuantity,
+            "host.create_quantity",
+            Method::POST,
+            "createquantity",
+            false,
+        ),
+        e(
+            Route::HostCreateRent,
+            "host.create_rent",
+            Method::POST,
+            "createRent",
+            false,
+        ),
+        e(
+            Route::HostOperate,
+            "host.operate",
+            Method::GET,
+            "operate",
+            true,
+        ),
+        e(
+            Route::HostReboot,
+            "host.reboot",
+            Method::GET,
+            "reboot",
+            true,
+        ),
+        e(Route::HostOne, "host.one", Method::GET, "one", true),
+        e(Route::HostPage, "host.page", Method::GET, "mypage", false),
+        e(
+            Route::HostDelete,
+            "host.delete",
+            Method::DELETE,
+            "delete",
+            true,
+        ),
+    ]
+};
+
+fn table() -> &'static [Entry] {
+    &TABLE
 }
 
 impl Route {
@@ -157,10 +166,7 @@ impl Route {
     }
 
     fn entry(self) -> &'static Entry {
-        table()
-            .iter()
-            .find(|e| e.route == self)
-            .expect("every route is in the table")
+        &TABLE[self as usize]
     }
 
     fn prefix(self) -> &'static str {
@@ -251,6 +257,13 @@ pub fn classify(method: &Method, path: &str) -> Option<RouteMatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_in_variant_order() {
+        for (i, e) in table().iter().enumerate() {
+            assert_eq!(e.route as usize, i, "{}", e.name);
+        }
+    }
 
     #[test]
     fn every_route_classifies_its_own_example() {
