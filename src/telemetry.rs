@@ -100,7 +100,12 @@ impl BufferedStderr {
 pub struct AccessSink {
     pub writer: BufferedStderr,
     pub format: LogFormat,
+    /// Whether the filter lets access lines through, asked once: filters are fixed at start.
+    pub enabled: bool,
 }
+
+/// The target of access lines (`RUST_LOG=finovy_gateway::access=off` drops them).
+pub const ACCESS_TARGET: &str = "finovy_gateway::access";
 
 static ACCESS_SINK: OnceLock<AccessSink> = OnceLock::new();
 
@@ -173,6 +178,7 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
         let _ = ACCESS_SINK.set(AccessSink {
             writer: writer.clone(),
             format,
+            enabled: tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO),
         });
     }
     let thread = Some(spawn_flusher(writer.clone()));

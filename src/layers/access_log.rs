@@ -19,9 +19,7 @@ use crate::layers::request_id::X_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::svc::{Resp, RespFuture};
-use crate::telemetry;
-
-const ACCESS_TARGET: &str = "finovy_gateway::access";
+use crate::telemetry::{self, ACCESS_TARGET};
 
 /// One access line's fields.
 pub struct Line<'a> {
@@ -104,7 +102,7 @@ impl Line<'_> {
     /// access target is enabled, else through plain `tracing`.
     pub fn emit(&self) {
         match telemetry::access_sink() {
-            Some(sink) if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) => {
+            Some(sink) if sink.enabled => {
                 let _ = sink
                     .writer
                     .append_with(|buf| self.write(buf, sink.format == LogFormat::Json));

@@ -179,6 +179,53 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
     assert_eq!(code, Some(0));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_log_turns_access_lines_off_for_every_answer() {
+    let sim = Sim::start(sim_config()).await;
+    let mut gw = Bin::serve(
+        "[cache.routes.\"disk.info\"]\nttl = \"60s\"\n",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+            ("RUST_LOG", "info,finovy_gateway::access=off"),
+        ],
+    );
+    let (_, created) = send_json(
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0})),
+    )
+    .await;
+    let url = format!(
+        "{}{DISK}/info/{}",
+        gw.url,
+        created["data"].as_str().unwrap()
+    );
+    // A miss, a hit (answered in front of the stack) and a 404.
+    get_text(&url).await;
+    let hit = http().get(&url).send().await.unwrap();
+    assert!(
+        hit.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit")
+    );
+    let missing = http().get(format!("{}/nope", gw.url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    gw.terminate();
+    let code = tokio::task::spawn_blocking(move || {
+        let code = gw.wait_exit();
+        (code, gw.wait_for_log("stopped", 1))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0));
+    let log = code.1;
+    assert!(log.contains("gateway listening"), "{log}");
+    assert!(!log.contains("finovy_gateway::access"), "{log}");
+}
+
 #[test]
 fn check_config_accepts_a_good_file_and_names_the_bad_key() {
     let good = temp_file(
