@@ -89,16 +89,20 @@ impl Authenticator {
 
     /// Finds the caller: a client entry, or the anonymous account.
     fn identify(&self, headers: &HeaderMap) -> Result<Identified<'_>, GatewayError> {
-        let key = Self::presented_key(headers)?;
         let anonymous = |account: &Arc<AccountHandle>| Identified {
             name: self.anonymous_name.clone(),
             account: account.clone(),
             entry: None,
         };
+        if let (true, Some(account)) = (self.clients.is_empty(), &self.anonymous) {
+            // With no clients configured, a presented key (say, an upstream token left in a
+            // client's code) cannot match anything, and anonymous mode serves the call anyway;
+            // only an `Authorization` that is not a bearer key is refused, as always.
+            bearer_key(headers)?;
+            return Ok(anonymous(account));
+        }
+        let key = Self::presented_key(headers)?;
         match (key, &self.anonymous) {
-            // With no clients configured, a presented key (say, an upstream token left in a client's
-            // code) cannot match anything, and anonymous mode serves the call anyway.
-            (_, Some(account)) if self.clients.is_empty() => Ok(anonymous(account)),
             (None, Some(account)) => Ok(anonymous(account)),
             (None, None) => Err(GatewayError::Unauthorized),
             (Some(key), _) => {

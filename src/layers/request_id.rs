@@ -47,8 +47,9 @@ fn random_hex() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::rng().random();
     let mut out = [0u8; 32];
-    for (i, digit) in out.iter_mut().enumerate() {
-        *digit = HEX[(n >> ((31 - i) * 4)) as usize & 0xf];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     out
 }
