@@ -5,8 +5,10 @@
 //! Each server is pinned to CPU 0, wrk to CPU 1 (64 connections, a random id of the 1,000 per
 //! request). Reports requests/s, p50 and p99 for each and the gateway's ratios.
 //!
-//! Needs `wrk`, `nginx` and `taskset` (Debian: `apt-get install wrk nginx util-linux`).
-//! Run with: `cargo bench --bench cache_hits` (`FGW_BENCH_SECS=20` for longer runs).
+//! Needs `wrk`, `nginx`, `redis-server` and `taskset` (Debian: `apt-get install wrk nginx
+//! redis-server util-linux`).
+//! Run with: `cargo bench --bench cache_hits` (`FGW_BENCH_SECS` per run, default 5;
+//! `FGW_BENCH_ROUNDS`, default 3: every server runs once per round, in rotating order).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,8 +27,16 @@ mod common;
 
 use common::{Proc, demo_token, start};
 
+/// Logs and nginx's cache go on tmpfs where there is one: on disk, the kernel writes one run's
+/// log back while a later run is being measured.
 fn workdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fgw-bench-{}", std::process::id()));
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("fgw-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -94,6 +104,24 @@ fn wrk(name: &'static str, base: &str, script: &Path, secs: u64) -> Result_ {
         p50_ms: parse_ms(&field("50%")),
         p99_ms: parse_ms(&field("99%")),
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `1.23x [1.10-1.31]`: the median of per-round ratios, and their range.
+fn spread(v: Vec<f64>) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    format!("{:.2}x [{lo:.2}-{hi:.2}]", median(v))
 }
 
 /// The baseline: hyper answering the stored bodies from moka, nothing else.
@@ -212,10 +240,16 @@ fn main() {
     if args.iter().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` asks benches to list tests: there are none
     }
-    let secs: u64 = std::env::var("FGW_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (secs, rounds) = (
+        env("FGW_BENCH_SECS", 5),
+        env("FGW_BENCH_ROUNDS", 3) as usize,
+    );
     let dir = workdir();
     let bin = env!("CARGO_BIN_EXE_finovy-gateway");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -380,66 +414,54 @@ fn main() {
         }
     });
 
-    let results = [
-        wrk(
-            "baseline (hyper + moka)",
-            &format!("http://{base}"),
-            &script,
-            secs,
-        ),
-        wrk(
-            "nginx proxy_cache",
-            &format!("http://{nginx_addr}"),
-            &script,
-            secs,
-        ),
-        wrk(
-            "nginx proxy_cache + log",
-            &format!("http://{nginx_logged}"),
-            &script,
-            secs,
-        ),
-        wrk("finovy-gateway", &format!("http://{gw}"), &script, secs),
-        wrk(
-            "finovy-gateway, shared mode",
-            &format!("http://{shared}"),
-            &script,
-            secs,
-        ),
+    let targets = [
+        ("baseline (hyper + moka)", format!("http://{base}")),
+        ("nginx proxy_cache", format!("http://{nginx_addr}")),
+        ("nginx proxy_cache + log", format!("http://{nginx_logged}")),
+        ("finovy-gateway", format!("http://{gw}")),
+        ("finovy-gateway, shared mode", format!("http://{shared}")),
     ];
-    println!("cache hits: {DISKS} disks, wrk -t1 -c64 -d{secs}s on CPU 1, each server on CPU 0");
-    for r in &results {
+    // Rounds, each running every server once, in an order that rotates: this machine's speed
+    // drifts over a minute, so ratios are taken within a round and their median reported.
+    let mut runs: Vec<Vec<Result_>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..targets.len() {
+            let t = (round + k) % targets.len();
+            let (name, url) = &targets[t];
+            let r = wrk(name, url, &script, secs);
+            eprintln!(
+                "  round {round}: {name:<28} {:>9.0} req/s   p50 {:>5.2} ms   p99 {:>5.2} ms",
+                r.rps, r.p50_ms, r.p99_ms
+            );
+            runs[t].push(r);
+        }
+    }
+    println!(
+        "cache hits: {DISKS} disks, wrk -t1 -c64 -d{secs}s on CPU 1, each server on CPU 0, \
+         {rounds} rounds (medians; ratios within a round, median [min-max])"
+    );
+    for r in &runs {
+        let field = |f: fn(&Result_) -> f64| median(r.iter().map(f).collect());
         println!(
-            "  {:<26} {:>10.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
-            r.name, r.rps, r.p50_ms, r.p99_ms
+            "  {:<28} {:>9.0} req/s   p50 {:>5.2} ms   p99 {:>5.2} ms",
+            r[0].name,
+            field(|x| x.rps),
+            field(|x| x.p50_ms),
+            field(|x| x.p99_ms)
         );
     }
-    let (b, n, nl, g, sh) = (
-        &results[0],
-        &results[1],
-        &results[2],
-        &results[3],
-        &results[4],
-    );
-    println!(
-        "  gateway / nginx (access_log off): {:.2}x req/s, p99 {:.2}x",
-        g.rps / n.rps,
-        g.p99_ms / n.p99_ms
-    );
-    println!(
-        "  gateway / nginx (access log on, its default): {:.2}x req/s, p99 {:.2}x",
-        g.rps / nl.rps,
-        g.p99_ms / nl.p99_ms
-    );
-    println!(
-        "  gateway / baseline: {:.2}x req/s, p99 {:.2}x",
-        g.rps / b.rps,
-        g.p99_ms / b.p99_ms
-    );
-    println!(
-        "  shared mode / single replica: {:.2}x req/s, p99 {:.2}x",
-        sh.rps / g.rps,
-        sh.p99_ms / g.p99_ms
-    );
+    let ratio = |label: &str, a: usize, b: usize| {
+        let rps: Vec<f64> = (0..rounds)
+            .map(|i| runs[a][i].rps / runs[b][i].rps)
+            .collect();
+        let p99: Vec<f64> = (0..rounds)
+            .map(|i| runs[a][i].p99_ms / runs[b][i].p99_ms)
+            .collect();
+        println!("  {label}: {} req/s, p99 {}", spread(rps), spread(p99));
+    };
+    ratio("gateway / nginx (access_log off)", 3, 1);
+    ratio("gateway / nginx (access log on, its default)", 3, 2);
+    ratio("gateway / baseline", 3, 0);
+    ratio("shared mode / single replica", 4, 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
