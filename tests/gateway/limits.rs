@@ -1,5 +1,5 @@
-//! Limits with clear answers (body size, concurrency, request timeout) and paths that try to
-//! leave the route table or reach another host.
+//! Limits with clear answers (body size, concurrency, request timeout, a client that stalls) and
+//! paths that try to leave the route table or reach another host.
 
 use std::time::Duration;
 
@@ -193,4 +193,50 @@ async fn an_oversized_request_head_is_refused() {
     .await;
     assert_eq!(status, 431);
     assert_eq!(sim.total().await, before);
+}
+
+/// Reads from `s` until the server closes the connection; how long that took, and what came.
+async fn until_closed(s: &mut tokio::net::TcpStream) -> (Duration, String) {
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the server closes the connection within 10 s")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    (started.elapsed(), String::from_utf8_lossy(&out).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stalls_mid_head_or_stays_idle_is_let_go() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start("[server]\nrequest_timeout = \"1s\"\n", &sim.url, demo_env()).await;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let before = sim.total().await;
+
+    // Half a request head, then nothing: the connection is closed once the timeout has passed.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(format!("GET {DISK}/memoryTotal/0 HTTP/1.1\r\nHost: gw\r\n").as_bytes())
+        .await
+        .unwrap();
+    // An idle keep-alive connection after a whole exchange is let go the same way.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(format!("GET {DISK}/memoryTotal/0 HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (stalled, idle) = tokio::join!(until_closed(&mut stalled), until_closed(&mut idle));
+    assert!(stalled.0 >= Duration::from_millis(900), "{stalled:?}");
+    assert!(!stalled.1.contains("200 OK"), "{stalled:?}");
+    assert!(idle.0 >= Duration::from_millis(900), "{idle:?}");
+    assert!(idle.1.starts_with("HTTP/1.1 200 OK"), "{idle:?}");
+    // Only the whole request went upstream, and the gateway still serves new connections.
+    assert_eq!(sim.total().await, before + 1);
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
 }
