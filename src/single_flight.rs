@@ -8,11 +8,14 @@
 //! - *done*: the result, shared with every caller;
 //! - *lost*: the task ended without a result (it panicked); callers get `None` and decide.
 //!
-//! The key leaves the table when the task ends, however it ends, so no key is ever stuck.
+//! The key leaves the table when the task ends, however it ends, so no key is ever stuck. A flight
+//! can also be *detached* before then (its result is no longer what a new caller wants): it runs
+//! on for the callers it has, knows it was detached, and the next caller of its key starts anew.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -24,7 +27,23 @@ pub enum Role {
     Joined,
 }
 
-type Table<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
+/// A running flight: how to wait for it, and whether it was detached.
+struct Slot<V> {
+    rx: watch::Receiver<Option<V>>,
+    detached: Detached,
+}
+
+type Table<K, V> = Arc<Mutex<HashMap<K, Slot<V>>>>;
+
+/// Whether a flight was detached (see [`SingleFlight::detach`]), as its call sees it.
+#[derive(Clone, Default)]
+pub struct Detached(Arc<AtomicBool>);
+
+impl Detached {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 pub struct SingleFlight<K, V> {
     flights: Table<K, V>,
@@ -54,15 +73,19 @@ impl<V: Clone> Flight<V> {
     }
 }
 
-/// Removes the key when the flight's task ends, normally or by panic.
+/// Removes the key when the flight's task ends, normally or by panic, unless the flight was
+/// detached and the key now belongs to a later one.
 struct Land<K: Hash + Eq, V> {
     flights: Table<K, V>,
     key: Option<K>,
+    rx: watch::Receiver<Option<V>>,
 }
 
 impl<K: Hash + Eq, V> Drop for Land<K, V> {
     fn drop(&mut self) {
-        if let (Some(key), Ok(mut map)) = (self.key.take(), self.flights.lock()) {
+        if let (Some(key), Ok(mut map)) = (self.key.take(), self.flights.lock())
+            && map.get(&key).is_some_and(|s| s.rx.same_channel(&self.rx))
+        {
             map.remove(&key);
         }
     }
@@ -82,21 +105,37 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
+        self.join_or_start_with(key, |_| call())
+    }
+
+    /// [`Self::join_or_start`], where the call can tell whether its flight was detached.
+    pub fn join_or_start_with<F>(&self, key: K, call: impl FnOnce(Detached) -> F) -> Flight<V>
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
         let mut map = self.flights.lock().expect("single-flight table");
-        if let Some(rx) = map.get(&key) {
+        if let Some(slot) = map.get(&key) {
             return Flight {
                 role: Role::Joined,
-                rx: rx.clone(),
+                rx: slot.rx.clone(),
             };
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key.clone(), rx.clone());
+        let detached = Detached::default();
+        map.insert(
+            key.clone(),
+            Slot {
+                rx: rx.clone(),
+                detached: detached.clone(),
+            },
+        );
         drop(map);
         let land = Land {
             flights: self.flights.clone(),
             key: Some(key),
+            rx: rx.clone(),
         };
-        let fut = call();
+        let fut = call(detached);
         tokio::spawn(async move {
             let _land = land;
             let value = fut.await;
@@ -106,6 +145,19 @@ where
             role: Role::Leader,
             rx,
         }
+    }
+
+    /// Detaches the running flights whose key `which` picks: each goes on for the callers it has
+    /// and sees itself detached; the next caller of its key starts a new flight.
+    pub fn detach(&self, mut which: impl FnMut(&K) -> bool) {
+        let mut map = self.flights.lock().expect("single-flight table");
+        map.retain(|key, slot| {
+            let keep = !which(key);
+            if !keep {
+                slot.detached.0.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
     }
 
     /// How many flights are running (for tests and metrics).
@@ -167,5 +219,38 @@ mod tests {
         let again = sf.join_or_start("k", || async { 2 });
         assert_eq!(again.role, Role::Leader);
         assert_eq!(again.wait().await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_detached_flight_runs_on_for_its_callers_and_knows_it() {
+        let sf: SingleFlight<&str, (u32, bool)> = SingleFlight::new();
+        let gate = Arc::new(Notify::new());
+        let g = gate.clone();
+        let old = sf.join_or_start_with("k", move |detached| async move {
+            g.notified().await;
+            (1, detached.is_set())
+        });
+        let joined = sf.join_or_start("k", || async { unreachable!("joins the running flight") });
+        assert_eq!(joined.role, Role::Joined);
+        sf.detach(|k| *k == "other");
+        assert_eq!(sf.len(), 1, "only the picked keys are detached");
+        sf.detach(|k| *k == "k");
+        assert!(sf.is_empty());
+        // The next caller starts anew; the old flight's end must not remove the new one's key.
+        let new_gate = Arc::new(Notify::new());
+        let g = new_gate.clone();
+        let new = sf.join_or_start_with("k", move |detached| async move {
+            g.notified().await;
+            (2, detached.is_set())
+        });
+        assert_eq!(new.role, Role::Leader);
+        gate.notify_one();
+        assert_eq!(old.wait().await, Some((1, true)));
+        assert_eq!(joined.wait().await, Some((1, true)));
+        assert_eq!(sf.len(), 1, "the new flight still runs");
+        let third = sf.join_or_start("k", || async { unreachable!("joins the new flight") });
+        new_gate.notify_one();
+        assert_eq!(new.wait().await, Some((2, false)));
+        assert_eq!(third.wait().await, Some((2, false)));
     }
 }

@@ -3,10 +3,11 @@
 //! fills and invalidation. It knows keys, answers and durations; the HTTP side is
 //! [`crate::layers::cache`].
 //!
-//! Invalidation and fills race safely through an epoch: every invalidation moves it on, a fill
-//! stores its answer only if no invalidation happened while it ran, and a request joins only a fill
-//! of the current epoch. So after a mutation through the gateway, no answer fetched before it is
-//! ever served as fresh.
+//! Invalidation and fills race safely: an invalidation detaches the fills in flight for the keys it
+//! covers. A detached fill still answers the requests that joined it, but stores nothing, and the
+//! next request for its key starts a fill of its own. So after a mutation through the gateway, no
+//! answer fetched before it is ever served as fresh, while fills of other keys (another disk, or
+//! another account) go on undisturbed.
 
 pub mod entry;
 pub mod key;
@@ -15,7 +16,6 @@ pub mod policy;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
@@ -39,8 +39,7 @@ pub enum Filled {
 pub struct Cache {
     store: Arc<dyn CacheStore>,
     policies: BTreeMap<Route, CachePolicy>,
-    flights: SingleFlight<(CacheKey, u64), Arc<Filled>>,
-    epoch: AtomicU64,
+    flights: SingleFlight<CacheKey, Arc<Filled>>,
     metrics: Arc<Metrics>,
 }
 
@@ -119,7 +118,6 @@ impl Cache {
             store,
             policies: settings.routes.clone(),
             flights: SingleFlight::new(),
-            epoch: AtomicU64::new(0),
             metrics,
         }
     }
@@ -148,10 +146,9 @@ impl Cache {
     where
         F: Future<Output = Answer> + Send + 'static,
     {
-        let epoch = self.epoch.load(Ordering::SeqCst);
         let cache = self.clone();
         self.flights
-            .join_or_start((key.clone(), epoch), move || async move {
+            .join_or_start_with(key.clone(), move |detached| async move {
                 // A fill of this replica that landed since the caller looked is in its own memory;
                 // one of another replica's is found by the claim below.
                 if !force
@@ -172,10 +169,19 @@ impl Cache {
                 let mut stored = false;
                 if answer.is_storable() {
                     if let Some(policy) = cache.policy(key.route)
-                        && cache.epoch.load(Ordering::SeqCst) == epoch
+                        && !detached.is_set()
                     {
                         let entry = Entry::new(key.route, answer.clone(), policy, Instant::now());
-                        stored = cache.store.put_filled(key, Arc::new(entry), ticket).await;
+                        stored = cache
+                            .store
+                            .put_filled(key.clone(), Arc::new(entry), ticket)
+                            .await;
+                        // Detached while storing: the invalidation may have run before the entry
+                        // landed, so it is dropped here (at worst a later fill's entry with it).
+                        if stored && detached.is_set() {
+                            cache.store.invalidate(Invalidation::Key(key)).await;
+                            stored = false;
+                        }
                     } else {
                         cache.store.release_fill(&key, ticket).await;
                     }
@@ -223,7 +229,8 @@ impl Cache {
     }
 
     pub async fn invalidate(&self, what: Invalidation, reason: Reason) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // Before the store drops the entries: a fill that stores after this sees itself detached.
+        self.flights.detach(|key| what.matches(key));
         self.metrics
             .cache_invalidations
             .with_label_values(&[label(&what), reason.as_str()])

@@ -524,3 +524,47 @@ async fn the_byte_bound_holds() {
         "entries were evicted: {entries}"
     );
 }
+
+/// Waits until the simulator has received `n` `info` calls in all.
+async fn info_calls_reach(sim: &Sim, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.calls("info").await < n {
+        assert!(Instant::now() < deadline, "{n} info calls never came");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshing_one_disk_leaves_another_disks_fill_alone() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(&info_policy("ttl = \"60s\""), &sim.url, demo_env()).await;
+    let a = create_disk(&gw, json!({"area": 0, "memory": 20, "isMount": 0})).await;
+    let b = create_disk(&gw, json!({"area": 0, "memory": 30, "isMount": 0})).await;
+    let (url_a, url_b) = (
+        format!("{}{DISK}/info/{a}", gw.url),
+        format!("{}{DISK}/info/{b}", gw.url),
+    );
+    get(&url_a, &[]).await;
+    sim.fault("slow", "600ms").await;
+    let polls = |n: usize| {
+        let url = url_b.clone();
+        tokio::spawn(async move { concurrent_gets(&url, n).await })
+    };
+    // Disk B's fill is in flight...
+    let early = polls(10);
+    info_calls_reach(&sim, 2).await;
+    // ...when a client refreshes disk A (an invalidation of A's entry, and a call of its own)...
+    let url = url_a.clone();
+    let refresh = tokio::spawn(async move { get(&url, &[("Cache-Control", "no-cache")]).await });
+    info_calls_reach(&sim, 3).await;
+    // ...and more polls of B arrive: they join B's fill, which is stored as if nothing happened.
+    let late = polls(10);
+    for answer in early.await.unwrap().into_iter().chain(late.await.unwrap()) {
+        assert_eq!(answer["data"]["id"], b.as_str());
+    }
+    assert_eq!(refresh.await.unwrap().0, 200);
+    sim.fault("none", "0s").await;
+    let (_, h, _) = get(&url_b, &[]).await;
+    assert!(cache_status(&h).contains("hit"), "{h:?}");
+    assert_eq!(sim.calls("info").await, 3, "A, B once, A's refresh");
+}
