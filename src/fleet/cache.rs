@@ -7,10 +7,11 @@
 //!   holder failed or died, and the lock expired), claim it themselves.
 //! - Entry keys carry a generation per account and route, so that dropping a whole route (all
 //!   `disk.list` pages of an account) is one `INCR`: the old generation is never read again and
-//!   expires on its own. Every invalidation also moves the account's epoch: a fill that began
-//!   before it is not stored. Invalidations are published; every replica drops the matching L1
-//!   entries when the message arrives, and a replica that lost its subscription clears its L1 when
-//!   it subscribes again, since it may have missed some.
+//!   expires on its own. Dropping one entry moves that entry's epoch: a fill of it that began
+//!   before is not stored (and neither is one of a route whose generation moved meanwhile); fills
+//!   of other entries are not disturbed. Invalidations are published; every replica drops the
+//!   matching L1 entries when the message arrives, and a replica that lost its subscription clears
+//!   its L1 when it subscribes again, since it may have missed some.
 //! - Every key of an account shares a Redis Cluster hash tag (`{account}`), so each script touches
 //!   one slot.
 //! - `host.one` answers carry host passwords: they stay in L1, never in Redis.
@@ -75,20 +76,20 @@ if redis.call('GET', KEYS[2]) == ARGV[7] then redis.call('DEL', KEYS[2]) end
 return stored
 "#;
 
-/// KEYS: epoch, generation. ARGV: entry key up to the generation, `:id` (empty: the whole
-/// route), counter ttl, channel, message (empty: publish nothing). Moves the epoch, then drops
-/// the entry or moves the route to a new generation.
+/// KEYS: generation, then the entry's epoch when one entry goes. ARGV: entry key up to the
+/// generation, `:id` (empty: the whole route), counter ttl, channel, message (empty: publish
+/// nothing). Moves the route to a new generation, or moves the entry's epoch and drops it.
 const INVALIDATE: &str = r#"
 for _, k in ipairs(KEYS) do
   if redis.call('PTTL', k) < tonumber(ARGV[3]) then
     redis.call('SET', k, tonumber(redis.call('GET', k) or 0), 'PX', ARGV[3])
   end
 end
-redis.call('INCR', KEYS[1])
 if ARGV[2] == '' then
-  redis.call('INCR', KEYS[2])
+  redis.call('INCR', KEYS[1])
 else
-  redis.call('DEL', ARGV[1] .. (redis.call('GET', KEYS[2]) or '0') .. ARGV[2])
+  redis.call('INCR', KEYS[2])
+  redis.call('DEL', ARGV[1] .. (redis.call('GET', KEYS[1]) or '0') .. ARGV[2])
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 0
@@ -240,8 +241,11 @@ impl Inner {
         self.fleet.account_key(account, &["gen", route.as_str()])
     }
 
-    fn epoch_key(&self, account: &str) -> String {
-        self.fleet.account_key(account, &["cache-epoch"])
+    /// The entry's invalidation count. Per entry, so that dropping one disk's entry does not stop
+    /// the fills of the account's other disks from being stored.
+    fn epoch_key(&self, k: &CacheKey) -> String {
+        self.fleet
+            .account_key(&k.account, &["cache-epoch", k.route.as_str(), &k.id])
     }
 
     fn lock_key(&self, k: &CacheKey) -> String {
@@ -325,9 +329,11 @@ impl Inner {
         id: Option<&str>,
         message: &str,
     ) -> Result<(), StoreError> {
-        let mut inv = self.invalidate.key(self.epoch_key(account));
-        inv.key(self.gen_key(account, route))
-            .arg(self.entry_base(account, route))
+        let mut inv = self.invalidate.key(self.gen_key(account, route));
+        if let Some(id) = id {
+            inv.key(self.epoch_key(&CacheKey::new(account, route, id)));
+        }
+        inv.arg(self.entry_base(account, route))
             .arg(id.map(|id| format!(":{id}")).unwrap_or_default())
             .arg(COUNTER_TTL_MS)
             .arg(self.channel())
@@ -409,7 +415,7 @@ impl CacheStore for TwoLevel {
                 return;
             }
             // Without a claim (a forced refresh, or Redis was down at the claim): no epoch to check.
-            let mut inv = this.put_filled.key(this.epoch_key(&key.account));
+            let mut inv = this.put_filled.key(this.epoch_key(&key));
             inv.key(this.lock_key(&key))
                 .key(this.gen_key(&key.account, key.route))
                 .arg(-1)
@@ -452,7 +458,7 @@ impl CacheStore for TwoLevel {
         Box::pin(async move {
             let fence = fence();
             let mut inv = this.claim.key(this.lock_key(&key));
-            inv.key(this.epoch_key(&key.account))
+            inv.key(this.epoch_key(&key))
                 .key(this.gen_key(&key.account, key.route))
                 .arg(&fence)
                 .arg(px(this.fleet.lock_ttl));
@@ -483,7 +489,7 @@ impl CacheStore for TwoLevel {
         }
         let (this, key) = (self.0.clone(), key.clone());
         Box::pin(async move {
-            let mut inv = this.observe.key(this.epoch_key(&key.account));
+            let mut inv = this.observe.key(this.epoch_key(&key));
             inv.key(this.gen_key(&key.account, key.route));
             match this
                 .fleet
@@ -516,7 +522,7 @@ impl CacheStore for TwoLevel {
         let this = self.0.clone();
         Box::pin(async move {
             let seq = this.l1_seq.load(Ordering::SeqCst);
-            let mut inv = this.put_filled.key(this.epoch_key(&key.account));
+            let mut inv = this.put_filled.key(this.epoch_key(&key));
             inv.key(this.lock_key(&key))
                 .key(this.gen_key(&key.account, key.route))
                 .arg(epoch)

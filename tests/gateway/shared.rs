@@ -1231,3 +1231,46 @@ async fn a_no_cache_refresh_on_one_replica_is_shared_with_the_others() {
     assert!(cache_status(&h).contains("hit"), "{h:?}");
     assert_eq!(sim.calls("info").await - before, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshing_one_disk_leaves_the_fleets_fill_of_another_alone() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let toml = config(&redis, "fgw-epoch:", "", &info_policy("ttl = \"60s\""));
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let (x, y) = (create_disk(&a).await, create_disk(&a).await);
+    assert_ne!(x, y);
+    let client = http();
+    info(&client, &a.url, &x).await;
+    sim.fault("slow", "600ms").await;
+    // Disk Y's fill is in flight on A...
+    let (a_url, y2) = (a.url.clone(), y.clone());
+    let poll_y = tokio::spawn(async move { info(&http(), &a_url, &y2).await });
+    wait_for("Y's fill", Duration::from_secs(10), || async {
+        sim.calls("info").await >= 2
+    })
+    .await;
+    // ...when a client refreshes disk X through B (X's entry dropped fleet-wide, and a call).
+    let (status, h, _) = answer(
+        client
+            .get(format!("{}{DISK}/info/{x}", b.url))
+            .header("Cache-Control", "no-cache"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(cache_status(&h).contains("fwd=request"), "{h:?}");
+    let (status, h, v) = poll_y.await.unwrap();
+    assert_eq!((status, v["data"]["id"].as_str()), (200, Some(y.as_str())));
+    assert!(
+        cache_status(&h).contains("stored"),
+        "Y's fill was stored: {h:?}"
+    );
+    sim.fault("none", "0s").await;
+    // B finds Y's entry in Redis: no second call for Y.
+    let (_, h, _) = info(&client, &b.url, &y).await;
+    assert!(cache_status(&h).contains("hit"), "{h:?}");
+    assert_eq!(sim.calls("info").await, 3, "X, Y once, X's refresh");
+}
