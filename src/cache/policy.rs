@@ -176,7 +176,8 @@ impl CacheConfig {
             let (mut enabled, mut policy) = builtin(route);
             if let Some(c) = self.routes.get(route.as_str()) {
                 let key = format!("cache.routes.{:?}", route.as_str());
-                enabled = c.enabled.unwrap_or(enabled);
+                // Writing a route's table is asking for it to be cached, unless it says otherwise.
+                enabled = c.enabled.unwrap_or(true);
                 policy.ttl = c.ttl.unwrap_or(policy.ttl);
                 policy.stale_while_revalidate = c
                     .stale_while_revalidate
@@ -244,6 +245,14 @@ mod tests {
         let s = parse("[cache.routes.\"host.one\"]\nenabled = true\nttl = \"30s\"\n").unwrap();
         assert!(s.routes.contains_key(&Route::DiskInfo));
         assert_eq!(s.routes[&Route::HostOne].ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_routes_table_turns_it_on_unless_it_says_otherwise() {
+        let s = parse("[cache.routes.\"disk.list\"]\nttl = \"30s\"\n").unwrap();
+        assert_eq!(s.routes[&Route::DiskList].ttl, Duration::from_secs(30));
+        let s = parse("[cache.routes.\"disk.info\"]\nenabled = false\nttl = \"30s\"\n").unwrap();
+        assert!(!s.routes.contains_key(&Route::DiskInfo));
     }
 
     #[test]
