@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::cache::Reason;
-use crate::cache::key::CacheKey;
+use crate::cache::key::{CacheKey, body_keyed, canonical_json};
 use crate::config::DEFAULT_ACCOUNT;
 use crate::envelope::error_response;
 use crate::fleet::Fleet;
@@ -248,7 +248,8 @@ struct PurgeRequest {
 }
 
 /// `{"all": true}`, `{"route": "disk.info"}` (every account, or one with `account`), or
-/// `{"route": "disk.info", "id": "PgOiNCqaJQ"}` (one entry; `account` defaults to `default`).
+/// `{"route": "disk.info", "id": "PgOiNCqaJQ"}` (one entry; `account` defaults to `default`;
+/// for `disk.list` the id is the request's JSON body, in any key order).
 fn purge_target(body: &[u8]) -> Result<Invalidation, String> {
     const USAGE: &str = "expected {\"all\": true}, {\"route\": \"disk.info\"} or {\"route\": \"disk.info\", \"id\": \"...\"} (optional \"account\")";
     let req: PurgeRequest = serde_json::from_slice(body).map_err(|e| format!("{USAGE}: {e}"))?;
@@ -260,16 +261,51 @@ fn purge_target(body: &[u8]) -> Result<Invalidation, String> {
     };
     match (req.all, route, req.account, req.id) {
         (true, None, None, None) => Ok(Invalidation::All),
-        (false, Some(route), account, Some(id)) => Ok(Invalidation::Key(CacheKey::new(
-            account.as_deref().unwrap_or(DEFAULT_ACCOUNT),
-            route,
-            id,
-        ))),
+        (false, Some(route), account, Some(id)) => {
+            // A body-keyed route's entry is named by the request's JSON body, in canonical form.
+            let id = if body_keyed(route) {
+                canonical_json(id.as_bytes()).ok_or_else(|| {
+                    format!("the id of a {route} entry is its request's JSON body: {USAGE}")
+                })?
+            } else {
+                id
+            };
+            Ok(Invalidation::Key(CacheKey::new(
+                account.as_deref().unwrap_or(DEFAULT_ACCOUNT),
+                route,
+                id,
+            )))
+        }
         (false, Some(route), Some(account), None) => Ok(Invalidation::Route {
             account: account.into(),
             route,
         }),
         (false, Some(route), None, None) => Ok(Invalidation::AnyAccount(route)),
         _ => Err(USAGE.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_entry_is_named_by_its_body_in_any_key_order() {
+        let purge = |body: &str| purge_target(body.as_bytes());
+        let a = purge(r#"{"route":"disk.list","id":"{\"pageSize\": 10, \"page\": 1}"}"#).unwrap();
+        let b = purge(r#"{"route":"disk.list","id":"{\"page\":1,\"pageSize\":10}"}"#).unwrap();
+        match (&a, &b) {
+            (Invalidation::Key(x), Invalidation::Key(y)) => {
+                assert_eq!(x, y);
+                assert_eq!(&*x.id, r#"{"page":1,"pageSize":10}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(purge(r#"{"route":"disk.list","id":"page=1"}"#).is_err());
+        // Other routes' ids are taken as they are.
+        match purge(r#"{"route":"disk.info","id":"PgOiNCqaJQ"}"#).unwrap() {
+            Invalidation::Key(k) => assert_eq!(&*k.id, "PgOiNCqaJQ"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -402,7 +402,7 @@ async fn purge_needs_the_admin_key() {
     let sim = Sim::start(sim_config()).await;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ADMIN.as_bytes()));
     let toml = format!(
-        "[admin]\nkey_sha256 = \"{digest}\"\n{}",
+        "[admin]\nkey_sha256 = \"{digest}\"\n{}[cache.routes.\"disk.list\"]\nttl = \"60s\"\n",
         info_policy("ttl = \"60s\"")
     );
     let gw = Gw::start(&toml, &sim.url, demo_env()).await;
@@ -441,6 +441,26 @@ async fn purge_needs_the_admin_key() {
     )
     .await;
     assert_eq!(status, 400);
+    // A list entry is named by its request body, in any key order.
+    let list = || {
+        http()
+            .post(format!("{}{DISK}/getList", gw.url))
+            .json(&json!({"page": 1, "pageSize": 10}))
+    };
+    list().send().await.unwrap();
+    let h = list().send().await.unwrap().headers().clone();
+    assert!(cache_status(&h).contains("hit"), "{h:?}");
+    let (status, v) = send_json(
+        http()
+            .post(&purge)
+            .header("Authorization", format!("Bearer {ADMIN}"))
+            .json(&json!({"route": "disk.list", "id": "{ \"pageSize\": 10, \"page\": 1 }"})),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let h = list().send().await.unwrap().headers().clone();
+    assert!(cache_status(&h).contains("fwd=miss"), "purged: {h:?}");
+    assert_eq!(sim.calls("getList").await, 2);
     let (status, _) = send_json(
         http()
             .post(&purge)
