@@ -416,6 +416,22 @@ pub async fn get_text(url: &str) -> String {
         .expect("a body")
 }
 
+/// Buys a disk through the gateway at `gw_url` (anonymous, area 0, 20 GB); its `info` URL there.
+pub async fn new_disk_info_url(gw_url: &str) -> String {
+    let (status, created) = send_json(
+        http()
+            .post(format!("{gw_url}{DISK}/create"))
+            .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0})),
+    )
+    .await;
+    assert_eq!(
+        (status, &created["code"]),
+        (200, &serde_json::json!(0)),
+        "{created}"
+    );
+    format!("{gw_url}{DISK}/info/{}", created["data"].as_str().unwrap())
+}
+
 /// `n` GETs of `url` at once; their JSON answers.
 pub async fn concurrent_gets(url: &str, n: usize) -> Vec<Value> {
     let client = http();

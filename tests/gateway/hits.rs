@@ -175,27 +175,20 @@ async fn a_hit_checks_the_caller_keeps_the_request_id_and_is_logged() {
     }
 }
 
+/// An anonymous gateway with `[server]` settings `server`, and the `info` URL of a disk whose
+/// entry it holds.
+async fn with_a_cached_disk(server: &str) -> (Sim, Gw, String) {
+    let sim = Sim::start(sim_config()).await;
+    let toml = format!("[cache.routes.\"disk.info\"]\nttl = \"60s\"\n[server]\n{server}\n");
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    let url = new_disk_info_url(&gw.url).await;
+    get_text(&url).await;
+    (sim, gw, url)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn what_is_not_a_plain_fresh_hit_takes_the_whole_stack() {
-    let sim = Sim::start(sim_config()).await;
-    let gw = Gw::start(
-        "[cache.routes.\"disk.info\"]\nttl = \"60s\"\n[server]\nmax_body_bytes = 64\n",
-        &sim.url,
-        demo_env(),
-    )
-    .await;
-    let (_, created) = send_json(
-        http()
-            .post(format!("{}{DISK}/create", gw.url))
-            .json(&json!({"area": 0, "memory": 20, "isMount": 0})),
-    )
-    .await;
-    let url = format!(
-        "{}{DISK}/info/{}",
-        gw.url,
-        created["data"].as_str().unwrap()
-    );
-    get_text(&url).await;
+    let (sim, _gw, url) = with_a_cached_disk("max_body_bytes = 64").await;
     // A body on a GET is read, with the limit, by the stack: a small one still hits there...
     let r = http().get(&url).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -233,25 +226,7 @@ async fn what_is_not_a_plain_fresh_hit_takes_the_whole_stack() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hits_are_answered_while_the_stack_sheds_load() {
-    let sim = Sim::start(sim_config()).await;
-    let gw = Gw::start(
-        "[cache.routes.\"disk.info\"]\nttl = \"60s\"\n[server]\nmax_concurrency = 1\n",
-        &sim.url,
-        demo_env(),
-    )
-    .await;
-    let (_, created) = send_json(
-        http()
-            .post(format!("{}{DISK}/create", gw.url))
-            .json(&json!({"area": 0, "memory": 20, "isMount": 0})),
-    )
-    .await;
-    let url = format!(
-        "{}{DISK}/info/{}",
-        gw.url,
-        created["data"].as_str().unwrap()
-    );
-    get_text(&url).await;
+    let (sim, gw, url) = with_a_cached_disk("max_concurrency = 1").await;
     sim.fault("slow", "3s").await;
     // One slow upstream call holds the only slot...
     let total = format!("{}{DISK}/memoryTotal/0", gw.url);

@@ -14,19 +14,7 @@ async fn raw(addr: &str, raw: &str) -> (u16, String) {
         .await
         .unwrap();
     s.write_all(raw.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Read until the server closes; a reset after the answer (unread body bytes) ends it too.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("answer within 10 s")
-        {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&out).to_string();
+    let (_, text) = until_closed(&mut s).await;
     let status = text
         .split_whitespace()
         .nth(1)
@@ -195,7 +183,8 @@ async fn an_oversized_request_head_is_refused() {
     assert_eq!(sim.total().await, before);
 }
 
-/// Reads from `s` until the server closes the connection; how long that took, and what came.
+/// Reads from `s` until the server closes the connection (a reset after an answer, for unread body
+/// bytes, ends it too); how long that took, and what came.
 async fn until_closed(s: &mut tokio::net::TcpStream) -> (Duration, String) {
     let started = std::time::Instant::now();
     let mut out = Vec::new();

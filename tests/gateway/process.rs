@@ -191,17 +191,7 @@ async fn rust_log_turns_access_lines_off_for_every_answer() {
             ("RUST_LOG", "info,finovy_gateway::access=off"),
         ],
     );
-    let (_, created) = send_json(
-        http()
-            .post(format!("{}{DISK}/create", gw.url))
-            .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0})),
-    )
-    .await;
-    let url = format!(
-        "{}{DISK}/info/{}",
-        gw.url,
-        created["data"].as_str().unwrap()
-    );
+    let url = new_disk_info_url(&gw.url).await;
     // A miss, a hit (answered in front of the stack) and a 404.
     get_text(&url).await;
     let hit = http().get(&url).send().await.unwrap();
