@@ -51,12 +51,13 @@ impl FastHit {
         }
     }
 
-    fn metrics_of(&self, route: Route, method: &'static str) -> &HitMetrics {
+    fn metrics_of(&self, route: Route) -> &HitMetrics {
         self.per_route[route as usize].get_or_init(|| HitMetrics {
-            requests: self
-                .metrics
-                .requests
-                .with_label_values(&[route.as_str(), method, "200"]),
+            requests: self.metrics.requests.with_label_values(&[
+                route.as_str(),
+                method_label(route.method()),
+                "200",
+            ]),
             duration: self
                 .metrics
                 .request_duration
@@ -90,15 +91,15 @@ impl FastHit {
 
         let mut resp = bare_hit(&entry, tokio::time::Instant::now());
         let id = request_id::pick(req.headers());
-        let method = method_label(req.method());
-        let metrics = self.metrics_of(route, method);
+        let metrics = self.metrics_of(route);
         metrics.lookups.inc();
         metrics.requests.inc();
         let elapsed = started.elapsed();
         metrics.duration.observe(elapsed.as_secs_f64());
         Line {
             request_id: id.to_str().unwrap_or("-"),
-            method,
+            // A route is one method (see `routes`), so this is the request's.
+            method: method_label(route.method()),
             route: route.as_str(),
             status: 200,
             micros: elapsed.as_micros() as u64,
