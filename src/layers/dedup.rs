@@ -432,18 +432,15 @@ impl Ctx {
                     return replay(&answer);
                 }
                 State::Unknown { sent_at_ms } => {
-                    let settled = self
-                        .settle_unknown(
-                            inner.clone(),
-                            &req,
-                            &rkey,
-                            &fingerprint,
-                            sent_at_ms,
-                            policy.idempotency_ttl,
-                            policy,
-                            true,
-                        )
-                        .await;
+                    let unknown = Unknown {
+                        rkey: &rkey,
+                        fingerprint: &fingerprint,
+                        sent_at_ms,
+                        done_ttl: policy.idempotency_ttl,
+                        policy,
+                        keyed: true,
+                    };
+                    let settled = self.settle_unknown(inner.clone(), &req, &unknown).await;
                     // Not made: the record is reopened, and this request makes it under it.
                     if let Settled::Answer(resp) = settled {
                         return resp;
@@ -500,18 +497,15 @@ impl Ctx {
                     return replay(&answer);
                 }
                 State::Unknown { sent_at_ms } => {
-                    let settled = self
-                        .settle_unknown(
-                            inner.clone(),
-                            &req,
-                            &rkey,
-                            &fingerprint,
-                            sent_at_ms,
-                            policy.dedup_window,
-                            policy,
-                            false,
-                        )
-                        .await;
+                    let unknown = Unknown {
+                        rkey: &rkey,
+                        fingerprint: &fingerprint,
+                        sent_at_ms,
+                        done_ttl: policy.dedup_window,
+                        policy,
+                        keyed: false,
+                    };
+                    let settled = self.settle_unknown(inner.clone(), &req, &unknown).await;
                     // Not made: the record is gone, and this request makes it.
                     if let Settled::Answer(resp) = settled {
                         return resp;
@@ -555,24 +549,13 @@ impl Ctx {
     /// Answers a repeat of a create whose outcome is unknown: with the disk it made (recorded as
     /// done for `done_ttl`), with a refusal, or [`Settled::NotMade`] when it made nothing and
     /// may run again. One repeat at a time settles a record, fleet-wide.
-    #[allow(clippy::too_many_arguments)]
-    async fn settle_unknown<S>(
-        &self,
-        inner: S,
-        req: &Req,
-        rkey: &str,
-        fingerprint: &str,
-        sent_at_ms: u64,
-        done_ttl: Duration,
-        policy: &CreatePolicy,
-        keyed: bool,
-    ) -> Settled
+    async fn settle_unknown<S>(&self, inner: S, req: &Req, unknown: &Unknown<'_>) -> Settled
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send,
     {
         let id = self.request_id.as_str();
-        let guard = format!("settle|{rkey}");
+        let guard = format!("settle|{}", unknown.rkey);
         match self
             .shared
             .records
@@ -587,18 +570,7 @@ impl Ctx {
             }
             Ok(Begin::Started) => {}
         }
-        let settled = self
-            .settle_locked(
-                inner,
-                req,
-                rkey,
-                fingerprint,
-                sent_at_ms,
-                done_ttl,
-                policy,
-                keyed,
-            )
-            .await;
+        let settled = self.settle_locked(inner, req, unknown).await;
         let _ = self.shared.records.remove(&guard).await;
         settled
     }
@@ -606,22 +578,19 @@ impl Ctx {
     /// [`Ctx::settle_unknown`] once it holds the settle guard: the record is read again (another
     /// retry may have settled it since this one looked), and when nothing was made it is reopened
     /// before the guard is released, so that two retries never both make the create.
-    #[allow(clippy::too_many_arguments)]
-    async fn settle_locked<S>(
-        &self,
-        inner: S,
-        req: &Req,
-        rkey: &str,
-        fingerprint: &str,
-        sent_at_ms: u64,
-        done_ttl: Duration,
-        policy: &CreatePolicy,
-        keyed: bool,
-    ) -> Settled
+    async fn settle_locked<S>(&self, inner: S, req: &Req, unknown: &Unknown<'_>) -> Settled
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send,
     {
+        let Unknown {
+            rkey,
+            fingerprint,
+            sent_at_ms,
+            done_ttl,
+            policy,
+            keyed,
+        } = *unknown;
         let records = &self.shared.records;
         let id = self.request_id.as_str();
         let still_unknown = match records.get(rkey).await {
@@ -814,6 +783,20 @@ enum Reconciled {
     Found(Answer),
     NotMade,
     Refused(Resp),
+}
+
+/// A record whose create has an unknown outcome, as a repeat of that create finds it.
+#[derive(Clone, Copy)]
+struct Unknown<'a> {
+    rkey: &'a str,
+    fingerprint: &'a str,
+    /// When the create was sent (the record's `Unknown` state).
+    sent_at_ms: u64,
+    /// How long a reconciled answer is kept: the idempotency lifetime, or the de-dup window.
+    done_ttl: Duration,
+    policy: &'a CreatePolicy,
+    /// Under an `Idempotency-Key` (reopened in place when nothing was made) or key-less.
+    keyed: bool,
 }
 
 /// An execution cut off at its limit: the request may have reached the upstream, so the outcome
