@@ -214,20 +214,9 @@ impl RedisServer {
                 self.dir.display()
             );
             std::fs::write(&path, text).expect("write sentinel.conf");
-            let child = cmd
-                .arg(&path)
-                .arg("--sentinel")
-                .current_dir(&self.dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
-            self.child = Some(child);
-            return;
-        }
-        let child = cmd
-            .args([
+            cmd.arg(&path).arg("--sentinel");
+        } else {
+            cmd.args([
                 "--port",
                 &port,
                 "--bind",
@@ -243,7 +232,9 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
-            .args(&self.extra)
+            .args(&self.extra);
+        }
+        let child = cmd
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
