@@ -117,13 +117,29 @@ impl Connector {
             client_tls: None,
             root_cert: Some(ca),
         };
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            // The crate's messages may quote the URL, password included.
-            format!("{what}: {}", e.to_string().replace(url, "<url>"))
-        };
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| "expected scheme://...".to_string())?;
+        // The crate's messages may quote a URL: the configured one, or a node's built from it,
+        // password included. Neither reaches an error message.
+        let password = rest
+            .split('/')
+            .next()
+            .and_then(|authority| authority.rsplit_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password)
+            .filter(|p| !p.is_empty());
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            let mut msg = e.to_string().replace(url, "<url>");
+            if let Some(p) = password {
+                msg = msg.replace(p, "***");
+            }
+            if what.is_empty() {
+                msg
+            } else {
+                format!("{what}: {msg}")
+            }
+        };
         let topology = match scheme {
             "redis+cluster" | "rediss+cluster" => {
                 let base = if scheme.starts_with("rediss") {
@@ -183,7 +199,8 @@ impl Connector {
                     Some(ca) => redis::Client::build_with_tls(url, certs(ca)),
                     None => redis::Client::open(url),
                 }
-                .map_err(|e| bad("redis.url", &e))?,
+                // The caller names the key: no prefix of its own.
+                .map_err(|e| bad("", &e))?,
             ),
         };
         Ok(Connector {
@@ -326,5 +343,22 @@ mod tests {
             .unwrap();
         assert!(e.contains("primary's name") && !e.contains("secret"), "{e}");
         assert!(Connector::new("redis+cluster://", t, None).is_err());
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_its_password() {
+        let t = Duration::from_secs(1);
+        for url in [
+            "redis://:hunter2@[::1",
+            "redis+cluster://u:hunter2@h1:1,h2:::x",
+            "redis+sentinel://u:hunter2@s1:26379/mymaster/notadb",
+        ] {
+            let e = Connector::new(url, t, None).err().unwrap_or_default();
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+        }
+        let e = Connector::new("redis://:hunter2@[::1", t, None)
+            .err()
+            .unwrap();
+        assert!(e.starts_with("Redis URL did not parse"), "{e}");
     }
 }
