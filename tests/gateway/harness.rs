@@ -157,6 +157,18 @@ pub fn fresh_key() -> String {
     )
 }
 
+/// A `[cache.routes."disk.info"]` table with `extra` in it.
+pub fn info_policy(extra: &str) -> String {
+    format!("[cache.routes.\"disk.info\"]\n{extra}\n")
+}
+
+/// An answer's `Cache-Status` (empty when it has none).
+pub fn cache_status(h: &reqwest::header::HeaderMap) -> String {
+    h.get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
 /// A `[[clients]]` entry for `key`.
 pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
     format!(
