@@ -247,8 +247,8 @@ fn main() {
             .unwrap_or(default)
     };
     let (secs, rounds) = (
-        env("FGW_BENCH_SECS", 5),
-        env("FGW_BENCH_ROUNDS", 3) as usize,
+        env("FGW_BENCH_SECS", 5).max(1),
+        env("FGW_BENCH_ROUNDS", 3).max(1) as usize,
     );
     let dir = workdir();
     let bin = env!("CARGO_BIN_EXE_finovy-gateway");
