@@ -86,12 +86,12 @@ pub struct Entry {
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
     /// A hit's headers, made once per second of age rather than once per hit.
-    pub hit_headers: std::sync::Mutex<Option<HitHeaders>>,
+    pub hit_headers: std::sync::Mutex<Option<std::sync::Arc<HitHeaders>>>,
 }
 
 /// A hit's headers at one `ttl` and age: the stored ones, `Cache-Status`, `Age`, and a slot for
 /// `X-Request-Id`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HitHeaders {
     pub ttl: i64,
     pub age: u64,

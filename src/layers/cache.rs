@@ -169,34 +169,41 @@ fn hit(entry: &Entry, now: Instant) -> Resp {
 /// request: a hit clones one map and allocates nothing else.
 pub fn bare_hit(entry: &Entry, now: Instant) -> Resp {
     let (ttl, age) = (entry.ttl_secs(now), entry.age(now).as_secs());
-    let mut cached = entry.hit_headers.lock().unwrap_or_else(|p| p.into_inner());
-    let headers = match &*cached {
-        Some(h) if h.ttl == ttl && h.age == age => h.headers.clone(),
-        _ => {
-            let status = format!("{CACHE_NAME}; hit; ttl={ttl}");
-            let mut headers = entry.answer.headers.clone();
-            headers.insert(
-                CACHE_STATUS,
-                HeaderValue::from_str(&status)
-                    .unwrap_or(HeaderValue::from_static("finovy-gateway; hit")),
-            );
-            headers.insert(header::AGE, HeaderValue::from(age));
-            // A slot every answer fills with its own id (the request-id layer, or the fast path),
-            // so that filling it replaces a value rather than growing the cloned map.
-            headers.insert(X_REQUEST_ID, HeaderValue::from_static("-"));
-            *cached = Some(HitHeaders {
-                ttl,
-                age,
-                headers: headers.clone(),
-            });
-            headers
+    let memo = {
+        let mut cached = entry.hit_headers.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some(h) if h.ttl == ttl && h.age == age => h.clone(),
+            _ => {
+                let made = Arc::new(HitHeaders {
+                    ttl,
+                    age,
+                    headers: hit_headers(entry, ttl, age),
+                });
+                *cached = Some(made.clone());
+                made
+            }
         }
     };
-    drop(cached);
+    // Cloned outside the lock: hits on one hot entry do not queue behind each other's copy.
     let mut resp = Resp::new(entry.answer.body.clone());
     *resp.status_mut() = entry.answer.status;
-    *resp.headers_mut() = headers;
+    *resp.headers_mut() = memo.headers.clone();
     resp
+}
+
+/// The stored headers, `Cache-Status` and `Age` of a hit, and a slot every answer fills with its
+/// own id (the request-id layer, or the fast path), so that filling it replaces a value rather
+/// than growing the cloned map.
+fn hit_headers(entry: &Entry, ttl: i64, age: u64) -> HeaderMap {
+    let mut headers = entry.answer.headers.clone();
+    let status = format!("{CACHE_NAME}; hit; ttl={ttl}");
+    headers.insert(
+        CACHE_STATUS,
+        HeaderValue::from_str(&status).expect("the cache name and a number are visible ASCII"),
+    );
+    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(X_REQUEST_ID, HeaderValue::from_static("-"));
+    headers
 }
 
 impl<S> Service<Req> for CacheService<S>
