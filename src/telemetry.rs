@@ -47,15 +47,9 @@ impl Write for BufferedStderr {
 impl BufferedStderr {
     /// Adds whole lines to the buffer; the writer thread sends them out.
     pub fn append(&self, line: &[u8]) -> std::io::Result<usize> {
-        self.append_with(|buf| buf.extend_from_slice(line))?;
-        Ok(line.len())
-    }
-
-    /// Lets `write` add whole lines straight into the buffer, which saves a copy.
-    pub fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
         let mut buf = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
         let before = buf.len();
-        write(&mut buf);
+        buf.extend_from_slice(line);
         if before < WAKE_AT && buf.len() >= WAKE_AT {
             self.0.wake.notify_one();
         }
@@ -64,7 +58,7 @@ impl BufferedStderr {
             drop(buf);
             std::io::stderr().write_all(&full)?;
         }
-        Ok(())
+        Ok(line.len())
     }
 }
 

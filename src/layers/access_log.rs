@@ -36,6 +36,8 @@ thread_local! {
     /// The current second's timestamp text (`YYYY-MM-DDTHH:MM:SS`), which every line of that
     /// second shares.
     static STAMP: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    /// A line being formatted, reused so that formatting allocates nothing.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), from the days-to-civil algorithm.
@@ -102,11 +104,14 @@ impl Line<'_> {
     /// access target is enabled, else through plain `tracing`.
     pub fn emit(&self) {
         match telemetry::access_sink() {
-            Some(sink) if sink.enabled => {
-                let _ = sink
-                    .writer
-                    .append_with(|buf| self.write(buf, sink.format == LogFormat::Json));
-            }
+            // Formatted into this thread's scratch buffer, outside the log buffer's lock, which
+            // every thread's lines go through.
+            Some(sink) if sink.enabled => LINE.with(|line| {
+                let mut line = line.borrow_mut();
+                line.clear();
+                self.write(&mut line, sink.format == LogFormat::Json);
+                let _ = sink.writer.append(&line);
+            }),
             Some(_) => {}
             // No subscriber of ours (a test, or an embedding program): plain `tracing`.
             None => tracing::info!(
@@ -123,9 +128,8 @@ impl Line<'_> {
         }
     }
 
-    /// Writes the line as the subscriber would (same fields, order and timestamp format), straight
-    /// into its buffer. Pieces are pushed one by one: `write!` with many arguments was most of a
-    /// line's cost.
+    /// Writes the line as the subscriber would (same fields, order and timestamp format). Pieces
+    /// are pushed one by one: `write!` with many arguments was most of a line's cost.
     fn write(&self, line: &mut Vec<u8>, json: bool) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
