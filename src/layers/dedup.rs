@@ -606,10 +606,22 @@ impl Ctx {
                 "an earlier attempt of this request was settled meanwhile; retry to get its answer";
             return Settled::Answer(still_in_flight(msg, id));
         }
-        match self
-            .reconcile(inner, req, sent_at_ms, policy.idempotency_ttl)
+        // The settle guard lives for one lease: the search (up to a hundred list pages) must end
+        // well within it, or a second retry could take the guard and settle this record too.
+        let search = self.reconcile(inner, req, sent_at_ms, policy.idempotency_ttl);
+        let reconciled = tokio::time::timeout(self.shared.lease / 2, search)
             .await
-        {
+            .unwrap_or_else(|_| {
+                let msg = "an earlier create with this request has an unknown outcome, and the \
+                           search for its disk took too long; retry shortly";
+                Reconciled::Refused(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    1005,
+                    msg,
+                    id,
+                ))
+            });
+        match reconciled {
             Reconciled::Found(answer) => {
                 self.count("reconciled");
                 let done = Record {
