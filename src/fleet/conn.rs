@@ -57,7 +57,8 @@ enum Topology {
     Single(redis::Client),
     Cluster {
         client: redis::cluster::ClusterClient,
-        nodes: Vec<String>,
+        /// One client per configured node (with the private CA, if any), for the subscription.
+        subscribers: Vec<redis::Client>,
     },
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
@@ -155,14 +156,25 @@ impl Connector {
                     .iter()
                     .map(|h| format!("{base}://{userinfo}{h}"))
                     .collect();
-                let mut builder = redis::cluster::ClusterClient::builder(nodes.clone())
+                let subscribers = nodes
+                    .iter()
+                    .map(|node| match &ca {
+                        Some(ca) => redis::Client::build_with_tls(node.as_str(), certs(ca.clone())),
+                        None => redis::Client::open(node.as_str()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad("cluster", &e))?;
+                let mut builder = redis::cluster::ClusterClient::builder(nodes)
                     .connection_timeout(timeout)
                     .response_timeout(timeout);
                 if let Some(ca) = ca {
                     builder = builder.certs(certs(ca));
                 }
                 let client = builder.build().map_err(|e| bad("cluster", &e))?;
-                Topology::Cluster { client, nodes }
+                Topology::Cluster {
+                    client,
+                    subscribers,
+                }
             }
             "redis+sentinel" | "rediss+sentinel" => {
                 let tls = scheme.starts_with("rediss");
@@ -286,14 +298,11 @@ impl Connector {
     pub async fn pubsub(&self) -> RedisResult<PubSub> {
         match &self.topology {
             Topology::Single(client) => client.get_async_pubsub().await,
-            Topology::Cluster { nodes, .. } => {
+            Topology::Cluster { subscribers, .. } => {
                 let mut last = None;
-                for node in nodes {
-                    match redis::Client::open(node.as_str()) {
-                        Ok(c) => match c.get_async_pubsub().await {
-                            Ok(ps) => return Ok(ps),
-                            Err(e) => last = Some(e),
-                        },
+                for node in subscribers {
+                    match node.get_async_pubsub().await {
+                        Ok(ps) => return Ok(ps),
                         Err(e) => last = Some(e),
                     }
                 }
@@ -326,9 +335,12 @@ mod tests {
             .unwrap()
             .topology
         {
-            Topology::Cluster { nodes, .. } => assert_eq!(
-                nodes,
-                vec!["redis://u:pw@10.0.0.1:7000", "redis://u:pw@10.0.0.2:7000"]
+            Topology::Cluster { subscribers, .. } => assert_eq!(
+                subscribers
+                    .iter()
+                    .map(|c| c.get_connection_info().addr().to_string())
+                    .collect::<Vec<_>>(),
+                vec!["10.0.0.1:7000", "10.0.0.2:7000"]
             ),
             _ => panic!("a cluster"),
         }
