@@ -49,6 +49,15 @@ pub struct SingleFlight<K, V> {
     flights: Table<K, V>,
 }
 
+/// Clones share one table: a clone detaches the same flights.
+impl<K, V> Clone for SingleFlight<K, V> {
+    fn clone(&self) -> Self {
+        SingleFlight {
+            flights: self.flights.clone(),
+        }
+    }
+}
+
 impl<K, V> Default for SingleFlight<K, V> {
     fn default() -> Self {
         SingleFlight {

@@ -3,9 +3,10 @@
 //! fills and invalidation. It knows keys, answers and durations; the HTTP side is
 //! [`crate::layers::cache`].
 //!
-//! Invalidation and fills race safely: an invalidation detaches the fills in flight for the keys it
-//! covers. A detached fill still answers the requests that joined it, but stores nothing, and the
-//! next request for its key starts a fill of its own. So after a mutation through the gateway, no
+//! Invalidation and fills race safely: an invalidation (this replica's own, or in shared mode
+//! another's, as its message arrives) detaches the fills in flight for the keys it covers. A
+//! detached fill still answers the requests that joined it, but stores nothing, and the next
+//! request for its key starts a fill of its own. So after a mutation through the gateway, no
 //! answer fetched before it is ever served as fresh, while fills of other keys (another disk, or
 //! another account) go on undisturbed.
 
@@ -114,10 +115,16 @@ impl Cache {
         store: Arc<dyn CacheStore>,
         metrics: Arc<Metrics>,
     ) -> Cache {
+        let flights = SingleFlight::new();
+        let detach = flights.clone();
+        // Another replica's invalidation detaches this replica's fills just as its own do.
+        store.on_remote_invalidation(Box::new(move |what: &Invalidation| {
+            detach.detach(|key| what.matches(key))
+        }));
         Cache {
             store,
             policies: settings.routes.clone(),
-            flights: SingleFlight::new(),
+            flights,
             metrics,
         }
     }

@@ -29,7 +29,7 @@ use crate::fleet::codec::{decode_entry, encode_entry};
 use crate::fleet::{Fleet, StoreError, UNLOCK, fence, px};
 use crate::metrics::Metrics;
 use crate::routes::Route;
-use crate::store::{CacheStore, Claim, Invalidation, MemoryStore, Ticket, Usage};
+use crate::store::{CacheStore, Claim, Invalidation, MemoryStore, RemoteHook, Ticket, Usage};
 use crate::svc::BoxFuture;
 
 /// How long the epoch and generation counters outlive their last change (and every entry).
@@ -120,6 +120,8 @@ struct Inner {
     /// Moves on every L1 invalidation: an entry read from Redis (or stored there) before one is
     /// not put back into L1 after it.
     l1_seq: AtomicU64,
+    /// Told of other replicas' invalidations (see [`CacheStore::on_remote_invalidation`]).
+    remote_hook: std::sync::OnceLock<RemoteHook>,
 }
 
 /// Microseconds since the Unix epoch: when an invalidation was sent, to measure its lag.
@@ -184,6 +186,7 @@ impl TwoLevel {
             origin: fence(),
             subscribed: AtomicBool::new(false),
             l1_seq: AtomicU64::new(0),
+            remote_hook: std::sync::OnceLock::new(),
         }))
     }
 
@@ -219,6 +222,14 @@ impl Inner {
     async fn invalidate_l1(&self, what: Invalidation) {
         self.l1_seq.fetch_add(1, Ordering::SeqCst);
         self.l1.invalidate(what).await;
+    }
+
+    /// Applies an invalidation that another replica made (or may have made, unheard).
+    async fn invalidate_remote(&self, what: Invalidation) {
+        if let Some(hook) = self.remote_hook.get() {
+            hook(&what);
+        }
+        self.invalidate_l1(what).await;
     }
 
     /// Puts an entry read or stored while L1 was at `seq`; if an invalidation came meanwhile,
@@ -273,7 +284,7 @@ impl Inner {
             }
         };
         // Whatever was published while this replica was not listening is lost: start L1 afresh.
-        self.invalidate_l1(Invalidation::All).await;
+        self.invalidate_remote(Invalidation::All).await;
         self.subscribed.store(true, Ordering::SeqCst);
         tracing::info!("listening for the fleet's cache invalidations");
         let mut moved = self.fleet.primary_moved();
@@ -297,7 +308,7 @@ impl Inner {
             if origin == self.origin {
                 continue;
             }
-            self.invalidate_l1(what).await;
+            self.invalidate_remote(what).await;
             let lag = now_us().saturating_sub(sent_us);
             self.metrics.invalidation_lag.observe(lag as f64 / 1e6);
         }
@@ -448,6 +459,10 @@ impl CacheStore for TwoLevel {
 
     fn usage(&self) -> Usage {
         self.0.l1.usage()
+    }
+
+    fn on_remote_invalidation(&self, hook: RemoteHook) {
+        let _ = self.0.remote_hook.set(hook);
     }
 
     fn claim_fill(&self, key: &CacheKey) -> BoxFuture<Claim> {

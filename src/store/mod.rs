@@ -66,6 +66,9 @@ pub enum Claim {
     Busy,
 }
 
+/// See [`CacheStore::on_remote_invalidation`].
+pub type RemoteHook = Box<dyn Fn(&Invalidation) + Send + Sync>;
+
 /// The cache's storage. Coalescing of fills within a replica is the cache's own (see
 /// [`crate::cache::Cache`]); a shared store also coalesces them across the fleet (`claim_fill`).
 pub trait CacheStore: Send + Sync + 'static {
@@ -76,6 +79,11 @@ pub trait CacheStore: Send + Sync + 'static {
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> BoxFuture<()>;
     fn invalidate(&self, what: Invalidation) -> BoxFuture<()>;
     fn usage(&self) -> Usage;
+
+    /// Has `hook` told of every invalidation this store applies on another replica's behalf (a
+    /// shared store's messages), before it applies it, so that the cache detaches its fills of
+    /// those keys as it does for its own. A store of one replica has none.
+    fn on_remote_invalidation(&self, _hook: RemoteHook) {}
 
     /// Claims the fill of `key` for the fleet. A store of one replica has nothing to coordinate.
     fn claim_fill(&self, _key: &CacheKey) -> BoxFuture<Claim> {

@@ -1279,3 +1279,50 @@ async fn refreshing_one_disk_leaves_the_fleets_fill_of_another_alone() {
     assert!(cache_status(&h).contains("hit"), "{h:?}");
     assert_eq!(sim.calls("info").await, 3, "X, Y once, X's refresh");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_replicas_invalidation_detaches_this_replicas_fill() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let toml = config(&redis, "fgw-detach:", "", &info_policy("ttl = \"60s\""));
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let x = create_disk(&a).await;
+    let heard = || async {
+        counter_sum(
+            &b.metrics().await,
+            "finovy_gateway_invalidation_lag_seconds_count",
+        )
+    };
+    // The create's own invalidations (lists, totals) reach B first.
+    wait_for("B hears of the create", Duration::from_secs(5), || async {
+        heard().await >= 1.0
+    })
+    .await;
+    let heard_before = heard().await;
+    sim.fault("slow", "800ms").await;
+    // B's fill of X is in flight...
+    let (b_url, x2) = (b.url.clone(), x.clone());
+    let early = tokio::spawn(async move { info(&http(), &b_url, &x2).await });
+    wait_for("B's fill", Duration::from_secs(10), || async {
+        sim.calls("info").await >= 1
+    })
+    .await;
+    // ...when X is dropped fleet-wide through A (a no-cache refresh, whose call follows).
+    let refresh = tokio::spawn({
+        let url = format!("{}{DISK}/info/{x}", a.url);
+        async move { answer(http().get(url).header("Cache-Control", "no-cache")).await }
+    });
+    wait_for("B hears of it", Duration::from_secs(5), || async {
+        heard().await > heard_before
+    })
+    .await;
+    // A request on B after that does not join the fill B began before it.
+    let (status, h, v) = info(&http(), &b.url, &x).await;
+    assert_eq!((status, v["data"]["id"].as_str()), (200, Some(x.as_str())));
+    assert!(!cache_status(&h).contains("collapsed"), "{h:?}");
+    assert_eq!(early.await.unwrap().0, 200);
+    assert_eq!(refresh.await.unwrap().0, 200);
+}
