@@ -173,24 +173,21 @@ impl Cache {
                     }
                 };
                 let answer = fetch.await;
+                let policy = cache
+                    .policy(key.route)
+                    .filter(|_| answer.is_storable() && !detached.is_set());
                 let mut stored = false;
-                if answer.is_storable() {
-                    if let Some(policy) = cache.policy(key.route)
-                        && !detached.is_set()
-                    {
-                        let entry = Entry::new(key.route, answer.clone(), policy, Instant::now());
-                        stored = cache
-                            .store
-                            .put_filled(key.clone(), Arc::new(entry), ticket)
-                            .await;
-                        // Detached while storing: the invalidation may have run before the entry
-                        // landed, so it is dropped here (at worst a later fill's entry with it).
-                        if stored && detached.is_set() {
-                            cache.store.invalidate(Invalidation::Key(key)).await;
-                            stored = false;
-                        }
-                    } else {
-                        cache.store.release_fill(&key, ticket).await;
+                if let Some(policy) = policy {
+                    let entry = Entry::new(key.route, answer.clone(), policy, Instant::now());
+                    stored = cache
+                        .store
+                        .put_filled(key.clone(), Arc::new(entry), ticket)
+                        .await;
+                    // Detached while storing: the invalidation may have run before the entry
+                    // landed, so it is dropped here (at worst a later fill's entry with it).
+                    if stored && detached.is_set() {
+                        cache.store.invalidate(Invalidation::Key(key)).await;
+                        stored = false;
                     }
                 } else {
                     cache.store.release_fill(&key, ticket).await;
