@@ -140,25 +140,21 @@ static TABLE: [Entry; 15] = {
     ]
 };
 
-fn table() -> &'static [Entry] {
-    &TABLE
-}
-
 impl Route {
     pub fn as_str(self) -> &'static str {
         self.entry().name
     }
 
     pub fn from_name(name: &str) -> Option<Route> {
-        table().iter().find(|e| e.name == name).map(|e| e.route)
+        TABLE.iter().find(|e| e.name == name).map(|e| e.route)
     }
 
     pub fn names() -> Vec<&'static str> {
-        table().iter().map(|e| e.name).collect()
+        TABLE.iter().map(|e| e.name).collect()
     }
 
     pub fn all() -> impl Iterator<Item = Route> {
-        table().iter().map(|e| e.route)
+        TABLE.iter().map(|e| e.route)
     }
 
     pub fn method(self) -> &'static Method {
@@ -235,7 +231,7 @@ pub fn classify(method: &Method, path: &str) -> Option<RouteMatch> {
         Some((head, param)) => (head, Some(param)),
         None => (rest, None),
     };
-    let entry = table()
+    let entry = TABLE
         .iter()
         .find(|e| e.route.prefix() == prefix && e.path == head)?;
     if entry.method != method {
@@ -260,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_table_is_in_variant_order() {
-        for (i, e) in table().iter().enumerate() {
+        for (i, e) in TABLE.iter().enumerate() {
             assert_eq!(e.route as usize, i, "{}", e.name);
         }
     }

@@ -32,9 +32,7 @@ impl RequestId {
             .cloned()
             .unwrap_or_default()
     }
-}
 
-impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
