@@ -8,6 +8,7 @@ mod faults;
 mod forwarding;
 mod harness;
 mod hits;
+mod hostile;
 mod limits;
 mod process;
 mod redis_harness;
