@@ -190,6 +190,13 @@ error_log {dir}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    # Temp files in the bench's own directory: Debian's default, /var/lib/nginx, is not writable
+    # by the worker user, and an answer buffered there then fails mid-body.
+    client_body_temp_path {dir}/nginx-client-body;
+    proxy_temp_path {dir}/nginx-proxy-temp;
+    fastcgi_temp_path {dir}/nginx-fastcgi;
+    uwsgi_temp_path {dir}/nginx-uwsgi;
+    scgi_temp_path {dir}/nginx-scgi;
     proxy_cache_path {cache} levels=1:2 keys_zone=disks:16m max_size=256m inactive=1h;
     upstream sim {{ server {sim}; keepalive 64; }}
     server {{
@@ -232,6 +239,23 @@ http {{
     conf
 }
 
+/// Stops at once, naming what is missing, rather than panicking mid-run.
+fn require_tools(tools: &[&str]) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "cache_hits needs {} on PATH (Debian: apt-get install wrk nginx redis-server util-linux)",
+            missing.join(", ")
+        );
+        std::process::exit(2);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--baseline") {
@@ -240,6 +264,7 @@ fn main() {
     if args.iter().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` asks benches to list tests: there are none
     }
+    require_tools(&["wrk", "nginx", "redis-server", "taskset"]);
     let env = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
