@@ -120,9 +120,7 @@ async fn forward(client: &UpstreamClient, req: Req) -> Resp {
             let mut resp = Resp::new(answer.body);
             *resp.status_mut() = answer.parts.status;
             let mut headers = answer.parts.headers;
-            for h in &DROPPED_RESPONSE_HEADERS {
-                headers.remove(h);
-            }
+            strip_hop_by_hop(&mut headers);
             *resp.headers_mut() = headers;
             resp.extensions_mut().insert(answer.head);
             resp
@@ -135,6 +133,21 @@ async fn forward(client: &UpstreamClient, req: Req) -> Resp {
             }
             resp
         }
+    }
+}
+
+/// Drops the answer headers that never reach a client: the fixed list, and every field the
+/// answer's own `Connection` names as hop-by-hop (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(&DROPPED_RESPONSE_HEADERS) {
+        headers.remove(h);
     }
 }
 
