@@ -179,6 +179,111 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
     assert_eq!(code, Some(0));
 }
 
+/// Polls `/readyz` until it answers `status`; its body.
+async fn readyz_until(admin_url: &str, status: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = http().get(format!("{admin_url}/readyz")).send().await
+            && r.status().as_u16() == status
+        {
+            return r.text().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_waits_for_a_create_whose_client_hung_up() {
+    let sim = Sim::start(sim_config()).await;
+    let mut gw = Bin::serve(
+        "[server]\ndrain_timeout = \"20s\"\n",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    readyz_until(&gw.admin_url, 200).await;
+    sim.fault("slow", "2s").await;
+    // A create sent, then its client gone before the answer.
+    let client = tokio::spawn(
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0}))
+            .send(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.calls("create").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = std::time::Instant::now();
+    client.abort();
+    gw.terminate();
+    // Draining: not ready, so a load balancer stops sending; yet the process is still there.
+    let body = readyz_until(&gw.admin_url, 503).await;
+    assert!(body.contains("draining"), "{body}");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = gw.wait_exit();
+        (code, gw)
+    })
+    .await
+    .unwrap();
+    let held = sent.elapsed();
+    let (code, gw) = code;
+    assert_eq!(code, Some(0));
+    // The process waited for the upstream's answer, held back 2 s after the create arrived.
+    assert!(held >= Duration::from_millis(1900), "exited after {held:?}");
+    assert_eq!(sim.stats().await["disks"], 1);
+    let log = gw.log_text();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("drain timed out"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
+    let sim = Sim::start(sim_config()).await;
+    let mut gw = Bin::serve(
+        "[server]\ndrain_timeout = \"500ms\"\n",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    readyz_until(&gw.admin_url, 200).await;
+    sim.fault("slow", "20s").await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    let _client = tokio::spawn(async move { http().get(url).send().await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.calls("memoryTotal").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = std::time::Instant::now();
+    gw.terminate();
+    let (code, gw) = tokio::task::spawn_blocking(move || (gw.wait_exit(), gw))
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(10),
+        "exited after {took:?}, drain_timeout 500ms, the request held 20 s"
+    );
+    assert!(gw.log_text().contains("drain timed out"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_log_turns_access_lines_off_for_every_answer() {
     let sim = Sim::start(sim_config()).await;
