@@ -302,10 +302,16 @@ pub struct Bin {
 impl Bin {
     /// Starts `serve --config <toml>` on loopback port 0 and waits for both listeners' log lines.
     pub fn serve(toml: &str, upstream: &str, env: &[(&str, &str)]) -> Bin {
+        Bin::serve_args(toml, upstream, env, &[])
+    }
+
+    /// [`Bin::serve`] with more arguments for `serve` (e.g. `--log-format json`).
+    pub fn serve_args(toml: &str, upstream: &str, env: &[(&str, &str)], args: &[&str]) -> Bin {
         let config = temp_file("gateway.toml", toml);
         let mut cmd = binary();
         cmd.args(["serve", "--config"])
             .arg(&config)
+            .args(args)
             .args([
                 "--listen",
                 "127.0.0.1:0",

@@ -11,6 +11,7 @@ mod hits;
 mod hostile;
 mod limits;
 mod process;
+mod promises;
 mod redis_harness;
 mod shared;
 mod token;
