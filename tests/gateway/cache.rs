@@ -459,7 +459,9 @@ async fn purge_needs_the_admin_key() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(sim.calls("info").await, 2);
+    let (_, h, _) = get(&url, &[]).await;
+    assert!(cache_status(&h).contains("fwd=miss"), "purged all: {h:?}");
+    assert_eq!(sim.calls("info").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
