@@ -297,4 +297,95 @@ mod tests {
         b.refund(a).await.unwrap();
         assert!(b.admit("acct", "c2", 60, 0).await.unwrap().is_ok());
     }
+
+    #[tokio::test]
+    async fn the_hourly_cap_resets_on_the_hour_and_says_when() {
+        let b = budget(
+            Caps {
+                creates_per_hour: 2,
+                ..Caps::default()
+            },
+            Caps::default(),
+        );
+        let last_second = 7 * DAY + 13 * HOUR + 3599;
+        b.admit("a", "svc", 20, last_second).await.unwrap().unwrap();
+        b.admit("a", "other", 20, last_second)
+            .await
+            .unwrap()
+            .unwrap();
+        let over = b
+            .admit("a", "third", 20, last_second)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            (over.scope, over.who.as_str(), over.cap, over.limit),
+            ("account", "a", "creates_per_hour", 2),
+            "an account cap counts every client of the account"
+        );
+        assert_eq!(over.resets_in, Duration::from_secs(1));
+        let next_hour = last_second + 1;
+        b.admit("a", "svc", 20, next_hour).await.unwrap().unwrap();
+        b.admit("a", "svc", 20, next_hour).await.unwrap().unwrap();
+        let over = b
+            .admit("a", "svc", 20, next_hour)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(over.resets_in, Duration::from_secs(HOUR));
+        assert!(
+            b.admit("b", "svc", 20, next_hour).await.unwrap().is_ok(),
+            "another account has its own budget"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_daily_cap_spans_the_hours_and_resets_at_midnight_utc() {
+        let b = budget(
+            Caps {
+                creates_per_hour: 10,
+                creates_per_day: 3,
+                ..Caps::default()
+            },
+            Caps::default(),
+        );
+        let day = 20 * DAY;
+        for hour in [0, 9, 23] {
+            b.admit("a", "svc", 20, day + hour * HOUR)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let over = b
+            .admit("a", "svc", 20, day + DAY - 1)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!((over.cap, over.limit), ("creates_per_day", 3));
+        assert_eq!(over.resets_in, Duration::from_secs(1));
+        assert!(b.admit("a", "svc", 20, day + DAY).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refused_create_charges_no_cap() {
+        let b = budget(
+            Caps {
+                creates_per_day: 5,
+                gb_per_day: 50,
+                ..Caps::default()
+            },
+            Caps::default(),
+        );
+        b.admit("a", "svc", 40, 0).await.unwrap().unwrap();
+        // Over the GB cap: refused, and neither the GB nor the create counter moved.
+        for _ in 0..3 {
+            let over = b.admit("a", "svc", 20, 0).await.unwrap().unwrap_err();
+            assert_eq!(over.cap, "gb_per_day");
+        }
+        for _ in 0..4 {
+            b.admit("a", "svc", 0, 0).await.unwrap().unwrap();
+        }
+        let over = b.admit("a", "svc", 0, 0).await.unwrap().unwrap_err();
+        assert_eq!(over.cap, "creates_per_day", "five admitted in all");
+    }
 }

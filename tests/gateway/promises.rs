@@ -258,3 +258,37 @@ async fn the_json_log_format_writes_one_object_per_line() {
     assert_eq!(fields["route"], "disk.memory_total", "{access}");
     assert_eq!(fields["status"], 200, "{access}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spending_cap_holds_for_the_fleet_in_shared_mode() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = crate::redis_harness::RedisServer::start();
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-budget:\"\ntimeout = \"1s\"\n{FAST_CREATES}[create.budget.account]\ncreates_per_day = 2\n",
+        redis.url()
+    );
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let create = |gw: &Gw, memory: u32| {
+        send_json(
+            http()
+                .post(format!("{}{DISK}/create", gw.url))
+                .header("Idempotency-Key", fresh_key())
+                .json(&json!({"area": 0, "memory": memory, "isMount": 0})),
+        )
+    };
+    assert_eq!(create(&a, 20).await.1["code"], 0);
+    assert_eq!(create(&b, 21).await.1["code"], 0);
+    // The third, on either replica, passes the account's cap of two.
+    for gw in [&a, &b] {
+        let (status, v) = create(gw, 22).await;
+        assert_eq!((status, v["code"].as_i64()), (429, Some(220025)), "{v}");
+        assert!(
+            v["msg"].as_str().unwrap().contains("creates_per_day"),
+            "{v}"
+        );
+    }
+    assert_eq!(sim.calls("create").await, 2, "refused before the upstream");
+}
