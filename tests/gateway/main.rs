@@ -12,4 +12,5 @@ mod limits;
 mod process;
 mod redis_harness;
 mod shared;
+mod spend_body;
 mod token;
