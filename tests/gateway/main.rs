@@ -10,6 +10,7 @@ mod harness;
 mod hits;
 mod limits;
 mod process;
+mod properties;
 mod redis_harness;
 mod shared;
 mod spend_body;
