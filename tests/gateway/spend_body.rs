@@ -516,3 +516,45 @@ async fn in_shared_mode_the_scope_holds_across_replicas() {
     assert_eq!(sim.calls("create").await, 2);
     assert_eq!(redis.keys("sc:*rec:dedup|*").await.len(), 2);
 }
+
+#[test]
+fn check_config_shows_the_scope_and_names_a_bad_one() {
+    let run = |scope: &str| {
+        let path = temp_file(
+            "scope.toml",
+            &format!("[create.routes.\"host.create_quantity\"]\ndedup_scope = \"{scope}\"\n"),
+        );
+        binary()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("FINOVY_UUID")
+            .env_remove("FINOVY_SECRET")
+            .env_remove("FINOVY_TOKEN")
+            .output()
+            .expect("check-config runs")
+    };
+    let good = run("account");
+    let shown = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{shown}");
+    let section = |route: &str| {
+        let start = shown
+            .find(&format!("[create.routes.\"{route}\"]"))
+            .unwrap_or_else(|| panic!("{route} shown: {shown}"));
+        shown[start..].split("\n\n").next().unwrap().to_string()
+    };
+    assert!(
+        section("host.create_quantity").contains("dedup_scope = \"account\""),
+        "{shown}"
+    );
+    assert!(
+        section("disk.create").contains("dedup_scope = \"client\""),
+        "the default: {shown}"
+    );
+    let bad = run("team");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "{err}");
+    assert!(
+        err.contains("create.routes.\"host.create_quantity\".dedup_scope") && err.contains("team"),
+        "{err}"
+    );
+}
