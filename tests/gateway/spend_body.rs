@@ -558,3 +558,49 @@ fn check_config_shows_the_scope_and_names_a_bad_one() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_spending_guard_counts_what_is_sent() {
+    let sim = Sim::start(sim_config()).await;
+    let toml =
+        format!("{FAST_CREATES}[create.budget.account]\ngb_per_day = 45\ncreates_per_day = 3\n");
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    // Spellings of 20 GB and 25 GB; what reaches the upstream adds up to the cap exactly.
+    for body in [
+        r#"{"area":"0","memory":20.0,"isMount":"0","buyNumber":1}"#,
+        r#"{"memory":25,"area":1,"isMount":0,"pveId":""}"#,
+    ] {
+        let (status, _, v) = post(&gw, CREATE, body, None, None).await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{body}: {v}");
+    }
+    let sent: i64 = received(&sim, CREATE)
+        .await
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            body["memory"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(sent, 45);
+    // Full: one more GB is refused before the upstream, and so is a body that once hid a size.
+    let (status, _, v) = post(
+        &gw,
+        CREATE,
+        r#"{"area":2,"memory":20,"isMount":0}"#,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (429, Some(220025)), "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("gb_per_day"), "{v}");
+    let (status, _, v) = post(
+        &gw,
+        CREATE,
+        r#"{"area":0,"memory":20,"isMount":0,"buyNumber":50,"Memory":20000}"#,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(1007)), "{v}");
+    assert_eq!(sim.calls("create").await, 2);
+}
