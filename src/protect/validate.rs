@@ -120,12 +120,34 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
+/// Longest piece of the client's input quoted back in a message.
+const QUOTED: usize = 64;
+
+fn cut(text: &str) -> &str {
+    match text.char_indices().nth(QUOTED) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
 /// A field name as quoted in a message: cut, so that an error never echoes a huge key back.
 fn quoted(name: &str) -> String {
-    const MAX: usize = 64;
-    match name.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{:?}...", &name[..at]),
-        None => format!("{name:?}"),
+    let short = cut(name);
+    if short.len() < name.len() {
+        format!("{short:?}...")
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// A value as shown in a message, cut like [`quoted`].
+fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    let short = cut(&text);
+    if short.len() < text.len() {
+        format!("{short}...")
+    } else {
+        text
     }
 }
 
@@ -201,7 +223,8 @@ fn one_purchase(f: &Fields) -> Result<(), Invalid> {
         Some(v) => Err(invalid(
             1007,
             format!(
-                "buyNumber must be 1 (one purchase per create: send one create per disk or host), got {v}"
+                "buyNumber must be 1 (one purchase per create: send one create per disk or host), got {}",
+                shown(v)
             ),
         )),
     }
@@ -213,7 +236,10 @@ fn text(f: &Fields, field: &str) -> Result<Option<String>, Invalid> {
         None => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(invalid(1007, format!("{field} must be a string, got {v}"))),
+        Some(v) => Err(invalid(
+            1007,
+            format!("{field} must be a string, got {}", shown(v)),
+        )),
     }
 }
 
@@ -237,7 +263,7 @@ pub fn disk_create(body: &[u8]) -> Result<DiskOrder, Invalid> {
     })?;
     let area = int_of(area)
         .filter(|a| (0..=2).contains(a))
-        .ok_or_else(|| invalid(1007, format!("area must be 0, 1 or 2, got {area}")))?;
+        .ok_or_else(|| invalid(1007, format!("area must be 0, 1 or 2, got {}", shown(area))))?;
     let memory = m
         .get("memory")
         .ok_or_else(|| invalid(1007, "memory (GB) is required"))?;
@@ -248,7 +274,10 @@ pub fn disk_create(body: &[u8]) -> Result<DiskOrder, Invalid> {
     .ok_or_else(|| {
         invalid(
             1007,
-            format!("memory must be an integer number of GB, got {memory}"),
+            format!(
+                "memory must be an integer number of GB, got {}",
+                shown(memory)
+            ),
         )
     })?;
     if memory_gb < 20 {
@@ -268,7 +297,12 @@ pub fn disk_create(body: &[u8]) -> Result<DiskOrder, Invalid> {
         .ok_or_else(|| invalid(220020, "isMount is required: 0 or 1"))?;
     let is_mount = int_of(is_mount)
         .filter(|v| *v == 0 || *v == 1)
-        .ok_or_else(|| invalid(220020, format!("isMount must be 0 or 1, got {is_mount}")))?;
+        .ok_or_else(|| {
+            invalid(
+                220020,
+                format!("isMount must be 0 or 1, got {}", shown(is_mount)),
+            )
+        })?;
     let pve_id = text(&m, "pveId")?;
     if is_mount == 1 && pve_id.is_none() {
         return Err(invalid(
@@ -424,6 +458,14 @@ mod tests {
         assert!(m.contains("unknown field \"size\""), "{m}");
         let m = msg(disk, &format!(r#"{{"{}":1}}"#, "k".repeat(10_000)));
         assert!(m.len() < 300, "a long key is cut: {}", m.len());
+        let m = msg(
+            disk,
+            &format!(
+                r#"{{"area":"{}","memory":20,"isMount":0}}"#,
+                "9".repeat(10_000)
+            ),
+        );
+        assert!(m.len() < 300, "a long value is cut: {}", m.len());
         for body in [
             r#"{"area":0,"memory":20,"isMount":0,"buyNumber":0}"#,
             r#"{"area":0,"memory":20,"isMount":0,"buyNumber":"2"}"#,
