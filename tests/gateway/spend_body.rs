@@ -269,6 +269,17 @@ async fn what_the_order_cannot_say_is_refused_before_the_upstream() {
     let (status, v) = raw(&gw, &bad).await;
     assert_refused("invalid UTF-8", status, &v, "JSON");
 
+    // Nor in the query, which would travel upstream as it is.
+    let (status, _, v) = post(
+        &gw,
+        &format!("{CREATE}?buyNumber=50"),
+        r#"{"area":0,"memory":20,"isMount":0}"#,
+        None,
+        None,
+    )
+    .await;
+    assert_refused("a query", status, &v, "buyNumber");
+
     assert_eq!(sim.total().await, before, "nothing reached the simulator");
     // Nothing was recorded either: the valid order afterwards is a fresh purchase, not a replay.
     let (status, h, v) = post(
