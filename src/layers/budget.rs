@@ -17,7 +17,7 @@ use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
 use crate::protect::policy::spends_money;
-use crate::protect::validate::DiskOrder;
+use crate::protect::validate::Order;
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 
@@ -87,10 +87,12 @@ where
                 .extensions()
                 .get::<Caller>()
                 .map_or("-".into(), |c| c.client.to_string());
-            // Set by the validate layer for disk creates; hosts are not counted in GB.
+            // The validated order, which is what the upstream receives (the validate layer sent
+            // it in place of the client's body): one disk of its size, or one host (no GB).
             let gb = req
                 .extensions()
-                .get::<DiskOrder>()
+                .get::<Order>()
+                .and_then(Order::disk)
                 .map_or(0, |o| o.memory_gb.max(0) as u64);
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -3,8 +3,9 @@
 //!   kept for `idempotency_ttl`; a repeat with the same body replays it (`Idempotent-Replayed:
 //!   true`), with another body gets 422 (code 1003), and while the first is in flight gets 409
 //!   (code 1005) with `Retry-After`;
-//! - without one: requests of one account with equal canonical bodies collapse: while one is in
-//!   flight the others wait for its answer, and for `dedup_window` after it a repeat gets it too.
+//! - without one: requests of one client (of one account with `dedup_scope = "account"`) with
+//!   equal canonical bodies collapse: while one is in flight the others wait for its answer, and
+//!   for `dedup_window` after it a repeat gets it too.
 //!
 //! Other mutations (mount, unmount, power) get the in-flight collapse only.
 //!
@@ -27,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::cache::entry::Answer;
@@ -37,9 +39,9 @@ use crate::fleet::now_ms;
 use crate::layers::rate_limit::TOO_FREQUENT;
 use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
-use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
+use crate::protect::policy::{CreatePolicy, CreateSettings, DedupScope, collapses_in_flight};
 use crate::protect::records::{Begin, Record, RecordStore, State, in_flight};
-use crate::protect::validate::DiskOrder;
+use crate::protect::validate::{DiskOrder, Order};
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp, RespFuture};
@@ -227,27 +229,21 @@ where
                 account: account.name.to_string(),
                 request_id: RequestId::of(&req),
             };
-            // The request's identity: its route, path parameter and canonical body.
-            let body = canonical_json(req.body())
-                .unwrap_or_else(|| String::from_utf8_lossy(req.body()).into_owned());
-            let fingerprint = format!(
-                "{}|{}|{body}",
-                m.route.as_str(),
-                m.param.as_deref().unwrap_or("")
-            );
+            let fingerprint = fingerprint(&m, &req);
             if let Some(policy) = ctx.shared.settings.routes.get(&m.route).cloned() {
+                let client = req
+                    .extensions()
+                    .get::<Caller>()
+                    .map_or("-".into(), |c| c.client.to_string());
                 match idempotency_key(req.headers()) {
                     Ok(Some(key)) => {
-                        let client = req
-                            .extensions()
-                            .get::<Caller>()
-                            .map_or("-".into(), |c| c.client.to_string());
                         let rkey =
                             format!("idem|{}|{client}|{}|{key}", ctx.account, m.route.as_str());
                         Ok(ctx.keyed(inner, req, rkey, fingerprint, &policy).await)
                     }
                     Ok(None) => {
-                        let rkey = format!("dedup|{}|{fingerprint}", ctx.account);
+                        let rkey =
+                            dedup_key(&ctx.account, &client, policy.dedup_scope, &fingerprint);
                         Ok(ctx.unkeyed(inner, req, rkey, fingerprint, &policy).await)
                     }
                     Err(msg) => Ok(error_response(
@@ -265,6 +261,34 @@ where
                 inner.oneshot(req).await
             }
         })
+    }
+}
+
+/// The request's identity: a SHA-256 digest (hex) of its route, path parameter and canonical
+/// body. A create's canonical body is its validated order's ([`Order::body`]), so key order,
+/// whitespace and `"0"` for `0` do not make two intents of one; other mutations use their
+/// canonical JSON. Records and their keys hold this digest, never a body.
+fn fingerprint(m: &RouteMatch, req: &Req) -> String {
+    let body = match req.extensions().get::<Order>() {
+        Some(order) => order.body(),
+        None => canonical_json(req.body())
+            .unwrap_or_else(|| String::from_utf8_lossy(req.body()).into_owned()),
+    };
+    let mut digest = Sha256::new();
+    // Route names and path parameters never contain `|`.
+    for part in [m.route.as_str(), "|", m.param.as_deref().unwrap_or(""), "|"] {
+        digest.update(part.as_bytes());
+    }
+    digest.update(body.as_bytes());
+    hex::encode(digest.finalize())
+}
+
+/// The record of a key-less create: per client unless the route's `dedup_scope` is `account`.
+/// The two forms cannot meet: `c=` marks a client's.
+fn dedup_key(account: &str, client: &str, scope: DedupScope, fingerprint: &str) -> String {
+    match scope {
+        DedupScope::Client => format!("dedup|{account}|c={client}|{fingerprint}"),
+        DedupScope::Account => format!("dedup|{account}|{fingerprint}"),
     }
 }
 

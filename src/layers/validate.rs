@@ -1,16 +1,21 @@
 //! Checks the body of a create before anything is spent (see [`crate::protect::validate`]): a bad
-//! create is answered 400 with the upstream's own code and never goes further. A valid disk create
-//! carries its parsed [`validate::DiskOrder`] on in the request's extensions, so that no layer below parses
-//! the body again.
+//! create (or one that is not `application/json`) is answered 400 with the upstream's own code and
+//! never goes further. A valid create goes on with its body replaced by its order's canonical
+//! form, so that the layers below count and de-duplicate, and the upstream receives, exactly what
+//! was checked. The order rides in the request's extensions ([`validate::Order`], and for a disk
+//! its [`validate::DiskOrder`]), so that no layer below parses the body again.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http::{HeaderValue, header};
 use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
-use crate::protect::validate;
+use crate::protect::policy::spends_money;
+use crate::protect::validate::{self, Invalid, Order};
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 
@@ -29,6 +34,39 @@ pub struct Validate<S> {
     inner: S,
 }
 
+/// The order of a create, or why it is refused; `None` for other routes.
+fn order_of(req: &Req) -> Result<Option<Order>, Invalid> {
+    let Some(route) = req.extensions().get::<RouteMatch>().map(|m| m.route) else {
+        return Ok(None);
+    };
+    if !spends_money(route) {
+        return Ok(None);
+    }
+    // The query travels upstream as it is: a create's order must not hide in it either.
+    if let Some(query) = req.uri().query().filter(|q| !q.is_empty()) {
+        let name = query.split(['&', '=']).next().unwrap_or("");
+        return Err(Invalid {
+            code: 1007,
+            msg: format!(
+                "{route} takes no query parameters; send its fields in the JSON body (got {:?})",
+                name.chars().take(64).collect::<String>()
+            ),
+        });
+    }
+    let mut types = req.headers().get_all(header::CONTENT_TYPE).iter();
+    let json = match (types.next(), types.next()) {
+        (Some(v), None) => v.to_str().is_ok_and(validate::is_json_content_type),
+        _ => false,
+    };
+    if !json {
+        return Err(Invalid {
+            code: 1007,
+            msg: format!("the body of {route} must be sent as Content-Type: application/json"),
+        });
+    }
+    validate::check(route, req.body())
+}
+
 impl<S> Service<Req> for Validate<S>
 where
     S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
@@ -43,15 +81,21 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> RespFuture {
-        let checked = match req.extensions().get::<RouteMatch>() {
-            Some(m) => validate::check(m.route, req.body()),
-            None => Ok(None),
-        };
-        match checked {
-            Ok(order) => {
-                if let Some(order) = order {
-                    req.extensions_mut().insert(order);
+        match order_of(&req) {
+            Ok(None) => Box::pin(self.inner.call(req)),
+            Ok(Some(order)) => {
+                // The client's bytes stop here: from now on the request is its order.
+                *req.body_mut() = Bytes::from(order.body());
+                let headers = req.headers_mut();
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                if let Some(disk) = order.disk() {
+                    req.extensions_mut().insert(disk.clone());
                 }
+                req.extensions_mut().insert(order);
                 Box::pin(self.inner.call(req))
             }
             Err(invalid) => {

@@ -30,6 +30,8 @@ pub struct CreatePolicyConfig {
     pub max_wait: Option<String>,
     pub dedup_window: Option<String>,
     pub idempotency_ttl: Option<String>,
+    /// Whose identical key-less creates collapse: `"client"` (default) or `"account"`.
+    pub dedup_scope: Option<String>,
 }
 
 /// `[create.budget]`: caps on spending, off unless set. `account` caps count every client of an
@@ -74,6 +76,26 @@ impl Rate {
     }
 }
 
+/// Whose identical key-less creates collapse into one purchase. Per client by default: two
+/// services that each buy the same disk at the same moment want two disks, not one disk both
+/// try to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupScope {
+    Client,
+    Account,
+}
+
+impl DedupScope {
+    fn parse(text: &str) -> Result<DedupScope, String> {
+        match text {
+            "client" => Ok(DedupScope::Client),
+            "account" => Ok(DedupScope::Account),
+            _ => Err(format!("expected \"client\" or \"account\", got {text:?}")),
+        }
+    }
+}
+
 /// How one spending route is protected.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CreatePolicy {
@@ -86,6 +108,7 @@ pub struct CreatePolicy {
     pub dedup_window: Duration,
     #[serde(with = "duration")]
     pub idempotency_ttl: Duration,
+    pub dedup_scope: DedupScope,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +202,8 @@ impl CreateConfig {
                 ),
                 None => None,
             };
+            let dedup_scope = DedupScope::parse(c.dedup_scope.as_deref().unwrap_or("client"))
+                .map_err(|m| invalid(key("dedup_scope"), m))?;
             routes.insert(
                 route,
                 CreatePolicy {
@@ -191,6 +216,7 @@ impl CreateConfig {
                         &c.idempotency_ttl,
                         Duration::from_secs(24 * 3600),
                     )?,
+                    dedup_scope,
                 },
             );
         }
@@ -213,6 +239,33 @@ mod tests {
         assert_eq!(p.rate.interval(), Duration::from_secs(1));
         assert_eq!(p.dedup_window, Duration::from_secs(10));
         assert!(p.client_rate.is_none());
+        assert_eq!(p.dedup_scope, DedupScope::Client);
+    }
+
+    #[test]
+    fn dedup_scope_is_client_or_account() {
+        let with = |scope: &str| {
+            let mut c = CreateConfig::default();
+            c.routes.insert(
+                "host.create_rent".into(),
+                CreatePolicyConfig {
+                    dedup_scope: Some(scope.into()),
+                    ..Default::default()
+                },
+            );
+            c.resolve()
+        };
+        let s = with("account").unwrap();
+        assert_eq!(
+            s.routes[&Route::HostCreateRent].dedup_scope,
+            DedupScope::Account
+        );
+        assert_eq!(s.routes[&Route::DiskCreate].dedup_scope, DedupScope::Client);
+        let e = with("Account").unwrap_err().to_string();
+        assert!(
+            e.contains("create.routes.\"host.create_rent\".dedup_scope"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ async fn thirty_identical_creates_buy_one_disk() {
             tokio::spawn(async move {
                 let r = http()
                     .post(format!("{url}{DISK}/create"))
+                    .header("content-type", "application/json")
                     .body(body)
                     .send()
                     .await
@@ -128,6 +129,7 @@ async fn a_key_in_flight_answers_409() {
         send_json(
             http()
                 .post(format!("{url}{DISK}/create"))
+                .header("content-type", "application/json")
                 .header("Idempotency-Key", "slow-1")
                 .body(DISK20),
         )
@@ -166,6 +168,7 @@ async fn a_client_that_disconnects_still_gets_its_disk_on_retry() {
         .unwrap();
     let gave_up = impatient
         .post(format!("{}{DISK}/create", gw.url))
+        .header("content-type", "application/json")
         .header("Idempotency-Key", "gone-1")
         .body(DISK20)
         .send()

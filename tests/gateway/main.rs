@@ -12,6 +12,8 @@ mod hostile;
 mod limits;
 mod process;
 mod promises;
+mod properties;
 mod redis_harness;
 mod shared;
+mod spend_body;
 mod token;
