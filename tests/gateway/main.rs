@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod crash;
 mod create;
 mod faults;
 mod forwarding;
@@ -10,6 +11,8 @@ mod harness;
 mod hits;
 mod limits;
 mod process;
+mod record_bounds;
 mod redis_harness;
+mod redis_reset;
 mod shared;
 mod token;
