@@ -557,11 +557,8 @@ impl Ctx {
             Ok(lost) => lost,
             Err(resp) => return resp,
         };
-        let mut leased = Some(in_flight(
-            &fingerprint,
-            policy.idempotency_ttl,
-            self.shared.lease,
-        ));
+        let started = in_flight(&fingerprint, policy.idempotency_ttl, self.shared.lease);
+        let mut leased = Some(started.clone());
         let begun = match lost {
             // Only a record that survived may be answered; none is made meanwhile.
             Some(left) => match records.get(&rkey).await {
@@ -569,7 +566,7 @@ impl Ctx {
                 Ok(None) => return records_lost(self.route, id, left),
                 Ok(Some(r)) => Ok(Begin::Exists(r)),
             },
-            None => records.begin(&rkey, leased.clone().expect("set")).await,
+            None => records.begin(&rkey, started).await,
         };
         let record = match begun {
             Err(_) => return records_down(self.route, id),
@@ -789,7 +786,7 @@ impl Ctx {
                 "an earlier attempt of this request was settled meanwhile; retry to get its answer";
             return Settled::Answer(still_in_flight(msg, id));
         }
-        // The settle guard lives for one lease: the search (up to a hundred list pages) must end
+        // The settle guard lives for `max_age`: the search (up to a hundred list pages) must end
         // well within it, or a second retry could take the guard and settle this record too.
         let search = self.reconcile(inner, req, sent_at_ms, policy.idempotency_ttl);
         let reconciled = tokio::time::timeout(self.shared.max_age / 2, search)

@@ -254,3 +254,67 @@ async fn a_create_running_longer_than_its_lease_is_never_taken_for_lost() {
     assert_eq!(again["data"], v["data"]);
     assert_eq!(sim.calls("create").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_in_redis_never_brings_back_a_finished_or_reopened_record() {
+    use finovy_gateway::config::RedisConfig;
+    use finovy_gateway::fleet::{Fleet, records::RedisRecords};
+    use finovy_gateway::protect::records::{Record, RecordStore, State, in_flight};
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let cfg = RedisConfig {
+        url: redis.url(),
+        prefix: "fgw-renew:".into(),
+        timeout: Duration::from_secs(1),
+        ..RedisConfig::default()
+    };
+    let fleet = Fleet::new(&cfg, Arc::new(finovy_gateway::metrics::Metrics::new())).unwrap();
+    let records = RedisRecords::new(fleet, false);
+    let (ttl, lease) = (Duration::from_secs(60), Duration::from_secs(5));
+    let now = finovy_gateway::fleet::now_ms();
+    let lease_of = |r: Option<Record>| match r.map(|r| r.state) {
+        Some(State::InFlight { lease_until_ms, .. }) => lease_until_ms,
+        other => panic!("not in flight: {other:?}"),
+    };
+
+    let first = in_flight("disk.create||{}", ttl, lease);
+    records.begin("k", first.clone()).await.unwrap();
+    let renewed = first.renewed(now + 60_000).unwrap();
+    assert!(records.renew("k", renewed.clone()).await.unwrap());
+    assert_eq!(
+        lease_of(records.get("k").await.unwrap()),
+        Some(now + 60_000)
+    );
+    assert!(
+        redis.pttl("fgw-renew:rec:k").await > 50_000,
+        "the record keeps its lifetime"
+    );
+
+    // Finished: left as it is.
+    let done = Record {
+        state: State::Unknown { sent_at_ms: 1 },
+        ..first.clone()
+    };
+    records.set("k", done).await.unwrap();
+    assert!(!records.renew("k", renewed.clone()).await.unwrap());
+    assert!(matches!(
+        records.get("k").await.unwrap().unwrap().state,
+        State::Unknown { .. }
+    ));
+    // Gone: not written again.
+    records.remove("k").await.unwrap();
+    assert!(!records.renew("k", renewed.clone()).await.unwrap());
+    assert!(records.get("k").await.unwrap().is_none());
+    // Reopened by another execution (another start): its lease is its own.
+    let mut other = in_flight("disk.create||{}", ttl, lease);
+    if let State::InFlight { started_ms, .. } = &mut other.state {
+        *started_ms += 1;
+    }
+    records.set("k", other.clone()).await.unwrap();
+    assert!(!records.renew("k", renewed).await.unwrap());
+    assert_eq!(
+        lease_of(records.get("k").await.unwrap()),
+        lease_of(Some(other))
+    );
+}
