@@ -29,9 +29,37 @@ fn config(redis: &RedisServer) -> String {
 
 const GRACE: Duration = Duration::from_secs(10);
 
-async fn create(gw: &Gw, key: Option<&str>, body: &str) -> (u16, HeaderMap, Value) {
+/// A replica in this process or the real binary.
+trait Replica {
+    fn url(&self) -> &str;
+    fn admin_url(&self) -> &str;
+}
+
+impl Replica for Gw {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+}
+
+impl Replica for Bin {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+}
+
+async fn metrics(gw: &impl Replica) -> String {
+    get_text(&format!("{}/metrics", gw.admin_url())).await
+}
+
+async fn create(gw: &impl Replica, key: Option<&str>, body: &str) -> (u16, HeaderMap, Value) {
     let mut req = http()
-        .post(format!("{}{DISK}/create", gw.url))
+        .post(format!("{}{DISK}/create", gw.url()))
         .header("content-type", "application/json")
         .body(body.to_string());
     if let Some(k) = key {
@@ -51,9 +79,9 @@ fn resets(metrics: &str) -> u64 {
         .expect("the reset counter is exported")
 }
 
-async fn readyz(gw: &Gw) -> (u16, Value) {
+async fn readyz(gw: &impl Replica) -> (u16, Value) {
     let resp = http()
-        .get(format!("{}/readyz", gw.admin_url))
+        .get(format!("{}/readyz", gw.admin_url()))
         .send()
         .await
         .unwrap();
@@ -61,10 +89,10 @@ async fn readyz(gw: &Gw) -> (u16, Value) {
 }
 
 /// Polls until `gw` has counted `n` resets; when it did.
-async fn wait_resets(gw: &Gw, n: u64) -> Instant {
+async fn wait_resets(gw: &impl Replica, n: u64) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if resets(&gw.metrics().await) >= n {
+        if resets(&metrics(gw).await) >= n {
             return Instant::now();
         }
         assert!(
@@ -90,7 +118,7 @@ fn assert_refused((status, headers, v): &(u16, HeaderMap, Value)) {
 }
 
 /// Polls a new keyed create until the grace window has passed and it is made; when.
-async fn wait_accepted(gw: &Gw) -> (Instant, Value) {
+async fn wait_accepted(gw: &impl Replica) -> (Instant, Value) {
     let key = fresh_key();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -130,7 +158,7 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     let (status, _, first) = create(&a, Some(&key), DISK20).await;
     assert_eq!(status, 200, "{first}");
     for gw in [&a, &b] {
-        assert_eq!(resets(&gw.metrics().await), 0, "a fresh fleet is no reset");
+        assert_eq!(resets(&metrics(gw).await), 0, "a fresh fleet is no reset");
         let (status, ready) = readyz(gw).await;
         assert_eq!(status, 200);
         assert!(ready.get("redis_reset").is_none(), "{ready}");
@@ -178,7 +206,7 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     assert_eq!(sim.calls("create").await, 2);
     // Noticed once, and the note no longer refuses.
     for gw in [&a, &b] {
-        assert_eq!(resets(&gw.metrics().await), 1);
+        assert_eq!(resets(&metrics(gw).await), 1);
         let (_, ready) = readyz(gw).await;
         let note = ready["redis_reset"].as_str().unwrap_or_default();
         assert!(
@@ -192,7 +220,15 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
 async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
     let sim = Sim::start(sim_config()).await;
     let mut redis = RedisServer::start();
-    let gw = Gw::start(&config(&redis), &sim.url, demo_env()).await;
+    // The real binary, for its log.
+    let gw = Bin::serve(
+        &config(&redis),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
     let key = fresh_key();
     let (status, _, first) = create(&gw, Some(&key), DISK20).await;
     assert_eq!(status, 200, "{first}");
@@ -211,7 +247,7 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
     };
     assert_refused(&answer);
     assert_eq!(sim.calls("create").await, 1);
-    assert_eq!(resets(&gw.metrics().await), 1);
+    assert_eq!(resets(&metrics(&gw).await), 1);
     let (status, ready) = readyz(&gw).await;
     assert_eq!(status, 200, "{ready}");
     assert!(
@@ -222,8 +258,19 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
         "{ready}"
     );
 
+    let log = tokio::task::block_in_place(|| gw.wait_for_log("Redis lost its data", 1));
+    let line = log
+        .lines()
+        .find(|l| l.contains("Redis lost its data"))
+        .unwrap();
+    assert!(
+        line.contains("ERROR") && line.contains("appendonly"),
+        "{line}"
+    );
+    assert!(!log.contains(&redis.url()), "no Redis URL in the log");
+
     let (_, made) = wait_accepted(&gw).await;
     assert_eq!(made["code"], 0, "{made}");
     assert_eq!(sim.calls("create").await, 2);
-    assert_eq!(resets(&gw.metrics().await), 1);
+    assert_eq!(resets(&metrics(&gw).await), 1);
 }
