@@ -65,6 +65,8 @@ pub struct Fleet {
     marker_checked: AtomicBool,
     /// How long creates without a record are refused after a loss (milliseconds).
     reset_grace_ms: AtomicU64,
+    /// One check at a time: an answer read before a loss is never compared after a later one.
+    checking: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -129,6 +131,7 @@ impl Fleet {
             marker: Mutex::new(Marker::default()),
             marker_checked: AtomicBool::new(false),
             reset_grace_ms: AtomicU64::new(0),
+            checking: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -198,6 +201,7 @@ impl Fleet {
     /// Reads the fleet marker (writing one when there is none). Gone, or replaced by another
     /// replica, though this replica saw one: Redis lost its data.
     pub async fn check_marker(&self) -> Result<(), StoreError> {
+        let _one = self.checking.lock().await;
         let key = self.key(&["fleet-marker"]);
         let fresh = fence();
         let script = redis::Script::new(MARKER);
