@@ -165,6 +165,11 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
         };
         body["ready"] = ready.into();
         body["redis"] = redis.into();
+        // A loss of Redis's data is a note, not unreadiness: the replica serves, and refuses
+        // only the creates it cannot tell from retries.
+        if let Some(note) = fleet.reset_note() {
+            body["redis_reset"] = note.into();
+        }
     }
     let status = if ready {
         StatusCode::OK

@@ -3,8 +3,8 @@
 //! status codes and outcome words, never an id, a key or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub dedup: IntCounterVec,
     pub budget_refused: IntCounterVec,
     pub redis_errors: IntCounterVec,
+    /// Times Redis was found without its data (the fleet marker gone).
+    pub redis_resets: IntCounter,
     pub invalidation_lag: Histogram,
     pub build_info: IntGaugeVec,
 }
@@ -129,6 +131,18 @@ impl Metrics {
                 "Shared-state (Redis) operations that failed or timed out, by operation.",
                 &["op"],
             ),
+            redis_resets: {
+                let c = IntCounter::new(
+                    "finovy_gateway_redis_resets_total",
+                    "Times this replica found Redis without its data (the fleet marker gone: a \
+                     restart without persistence, a failover that lost writes, FLUSHALL).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             invalidation_lag: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(

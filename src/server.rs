@@ -99,6 +99,10 @@ impl Gateway {
             }
             None => None,
         };
+        if let Some(f) = &fleet {
+            // After a loss of Redis's data, the longest a create's outcome can stay open.
+            f.set_reset_grace(execution_limit(&settings) + settings.create.lease);
+        }
         let fall_back = settings
             .redis
             .as_ref()
@@ -168,7 +172,7 @@ impl Gateway {
             },
             _ => Stores {
                 store: Arc::new(MemoryStore::new(settings.cache.max_bytes)),
-                records: Arc::new(MemoryRecords::default()),
+                records: Arc::new(MemoryRecords::new(settings.create.records_max_bytes)),
                 ledger: Arc::new(MemoryLedger::default()),
                 limiter: Arc::new(MemoryLimiter::new()),
             },

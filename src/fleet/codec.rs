@@ -133,9 +133,21 @@ pub fn encode_record(rec: &Record) -> Vec<u8> {
     w.bytes(rec.fingerprint.as_bytes());
     w.u64(ms(rec.ttl));
     match &rec.state {
-        State::InFlight { started_ms } => {
+        State::InFlight {
+            started_ms,
+            lease_until_ms: None,
+        } => {
             w.u8(0);
             w.u64(*started_ms);
+        }
+        // The lease comes last: a renewal rewrites only those 8 bytes (see `fleet::records`).
+        State::InFlight {
+            started_ms,
+            lease_until_ms: Some(until),
+        } => {
+            w.u8(3);
+            w.u64(*started_ms);
+            w.u64(*until);
         }
         State::Unknown { sent_at_ms } => {
             w.u8(1);
@@ -156,6 +168,11 @@ pub fn decode_record(b: &[u8]) -> Option<Record> {
     let state = match r.u8()? {
         0 => State::InFlight {
             started_ms: r.u64()?,
+            lease_until_ms: None,
+        },
+        3 => State::InFlight {
+            started_ms: r.u64()?,
+            lease_until_ms: Some(r.u64()?),
         },
         1 => State::Unknown {
             sent_at_ms: r.u64()?,
@@ -216,7 +233,14 @@ mod tests {
     #[test]
     fn records_round_trip_and_garbage_is_absent() {
         for state in [
-            State::InFlight { started_ms: 7 },
+            State::InFlight {
+                started_ms: 7,
+                lease_until_ms: None,
+            },
+            State::InFlight {
+                started_ms: 7,
+                lease_until_ms: Some(5_007),
+            },
             State::Unknown { sent_at_ms: 9 },
             State::Done(Arc::new(answer())),
         ] {
@@ -230,6 +254,19 @@ mod tests {
             assert_eq!(back.ttl, rec.ttl);
             assert_eq!(format!("{:?}", back.state), format!("{:?}", rec.state));
         }
+        // A renewal changes only the last 8 bytes of a leased in-flight record.
+        let rec = |until| Record {
+            fingerprint: "f".into(),
+            state: State::InFlight {
+                started_ms: 7,
+                lease_until_ms: Some(until),
+            },
+            ttl: Duration::from_secs(60),
+        };
+        let (a, b) = (encode_record(&rec(10)), encode_record(&rec(20)));
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a[..a.len() - 8], b[..b.len() - 8]);
+        assert_eq!(a[a.len() - 8..], 10u64.to_be_bytes());
         assert!(decode_record(b"").is_none());
         assert!(decode_record(&[VERSION, 0, 0]).is_none());
         assert!(decode_entry(&[9, 1, 2]).is_none());

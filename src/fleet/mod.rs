@@ -9,6 +9,13 @@
 //! - `token`: the account's upstream token, one for the fleet;
 //! - `codec`: how answers, entries and records are written into Redis values.
 //!
+//! Redis may lose its data (a restart without persistence, a failover that lost writes, FLUSHALL)
+//! and answer as if nothing happened. A marker key, with a random value written once, tells: it is
+//! read before the first create after every (re)connect and every second; when it is gone, or
+//! another replica wrote a new one, the data is gone, and for a grace window (the longest a
+//! create's outcome can stay open) creates that find no record are refused, since they may be
+//! retries of creates whose records were lost.
+//!
 //! Every command runs under `[redis] timeout`, so a dead Redis costs a request that long at most.
 //! The connection reconnects by itself; until it does, each part falls back as README.md's
 //! "Shared mode" says (cache and token: the replica's own; creates: refused unless opted out).
@@ -24,6 +31,7 @@ pub mod token;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use conn::{Conn, Connector};
@@ -50,7 +58,41 @@ pub struct Fleet {
     last_error: Mutex<Option<String>>,
     /// After a failure, commands fail at once until then instead of each waiting out the timeout.
     resting_until: Mutex<Option<tokio::time::Instant>>,
+    /// The fleet marker as this replica last saw it, and the last loss of data it noticed.
+    marker: Mutex<Marker>,
+    /// False after a failure (the next connection may reach a Redis that lost its data): the
+    /// marker is checked before the next create.
+    marker_checked: AtomicBool,
+    /// How long creates without a record are refused after a loss (milliseconds).
+    reset_grace_ms: AtomicU64,
+    /// One check at a time: an answer read before a loss is never compared after a later one.
+    checking: tokio::sync::Mutex<()>,
 }
+
+#[derive(Default)]
+struct Marker {
+    seen: Option<String>,
+    /// When the loss was noticed (epoch ms) and until when creates without a record are refused.
+    lost: Option<(u64, tokio::time::Instant)>,
+}
+
+/// How often the marker is read besides after a reconnect (a FLUSHALL breaks no connection).
+const MARKER_CHECK: Duration = Duration::from_secs(1);
+
+/// The marker's lifetime from the last check: it outlives any record, yet a fleet that is gone
+/// leaves nothing behind for ever.
+const MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Returns the marker and 1 (renewing its lifetime), or writes `ARGV[1]` and returns it and 0.
+const MARKER: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {v, 1}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {ARGV[1], 0}
+"#;
 
 /// How long commands rest after a failure before Redis is tried again.
 const REST: Duration = Duration::from_millis(250);
@@ -86,6 +128,10 @@ impl Fleet {
             metrics,
             last_error: Mutex::new(None),
             resting_until: Mutex::new(None),
+            marker: Mutex::new(Marker::default()),
+            marker_checked: AtomicBool::new(false),
+            reset_grace_ms: AtomicU64::new(0),
+            checking: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -122,12 +168,103 @@ impl Fleet {
         self.connector.moved()
     }
 
-    /// Follows the primary until `shutdown` (Sentinel; nothing to do otherwise).
+    /// Follows the primary (Sentinel) and checks the fleet marker every second, until `shutdown`.
     pub async fn watch_primary(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let marker = async {
+            loop {
+                // A failure is counted and logged by `run`; the next round tries again.
+                let _ = self.check_marker().await;
+                tokio::time::sleep(MARKER_CHECK).await;
+            }
+        };
         tokio::select! {
             _ = shutdown => {}
-            _ = self.connector.watch_primary() => {}
+            _ = async { tokio::join!(self.connector.watch_primary(), marker) } => {}
         }
+    }
+
+    /// Sets how long creates without a record are refused after Redis lost its data: the
+    /// longest a create's outcome can stay open (execution limit + lease).
+    pub fn set_reset_grace(&self, grace: Duration) {
+        self.reset_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// [`Fleet::check_marker`] when it was not checked since the last failure.
+    pub async fn check_marker_if_due(&self) -> Result<(), StoreError> {
+        if self.marker_checked.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.check_marker().await
+    }
+
+    /// Reads the fleet marker (writing one when there is none). Gone, or replaced by another
+    /// replica, though this replica saw one: Redis lost its data.
+    pub async fn check_marker(&self) -> Result<(), StoreError> {
+        let _one = self.checking.lock().await;
+        let key = self.key(&["fleet-marker"]);
+        let fresh = fence();
+        let script = redis::Script::new(MARKER);
+        let mut inv = script.key(&key);
+        inv.arg(&fresh).arg(px(MARKER_TTL));
+        let (value, found): (String, i64) = self
+            .run(
+                "marker",
+                |mut c| async move { inv.invoke_async(&mut c).await },
+            )
+            .await?;
+        let lost = {
+            let mut m = self.marker.lock().expect("fleet marker");
+            let lost = m.seen.as_ref().is_some_and(|s| *s != value);
+            if m.seen.is_none() && found == 0 {
+                tracing::info!(
+                    "wrote the fleet marker (a new fleet, or a Redis this replica never saw)"
+                );
+            }
+            m.seen = Some(value);
+            if lost {
+                let grace = Duration::from_millis(self.reset_grace_ms.load(Ordering::Relaxed));
+                m.lost = Some((now_ms(), tokio::time::Instant::now() + grace));
+                tracing::error!(
+                    refusing_for = %humantime::format_duration(grace),
+                    "Redis lost its data (the fleet marker is gone): idempotency and de-dup records \
+                     are lost, so creates that find no record are refused for a while; exact \
+                     replay across a loss of Redis needs Redis persistence (appendonly)"
+                );
+            }
+            lost
+        };
+        if lost {
+            self.metrics.redis_resets.inc();
+        }
+        self.marker_checked.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// While creates that find no record are refused after a loss of data: how long still.
+    pub fn refusing_new_creates(&self) -> Option<Duration> {
+        let m = self.marker.lock().expect("fleet marker");
+        let (_, until) = m.lost?;
+        until
+            .checked_duration_since(tokio::time::Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// For `/readyz`: the last loss of data this replica noticed, and what it still refuses.
+    pub fn reset_note(&self) -> Option<String> {
+        let at_ms = self.marker.lock().expect("fleet marker").lost?.0;
+        let ago = Duration::from_secs(now_ms().saturating_sub(at_ms) / 1000);
+        let mut note = format!(
+            "Redis lost its data {} ago (fleet marker gone); records of creates before then are lost",
+            humantime::format_duration(ago)
+        );
+        if let Some(left) = self.refusing_new_creates() {
+            note.push_str(&format!(
+                "; creates that find no record are refused (503, code 1005) for {}s more",
+                left.as_secs_f64().ceil() as u64
+            ));
+        }
+        Some(note)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -190,6 +327,7 @@ impl Fleet {
     /// Counts and remembers a failed command; commands rest for a moment.
     fn failed(&self, op: &'static str, e: &StoreError) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
+        self.marker_checked.store(false, Ordering::SeqCst);
         let mut last = self.last_error.lock().expect("fleet health");
         if last.is_none() {
             tracing::warn!(op, error = %e.0, "redis failed; falling back where configured");

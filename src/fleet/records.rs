@@ -2,6 +2,10 @@
 //! retry landing on another replica finds what the first attempt did. `begin` is atomic (a script:
 //! read, or write if absent), and every record expires with its TTL.
 //!
+//! The executing replica renews an in-flight record's lease (a script that rewrites it only while
+//! it is still that same in-flight record), and each client's live records are counted in a
+//! sorted set per client (member: the record's key, score: its expiry), pruned on every create.
+//!
 //! While Redis fails, the operation fails (creates are refused: without the shared record a
 //! duplicate purchase cannot be ruled out), unless `creates_when_down = "local"` gave this store
 //! the replica's own records to fall back to.
@@ -10,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fleet::codec::{decode_record, encode_record};
-use crate::fleet::{Fleet, px};
-use crate::protect::records::{Begin, MemoryRecords, Record, RecordStore, Stored, in_flight};
+use crate::fleet::{Fleet, now_ms, px};
+use crate::protect::records::{Begin, Hold, MemoryRecords, Record, RecordStore, Stored, marker};
 use crate::svc::BoxFuture;
 
 /// Returns the existing value, or writes `ARGV[1]` with a `PX` of `ARGV[2]` and returns nothing.
@@ -22,11 +26,43 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 "#;
 
+/// Writes `ARGV[1]` (a renewed in-flight record) with a `PX` of `ARGV[2]` only if the stored
+/// value is the same record but for its lease: every byte but the last 8 (the lease; see
+/// `codec`). 1 when renewed.
+const RENEW: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local new = ARGV[1]
+if v and #v == #new and string.sub(v, 1, #v - 8) == string.sub(new, 1, #new - 8) then
+  redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// The owner's live records (`KEYS[1]`, a sorted set by expiry): drops the expired (`ARGV[3]` is
+/// now), then counts `ARGV[1]` until `ARGV[2]` unless it is new and `ARGV[4]` are already held.
+/// 0 when held; otherwise the soonest expiry of the held ones. The set lives as long as its
+/// longest-lived member.
+const HOLD: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1])
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(tonumber(first[2]), 1)
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]) + 1))
+return 0
+"#;
+
 pub struct RedisRecords(Arc<Inner>);
 
 struct Inner {
     fleet: Arc<Fleet>,
     begin: redis::Script,
+    renew: redis::Script,
+    hold: redis::Script,
     local: Option<MemoryRecords>,
 }
 
@@ -35,6 +71,8 @@ impl RedisRecords {
         RedisRecords(Arc::new(Inner {
             fleet,
             begin: redis::Script::new(BEGIN),
+            renew: redis::Script::new(RENEW),
+            hold: redis::Script::new(HOLD),
             local: fall_back_to_local.then(MemoryRecords::default),
         }))
     }
@@ -42,17 +80,20 @@ impl RedisRecords {
     fn key(&self, key: &str) -> String {
         self.0.fleet.key(&["rec", key])
     }
+
+    fn owner_key(&self, owner: &str) -> String {
+        self.0.fleet.key(&["rec-owner", owner])
+    }
 }
 
 impl RecordStore for RedisRecords {
-    fn begin(&self, key: &str, fingerprint: &str, ttl: Duration) -> BoxFuture<Stored<Begin>> {
+    fn begin(&self, key: &str, record: Record) -> BoxFuture<Stored<Begin>> {
         let (rkey, key) = (self.key(key), key.to_string());
-        let value = encode_record(&in_flight(fingerprint, ttl));
-        let fingerprint = fingerprint.to_string();
+        let value = encode_record(&record);
         let this = self.0.clone();
         Box::pin(async move {
             let mut inv = this.begin.key(&rkey);
-            inv.arg(value).arg(px(ttl));
+            inv.arg(value).arg(px(record.ttl));
             let found: Result<Option<Vec<u8>>, _> = this
                 .fleet
                 .run("record_begin", |mut c| async move {
@@ -63,9 +104,11 @@ impl RecordStore for RedisRecords {
                 (Ok(None), _) => Ok(Begin::Started),
                 // An undecodable record (another version) is kept, never overwritten: a purchase
                 // may stand behind it.
-                (Ok(Some(b)), _) => Ok(decode_record(&b)
-                    .map_or(Begin::Exists(in_flight(&fingerprint, ttl)), Begin::Exists)),
-                (Err(_), Some(local)) => local.begin(&key, &fingerprint, ttl).await,
+                (Ok(Some(b)), _) => Ok(decode_record(&b).map_or(
+                    Begin::Exists(marker(&record.fingerprint, record.ttl)),
+                    Begin::Exists,
+                )),
+                (Err(_), Some(local)) => local.begin(&key, record).await,
                 (Err(e), None) => Err(e),
             }
         })
@@ -131,6 +174,84 @@ impl RecordStore for RedisRecords {
                 return Ok(());
             }
             done
+        })
+    }
+
+    fn renew(&self, key: &str, renewed: Record) -> BoxFuture<Stored<bool>> {
+        let (rkey, key) = (self.key(key), key.to_string());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let mut inv = this.renew.key(&rkey);
+            inv.arg(encode_record(&renewed)).arg(px(renewed.ttl));
+            let done: Result<i64, _> = this
+                .fleet
+                .run("record_renew", |mut c| async move {
+                    inv.invoke_async(&mut c).await
+                })
+                .await;
+            match (done, &this.local) {
+                (Ok(n), _) => Ok(n == 1),
+                (Err(_), Some(local)) => local.renew(&key, renewed).await,
+                (Err(e), None) => Err(e),
+            }
+        })
+    }
+
+    fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64) -> BoxFuture<Stored<Hold>> {
+        let okey = self.owner_key(owner);
+        let (owner, key) = (owner.to_string(), key.to_string());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let mut inv = this.hold.key(&okey);
+            inv.arg(&key).arg(until_ms).arg(now_ms()).arg(max);
+            let held: Result<u64, _> = this
+                .fleet
+                .run("record_hold", |mut c| async move {
+                    inv.invoke_async(&mut c).await
+                })
+                .await;
+            match (held, &this.local) {
+                (Ok(0), _) => Ok(Hold::Held),
+                (Ok(frees_at_ms), _) => Ok(Hold::Full { frees_at_ms }),
+                (Err(_), Some(local)) => local.hold(&owner, &key, until_ms, max).await,
+                (Err(e), None) => Err(e),
+            }
+        })
+    }
+
+    fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>> {
+        let okey = self.owner_key(owner);
+        let (owner, key) = (owner.to_string(), key.to_string());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let k = key.clone();
+            let done: Result<(), _> = this
+                .fleet
+                .run("record_release", |mut c| async move {
+                    redis::cmd("ZREM")
+                        .arg(&okey)
+                        .arg(&k)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await;
+            if let Some(local) = &this.local {
+                local.release(&owner, &key).await?;
+                return Ok(());
+            }
+            done
+        })
+    }
+
+    fn lost_data(&self) -> BoxFuture<Stored<Option<Duration>>> {
+        let this = self.0.clone();
+        Box::pin(async move {
+            match this.fleet.check_marker_if_due().await {
+                Ok(()) => Ok(this.fleet.refusing_new_creates()),
+                // Falling back to this replica's records, which lost nothing.
+                Err(_) if this.local.is_some() => Ok(None),
+                Err(e) => Err(e),
+            }
         })
     }
 }

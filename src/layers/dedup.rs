@@ -19,6 +19,12 @@
 //! handed out, is claimed by a marker record); when none matches the create did not happen and
 //! runs again. Host creates are refused (409, code
 //! 1005) until the record expires, since hosts cannot be matched safely.
+//!
+//! While a create runs, its replica renews the in-flight record's lease (a heartbeat every third
+//! of `[create] lease`): a record whose lease lapsed belongs to a replica that died, and reads as
+//! unknown. Each client holds at most `max_records_per_client` live records (429 over it), and
+//! after Redis lost its data, creates that find no record are refused for a grace window (503,
+//! code 1005), since they may be retries of creates whose records were lost.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,7 +46,7 @@ use crate::layers::rate_limit::TOO_FREQUENT;
 use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, DedupScope, collapses_in_flight};
-use crate::protect::records::{Begin, Record, RecordStore, State, in_flight};
+use crate::protect::records::{Begin, Hold, Record, RecordStore, State, in_flight, marker};
 use crate::protect::validate::{DiskOrder, Order};
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
@@ -56,6 +62,9 @@ const MAX_KEY_LEN: usize = 255;
 
 /// Time for an execution that reached its limit to write its outcome.
 const LEASE_SLACK: Duration = Duration::from_secs(2);
+
+/// The answer to a create refused because its client holds too many live records.
+const RECORDS_FULL: i64 = TOO_FREQUENT;
 
 /// Reconciliation reads the account's disk list this many at a time, and at most this many pages.
 const RECONCILE_PAGE: u64 = 100;
@@ -111,8 +120,11 @@ struct Shared {
     records: Arc<dyn RecordStore>,
     /// How long an execution may run before its outcome counts as unknown.
     limit: Duration,
-    /// An in-flight record older than this was lost with its replica (the limit, plus slack for
-    /// writing the outcome).
+    /// An in-flight record without a lease (written by an older version) older than this was lost
+    /// with its replica (the limit, plus slack for writing the outcome); also the settle guard's
+    /// lifetime.
+    max_age: Duration,
+    /// How long an in-flight record stays claimed without its replica renewing it.
     lease: Duration,
     flights: SingleFlight<String, Arc<Outcome>>,
     settings: Arc<CreateSettings>,
@@ -132,7 +144,8 @@ impl DedupLayer {
             shared: Arc::new(Shared {
                 records,
                 limit,
-                lease: limit + LEASE_SLACK,
+                max_age: limit + LEASE_SLACK,
+                lease: settings.lease,
                 flights: SingleFlight::new(),
                 settings,
                 metrics,
@@ -176,6 +189,81 @@ fn records_down(route: Route, request_id: &str) -> Resp {
     let mut resp = GatewayError::SharedStateDown(route.as_str()).into_response(request_id);
     resp.extensions_mut().insert(FromRecord);
     resp
+}
+
+/// The answer to a create that finds no record while Redis's data was lost a moment ago: it may
+/// be the retry of a create whose record went with it.
+fn records_lost(route: Route, request_id: &str, left: Duration) -> Resp {
+    let secs = left.as_secs_f64().ceil().max(1.0) as u64;
+    let msg = format!(
+        "the gateway's shared store (Redis) lost its data a moment ago, so it cannot tell whether this {route} \
+         is a retry of one already made: nothing was sent upstream. Check the disk list if this may be a \
+         retry, or send it again in {secs}s"
+    );
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, 1005, &msg, request_id);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp.extensions_mut().insert(FromRecord);
+    resp
+}
+
+/// The answer to a create whose client already holds its maximum of live records.
+fn records_full(route: Route, request_id: &str, max: u64, frees_at_ms: u64) -> Resp {
+    let secs = (frees_at_ms.saturating_sub(now_ms()).div_ceil(1000)).max(1);
+    let msg = format!(
+        "this client holds {max} live idempotency and de-duplication records (create.max_records_per_client): \
+         nothing was sent upstream. Retry {route} in {secs}s, when the oldest expires, or repeat earlier \
+         Idempotency-Keys instead of new ones"
+    );
+    let mut resp = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        RECORDS_FULL,
+        &msg,
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp.extensions_mut().insert(FromRecord);
+    resp
+}
+
+/// Runs `work` while renewing the lease of its in-flight `record` every third of `lease`. The
+/// renewal stops when the record is no longer that in-flight record (finished, settled or
+/// reopened elsewhere): it never brings one back.
+async fn with_lease<F: std::future::Future>(
+    records: Arc<dyn RecordStore>,
+    rkey: String,
+    record: Record,
+    lease: Duration,
+    work: F,
+) -> F::Output {
+    let heartbeat = async {
+        let mut current = record;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let Some(next) = current.renewed(now_ms() + lease.as_millis() as u64) else {
+                break;
+            };
+            match records.renew(&rkey, next.clone()).await {
+                Ok(true) => current = next,
+                Ok(false) => {
+                    tracing::warn!(
+                        "a create's record changed while it ran (its lease had lapsed); no longer renewing it"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew a running create's lease; another replica may take it for lost")
+                }
+            }
+        }
+        std::future::pending::<Infallible>().await
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => out,
+        never = heartbeat => match never {},
+    }
 }
 
 /// The answer to a create whose outcome is unknown.
@@ -315,6 +403,11 @@ struct Keep {
     /// Lifetime of a final answer's record.
     final_ttl: Duration,
     unknown_ttl: Duration,
+    /// The in-flight record this execution holds, whose lease it renews while it runs (`None`
+    /// when the execution claims its record itself, see [`ClaimFirst`]).
+    leased: Option<Record>,
+    /// The client the record counts for (`account|client`).
+    owner: String,
 }
 
 struct Ctx {
@@ -347,11 +440,18 @@ impl Ctx {
     {
         let records = self.shared.records.clone();
         let guard = self.shared.work.start();
-        let (route, account) = (self.route, self.account.clone());
+        let (route, account, lease) = (self.route, self.account.clone(), self.shared.lease);
         let flight = self.shared.flights.join_or_start(rkey, move || async move {
             let _guard = guard;
             let sent_at_ms = now_ms();
-            let resp = inner.oneshot(req).await.unwrap_or_else(|e| match e {});
+            let leased = keep.as_ref().and_then(|k| Some((k.rkey.clone(), k.leased.clone()?)));
+            let resp = match leased {
+                Some((rkey, record)) => {
+                    with_lease(records.clone(), rkey, record, lease, inner.oneshot(req)).await
+                }
+                None => inner.oneshot(req).await,
+            }
+            .unwrap_or_else(|e| match e {});
             let unknown = resp.extensions().get::<OutcomeUnknown>().is_some();
             let from_record = resp.extensions().get::<FromRecord>().is_some();
             let outcome = Outcome {
@@ -363,7 +463,10 @@ impl Ctx {
                     && let Some(disk) = created_disk(&outcome.answer)
                 {
                     let _ = records
-                        .begin(&claim_key(&account, &disk), "claimed", keep.unknown_ttl)
+                        .begin(
+                            &claim_key(&account, &disk),
+                            marker("claimed", keep.unknown_ttl),
+                        )
                         .await;
                 }
                 let record = |state, ttl| Record {
@@ -371,13 +474,21 @@ impl Ctx {
                     state,
                     ttl,
                 };
+                // The client's count follows the record: its new lifetime, or its removal.
+                let hold = |ttl: Duration| {
+                    let until = now_ms() + ttl.as_millis() as u64;
+                    records.hold(&keep.owner, &keep.rkey, until, u64::MAX)
+                };
                 let kept = if outcome.is_final() {
                     let done = State::Done(Arc::new(outcome.answer.clone()));
+                    let _ = hold(keep.final_ttl).await;
                     records.set(&keep.rkey, record(done, keep.final_ttl)).await
                 } else if outcome.unknown {
                     let unknown = State::Unknown { sent_at_ms };
+                    let _ = hold(keep.unknown_ttl).await;
                     records.set(&keep.rkey, record(unknown, keep.unknown_ttl)).await
                 } else {
+                    let _ = records.release(&keep.owner, &keep.rkey).await;
                     records.remove(&keep.rkey).await
                 };
                 if let Err(e) = kept {
@@ -417,6 +528,40 @@ impl Ctx {
         }
     }
 
+    /// The client a record counts for.
+    fn owner(&self, req: &Req) -> String {
+        let client = req
+            .extensions()
+            .get::<Caller>()
+            .map_or("-".into(), |c| c.client.to_string());
+        format!("{}|{client}", self.account)
+    }
+
+    /// Counts a new record `rkey` for `owner` until `ttl` from now; the refusal when the owner
+    /// holds its maximum already.
+    async fn hold(&self, owner: &str, rkey: &str, ttl: Duration) -> Result<(), Resp> {
+        let id = self.request_id.as_str();
+        let max = self.shared.settings.max_records_per_client;
+        let until = now_ms() + ttl.as_millis() as u64;
+        match self.shared.records.hold(owner, rkey, until, max).await {
+            Ok(Hold::Held) => Ok(()),
+            Ok(Hold::Full { frees_at_ms }) => {
+                tracing::warn!(route = %self.route, max, "a client holds its maximum of live create records; refusing");
+                Err(records_full(self.route, id, max, frees_at_ms))
+            }
+            Err(_) => Err(records_down(self.route, id)),
+        }
+    }
+
+    /// After a loss of Redis's data: how long creates that find no record are still refused.
+    async fn lost_data(&self) -> Result<Option<Duration>, Resp> {
+        self.shared
+            .records
+            .lost_data()
+            .await
+            .map_err(|_| records_down(self.route, self.request_id.as_str()))
+    }
+
     async fn keyed<S>(
         &self,
         inner: S,
@@ -431,21 +576,41 @@ impl Ctx {
     {
         let records = &self.shared.records;
         let id = self.request_id.as_str();
-        let record = match records
-            .begin(&rkey, &fingerprint, policy.idempotency_ttl)
-            .await
-        {
+        let owner = self.owner(&req);
+        let lost = match self.lost_data().await {
+            Ok(lost) => lost,
+            Err(resp) => return resp,
+        };
+        let started = in_flight(&fingerprint, policy.idempotency_ttl, self.shared.lease);
+        let mut leased = Some(started.clone());
+        let begun = match lost {
+            // Only a record that survived may be answered; none is made meanwhile.
+            Some(left) => match records.get(&rkey).await {
+                Err(_) => return records_down(self.route, id),
+                Ok(None) => return records_lost(self.route, id, left),
+                Ok(Some(r)) => Ok(Begin::Exists(r)),
+            },
+            None => records.begin(&rkey, started).await,
+        };
+        let record = match begun {
             Err(_) => return records_down(self.route, id),
             Ok(Begin::Started) => None,
             Ok(Begin::Exists(r)) => Some(r),
         };
+        if record.is_none()
+            && let Err(resp) = self.hold(&owner, &rkey, policy.idempotency_ttl).await
+        {
+            // Refused before anything was sent: the record goes, as if never begun.
+            let _ = records.remove(&rkey).await;
+            return resp;
+        }
         if let Some(record) = record {
             if *record.fingerprint != *fingerprint {
                 self.count("mismatch");
                 let msg = "this Idempotency-Key was used with a different request; use a new key for a new purchase";
                 return error_response(StatusCode::UNPROCESSABLE_ENTITY, 1003, msg, id);
             }
-            match record.settled_state(self.shared.lease, now_ms()) {
+            match record.settled_state(self.shared.max_age, now_ms()) {
                 State::InFlight { .. } => {
                     self.count("conflict");
                     let msg = "a request with this Idempotency-Key is still being processed; retry shortly";
@@ -464,10 +629,10 @@ impl Ctx {
                         policy,
                         keyed: true,
                     };
-                    let settled = self.settle_unknown(inner.clone(), &req, &unknown).await;
                     // Not made: the record is reopened, and this request makes it under it.
-                    if let Settled::Answer(resp) = settled {
-                        return resp;
+                    match self.settle_unknown(inner.clone(), &req, &unknown).await {
+                        Settled::Answer(resp) => return resp,
+                        Settled::NotMade(reopened) => leased = reopened,
                     }
                 }
             }
@@ -477,6 +642,8 @@ impl Ctx {
             fingerprint: fingerprint.as_str().into(),
             final_ttl: policy.idempotency_ttl,
             unknown_ttl: policy.idempotency_ttl,
+            leased,
+            owner,
         };
         let started_ms = now_ms();
         let bounded = self.bounded(inner);
@@ -510,12 +677,20 @@ impl Ctx {
     {
         let records = &self.shared.records;
         let id = self.request_id.as_str();
+        let owner = self.owner(&req);
+        let lost = match self.lost_data().await {
+            Ok(lost) => lost,
+            Err(resp) => return resp,
+        };
         let record = match records.get(&rkey).await {
             Ok(r) => r,
             Err(_) => return records_down(self.route, id),
         };
+        if let (None, Some(left)) = (&record, lost) {
+            return records_lost(self.route, id, left);
+        }
         if let Some(record) = record {
-            match record.settled_state(self.shared.lease, now_ms()) {
+            match record.settled_state(self.shared.max_age, now_ms()) {
                 State::Done(answer) => {
                     self.count("replayed");
                     return replay(&answer);
@@ -544,6 +719,8 @@ impl Ctx {
             fingerprint: fingerprint.as_str().into(),
             final_ttl: policy.dedup_window,
             unknown_ttl: policy.idempotency_ttl,
+            leased: None,
+            owner: owner.clone(),
         };
         // The record is claimed inside the flight, so that one execution in the fleet runs and
         // the others (here or on other replicas) get its answer.
@@ -553,7 +730,10 @@ impl Ctx {
                 rkey: rkey.clone(),
                 fingerprint,
                 ttl: policy.idempotency_ttl,
+                max_age: self.shared.max_age,
                 lease: self.shared.lease,
+                owner,
+                max_records: self.shared.settings.max_records_per_client,
                 route: self.route,
                 request_id: self.request_id.clone(),
             }
@@ -583,7 +763,7 @@ impl Ctx {
         match self
             .shared
             .records
-            .begin(&guard, "settle", self.shared.lease)
+            .begin(&guard, marker("settle", self.shared.max_age))
             .await
         {
             Err(_) => return Settled::Answer(records_down(self.route, id)),
@@ -620,7 +800,7 @@ impl Ctx {
         let still_unknown = match records.get(rkey).await {
             Err(_) => return Settled::Answer(records_down(self.route, id)),
             Ok(r) => r.is_some_and(|r| {
-                matches!(r.settled_state(self.shared.lease, now_ms()),
+                matches!(r.settled_state(self.shared.max_age, now_ms()),
                     State::Unknown { sent_at_ms: at } if at == sent_at_ms)
             }),
         };
@@ -630,10 +810,10 @@ impl Ctx {
                 "an earlier attempt of this request was settled meanwhile; retry to get its answer";
             return Settled::Answer(still_in_flight(msg, id));
         }
-        // The settle guard lives for one lease: the search (up to a hundred list pages) must end
+        // The settle guard lives for `max_age`: the search (up to a hundred list pages) must end
         // well within it, or a second retry could take the guard and settle this record too.
         let search = self.reconcile(inner, req, sent_at_ms, policy.idempotency_ttl);
-        let reconciled = tokio::time::timeout(self.shared.lease / 2, search)
+        let reconciled = tokio::time::timeout(self.shared.max_age / 2, search)
             .await
             .unwrap_or_else(|_| {
                 let msg = "an earlier create with this request has an unknown outcome, and the \
@@ -664,15 +844,18 @@ impl Ctx {
             Reconciled::NotMade => {
                 // Reopened: keyed, this request makes it under the same record; key-less, the
                 // record goes and the claim of the next execution takes its place.
+                let lease = self.shared.lease;
                 let reopened = if keyed {
+                    let record = in_flight(fingerprint, policy.idempotency_ttl, lease);
                     records
-                        .set(rkey, in_flight(fingerprint, policy.idempotency_ttl))
+                        .set(rkey, record.clone())
                         .await
+                        .map(|()| Some(record))
                 } else {
-                    records.remove(rkey).await
+                    records.remove(rkey).await.map(|()| None)
                 };
                 match reopened {
-                    Ok(()) => Settled::NotMade,
+                    Ok(record) => Settled::NotMade(record),
                     Err(_) => Settled::Answer(records_down(self.route, id)),
                 }
             }
@@ -769,7 +952,7 @@ impl Ctx {
             match self
                 .shared
                 .records
-                .begin(&claim_key(&self.account, &disk), "claimed", ttl)
+                .begin(&claim_key(&self.account, &disk), marker("claimed", ttl))
                 .await
             {
                 Ok(Begin::Started) => {
@@ -804,7 +987,8 @@ impl Ctx {
 
 enum Settled {
     Answer(Resp),
-    NotMade,
+    /// Nothing was made; keyed, the record reopened in flight (its lease to renew).
+    NotMade(Option<Record>),
 }
 
 /// A 409 (code 1005) asking to retry shortly.
@@ -880,7 +1064,11 @@ struct ClaimCtx {
     rkey: String,
     fingerprint: String,
     ttl: Duration,
+    max_age: Duration,
     lease: Duration,
+    /// The client the record counts for, and how many it may hold.
+    owner: String,
+    max_records: u64,
     route: Route,
     request_id: RequestId,
 }
@@ -893,21 +1081,34 @@ struct ClaimFirst<S> {
 }
 
 impl ClaimCtx {
-    /// `Ok` when this execution holds the record and may call; otherwise the answer.
-    async fn claim(&self) -> Result<(), Resp> {
+    /// The in-flight record when this execution holds it and may call; otherwise the answer.
+    async fn claim(&self) -> Result<Record, Resp> {
         let id = self.request_id.as_str();
         let mut pause = Duration::from_millis(10);
         loop {
-            let found = match self
-                .records
-                .begin(&self.rkey, &self.fingerprint, self.ttl)
-                .await
-            {
+            let record = in_flight(&self.fingerprint, self.ttl, self.lease);
+            let found = match self.records.begin(&self.rkey, record.clone()).await {
                 Err(_) => return Err(records_down(self.route, id)),
-                Ok(Begin::Started) => return Ok(()),
+                Ok(Begin::Started) => {
+                    let until = now_ms() + self.ttl.as_millis() as u64;
+                    let held = self
+                        .records
+                        .hold(&self.owner, &self.rkey, until, self.max_records)
+                        .await;
+                    let refusal = match held {
+                        Ok(Hold::Held) => return Ok(record),
+                        Ok(Hold::Full { frees_at_ms }) => {
+                            records_full(self.route, id, self.max_records, frees_at_ms)
+                        }
+                        Err(_) => records_down(self.route, id),
+                    };
+                    // Refused before anything was sent: the record goes, as if never claimed.
+                    let _ = self.records.remove(&self.rkey).await;
+                    return Err(refusal);
+                }
                 Ok(Begin::Exists(record)) => record,
             };
-            match found.settled_state(self.lease, now_ms()) {
+            match found.settled_state(self.max_age, now_ms()) {
                 State::Done(answer) => return Err(replay(&answer)),
                 State::Unknown { .. } => {
                     let mut resp = unknown_answer(self.route, id, false);
@@ -942,7 +1143,17 @@ where
         let inner = self.inner.clone();
         Box::pin(async move {
             match ctx.claim().await {
-                Ok(()) => inner.oneshot(req).await,
+                Ok(record) => {
+                    let work = inner.oneshot(req);
+                    with_lease(
+                        ctx.records.clone(),
+                        ctx.rkey.clone(),
+                        record,
+                        ctx.lease,
+                        work,
+                    )
+                    .await
+                }
                 Err(resp) => Ok(resp),
             }
         })

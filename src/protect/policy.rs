@@ -15,7 +15,17 @@ use crate::routes::Route;
 pub struct CreateConfig {
     pub routes: BTreeMap<String, CreatePolicyConfig>,
     pub budget: BudgetConfig,
+    /// How long an in-flight create's record stays claimed without its replica renewing it.
+    pub lease: Option<String>,
+    /// Live idempotency and de-dup records one client may hold.
+    pub max_records_per_client: Option<u64>,
+    /// Bytes the records of this replica's memory may take together.
+    pub records_max_bytes: Option<u64>,
 }
+
+/// Defaults of the `[create]` keys above.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_RECORDS_PER_CLIENT: u64 = 10_000;
 
 /// One route's policy as written; every field falls back to the built-in default.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -115,6 +125,10 @@ pub struct CreatePolicy {
 pub struct CreateSettings {
     pub routes: BTreeMap<Route, CreatePolicy>,
     pub budget: BudgetConfig,
+    #[serde(with = "duration")]
+    pub lease: Duration,
+    pub max_records_per_client: u64,
+    pub records_max_bytes: u64,
 }
 
 /// Routes that spend money.
@@ -220,9 +234,38 @@ impl CreateConfig {
                 },
             );
         }
+        let lease = match &self.lease {
+            Some(text) => duration::parse(text).map_err(|m| invalid("create.lease".into(), m))?,
+            None => DEFAULT_LEASE,
+        };
+        // Renewed every third of it: below a second, a slow Redis could let a live create lapse.
+        if lease < Duration::from_secs(1) {
+            return Err(invalid("create.lease".into(), "must be at least 1s"));
+        }
+        let max_records_per_client = self
+            .max_records_per_client
+            .unwrap_or(DEFAULT_MAX_RECORDS_PER_CLIENT);
+        if max_records_per_client == 0 {
+            return Err(invalid(
+                "create.max_records_per_client".into(),
+                "must be at least 1",
+            ));
+        }
+        let records_max_bytes = self
+            .records_max_bytes
+            .unwrap_or(crate::protect::records::DEFAULT_MAX_BYTES);
+        if records_max_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "create.records_max_bytes".into(),
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         Ok(CreateSettings {
             routes,
             budget: self.budget.clone(),
+            lease,
+            max_records_per_client,
+            records_max_bytes,
         })
     }
 }
@@ -240,6 +283,8 @@ mod tests {
         assert_eq!(p.dedup_window, Duration::from_secs(10));
         assert!(p.client_rate.is_none());
         assert_eq!(p.dedup_scope, DedupScope::Client);
+        assert_eq!(s.lease, Duration::from_secs(5));
+        assert_eq!(s.max_records_per_client, 10_000);
     }
 
     #[test]
@@ -266,6 +311,43 @@ mod tests {
             e.contains("create.routes.\"host.create_rent\".dedup_scope"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn lease_and_record_bounds_are_checked() {
+        for (c, key) in [
+            (
+                CreateConfig {
+                    lease: Some("500ms".into()),
+                    ..Default::default()
+                },
+                "create.lease",
+            ),
+            (
+                CreateConfig {
+                    lease: Some("soon".into()),
+                    ..Default::default()
+                },
+                "create.lease",
+            ),
+            (
+                CreateConfig {
+                    max_records_per_client: Some(0),
+                    ..Default::default()
+                },
+                "create.max_records_per_client",
+            ),
+            (
+                CreateConfig {
+                    records_max_bytes: Some(10),
+                    ..Default::default()
+                },
+                "create.records_max_bytes",
+            ),
+        ] {
+            let e = c.resolve().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - *unknown*: the request went upstream and no answer came back (timeout, reset, garbage): the
 //!   purchase may exist. A repeat reconciles (see the dedup layer) or is refused; never re-sent blindly.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
@@ -19,10 +20,14 @@ use crate::svc::BoxFuture;
 
 #[derive(Debug, Clone)]
 pub enum State {
-    /// Being carried out since this time (epoch milliseconds). One that outlives its lease was
-    /// lost with its replica: it counts as unknown (see [`Record::settled_state`]).
+    /// Being carried out since `started_ms` (epoch milliseconds). The replica carrying it out
+    /// renews `lease_until_ms` while it runs (a heartbeat); once that has passed, whoever carried
+    /// it out is gone and the record reads as unknown (see [`Record::settled_state`]). `None`: a
+    /// record written without a lease (an older version), read as lost after the caller's
+    /// `max_age`.
     InFlight {
         started_ms: u64,
+        lease_until_ms: Option<u64>,
     },
     Done(Arc<Answer>),
     /// Sent at this time (epoch milliseconds), outcome unknown.
@@ -41,12 +46,18 @@ pub struct Record {
 }
 
 impl Record {
-    /// The state, with an in-flight record older than `lease` read as unknown: whoever carried
-    /// it out is gone (a replica that crashed), and the upstream may have done it.
-    pub fn settled_state(&self, lease: Duration, now_ms: u64) -> State {
+    /// The state, with an in-flight record whose lease lapsed (or, without a lease, older than
+    /// `max_age`) read as unknown: whoever carried it out is gone (a replica that crashed), and
+    /// the upstream may have done it.
+    pub fn settled_state(&self, max_age: Duration, now_ms: u64) -> State {
         match self.state {
-            State::InFlight { started_ms }
-                if now_ms.saturating_sub(started_ms) > lease.as_millis() as u64 =>
+            State::InFlight {
+                started_ms,
+                lease_until_ms,
+            } if lease_until_ms.map_or(
+                now_ms.saturating_sub(started_ms) > max_age.as_millis() as u64,
+                |until| now_ms > until,
+            ) =>
             {
                 State::Unknown {
                     sent_at_ms: started_ms,
@@ -54,6 +65,37 @@ impl Record {
             }
             ref s => s.clone(),
         }
+    }
+
+    /// The same in-flight record with its lease renewed to `lease_until_ms`; `None` when the
+    /// record is not in flight.
+    pub fn renewed(&self, lease_until_ms: u64) -> Option<Record> {
+        match self.state {
+            State::InFlight { started_ms, .. } => Some(Record {
+                state: State::InFlight {
+                    started_ms,
+                    lease_until_ms: Some(lease_until_ms),
+                },
+                ..self.clone()
+            }),
+            _ => None,
+        }
+    }
+
+    /// Bytes the record holds: what memory bounds weigh.
+    pub fn weight(&self) -> usize {
+        let held = match &self.state {
+            State::Done(a) => {
+                a.body.len()
+                    + a.headers
+                        .iter()
+                        .map(|(k, v)| k.as_str().len() + v.len())
+                        .sum::<usize>()
+            }
+            _ => 0,
+        };
+        // The record's own fields and the cache's bookkeeping, roughly.
+        self.fingerprint.len() + held + 96
     }
 }
 
@@ -66,30 +108,85 @@ pub enum Begin {
     Exists(Record),
 }
 
+/// The outcome of [`RecordStore::hold`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Held,
+    /// The owner already holds its maximum of live records; the soonest of them expires at this
+    /// time (epoch milliseconds).
+    Full {
+        frees_at_ms: u64,
+    },
+}
+
 pub type Stored<T> = Result<T, StoreError>;
 
 pub trait RecordStore: Send + Sync + 'static {
-    /// Creates an in-flight record for `key` (started now) unless one exists, atomically.
-    fn begin(&self, key: &str, fingerprint: &str, ttl: Duration) -> BoxFuture<Stored<Begin>>;
+    /// Writes `record` (in flight, started now) for `key` unless one exists, atomically.
+    fn begin(&self, key: &str, record: Record) -> BoxFuture<Stored<Begin>>;
     fn get(&self, key: &str) -> BoxFuture<Stored<Option<Record>>>;
     fn set(&self, key: &str, record: Record) -> BoxFuture<Stored<()>>;
     fn remove(&self, key: &str) -> BoxFuture<Stored<()>>;
+    /// The heartbeat: replaces the stored record with `renewed` only if the stored one is still
+    /// the same in-flight record (same fingerprint, TTL and start; only the lease differs), so
+    /// that a record that was finished, settled or reopened meanwhile is never brought back.
+    /// `false` when it was not the same.
+    fn renew(&self, key: &str, renewed: Record) -> BoxFuture<Stored<bool>>;
+    /// Counts `key` among the live records of `owner` until `until_ms` (a key it already holds
+    /// only has its time moved), unless the owner already holds `max` others.
+    fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64) -> BoxFuture<Stored<Hold>>;
+    /// `key` no longer counts for `owner`.
+    fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>>;
+    /// After the shared store lost its data (Redis restarted empty, flushed): how long creates
+    /// that find no record are still refused, since they may be retries of lost ones.
+    fn lost_data(&self) -> BoxFuture<Stored<Option<Duration>>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
-/// A new in-flight record, started now.
-pub fn in_flight(fingerprint: &str, ttl: Duration) -> Record {
+/// A new in-flight record, started now, whose executor holds it for `lease`.
+pub fn in_flight(fingerprint: &str, ttl: Duration, lease: Duration) -> Record {
+    let now = crate::fleet::now_ms();
     Record {
         fingerprint: fingerprint.into(),
         state: State::InFlight {
-            started_ms: crate::fleet::now_ms(),
+            started_ms: now,
+            lease_until_ms: Some(now + lease.as_millis() as u64),
         },
         ttl,
     }
 }
 
-/// Records in memory, each expiring `ttl` after its last change.
+/// A record that only marks a key as taken (a disk's claim, a settle guard): its state is never
+/// read, so it needs no lease.
+pub fn marker(what: &str, ttl: Duration) -> Record {
+    Record {
+        fingerprint: what.into(),
+        state: State::InFlight {
+            started_ms: crate::fleet::now_ms(),
+            lease_until_ms: None,
+        },
+        ttl,
+    }
+}
+
+/// True when `stored` is the in-flight record `renewed` renews.
+pub fn same_flight(stored: &Record, renewed: &Record) -> bool {
+    match (&stored.state, &renewed.state) {
+        (State::InFlight { started_ms: a, .. }, State::InFlight { started_ms: b, .. }) => {
+            a == b && stored.fingerprint == renewed.fingerprint && stored.ttl == renewed.ttl
+        }
+        _ => false,
+    }
+}
+
+/// Default bound of the memory records, in bytes.
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Records in memory, each expiring `ttl` after its last change, weighed by what they hold.
 pub struct MemoryRecords {
     records: Cache<String, Record>,
+    owners: Owners,
 }
 
 struct ByTtl;
@@ -111,41 +208,128 @@ impl moka::Expiry<String, Record> for ByTtl {
 
 impl Default for MemoryRecords {
     fn default() -> Self {
+        MemoryRecords::new(DEFAULT_MAX_BYTES)
+    }
+}
+
+impl MemoryRecords {
+    /// Records weighing at most `max_bytes` together (keys included).
+    pub fn new(max_bytes: u64) -> Self {
         MemoryRecords {
             records: Cache::builder()
-                .max_capacity(1_000_000)
+                .max_capacity(max_bytes)
+                .weigher(|k: &String, r: &Record| {
+                    u32::try_from(k.len() + r.weight()).unwrap_or(u32::MAX)
+                })
                 .expire_after(ByTtl)
                 .build(),
+            owners: Owners::default(),
         }
     }
 }
 
+/// Which live records each owner (client) holds, by expiry: counting and pruning are
+/// O(log n) per create.
+#[derive(Default)]
+pub struct Owners(Mutex<HashMap<String, Held>>);
+
+#[derive(Default)]
+struct Held {
+    until: HashMap<String, u64>,
+    by_time: BTreeSet<(u64, String)>,
+}
+
+impl Owners {
+    pub fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64, now_ms: u64) -> Hold {
+        let mut owners = self.0.lock().expect("record owners");
+        let held = owners.entry(owner.to_string()).or_default();
+        while let Some((t, k)) = held.by_time.first().cloned() {
+            if t > now_ms {
+                break;
+            }
+            held.by_time.pop_first();
+            held.until.remove(&k);
+        }
+        match held.until.get(key).copied() {
+            Some(old) => {
+                held.by_time.remove(&(old, key.to_string()));
+            }
+            None if held.until.len() as u64 >= max => {
+                let frees_at_ms = held.by_time.first().map_or(now_ms, |(t, _)| *t);
+                return Hold::Full { frees_at_ms };
+            }
+            None => {}
+        }
+        held.until.insert(key.to_string(), until_ms);
+        held.by_time.insert((until_ms, key.to_string()));
+        Hold::Held
+    }
+
+    pub fn release(&self, owner: &str, key: &str) {
+        let mut owners = self.0.lock().expect("record owners");
+        if let Some(held) = owners.get_mut(owner) {
+            if let Some(t) = held.until.remove(key) {
+                held.by_time.remove(&(t, key.to_string()));
+            }
+            if held.until.is_empty() {
+                owners.remove(owner);
+            }
+        }
+    }
+}
+
+fn ready<T: Send + 'static>(v: T) -> BoxFuture<T> {
+    Box::pin(std::future::ready(v))
+}
+
 impl RecordStore for MemoryRecords {
-    fn begin(&self, key: &str, fingerprint: &str, ttl: Duration) -> BoxFuture<Stored<Begin>> {
-        let entry = self
-            .records
-            .entry(key.to_string())
-            .or_insert_with(|| in_flight(fingerprint, ttl));
+    fn begin(&self, key: &str, record: Record) -> BoxFuture<Stored<Begin>> {
+        let entry = self.records.entry(key.to_string()).or_insert(record);
         let begin = if entry.is_fresh() {
             Begin::Started
         } else {
             Begin::Exists(entry.into_value())
         };
-        Box::pin(std::future::ready(Ok(begin)))
+        ready(Ok(begin))
     }
 
     fn get(&self, key: &str) -> BoxFuture<Stored<Option<Record>>> {
-        Box::pin(std::future::ready(Ok(self.records.get(key))))
+        ready(Ok(self.records.get(key)))
     }
 
     fn set(&self, key: &str, record: Record) -> BoxFuture<Stored<()>> {
         self.records.insert(key.to_string(), record);
-        Box::pin(std::future::ready(Ok(())))
+        ready(Ok(()))
     }
 
     fn remove(&self, key: &str) -> BoxFuture<Stored<()>> {
         self.records.invalidate(key);
-        Box::pin(std::future::ready(Ok(())))
+        ready(Ok(()))
+    }
+
+    fn renew(&self, key: &str, renewed: Record) -> BoxFuture<Stored<bool>> {
+        use moka::ops::compute::Op;
+        let mut ok = false;
+        self.records
+            .entry(key.to_string())
+            .and_compute_with(|stored| match stored {
+                Some(e) if same_flight(e.value(), &renewed) => {
+                    ok = true;
+                    Op::Put(renewed.clone())
+                }
+                _ => Op::Nop,
+            });
+        ready(Ok(ok))
+    }
+
+    fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64) -> BoxFuture<Stored<Hold>> {
+        let now = crate::fleet::now_ms();
+        ready(Ok(self.owners.hold(owner, key, until_ms, max, now)))
+    }
+
+    fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>> {
+        self.owners.release(owner, key);
+        ready(Ok(()))
     }
 }
 
@@ -153,12 +337,15 @@ impl RecordStore for MemoryRecords {
 mod tests {
     use super::*;
 
+    const LEASE: Duration = Duration::from_secs(5);
+
     #[tokio::test]
     async fn begin_is_atomic_and_remove_allows_a_new_start() {
         let r = MemoryRecords::default();
         let ttl = Duration::from_secs(60);
-        assert!(matches!(r.begin("k", "f", ttl).await, Ok(Begin::Started)));
-        match r.begin("k", "other", ttl).await {
+        let begin = |fp: &str| r.begin("k", in_flight(fp, ttl, LEASE));
+        assert!(matches!(begin("f").await, Ok(Begin::Started)));
+        match begin("other").await {
             Ok(Begin::Exists(rec)) => {
                 assert_eq!(&*rec.fingerprint, "f");
                 assert!(matches!(rec.state, State::InFlight { .. }));
@@ -166,24 +353,125 @@ mod tests {
             other => panic!("{other:?}"),
         }
         r.remove("k").await.unwrap();
-        assert!(matches!(r.begin("k", "f", ttl).await, Ok(Begin::Started)));
+        assert!(matches!(begin("f").await, Ok(Begin::Started)));
     }
 
     #[test]
-    fn an_in_flight_record_past_its_lease_reads_as_unknown() {
-        let rec = Record {
+    fn an_in_flight_record_reads_as_unknown_once_its_lease_lapsed() {
+        let rec = |lease_until_ms| Record {
             fingerprint: "f".into(),
-            state: State::InFlight { started_ms: 1_000 },
+            state: State::InFlight {
+                started_ms: 1_000,
+                lease_until_ms,
+            },
             ttl: Duration::from_secs(60),
         };
-        let lease = Duration::from_secs(30);
+        let max_age = Duration::from_secs(30);
+        // Leased: the lease decides, however young the record.
         assert!(matches!(
-            rec.settled_state(lease, 20_000),
+            rec(Some(6_000)).settled_state(max_age, 5_000),
             State::InFlight { .. }
         ));
         assert!(matches!(
-            rec.settled_state(lease, 40_000),
+            rec(Some(6_000)).settled_state(max_age, 6_001),
             State::Unknown { sent_at_ms: 1_000 }
         ));
+        // Without a lease (an older writer): its age against `max_age`.
+        assert!(matches!(
+            rec(None).settled_state(max_age, 20_000),
+            State::InFlight { .. }
+        ));
+        assert!(matches!(
+            rec(None).settled_state(max_age, 40_000),
+            State::Unknown { sent_at_ms: 1_000 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn renewal_never_brings_back_a_finished_or_reopened_record() {
+        let r = MemoryRecords::default();
+        let ttl = Duration::from_secs(60);
+        let first = in_flight("f", ttl, LEASE);
+        r.begin("k", first.clone()).await.unwrap();
+        let later = first.renewed(crate::fleet::now_ms() + 60_000).unwrap();
+        assert!(r.renew("k", later.clone()).await.unwrap());
+        let got = r.get("k").await.unwrap().unwrap();
+        assert!(matches!(
+            got.settled_state(ttl, crate::fleet::now_ms() + 30_000),
+            State::InFlight { .. }
+        ));
+        // Finished: the heartbeat finds another record and leaves it.
+        let done = Record {
+            state: State::Unknown { sent_at_ms: 1 },
+            ..first.clone()
+        };
+        r.set("k", done).await.unwrap();
+        assert!(!r.renew("k", later.clone()).await.unwrap());
+        assert!(matches!(
+            r.get("k").await.unwrap().unwrap().state,
+            State::Unknown { .. }
+        ));
+        // Gone, or reopened by another execution (another start): left alone too.
+        r.remove("k").await.unwrap();
+        assert!(!r.renew("k", later.clone()).await.unwrap());
+        assert!(r.get("k").await.unwrap().is_none());
+        let mut other = in_flight("f", ttl, LEASE);
+        if let State::InFlight { started_ms, .. } = &mut other.state {
+            *started_ms += 1;
+        }
+        r.set("k", other).await.unwrap();
+        assert!(!r.renew("k", later).await.unwrap());
+    }
+
+    #[test]
+    fn an_owner_holds_at_most_max_live_records() {
+        let o = Owners::default();
+        assert_eq!(o.hold("c", "a", 2_000, 2, 1_000), Hold::Held);
+        assert_eq!(o.hold("c", "b", 3_000, 2, 1_000), Hold::Held);
+        // Full: the soonest to expire says when room frees up; a held key is only moved.
+        assert_eq!(
+            o.hold("c", "x", 9_000, 2, 1_000),
+            Hold::Full { frees_at_ms: 2_000 }
+        );
+        assert_eq!(o.hold("c", "a", 2_500, 2, 1_000), Hold::Held);
+        // Another owner is not affected.
+        assert_eq!(o.hold("d", "x", 9_000, 2, 1_000), Hold::Held);
+        // Released, or expired: room again.
+        o.release("c", "a");
+        assert_eq!(o.hold("c", "x", 9_000, 2, 1_000), Hold::Held);
+        assert_eq!(
+            o.hold("c", "y", 9_000, 2, 1_000),
+            Hold::Full { frees_at_ms: 3_000 }
+        );
+        assert_eq!(o.hold("c", "y", 9_000, 2, 3_000), Hold::Held);
+    }
+
+    #[test]
+    fn memory_records_are_weighed_by_what_they_hold() {
+        let r = MemoryRecords::new(50_000);
+        let body = bytes::Bytes::from(vec![b'x'; 10_000]);
+        let answer = Answer {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            head: None,
+            body,
+        };
+        for i in 0..20 {
+            r.records.insert(
+                format!("k{i}"),
+                Record {
+                    fingerprint: "f".into(),
+                    state: State::Done(Arc::new(answer.clone())),
+                    ttl: Duration::from_secs(60),
+                },
+            );
+        }
+        r.records.run_pending_tasks();
+        assert!(
+            r.records.weighted_size() <= 50_000,
+            "{}",
+            r.records.weighted_size()
+        );
+        assert!(r.records.entry_count() <= 5, "{}", r.records.entry_count());
     }
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod crash;
 mod create;
 mod faults;
 mod forwarding;
@@ -13,7 +14,9 @@ mod limits;
 mod process;
 mod promises;
 mod properties;
+mod record_bounds;
 mod redis_harness;
+mod redis_reset;
 mod shared;
 mod spend_body;
 mod token;

@@ -1,0 +1,276 @@
+//! Redis losing its data (FLUSHALL, or a restart without persistence) is noticed through the
+//! fleet marker by every replica: the reset counter, an error log, a note on `/readyz`; and for
+//! the grace window creates that find no record are refused (503, code 1005) and nothing reaches
+//! the upstream, since they may be retries of purchases whose records were lost. After it,
+//! creates run again.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::redis_harness::RedisServer;
+
+const PREFIX: &str = "fgw-reset:";
+const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
+
+/// Short timings: execution limit 5s (the host routes' max_wait) + 4 × 1s, lease 1s: a grace
+/// window of 10 s.
+fn config(redis: &RedisServer) -> String {
+    format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"{PREFIX}\"\ntimeout = \"1s\"\n\
+         [upstream]\ntimeout = \"1s\"\n\
+         [create]\nlease = \"1s\"\n\
+         [create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\nmax_wait = \"200ms\"\n",
+        redis.url()
+    )
+}
+
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A replica in this process or the real binary.
+trait Replica {
+    fn url(&self) -> &str;
+    fn admin_url(&self) -> &str;
+}
+
+impl Replica for Gw {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+}
+
+impl Replica for Bin {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+}
+
+async fn metrics(gw: &impl Replica) -> String {
+    get_text(&format!("{}/metrics", gw.admin_url())).await
+}
+
+async fn create(gw: &impl Replica, key: Option<&str>, body: &str) -> (u16, HeaderMap, Value) {
+    let mut req = http()
+        .post(format!("{}{DISK}/create", gw.url()))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let resp = req.send().await.expect("an answer");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.expect("a JSON body"))
+}
+
+fn resets(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("finovy_gateway_redis_resets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the reset counter is exported")
+}
+
+async fn readyz(gw: &impl Replica) -> (u16, Value) {
+    let resp = http()
+        .get(format!("{}/readyz", gw.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Polls until `gw` has counted `n` resets; when it did.
+async fn wait_resets(gw: &impl Replica, n: u64) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if resets(&metrics(gw).await) >= n {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reset was not noticed in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A refusal for a lost record: 503, code 1005, Retry-After, and what to do.
+fn assert_refused((status, headers, v): &(u16, HeaderMap, Value)) {
+    assert_eq!((*status, v["code"].as_i64()), (503, Some(1005)), "{v}");
+    assert_eq!(v["success"], false);
+    assert!(v["data"].is_null() && v["traceId"].is_string(), "{v}");
+    let msg = v["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("lost its data") && msg.contains("nothing was sent upstream"),
+        "{msg}"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&retry), "Retry-After {retry}");
+}
+
+/// Polls a new keyed create until the grace window has passed and it is made; when.
+async fn wait_accepted(gw: &impl Replica) -> (Instant, Value) {
+    let key = fresh_key();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = create(gw, Some(&key), DISK20).await;
+        if answer.0 == 200 {
+            return (Instant::now(), answer.2);
+        }
+        assert_refused(&answer);
+        assert!(
+            Instant::now() < deadline,
+            "creates still refused after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wait_out_the_grace() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let toml = config(&redis);
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let marker = format!("{PREFIX}fleet-marker");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.get(&marker).await.is_none() {
+        assert!(Instant::now() < deadline, "no fleet marker written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        redis.pttl(&marker).await > 0,
+        "the marker expires, if ever unused"
+    );
+    let key = fresh_key();
+    let (status, _, first) = create(&a, Some(&key), DISK20).await;
+    assert_eq!(status, 200, "{first}");
+    for gw in [&a, &b] {
+        assert_eq!(resets(&metrics(gw).await), 0, "a fresh fleet is no reset");
+        let (status, ready) = readyz(gw).await;
+        assert_eq!(status, 200);
+        assert!(ready.get("redis_reset").is_none(), "{ready}");
+    }
+
+    let flushed = Instant::now();
+    assert_eq!(
+        redis.command(&["FLUSHALL"]).await,
+        crate::redis_harness::Resp::Simple("OK".into())
+    );
+    // Both replicas notice, though only one of them writes the new marker.
+    wait_resets(&a, 1).await;
+    wait_resets(&b, 1).await;
+    for gw in [&a, &b] {
+        let (status, ready) = readyz(gw).await;
+        assert_eq!(status, 200, "a note, not unreadiness: {ready}");
+        let note = ready["redis_reset"].as_str().unwrap_or_default();
+        assert!(
+            note.contains("lost its data") && note.contains("refused"),
+            "{ready}"
+        );
+    }
+    assert!(
+        redis.get(&marker).await.is_some(),
+        "the marker is written again"
+    );
+
+    // The retry of the purchase whose record was lost, a new key, a key-less create: refused,
+    // and nothing reaches the upstream.
+    assert_refused(&create(&b, Some(&key), DISK20).await);
+    assert_refused(&create(&a, Some(&fresh_key()), DISK20).await);
+    assert_refused(&create(&b, None, r#"{"area":0,"memory":21,"isMount":0}"#).await);
+    assert_eq!(sim.calls("create").await, 1);
+    assert_eq!(
+        redis.keys(&format!("{PREFIX}rec:*")).await,
+        Vec::<String>::new(),
+        "no record made"
+    );
+
+    let (accepted, made) = wait_accepted(&a).await;
+    assert_eq!(made["code"], 0, "{made}");
+    let waited = accepted.duration_since(flushed);
+    eprintln!("creates refused for {waited:?} after FLUSHALL (grace {GRACE:?})");
+    assert!(waited >= GRACE - Duration::from_millis(1200), "{waited:?}");
+    assert_eq!(sim.calls("create").await, 2);
+    // Noticed once, and the note no longer refuses.
+    for gw in [&a, &b] {
+        assert_eq!(resets(&metrics(gw).await), 1);
+        let (_, ready) = readyz(gw).await;
+        let note = ready["redis_reset"].as_str().unwrap_or_default();
+        assert!(
+            note.contains("lost its data") && !note.contains("refused"),
+            "{ready}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = RedisServer::start();
+    // The real binary, for its log.
+    let gw = Bin::serve(
+        &config(&redis),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let key = fresh_key();
+    let (status, _, first) = create(&gw, Some(&key), DISK20).await;
+    assert_eq!(status, 200, "{first}");
+
+    redis.restart();
+    // The retry whose record was lost is never bought again: refused while Redis is away (503,
+    // code 503), then refused as possibly lost (code 1005) once it is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = create(&gw, Some(&key), DISK20).await;
+        if answer.2["code"] != 503 {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "Redis never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_refused(&answer);
+    assert_eq!(sim.calls("create").await, 1);
+    assert_eq!(resets(&metrics(&gw).await), 1);
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready["redis_reset"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused"),
+        "{ready}"
+    );
+
+    let log = tokio::task::block_in_place(|| gw.wait_for_log("Redis lost its data", 1));
+    let line = log
+        .lines()
+        .find(|l| l.contains("Redis lost its data"))
+        .unwrap();
+    assert!(
+        line.contains("ERROR") && line.contains("appendonly"),
+        "{line}"
+    );
+    assert!(!log.contains(&redis.url()), "no Redis URL in the log");
+
+    let (_, made) = wait_accepted(&gw).await;
+    assert_eq!(made["code"], 0, "{made}");
+    assert_eq!(sim.calls("create").await, 2);
+    assert_eq!(resets(&metrics(&gw).await), 1);
+}
