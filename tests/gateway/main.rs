@@ -13,3 +13,4 @@ mod process;
 mod redis_harness;
 mod shared;
 mod token;
+mod upstream_trust;
