@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod cache_state;
 mod create;
 mod faults;
 mod forwarding;
