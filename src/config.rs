@@ -867,6 +867,30 @@ mod tests {
     }
 
     #[test]
+    fn upstream_trust_bounds_are_checked() {
+        let s = resolve("").unwrap();
+        assert_eq!(s.upstream.max_answer_bytes, 1024 * 1024);
+        assert_eq!(s.token.min_refresh_interval, Duration::from_secs(5));
+        assert_eq!(
+            (s.token.min_lifetime, s.token.max_lifetime),
+            (Duration::from_secs(60), Duration::from_secs(24 * 3600))
+        );
+        for (text, key) in [
+            (
+                "[upstream]\nmax_answer_bytes = 0\n",
+                "upstream.max_answer_bytes",
+            ),
+            (
+                "[token]\nmin_lifetime = \"2h\"\nmax_lifetime = \"1h\"\n",
+                "token.min_lifetime",
+            ),
+        ] {
+            let e = resolve(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_route_in_allow_list() {
         let text = format!(
             "[[clients]]\nname = \"a\"\nkey_sha256 = \"{}\"\nroutes = [\"disk.nope\"]\n",
