@@ -7,8 +7,8 @@
 //! garbage, code 500/503) and the entry is within stale-if-error, the entry is answered instead.
 //! Business errors (220001 and the like) always pass through. `Cache-Control: no-cache` sends the
 //! request upstream and refreshes the entry, or joins the fill of its key already in flight (see
-//! [`crate::cache`] for why that answer is current enough). Every answer of a cached route carries `Cache-Status`
-//! (RFC 9211) and `Age`.
+//! [`crate::cache`] for why that answer is current enough). Every answer of a cached route carries
+//! `Cache-Status` (RFC 9211) and `Age`.
 //!
 //! Most fresh hits never get here: [`crate::layers::fast_hit`] answers them in front of the stack.
 //!

@@ -353,6 +353,10 @@ impl TokenBroker {
         };
         let interval = self.cfg.min_refresh_interval;
         let too_soon = || {
+            self.metrics
+                .token_refreshes
+                .with_label_values(&["throttled"])
+                .inc();
             TokenError(format!(
                 "getToken was called less than {} ago; retry shortly",
                 humantime::format_duration(interval)
@@ -399,11 +403,13 @@ impl TokenBroker {
                 let backoff = self.backoff(state.failures);
                 state.failures = state.failures.saturating_add(1);
                 // The upstream's own words, escaped and without the credentials, for the operator.
-                let detail = detail
-                    .replace(secret.expose(), "<secret>")
-                    .replace(uuid.expose(), "<uuid>")
-                    .escape_debug()
-                    .to_string();
+                let mut detail = detail;
+                for (value, name) in [(secret, "<secret>"), (uuid, "<uuid>")] {
+                    if !value.expose().is_empty() {
+                        detail = detail.replace(value.expose(), name);
+                    }
+                }
+                let detail = detail.escape_debug().to_string();
                 tracing::warn!(account = %self.account, error = %e, upstream = %detail, retry_in = ?backoff, "getToken failed");
                 state.failing = Some((e.clone(), Instant::now() + backoff));
                 Err(e)
@@ -467,7 +473,9 @@ impl TokenBroker {
             Some(ms) => Duration::from_millis(ms.max(0) as u64),
             None => DEFAULT_LIFETIME,
         };
+        // The configuration checks min <= max; a lifetime of nothing would be refreshed at once.
         told.clamp(self.cfg.min_lifetime, self.cfg.max_lifetime)
+            .max(Duration::from_millis(100))
     }
 
     fn backoff(&self, failures: u32) -> Duration {
