@@ -119,3 +119,38 @@ impl Fault {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_and_too_frequent_parse_with_defaults_and_bounds() {
+        let parse = |s: &str| Fault::parse(s.as_bytes());
+        assert_eq!(
+            parse(r#"{"mode":"huge"}"#),
+            Ok(Fault::Huge {
+                size: DEFAULT_HUGE,
+                announce: false
+            })
+        );
+        let huge = parse(r#"{"mode":"huge","size":1000,"announce":true}"#).unwrap();
+        assert_eq!(
+            huge,
+            Fault::Huge {
+                size: 1000,
+                announce: true
+            }
+        );
+        assert_eq!(
+            Fault::parse(huge.to_json().to_string().as_bytes()),
+            Ok(huge)
+        );
+        assert!(parse(r#"{"mode":"huge","size":-1}"#).is_err());
+        assert!(parse(r#"{"mode":"huge","size":2000000000000}"#).is_err());
+        let tf = parse(r#"{"mode":"too_frequent","retry_after":"1h"}"#).unwrap();
+        assert_eq!(tf, Fault::TooFrequent(Duration::from_secs(3600)));
+        assert_eq!(Fault::parse(tf.to_json().to_string().as_bytes()), Ok(tf));
+        assert!(parse(r#"{"mode":"too_frequent","retry_after":"soon"}"#).is_err());
+    }
+}

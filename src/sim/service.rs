@@ -94,11 +94,12 @@ pub(crate) async fn serve(
     let mut response = reply.into_response().map(BodyExt::boxed);
     match fault {
         Fault::Huge { size, announce } => {
-            *response.body_mut() = huge_body(size);
+            let (body, len) = huge_body(size);
+            *response.body_mut() = body;
             if announce {
                 response
                     .headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
         }
         Fault::TooFrequent(d) => {
@@ -113,15 +114,17 @@ pub(crate) async fn serve(
 }
 
 /// A success envelope of exactly `size` bytes (at least its frame), made chunk by chunk as it is
-/// sent, so that the simulator never holds it whole.
-fn huge_body(size: u64) -> SimBody {
+/// sent, so that the simulator never holds it whole; and its length.
+fn huge_body(size: u64) -> (SimBody, u64) {
     const CHUNK: usize = 64 * 1024;
     let head = Bytes::from_static(
         br#"{"code":0,"success":true,"msg":"success","traceId":"huge","data":""#,
     );
     let tail = Bytes::from_static(br#""}"#);
     let fill = Bytes::from(vec![b'x'; CHUNK]);
-    let mut left = size.saturating_sub((head.len() + tail.len()) as u64);
+    let frame = (head.len() + tail.len()) as u64;
+    let len = size.max(frame);
+    let mut left = len - frame;
     let middle = std::iter::from_fn(move || {
         let n = left.min(CHUNK as u64) as usize;
         left -= n as u64;
@@ -130,10 +133,11 @@ fn huge_body(size: u64) -> SimBody {
     let chunks = std::iter::once(head)
         .chain(middle)
         .chain(std::iter::once(tail));
-    StreamBody::new(futures_util::stream::iter(
+    let body = StreamBody::new(futures_util::stream::iter(
         chunks.map(|b| Ok::<_, Infallible>(Frame::data(b))),
     ))
-    .boxed()
+    .boxed();
+    (body, len)
 }
 
 /// Collects the body, refusing more than [`MAX_BODY`] bytes; the error is the answer to give.
