@@ -155,6 +155,8 @@ pub struct UpstreamConfig {
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Largest upstream answer body read, in bytes; a larger one is refused (502, code 503).
+    pub max_answer_bytes: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -165,6 +167,7 @@ impl Default for UpstreamConfig {
             timeout: Duration::from_secs(15),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 64,
+            max_answer_bytes: 1024 * 1024,
         }
     }
 }
@@ -186,6 +189,14 @@ pub struct TokenConfig {
     pub retry_min: Duration,
     #[serde(with = "duration")]
     pub retry_max: Duration,
+    /// At most one `getToken` per account in this interval, whatever the upstream answers.
+    #[serde(with = "duration")]
+    pub min_refresh_interval: Duration,
+    /// The upstream's `effectiveTime` is clamped to `[min_lifetime, max_lifetime]`.
+    #[serde(with = "duration")]
+    pub min_lifetime: Duration,
+    #[serde(with = "duration")]
+    pub max_lifetime: Duration,
 }
 
 impl Default for TokenConfig {
@@ -194,6 +205,9 @@ impl Default for TokenConfig {
             refresh_before: Duration::from_secs(5 * 60),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
+            min_refresh_interval: Duration::from_secs(5),
+            min_lifetime: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -484,10 +498,17 @@ impl Settings {
         check_nonzero("server.request_timeout", server.request_timeout)?;
         check_nonzero("upstream.connect_timeout", upstream.connect_timeout)?;
         check_nonzero("upstream.timeout", upstream.timeout)?;
+        check_positive("upstream.max_answer_bytes", upstream.max_answer_bytes)?;
         if file.token.retry_min > file.token.retry_max {
             return Err(invalid(
                 "token.retry_min",
                 "must not exceed token.retry_max",
+            ));
+        }
+        if file.token.min_lifetime > file.token.max_lifetime {
+            return Err(invalid(
+                "token.min_lifetime",
+                "must not exceed token.max_lifetime",
             ));
         }
         check_base_url("upstream.base_url", &upstream.base_url)?;
@@ -843,6 +864,30 @@ mod tests {
             e.contains("request_timeout") && e.contains("duration"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn upstream_trust_bounds_are_checked() {
+        let s = resolve("").unwrap();
+        assert_eq!(s.upstream.max_answer_bytes, 1024 * 1024);
+        assert_eq!(s.token.min_refresh_interval, Duration::from_secs(5));
+        assert_eq!(
+            (s.token.min_lifetime, s.token.max_lifetime),
+            (Duration::from_secs(60), Duration::from_secs(24 * 3600))
+        );
+        for (text, key) in [
+            (
+                "[upstream]\nmax_answer_bytes = 0\n",
+                "upstream.max_answer_bytes",
+            ),
+            (
+                "[token]\nmin_lifetime = \"2h\"\nmax_lifetime = \"1h\"\n",
+                "token.min_lifetime",
+            ),
+        ] {
+            let e = resolve(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,15 @@
 //! request for its key starts a fill of its own. So after a mutation through the gateway, no
 //! answer fetched before it is ever served as fresh, while fills of other keys (another disk, or
 //! another account) go on undisturbed.
+//!
+//! An answer that is not stored leaves nothing behind: its fill's claim is freed, and dropping
+//! the entry it says is gone touches the store only where the store holds something of the key
+//! ([`CacheStore::drop_if_held`]). A forced refresh (`Cache-Control: no-cache`) is a fill like
+//! any other: a request that asks for one while a fill of its key is in flight joins that fill
+//! rather than starting another. That fill began at most one upstream call before the request and
+//! after any invalidation of the key (invalidations detach the fills before them), so its answer is
+//! as current as a call of the request's own, and a client that always sends `no-cache` cannot
+//! multiply upstream calls. A refresh that starts a fill drops the stored entry first.
 
 pub mod entry;
 pub mod key;
@@ -148,7 +157,8 @@ impl Cache {
     /// Runs `fetch` once for all concurrent callers of `key`; a storable answer is stored unless an
     /// invalidation happened meanwhile. The fetch runs to its end even if every caller goes away.
     /// Unless `force`, a fresh entry stored since the caller looked (by a fill that landed in
-    /// between) is used instead of calling again.
+    /// between) is used instead of calling again; with `force` (a client's refresh) a fill that
+    /// starts drops the stored entry first, and one already in flight is joined.
     pub fn fill<F>(self: &Arc<Self>, key: CacheKey, force: bool, fetch: F) -> Flight<Arc<Filled>>
     where
         F: Future<Output = Answer> + Send + 'static,
@@ -165,6 +175,8 @@ impl Cache {
                     return Arc::new(Filled::Found(entry));
                 }
                 let ticket = if force {
+                    cache.record_invalidation(key.route.as_str(), Reason::NoCache);
+                    cache.store.drop_if_held(key.clone()).await;
                     cache.store.observe(&key).await
                 } else {
                     match cache.claim(&key).await {
@@ -192,7 +204,9 @@ impl Cache {
                 } else {
                     cache.store.release_fill(&key, ticket).await;
                     if answer.is_gone() {
-                        cache.invalidate(Invalidation::Key(key), Reason::Gone).await;
+                        cache.flights.detach(|k| *k == key);
+                        cache.record_invalidation(key.route.as_str(), Reason::Gone);
+                        cache.store.drop_if_held(key).await;
                     }
                 }
                 Arc::new(Filled::Fetched { answer, stored })
@@ -235,11 +249,15 @@ impl Cache {
     pub async fn invalidate(&self, what: Invalidation, reason: Reason) {
         // Before the store drops the entries: a fill that stores after this sees itself detached.
         self.flights.detach(|key| what.matches(key));
+        self.record_invalidation(label(&what), reason);
+        self.store.invalidate(what).await;
+    }
+
+    fn record_invalidation(&self, route: &str, reason: Reason) {
         self.metrics
             .cache_invalidations
-            .with_label_values(&[label(&what), reason.as_str()])
+            .with_label_values(&[route, reason.as_str()])
             .inc();
-        self.store.invalidate(what).await;
     }
 
     /// Drops what a successful mutation of `route` (naming `id`, when it names one) made wrong.

@@ -95,6 +95,24 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 0
 "#;
 
+/// KEYS: generation, epoch, lock. ARGV: as [`INVALIDATE`]'s for one entry. Runs that
+/// invalidation only when Redis holds something of the entry (the entry, a fill in flight, or an
+/// epoch that fills may be comparing against); otherwise there is nothing to drop or to overtake,
+/// and it writes no key and publishes nothing.
+const DROP_IF_HELD: &str = r#"
+local entry = ARGV[1] .. (redis.call('GET', KEYS[1]) or '0') .. ARGV[2]
+if redis.call('EXISTS', entry, KEYS[2], KEYS[3]) == 0 then return 0 end
+for _, k in ipairs({KEYS[1], KEYS[2]}) do
+  if redis.call('PTTL', k) < tonumber(ARGV[3]) then
+    redis.call('SET', k, tonumber(redis.call('GET', k) or 0), 'PX', ARGV[3])
+  end
+end
+redis.call('INCR', KEYS[2])
+redis.call('DEL', entry)
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+"#;
+
 /// Routes whose answers never leave the replica.
 fn local_only(route: Route) -> bool {
     route == Route::HostOne
@@ -113,6 +131,7 @@ struct Inner {
     observe: redis::Script,
     put_filled: redis::Script,
     invalidate: redis::Script,
+    drop_if_held: redis::Script,
     unlock: redis::Script,
     /// Names this replica's own invalidation messages (already applied here).
     origin: String,
@@ -182,6 +201,7 @@ impl TwoLevel {
             observe: redis::Script::new(OBSERVE),
             put_filled: redis::Script::new(PUT_FILLED),
             invalidate: redis::Script::new(INVALIDATE),
+            drop_if_held: redis::Script::new(DROP_IF_HELD),
             unlock: redis::Script::new(UNLOCK),
             origin: fence(),
             subscribed: AtomicBool::new(false),
@@ -452,6 +472,35 @@ impl CacheStore for TwoLevel {
             this.invalidate_l1(what.clone()).await;
             // Failing here is counted; L2 entries then live out their TTL.
             let _ = this.invalidate_l2(&what).await;
+            // A read of L2 that began before the delete may have put the old entry back.
+            this.invalidate_l1(what).await;
+        })
+    }
+
+    fn drop_if_held(&self, key: CacheKey) -> BoxFuture<()> {
+        if local_only(key.route) {
+            // Never in Redis, but other replicas may hold it in L1: they must hear of it.
+            return self.invalidate(Invalidation::Key(key));
+        }
+        let this = self.0.clone();
+        Box::pin(async move {
+            let what = Invalidation::Key(key.clone());
+            this.invalidate_l1(what.clone()).await;
+            let mut inv = this.drop_if_held.key(this.gen_key(&key.account, key.route));
+            inv.key(this.epoch_key(&key))
+                .key(this.lock_key(&key))
+                .arg(this.entry_base(&key.account, key.route))
+                .arg(format!(":{}", key.id))
+                .arg(COUNTER_TTL_MS)
+                .arg(this.channel())
+                .arg(encode_message(&this.origin, &what));
+            // Failing here is counted; an L2 entry then lives out its TTL.
+            let _ = this
+                .fleet
+                .run("cache_invalidate", |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
+                .await;
             // A read of L2 that began before the delete may have put the old entry back.
             this.invalidate_l1(what).await;
         })

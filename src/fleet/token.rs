@@ -62,6 +62,30 @@ impl TokenStore {
         self.fleet.account_key(account, &["lock", "token"])
     }
 
+    fn gate_key(&self, account: &str) -> String {
+        self.fleet.account_key(account, &["token-gate"])
+    }
+
+    /// Whether this replica may call `getToken` now: true for one replica per `interval` (the
+    /// fleet's `min_refresh_interval`), which the key's expiry measures.
+    pub async fn gate(&self, account: &str, interval: Duration) -> Result<bool, StoreError> {
+        let (key, ttl) = (self.gate_key(account), px(interval));
+        let got: Option<String> = self
+            .fleet
+            .run("token_lock", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(got.is_some())
+    }
+
     /// How long a replica waits for another's refresh before fetching on its own.
     pub fn wait(&self) -> Duration {
         self.fleet.lock_ttl + self.fleet.timeout()

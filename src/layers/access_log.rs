@@ -2,6 +2,9 @@
 //! duration, client name and the upstream's `traceId`. It sits outermost so that every answer,
 //! the gateway's own errors included, is counted. It reads what inner layers learned from the
 //! answer's extensions; it never logs a header or a body.
+//!
+//! Every field value is escaped (see [`push_value`]): a client name, request id or upstream
+//! `traceId` holding a newline, a quote or `key=value` text cannot forge a line or a field.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -99,6 +102,35 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Whether `s` can be written as it is in a human line: visible ASCII without `"`, `\\` or `=`.
+/// The check is one pass over the bytes, so ordinary values are copied with no other work.
+fn plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=')
+}
+
+/// A field value of a human line: as it is when [`plain`], else quoted, with quotes, backslashes,
+/// control and other non-printable characters escaped (`\n`, `\"`, `\u{1b}`), so it stays one
+/// field of one line.
+fn push_value(out: &mut Vec<u8>, s: &str) {
+    if plain(s) {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        use std::io::Write;
+        let _ = write!(out, "\"{}\"", s.escape_debug());
+    }
+}
+
+/// [`push_value`] as text, for lines that go through `tracing` instead.
+fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    if plain(s) {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(format!("\"{}\"", s.escape_debug()))
+    }
+}
+
 impl Line<'_> {
     /// Logs the line: into the log buffer when this process's subscriber is installed and the
     /// access target is enabled, else through plain `tracing`.
@@ -116,13 +148,13 @@ impl Line<'_> {
             // No subscriber of ours (a test, or an embedding program): plain `tracing`.
             None => tracing::info!(
                 target: ACCESS_TARGET,
-                request_id = %self.request_id,
+                request_id = %escaped(self.request_id),
                 method = %self.method,
                 route = %self.route,
                 status = self.status,
                 duration_ms = self.micros as f64 / 1e3,
-                client = %self.client,
-                upstream_trace_id = %self.upstream_trace,
+                client = %escaped(self.client),
+                upstream_trace_id = %escaped(self.upstream_trace),
                 "request"
             ),
         }
@@ -173,7 +205,7 @@ impl Line<'_> {
             line.extend_from_slice(b"Z  INFO ");
             line.extend_from_slice(ACCESS_TARGET.as_bytes());
             line.extend_from_slice(b": request request_id=");
-            line.extend_from_slice(self.request_id.as_bytes());
+            push_value(line, self.request_id);
             line.extend_from_slice(b" method=");
             line.extend_from_slice(self.method.as_bytes());
             line.extend_from_slice(b" route=");
@@ -183,9 +215,9 @@ impl Line<'_> {
             line.extend_from_slice(b" duration_ms=");
             push_millis(line, self.micros);
             line.extend_from_slice(b" client=");
-            line.extend_from_slice(self.client.as_bytes());
+            push_value(line, self.client);
             line.extend_from_slice(b" upstream_trace_id=");
-            line.extend_from_slice(self.upstream_trace.as_bytes());
+            push_value(line, self.upstream_trace);
             line.push(b'\n');
         }
     }
@@ -340,6 +372,31 @@ mod tests {
         s.push(b' ');
         push_millis(&mut s, 30);
         assert_eq!(s, b"0 000042 200 1234.005 0.030");
+    }
+
+    #[test]
+    fn human_values_are_copied_when_plain_and_quoted_and_escaped_otherwise() {
+        let mut s = Vec::new();
+        for v in [
+            "plain-id_1.2",
+            "a\nb",
+            "x\" status=500 y=\"",
+            "back\\slash",
+            "c\r\u{1b}[2J\u{7f}\u{2028}",
+            "渲大师",
+            "",
+        ] {
+            push_value(&mut s, v);
+            s.push(b'|');
+        }
+        let text = String::from_utf8(s).unwrap();
+        assert_eq!(
+            text,
+            r#"plain-id_1.2|"a\nb"|"x\" status=500 y=\""|"back\\slash"|"c\r\u{1b}[2J\u{7f}\u{2028}"|"渲大师"|""|"#
+        );
+        assert!(!text.contains('\n') && !text.contains('\r'));
+        assert_eq!(escaped("id-1"), "id-1");
+        assert_eq!(escaped("a b"), "\"a b\"");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! request joins (or starts) the one fill for its key. When that fill fails (5xx, reset, timeout,
 //! garbage, code 500/503) and the entry is within stale-if-error, the entry is answered instead.
 //! Business errors (220001 and the like) always pass through. `Cache-Control: no-cache` sends the
-//! request upstream and refreshes the entry. Every answer of a cached route carries `Cache-Status`
-//! (RFC 9211) and `Age`.
+//! request upstream and refreshes the entry, or joins the fill of its key already in flight (see
+//! [`crate::cache`] for why that answer is current enough). Every answer of a cached route carries
+//! `Cache-Status` (RFC 9211) and `Age`.
 //!
 //! Most fresh hits never get here: [`crate::layers::fast_hit`] answers them in front of the stack.
 //!
@@ -23,7 +24,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::cache::entry::{Answer, Entry, Freshness, HitHeaders};
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
-use crate::cache::{Cache, Filled, Reason, invalidated_by};
+use crate::cache::{Cache, Filled, invalidated_by};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::layers::Caller;
@@ -31,7 +32,6 @@ use crate::layers::RequestId;
 use crate::layers::request_id::X_REQUEST_ID;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::Role;
-use crate::store::Invalidation;
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::AccountHandle;
 
@@ -259,10 +259,9 @@ where
         Answer::from_response(inner.oneshot(req).await.unwrap_or_else(|e| match e {}))
     };
 
+    // A refresh drops the stored entry in its fill (see `Cache::fill`), not here: here it would
+    // detach the fill in flight, and every refresh would make a call of its own.
     let stored_entry = if no_cache {
-        cache
-            .invalidate(Invalidation::Key(key.clone()), Reason::NoCache)
-            .await;
         None
     } else {
         cache.lookup(&key).await

@@ -5,6 +5,9 @@
 //!
 //! When the upstream itself answers 220025 (too frequent; it did nothing), the create is sent again
 //! at its next slot while `max_wait` lasts, so the client does not see the upstream's refusal.
+//! An upstream `Retry-After` is believed only up to `max_wait`: a retry waits for it when it ends
+//! within `max_wait` (else the create is refused at once), and a `Retry-After` passed back to the
+//! client never says more than `max_wait`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -98,6 +101,27 @@ fn set_headers(resp: &mut Resp, standing: &[Standing]) {
     }
     if let Ok(v) = HeaderValue::from_str(&state.join(", ")) {
         headers.insert(HeaderName::from_static("ratelimit"), v);
+    }
+}
+
+/// The upstream's `Retry-After` in seconds; a value that is not a number of seconds (an HTTP
+/// date, or garbage) reads as "longer than anyone waits".
+fn upstream_retry_after(resp: &Resp) -> Option<Duration> {
+    let v = resp.headers().get(header::RETRY_AFTER)?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .map_or(Duration::MAX, Duration::from_secs),
+    )
+}
+
+/// Caps an upstream `Retry-After` passed back to the client at `max_wait` (at least 1 s).
+fn clamp_retry_after(resp: &mut Resp, max_wait: Duration) {
+    if let Some(told) = upstream_retry_after(resp) {
+        let secs = secs_ceil(told.min(max_wait)).max(1);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
 }
 
@@ -211,9 +235,17 @@ where
                         }
                         let mut resp = inner.clone().oneshot(duplicate(&req)).await?;
                         if too_frequent(&resp) {
-                            if Instant::now() < deadline {
+                            let told = upstream_retry_after(&resp);
+                            // When the upstream asks for a pause, the retry waits for it, if it
+                            // ends before the deadline.
+                            let retry_at = told
+                                .map_or(Some(Instant::now()), |d| Instant::now().checked_add(d));
+                            if let Some(at) = retry_at.filter(|at| *at < deadline) {
                                 // The upstream did nothing: try again at the next slot.
                                 tracing::debug!(route = %route, "upstream answered 220025; retrying at the next slot");
+                                if told.is_some() {
+                                    tokio::time::sleep_until(at).await;
+                                }
                                 continue;
                             }
                             layer
@@ -222,7 +254,8 @@ where
                                 .with_label_values(&[route.as_str(), "upstream"])
                                 .inc();
                             let id = RequestId::of(&req);
-                            let wait = secs_ceil(policy.rate.interval()).max(1);
+                            let told = told.map_or(0, |d| secs_ceil(d.min(policy.max_wait)));
+                            let wait = secs_ceil(policy.rate.interval()).max(told).max(1);
                             let msg = format!(
                                 "the upstream refused {route} as too frequent for {:?}; retry in {wait}s",
                                 policy.max_wait
@@ -235,6 +268,8 @@ where
                             );
                             resp.headers_mut()
                                 .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                        } else {
+                            clamp_retry_after(&mut resp, policy.max_wait);
                         }
                         set_headers(&mut resp, &standing);
                         return Ok(resp);

@@ -36,7 +36,10 @@
 //!   code 500, nothing done), `slow` (the request is carried out at once and its answer held back by
 //!   `latency`, default 1s, so a client that gives up cannot assume nothing happened), `garbage`
 //!   (HTTP 200 with a body that is not JSON, nothing done), `reset` (the connection is closed without
-//!   any answer, nothing done), `none` (normal). Faulted requests are still counted and logged.
+//!   any answer, nothing done), `huge` (the request is carried out, then answered with a valid
+//!   envelope of `size` bytes, streamed; `Content-Length` only with `announce`), `too_frequent`
+//!   (code 220025 with `Retry-After` of `retry_after`, nothing done), `none` (normal). Faulted
+//!   requests are still counted and logged.
 //! * `POST /_sim/reset`: counters, request log, disks, hosts, fault and the create timer back to the
 //!   start. Tokens already issued stay valid, so a client holding one is not disturbed.
 //! * `POST /_sim/revoke-tokens`: forgets every issued token, so that a client's next call gets code

@@ -4,9 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
 use hyper::body::Incoming;
 
 use crate::sim::api::{self, ApiRequest};
@@ -24,11 +28,14 @@ const MAX_BODY: usize = 1024 * 1024;
 #[error("fault injection: connection closed without an answer")]
 pub(crate) struct ConnectionReset;
 
+/// An answer's body: whole, or streamed (the `huge` fault).
+pub(crate) type SimBody = BoxBody<Bytes, Infallible>;
+
 /// Serves one request.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ConnectionReset> {
+) -> Result<Response<SimBody>, ConnectionReset> {
     let (parts, body) = req.into_parts();
     let body = read_body(body).await;
     let path = parts.uri.path();
@@ -37,7 +44,7 @@ pub(crate) async fn serve(
             Ok(bytes) => control::answer(&shared, &parts.method, path, &bytes),
             Err(reply) => reply,
         };
-        return Ok(reply.into_response());
+        return Ok(reply.into_response().map(BodyExt::boxed));
     }
 
     let route = api::route(&parts.method, path);
@@ -57,7 +64,12 @@ pub(crate) async fn serve(
             "system error (injected fault)",
         ),
         Fault::Garbage => Reply::garbage(),
-        Fault::None | Fault::Slow(_) => match body {
+        Fault::TooFrequent(_) => Reply::error(
+            StatusCode::OK,
+            crate::sim::disks::TOO_FREQUENT,
+            "create request timed out: requests too frequent, try again later (injected fault)",
+        ),
+        Fault::None | Fault::Slow(_) | Fault::Huge { .. } => match body {
             Ok(bytes) => {
                 let req = ApiRequest {
                     method: &parts.method,
@@ -79,7 +91,53 @@ pub(crate) async fn serve(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    Ok(reply.into_response())
+    let mut response = reply.into_response().map(BodyExt::boxed);
+    match fault {
+        Fault::Huge { size, announce } => {
+            let (body, len) = huge_body(size);
+            *response.body_mut() = body;
+            if announce {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+        Fault::TooFrequent(d) => {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        _ => {}
+    }
+    Ok(response)
+}
+
+/// A success envelope of exactly `size` bytes (at least its frame), made chunk by chunk as it is
+/// sent, so that the simulator never holds it whole; and its length.
+fn huge_body(size: u64) -> (SimBody, u64) {
+    const CHUNK: usize = 64 * 1024;
+    let head = Bytes::from_static(
+        br#"{"code":0,"success":true,"msg":"success","traceId":"huge","data":""#,
+    );
+    let tail = Bytes::from_static(br#""}"#);
+    let fill = Bytes::from(vec![b'x'; CHUNK]);
+    let frame = (head.len() + tail.len()) as u64;
+    let len = size.max(frame);
+    let mut left = len - frame;
+    let middle = std::iter::from_fn(move || {
+        let n = left.min(CHUNK as u64) as usize;
+        left -= n as u64;
+        (n > 0).then(|| fill.slice(..n))
+    });
+    let chunks = std::iter::once(head)
+        .chain(middle)
+        .chain(std::iter::once(tail));
+    let body = StreamBody::new(futures_util::stream::iter(
+        chunks.map(|b| Ok::<_, Infallible>(Frame::data(b))),
+    ))
+    .boxed();
+    (body, len)
 }
 
 /// Collects the body, refusing more than [`MAX_BODY`] bytes; the error is the answer to give.

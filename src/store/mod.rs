@@ -85,6 +85,13 @@ pub trait CacheStore: Send + Sync + 'static {
     /// those keys as it does for its own. A store of one replica has none.
     fn on_remote_invalidation(&self, _hook: RemoteHook) {}
 
+    /// Drops `key`'s entry where one may be held. Unlike [`CacheStore::invalidate`], a shared store
+    /// writes and publishes nothing when it holds no trace of the key (no entry, no fill lock, no
+    /// epoch): an answer that was never stored (a disk that does not exist) leaves no state.
+    fn drop_if_held(&self, key: CacheKey) -> BoxFuture<()> {
+        self.invalidate(Invalidation::Key(key))
+    }
+
     /// Claims the fill of `key` for the fleet. A store of one replica has nothing to coordinate.
     fn claim_fill(&self, _key: &CacheKey) -> BoxFuture<Claim> {
         Box::pin(std::future::ready(Claim::Claimed(Ticket::default())))

@@ -1,12 +1,14 @@
 //! One pooled HTTP client for every upstream call (HTTP and HTTPS through rustls with the webpki
 //! roots), with a connect timeout and a whole-call timeout. An answer is read completely: upstream
-//! answers are small JSON envelopes, and the gateway must read `code` to act on it.
+//! answers are small JSON envelopes, and the gateway must read `code` to act on it. Reading stops at
+//! `max_answer_bytes` (an announced `Content-Length` beyond it is refused before reading), so an
+//! upstream that answers without end cannot make the gateway buffer it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,9 +18,6 @@ use crate::config::UpstreamConfig;
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-
-/// Upstream answers larger than this are treated as broken rather than buffered.
-const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -32,6 +31,9 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("answer is not JSON (HTTP {0})")]
     NotJson(u16),
+    /// The answer's body is larger than `max_answer_bytes`; it was sent, so its effect is unknown.
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 impl UpstreamError {
@@ -40,6 +42,7 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) | UpstreamError::Broken(_) => "error",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::NotJson(_) => "invalid",
+            UpstreamError::TooLarge(_) => "too_large",
         }
     }
 
@@ -70,6 +73,7 @@ pub struct Answer {
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    max_answer: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -92,6 +96,7 @@ impl UpstreamClient {
         UpstreamClient {
             client,
             timeout: cfg.timeout,
+            max_answer: cfg.max_answer_bytes,
             metrics,
         }
     }
@@ -125,11 +130,24 @@ impl UpstreamClient {
             }
         })?;
         let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| UpstreamError::Broken(format!("reading the answer failed: {e}")))?
-            .to_bytes();
+        let too_large = UpstreamError::TooLarge(self.max_answer);
+        let announced = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > self.max_answer as u64) {
+            return Err(too_large);
+        }
+        let body = match Limited::new(body, self.max_answer).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => return Err(too_large),
+            Err(e) => {
+                return Err(UpstreamError::Broken(format!(
+                    "reading the answer failed: {e}"
+                )));
+            }
+        };
         let head =
             EnvelopeHead::parse(&body).ok_or(UpstreamError::NotJson(parts.status.as_u16()))?;
         Ok(Answer { parts, body, head })

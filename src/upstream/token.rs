@@ -7,6 +7,12 @@
 //! States: no token yet → held (valid until `expires_at`) → due for refresh → held again; a failed
 //! `getToken` puts the broker in backoff (callers get the error at once, no upstream call) until
 //! `retry_at`, doubling with jitter up to `retry_max`. A fixed token (`FINOVY_TOKEN`) is always held.
+//!
+//! The upstream is trusted no further than needed: its `effectiveTime` is clamped to
+//! `[min_lifetime, max_lifetime]`, and `getToken` goes out at most once per `min_refresh_interval`
+//! (on this replica, and in shared mode for the fleet), on every path that asks for it, so that a
+//! token that comes back already expired cannot make the gateway loop; callers then get an error at
+//! once. A refusal's `msg` goes to the log (escaped, without the credentials), never to a client.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +54,8 @@ struct State {
     /// The last `getToken` failure and when the next try may go.
     failing: Option<(TokenError, Instant)>,
     failures: u32,
+    /// When this replica last sent `getToken`.
+    last_sent: Option<Instant>,
 }
 
 /// What `/readyz` and the metrics report.
@@ -89,6 +97,12 @@ impl std::fmt::Debug for TokenBroker {
             .field("account", &self.account)
             .finish_non_exhaustive()
     }
+}
+
+/// A failed exchange: what callers may see, and what only the log gets (the upstream's `msg`).
+struct Refused {
+    public: TokenError,
+    detail: String,
 }
 
 #[derive(Deserialize)]
@@ -219,15 +233,18 @@ impl TokenBroker {
     fn next_refresh(&self) -> Instant {
         let state = self.state.lock().expect("token state");
         let now = Instant::now();
-        if let Some((_, retry_at)) = &state.failing {
-            return *retry_at;
-        }
-        match &state.held {
-            Some(h) => {
+        let due = match (&state.failing, &state.held) {
+            (Some((_, retry_at)), _) => *retry_at,
+            (None, Some(h)) => {
                 let ahead = self.refresh_ahead(h.lifetime);
                 h.expires_at.checked_sub(ahead).unwrap_or(now)
             }
-            None => now,
+            (None, None) => now,
+        };
+        // Never sooner than the next `getToken` may go.
+        match state.last_sent {
+            Some(sent) => due.max(sent + self.cfg.min_refresh_interval),
+            None => due,
         }
     }
 
@@ -322,7 +339,8 @@ impl TokenBroker {
         }
     }
 
-    /// One `getToken` call; the caller holds `fetching`.
+    /// One `getToken` call, unless one went out less than `min_refresh_interval` ago (here, or in
+    /// shared mode anywhere in the fleet): then an error at once. The caller holds `fetching`.
     async fn fetch(&self) -> Result<Secret, TokenError> {
         let Source::Exchange {
             uuid,
@@ -333,7 +351,32 @@ impl TokenBroker {
         else {
             unreachable!("a fixed token is never fetched");
         };
+        let interval = self.cfg.min_refresh_interval;
+        let too_soon = || {
+            self.metrics
+                .token_refreshes
+                .with_label_values(&["throttled"])
+                .inc();
+            TokenError(format!(
+                "getToken was called less than {} ago; retry shortly",
+                humantime::format_duration(interval)
+            ))
+        };
         let sent_at = Instant::now();
+        {
+            let mut state = self.state.lock().expect("token state");
+            if state.last_sent.is_some_and(|t| sent_at < t + interval) {
+                return Err(too_soon());
+            }
+            state.last_sent = Some(sent_at);
+        }
+        // The fleet's gate; without Redis this replica's own is enough.
+        if let Some(shared) = &self.shared
+            && !interval.is_zero()
+            && let Ok(false) = shared.gate(&self.account, interval).await
+        {
+            return Err(too_soon());
+        }
         let result = self.exchange(client, base_url, uuid, secret).await;
         let mut state = self.state.lock().expect("token state");
         match result {
@@ -352,14 +395,22 @@ impl TokenBroker {
                 state.failures = 0;
                 Ok(token)
             }
-            Err(e) => {
+            Err(Refused { public: e, detail }) => {
                 self.metrics
                     .token_refreshes
                     .with_label_values(&["error"])
                     .inc();
                 let backoff = self.backoff(state.failures);
                 state.failures = state.failures.saturating_add(1);
-                tracing::warn!(account = %self.account, error = %e, retry_in = ?backoff, "getToken failed");
+                // The upstream's own words, escaped and without the credentials, for the operator.
+                let mut detail = detail;
+                for (value, name) in [(secret, "<secret>"), (uuid, "<uuid>")] {
+                    if !value.expose().is_empty() {
+                        detail = detail.replace(value.expose(), name);
+                    }
+                }
+                let detail = detail.escape_debug().to_string();
+                tracing::warn!(account = %self.account, error = %e, upstream = %detail, retry_in = ?backoff, "getToken failed");
                 state.failing = Some((e.clone(), Instant::now() + backoff));
                 Err(e)
             }
@@ -372,7 +423,11 @@ impl TokenBroker {
         base_url: &str,
         uuid: &Secret,
         secret: &Secret,
-    ) -> Result<(Secret, Duration), TokenError> {
+    ) -> Result<(Secret, Duration), Refused> {
+        let plain = |text: String| Refused {
+            public: TokenError(text),
+            detail: String::new(),
+        };
         let body = serde_json::json!({ "uuid": uuid.expose(), "secret": secret.expose() });
         let req = http::Request::builder()
             .method(Method::POST)
@@ -380,13 +435,13 @@ impl TokenBroker {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .body(Bytes::from(body.to_string()))
-            .map_err(|e| TokenError(format!("cannot build the getToken request: {e}")))?;
+            .map_err(|e| plain(format!("cannot build the getToken request: {e}")))?;
         let answer = client
             .send(TOKEN_ROUTE, req)
             .await
-            .map_err(|e| TokenError(format!("getToken failed: {e}")))?;
+            .map_err(|e| plain(format!("getToken failed: {e}")))?;
         let parsed: TokenAnswer = serde_json::from_slice(&answer.body).map_err(|_| {
-            TokenError(format!(
+            plain(format!(
                 "getToken answered HTTP {} with an unexpected body",
                 answer.parts.status
             ))
@@ -394,26 +449,33 @@ impl TokenBroker {
         match (parsed.code, parsed.data) {
             (Some(0), Some(data)) if !data.token.is_empty() => {
                 let ms = data.effective_time.and_then(|v| {
-                    v.as_u64()
-                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    v.as_i64()
+                        .or_else(|| v.as_f64().map(|f| f as i64))
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
                 });
-                let lifetime = ms.map(Duration::from_millis).unwrap_or(DEFAULT_LIFETIME);
-                Ok((
-                    Secret::new(data.token),
-                    lifetime.max(Duration::from_millis(100)),
-                ))
+                Ok((Secret::new(data.token), self.lifetime(ms)))
             }
-            (code, _) => Err(TokenError(format!(
-                "getToken refused: code {} ({})",
-                code.map_or("none".to_string(), |c| c.to_string()),
-                parsed
-                    .msg
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ))),
+            // The code is the client's business; the upstream's message is the operator's.
+            (code, _) => Err(Refused {
+                public: TokenError(format!(
+                    "the upstream refused getToken (code {}); see the gateway's log",
+                    code.map_or("none".to_string(), |c| c.to_string())
+                )),
+                detail: parsed.msg.unwrap_or_default().chars().take(200).collect(),
+            }),
         }
+    }
+
+    /// The upstream's `effectiveTime` (ms) within the configured bounds; its documented 30 minutes
+    /// when it gives none.
+    fn lifetime(&self, effective_ms: Option<i64>) -> Duration {
+        let told = match effective_ms {
+            Some(ms) => Duration::from_millis(ms.max(0) as u64),
+            None => DEFAULT_LIFETIME,
+        };
+        // The configuration checks min <= max; a lifetime of nothing would be refreshed at once.
+        told.clamp(self.cfg.min_lifetime, self.cfg.max_lifetime)
+            .max(Duration::from_millis(100))
     }
 
     fn backoff(&self, failures: u32) -> Duration {

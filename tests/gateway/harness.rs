@@ -147,6 +147,9 @@ pub fn demo_env() -> Vec<(&'static str, String)> {
 pub const FAST_CREATES: &str =
     "[create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\n";
 
+/// Token bounds for tests that are not about them: no minimum lifetime or refresh interval.
+pub const LOOSE_TOKENS: &str = "[token]\nmin_lifetime = \"0s\"\nmin_refresh_interval = \"0s\"\n";
+
 /// A fresh `Idempotency-Key`, so equal bodies still make distinct disks.
 pub fn fresh_key() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -188,12 +191,19 @@ pub struct Gw {
 impl Gw {
     /// `toml` is a config file's text; the upstream defaults to `upstream`, credentials to `env`.
     /// Unless `toml` sets a `[create]` policy, creates are limited only loosely, so tests that
-    /// create many disks do not wait for the production rate.
+    /// create many disks do not wait for the production rate. Unless it sets `[token]`, tokens
+    /// are taken for the lifetime the simulator gives and refetched as often as needed
+    /// ([`LOOSE_TOKENS`]), so tests of short-lived tokens need not wait out the production bounds.
     pub async fn start(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
         let toml = if toml.contains("[create") {
             toml.to_string()
         } else {
             format!("{toml}\n{FAST_CREATES}")
+        };
+        let toml = if toml.contains("[token]") {
+            toml
+        } else {
+            format!("{toml}\n{LOOSE_TOKENS}")
         };
         let file = FileConfig::parse(&toml, std::path::Path::new("test.toml"))
             .expect("test config parses");
@@ -301,13 +311,18 @@ pub struct Bin {
 
 impl Bin {
     /// Starts `serve --config <toml>` on loopback port 0 and waits for both listeners' log lines.
+    /// Without a `[token]` table in `toml`, [`LOOSE_TOKENS`] applies, as for [`Gw::start`].
     pub fn serve(toml: &str, upstream: &str, env: &[(&str, &str)]) -> Bin {
         Bin::serve_args(toml, upstream, env, &[])
     }
 
     /// [`Bin::serve`] with more arguments for `serve` (e.g. `--log-format json`).
     pub fn serve_args(toml: &str, upstream: &str, env: &[(&str, &str)], args: &[&str]) -> Bin {
-        let config = temp_file("gateway.toml", toml);
+        let config = if toml.contains("[token]") {
+            temp_file("gateway.toml", toml)
+        } else {
+            temp_file("gateway.toml", &format!("{toml}\n{LOOSE_TOKENS}"))
+        };
         let mut cmd = binary();
         cmd.args(["serve", "--config"])
             .arg(&config)

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod cache_state;
 mod crash;
 mod create;
 mod faults;
@@ -20,3 +21,4 @@ mod redis_reset;
 mod shared;
 mod spend_body;
 mod token;
+mod upstream_trust;
