@@ -75,7 +75,7 @@ impl Metrics {
             ),
             upstream_requests: counter(
                 "finovy_gateway_upstream_requests_total",
-                "Calls sent to the upstream, by outcome (ok, server_error, error, timeout, invalid).",
+                "Calls sent to the upstream, by outcome (ok, server_error, error, timeout, invalid, too_large).",
                 &["route", "outcome"],
             ),
             upstream_duration: histogram(
