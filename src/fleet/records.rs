@@ -56,6 +56,15 @@ redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]) + 1))
 return 0
 "#;
 
+/// Whether the owner (`KEYS[1]`) holds a live key other than `ARGV[1]` (`ARGV[2]` is now): 1 or 0.
+const HOLDS_OTHER: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local n = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then n = n - 1 end
+if n > 0 then return 1 end
+return 0
+"#;
+
 pub struct RedisRecords(Arc<Inner>);
 
 struct Inner {
@@ -63,6 +72,7 @@ struct Inner {
     begin: redis::Script,
     renew: redis::Script,
     hold: redis::Script,
+    holds_other: redis::Script,
     local: Option<MemoryRecords>,
 }
 
@@ -73,6 +83,7 @@ impl RedisRecords {
             begin: redis::Script::new(BEGIN),
             renew: redis::Script::new(RENEW),
             hold: redis::Script::new(HOLD),
+            holds_other: redis::Script::new(HOLDS_OTHER),
             local: fall_back_to_local.then(MemoryRecords::default),
         }))
     }
@@ -240,6 +251,27 @@ impl RecordStore for RedisRecords {
                 return Ok(());
             }
             done
+        })
+    }
+
+    fn holds_other(&self, owner: &str, key: &str) -> BoxFuture<Stored<bool>> {
+        let okey = self.owner_key(owner);
+        let (owner, key) = (owner.to_string(), key.to_string());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let mut inv = this.holds_other.key(&okey);
+            inv.arg(&key).arg(now_ms());
+            let held: Result<u64, _> = this
+                .fleet
+                .run("record_holds_other", |mut c| async move {
+                    inv.invoke_async(&mut c).await
+                })
+                .await;
+            match (held, &this.local) {
+                (Ok(n), _) => Ok(n > 0),
+                (Err(_), Some(local)) => local.holds_other(&owner, &key).await,
+                (Err(e), None) => Err(e),
+            }
         })
     }
 

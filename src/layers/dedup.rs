@@ -75,6 +75,12 @@ const RECONCILE_SLACK_MS: u64 = 60_000;
 
 /// The marker record saying that a disk already belongs to a purchase, so that reconciliation
 /// never hands one disk to two intents.
+/// The purchases of one order (by its fingerprint) being made in the account: their disks exist
+/// upstream before they are claimed, so a reconciliation of an identical order waits for them.
+fn making_key(account: &str, fingerprint: &str) -> String {
+    format!("{account}|making:{fingerprint}")
+}
+
 fn claim_key(account: &str, disk: &str) -> String {
     format!("claimed|{account}|{disk}")
 }
@@ -225,6 +231,33 @@ fn records_full(route: Route, request_id: &str, max: u64, frees_at_ms: u64) -> R
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     resp.extensions_mut().insert(FromRecord);
     resp
+}
+
+/// Runs `work` (a disk create on its way upstream) while `rkey` counts among the purchases of its
+/// order being made, renewed every third of `lease`: if this replica dies, it stops counting
+/// within `lease`.
+async fn while_making<F: std::future::Future>(
+    records: Arc<dyn RecordStore>,
+    making: &str,
+    rkey: &str,
+    lease: Duration,
+    work: F,
+) -> F::Output {
+    let mark = || records.hold(making, rkey, now_ms() + lease.as_millis() as u64, u64::MAX);
+    if let Err(e) = mark().await {
+        tracing::warn!(error = %e, "could not mark a create as being made");
+    }
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let _ = mark().await;
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => out,
+        never = heartbeat => match never {},
+    }
 }
 
 /// Runs `work` while renewing the lease of its in-flight `record` every third of `lease`. The
@@ -445,11 +478,24 @@ impl Ctx {
             let _guard = guard;
             let sent_at_ms = now_ms();
             let leased = keep.as_ref().and_then(|k| Some((k.rkey.clone(), k.leased.clone()?)));
-            let resp = match leased {
-                Some((rkey, record)) => {
-                    with_lease(records.clone(), rkey, record, lease, inner.oneshot(req)).await
+            let work = async {
+                match leased {
+                    Some((rkey, record)) => {
+                        with_lease(records.clone(), rkey, record, lease, inner.oneshot(req)).await
+                    }
+                    None => inner.oneshot(req).await,
                 }
-                None => inner.oneshot(req).await,
+            };
+            // A disk create counts as being made until its disk is claimed, below.
+            let making = keep
+                .as_ref()
+                .filter(|_| route == Route::DiskCreate)
+                .map(|k| (making_key(&account, &k.fingerprint), k.rkey.clone()));
+            let resp = match &making {
+                Some((making, rkey)) => {
+                    while_making(records.clone(), making, rkey, lease, work).await
+                }
+                None => work.await,
             }
             .unwrap_or_else(|e| match e {});
             let unknown = resp.extensions().get::<OutcomeUnknown>().is_some();
@@ -494,6 +540,10 @@ impl Ctx {
                 if let Err(e) = kept {
                     tracing::warn!(route = %route, error = %e, "could not record the outcome of a create; a retry may not find it");
                 }
+            }
+            // Its disk (if any) is claimed: a reconciliation no longer needs to wait for it.
+            if let Some((making, rkey)) = &making {
+                let _ = records.release(making, rkey).await;
             }
             Arc::new(outcome)
         });
@@ -812,7 +862,7 @@ impl Ctx {
         }
         // The settle guard lives for `max_age`: the search (up to a hundred list pages) must end
         // well within it, or a second retry could take the guard and settle this record too.
-        let search = self.reconcile(inner, req, sent_at_ms, policy.idempotency_ttl);
+        let search = self.reconcile(inner, req, unknown, policy.idempotency_ttl);
         let reconciled = tokio::time::timeout(self.shared.max_age / 2, search)
             .await
             .unwrap_or_else(|_| {
@@ -864,12 +914,19 @@ impl Ctx {
     }
 
     /// Looks for the disk an unknown-outcome create may have made.
-    async fn reconcile<S>(&self, inner: S, req: &Req, sent_at_ms: u64, ttl: Duration) -> Reconciled
+    async fn reconcile<S>(
+        &self,
+        inner: S,
+        req: &Req,
+        unknown: &Unknown<'_>,
+        ttl: Duration,
+    ) -> Reconciled
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send,
     {
         let id = self.request_id.as_str();
+        let sent_at_ms = unknown.sent_at_ms;
         // Set by the validate layer for (valid) disk creates only.
         let order = match req.extensions().get::<DiskOrder>() {
             Some(order) => order.clone(),
@@ -946,6 +1003,20 @@ impl Ctx {
             .filter_map(|d| Some((as_i64(&d["createTime"])?, d["id"].as_str()?.to_string())))
             .collect();
         matches.sort();
+        // An identical order still being made may own one of these disks without having claimed
+        // it yet (its answer is on its way): wait for it rather than take its disk. Asked after
+        // the list was read, so a disk listed here is either claimed already or still marked.
+        let making = making_key(&self.account, unknown.fingerprint);
+        match self.shared.records.holds_other(&making, unknown.rkey).await {
+            Ok(false) => {}
+            Ok(true) => {
+                self.count("conflict");
+                let msg = "an earlier create with this request has an unknown outcome, and an identical \
+                           purchase is still being made; retry shortly";
+                return Reconciled::Refused(still_in_flight(msg, id));
+            }
+            Err(_) => return Reconciled::Refused(records_down(self.route, id)),
+        }
         // The earliest match no other purchase owns yet.
         let mut found = None;
         for (_, disk) in matches {

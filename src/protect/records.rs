@@ -137,6 +137,8 @@ pub trait RecordStore: Send + Sync + 'static {
     fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64) -> BoxFuture<Stored<Hold>>;
     /// `key` no longer counts for `owner`.
     fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>>;
+    /// Whether `owner` holds a live key other than `key`.
+    fn holds_other(&self, owner: &str, key: &str) -> BoxFuture<Stored<bool>>;
     /// After the shared store lost its data (Redis restarted empty, flushed): how long creates
     /// that find no record are still refused, since they may be retries of lost ones.
     fn lost_data(&self) -> BoxFuture<Stored<Option<Duration>>> {
@@ -265,6 +267,15 @@ impl Owners {
         Hold::Held
     }
 
+    pub fn holds_other(&self, owner: &str, key: &str, now_ms: u64) -> bool {
+        let owners = self.0.lock().expect("record owners");
+        owners.get(owner).is_some_and(|held| {
+            held.by_time
+                .iter()
+                .any(|(until, k)| *until > now_ms && k != key)
+        })
+    }
+
     pub fn release(&self, owner: &str, key: &str) {
         let mut owners = self.0.lock().expect("record owners");
         if let Some(held) = owners.get_mut(owner) {
@@ -330,6 +341,11 @@ impl RecordStore for MemoryRecords {
     fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>> {
         self.owners.release(owner, key);
         ready(Ok(()))
+    }
+
+    fn holds_other(&self, owner: &str, key: &str) -> BoxFuture<Stored<bool>> {
+        let now = crate::fleet::now_ms();
+        ready(Ok(self.owners.holds_other(owner, key, now)))
     }
 }
 

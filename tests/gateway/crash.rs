@@ -122,12 +122,13 @@ async fn crash_drill_a_killed_replicas_purchases_settle_within_the_lease() {
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
 
     // The upstream makes each disk at once and holds its answer back: every purchase is in
-    // flight when the replica dies. Distinct sizes, so that each purchase has one matching disk.
+    // flight when the replica dies. Every purchase is the same order under its own key, the
+    // hardest case for reconciliation: any of the 40 disks matches any of them.
     sim.fault("slow", "3s").await;
     let buyers: Vec<_> = (0..N)
         .map(|i| {
             let key = format!("drill-{}-{i}", std::process::id());
-            tokio::spawn(buy(urls.clone(), i % 3, key, disk_body(20 + i as u64)))
+            tokio::spawn(buy(urls.clone(), i % 3, key, disk_body(20)))
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -649,3 +649,48 @@ async fn reconciliation_finds_the_disk_beyond_the_first_page_of_the_list() {
     assert_eq!(sim.calls("create").await, 151, "never bought twice");
     assert_eq!(sim.stats().await["disks"], 151);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconciliation_never_takes_the_disk_of_an_identical_purchase_still_in_flight() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        &format!("[upstream]\ntimeout = \"10s\"\n{FAST_CREATES}"),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    // A: the upstream answers garbage and buys nothing; its outcome is unknown.
+    sim.fault("garbage", "0s").await;
+    let (status, _, v) = create(&gw, Some("intent-a"), None, DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    // B: the same order under another key, bought at once, its answer held back 3 s.
+    sim.fault("slow", "3s").await;
+    let b = {
+        let url = gw.url.clone();
+        tokio::spawn(async move {
+            send_json(
+                http()
+                    .post(format!("{url}{DISK}/create"))
+                    .header("Idempotency-Key", "intent-b")
+                    .json(&json!({"area": 0, "memory": 20, "isMount": 0})),
+            )
+            .await
+        })
+    };
+    wait_for(|| async { sim.stats().await["disks"] == 1 }).await;
+    sim.fault("none", "0s").await;
+    // A's retry finds B's disk in the list, unclaimed: it must not take it.
+    let (status, _, v) = create(&gw, Some("intent-a"), None, DISK20).await;
+    assert_eq!(
+        (status, v["code"].as_i64()),
+        (409, Some(1005)),
+        "A waits for the identical purchase in flight: {v}"
+    );
+    let (status, b) = b.await.unwrap();
+    assert_eq!((status, b["code"].as_i64()), (200, Some(0)), "{b}");
+    // Once B has its disk, A's retry finds nothing of its own and buys it.
+    let (status, _, a) = create(&gw, Some("intent-a"), None, DISK20).await;
+    assert_eq!((status, a["code"].as_i64()), (200, Some(0)), "{a}");
+    assert_ne!(a["data"], b["data"], "two intents, two disks");
+    assert_eq!(sim.stats().await["disks"], 2);
+}
