@@ -10,6 +10,7 @@ mod harness;
 mod hits;
 mod limits;
 mod process;
+mod query;
 mod redis_harness;
 mod shared;
 mod token;
