@@ -1,8 +1,10 @@
 //! The gateway's end-to-end tests: real HTTP over loopback, the simulator as the upstream and as
 //! the witness of what reached it. One test binary, one module per capability.
 
+mod anonymous;
 mod auth;
 mod cache;
+mod capacity;
 mod create;
 mod faults;
 mod forwarding;
