@@ -12,19 +12,20 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::cache::Reason;
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
-use crate::config::DEFAULT_ACCOUNT;
+use crate::config::{DEFAULT_ACCOUNT, ServerConfig};
 use crate::envelope::error_response;
 use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
 use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
+use crate::listener::Connections;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::store::Invalidation;
@@ -44,37 +45,53 @@ pub struct AdminState {
     pub two_level: Option<Arc<TwoLevel>>,
 }
 
+/// Open admin connections at most: probes and scrapers need few, and a flood of them must not
+/// take the process's file descriptors.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin listener until `shutdown`, with the data plane's head-read and idle timeouts
+/// and its own small connection cap, so that a client stalling here is let go as it is there.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    cfg: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "admin listening");
     }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(cfg.max_header_bytes)
+        .header_read_timeout(cfg.request_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams);
+    let connections = Connections::new(ADMIN_MAX_CONNECTIONS, cfg.idle_timeout);
     tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, slot)) = connections.accept(&listener, shutdown.as_mut()).await {
         let state = state.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await.map(Full::new)) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+        let activity = slot.activity.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            let busy = activity.begin();
+            async move {
+                let resp = handle(&state, req).await.map(Full::new);
+                drop(busy);
+                Ok::<_, Infallible>(resp)
+            }
         });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        connections.spawn(slot, conn, |c| c.graceful_shutdown());
     }
+    // Idle probe connections close now; one mid-request finishes on its own.
+    connections.close_all_later();
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> http::Response<Bytes> {

@@ -127,6 +127,25 @@ pub struct ServerConfig {
     /// How long a SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// A request body must arrive within this once its head is accepted (408 beyond).
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    /// One client's share of the requests in flight (503 beyond); default in
+    /// [`Settings::max_inflight_per_client`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_per_client: Option<usize>,
+    /// Open data-plane connections; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/1 and h2).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// h2: streams a client may open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// h2: how often an idle connection is pinged, and how long the answer may take.
+    #[serde(with = "duration")]
+    pub h2_keep_alive_interval: Duration,
+    #[serde(with = "duration")]
+    pub h2_keep_alive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +158,13 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             max_concurrency: 1024,
             drain_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            max_inflight_per_client: None,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(30),
+            h2_max_concurrent_streams: 100,
+            h2_keep_alive_interval: Duration::from_secs(20),
+            h2_keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -176,6 +202,8 @@ impl Default for UpstreamConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub allow_anonymous: bool,
+    /// With `allow_anonymous` and `[[clients]]`: the only routes a caller without a key may use.
+    pub anonymous_routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -406,6 +434,9 @@ pub struct Settings {
     pub redis: Option<RedisConfig>,
     pub accounts: Vec<Account>,
     pub clients: Vec<Client>,
+    /// `[auth] anonymous_routes`, checked against the route table.
+    #[serde(skip)]
+    pub anonymous_routes: BTreeSet<Route>,
 }
 
 fn mask_opt<S: serde::Serializer>(_: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
@@ -496,6 +527,27 @@ impl Settings {
             ));
         }
         check_nonzero("server.request_timeout", server.request_timeout)?;
+        check_nonzero("server.body_timeout", server.body_timeout)?;
+        check_nonzero("server.idle_timeout", server.idle_timeout)?;
+        check_nonzero(
+            "server.h2_keep_alive_interval",
+            server.h2_keep_alive_interval,
+        )?;
+        check_nonzero("server.h2_keep_alive_timeout", server.h2_keep_alive_timeout)?;
+        check_positive(
+            "server.h2_max_concurrent_streams",
+            server.h2_max_concurrent_streams as usize,
+        )?;
+        if let Some(n) = server.max_inflight_per_client {
+            check_positive("server.max_inflight_per_client", n)?;
+        }
+        // The drain takes every connection permit at once, which tokio counts in a u32.
+        if !(1..=1_000_000).contains(&server.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                "expected a number from 1 to 1000000",
+            ));
+        }
         check_nonzero("upstream.connect_timeout", upstream.connect_timeout)?;
         check_nonzero("upstream.timeout", upstream.timeout)?;
         check_positive("upstream.max_answer_bytes", upstream.max_answer_bytes)?;
@@ -532,6 +584,7 @@ impl Settings {
         let create = file.create.resolve()?;
         let accounts = resolve_accounts(&file.accounts, &upstream.base_url, env)?;
         let clients = resolve_clients(&file.clients, &accounts)?;
+        let anonymous_routes = route_set("auth.anonymous_routes", &file.auth.anonymous_routes)?;
 
         Ok(Settings {
             server,
@@ -545,7 +598,18 @@ impl Settings {
             redis,
             accounts,
             clients,
+            anonymous_routes,
         })
+    }
+
+    /// One client's share of `max_concurrency`: as configured, else a quarter of it. With no
+    /// `[[clients]]` every caller is the one anonymous caller, so it may use all of it.
+    pub fn max_inflight_per_client(&self) -> usize {
+        match self.server.max_inflight_per_client {
+            Some(n) => n,
+            None if self.clients.is_empty() => self.server.max_concurrency,
+            None => (self.server.max_concurrency / 4).max(1),
+        }
     }
 
     /// Protected mode (CONTRACT.md): without clients, anonymous calls only on loopback or when allowed.
@@ -627,6 +691,21 @@ fn resolve_redis(
         return Err(invalid("redis.lock_ttl", "expected at least 100ms"));
     }
     Ok(Some(cfg))
+}
+
+/// Route names (an allow-list) as routes; an unknown name is an error naming `key`.
+fn route_set(key: &str, names: &[String]) -> Result<BTreeSet<Route>, ConfigError> {
+    names
+        .iter()
+        .map(|n| {
+            Route::from_name(n).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("unknown route {n:?}; expected one of {:?}", Route::names()),
+                )
+            })
+        })
+        .collect()
 }
 
 fn check_positive(key: &str, v: usize) -> Result<(), ConfigError> {
@@ -930,5 +1009,40 @@ mod tests {
         assert_eq!(mask_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(mask_url("redis://u:a@b@h:1/x@y"), "redis://u:***@h:1/x@y");
+    }
+
+    #[test]
+    fn capacity_keys_are_checked_and_the_client_share_defaults_to_a_quarter() {
+        for (text, key) in [
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nmax_inflight_per_client = 0\n",
+                "server.max_inflight_per_client",
+            ),
+            ("[server]\nbody_timeout = \"0s\"\n", "server.body_timeout"),
+            (
+                "[server]\nh2_max_concurrent_streams = 0\n",
+                "server.h2_max_concurrent_streams",
+            ),
+            (
+                "[auth]\nanonymous_routes = [\"disk.nope\"]\n",
+                "auth.anonymous_routes",
+            ),
+        ] {
+            let e = resolve(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let client = format!(
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        let s = resolve(&format!("[server]\nmax_concurrency = 100\n{client}")).unwrap();
+        assert_eq!(s.max_inflight_per_client(), 25);
+        // One anonymous caller, no one to share with: all of it.
+        assert_eq!(resolve("").unwrap().max_inflight_per_client(), 1024);
+        let s = resolve("[server]\nmax_inflight_per_client = 3\n").unwrap();
+        assert_eq!(s.max_inflight_per_client(), 3);
+        let s = resolve("[auth]\nanonymous_routes = [\"disk.info\"]\n").unwrap();
+        assert!(s.anonymous_routes.contains(&Route::DiskInfo));
     }
 }

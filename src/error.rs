@@ -34,7 +34,17 @@ pub enum GatewayError {
          records a duplicate purchase cannot be ruled out; nothing was sent upstream, retry shortly"
     )]
     SharedStateDown(&'static str),
+    #[error("request body not received within {0:?}: send the whole body promptly")]
+    BodyTimeout(std::time::Duration),
+    #[error(
+        "this client has {0} requests in flight, its share of the gateway: retry after the \
+         current ones finish"
+    )]
+    ClientOverloaded(usize),
 }
+
+/// What a client over its in-flight share is told to wait, in seconds.
+pub const CLIENT_OVERLOADED_RETRY_AFTER: &str = "1";
 
 impl GatewayError {
     /// The HTTP status and envelope code of CONTRACT.md.
@@ -52,12 +62,21 @@ impl GatewayError {
                 (StatusCode::GATEWAY_TIMEOUT, 503)
             }
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, 503),
+            GatewayError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 1007),
+            GatewayError::ClientOverloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
         }
     }
 
     /// The envelope answer; `request_id` becomes its `traceId`.
     pub fn into_response(self, request_id: &str) -> Resp {
         let (status, code) = self.status_and_code();
-        error_response(status, code, &self.to_string(), request_id)
+        let mut resp = error_response(status, code, &self.to_string(), request_id);
+        if let GatewayError::ClientOverloaded(_) = self {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static(CLIENT_OVERLOADED_RETRY_AFTER),
+            );
+        }
+        resp
     }
 }

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod fleet;
 pub mod layers;
+pub mod listener;
 pub mod metrics;
 pub mod protect;
 pub mod routes;

@@ -12,7 +12,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -30,6 +29,7 @@ use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::layers::budget::BudgetLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
+use crate::listener::Connections;
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
@@ -147,7 +147,10 @@ impl Gateway {
             .anonymous_allowed()
             .then(|| find(crate::config::DEFAULT_ACCOUNT))
             .flatten();
-        let auth = Arc::new(Authenticator::new(clients, anonymous));
+        // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
+        let anonymous_routes =
+            (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
+        let auth = Arc::new(Authenticator::new(clients, anonymous, anonymous_routes));
         // Where state lives: this replica's memory, or the fleet's Redis.
         let two_level = fleet.clone().map(|f| {
             let names = accounts.iter().map(|a| a.name.clone()).collect();
@@ -201,6 +204,7 @@ impl Gateway {
             cache.clone(),
             protection,
             client,
+            settings.max_inflight_per_client(),
         ));
         Ok(Gateway {
             settings,
@@ -214,6 +218,10 @@ impl Gateway {
         })
     }
 }
+
+/// Streams an h2 client may reset before the server has accepted them (hyper's default, kept
+/// explicit): past it the connection is closed.
+const H2_MAX_PENDING_RESETS: usize = 20;
 
 /// A gateway with its listeners bound (port 0 allowed), ready to run.
 pub struct Server {
@@ -285,61 +293,59 @@ impl Server {
             fleet: gateway.fleet.clone(),
             two_level: gateway.two_level.clone(),
         });
-        let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped()));
-
         let server_cfg = gateway.settings.server.clone();
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            admin_state,
+            server_cfg.clone(),
+            stopped(),
+        ));
+
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .max_buf_size(server_cfg.max_header_bytes)
+            // Counted from when the connection waits for a head: covers a slow head and an idle
+            // kept-alive connection alike.
             .header_read_timeout(server_cfg.request_timeout);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(server_cfg.max_header_bytes as u32);
-        let graceful = GracefulShutdown::new();
+            .max_header_list_size(server_cfg.max_header_bytes as u32)
+            .max_concurrent_streams(server_cfg.h2_max_concurrent_streams)
+            // Pings find dead peers, whose streams would otherwise stay open.
+            .keep_alive_interval(server_cfg.h2_keep_alive_interval)
+            .keep_alive_timeout(server_cfg.h2_keep_alive_timeout)
+            // Rapid reset (CVE-2023-44487): streams a client opens and cancels at once.
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS);
+        let connections = Connections::new(server_cfg.max_connections, server_cfg.idle_timeout);
         tracing::info!(listen = %listener.local_addr()?, "gateway listening");
 
         tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((stream, slot)) = connections.accept(&listener, shutdown.as_mut()).await {
             let edge = gateway.edge.clone();
+            let activity = slot.activity.clone();
             let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let busy = activity.begin();
                 let answer = edge.serve(req);
                 async move {
                     let resp = answer.await?;
+                    drop(busy);
                     Ok::<_, std::convert::Infallible>(resp.map(Full::new))
                 }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+            connections.spawn(slot, conn, |c| c.graceful_shutdown());
         }
 
         drop(listener);
         draining.store(true, Ordering::SeqCst);
         tracing::info!("draining in-flight requests");
         let drained = async {
-            graceful.shutdown().await;
+            connections.close_all().await;
             // Creates whose clients went away still finish (their answers are kept for the retry).
             gateway.work.idle().await;
         };

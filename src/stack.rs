@@ -18,6 +18,7 @@ use crate::layers::auth::{AuthLayer, Authenticator};
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::budget::BudgetLayer;
 use crate::layers::cache::CacheLayer;
+use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::fast_hit::FastHit;
 use crate::layers::rate_limit::RateLimitLayer;
@@ -67,6 +68,7 @@ pub fn build<B>(
     cache: Arc<Cache>,
     protection: Protection,
     client: UpstreamClient,
+    inflight_per_client: usize,
 ) -> Edge<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -74,11 +76,9 @@ where
 {
     // In front of everything: a fresh hit, the bulk of the traffic, never enters the stack.
     let hits = FastHit::new(auth.clone(), cache.clone(), metrics.clone());
-    // After the body is read: plain `Req` → `Resp` services.
+    // After the body is read and a concurrency slot taken: plain `Req` → `Resp` services.
     let inner = GatewayService::new(
         ServiceBuilder::new()
-            // Who is calling (401), as which account, and may they call this route (403).
-            .layer(AuthLayer::new(auth))
             // Cached routes answered from the account's entries; mutations drop what they change.
             .layer(CacheLayer::new(cache))
             // Creates with a bad body are refused before anything is spent (400).
@@ -94,23 +94,30 @@ where
             // The upstream call itself, with only allow-listed headers.
             .service(Forward::new(client)),
     );
+    let per_client = ClientLimitLayer::new(auth.caller_names(), inflight_per_client);
     let stack = EdgeService::new(
         ServiceBuilder::new()
             // Outermost, so every answer (our own errors too) is logged and counted.
             .layer(AccessLogLayer::new(metrics))
             // Before anything can fail, so every error envelope carries the request's id.
             .layer(RequestIdLayer)
-            // Classify once; unknown routes are answered 404 here and never go further.
+            // Classify once; unknown routes (404) and undeclared query parameters (400) end here.
             .layer(RouteLayer)
+            // Who is calling (401), as which account, and may they call this route (403): from
+            // the head alone, so a caller without a key never holds a slot or a body buffer.
+            .layer(AuthLayer::new(auth))
+            // One client's share of the requests in flight (503 with Retry-After beyond it).
+            .layer(per_client)
+            // Read the body within `body_timeout` (408) up to the limit (413), before a slot is
+            // taken: a slow upload holds no concurrency slot. Every layer below sees it whole.
+            .layer(BodyLimitLayer::new(cfg.max_body_bytes, cfg.body_timeout))
             // Overload and timeout errors of the tower layers below become 503/504 envelopes.
             .layer(RescueLayer)
             // Answer 503 at once when `max_concurrency` requests are in flight, rather than queueing.
             .load_shed()
             .concurrency_limit(cfg.max_concurrency)
-            // The whole request, body upload and upstream call included.
+            // The request's work once its body is here: cache, protection, the upstream call.
             .timeout(cfg.request_timeout)
-            // Read the body up to the limit (413 beyond); every layer below sees it whole.
-            .layer(BodyLimitLayer::new(cfg.max_body_bytes))
             .service(inner),
     );
     Edge { hits, stack }

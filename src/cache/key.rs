@@ -1,6 +1,8 @@
 //! What identifies a cache entry: the account, the route, and the route's identity of the request
 //! (its path parameter and query, or for a body-keyed route the canonical form of its JSON body).
 //! Never the client key: every service of one account shares entries, and two accounts never do.
+//! The query counts only through the route's declared parameters, in their declared order, so
+//! neither an extra parameter nor the order of the sent ones makes a new entry.
 
 use std::sync::Arc;
 
@@ -26,6 +28,29 @@ impl CacheKey {
     pub fn weight(&self) -> usize {
         self.account.len() + self.id.len() + 64
     }
+}
+
+/// The route's declared query parameters as sent in `query`, in declared order (`page=1&pageSize=10`);
+/// `None` when none is sent. Undeclared ones never count (the route layer refuses them anyway).
+pub fn canonical_query(route: Route, query: Option<&str>) -> Option<String> {
+    let query = query?;
+    let declared = route.query_params();
+    if declared.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for name in declared {
+        let found = query
+            .split('&')
+            .find(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) == *name);
+        if let Some(pair) = found {
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(pair);
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Whether a route's requests are told apart by their JSON body (a POST that only reads).
@@ -56,5 +81,22 @@ mod tests {
         assert_ne!(a, canonical_json(br#"{"page":2,"pageSize":10}"#).unwrap());
         assert!(canonical_json(b"{nope").is_none());
         assert_eq!(canonical_json(b"").unwrap(), "{}");
+    }
+
+    #[test]
+    fn a_query_keys_by_declared_parameters_in_declared_order() {
+        let q = |r, s| canonical_query(r, Some(s));
+        assert_eq!(
+            q(Route::HostPage, "pageSize=10&page=2").unwrap(),
+            "page=2&pageSize=10"
+        );
+        assert_eq!(
+            q(Route::HostPage, "page=2&pageSize=10").unwrap(),
+            "page=2&pageSize=10"
+        );
+        assert_eq!(q(Route::HostPage, "pageSize=5").unwrap(), "pageSize=5");
+        assert_eq!(q(Route::HostPage, "r=1"), None);
+        assert_eq!(q(Route::DiskInfo, "r=1"), None);
+        assert_eq!(canonical_query(Route::HostOperate, None), None);
     }
 }

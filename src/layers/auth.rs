@@ -3,14 +3,20 @@
 //! are sent). Keys are compared as SHA-256 digests in constant time against every client, so the
 //! time taken says nothing about which digest came close. Both headers are removed here: nothing a
 //! client sends as a credential goes further. The client's account and name are handed on in the
-//! request's extensions; a client's `routes` allow-list is enforced here (403, code 1001).
+//! request's extensions; a client's `routes` allow-list is enforced here (403, code 1001), and
+//! with `[[clients]]` configured an anonymous caller gets only `[auth] anonymous_routes` (401
+//! otherwise: a key would help).
+//!
+//! It works on the request head alone, in front of the body read and the concurrency limit, so
+//! a caller without a valid key never holds a slot or a buffer; when it refuses a request whose
+//! body is still coming, the HTTP/1 connection is closed rather than drained.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, Request, Version, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
@@ -18,7 +24,7 @@ use tower::{Layer, Service};
 use crate::error::GatewayError;
 use crate::layers::{Caller, ClientName, RequestId};
 use crate::routes::{Route, RouteMatch};
-use crate::svc::{Req, Resp, RespFuture};
+use crate::svc::{Resp, RespFuture};
 use crate::upstream::AccountHandle;
 use crate::upstream::forward::TOKEN_HEADER;
 
@@ -44,6 +50,8 @@ pub struct Authenticator {
     anonymous: Option<Arc<AccountHandle>>,
     /// [`ANONYMOUS`], made once rather than per call.
     anonymous_name: Arc<str>,
+    /// The routes an anonymous caller may use; `None`: every route (no clients configured).
+    anonymous_routes: Option<BTreeSet<Route>>,
 }
 
 /// The key of an `Authorization: Bearer <key>` header (the scheme in any case); `Err` when the
@@ -70,12 +78,25 @@ pub fn key_matches(key: &[u8], digest: &[u8; 32]) -> bool {
 pub const ANONYMOUS: &str = "anonymous";
 
 impl Authenticator {
-    pub fn new(clients: Vec<ClientEntry>, anonymous: Option<Arc<AccountHandle>>) -> Authenticator {
+    pub fn new(
+        clients: Vec<ClientEntry>,
+        anonymous: Option<Arc<AccountHandle>>,
+        anonymous_routes: Option<BTreeSet<Route>>,
+    ) -> Authenticator {
         Authenticator {
             clients,
             anonymous,
             anonymous_name: ANONYMOUS.into(),
+            anonymous_routes,
         }
+    }
+
+    /// The names callers are known by: every client's, and the anonymous one when allowed.
+    pub fn caller_names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.clients
+            .iter()
+            .map(|c| &c.name)
+            .chain(self.anonymous.is_some().then_some(&self.anonymous_name))
     }
 
     /// The presented key: `Authorization: Bearer` first, then `Finovy-Access-Token`.
@@ -143,6 +164,11 @@ impl Authenticator {
         {
             return Err(GatewayError::Forbidden(route.as_str()));
         }
+        if let (None, Some(route), Some(allowed)) = (entry, route, &self.anonymous_routes)
+            && !allowed.contains(&route)
+        {
+            return Err(GatewayError::Unauthorized);
+        }
         Ok(Caller {
             client: name,
             account,
@@ -150,7 +176,7 @@ impl Authenticator {
     }
 
     /// Authenticates the request, strips its credentials and hands the caller on.
-    fn authorize(&self, req: &mut Req) -> Result<Arc<str>, GatewayError> {
+    fn authorize<B>(&self, req: &mut Request<B>) -> Result<Arc<str>, GatewayError> {
         let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
         let caller = self.caller(req.headers(), route)?;
         req.headers_mut().remove(header::AUTHORIZATION);
@@ -188,10 +214,11 @@ pub struct Auth<S> {
     auth: Arc<Authenticator>,
 }
 
-impl<S> Service<Req> for Auth<S>
+impl<S, B> Service<Request<B>> for Auth<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
+    B: http_body::Body + Send + 'static,
 {
     type Response = Resp;
     type Error = Infallible;
@@ -201,7 +228,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Req) -> RespFuture {
+    fn call(&mut self, mut req: Request<B>) -> RespFuture {
         match self.auth.authorize(&mut req) {
             Ok(name) => {
                 let fut = self.inner.call(req);
@@ -213,7 +240,14 @@ where
             }
             Err(e) => {
                 let id = RequestId::of(&req);
-                Box::pin(async move { Ok(e.into_response(id.as_str())) })
+                let mut resp = e.into_response(id.as_str());
+                // A body still coming is not read for a refused caller: the HTTP/1 connection
+                // ends with this answer instead of waiting for (or draining) it.
+                if !req.body().is_end_stream() && req.version() <= Version::HTTP_11 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Box::pin(async move { Ok(resp) })
             }
         }
     }

@@ -1,14 +1,20 @@
-//! Reads the request body completely, up to `max_body_bytes`: larger bodies are answered 413
-//! (envelope code 1007) without being read further. Every layer below sees a complete body, which
-//! creates, de-duplication and retries after a 401 need anyway.
+//! Reads the request body completely, up to `max_body_bytes` and within `body_timeout`: larger
+//! bodies are answered 413 (envelope code 1007) without being read further, bodies that do not
+//! arrive in time 408 (code 1007). Every layer below sees a complete body, which creates,
+//! de-duplication and retries after a 401 need anyway.
+//!
+//! The body is read before the layers below are asked for readiness, so the concurrency limit's
+//! slot is taken only once the body is here: a slow upload holds no slot, only its client's
+//! in-flight share (see [`crate::layers::client_limit`]).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
+use http::{HeaderValue, Request, Version, header};
 use http_body_util::{BodyExt, Limited};
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
@@ -17,11 +23,12 @@ use crate::svc::{BoxError, Req, Resp, RespFuture};
 #[derive(Clone)]
 pub struct BodyLimitLayer {
     limit: usize,
+    timeout: Duration,
 }
 
 impl BodyLimitLayer {
-    pub fn new(limit: usize) -> Self {
-        BodyLimitLayer { limit }
+    pub fn new(limit: usize, timeout: Duration) -> Self {
+        BodyLimitLayer { limit, timeout }
     }
 }
 
@@ -31,6 +38,7 @@ impl<S> Layer<S> for BodyLimitLayer {
         BodyLimit {
             inner,
             limit: self.limit,
+            timeout: self.timeout,
         }
     }
 }
@@ -39,6 +47,7 @@ impl<S> Layer<S> for BodyLimitLayer {
 pub struct BodyLimit<S> {
     inner: S,
     limit: usize,
+    timeout: Duration,
 }
 
 impl<S, B> Service<Request<B>> for BodyLimit<S>
@@ -52,19 +61,19 @@ where
     type Error = Infallible;
     type Future = RespFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the layers below are asked only once the body is read (see the module doc).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> RespFuture {
+        let inner = self.inner.clone();
         if req.body().is_end_stream() {
-            // No body (a GET): nothing to read or wait for, so no need for a copy of the stack.
+            // No body (a GET): nothing to read or wait for.
             let (parts, _) = req.into_parts();
-            return Box::pin(self.inner.call(Request::from_parts(parts, Bytes::new())));
+            return Box::pin(inner.oneshot(Request::from_parts(parts, Bytes::new())));
         }
-        let limit = self.limit;
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (limit, timeout) = (self.limit, self.timeout);
         Box::pin(async move {
             let id = RequestId::of(&req);
             let declared = req
@@ -76,19 +85,29 @@ where
                 return Ok(GatewayError::PayloadTooLarge { limit }.into_response(id.as_str()));
             }
             let (parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+            let bytes = match read {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                     return Ok(GatewayError::PayloadTooLarge { limit }.into_response(id.as_str()));
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     let msg = format!("could not read the request body: {e}");
                     return Ok(
                         GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str())
                     );
                 }
+                Err(_) => {
+                    let mut resp = GatewayError::BodyTimeout(timeout).into_response(id.as_str());
+                    // The rest of the body may still come: the connection ends with this answer.
+                    if parts.version <= Version::HTTP_11 {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return Ok(resp);
+                }
             };
-            inner.call(Request::from_parts(parts, bytes)).await
+            inner.oneshot(Request::from_parts(parts, bytes)).await
         })
     }
 }

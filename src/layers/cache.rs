@@ -99,6 +99,7 @@ fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
 
 /// The key of a request to a route keyed by its path parameter and query.
 pub fn key_of(account: &AccountHandle, m: &RouteMatch, query: Option<&str>) -> CacheKey {
+    let query = crate::cache::key::canonical_query(m.route, query);
     let id: Arc<str> = match (&m.param, query) {
         (Some(p), Some(q)) => format!("{p}?{q}").into(),
         (Some(p), None) => p.clone(),

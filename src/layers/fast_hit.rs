@@ -6,7 +6,8 @@
 //! It does what the stack's layers would do for such a request, with their own functions: the
 //! request id ([`request_id::pick`]), the route ([`classify`]), the caller
 //! ([`Authenticator::caller`]), the key and the hit ([`cache`]), and the access line and metrics
-//! ([`Line`]). A request they would refuse (401, 403, 404) is left to the stack, which answers it.
+//! ([`Line`]). A request they would refuse (401, 403, 404, an undeclared query parameter's 400)
+//! is left to the stack, which answers it.
 //! Load shedding and the request timeout do not apply: a hit holds no capacity and never waits.
 //! The metric handles of each route's hits are resolved once, on its first hit.
 
@@ -23,7 +24,7 @@ use crate::layers::auth::Authenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
 use crate::layers::request_id::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
-use crate::routes::{Route, classify};
+use crate::routes::{Route, check_query, classify};
 use crate::svc::Resp;
 
 /// A route's hit metrics: the request counter (GET, 200), its duration, and the cache lookup.
@@ -81,6 +82,8 @@ impl FastHit {
         if body_keyed(route) || self.cache.policy(route).is_none() || no_cache(req.headers()) {
             return None;
         }
+        // An undeclared query parameter is the stack's 400, never a hit.
+        check_query(route, req.uri().query()).ok()?;
         let caller = self.auth.caller(req.headers(), Some(route)).ok()?;
         let key = key_of(&caller.account, &matched, req.uri().query());
         let entry = self.cache.peek_fresh(&key)?;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body_limit;
 pub mod budget;
 pub mod cache;
+pub mod client_limit;
 pub mod dedup;
 pub mod fast_hit;
 pub mod rate_limit;

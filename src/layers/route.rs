@@ -1,6 +1,8 @@
 //! Classifies each request once (method and raw path, see [`crate::routes`]): a known route goes on
 //! with its [`RouteMatch`] in the extensions; anything else is answered 404 here and never forwarded.
-//! The route is stamped on every answer, so the access log labels errors of inner layers too.
+//! A query parameter the route does not declare is answered 400 (code 1007) here, before the
+//! cache or the body are touched. The route is stamped on every answer, so the access log labels
+//! errors of inner layers too.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -10,7 +12,7 @@ use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
-use crate::routes::{Route, classify};
+use crate::routes::{Route, check_query, classify};
 use crate::svc::{Resp, RespFuture};
 
 #[derive(Clone, Default)]
@@ -50,6 +52,12 @@ where
             return Box::pin(async move { Ok(err.into_response(id.as_str())) });
         };
         let route: Route = matched.route;
+        if let Err(msg) = check_query(route, req.uri().query()) {
+            let id = RequestId::of(&req);
+            let mut resp = GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str());
+            resp.extensions_mut().insert(route);
+            return Box::pin(async move { Ok(resp) });
+        }
         req.extensions_mut().insert(matched);
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -1,9 +1,11 @@
 //! The gateway's end-to-end tests: real HTTP over loopback, the simulator as the upstream and as
 //! the witness of what reached it. One test binary, one module per capability.
 
+mod anonymous;
 mod auth;
 mod cache;
 mod cache_state;
+mod capacity;
 mod crash;
 mod create;
 mod faults;
@@ -15,6 +17,7 @@ mod limits;
 mod process;
 mod promises;
 mod properties;
+mod query;
 mod record_bounds;
 mod redis_harness;
 mod redis_reset;

@@ -1,0 +1,128 @@
+//! One client's share of the gateway (`[server] max_inflight_per_client`): a client with that many
+//! requests in flight gets 503 (code 503, `Retry-After`) for the next one, so that no one caller,
+//! however slow its bodies or its requests, takes every slot from the others. Counted per
+//! authenticated client name; anonymous callers share one count. A request counts from the moment
+//! its head is authenticated until its answer is made (or its client goes away), body upload
+//! included; a guard gives the count back on drop.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use http::Request;
+use tower::{Layer, Service};
+
+use crate::error::GatewayError;
+use crate::layers::{Caller, RequestId};
+use crate::svc::{Resp, RespFuture};
+
+/// The in-flight counts, one per caller name, fixed at start.
+struct Counts {
+    index: HashMap<Arc<str>, usize>,
+    in_flight: Vec<AtomicUsize>,
+    limit: usize,
+}
+
+#[derive(Clone)]
+pub struct ClientLimitLayer {
+    counts: Arc<Counts>,
+}
+
+impl ClientLimitLayer {
+    /// `names`: every caller the authenticator can hand on (clients, and `anonymous` if allowed).
+    pub fn new<'a>(names: impl Iterator<Item = &'a Arc<str>>, limit: usize) -> Self {
+        let index: HashMap<Arc<str>, usize> =
+            names.enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        let in_flight = (0..index.len()).map(|_| AtomicUsize::new(0)).collect();
+        ClientLimitLayer {
+            counts: Arc::new(Counts {
+                index,
+                in_flight,
+                limit,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientLimitLayer {
+    type Service = ClientLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientLimit {
+            inner,
+            counts: self.counts.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientLimit<S> {
+    inner: S,
+    counts: Arc<Counts>,
+}
+
+/// One request's place in its client's count, given back on drop.
+struct Held {
+    counts: Arc<Counts>,
+    slot: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counts.in_flight[self.slot].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Counts {
+    /// A place for `client`, or `None` when it already has `limit` requests in flight.
+    fn take(self: &Arc<Self>, client: &str) -> Option<Option<Held>> {
+        let Some(&slot) = self.index.get(client) else {
+            // Not a known caller (cannot happen after auth): nothing to count against.
+            return Some(None);
+        };
+        let before = self.in_flight[slot].fetch_add(1, Ordering::AcqRel);
+        let held = Held {
+            counts: self.clone(),
+            slot,
+        };
+        (before < self.limit).then_some(Some(held))
+    }
+}
+
+impl<S, B> Service<Request<B>> for ClientLimit<S>
+where
+    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> RespFuture {
+        let taken = match req.extensions().get::<Caller>() {
+            Some(caller) => self.counts.take(&caller.client),
+            None => Some(None),
+        };
+        match taken {
+            Some(held) => {
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let resp = fut.await;
+                    drop(held);
+                    resp
+                })
+            }
+            None => {
+                let id = RequestId::of(&req);
+                let err = GatewayError::ClientOverloaded(self.counts.limit);
+                Box::pin(async move { Ok(err.into_response(id.as_str())) })
+            }
+        }
+    }
+}

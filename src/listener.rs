@@ -1,0 +1,195 @@
+//! Accepted connections, for the data plane and the admin listener alike: at most `max` open at
+//! once (a permit is taken before `accept`, so more wait in the kernel's listen backlog rather
+//! than in our memory), each closed once it has had no request in flight for `idle_timeout`
+//! (HTTP/1 and h2 alike, and a connection that never sends a byte; one that does not go within
+//! another `idle_timeout` is dropped), and all of them closed
+//! gracefully on shutdown: what is in flight finishes, then [`Connections::close_all`] returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+
+/// The open connections of one listener.
+pub struct Connections {
+    permits: Arc<Semaphore>,
+    max: u32,
+    idle_timeout: Duration,
+    closing: watch::Sender<bool>,
+}
+
+/// An accepted connection's place among the open ones, and what it is doing.
+pub struct Slot {
+    pub peer: SocketAddr,
+    pub activity: Arc<Activity>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Connections {
+    /// `max` is at most 1,000,000 (the config checks it).
+    pub fn new(max: usize, idle_timeout: Duration) -> Connections {
+        Connections {
+            permits: Arc::new(Semaphore::new(max)),
+            max: max as u32,
+            idle_timeout,
+            closing: watch::channel(false).0,
+        }
+    }
+
+    /// The next connection, once fewer than `max` are open; `None` once `shutdown` resolves.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<(TcpStream, Slot)> {
+        let permit = tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            p = self.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.as_mut() => return None,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let slot = Slot {
+                        peer,
+                        activity: Arc::new(Activity::new()),
+                        permit,
+                    };
+                    return Some((stream, slot));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs `conn` (a hyper connection on `slot`'s stream) in its own task until it ends, closing
+    /// it with `graceful` when it has been idle too long or when every connection is closed.
+    pub fn spawn<C, E>(&self, slot: Slot, conn: C, graceful: fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let Slot {
+            peer,
+            activity,
+            permit,
+        } = slot;
+        let idle = self.idle_timeout;
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::pin!(conn);
+            let mut deadline = activity.idle_deadline(idle);
+            let mut state = Closing::Open;
+            loop {
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = closing.wait_for(|c| *c), if state == Closing::Open => {
+                        // The drain: what is in flight finishes, within the drain timeout.
+                        state = Closing::Draining;
+                        graceful(conn.as_mut());
+                    }
+                    _ = tokio::time::sleep_until(deadline), if state != Closing::Draining => {
+                        if state == Closing::Idle {
+                            // A peer that does not complete the goodbye (an h2 client that
+                            // never answers the closing PING) is dropped.
+                            tracing::debug!(%peer, "an idle connection did not close; dropping it");
+                            return;
+                        }
+                        deadline = activity.idle_deadline(idle);
+                        if deadline <= Instant::now() {
+                            tracing::debug!(%peer, "closing an idle connection");
+                            state = Closing::Idle;
+                            graceful(conn.as_mut());
+                            deadline = Instant::now() + idle;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Closes every connection gracefully and waits until all are gone.
+    pub async fn close_all(&self) {
+        self.close_all_later();
+        let _ = self.permits.acquire_many(self.max).await;
+    }
+
+    /// Closes every connection gracefully, without waiting.
+    pub fn close_all_later(&self) {
+        self.closing.send_replace(true);
+    }
+}
+
+/// Where a connection is in its closing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// Closed gracefully for being idle; dropped if it is not gone one idle timeout later.
+    Idle,
+    /// Closed gracefully by the drain.
+    Draining,
+}
+
+/// What a connection is doing: requests in flight, and when the last one ended.
+pub struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` when the connection last became idle.
+    idle_since: AtomicU64,
+}
+
+/// A request in flight on its connection, counted until dropped.
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let ms = self.0.born.elapsed().as_millis() as u64;
+        self.0.idle_since.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// When the connection will have been idle for `idle` (later than now while busy).
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + idle;
+        }
+        let since = self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        since + idle
+    }
+}

@@ -1,0 +1,150 @@
+//! Declared query parameters: each route takes only its own (`host.operate`: `type`;
+//! `host.page`: `page`, `pageSize`; the others none). Anything else is refused with 400 (code
+//! 1007) naming it, before the cache, the body or the upstream, and cache keys are built from the
+//! declared parameters only, in a canonical order.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+const HOST: &str = "/v1/pve/open";
+
+/// Asserts a 400 envelope with code 1007 whose message names `name`.
+async fn refused(resp: reqwest::Response, name: &str) {
+    assert_eq!(resp.status(), 400);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 1007, "{v}");
+    assert_eq!(v["success"], false, "{v}");
+    assert!(v["data"].is_null(), "{v}");
+    assert_eq!(v["traceId"], id.as_str(), "{v}");
+    let msg = v["msg"].as_str().unwrap();
+    assert!(msg.contains(&format!("\"{name}\"")), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undeclared_parameter_is_refused_and_makes_no_entry_or_call() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let url = new_disk_info_url(&gw.url).await;
+    get_text(&url).await; // stored
+    assert_eq!(sim.calls("info").await, 1);
+    // While the entry is fresh (the hit path) and after, `?r=N` is refused, never a new entry.
+    for n in 1..=3 {
+        let resp = http().get(format!("{url}?r={n}")).send().await.unwrap();
+        refused(resp, "r").await;
+    }
+    let resp = http().get(format!("{url}?cb=x&r=1")).send().await.unwrap();
+    refused(resp, "cb").await;
+    assert_eq!(
+        sim.calls("info").await,
+        1,
+        "no upstream call for a refused query"
+    );
+    // A bare `?` is no parameter: the stored entry answers it.
+    let r = http().get(format!("{url}?")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(cache_status(r.headers()).contains("hit"));
+    assert_eq!(sim.calls("info").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_keys_come_from_the_declared_parameters_in_one_order() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        "[cache.routes.\"host.page\"]\nenabled = true\nttl = \"60s\"\n",
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    let page = |q: &str| format!("{}{HOST}/mypage?{q}", gw.url);
+    let r = http().get(page("page=1&pageSize=10")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(cache_status(r.headers()).contains("fwd=miss"));
+    // The same parameters in another order are the same entry.
+    let r = http().get(page("pageSize=10&page=1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        cache_status(r.headers()).contains("hit"),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(sim.calls("mypage").await, 1);
+    // Other values are another entry; an extra parameter is refused.
+    let r = http().get(page("page=2&pageSize=10")).send().await.unwrap();
+    assert!(cache_status(r.headers()).contains("fwd=miss"));
+    assert_eq!(sim.calls("mypage").await, 2);
+    let resp = http()
+        .get(page("page=1&pageSize=10&sort=x"))
+        .send()
+        .await
+        .unwrap();
+    refused(resp, "sort").await;
+    assert_eq!(sim.calls("mypage").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_empty_and_encoded_names_are_refused() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let operate = |q: &str| format!("{}{HOST}/operate/someHost?{q}", gw.url);
+    for (query, named) in [
+        ("type=0&type=1", "type"),
+        ("type=0&page=1", "page"),
+        ("t%79pe=0", "t%79pe"),
+    ] {
+        let resp = http().get(operate(query)).send().await.unwrap();
+        refused(resp, named).await;
+    }
+    for query in ["type=0&", "=0", "&type=0"] {
+        let resp = http().get(operate(query)).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{query}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["code"], 1007, "{query}: {v}");
+        assert!(v["msg"].as_str().unwrap().contains("empty"), "{v}");
+    }
+    assert_eq!(sim.calls("operate").await, 0);
+    // The declared parameter, once, goes through.
+    let r = http().get(operate("type=0")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sim.calls("operate").await, 1);
+    let seen = sim.requests().await.pop().unwrap();
+    assert_eq!(seen["path"], format!("{HOST}/operate/someHost?type=0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_with_an_undeclared_parameter_is_refused_before_its_body() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    let resp = http()
+        .post(format!("{}{DISK}/create?dryRun=1", gw.url))
+        .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0}))
+        .send()
+        .await
+        .unwrap();
+    refused(resp, "dryRun").await;
+    // A body that never comes is not waited for (`body_timeout` is 10 s): the answer is at once.
+    let mut s = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST {DISK}/create?x=1 HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(sim.calls("create").await, 0);
+    assert_eq!(sim.stats().await["disks"], 0);
+}
