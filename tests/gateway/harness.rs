@@ -195,6 +195,18 @@ impl Gw {
     /// are taken for the lifetime the simulator gives and refetched as often as needed
     /// ([`LOOSE_TOKENS`]), so tests of short-lived tokens need not wait out the production bounds.
     pub async fn start(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
+        let gw = Gw::start_unready(toml, upstream, env).await;
+        // `/readyz` answers once the startup getToken has settled, so tests count from a quiet state.
+        http()
+            .get(format!("{}/readyz", gw.admin_url))
+            .send()
+            .await
+            .expect("readyz answers");
+        gw
+    }
+
+    /// [`Gw::start`] without waiting for readiness: the startup getToken may still be in flight.
+    pub async fn start_unready(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
         let toml = if toml.contains("[create") {
             toml.to_string()
         } else {
@@ -223,12 +235,6 @@ impl Gw {
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        // `/readyz` answers once the startup getToken has settled, so tests count from a quiet state.
-        http()
-            .get(format!("{admin_url}/readyz"))
-            .send()
-            .await
-            .expect("readyz answers");
         Gw {
             url,
             admin_url,

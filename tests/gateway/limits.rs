@@ -127,8 +127,10 @@ async fn over_the_concurrency_bound_answers_503_at_once() {
         .map(|_| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
+                let sent = std::time::Instant::now();
                 let r = client.get(url).send().await.unwrap();
-                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap(), sent.elapsed())
             })
         })
         .collect();
@@ -136,16 +138,21 @@ async fn over_the_concurrency_bound_answers_503_at_once() {
     let mut shed = 0;
     for h in handles {
         match h.await.unwrap() {
-            (200, _) => ok += 1,
-            (503, v) => {
+            (200, _, took) => {
+                assert!(took >= Duration::from_millis(1400), "{took:?}");
+                ok += 1;
+            }
+            (503, v, took) => {
                 assert_eq!(v["code"], 503);
+                // Shed at once, not after waiting for a slot (the others take 1.5 s).
+                assert!(took < Duration::from_millis(1000), "shed after {took:?}");
                 shed += 1;
             }
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!((1..=2).contains(&ok), "ok {ok}");
-    assert_eq!(ok + shed, 8);
+    assert_eq!(ok, 2, "one per slot");
+    assert_eq!(shed, 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]
