@@ -75,6 +75,32 @@ const RECONCILE_SLACK_MS: u64 = 60_000;
 
 /// The marker record saying that a disk already belongs to a purchase, so that reconciliation
 /// never hands one disk to two intents.
+/// The disks in `listed` that a create of `order` sent at `sent_at_ms` may have made, earliest
+/// first: the same area and size, mounted on its host (on none when it did not mount), created no
+/// earlier than the attempt less the clock slack.
+fn candidates(listed: &[Value], order: &DiskOrder, sent_at_ms: u64) -> Vec<String> {
+    let as_i64 = |v: &Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    let host = |d: &Value| {
+        d["pveId"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+    };
+    let mut matches: Vec<(i64, String)> = listed
+        .iter()
+        .filter(|d| as_i64(&d["memory"]) == Some(order.memory_gb))
+        .filter(|d| as_i64(&d["area"]) == Some(order.area))
+        .filter(|d| host(d) == order.pve_id)
+        .filter_map(|d| Some((as_i64(&d["createTime"])?, d["id"].as_str()?.to_owned())))
+        .filter(|(t, _)| (*t).max(0) as u64 + RECONCILE_SLACK_MS >= sent_at_ms)
+        .collect();
+    matches.sort();
+    matches.into_iter().map(|(_, id)| id).collect()
+}
+
 /// The purchases of one order (by its fingerprint) being made in the account: their disks exist
 /// upstream before they are claimed, so a reconciliation of an identical order waits for them.
 fn making_key(account: &str, fingerprint: &str) -> String {
@@ -985,24 +1011,7 @@ impl Ctx {
                 break;
             }
         }
-        let as_i64 = |v: &Value| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        };
-        let mut matches: Vec<(i64, String)> = disks
-            .iter()
-            .filter(|d| {
-                as_i64(&d["createTime"])
-                    .is_some_and(|t| t as u64 + RECONCILE_SLACK_MS >= sent_at_ms)
-            })
-            .filter(|d| {
-                as_i64(&d["memory"]) == Some(order.memory_gb)
-                    && as_i64(&d["area"]) == Some(order.area)
-            })
-            .filter(|d| order.pve_id.is_none() || d["pveId"].as_str() == order.pve_id.as_deref())
-            .filter_map(|d| Some((as_i64(&d["createTime"])?, d["id"].as_str()?.to_string())))
-            .collect();
-        matches.sort();
+        let matches = candidates(&disks, &order, sent_at_ms);
         // An identical order still being made may own one of these disks without having claimed
         // it yet (its answer is on its way): wait for it rather than take its disk. Asked after
         // the list was read, so a disk listed here is either claimed already or still marked.
@@ -1019,7 +1028,7 @@ impl Ctx {
         }
         // The earliest match no other purchase owns yet.
         let mut found = None;
-        for (_, disk) in matches {
+        for disk in matches {
             match self
                 .shared
                 .records
@@ -1228,5 +1237,73 @@ where
                 Err(resp) => Ok(resp),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SENT: u64 = 1_800_000_000_000;
+
+    fn disk(id: &str, area: i64, memory: i64, host: Option<&str>, created: u64) -> Value {
+        json!({"id": id, "area": area.to_string(), "memory": memory, "pveId": host,
+               "createTime": created, "status": "0"})
+    }
+
+    fn order(area: i64, memory_gb: i64, host: Option<&str>) -> DiskOrder {
+        DiskOrder {
+            area,
+            memory_gb,
+            pve_id: host.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn reconciliation_takes_only_what_the_order_could_have_made() {
+        let listed = vec![
+            disk("right", 0, 20, None, SENT + 500),
+            disk("wrong-area", 1, 20, None, SENT + 100),
+            disk("wrong-size", 0, 21, None, SENT + 100),
+            disk("mounted", 0, 20, Some("h1"), SENT + 100),
+            disk(
+                "before-the-attempt",
+                0,
+                20,
+                None,
+                SENT - RECONCILE_SLACK_MS - 1,
+            ),
+            disk(
+                "within-the-slack",
+                0,
+                20,
+                None,
+                SENT - RECONCILE_SLACK_MS + 1,
+            ),
+            json!({"id": "no-time", "area": 0, "memory": 20, "pveId": null}),
+            json!({"area": 0, "memory": 20, "pveId": null, "createTime": SENT}),
+        ];
+        let table: [(DiskOrder, &[&str]); 5] = [
+            (order(0, 20, None), &["within-the-slack", "right"]),
+            (order(0, 20, Some("h1")), &["mounted"]),
+            (order(0, 20, Some("h2")), &[]),
+            (order(1, 20, None), &["wrong-area"]),
+            (order(2, 20, None), &[]),
+        ];
+        for (order, want) in table {
+            assert_eq!(candidates(&listed, &order, SENT), want, "{order:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_odd_list_gives_nothing() {
+        assert!(candidates(&[], &order(0, 20, None), SENT).is_empty());
+        let odd = vec![
+            json!(null),
+            json!("x"),
+            json!({"id": 7, "area": 0, "memory": 20}),
+        ];
+        assert!(candidates(&odd, &order(0, 20, None), SENT).is_empty());
     }
 }

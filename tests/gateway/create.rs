@@ -709,3 +709,87 @@ async fn a_reconciliation_never_takes_the_disk_of_an_identical_purchase_still_in
     assert_ne!(a["data"], b["data"], "two intents, two disks");
     assert_eq!(sim.stats().await["disks"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_near_miss_disk_is_never_taken_and_a_host_create_retry_is_refused() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        &format!("[upstream]\ntimeout = \"10s\"\n{FAST_CREATES}"),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    // A 20 GB create whose outcome is unknown (the upstream answered garbage, buying nothing)...
+    sim.fault("garbage", "0s").await;
+    let (status, _, v) = create(&gw, Some("near-miss"), None, DISK20).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    sim.fault("none", "0s").await;
+    // ...and, made since by someone else straight at the upstream, disks that almost match.
+    let token = sim.token().await;
+    for body in [
+        json!({"area": 0, "memory": 21, "isMount": 0}),
+        json!({"area": 1, "memory": 20, "isMount": 0}),
+        json!({"area": 0, "memory": 20, "isMount": 1, "pveId": finovy_gateway::sim::seed::HOST_AREA0}),
+    ] {
+        let (_, v) = send_json(
+            http()
+                .post(format!("{}{DISK}/create", sim.url))
+                .header("Finovy-Access-Token", &token)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(v["code"], 0, "{v}");
+    }
+    let creates = sim
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r["path"] == format!("{DISK}/create"))
+        .count();
+    assert_eq!(creates, 4, "the garbage attempt and three near misses");
+    let (status, _, bought) = create(&gw, Some("near-miss"), None, DISK20).await;
+    assert_eq!(
+        (status, bought["code"].as_i64()),
+        (200, Some(0)),
+        "{bought}"
+    );
+    let disks: Value = send_json(
+        http()
+            .post(format!("{}{DISK}/getList", gw.url))
+            .json(&json!({"page": 1, "pageSize": 100})),
+    )
+    .await
+    .1;
+    let made = disks["data"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == bought["data"])
+        .expect("the disk bought is listed")
+        .clone();
+    assert_eq!(
+        (made["memory"].as_i64(), made["pveId"].is_null()),
+        (Some(20), true),
+        "a new 20 GB disk, not a near miss: {made}"
+    );
+    assert_eq!(sim.stats().await["disks"], 4);
+
+    // A host create with an unknown outcome cannot be matched: its retry is refused.
+    sim.fault("garbage", "0s").await;
+    let host = r#"{"packageId":"pkg-south-3090","imageId":"img-win10"}"#;
+    let send_host = || {
+        http()
+            .post(format!("{}/v1/pve/open/createquantity", gw.url))
+            .header("Idempotency-Key", "host-unknown")
+            .header("content-type", "application/json")
+            .body(host)
+    };
+    let (status, v) = send_json(send_host()).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    sim.fault("none", "0s").await;
+    let before = sim.calls("createQuantity").await;
+    let (status, v) = send_json(send_host()).await;
+    assert_eq!((status, v["code"].as_i64()), (409, Some(1005)), "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("mypage"), "{v}");
+    assert_eq!(sim.calls("createQuantity").await, before, "never re-sent");
+}
