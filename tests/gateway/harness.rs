@@ -313,6 +313,7 @@ pub struct Bin {
     pub url: String,
     pub admin_url: String,
     pub logs: Arc<Mutex<Vec<String>>>,
+    lines: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Bin {
@@ -355,6 +356,8 @@ impl Bin {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
+        // The number of lines read so far: a waiter for a line wakes when it moves.
+        let (lines_tx, lines) = tokio::sync::watch::channel(0usize);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 for (marker, which) in [("gateway listening", "data"), ("admin listening", "admin")]
@@ -365,7 +368,9 @@ impl Bin {
                         let _ = tx.send((which, addr));
                     }
                 }
-                sink.lock().unwrap().push(line);
+                let mut sink = sink.lock().unwrap();
+                sink.push(line);
+                lines_tx.send_replace(sink.len());
             }
         });
         let mut url = None;
@@ -385,6 +390,7 @@ impl Bin {
             url: url.unwrap(),
             admin_url: admin_url.unwrap(),
             logs,
+            lines,
         }
     }
 
@@ -392,19 +398,25 @@ impl Bin {
         self.logs.lock().unwrap().join("\n")
     }
 
-    /// Waits until `count` log lines contain `needle` (the gateway writes its log in batches).
-    pub fn wait_for_log(&self, needle: &str, count: usize) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    /// Waits until `count` log lines contain `needle` (the gateway writes its log in batches),
+    /// woken by each line the reader takes in.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut lines = self.lines.clone();
         loop {
             let text = self.log_text();
             if text.lines().filter(|l| l.contains(needle)).count() >= count {
                 return text;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{count} lines with {needle:?} never came:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            match tokio::time::timeout_at(deadline, lines.changed()).await {
+                Ok(Ok(())) => {}
+                // The process is gone (its stderr closed): nothing more will come.
+                Ok(Err(_)) if text == self.log_text() => {
+                    panic!("{count} lines with {needle:?} never came:\n{text}")
+                }
+                Ok(Err(_)) => {}
+                Err(_) => panic!("{count} lines with {needle:?} never came:\n{text}"),
+            }
         }
     }
 

@@ -114,7 +114,7 @@ async fn a_hit_checks_the_caller_keeps_the_request_id_and_is_logged() {
     assert_eq!(sim.calls("info").await, 1);
 
     // One access line per hit, as for any answer: the client, the route, the upstream's traceId.
-    let log = gw.wait_for_log("request_id=poll-7f3a", 1);
+    let log = gw.wait_for_log("request_id=poll-7f3a", 1).await;
     let line = log
         .lines()
         .find(|l| l.contains("request_id=poll-7f3a"))
@@ -130,7 +130,7 @@ async fn a_hit_checks_the_caller_keeps_the_request_id_and_is_logged() {
     }
     let trace = line.split("upstream_trace_id=").nth(1).unwrap().trim();
     assert_eq!(trace, first_body["traceId"].as_str().unwrap(), "{line}");
-    gw.wait_for_log("status=403", 1);
+    gw.wait_for_log("status=403", 1).await;
 
     let metrics = get_text(&format!("{}/metrics", gw.admin_url)).await;
     for (series, n) in [

@@ -116,7 +116,7 @@ async fn secrets_never_reach_logs_metrics_or_answers() {
     assert!(check.status.success());
     let check = String::from_utf8_lossy(&check.stdout).to_string();
     // Every request's access line is in (5 data-plane requests), so the log is complete.
-    let logs = gw.wait_for_log("finovy_gateway::access", 5);
+    let logs = gw.wait_for_log("finovy_gateway::access", 5).await;
     assert!(
         logs.contains("\"route\":\"disk.memory_total\""),
         "JSON access lines:\n{logs}"
@@ -304,14 +304,11 @@ async fn rust_log_turns_access_lines_off_for_every_answer() {
     let missing = http().get(format!("{}/nope", gw.url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     gw.terminate();
-    let code = tokio::task::spawn_blocking(move || {
-        let code = gw.wait_exit();
-        (code, gw.wait_for_log("stopped", 1))
-    })
-    .await
-    .unwrap();
-    assert_eq!(code.0, Some(0));
-    let log = code.1;
+    let (code, gw) = tokio::task::spawn_blocking(move || (gw.wait_exit(), gw))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let log = gw.wait_for_log("stopped", 1).await;
     assert!(log.contains("gateway listening"), "{log}");
     assert!(!log.contains("finovy_gateway::access"), "{log}");
 }
@@ -494,7 +491,7 @@ async fn a_cached_host_password_never_reaches_a_log_line() {
             .to_string();
     }
     // Both requests' access lines are in, so the log holds everything these requests logged.
-    let logs = gw.wait_for_log("route=host.one", 2);
+    let logs = gw.wait_for_log("route=host.one", 2).await;
     assert!(!logs.contains(&password), "the password is in the log");
     assert!(statuses[1].contains("hit"), "{statuses:?}");
     assert_eq!(sim.calls("one").await, 1);

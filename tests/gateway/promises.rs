@@ -243,7 +243,7 @@ async fn the_json_log_format_writes_one_object_per_line() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let text = gw.wait_for_log("json-log-line-1", 1);
+    let text = gw.wait_for_log("json-log-line-1", 1).await;
     for line in text.lines() {
         let v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));

@@ -258,7 +258,7 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
         "{ready}"
     );
 
-    let log = tokio::task::block_in_place(|| gw.wait_for_log("Redis lost its data", 1));
+    let log = gw.wait_for_log("Redis lost its data", 1).await;
     let line = log
         .lines()
         .find(|l| l.contains("Redis lost its data"))

@@ -244,7 +244,7 @@ async fn a_refused_get_token_message_goes_to_the_log_not_to_clients() {
     let ready = get_text(&format!("{}/readyz", gw.admin_url)).await;
     assert!(ready.contains("\"ready\":false"), "{ready}");
     assert!(!ready.contains(UPSTREAM_MSG), "{ready}");
-    let log = gw.wait_for_log(UPSTREAM_MSG, 1);
+    let log = gw.wait_for_log(UPSTREAM_MSG, 1).await;
     assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
 }
 
@@ -276,7 +276,7 @@ async fn a_client_name_cannot_forge_an_access_line() {
         .await;
         assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
     }
-    let log = gw.wait_for_log("finovy_gateway::access", n);
+    let log = gw.wait_for_log("finovy_gateway::access", n).await;
     let access: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("finovy_gateway::access"))
