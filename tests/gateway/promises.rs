@@ -332,3 +332,63 @@ async fn a_hosts_password_never_reaches_redis() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_resubscribes_clears_what_it_may_have_missed() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = crate::redis_harness::RedisServer::start();
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-resub:\"\ntimeout = \"1s\"\n{}",
+        redis.url(),
+        info_policy("ttl = \"60s\"")
+    );
+    let (a, b) = tokio::join!(
+        Gw::start(&toml, &sim.url, demo_env()),
+        Gw::start(&toml, &sim.url, demo_env())
+    );
+    let id = new_disk_info_url(&a.url)
+        .await
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let on_b = format!("{}{DISK}/info/{id}", b.url);
+    get(&on_b).await;
+    assert!(is_hit(&on_b).await, "B holds the entry in its memory");
+    // While Redis is away, the disk is mounted behind the gateway's back: no message can say so.
+    redis.kill();
+    let token = sim.token().await;
+    let (_, v) = send_json(
+        http()
+            .post(format!("{}{DISK}/pveCreate", sim.url))
+            .header("Finovy-Access-Token", &token)
+            .json(&json!({"id": id, "pveId": HOST_AREA0})),
+    )
+    .await;
+    assert_eq!(v["code"], 0, "{v}");
+    redis.restart();
+    // Once B listens again it cannot know what it missed, so it forgets its entries.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready: Value = http()
+            .get(format!("{}/readyz", b.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["redis"] == "ok" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never listened again: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, h, v) = get(&on_b).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!cache_status(&h).contains("hit"), "{h:?}");
+    assert_eq!(v["data"]["pveId"], HOST_AREA0, "the mount is seen: {v}");
+}
