@@ -392,3 +392,40 @@ async fn a_replica_that_resubscribes_clears_what_it_may_have_missed() {
     assert!(!cache_status(&h).contains("hit"), "{h:?}");
     assert_eq!(v["data"]["pveId"], HOST_AREA0, "the mount is seen: {v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_redis_timeout_commands_rest_instead_of_each_waiting_it_out() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = crate::redis_harness::RedisServer::start();
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-rest:\"\ntimeout = \"600ms\"\nrequired_for_readiness = false\n",
+        redis.url()
+    );
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    let info = |n: usize| format!("{}{DISK}/info/unknownDisk{n}", gw.url);
+    assert_eq!(get(&info(0)).await.0, 200);
+    // Redis hangs: connections stay open, nothing answers.
+    redis.pause(true);
+    let first = std::time::Instant::now();
+    let (status, _, v) = get(&info(1)).await;
+    let first = first.elapsed();
+    assert_eq!((status, v["code"].as_i64()), (200, Some(220001)), "{v}");
+    assert!(
+        first >= Duration::from_millis(500),
+        "waited out the timeout: {first:?}"
+    );
+    // Right after, within the 250 ms rest, misses go straight to the upstream.
+    let rest = std::time::Instant::now();
+    for n in 2..7 {
+        let (status, _, v) = get(&info(n)).await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(220001)), "{v}");
+    }
+    let rest = rest.elapsed();
+    redis.pause(false);
+    // Each would wait 600 ms without the rest (3 s in all); with it, at most one more timeout
+    // falls in, should a slow machine run past the 250 ms.
+    assert!(
+        rest < Duration::from_millis(1500),
+        "five misses while resting took {rest:?}, not five timeouts"
+    );
+}

@@ -173,6 +173,17 @@ impl RedisServer {
         blocking(|| self.reap());
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a server that hangs, connections open, no answers.
+    pub fn pause(&mut self, paused: bool) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts the server again on the same port (its data is gone: nothing is persisted).
     pub fn restart(&mut self) {
         blocking(|| {
