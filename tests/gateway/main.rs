@@ -22,6 +22,7 @@ mod record_bounds;
 mod redis_harness;
 mod redis_reset;
 mod shared;
+mod shared_budget;
 mod spend_body;
 mod token;
 mod upstream_trust;
