@@ -14,6 +14,7 @@ mod harness;
 mod hits;
 mod hostile;
 mod limits;
+mod observability;
 mod process;
 mod promises;
 mod properties;
