@@ -33,7 +33,8 @@ for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local c = redis.call('HINCRBY', KEYS[i], 'c', -1)
     if c < 0 then redis.call('HSET', KEYS[i], 'c', 0) end
-    local g = redis.call('HINCRBY', KEYS[i], 'g', -tonumber(ARGV[i]))
+    -- `0 - n`, not `-n`: Lua turns -0 into "-0", which HINCRBY refuses (a host create has 0 GB).
+    local g = redis.call('HINCRBY', KEYS[i], 'g', 0 - tonumber(ARGV[i]))
     if g < 0 then redis.call('HSET', KEYS[i], 'g', 0) end
   end
 end
