@@ -24,4 +24,5 @@ mod redis_reset;
 mod shared;
 mod spend_body;
 mod token;
+mod token_lease;
 mod upstream_trust;
