@@ -334,7 +334,8 @@ impl TokenBroker {
         if matches!(self.source, Source::Exchange { .. }) && self.is_current(token).await {
             if let Some(wait) = self.fetch_allowed_in() {
                 return Err(TokenError(format!(
-                    "getToken was called less than {} ago; retry in {}s",
+                    "the current token is kept, since getToken was called less than {} ago; \
+                     report it again in {}s",
                     humantime::format_duration(self.cfg.min_refresh_interval),
                     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
                 )));

@@ -386,7 +386,10 @@ async fn a_report_within_min_refresh_interval_keeps_the_token() {
     // The claim is the client's word, and no getToken may go yet: the token stays.
     let (s, h, v) = report(&gw.url, LESSEE, &json!({ "token": token }).to_string()).await;
     assert_eq!((s, refused(&v, &h)), (503, 503), "{v}");
-    assert!(v["msg"].as_str().unwrap().contains("retry in"), "{v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("report it again in"),
+        "{v}"
+    );
     assert!(!v["msg"].as_str().unwrap().contains(&token), "{v}");
     let (s, h, v) = lease(&gw.url, SECOND).await;
     assert_eq!(leased(s, &h, &v), token);
