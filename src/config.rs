@@ -345,6 +345,9 @@ pub struct ClientConfig {
     /// Route names this client may call (`disk.info`, ...); absent = every route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<String>>,
+    /// May lease the account's upstream token at `GET /_gateway/token`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_lease: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -412,6 +415,8 @@ pub struct Client {
     pub account: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<BTreeSet<Route>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub token_lease: bool,
 }
 
 fn hex_digest<S: serde::Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
@@ -897,6 +902,7 @@ fn resolve_clients(
             key_sha256: digest,
             account: c.account.clone(),
             routes,
+            token_lease: c.token_lease,
         });
     }
     Ok(clients)

@@ -41,6 +41,11 @@ pub enum GatewayError {
          current ones finish"
     )]
     ClientOverloaded(usize),
+    #[error(
+        "this client may not lease the upstream token: its [[clients]] entry needs \
+         token_lease = true"
+    )]
+    LeaseNotGranted,
 }
 
 /// What a client over its in-flight share is told to wait, in seconds.
@@ -64,6 +69,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, 503),
             GatewayError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 1007),
             GatewayError::ClientOverloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
+            GatewayError::LeaseNotGranted => (StatusCode::FORBIDDEN, 1001),
         }
     }
 

@@ -238,6 +238,7 @@ async fn dev(
         key_sha256: hex::encode(Sha256::digest(key.as_bytes())),
         account: config::DEFAULT_ACCOUNT.into(),
         routes: None,
+        token_lease: false,
     });
     let defaults = SimConfig::default();
     let (uuid, secret) = (defaults.uuid.clone(), defaults.secret.clone());

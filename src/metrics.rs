@@ -28,6 +28,8 @@ pub struct Metrics {
     pub redis_resets: IntCounter,
     pub invalidation_lag: Histogram,
     pub build_info: IntGaugeVec,
+    /// Upstream tokens leased to clients (`/_gateway/token`), by client.
+    pub token_leases: IntCounterVec,
 }
 
 /// Buckets from 1 ms to 30 s: a cache hit is sub-millisecond, a slow upstream several seconds.
@@ -171,6 +173,11 @@ impl Metrics {
                     .expect("registered once");
                 g
             },
+            token_leases: counter(
+                "finovy_gateway_token_leases_total",
+                "Upstream tokens leased to clients at /_gateway/token (or after a rejection), by client.",
+                &["client"],
+            ),
             registry,
         };
         m.build_info

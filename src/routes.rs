@@ -305,6 +305,35 @@ pub fn check_query(route: Route, query: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// The gateway's own endpoints on the data plane (`/_gateway/...`): served by the gateway itself,
+/// never forwarded, and not routes of the table above (no allow-list names them, nothing caches
+/// them). The name is the `route` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GatewayRoute {
+    /// `GET /_gateway/token`: a lease of the account's upstream token.
+    TokenLease,
+    /// `POST /_gateway/token/rejected`: the upstream refused a leased token.
+    TokenRejected,
+}
+
+impl GatewayRoute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayRoute::TokenLease => "gateway.token_lease",
+            GatewayRoute::TokenRejected => "gateway.token_rejected",
+        }
+    }
+
+    /// Exact method and path only, as for the table's routes.
+    pub fn classify(method: &Method, path: &str) -> Option<GatewayRoute> {
+        match (method, path) {
+            (&Method::GET, "/_gateway/token") => Some(GatewayRoute::TokenLease),
+            (&Method::POST, "/_gateway/token/rejected") => Some(GatewayRoute::TokenRejected),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +404,29 @@ mod tests {
         assert!(check_query(Route::HostOperate, Some("type=0&")).is_err());
         assert!(check_query(Route::HostOperate, Some("=0")).is_err());
         assert!(check_query(Route::HostOperate, Some("t%79pe=0")).is_err());
+    }
+
+    #[test]
+    fn gateway_endpoints_are_exact_and_never_table_routes() {
+        assert_eq!(
+            GatewayRoute::classify(&Method::GET, "/_gateway/token"),
+            Some(GatewayRoute::TokenLease)
+        );
+        assert_eq!(
+            GatewayRoute::classify(&Method::POST, "/_gateway/token/rejected"),
+            Some(GatewayRoute::TokenRejected)
+        );
+        for (m, p) in [
+            (Method::POST, "/_gateway/token"),
+            (Method::GET, "/_gateway/token/rejected"),
+            (Method::GET, "/_gateway/token/"),
+            (Method::GET, "/_gateway//token"),
+            (Method::GET, "/_gateway/%74oken"),
+            (Method::GET, "/_GATEWAY/token"),
+        ] {
+            assert_eq!(GatewayRoute::classify(&m, p), None, "{m} {p}");
+        }
+        assert!(classify(&Method::GET, "/_gateway/token").is_none());
+        assert!(Route::from_name("gateway.token_lease").is_none());
     }
 }

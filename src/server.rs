@@ -141,6 +141,7 @@ impl Gateway {
                 key_sha256: c.key_sha256,
                 account: find(&c.account).expect("client accounts are validated"),
                 routes: c.routes.clone(),
+                token_lease: c.token_lease,
             })
             .collect();
         let anonymous = settings

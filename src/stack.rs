@@ -26,6 +26,7 @@ use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::token::TokenLayer;
+use crate::layers::token_lease::TokenLeaseLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
 use crate::svc::{BoxError, GatewayService, Resp};
@@ -79,6 +80,8 @@ where
     // After the body is read and a concurrency slot taken: plain `Req` → `Resp` services.
     let inner = GatewayService::new(
         ServiceBuilder::new()
+            // The gateway's own endpoints (`/_gateway/token`): answered here, never forwarded.
+            .layer(TokenLeaseLayer::new(metrics.clone()))
             // Cached routes answered from the account's entries; mutations drop what they change.
             .layer(CacheLayer::new(cache))
             // Creates with a bad body are refused before anything is spent (400).

@@ -1,5 +1,6 @@
 //! One access-log line and the request metrics per data-plane request: route, method, status,
-//! duration, client name and the upstream's `traceId`. It sits outermost so that every answer,
+//! duration, client name and the upstream's `traceId` (and the account, on the answers that name
+//! one: token leases). It sits outermost so that every answer,
 //! the gateway's own errors included, is counted. It reads what inner layers learned from the
 //! answer's extensions; it never logs a header or a body.
 //!
@@ -17,10 +18,10 @@ use tower::{Layer, Service};
 
 use crate::config::LogFormat;
 use crate::envelope::EnvelopeHead;
-use crate::layers::ClientName;
 use crate::layers::request_id::X_REQUEST_ID;
+use crate::layers::{AccountName, ClientName};
 use crate::metrics::Metrics;
-use crate::routes::Route;
+use crate::routes::{GatewayRoute, Route};
 use crate::svc::{Resp, RespFuture};
 use crate::telemetry::{self, ACCESS_TARGET};
 
@@ -32,6 +33,8 @@ pub struct Line<'a> {
     pub status: u16,
     pub micros: u64,
     pub client: &'a str,
+    /// Written only when set (a token lease names the account it leased).
+    pub account: Option<&'a str>,
     pub upstream_trace: &'a str,
 }
 
@@ -154,6 +157,7 @@ impl Line<'_> {
                 status = self.status,
                 duration_ms = self.micros as f64 / 1e3,
                 client = %escaped(self.client),
+                account = self.account.map(escaped).as_deref(),
                 upstream_trace_id = %escaped(self.upstream_trace),
                 "request"
             ),
@@ -196,6 +200,10 @@ impl Line<'_> {
             push_millis(line, self.micros);
             line.extend_from_slice(b",\"client\":");
             json_str(line, self.client);
+            if let Some(account) = self.account {
+                line.extend_from_slice(b",\"account\":");
+                json_str(line, account);
+            }
             line.extend_from_slice(b",\"upstream_trace_id\":");
             json_str(line, self.upstream_trace);
             line.extend_from_slice(b",\"target\":\"");
@@ -216,6 +224,10 @@ impl Line<'_> {
             push_millis(line, self.micros);
             line.extend_from_slice(b" client=");
             push_value(line, self.client);
+            if let Some(account) = self.account {
+                line.extend_from_slice(b" account=");
+                push_value(line, account);
+            }
             line.extend_from_slice(b" upstream_trace_id=");
             push_value(line, self.upstream_trace);
             line.push(b'\n');
@@ -304,10 +316,13 @@ where
             let resp = fut.await?;
             drop(inflight);
             let elapsed = started.elapsed();
-            let route: &'static str = resp
-                .extensions()
-                .get::<Route>()
-                .map_or("unknown", |r| r.as_str());
+            let route: &'static str = match resp.extensions().get::<Route>() {
+                Some(r) => r.as_str(),
+                None => resp
+                    .extensions()
+                    .get::<GatewayRoute>()
+                    .map_or("unknown", |r| r.as_str()),
+            };
             let status = resp.status();
             metrics
                 .requests
@@ -323,6 +338,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
             let client: &str = resp.extensions().get::<ClientName>().map_or("-", |c| &c.0);
+            let account = resp.extensions().get::<AccountName>().map(|a| &*a.0);
             let upstream_trace = resp
                 .extensions()
                 .get::<EnvelopeHead>()
@@ -335,6 +351,7 @@ where
                 status: status.as_u16(),
                 micros: elapsed.as_micros() as u64,
                 client,
+                account,
                 upstream_trace,
             };
             line.emit();

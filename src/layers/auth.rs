@@ -5,7 +5,9 @@
 //! client sends as a credential goes further. The client's account and name are handed on in the
 //! request's extensions; a client's `routes` allow-list is enforced here (403, code 1001), and
 //! with `[[clients]]` configured an anonymous caller gets only `[auth] anonymous_routes` (401
-//! otherwise: a key would help).
+//! otherwise: a key would help). The gateway's token lease (`/_gateway/token`) is granted by a
+//! client's `token_lease` instead of its `routes` (403, code 1001, without it); a caller without
+//! a key never gets it (401).
 //!
 //! It works on the request head alone, in front of the body read and the concurrency limit, so
 //! a caller without a valid key never holds a slot or a buffer; when it refuses a request whose
@@ -23,7 +25,7 @@ use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::{Caller, ClientName, RequestId};
-use crate::routes::{Route, RouteMatch};
+use crate::routes::{GatewayRoute, Route, RouteMatch};
 use crate::svc::{Resp, RespFuture};
 use crate::upstream::AccountHandle;
 use crate::upstream::forward::TOKEN_HEADER;
@@ -34,6 +36,8 @@ pub struct ClientEntry {
     pub key_sha256: [u8; 32],
     pub account: Arc<AccountHandle>,
     pub routes: Option<BTreeSet<Route>>,
+    /// May lease the account's upstream token (`GET /_gateway/token`).
+    pub token_lease: bool,
 }
 
 /// The identified caller: its name, its account, and its entry unless anonymous.
@@ -175,10 +179,32 @@ impl Authenticator {
         })
     }
 
+    /// Who is calling a token-lease endpoint: only a client whose entry grants `token_lease`
+    /// (401 without a key, since only a client can hold the grant; 403 without the grant).
+    pub fn lease_caller(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+        let Identified {
+            name,
+            account,
+            entry,
+        } = self.identify(headers)?;
+        match entry {
+            None => Err(GatewayError::Unauthorized),
+            Some(e) if !e.token_lease => Err(GatewayError::LeaseNotGranted),
+            Some(_) => Ok(Caller {
+                client: name,
+                account,
+            }),
+        }
+    }
+
     /// Authenticates the request, strips its credentials and hands the caller on.
     fn authorize<B>(&self, req: &mut Request<B>) -> Result<Arc<str>, GatewayError> {
-        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-        let caller = self.caller(req.headers(), route)?;
+        let caller = if req.extensions().get::<GatewayRoute>().is_some() {
+            self.lease_caller(req.headers())?
+        } else {
+            let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+            self.caller(req.headers(), route)?
+        };
         req.headers_mut().remove(header::AUTHORIZATION);
         req.headers_mut().remove(TOKEN_HEADER);
         let name = caller.client.clone();

@@ -107,6 +107,7 @@ impl FastHit {
             status: 200,
             micros: elapsed.as_micros() as u64,
             client: &caller.client,
+            account: None,
             upstream_trace: entry
                 .answer
                 .head

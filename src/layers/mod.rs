@@ -15,6 +15,7 @@ pub mod request_id;
 pub mod rescue;
 pub mod route;
 pub mod token;
+pub mod token_lease;
 pub mod validate;
 
 use std::sync::Arc;
@@ -42,6 +43,10 @@ impl RequestId {
 /// The authenticated client's name, on the answer for the access log (never its key).
 #[derive(Debug, Clone)]
 pub struct ClientName(pub Arc<str>);
+
+/// The account an answer concerns, on answers whose access line names it (a token lease).
+#[derive(Debug, Clone)]
+pub struct AccountName(pub Arc<str>);
 
 /// Who is calling, set by the auth layer: the client's name and the upstream account it uses.
 /// One entry for both, since every entry in a request's extensions is an allocation.

@@ -2,7 +2,8 @@
 //! with its [`RouteMatch`] in the extensions; anything else is answered 404 here and never forwarded.
 //! A query parameter the route does not declare is answered 400 (code 1007) here, before the
 //! cache or the body are touched. The route is stamped on every answer, so the access log labels
-//! errors of inner layers too.
+//! errors of inner layers too. The gateway's own endpoints ([`GatewayRoute`], `/_gateway/...`)
+//! go on the same way with their [`GatewayRoute`] instead; they take no query parameters.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -12,7 +13,7 @@ use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
-use crate::routes::{Route, check_query, classify};
+use crate::routes::{GatewayRoute, Route, check_query, classify};
 use crate::svc::{Resp, RespFuture};
 
 #[derive(Clone, Default)]
@@ -46,6 +47,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
         let Some(matched) = classify(req.method(), req.uri().path()) else {
+            if let Some(own) = GatewayRoute::classify(req.method(), req.uri().path()) {
+                return self.own(own, req);
+            }
             let id = RequestId::of(&req);
             let shown: String = req.uri().path().chars().take(200).collect();
             let err = GatewayError::NotFound(format!("{} {shown}", req.method()));
@@ -63,6 +67,30 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             resp.extensions_mut().insert(route);
+            Ok(resp)
+        })
+    }
+}
+
+impl<S> RouteService<S> {
+    /// One of the gateway's own endpoints: handed on with its [`GatewayRoute`], stamped on the answer.
+    fn own<B>(&mut self, own: GatewayRoute, mut req: Request<B>) -> RespFuture
+    where
+        S: Service<Request<B>, Response = Resp, Error = Infallible>,
+        S::Future: Send + 'static,
+    {
+        if req.uri().query().is_some_and(|q| !q.is_empty()) {
+            let id = RequestId::of(&req);
+            let msg = format!("route {} takes no query parameters", own.as_str());
+            let mut resp = GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str());
+            resp.extensions_mut().insert(own);
+            return Box::pin(async move { Ok(resp) });
+        }
+        req.extensions_mut().insert(own);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            resp.extensions_mut().insert(own);
             Ok(resp)
         })
     }

@@ -13,6 +13,9 @@
 //! (on this replica, and in shared mode for the fleet), on every path that asks for it, so that a
 //! token that comes back already expired cannot make the gateway loop; callers then get an error at
 //! once. A refusal's `msg` goes to the log (escaped, without the credentials), never to a client.
+//!
+//! A [`Lease`] hands the current token to a client that calls the upstream itself, valid until the
+//! moment the broker itself plans to replace it; asking for one never sends `getToken`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,11 +42,35 @@ pub const TOKEN_ROUTE: &str = "auth.token";
 /// When the upstream does not say how long a token lives: its documented 30 minutes.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
+/// How long a lease of a fixed token lasts: its expiry is not known, and whoever keeps it may
+/// replace it, so a client asks again this often.
+pub const FIXED_LEASE: Duration = Duration::from_secs(60);
+
+/// The current token, lent to a client that calls the upstream itself.
+#[derive(Clone)]
+pub struct Lease {
+    pub token: Secret,
+    /// Epoch milliseconds; never later than the moment the broker plans to replace the token
+    /// (nor than its expiry, less the margin the gateway keeps for itself).
+    pub expires_ms: u64,
+}
+
 #[derive(Clone)]
 struct Held {
     token: Secret,
     expires_at: Instant,
     lifetime: Duration,
+}
+
+impl Held {
+    /// The last moment the gateway sends this token: a little before its expiry, so that no
+    /// request carries it at its last instant.
+    fn usable_until(&self) -> Instant {
+        let margin = (self.lifetime / 20).min(Duration::from_secs(2));
+        self.expires_at
+            .checked_sub(margin)
+            .unwrap_or(self.expires_at)
+    }
 }
 
 #[derive(Default)]
@@ -218,21 +245,31 @@ impl TokenBroker {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep_until(due) => {}
             }
-            let _fetching = self.fetching.lock().await;
-            if self.next_refresh() > Instant::now() {
-                continue; // someone refreshed while we waited for the lock
-            }
-            if self.adopt_shared(true).await.is_some() {
-                continue; // another replica refreshed it for the fleet
-            }
-            let _ = self.obtain().await;
+            self.refresh_if_due().await;
         }
+    }
+
+    /// The refresher's step: when the refresh is due, the fleet's newer token or a `getToken`.
+    async fn refresh_if_due(&self) {
+        let _fetching = self.fetching.lock().await;
+        if self.next_refresh() > Instant::now() {
+            return; // someone refreshed while we waited for the lock
+        }
+        if self.adopt_shared(true).await.is_some() {
+            return; // another replica refreshed it for the fleet
+        }
+        let _ = self.obtain().await;
     }
 
     /// When the background refresher should act next.
     fn next_refresh(&self) -> Instant {
         let state = self.state.lock().expect("token state");
-        let now = Instant::now();
+        self.planned_refresh(&state, Instant::now())
+    }
+
+    /// When the token in `state` is to be replaced: ahead of its expiry, at the retry after a
+    /// failure, never sooner than the next `getToken` may go.
+    fn planned_refresh(&self, state: &State, now: Instant) -> Instant {
         let due = match (&state.failing, &state.held) {
             (Some((_, retry_at)), _) => *retry_at,
             (None, Some(h)) => {
@@ -254,9 +291,112 @@ impl TokenBroker {
         }
         let state = self.state.lock().expect("token state");
         let h = state.held.as_ref()?;
-        // Leave a little room for the request's own trip, so we do not send a token at its last instant.
-        let margin = (h.lifetime / 20).min(Duration::from_secs(2));
-        (Instant::now() + margin < h.expires_at).then(|| h.token.clone())
+        (Instant::now() < h.usable_until()).then(|| h.token.clone())
+    }
+
+    /// A lease of the current token for a client that calls the upstream itself. It never sends
+    /// `getToken` of its own: in shared mode it follows the fleet's token; when the held token is
+    /// due for its planned refresh, that refresh is done now (as the refresher is about to), so
+    /// the lease is of the new token; with no token held it waits only for a `getToken` already
+    /// in flight, then fails.
+    pub async fn lease(&self) -> Result<Lease, TokenError> {
+        if let Source::Fixed(t) = &self.source {
+            return Ok(Lease {
+                token: t.clone(),
+                expires_ms: crate::fleet::now_ms() + FIXED_LEASE.as_millis() as u64,
+            });
+        }
+        self.follow_fleet().await;
+        if let Some(lease) = self.current_lease() {
+            return Ok(lease);
+        }
+        let held = self.state.lock().expect("token state").held.is_some();
+        if held {
+            self.refresh_if_due().await;
+        } else {
+            // Waits for a `getToken` in flight (the refresher's, a request's), never starts one.
+            drop(self.fetching.lock().await);
+        }
+        self.current_lease().ok_or_else(|| {
+            self.backing_off().unwrap_or_else(|| {
+                TokenError("no upstream token is held at the moment; retry shortly".into())
+            })
+        })
+    }
+
+    /// A client says the upstream refused `token`. When it is still the current token (held
+    /// here, or the fleet's), it is dropped and a new one fetched, once for all callers, as after
+    /// the gateway's own 401; a token no longer current changes nothing. Either way the answer is
+    /// the current lease. Since the claim is only the client's word, a token is not dropped
+    /// within `min_refresh_interval` of the last `getToken` (it could not be replaced yet): the
+    /// caller is told to retry instead.
+    pub async fn renew_rejected(&self, token: &Secret) -> Result<Lease, TokenError> {
+        if matches!(self.source, Source::Exchange { .. }) && self.is_current(token).await {
+            if let Some(wait) = self.fetch_allowed_in() {
+                return Err(TokenError(format!(
+                    "the current token is kept, since getToken was called less than {} ago; \
+                     report it again in {}s",
+                    humantime::format_duration(self.cfg.min_refresh_interval),
+                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+                )));
+            }
+            self.invalidate(token).await;
+            self.get().await?;
+        }
+        self.lease().await
+    }
+
+    /// The held token's lease, unless none is held or its planned refresh is already due.
+    fn current_lease(&self) -> Option<Lease> {
+        let state = self.state.lock().expect("token state");
+        let h = state.held.as_ref()?;
+        let now = Instant::now();
+        let until = h.usable_until().min(self.planned_refresh(&state, now));
+        (until > now).then(|| Lease {
+            token: h.token.clone(),
+            expires_ms: crate::fleet::now_ms() + (until - now).as_millis() as u64,
+        })
+    }
+
+    /// Whether `token` is the one in use: held here or, in shared mode, the fleet's.
+    async fn is_current(&self, token: &Secret) -> bool {
+        let held = self.state.lock().expect("token state").held.clone();
+        if held.is_some_and(|h| &h.token == token) {
+            return true;
+        }
+        match &self.shared {
+            Some(shared) => matches!(
+                shared.read(&self.account).await,
+                Ok(Some(t)) if &t.token == token
+            ),
+            None => false,
+        }
+    }
+
+    /// How long until this replica may send `getToken` again; `None` when it may now.
+    fn fetch_allowed_in(&self) -> Option<Duration> {
+        let state = self.state.lock().expect("token state");
+        let next = state.last_sent? + self.cfg.min_refresh_interval;
+        let now = Instant::now();
+        (next > now).then(|| next - now)
+    }
+
+    /// Shared mode: takes the fleet's token when it differs from the held one (another replica
+    /// replaced it, after a rejection say). Redis failing or empty leaves the held token.
+    async fn follow_fleet(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let Ok(Some(t)) = shared.read(&self.account).await else {
+            return;
+        };
+        let same = {
+            let state = self.state.lock().expect("token state");
+            state.held.as_ref().is_some_and(|h| h.token == t.token)
+        };
+        if !same {
+            self.adopt(t, false);
+        }
     }
 
     fn backing_off(&self) -> Option<TokenError> {
@@ -277,6 +417,11 @@ impl TokenBroker {
     async fn adopt_shared(&self, need_fresh: bool) -> Option<Secret> {
         let shared = self.shared.as_ref()?;
         let t = shared.read(&self.account).await.ok()??;
+        self.adopt(t, need_fresh)
+    }
+
+    /// Holds the fleet's token `t` when it is usable (see [`TokenBroker::adopt_shared`]).
+    fn adopt(&self, t: SharedToken, need_fresh: bool) -> Option<Secret> {
         let now_ms = crate::fleet::now_ms();
         let left = Duration::from_millis(t.expires_ms.checked_sub(now_ms)?);
         let margin = (t.lifetime / 20).min(Duration::from_secs(2));

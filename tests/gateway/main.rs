@@ -26,4 +26,5 @@ mod shared;
 mod shared_budget;
 mod spend_body;
 mod token;
+mod token_lease;
 mod upstream_trust;

@@ -1,0 +1,282 @@
+//! The token lease (CONTRACT.md, "Clients"; README.md, "Token lease"): the gateway's own endpoints
+//! for a service that must call the upstream itself, for an API the gateway does not route.
+//!
+//! - `GET /_gateway/token` answers, in the upstream's envelope with `Cache-Control: no-store`,
+//!   `{"token", "expiresAt", "account"}`: the client's account's current token, valid until the
+//!   moment the gateway itself will replace it ([`TokenBroker::lease`]).
+//! - `POST /_gateway/token/rejected` with `{"token": "..."}`: the upstream refused that token. If
+//!   it is still the current one it is replaced once, as after the gateway's own 401
+//!   ([`TokenBroker::renew_rejected`]); the answer is the current lease. At most
+//!   [`REJECTIONS_PER_CLIENT`] per client (this replica's count): beyond it 429, code 220025,
+//!   with `Retry-After`.
+//!
+//! The route layer classifies these paths ([`GatewayRoute`]); the auth layer admits only clients
+//! whose entry has `token_lease = true`. They go through the access log, request id, auth, the
+//! client's share, the body limit and the concurrency limit like any request, and end here: never
+//! forwarded, never cached. Each lease is counted in `finovy_gateway_token_leases_total{client}`
+//! and its access line names the account; the token itself is in the answer's body only.
+//!
+//! [`TokenBroker::lease`]: crate::upstream::TokenBroker::lease
+//! [`TokenBroker::renew_rejected`]: crate::upstream::TokenBroker::renew_rejected
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::config::Secret;
+use crate::envelope::error_response;
+use crate::error::GatewayError;
+use crate::layers::rate_limit::TOO_FREQUENT;
+use crate::layers::{AccountName, Caller, RequestId};
+use crate::metrics::Metrics;
+use crate::protect::gcra::{Decision, Limit, MemoryLimiter, Scope};
+use crate::protect::policy::Rate;
+use crate::routes::GatewayRoute;
+use crate::svc::{Req, Resp, RespFuture};
+use crate::upstream::token::Lease;
+
+/// How often one client may report a rejected token: each report may cost a `getToken`, and a
+/// client that keeps reporting is broken, not unlucky. One per 5 s, two at once.
+pub const REJECTIONS_PER_CLIENT: Rate = Rate {
+    count: 1,
+    period: Duration::from_secs(5),
+    burst: 2,
+};
+
+#[derive(Clone)]
+pub struct TokenLeaseLayer {
+    metrics: Arc<Metrics>,
+    /// Rejection reports per client, on this replica.
+    rejections: Arc<MemoryLimiter>,
+}
+
+impl TokenLeaseLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        TokenLeaseLayer {
+            metrics,
+            rejections: Arc::new(MemoryLimiter::new()),
+        }
+    }
+}
+
+impl<S> Layer<S> for TokenLeaseLayer {
+    type Service = TokenLease<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TokenLease {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TokenLease<S> {
+    inner: S,
+    layer: TokenLeaseLayer,
+}
+
+impl<S> Service<Req> for TokenLease<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = RespFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> RespFuture {
+        match req.extensions().get::<GatewayRoute>().copied() {
+            // Everything else is a route of the table, for the layers below.
+            None => Box::pin(self.inner.call(req)),
+            Some(own) => {
+                let layer = self.layer.clone();
+                Box::pin(async move { Ok(layer.answer(own, req).await) })
+            }
+        }
+    }
+}
+
+/// The body of a rejection report.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rejected {
+    token: String,
+}
+
+/// The longest token accepted in a report; the upstream's are a few dozen characters.
+const MAX_TOKEN: usize = 4096;
+
+/// The reported token, or what is wrong with the body.
+fn reported_token(body: &[u8]) -> Result<Secret, String> {
+    let expected = r#"expected a JSON body {"token": "<the token the upstream refused>"}"#;
+    match serde_json::from_slice::<Rejected>(body) {
+        Ok(r) if !r.token.is_empty() && r.token.len() <= MAX_TOKEN => Ok(Secret::new(r.token)),
+        Ok(_) => Err(format!(
+            "\"token\" must be 1 to {MAX_TOKEN} characters; {expected}"
+        )),
+        Err(_) => Err(expected.to_string()),
+    }
+}
+
+/// The lease in the upstream's success envelope, never stored by anyone on the way.
+fn lease_response(lease: &Lease, account: &str, request_id: &str) -> Resp {
+    let body = serde_json::json!({
+        "code": 0,
+        "success": true,
+        "msg": "success",
+        "data": {
+            "token": lease.token.expose(),
+            "expiresAt": lease.expires_ms,
+            "account": account,
+        },
+        "traceId": request_id,
+    });
+    let mut resp = Resp::new(Bytes::from(body.to_string()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+impl TokenLeaseLayer {
+    async fn answer(&self, own: GatewayRoute, req: Req) -> Resp {
+        let id = RequestId::of(&req);
+        // The auth layer admits only clients granted the lease; without it nothing is leased.
+        let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+            return GatewayError::Unauthorized.into_response(id.as_str());
+        };
+        let broker = &caller.account.broker;
+        let leased = match own {
+            GatewayRoute::TokenLease => broker.lease().await,
+            GatewayRoute::TokenRejected => {
+                let token = match reported_token(req.body()) {
+                    Ok(t) => t,
+                    Err(msg) => {
+                        return self.named(
+                            GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str()),
+                            &caller,
+                        );
+                    }
+                };
+                if let Some(wait) = self.rejection_refused(&caller) {
+                    return self.named(too_frequent(wait, id.as_str()), &caller);
+                }
+                broker.renew_rejected(&token).await
+            }
+        };
+        let resp = match leased {
+            Ok(lease) => {
+                self.metrics
+                    .token_leases
+                    .with_label_values(&[&caller.client])
+                    .inc();
+                lease_response(&lease, &caller.account.name, id.as_str())
+            }
+            Err(e) => GatewayError::NoToken(e.0).into_response(id.as_str()),
+        };
+        self.named(resp, &caller)
+    }
+
+    /// Puts the caller's account on the answer, for its access line.
+    fn named(&self, mut resp: Resp, caller: &Caller) -> Resp {
+        resp.extensions_mut()
+            .insert(AccountName(caller.account.name.clone()));
+        resp
+    }
+
+    /// `Some(wait)` when this client reported rejections faster than [`REJECTIONS_PER_CLIENT`].
+    fn rejection_refused(&self, caller: &Caller) -> Option<Duration> {
+        let limit = Limit {
+            account: caller.account.name.to_string(),
+            key: caller.client.to_string(),
+            scope: Scope::Client,
+            rate: REJECTIONS_PER_CLIENT,
+        };
+        match self
+            .rejections
+            .decide(&[limit], Duration::ZERO, Instant::now())
+        {
+            Decision::Granted { .. } => None,
+            Decision::Refused { retry_after, .. } => Some(retry_after),
+        }
+    }
+}
+
+/// 429 with code 220025, the gateway's answer to anything coming too fast, and `Retry-After`.
+fn too_frequent(wait: Duration, request_id: &str) -> Resp {
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let msg = format!(
+        "too many rejected-token reports from this client: at most {} per {} (burst {}); retry in {secs}s",
+        REJECTIONS_PER_CLIENT.count,
+        humantime::format_duration(REJECTIONS_PER_CLIENT.period),
+        REJECTIONS_PER_CLIENT.burst,
+    );
+    let mut resp = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        TOO_FREQUENT,
+        &msg,
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_one_non_empty_token_and_nothing_else() {
+        assert_eq!(
+            reported_token(br#"{"token":"abc"}"#).unwrap().expose(),
+            "abc"
+        );
+        for bad in [
+            &br#"{"token":""}"#[..],
+            br#"{"token":"abc","x":1}"#,
+            br#"{"token":1}"#,
+            br#"{}"#,
+            b"abc",
+            b"",
+        ] {
+            let e = reported_token(bad).unwrap_err();
+            assert!(e.contains("\"token\""), "{e}");
+        }
+        let long = format!(r#"{{"token":"{}"}}"#, "a".repeat(MAX_TOKEN + 1));
+        assert!(reported_token(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn the_lease_is_an_envelope_that_no_cache_keeps() {
+        let lease = Lease {
+            token: Secret::new("tok"),
+            expires_ms: 1_700_000_000_000,
+        };
+        let resp = lease_response(&lease, "default", "rid-1");
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "code": 0, "success": true, "msg": "success",
+                "data": {"token": "tok", "expiresAt": 1_700_000_000_000u64, "account": "default"},
+                "traceId": "rid-1",
+            })
+        );
+    }
+}
