@@ -479,7 +479,7 @@ async fn each_lease_is_an_access_line_naming_client_and_account_never_the_token(
     let token = leased(s, &h, &v);
     let (s, _, _) = report(&gw.url, PLAIN, r#"{"token":"x"}"#).await;
     assert_eq!(s, 403);
-    let log = gw.wait_for_log("route=gateway.token_rejected", 1);
+    let log = gw.wait_for_log("route=gateway.token_rejected", 1).await;
     let line = log
         .lines()
         .find(|l| l.contains("request_id=lease-1"))
