@@ -59,7 +59,9 @@ async fn each_mutation_drops_exactly_what_it_changes() {
 async fn a_disk_being_destroyed_lives_only_status_ttl_in_the_cache() {
     let sim = Sim::start(sim_config()).await;
     let gw = Gw::start(
-        &info_policy("ttl = \"60s\"\nstatus_ttl = { \"4\" = \"1s\" }"),
+        &info_policy(
+            "ttl = \"60s\"\nstale_while_revalidate = \"0s\"\nstatus_ttl = { \"4\" = \"1s\" }",
+        ),
         &sim.url,
         demo_env(),
     )

@@ -62,9 +62,11 @@ async fn requests_succeed_across_token_expiries() {
         n += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // About one token per lifetime (four, give or take one at the ends when a loaded machine
+    // sends few requests); a broker that fetched per request would make one per request.
     let fetched = sim.calls("getToken").await;
     assert!(
-        (4..=7).contains(&fetched),
+        (3..=7).contains(&fetched),
         "getToken calls: {fetched} over {n} requests"
     );
 }
