@@ -3,7 +3,7 @@
 //! status codes and outcome words, never an id, a key or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -28,6 +28,10 @@ pub struct Metrics {
     pub redis_resets: IntCounter,
     pub invalidation_lag: Histogram,
     pub build_info: IntGaugeVec,
+    /// Reloads of the configuration, by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// When the configuration last loaded or reloaded successfully (Unix seconds).
+    pub config_last_reload_success: Gauge,
 }
 
 /// Buckets from 1 ms to 30 s: a cache hit is sub-millisecond, a slow upstream several seconds.
@@ -171,8 +175,30 @@ impl Metrics {
                     .expect("registered once");
                 g
             },
+            config_reloads: counter(
+                "finovy_gateway_config_reloads_total",
+                "Configuration reloads (SIGHUP, POST /admin/reload), by result (ok, error).",
+                &["result"],
+            ),
+            config_last_reload_success: {
+                let g = Gauge::new(
+                    "finovy_gateway_config_last_reload_success_timestamp_seconds",
+                    "When the configuration last loaded successfully, at start or by a reload \
+                     (Unix time).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             registry,
         };
+        m.config_last_reload_success.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

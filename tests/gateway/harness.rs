@@ -307,6 +307,8 @@ pub struct Bin {
     pub url: String,
     pub admin_url: String,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The config file it was started with (rewrite it, then reload).
+    pub config: PathBuf,
 }
 
 impl Bin {
@@ -379,6 +381,7 @@ impl Bin {
             url: url.unwrap(),
             admin_url: admin_url.unwrap(),
             logs,
+            config,
         }
     }
 
@@ -406,6 +409,15 @@ impl Bin {
     pub fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Sends SIGHUP: reload the configuration.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());

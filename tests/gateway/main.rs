@@ -21,6 +21,7 @@ mod query;
 mod record_bounds;
 mod redis_harness;
 mod redis_reset;
+mod reload;
 mod shared;
 mod spend_body;
 mod token;
