@@ -340,6 +340,9 @@ impl Bin {
             .env_remove("FINOVY_UUID")
             .env_remove("FINOVY_SECRET")
             .env_remove("FINOVY_TOKEN")
+            .env_remove("FINOVY_UUID_FILE")
+            .env_remove("FINOVY_SECRET_FILE")
+            .env_remove("FINOVY_TOKEN_FILE")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
