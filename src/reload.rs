@@ -195,7 +195,12 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<String> {
     check("server", differs(&old.server, &new.server));
     check("upstream", differs(&old.upstream, &new.upstream));
     check("token", differs(&old.token, &new.token));
-    check("redis", differs(&old.redis, &new.redis));
+    // The URL is compared as written: its serialised form masks a password.
+    let url = |s: &Settings| s.redis.as_ref().map(|r| r.url.clone());
+    check(
+        "redis",
+        differs(&old.redis, &new.redis) || url(old) != url(new),
+    );
     check("log.format", old.log.format != new.log.format);
     check(
         "cache.max_bytes",

@@ -295,8 +295,16 @@ async fn a_replaced_token_file_is_used_at_once() {
     let second = sim.token().await;
     assert_ne!(first, second);
     std::fs::write(&token_file, format!("{second}\n")).unwrap();
+    // A change that needs a restart rides along: named, logged, and otherwise ignored.
+    std::fs::write(&gw.config, config("[server]\nmax_body_bytes = 1000\n")).unwrap();
     let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["restart_needed"],
+        serde_json::json!(["server"]),
+        "{body}"
+    );
+    gw.wait_for_log("needs a restart", 1);
     assert_eq!(send_json(http().get(&url)).await.0, 200);
     assert_eq!(sent_token().await, second);
     assert_eq!(
