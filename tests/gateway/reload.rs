@@ -323,3 +323,32 @@ async fn a_replaced_token_file_is_used_at_once() {
     assert_eq!(send_json(http().get(&url)).await.0, 200);
     assert_eq!(sent_token().await, second);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_changes_the_log_level() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Bin::serve(
+        &config("[log]\nlevel = \"info,finovy_gateway::access=off\"\n"),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    std::fs::write(&gw.config, config("[log]\nlevel = \"info\"\n")).unwrap();
+    gw.hangup();
+    metric_reaches(&gw, RELOADS_OK, 1.0).await;
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    // Lines leave in order: once the second request's line is out, the first's would be too.
+    let log = gw.wait_for_log("finovy_gateway::access", 1);
+    let access = log
+        .lines()
+        .filter(|l| l.contains("finovy_gateway::access"))
+        .count();
+    assert_eq!(
+        access, 1,
+        "only the request after the reload is logged:\n{log}"
+    );
+}
