@@ -1,6 +1,7 @@
 //! The admin listener (CONTRACT.md, "Admin"): `/metrics`, `/healthz`, `/readyz`, and `/admin/*`
-//! guarded by `[admin] key_sha256` (disabled when unset), `POST /admin/reload` among them. Kept apart from the data plane so that
-//! it can be exposed to the cluster's probes and scrapers only.
+//! (`/admin/cache/purge`, `/admin/reload`) guarded by `[admin] key_sha256` (disabled when unset).
+//! Kept apart from the data plane so that it can be exposed to the cluster's probes and scrapers
+//! only.
 
 use std::convert::Infallible;
 use std::future::Future;
