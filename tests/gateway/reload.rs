@@ -352,3 +352,39 @@ async fn sighup_changes_the_log_level() {
         "only the request after the reload is logged:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_shared_mode_each_replica_reloads_its_own_file() {
+    let redis = crate::redis_harness::RedisServer::start();
+    let sim = Sim::start(sim_config()).await;
+    let shared = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let env = [
+        ("FINOVY_UUID", "demo-uuid"),
+        ("FINOVY_SECRET", "demo-secret"),
+    ];
+    let before = config(&(client_entry("a", KEY_A, "") + &shared));
+    let after = config(&(client_entry("a", KEY_A, "") + &client_entry("b", KEY_B, "") + &shared));
+    let one = Bin::serve(&before, &sim.url, &env);
+    let two = Bin::serve(&before, &sim.url, &env);
+    let url = |gw: &Bin| format!("{}{DISK}/memoryTotal/0", gw.url);
+
+    // The change rolls replica by replica: until a replica reloads, it keeps what it had.
+    std::fs::write(&one.config, &after).unwrap();
+    one.hangup();
+    metric_reaches(&one, RELOADS_OK, 1.0).await;
+    assert_eq!(status_with(&url(&one), KEY_B).await.0, 200);
+    assert_eq!(status_with(&url(&two), KEY_B).await.0, 401);
+    assert_eq!(metric(&two, RELOADS_OK).await, 0.0);
+    for gw in [&one, &two] {
+        assert_eq!(status_with(&url(gw), KEY_A).await.0, 200);
+    }
+    std::fs::write(&two.config, &after).unwrap();
+    let (status, body) = reload_over_http(&two, ADMIN_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["restart_needed"],
+        serde_json::json!([]),
+        "{body}"
+    );
+    assert_eq!(status_with(&url(&two), KEY_B).await.0, 200);
+}
