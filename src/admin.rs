@@ -1,6 +1,7 @@
 //! The admin listener (CONTRACT.md, "Admin"): `/metrics`, `/healthz`, `/readyz`, and `/admin/*`
-//! guarded by `[admin] key_sha256` (disabled when unset). Kept apart from the data plane so that
-//! it can be exposed to the cluster's probes and scrapers only.
+//! (`/admin/cache/purge`, `/admin/reload`) guarded by `[admin] key_sha256` (disabled when unset).
+//! Kept apart from the data plane so that it can be exposed to the cluster's probes and scrapers
+//! only.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
 use crate::listener::Connections;
 use crate::metrics::Metrics;
+use crate::reload::{ReloadError, Reloader, Swap};
 use crate::routes::Route;
 use crate::store::Invalidation;
 use crate::upstream::AccountHandle;
@@ -39,7 +41,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub accounts: Vec<Arc<AccountHandle>>,
     pub cache: Arc<Cache>,
-    pub admin_key_sha256: Option<[u8; 32]>,
+    /// Swapped by a reload, like the settings it guards.
+    pub admin_key_sha256: Arc<Swap<Option<[u8; 32]>>>,
+    pub reloader: Arc<Reloader>,
     pub draining: Arc<AtomicBool>,
     pub fleet: Option<Arc<Fleet>>,
     pub two_level: Option<Arc<TwoLevel>>,
@@ -212,7 +216,7 @@ fn update_token_gauge(state: &AdminState) {
 /// `/admin/*`: 404 when no admin key is configured, 401 without the right key.
 async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Response<Bytes> {
     let id = generate();
-    let Some(expected) = state.admin_key_sha256 else {
+    let Some(expected) = *state.admin_key_sha256.load() else {
         return error_response(
             StatusCode::NOT_FOUND,
             404,
@@ -255,6 +259,23 @@ async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Respon
                 Err(msg) => error_response(StatusCode::BAD_REQUEST, 1007, &msg, &id),
             }
         }
+        (&Method::POST, "/admin/reload") => match state.reloader.reload("POST /admin/reload") {
+            Ok(applied) => json(
+                StatusCode::OK,
+                serde_json::json!({"code": 0, "success": true, "msg": "reloaded",
+                    "data": {"restart_needed": applied.restart_needed}, "traceId": id}),
+            ),
+            Err(e @ ReloadError::Unavailable) => {
+                error_response(StatusCode::NOT_FOUND, 404, &e.to_string(), &id)
+            }
+            // The running settings stay; the message names the key that did not check.
+            Err(e @ ReloadError::Invalid(_)) => error_response(
+                StatusCode::BAD_REQUEST,
+                1007,
+                &format!("the configuration does not check, nothing changed: {e}"),
+                &id,
+            ),
+        },
         _ => error_response(StatusCode::NOT_FOUND, 404, "no such admin endpoint", &id),
     }
 }

@@ -20,6 +20,10 @@ use crate::routes::Route;
 pub const ENV_UUID: &str = "FINOVY_UUID";
 pub const ENV_SECRET: &str = "FINOVY_SECRET";
 pub const ENV_TOKEN: &str = "FINOVY_TOKEN";
+/// The same credentials read from files (Kubernetes Secret volumes), re-read on reload.
+pub const ENV_UUID_FILE: &str = "FINOVY_UUID_FILE";
+pub const ENV_SECRET_FILE: &str = "FINOVY_SECRET_FILE";
+pub const ENV_TOKEN_FILE: &str = "FINOVY_TOKEN_FILE";
 pub const ENV_REDIS_URL: &str = "FGW_REDIS_URL";
 
 /// Where `serve` and `check-config` look when no `--config` is given.
@@ -358,6 +362,13 @@ pub struct AccountConfig {
     pub uuid_env: Option<String>,
     pub secret_env: Option<String>,
     pub token_env: Option<String>,
+    /// Files holding the credentials instead (a mounted Secret); re-read on reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_account_name() -> String {
@@ -389,7 +400,7 @@ pub fn mask_url(url: &str) -> String {
 // === the resolved settings ===
 
 /// How an account gets its upstream token.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Credentials {
     /// Trade uuid and secret at `getToken`.
@@ -760,11 +771,23 @@ fn resolve_accounts(
     env: EnvLookup<'_>,
 ) -> Result<Vec<Account>, ConfigError> {
     let mut accounts = Vec::new();
+    // The default account's files are named by the environment, as its variables are.
+    let env_file = |name: &str| env(name).map(PathBuf::from);
     if !list.iter().any(|a| a.name == DEFAULT_ACCOUNT) {
+        let from = |var, file_var: &'static str| CredentialSource {
+            var,
+            file: env_file(file_var),
+            file_key: file_var.to_string(),
+        };
         accounts.push(Account {
             name: DEFAULT_ACCOUNT.into(),
             base_url: default_base.to_string(),
-            credentials: credentials(env, ENV_UUID, ENV_SECRET, ENV_TOKEN),
+            credentials: credentials(
+                env,
+                from(ENV_UUID, ENV_UUID_FILE),
+                from(ENV_SECRET, ENV_SECRET_FILE),
+                from(ENV_TOKEN, ENV_TOKEN_FILE),
+            )?,
         });
     }
     for (i, a) in list.iter().enumerate() {
@@ -793,60 +816,130 @@ fn resolve_accounts(
                 }
             })
         };
+        let pick_file = |v: &Option<PathBuf>, fallback: &'static str| {
+            v.clone()
+                .or_else(|| is_default.then(|| env_file(fallback)).flatten())
+        };
         let (uuid_env, secret_env, token_env) = (
             pick(&a.uuid_env, ENV_UUID),
             pick(&a.secret_env, ENV_SECRET),
             pick(&a.token_env, ENV_TOKEN),
         );
-        if uuid_env.is_empty() != secret_env.is_empty() {
+        let (uuid_file, secret_file, token_file) = (
+            pick_file(&a.uuid_file, ENV_UUID_FILE),
+            pick_file(&a.secret_file, ENV_SECRET_FILE),
+            pick_file(&a.token_file, ENV_TOKEN_FILE),
+        );
+        let has_uuid = !uuid_env.is_empty() || uuid_file.is_some();
+        let has_secret = !secret_env.is_empty() || secret_file.is_some();
+        let has_token = !token_env.is_empty() || token_file.is_some();
+        if has_uuid != has_secret {
             return Err(invalid(
                 key,
-                "set both uuid_env and secret_env, or token_env",
+                "set both uuid_env (or uuid_file) and secret_env (or secret_file), or token_env (or token_file)",
             ));
         }
-        if uuid_env.is_empty() && token_env.is_empty() {
+        if !has_uuid && !has_token {
             return Err(invalid(
                 key,
-                "expected uuid_env and secret_env, or token_env",
+                "expected uuid_env and secret_env (or uuid_file and secret_file), or token_env (or token_file)",
             ));
         }
+        let from = |var: &str, file: Option<PathBuf>, field: &str| CredentialSource {
+            var: var.to_string(),
+            file,
+            file_key: format!("{key}.{field}"),
+        };
+        let credentials = credentials(
+            env,
+            from(&uuid_env, uuid_file, "uuid_file"),
+            from(&secret_env, secret_file, "secret_file"),
+            from(&token_env, token_file, "token_file"),
+        )?;
         accounts.push(Account {
             name: a.name.clone(),
             base_url,
-            credentials: credentials(env, &uuid_env, &secret_env, &token_env),
+            credentials,
         });
     }
     Ok(accounts)
 }
 
-/// A fixed token wins over a uuid/secret pair, as it is the more deliberate setting.
-fn credentials(
-    env: EnvLookup<'_>,
-    uuid_env: &str,
-    secret_env: &str,
-    token_env: &str,
-) -> Credentials {
-    let get = |n: &str| if n.is_empty() { None } else { env(n) };
-    if let Some(token) = get(token_env) {
-        return Credentials::Fixed {
-            token: Secret::new(token),
+/// Where one credential comes from: an environment variable (`var`, empty for none) or a file.
+struct CredentialSource<V> {
+    var: V,
+    file: Option<PathBuf>,
+    /// What names the file in an error: `FINOVY_SECRET_FILE` or `accounts[1].secret_file`.
+    file_key: String,
+}
+
+impl<V: AsRef<str>> CredentialSource<V> {
+    /// The credential, if set. A file's one trailing newline is not part of it (`echo` and
+    /// editors add one); a file that cannot be read, or is empty, is an error naming it.
+    fn read(&self, env: EnvLookup<'_>) -> Result<Option<String>, ConfigError> {
+        let var = self.var.as_ref();
+        let from_env = if var.is_empty() { None } else { env(var) };
+        let Some(path) = &self.file else {
+            return Ok(from_env);
         };
+        if from_env.is_some() {
+            return Err(invalid(
+                &self.file_key,
+                format!("both {var} and this file are set; keep one"),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                &self.file_key,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.is_empty() {
+            return Err(invalid(
+                &self.file_key,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Some(text.to_string()))
     }
-    match (get(uuid_env), get(secret_env)) {
-        (Some(uuid), Some(secret)) => Credentials::Exchange {
+
+    /// How to set it, for the error of an account without credentials.
+    fn hint(&self) -> Option<String> {
+        let var = self.var.as_ref();
+        match (&self.file, var.is_empty()) {
+            (Some(_), _) => Some(self.file_key.clone()),
+            (None, true) => None,
+            (None, false) => Some(var.to_string()),
+        }
+    }
+}
+
+/// A fixed token wins over a uuid/secret pair, as it is the more deliberate setting.
+fn credentials<V: AsRef<str>>(
+    env: EnvLookup<'_>,
+    uuid: CredentialSource<V>,
+    secret: CredentialSource<V>,
+    token: CredentialSource<V>,
+) -> Result<Credentials, ConfigError> {
+    if let Some(token) = token.read(env)? {
+        return Ok(Credentials::Fixed {
+            token: Secret::new(token),
+        });
+    }
+    match (uuid.read(env)?, secret.read(env)?) {
+        (Some(uuid), Some(secret)) => Ok(Credentials::Exchange {
             uuid: Secret::new(uuid),
             secret: Secret::new(secret),
-        },
+        }),
         _ => {
-            let names: Vec<&str> = [uuid_env, secret_env]
-                .into_iter()
-                .filter(|n| !n.is_empty())
-                .collect();
+            let names: Vec<String> = [uuid.hint(), secret.hint()].into_iter().flatten().collect();
             let mut hint = format!("set {}", names.join(" and "));
-            if !token_env.is_empty() {
-                hint.push_str(&format!(", or {token_env}"));
+            if let Some(t) = token.hint() {
+                hint.push_str(&format!(", or {t}"));
             }
-            Credentials::Missing { hint }
+            Ok(Credentials::Missing { hint })
         }
     }
 }
@@ -1008,6 +1101,62 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("redis://u:***@127.0.0.1:6379/0"), "{out}");
+    }
+
+    #[test]
+    fn credentials_come_from_files_without_their_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("fgw-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_string_lossy().to_string()
+        };
+        let (uuid, secret) = (write("uuid", "u-1\n"), write("secret", "s-2\r\n"));
+        let env = |n: &str| match n {
+            "FINOVY_UUID_FILE" => Some(uuid.clone()),
+            "FINOVY_SECRET_FILE" => Some(secret.clone()),
+            _ => None,
+        };
+        let s = Settings::resolve(FileConfig::default(), &Overrides::default(), &env).unwrap();
+        assert_eq!(
+            s.accounts[0].credentials,
+            Credentials::Exchange {
+                uuid: Secret::new("u-1"),
+                secret: Secret::new("s-2"),
+            }
+        );
+        assert!(!s.to_masked_toml().contains("s-2"));
+        // A variable and a file for one credential: one of them would be ignored silently.
+        let both = |n: &str| match n {
+            "FINOVY_SECRET" => Some("x".to_string()),
+            other => env(other),
+        };
+        let e = Settings::resolve(FileConfig::default(), &Overrides::default(), &both)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FINOVY_SECRET_FILE"), "{e}");
+        // Per account; an unreadable file is an error naming the key.
+        let token = write("token", "t-3");
+        let text = format!(
+            "[[accounts]]\nname = \"sandbox\"\ntoken_file = {token:?}\n\
+             [[accounts]]\nname = \"other\"\ntoken_file = \"/nonexistent/fgw\"\n"
+        );
+        let file = FileConfig::parse(&text, Path::new("t.toml")).unwrap();
+        let e = Settings::resolve(file, &Overrides::default(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accounts[1].token_file"), "{e}");
+        let text = format!("[[accounts]]\nname = \"sandbox\"\ntoken_file = {token:?}\n");
+        let file = FileConfig::parse(&text, Path::new("t.toml")).unwrap();
+        let s = Settings::resolve(file, &Overrides::default(), &env).unwrap();
+        assert_eq!(
+            s.accounts[1].credentials,
+            Credentials::Fixed {
+                token: Secret::new("t-3")
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

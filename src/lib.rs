@@ -12,6 +12,7 @@ pub mod layers;
 pub mod listener;
 pub mod metrics;
 pub mod protect;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod sim;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use finovy_gateway::config::{self, FileConfig, LogFormat, Overrides, Settings};
+use finovy_gateway::reload::Source;
 use finovy_gateway::server::{Server, shutdown_signal};
 use finovy_gateway::sim::{SimConfig, Simulator};
 use finovy_gateway::telemetry;
@@ -193,7 +194,10 @@ async fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<(), String
     let settings =
         Settings::resolve(file, &overrides, &config::process_env).map_err(|e| e.to_string())?;
     let _log = telemetry::init(settings.log.format, &settings.log.level);
-    let server = Server::bind(settings).await.map_err(|e| e.to_string())?;
+    let server = Server::bind(settings)
+        .await
+        .map_err(|e| e.to_string())?
+        .with_reload(Source { path, overrides });
     server
         .run(shutdown_signal())
         .await

@@ -3,7 +3,7 @@
 //! status codes and outcome words, never an id, a key or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -30,6 +30,10 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Upstream tokens leased to clients (`/_gateway/token`), by client.
     pub token_leases: IntCounterVec,
+    /// Reloads of the configuration, by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// When the configuration last loaded or reloaded successfully (Unix seconds).
+    pub config_last_reload_success: Gauge,
 }
 
 /// Buckets from 1 ms to 30 s: a cache hit is sub-millisecond, a slow upstream several seconds.
@@ -178,8 +182,34 @@ impl Metrics {
                 "Upstream tokens leased to clients at /_gateway/token (or after a rejection), by client.",
                 &["client"],
             ),
+            config_reloads: counter(
+                "finovy_gateway_config_reloads_total",
+                "Configuration reloads (SIGHUP, POST /admin/reload), by result (ok, error).",
+                &["result"],
+            ),
+            config_last_reload_success: {
+                let g = Gauge::new(
+                    "finovy_gateway_config_last_reload_success_timestamp_seconds",
+                    "When the configuration last loaded successfully, at start or by a reload \
+                     (Unix time).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             registry,
         };
+        // Both results exported from the start, so an alert on errors sees 0 before the first.
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m.config_last_reload_success.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

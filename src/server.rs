@@ -4,8 +4,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
+use crate::reload::{Reloader, Source, Swap};
 use crate::stack::Protection;
 use crate::stack::{self, Edge};
 use crate::store::{CacheStore, MemoryStore};
@@ -63,6 +64,8 @@ pub struct Gateway {
     pub fleet: Option<Arc<Fleet>>,
     two_level: Option<Arc<TwoLevel>>,
     edge: Arc<Edge<Incoming>>,
+    /// The settings that change at run time, and how to read them again.
+    reloader: Arc<Reloader>,
 }
 
 /// Where the state of the data plane lives.
@@ -132,26 +135,9 @@ impl Gateway {
                 broker: Arc::new(broker),
             }));
         }
-        let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
-        let clients = settings
-            .clients
-            .iter()
-            .map(|c| ClientEntry {
-                name: c.name.as_str().into(),
-                key_sha256: c.key_sha256,
-                account: find(&c.account).expect("client accounts are validated"),
-                routes: c.routes.clone(),
-                token_lease: c.token_lease,
-            })
-            .collect();
-        let anonymous = settings
-            .anonymous_allowed()
-            .then(|| find(crate::config::DEFAULT_ACCOUNT))
-            .flatten();
-        // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
-        let anonymous_routes =
-            (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
-        let auth = Arc::new(Authenticator::new(clients, anonymous, anonymous_routes));
+        let auth = Arc::new(Swap::new(
+            authenticator(&settings, &accounts).map_err(|e| StartError::Refused(vec![e]))?,
+        ));
         // Where state lives: this replica's memory, or the fleet's Redis.
         let two_level = fleet.clone().map(|f| {
             let names = accounts.iter().map(|a| a.name.clone()).collect();
@@ -183,7 +169,8 @@ impl Gateway {
         };
         let cache = Arc::new(Cache::new(&settings.cache, store, metrics.clone()));
         let work = WorkTracker::new();
-        let create = Arc::new(settings.create.clone());
+        let create = Arc::new(Swap::new(settings.create.clone()));
+        let budget = Arc::new(Budget::new(settings.create.budget.clone(), ledger));
         let protection = Protection {
             dedup: DedupLayer::new(
                 records,
@@ -192,21 +179,29 @@ impl Gateway {
                 metrics.clone(),
                 work.clone(),
             ),
-            budget: BudgetLayer::new(
-                Arc::new(Budget::new(settings.create.budget.clone(), ledger)),
-                metrics.clone(),
-            ),
-            rate_limit: RateLimitLayer::new(limiter, create, metrics.clone()),
+            budget: BudgetLayer::new(budget.clone(), metrics.clone()),
+            rate_limit: RateLimitLayer::new(limiter, create.clone(), metrics.clone()),
         };
         let edge = Arc::new(stack::build(
             &settings.server,
             metrics.clone(),
-            auth,
+            auth.clone(),
             cache.clone(),
             protection,
             client,
             settings.max_inflight_per_client(),
         ));
+        let reloader = Arc::new(Reloader {
+            source: std::sync::OnceLock::new(),
+            current: Mutex::new(settings.clone()),
+            accounts: accounts.clone(),
+            auth,
+            cache: cache.clone(),
+            create,
+            budget,
+            admin_key: Arc::new(Swap::new(settings.admin_key_sha256)),
+            metrics: metrics.clone(),
+        });
         Ok(Gateway {
             settings,
             metrics,
@@ -216,8 +211,42 @@ impl Gateway {
             fleet,
             two_level,
             edge,
+            reloader,
         })
     }
+}
+
+/// Who may call, as which account, from validated settings and the running accounts (`Err` when
+/// a client names an account this process does not run: accounts change only with a restart).
+pub fn authenticator(
+    settings: &Settings,
+    accounts: &[Arc<AccountHandle>],
+) -> Result<Authenticator, String> {
+    let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
+    let mut clients = Vec::new();
+    for c in &settings.clients {
+        let account = find(&c.account).ok_or_else(|| {
+            format!(
+                "client {:?} names account {:?}, which this process does not run (new accounts need a restart)",
+                c.name, c.account
+            )
+        })?;
+        clients.push(ClientEntry {
+            name: c.name.as_str().into(),
+            key_sha256: c.key_sha256,
+            account,
+            routes: c.routes.clone(),
+            token_lease: c.token_lease,
+        });
+    }
+    let anonymous = settings
+        .anonymous_allowed()
+        .then(|| find(crate::config::DEFAULT_ACCOUNT))
+        .flatten();
+    // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
+    let anonymous_routes =
+        (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
+    Ok(Authenticator::new(clients, anonymous, anonymous_routes))
 }
 
 /// Streams an h2 client may reset before the server has accepted them (hyper's default, kept
@@ -247,6 +276,12 @@ impl Server {
             listener,
             admin_listener,
         })
+    }
+
+    /// Lets `SIGHUP` and `POST /admin/reload` read the settings again from `source`.
+    pub fn with_reload(self, source: Source) -> Server {
+        let _ = self.gateway.reloader.source.set(source);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -289,7 +324,8 @@ impl Server {
             metrics: gateway.metrics.clone(),
             accounts: gateway.accounts.clone(),
             cache: gateway.cache.clone(),
-            admin_key_sha256: gateway.settings.admin_key_sha256,
+            admin_key_sha256: gateway.reloader.admin_key.clone(),
+            reloader: gateway.reloader.clone(),
             draining: draining.clone(),
             fleet: gateway.fleet.clone(),
             two_level: gateway.two_level.clone(),
@@ -321,6 +357,16 @@ impl Server {
             // Rapid reset (CVE-2023-44487): streams a client opens and cancels at once.
             .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS);
         let connections = Connections::new(server_cfg.max_connections, server_cfg.idle_timeout);
+        // Registered before the listening line, so a SIGHUP sent once it is out never kills.
+        #[cfg(unix)]
+        if gateway.reloader.source.get().is_some() {
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(reload_on_hangup(
+                hangup,
+                gateway.reloader.clone(),
+                stopped(),
+            ));
+        }
         tracing::info!(listen = %listener.local_addr()?, "gateway listening");
 
         tokio::pin!(shutdown);
@@ -360,6 +406,28 @@ impl Server {
         let _ = admin_task.await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Reloads the settings at each `SIGHUP` until `shutdown`.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: Arc<Reloader>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            got = hangup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                // The outcome is logged and counted by the reload itself.
+                let _ = reloader.reload("SIGHUP");
+            }
+        }
     }
 }
 

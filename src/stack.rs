@@ -14,7 +14,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::cache::Cache;
 use crate::config::ServerConfig;
 use crate::layers::access_log::AccessLogLayer;
-use crate::layers::auth::{AuthLayer, Authenticator};
+use crate::layers::auth::{AuthLayer, SharedAuthenticator};
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::budget::BudgetLayer;
 use crate::layers::cache::CacheLayer;
@@ -65,7 +65,7 @@ impl<B: http_body::Body> Edge<B> {
 pub fn build<B>(
     cfg: &ServerConfig,
     metrics: Arc<Metrics>,
-    auth: Arc<Authenticator>,
+    auth: SharedAuthenticator,
     cache: Arc<Cache>,
     protection: Protection,
     client: UpstreamClient,
@@ -97,7 +97,7 @@ where
             // The upstream call itself, with only allow-listed headers.
             .service(Forward::new(client)),
     );
-    let per_client = ClientLimitLayer::new(auth.caller_names(), inflight_per_client);
+    let per_client = ClientLimitLayer::new(auth.load().caller_names(), inflight_per_client);
     let stack = EdgeService::new(
         ServiceBuilder::new()
             // Outermost, so every answer (our own errors too) is logged and counted.

@@ -13,8 +13,10 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::LogFormat;
 
@@ -94,14 +96,33 @@ impl BufferedStderr {
 pub struct AccessSink {
     pub writer: BufferedStderr,
     pub format: LogFormat,
-    /// Whether the filter lets access lines through, asked once: filters are fixed at start.
-    pub enabled: bool,
+    /// Whether the filter lets access lines through, asked once: at start, and again when a
+    /// reload changes the level ([`set_level`]).
+    pub enabled: std::sync::atomic::AtomicBool,
 }
 
 /// The target of access lines (`RUST_LOG=finovy_gateway::access=off` drops them).
 pub const ACCESS_TARGET: &str = "finovy_gateway::access";
 
 static ACCESS_SINK: OnceLock<AccessSink> = OnceLock::new();
+
+/// The filter of this process's subscriber, swapped by a reload of `[log] level`; unset when
+/// `RUST_LOG` decides (it wins over the file) or another subscriber was installed first.
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Applies a new `[log] level` (a reload). Without effect when `RUST_LOG` is set.
+pub fn set_level(level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    let Some(handle) = LEVEL.get() else {
+        return Ok(());
+    };
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    if let Some(sink) = ACCESS_SINK.get() {
+        let on = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO);
+        sink.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
 
 /// The access-line sink, once [`init`] installed this process's subscriber.
 pub fn access_sink() -> Option<&'static AccessSink> {
@@ -154,25 +175,34 @@ fn spawn_flusher(writer: BufferedStderr) -> JoinHandle<()> {
 }
 
 pub fn init(format: LogFormat, level: &str) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let writer = BufferedStderr::default();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer.clone())
         // Colour codes only for a person at a terminal, never in files or collectors.
         .with_ansi(std::io::stderr().is_terminal());
-    // A second init (several servers in one process) keeps the first subscriber.
-    let installed = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    // A second init (several servers in one process) keeps the first subscriber.
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init();
     if installed.is_ok() {
+        if !fixed {
+            let _ = LEVEL.set(handle);
+        }
         let _ = ACCESS_SINK.set(AccessSink {
             writer: writer.clone(),
             format,
-            enabled: tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO),
+            enabled: tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).into(),
         });
     }
     let thread = Some(spawn_flusher(writer.clone()));

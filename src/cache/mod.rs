@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::reload::Swap;
 use crate::routes::Route;
 use crate::single_flight::{Flight, SingleFlight};
 use crate::store::{CacheStore, Claim, Invalidation, Ticket, Usage};
@@ -48,7 +49,8 @@ pub enum Filled {
 
 pub struct Cache {
     store: Arc<dyn CacheStore>,
-    policies: BTreeMap<Route, CachePolicy>,
+    /// Swapped whole by a reload; a fill stores under the policies current when it began.
+    policies: Swap<BTreeMap<Route, CachePolicy>>,
     flights: SingleFlight<CacheKey, Arc<Filled>>,
     metrics: Arc<Metrics>,
 }
@@ -132,14 +134,25 @@ impl Cache {
         }));
         Cache {
             store,
-            policies: settings.routes.clone(),
+            policies: Swap::new(settings.routes.clone()),
             flights,
             metrics,
         }
     }
 
-    pub fn policy(&self, route: Route) -> Option<&CachePolicy> {
-        self.policies.get(&route)
+    /// Whether `route` is cached now.
+    pub fn caches(&self, route: Route) -> bool {
+        self.policies.with(|p| p.contains_key(&route))
+    }
+
+    /// The current policies of every cached route.
+    pub fn policies(&self) -> Arc<BTreeMap<Route, CachePolicy>> {
+        self.policies.load()
+    }
+
+    /// Puts new policies in place (a reload); fills in flight keep the ones they began with.
+    pub fn set_policies(&self, policies: BTreeMap<Route, CachePolicy>) {
+        self.policies.store(policies);
     }
 
     /// A fresh entry this replica holds in memory, looked up without waiting on anything.
@@ -164,6 +177,7 @@ impl Cache {
         F: Future<Output = Answer> + Send + 'static,
     {
         let cache = self.clone();
+        let policies = self.policies();
         self.flights
             .join_or_start_with(key.clone(), move |detached| async move {
                 // A fill of this replica that landed since the caller looked is in its own memory;
@@ -185,8 +199,8 @@ impl Cache {
                     }
                 };
                 let answer = fetch.await;
-                let policy = cache
-                    .policy(key.route)
+                let policy = policies
+                    .get(&key.route)
                     .filter(|_| answer.is_storable() && !detached.is_set());
                 let mut stored = false;
                 if let Some(policy) = policy {

@@ -141,12 +141,14 @@ impl Line<'_> {
         match telemetry::access_sink() {
             // Formatted into this thread's scratch buffer, outside the log buffer's lock, which
             // every thread's lines go through.
-            Some(sink) if sink.enabled => LINE.with(|line| {
-                let mut line = line.borrow_mut();
-                line.clear();
-                self.write(&mut line, sink.format == LogFormat::Json);
-                let _ = sink.writer.append(&line);
-            }),
+            Some(sink) if sink.enabled.load(std::sync::atomic::Ordering::Relaxed) => {
+                LINE.with(|line| {
+                    let mut line = line.borrow_mut();
+                    line.clear();
+                    self.write(&mut line, sink.format == LogFormat::Json);
+                    let _ = sink.writer.append(&line);
+                })
+            }
             Some(_) => {}
             // No subscriber of ours (a test, or an embedding program): plain `tracing`.
             None => tracing::info!(

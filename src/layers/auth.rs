@@ -25,6 +25,7 @@ use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::{Caller, ClientName, RequestId};
+use crate::reload::Swap;
 use crate::routes::{GatewayRoute, Route, RouteMatch};
 use crate::svc::{Resp, RespFuture};
 use crate::upstream::AccountHandle;
@@ -213,13 +214,16 @@ impl Authenticator {
     }
 }
 
+/// The authenticator as reloads swap it: each request reads the current one once.
+pub type SharedAuthenticator = Arc<Swap<Authenticator>>;
+
 #[derive(Clone)]
 pub struct AuthLayer {
-    auth: Arc<Authenticator>,
+    auth: SharedAuthenticator,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
+    pub fn new(auth: SharedAuthenticator) -> Self {
         AuthLayer { auth }
     }
 }
@@ -237,7 +241,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    auth: Arc<Authenticator>,
+    auth: SharedAuthenticator,
 }
 
 impl<S, B> Service<Request<B>> for Auth<S>
@@ -255,7 +259,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
-        match self.auth.authorize(&mut req) {
+        match self.auth.with(|a| a.authorize(&mut req)) {
             Ok(name) => {
                 let fut = self.inner.call(req);
                 Box::pin(async move {

@@ -84,7 +84,9 @@ fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
             .or_else(|| body_id(req.body()));
         return Some(Plan::Mutation { route: m.route, id });
     }
-    cache.policy(m.route)?;
+    if !cache.caches(m.route) {
+        return None;
+    }
     let key = if body_keyed(m.route) {
         // Not JSON: the upstream will say so, uncached.
         CacheKey::new(account.name.clone(), m.route, canonical_json(req.body())?)

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -18,10 +18,10 @@ use crate::error::GatewayError;
 use crate::layers::{Caller, RequestId};
 use crate::svc::{Resp, RespFuture};
 
-/// The in-flight counts, one per caller name, fixed at start.
+/// The in-flight counts, one per caller name: those known at start, and a client a reload added
+/// gets its own on its first request (names come only from the configuration, so they are few).
 struct Counts {
-    index: HashMap<Arc<str>, usize>,
-    in_flight: Vec<AtomicUsize>,
+    index: RwLock<HashMap<Arc<str>, Arc<AtomicUsize>>>,
     limit: usize,
 }
 
@@ -33,13 +33,12 @@ pub struct ClientLimitLayer {
 impl ClientLimitLayer {
     /// `names`: every caller the authenticator can hand on (clients, and `anonymous` if allowed).
     pub fn new<'a>(names: impl Iterator<Item = &'a Arc<str>>, limit: usize) -> Self {
-        let index: HashMap<Arc<str>, usize> =
-            names.enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        let in_flight = (0..index.len()).map(|_| AtomicUsize::new(0)).collect();
+        let index = names
+            .map(|n| (n.clone(), Arc::new(AtomicUsize::new(0))))
+            .collect();
         ClientLimitLayer {
             counts: Arc::new(Counts {
-                index,
-                in_flight,
+                index: RwLock::new(index),
                 limit,
             }),
         }
@@ -64,28 +63,36 @@ pub struct ClientLimit<S> {
 
 /// One request's place in its client's count, given back on drop.
 struct Held {
-    counts: Arc<Counts>,
-    slot: usize,
+    slot: Arc<AtomicUsize>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.counts.in_flight[self.slot].fetch_sub(1, Ordering::AcqRel);
+        self.slot.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Counts {
     /// A place for `client`, or `None` when it already has `limit` requests in flight.
-    fn take(self: &Arc<Self>, client: &str) -> Option<Option<Held>> {
-        let Some(&slot) = self.index.get(client) else {
-            // Not a known caller (cannot happen after auth): nothing to count against.
-            return Some(None);
+    fn take(&self, client: &Arc<str>) -> Option<Option<Held>> {
+        let known = self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client)
+            .cloned();
+        let slot = match known {
+            Some(slot) => slot,
+            None => self
+                .index
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(client.clone())
+                .or_default()
+                .clone(),
         };
-        let before = self.in_flight[slot].fetch_add(1, Ordering::AcqRel);
-        let held = Held {
-            counts: self.clone(),
-            slot,
-        };
+        let before = slot.fetch_add(1, Ordering::AcqRel);
+        let held = Held { slot };
         (before < self.limit).then_some(Some(held))
     }
 }

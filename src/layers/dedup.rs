@@ -48,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, DedupScope, collapses_in_flight};
 use crate::protect::records::{Begin, Hold, Record, RecordStore, State, in_flight, marker};
 use crate::protect::validate::{DiskOrder, Order};
+use crate::reload::Swap;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp, RespFuture};
@@ -159,7 +160,8 @@ struct Shared {
     /// How long an in-flight record stays claimed without its replica renewing it.
     lease: Duration,
     flights: SingleFlight<String, Arc<Outcome>>,
-    settings: Arc<CreateSettings>,
+    /// Swapped by a reload; a create keeps the settings it started with (see [`Ctx`]).
+    settings: Arc<Swap<CreateSettings>>,
     metrics: Arc<Metrics>,
     work: Arc<WorkTracker>,
 }
@@ -168,16 +170,18 @@ impl DedupLayer {
     pub fn new(
         records: Arc<dyn RecordStore>,
         limit: Duration,
-        settings: Arc<CreateSettings>,
+        settings: Arc<Swap<CreateSettings>>,
         metrics: Arc<Metrics>,
         work: Arc<WorkTracker>,
     ) -> Self {
+        // Fixed at start: records already leased were written with it.
+        let lease = settings.load().lease;
         DedupLayer {
             shared: Arc::new(Shared {
                 records,
                 limit,
                 max_age: limit + LEASE_SLACK,
-                lease: settings.lease,
+                lease,
                 flights: SingleFlight::new(),
                 settings,
                 metrics,
@@ -354,9 +358,9 @@ where
 
     fn call(&mut self, req: Req) -> RespFuture {
         let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-        let applies = route.is_some_and(|r| {
-            self.shared.settings.routes.contains_key(&r) || collapses_in_flight(r)
-        });
+        let settings = self.shared.settings.load();
+        let applies =
+            route.is_some_and(|r| settings.routes.contains_key(&r) || collapses_in_flight(r));
         if !applies {
             return Box::pin(self.inner.call(req));
         }
@@ -372,12 +376,13 @@ where
             };
             let ctx = Ctx {
                 shared,
+                settings,
                 route: m.route,
                 account: account.name.to_string(),
                 request_id: RequestId::of(&req),
             };
             let fingerprint = fingerprint(&m, &req);
-            if let Some(policy) = ctx.shared.settings.routes.get(&m.route).cloned() {
+            if let Some(policy) = ctx.settings.routes.get(&m.route).cloned() {
                 let client = req
                     .extensions()
                     .get::<Caller>()
@@ -471,6 +476,8 @@ struct Keep {
 
 struct Ctx {
     shared: Arc<Shared>,
+    /// The create settings current when the request began.
+    settings: Arc<CreateSettings>,
     route: Route,
     account: String,
     request_id: RequestId,
@@ -617,7 +624,7 @@ impl Ctx {
     /// holds its maximum already.
     async fn hold(&self, owner: &str, rkey: &str, ttl: Duration) -> Result<(), Resp> {
         let id = self.request_id.as_str();
-        let max = self.shared.settings.max_records_per_client;
+        let max = self.settings.max_records_per_client;
         let until = now_ms() + ttl.as_millis() as u64;
         match self.shared.records.hold(owner, rkey, until, max).await {
             Ok(Hold::Held) => Ok(()),
@@ -809,7 +816,7 @@ impl Ctx {
                 max_age: self.shared.max_age,
                 lease: self.shared.lease,
                 owner,
-                max_records: self.shared.settings.max_records_per_client,
+                max_records: self.settings.max_records_per_client,
                 route: self.route,
                 request_id: self.request_id.clone(),
             }

@@ -20,7 +20,7 @@ use prometheus::{Histogram, IntCounter};
 use crate::cache::Cache;
 use crate::cache::key::body_keyed;
 use crate::layers::access_log::{Line, method_label};
-use crate::layers::auth::Authenticator;
+use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
 use crate::layers::request_id::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
@@ -35,7 +35,7 @@ struct HitMetrics {
 }
 
 pub struct FastHit {
-    auth: Arc<Authenticator>,
+    auth: SharedAuthenticator,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     /// By route, resolved on the route's first hit (so no series appears before it is used).
@@ -43,7 +43,7 @@ pub struct FastHit {
 }
 
 impl FastHit {
-    pub fn new(auth: Arc<Authenticator>, cache: Arc<Cache>, metrics: Arc<Metrics>) -> FastHit {
+    pub fn new(auth: SharedAuthenticator, cache: Arc<Cache>, metrics: Arc<Metrics>) -> FastHit {
         FastHit {
             auth,
             cache,
@@ -79,12 +79,15 @@ impl FastHit {
         }
         let matched = classify(req.method(), req.uri().path())?;
         let route = matched.route;
-        if body_keyed(route) || self.cache.policy(route).is_none() || no_cache(req.headers()) {
+        if body_keyed(route) || !self.cache.caches(route) || no_cache(req.headers()) {
             return None;
         }
         // An undeclared query parameter is the stack's 400, never a hit.
         check_query(route, req.uri().query()).ok()?;
-        let caller = self.auth.caller(req.headers(), Some(route)).ok()?;
+        let caller = self
+            .auth
+            .with(|a| a.caller(req.headers(), Some(route)))
+            .ok()?;
         let key = key_of(&caller.account, &matched, req.uri().query());
         let entry = self.cache.peek_fresh(&key)?;
         // Only 200s are stored; the check keeps the metric's status label true by construction.

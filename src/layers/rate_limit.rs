@@ -24,6 +24,7 @@ use crate::layers::{Caller, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
+use crate::reload::Swap;
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture, duplicate};
 
@@ -33,14 +34,15 @@ pub const TOO_FREQUENT: i64 = 220025;
 #[derive(Clone)]
 pub struct RateLimitLayer {
     limiter: Arc<dyn RateLimiter>,
-    settings: Arc<CreateSettings>,
+    /// Swapped by a reload; a create keeps the policy it started with.
+    settings: Arc<Swap<CreateSettings>>,
     metrics: Arc<Metrics>,
 }
 
 impl RateLimitLayer {
     pub fn new(
         limiter: Arc<dyn RateLimiter>,
-        settings: Arc<CreateSettings>,
+        settings: Arc<Swap<CreateSettings>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         RateLimitLayer {
@@ -146,7 +148,8 @@ where
 
     fn call(&mut self, req: Req) -> RespFuture {
         let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-        if !route.is_some_and(|r| self.layer.settings.routes.contains_key(&r)) {
+        let settings = self.layer.settings.load();
+        if !route.is_some_and(|r| settings.routes.contains_key(&r)) {
             return Box::pin(self.inner.call(req));
         }
         let clone = self.inner.clone();
@@ -154,7 +157,7 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-            let policy = route.and_then(|r| layer.settings.routes.get(&r));
+            let policy = route.and_then(|r| settings.routes.get(&r));
             let (Some(route), Some(policy), Some(account)) = (
                 route,
                 policy,

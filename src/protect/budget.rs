@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::protect::policy::BudgetConfig;
 use crate::protect::records::Stored;
+use crate::reload::Swap;
 use crate::svc::BoxFuture;
 
 const HOUR: u64 = 3600;
@@ -122,7 +123,8 @@ pub struct Admission {
 }
 
 pub struct Budget {
-    caps: BudgetConfig,
+    /// Swapped by a reload; an admission counts against the caps current when it is made.
+    caps: Swap<BudgetConfig>,
     ledger: Arc<dyn Ledger>,
 }
 
@@ -136,27 +138,36 @@ struct Labels {
 
 impl Budget {
     pub fn new(caps: BudgetConfig, ledger: Arc<dyn Ledger>) -> Budget {
-        Budget { caps, ledger }
+        Budget {
+            caps: Swap::new(caps),
+            ledger,
+        }
+    }
+
+    /// New caps (a reload): counters already charged stay, measured against them.
+    pub fn set_caps(&self, caps: BudgetConfig) {
+        self.caps.store(caps);
     }
 
     pub fn enabled(&self) -> bool {
-        self.caps.account.any() || self.caps.client.any()
+        self.caps.with(|c| c.account.any() || c.client.any())
     }
 
     /// The charges of one create of `gb` GB (0 for hosts) at `now` (seconds since the epoch).
     fn charges(&self, account: &str, client: &str, gb: u64, now: u64) -> Vec<(Charge, Labels)> {
+        let caps = self.caps.load();
         let scopes = [
             (
                 "account",
                 format!("account|{account}"),
                 account,
-                self.caps.account,
+                caps.account,
             ),
             (
                 "client",
                 format!("client|{account}|{client}"),
                 client,
-                self.caps.client,
+                caps.client,
             ),
         ];
         let mut out = Vec::new();

@@ -8,6 +8,10 @@
 //! `getToken` puts the broker in backoff (callers get the error at once, no upstream call) until
 //! `retry_at`, doubling with jitter up to `retry_max`. A fixed token (`FINOVY_TOKEN`) is always held.
 //!
+//! A reload may change the credentials ([`TokenBroker::set_credentials`]): a new uuid or secret is
+//! used by the next `getToken` (the token held stays until then), and a failing broker tries
+//! again at once, within `min_refresh_interval`; a new fixed token replaces the old one at once.
+//!
 //! The upstream is trusted no further than needed: its `effectiveTime` is clamped to
 //! `[min_lifetime, max_lifetime]`, and `getToken` goes out at most once per `min_refresh_interval`
 //! (on this replica, and in shared mode for the fleet), on every path that asks for it, so that a
@@ -85,6 +89,19 @@ struct State {
     last_sent: Option<Instant>,
 }
 
+impl Source {
+    fn of(credentials: &Credentials) -> Option<Source> {
+        match credentials {
+            Credentials::Exchange { uuid, secret } => Some(Source::Exchange {
+                uuid: uuid.clone(),
+                secret: secret.clone(),
+            }),
+            Credentials::Fixed { token } => Some(Source::Fixed(token.clone())),
+            Credentials::Missing { .. } => None,
+        }
+    }
+}
+
 /// What `/readyz` and the metrics report.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenStatus {
@@ -94,21 +111,20 @@ pub enum TokenStatus {
     None,
 }
 
-// One per account, so the size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
+/// The account's credentials, as the last (re)load read them.
+#[derive(Clone, PartialEq)]
 enum Source {
-    Exchange {
-        uuid: Secret,
-        secret: Secret,
-        base_url: String,
-        client: UpstreamClient,
-    },
+    Exchange { uuid: Secret, secret: Secret },
     Fixed(Secret),
 }
 
 pub struct TokenBroker {
     account: String,
-    source: Source,
+    source: Mutex<Source>,
+    /// Told when a reload changed the credentials, so the refresher acts on them at once.
+    changed: tokio::sync::Notify,
+    base_url: String,
+    client: UpstreamClient,
     cfg: TokenConfig,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -156,25 +172,52 @@ impl TokenBroker {
         cfg: TokenConfig,
         metrics: Arc<Metrics>,
     ) -> Option<TokenBroker> {
-        let source = match credentials {
-            Credentials::Exchange { uuid, secret } => Source::Exchange {
-                uuid: uuid.clone(),
-                secret: secret.clone(),
-                base_url: base_url.to_string(),
-                client,
-            },
-            Credentials::Fixed { token } => Source::Fixed(token.clone()),
-            Credentials::Missing { .. } => return None,
-        };
         Some(TokenBroker {
             account: account.to_string(),
-            source,
+            source: Mutex::new(Source::of(credentials)?),
+            changed: tokio::sync::Notify::new(),
+            base_url: base_url.to_string(),
+            client,
             cfg,
             metrics,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
             shared: None,
         })
+    }
+
+    fn is_fixed(&self) -> bool {
+        matches!(*self.source.lock().expect("token source"), Source::Fixed(_))
+    }
+
+    /// New credentials from a reload. Unchanged ones change nothing; missing ones are never
+    /// applied (a reload refuses them before this).
+    pub fn set_credentials(&self, credentials: &Credentials) {
+        let Some(new) = Source::of(credentials) else {
+            return;
+        };
+        {
+            let mut source = self.source.lock().expect("token source");
+            if *source == new {
+                return;
+            }
+            match &new {
+                Source::Fixed(_) => {
+                    tracing::info!(account = %self.account, "fixed token replaced")
+                }
+                Source::Exchange { .. } => {
+                    tracing::info!(account = %self.account, "credentials changed; the next getToken uses them")
+                }
+            }
+            *source = new;
+        }
+        {
+            // A failure was the old credentials': the next try need not wait out its backoff.
+            let mut state = self.state.lock().expect("token state");
+            state.failing = None;
+            state.failures = 0;
+        }
+        self.changed.notify_one();
     }
 
     /// Shares the token with the fleet through `store`.
@@ -218,7 +261,7 @@ impl TokenBroker {
     }
 
     pub fn status(&self) -> TokenStatus {
-        if matches!(self.source, Source::Fixed(_)) {
+        if self.is_fixed() {
             return TokenStatus::Fixed;
         }
         let state = self.state.lock().expect("token state");
@@ -233,17 +276,25 @@ impl TokenBroker {
     }
 
     /// Keeps the token fresh until `shutdown` resolves: fetches one at start, then again ahead of
-    /// each expiry, and after a failure once its backoff has passed. A no-op for a fixed token.
+    /// each expiry, and after a failure once its backoff has passed. Idle while the token is
+    /// fixed; a reload's new credentials wake it.
     pub async fn run_refresher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        if matches!(self.source, Source::Fixed(_)) {
-            return;
-        }
         tokio::pin!(shutdown);
         loop {
+            if self.is_fixed() {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = self.changed.notified() => continue,
+                }
+            }
             let due = self.next_refresh();
             tokio::select! {
                 _ = &mut shutdown => return,
+                _ = self.changed.notified() => continue,
                 _ = tokio::time::sleep_until(due) => {}
+            }
+            if self.is_fixed() {
+                continue; // a fixed token is never refreshed; a reload may change that
             }
             self.refresh_if_due().await;
         }
@@ -251,6 +302,9 @@ impl TokenBroker {
 
     /// The refresher's step: when the refresh is due, the fleet's newer token or a `getToken`.
     async fn refresh_if_due(&self) {
+        if self.is_fixed() {
+            return;
+        }
         let _fetching = self.fetching.lock().await;
         if self.next_refresh() > Instant::now() {
             return; // someone refreshed while we waited for the lock
@@ -286,7 +340,7 @@ impl TokenBroker {
     }
 
     fn valid_now(&self) -> Option<Secret> {
-        if let Source::Fixed(t) = &self.source {
+        if let Source::Fixed(t) = &*self.source.lock().expect("token source") {
             return Some(t.clone());
         }
         let state = self.state.lock().expect("token state");
@@ -300,9 +354,13 @@ impl TokenBroker {
     /// the lease is of the new token; with no token held it waits only for a `getToken` already
     /// in flight, then fails.
     pub async fn lease(&self) -> Result<Lease, TokenError> {
-        if let Source::Fixed(t) = &self.source {
+        let fixed = match &*self.source.lock().expect("token source") {
+            Source::Fixed(t) => Some(t.clone()),
+            Source::Exchange { .. } => None,
+        };
+        if let Some(token) = fixed {
             return Ok(Lease {
-                token: t.clone(),
+                token,
                 expires_ms: crate::fleet::now_ms() + FIXED_LEASE.as_millis() as u64,
             });
         }
@@ -331,7 +389,7 @@ impl TokenBroker {
     /// within `min_refresh_interval` of the last `getToken` (it could not be replaced yet): the
     /// caller is told to retry instead.
     pub async fn renew_rejected(&self, token: &Secret) -> Result<Lease, TokenError> {
-        if matches!(self.source, Source::Exchange { .. }) && self.is_current(token).await {
+        if !self.is_fixed() && self.is_current(token).await {
             if let Some(wait) = self.fetch_allowed_in() {
                 return Err(TokenError(format!(
                     "the current token is kept, since getToken was called less than {} ago; \
@@ -487,15 +545,14 @@ impl TokenBroker {
     /// One `getToken` call, unless one went out less than `min_refresh_interval` ago (here, or in
     /// shared mode anywhere in the fleet): then an error at once. The caller holds `fetching`.
     async fn fetch(&self) -> Result<Secret, TokenError> {
-        let Source::Exchange {
-            uuid,
-            secret,
-            base_url,
-            client,
-        } = &self.source
+        let Source::Exchange { uuid, secret } = self.source.lock().expect("token source").clone()
         else {
-            unreachable!("a fixed token is never fetched");
+            // A reload made the token fixed while this caller waited: it is held.
+            return self
+                .valid_now()
+                .ok_or_else(|| TokenError("no token".into()));
         };
+        let (uuid, secret) = (&uuid, &secret);
         let interval = self.cfg.min_refresh_interval;
         let too_soon = || {
             self.metrics
@@ -522,7 +579,9 @@ impl TokenBroker {
         {
             return Err(too_soon());
         }
-        let result = self.exchange(client, base_url, uuid, secret).await;
+        let result = self
+            .exchange(&self.client, &self.base_url, uuid, secret)
+            .await;
         let mut state = self.state.lock().expect("token state");
         match result {
             Ok((token, lifetime)) => {

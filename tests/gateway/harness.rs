@@ -314,6 +314,8 @@ pub struct Bin {
     pub admin_url: String,
     pub logs: Arc<Mutex<Vec<String>>>,
     lines: tokio::sync::watch::Receiver<usize>,
+    /// The config file it was started with (rewrite it, then reload).
+    pub config: PathBuf,
 }
 
 impl Bin {
@@ -345,6 +347,9 @@ impl Bin {
             .env_remove("FINOVY_UUID")
             .env_remove("FINOVY_SECRET")
             .env_remove("FINOVY_TOKEN")
+            .env_remove("FINOVY_UUID_FILE")
+            .env_remove("FINOVY_SECRET_FILE")
+            .env_remove("FINOVY_TOKEN_FILE")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -391,6 +396,7 @@ impl Bin {
             admin_url: admin_url.unwrap(),
             logs,
             lines,
+            config,
         }
     }
 
@@ -424,6 +430,15 @@ impl Bin {
     pub fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Sends SIGHUP: reload the configuration.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());

@@ -22,6 +22,7 @@ mod query;
 mod record_bounds;
 mod redis_harness;
 mod redis_reset;
+mod reload;
 mod shared;
 mod shared_budget;
 mod spend_body;

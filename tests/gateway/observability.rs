@@ -30,14 +30,6 @@ const ALERT_TESTS: &str = concat!(
 );
 const RUNBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/RUNBOOK.md");
 
-/// Metrics an alert uses that this build of the gateway may not export yet: the config-reload
-/// metrics come with reload support (CONTRACT.md names them). Only the alerts may use them, never
-/// a dashboard panel; delete this list once the gateway exports them.
-const NOT_YET_EXPORTED: &[&str] = &[
-    "finovy_gateway_config_reloads_total",
-    "finovy_gateway_config_last_reload_success_timestamp_seconds",
-];
-
 /// The dashboard row whose panels only a gateway in shared mode fills.
 const SHARED_ROW: &str = "Shared mode (Redis)";
 
@@ -635,7 +627,7 @@ async fn a_real_prometheus_scraping_gateways_answers_every_panel_of_the_dashboar
         let name = rule["name"].as_str().unwrap();
         for metric in metric_names(rule["query"].as_str().unwrap()) {
             assert!(
-                shared_names.contains(&metric) || NOT_YET_EXPORTED.contains(&metric.as_str()),
+                shared_names.contains(&metric),
                 "{name}: {metric} is not exported"
             );
         }

@@ -1,0 +1,236 @@
+//! Reload without restart (`SIGHUP`, `POST /admin/reload`): the config file and the credential
+//! files are read again, checked exactly as `check-config` checks them, and what may change at
+//! run time is swapped in: clients (keys, routes, accounts), `[auth]`, cache policies, create
+//! policies (rates, budgets, de-dup settings), the log level, the admin key and the accounts'
+//! credentials. A file that does not check changes nothing. A change that needs a restart
+//! (listen addresses, Redis, `[server]`, `[upstream]`, `[token]`, the accounts themselves) is
+//! logged as such and otherwise ignored.
+//!
+//! Each swappable setting sits behind a [`Swap`]: a request reads it once, as it starts, and
+//! keeps that `Arc` to its end, so requests in flight finish under the settings they began with.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::cache::Cache;
+use crate::config::{EnvLookup, FileConfig, Overrides, Settings};
+use crate::layers::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::protect::budget::Budget;
+use crate::protect::policy::CreateSettings;
+use crate::upstream::AccountHandle;
+
+/// A value swapped whole at run time; readers take the current `Arc` (one uncontended read lock).
+pub struct Swap<T>(RwLock<Arc<T>>);
+
+impl<T> Swap<T> {
+    pub fn new(value: T) -> Swap<T> {
+        Swap(RwLock::new(Arc::new(value)))
+    }
+
+    /// The current value, kept by the caller for as long as it needs it.
+    pub fn load(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `f` on the current value without taking an `Arc` (the cache-hit path).
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn store(&self, value: T) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+    }
+}
+
+/// Where the settings come from again: the config file (`None`: `config/gateway.toml` when
+/// present) and the command-line flags, which keep overriding the file.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// What a reload applied.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Keys whose change was ignored because it needs a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// The running gateway's swappable settings, and the last settings applied (to tell changes).
+pub struct Reloader {
+    pub(crate) source: OnceLock<Source>,
+    pub(crate) current: Mutex<Settings>,
+    pub(crate) accounts: Vec<Arc<AccountHandle>>,
+    pub(crate) auth: Arc<Swap<Authenticator>>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) create: Arc<Swap<CreateSettings>>,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) admin_key: Arc<Swap<Option<[u8; 32]>>>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Why a reload changed nothing (the message names the key, never a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("reload is not available: this gateway was not started by `serve`")]
+    Unavailable,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Whether two sections differ, compared as their serialised (masked) form.
+fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+}
+
+impl Reloader {
+    /// Reads the file and the credential files again and applies them; counted in the metrics
+    /// and logged either way.
+    pub fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
+        let result = self.try_reload();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(applied) => {
+                self.metrics.config_last_reload_success.set(unix_now());
+                tracing::info!(trigger, restart_needed = ?applied.restart_needed, "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "configuration reload failed; the running settings stay")
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<Applied, ReloadError> {
+        let source = self.source.get().ok_or(ReloadError::Unavailable)?;
+        let env: EnvLookup<'_> = &crate::config::process_env;
+        let new = FileConfig::load(source.path.as_deref())
+            .and_then(|file| Settings::resolve(file, &source.overrides, env))
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let blockers = new.serve_blockers();
+        if !blockers.is_empty() {
+            return Err(ReloadError::Invalid(blockers.join("; ")));
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut restart_needed = restart_only_changes(&current, &new);
+        let mut create = new.create.clone();
+        // The execution limit of creates is derived from `max_wait` at start: keep it.
+        for (route, policy) in create.routes.iter_mut() {
+            if let Some(old) = current.create.routes.get(route)
+                && old.max_wait != policy.max_wait
+            {
+                restart_needed.push(format!("create.routes.\"{route}\".max_wait"));
+                policy.max_wait = old.max_wait;
+            }
+        }
+        // Everything is built before anything is swapped: an error leaves all as it was.
+        let auth =
+            crate::server::authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
+        let credentials: Vec<_> = self
+            .accounts
+            .iter()
+            .filter_map(|a| {
+                let c = new.accounts.iter().find(|n| *n.name == *a.name)?;
+                Some((a.clone(), c.credentials.clone()))
+            })
+            .collect();
+        if new.log.level != current.log.level
+            && let Err(e) = crate::telemetry::set_level(&new.log.level)
+        {
+            return Err(ReloadError::Invalid(format!("log.level: {e}")));
+        }
+
+        self.auth.store(auth);
+        self.cache.set_policies(new.cache.routes.clone());
+        self.budget.set_caps(create.budget.clone());
+        self.create.store(create.clone());
+        self.admin_key.store(new.admin_key_sha256);
+        for (account, creds) in credentials {
+            account.broker.set_credentials(&creds);
+        }
+        for key in &restart_needed {
+            tracing::warn!(key = %key, "this change needs a restart; ignored until then");
+        }
+        // What is remembered is what runs: restart-only parts stay as they were.
+        let mut applied = current.clone();
+        applied.auth = new.auth.clone();
+        applied.anonymous_routes = new.anonymous_routes.clone();
+        applied.clients = new.clients.clone();
+        applied.cache.routes = new.cache.routes.clone();
+        applied.create = create;
+        applied.admin_key_sha256 = new.admin_key_sha256;
+        applied.log.level = new.log.level.clone();
+        for a in applied.accounts.iter_mut() {
+            if let Some(n) = new.accounts.iter().find(|n| n.name == a.name) {
+                a.credentials = n.credentials.clone();
+            }
+        }
+        *current = applied;
+        Ok(Applied { restart_needed })
+    }
+}
+
+/// The keys whose change needs a restart: what listeners, connections, stores and background
+/// tasks were built from.
+fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            out.push(key.to_string());
+        }
+    };
+    check("server", differs(&old.server, &new.server));
+    check("upstream", differs(&old.upstream, &new.upstream));
+    check("token", differs(&old.token, &new.token));
+    // The URL is compared as written: its serialised form masks a password.
+    let url = |s: &Settings| s.redis.as_ref().map(|r| r.url.clone());
+    check(
+        "redis",
+        differs(&old.redis, &new.redis) || url(old) != url(new),
+    );
+    check("log.format", old.log.format != new.log.format);
+    check(
+        "cache.max_bytes",
+        old.cache.max_bytes != new.cache.max_bytes,
+    );
+    check("create.lease", old.create.lease != new.create.lease);
+    check(
+        "create.records_max_bytes",
+        old.create.records_max_bytes != new.create.records_max_bytes,
+    );
+    let shape = |s: &Settings| -> Vec<(String, String)> {
+        s.accounts
+            .iter()
+            .map(|a| (a.name.clone(), a.base_url.clone()))
+            .collect()
+    };
+    check("accounts", shape(old) != shape(new));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swap_keeps_what_a_reader_took() {
+        let s = Swap::new(1);
+        let taken = s.load();
+        s.store(2);
+        assert_eq!((*taken, *s.load()), (1, 2));
+        assert_eq!(s.with(|v| *v + 1), 3);
+    }
+}

@@ -1,0 +1,390 @@
+//! Reload without restart, against the real binary: `SIGHUP` and `POST /admin/reload` re-read the
+//! config file and the credential files; clients, cache policies and credentials change for the
+//! next requests, a file that does not check changes nothing, and requests in flight finish
+//! under the settings they began with.
+
+use std::time::Duration;
+
+use finovy_gateway::sim::SimConfig;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::harness::*;
+
+const KEY_A: &str = "fgw_reload_client_a_5d41402abc4b";
+const KEY_B: &str = "fgw_reload_client_b_7d793037a076";
+const ADMIN_KEY: &str = "fgw_reload_admin_key_2fd4e1c67a2d";
+
+/// A config file's text: `body`, the admin key, and the loose token bounds every rewrite keeps
+/// (a change to `[token]` would need a restart).
+fn config(body: &str) -> String {
+    format!(
+        "{body}\n[admin]\nkey_sha256 = \"{}\"\n{FAST_CREATES}\n{LOOSE_TOKENS}",
+        hex::encode(Sha256::digest(ADMIN_KEY.as_bytes()))
+    )
+}
+
+/// The value of a metric line starting with `series` (0 when absent).
+async fn metric(gw: &Bin, series: &str) -> f64 {
+    let text = get_text(&format!("{}/metrics", gw.admin_url)).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const RELOADS_OK: &str = "finovy_gateway_config_reloads_total{result=\"ok\"}";
+const RELOADS_ERROR: &str = "finovy_gateway_config_reloads_total{result=\"error\"}";
+const LAST_OK: &str = "finovy_gateway_config_last_reload_success_timestamp_seconds";
+
+/// Polls until the metric `series` reaches `value`: the reload it counts has been applied.
+async fn metric_reaches(gw: &Bin, series: &str, value: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(gw, series).await < value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {value}:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn status_with(url: &str, key: &str) -> (u16, Value, String) {
+    let r = http()
+        .get(url)
+        .header("Authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let cache = cache_status(r.headers());
+    (status, r.json().await.unwrap(), cache)
+}
+
+/// The `ttl=N` of a `Cache-Status`.
+fn ttl_of(cache_status: &str) -> i64 {
+    cache_status
+        .split("ttl=")
+        .nth(1)
+        .and_then(|t| t.split(';').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {cache_status:?}"))
+}
+
+async fn reload_over_http(gw: &Bin, key: &str) -> (u16, Value) {
+    send_json(
+        http()
+            .post(format!("{}/admin/reload", gw.admin_url))
+            .header("Authorization", format!("Bearer {key}")),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_adds_and_removes_clients_and_changes_a_cache_ttl() {
+    let sim = Sim::start(sim_config()).await;
+    let memory = "[cache.routes.\"disk.memory_total\"]\nttl = \"1h\"\n";
+    let gw = Bin::serve(
+        &config(&(client_entry("a", KEY_A, "") + memory)),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let area = |n: u32| format!("{}{DISK}/memoryTotal/{n}", gw.url);
+    let (status, _, _) = status_with(&area(0), KEY_A).await;
+    assert_eq!(status, 200);
+    let (_, _, cache) = status_with(&area(0), KEY_A).await;
+    assert!(
+        cache.contains("hit") && ttl_of(&cache) > 3000,
+        "the 1h policy: {cache}"
+    );
+    assert_eq!(
+        status_with(&area(0), KEY_B).await.0,
+        401,
+        "b is not a client yet"
+    );
+
+    let memory = "[cache.routes.\"disk.memory_total\"]\nttl = \"20s\"\n";
+    std::fs::write(&gw.config, config(&(client_entry("b", KEY_B, "") + memory))).unwrap();
+    let before = metric(&gw, LAST_OK).await;
+    gw.hangup();
+    metric_reaches(&gw, RELOADS_OK, 1.0).await;
+    assert!(metric(&gw, LAST_OK).await >= before);
+
+    let (status, body, _) = status_with(&area(1), KEY_B).await;
+    assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
+    let (_, _, cache) = status_with(&area(1), KEY_B).await;
+    assert!(
+        cache.contains("hit") && (1..=20).contains(&ttl_of(&cache)),
+        "a new entry takes the new TTL: {cache}"
+    );
+    let (status, body, _) = status_with(&area(1), KEY_A).await;
+    assert_eq!((status, &body["code"]), (401, &Value::from(401)), "{body}");
+    let (status, _, _) = status_with(&area(2), KEY_B).await;
+    assert_eq!(status, 200);
+    let log = gw.wait_for_log("configuration reloaded", 1).await;
+    assert!(log.contains("SIGHUP"), "{log}");
+    assert!(!log.contains(KEY_A) && !log.contains(KEY_B));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_file_changes_nothing_and_an_in_flight_create_finishes() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Bin::serve(
+        &config(&client_entry("a", KEY_A, "")),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let info = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(status_with(&info, KEY_A).await.0, 200);
+    let create = |key: &'static str| {
+        let url = format!("{}{DISK}/create", gw.url);
+        tokio::spawn(send_json(
+            http()
+                .post(url)
+                .header("Authorization", format!("Bearer {key}"))
+                .header("Idempotency-Key", fresh_key())
+                .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0})),
+        ))
+    };
+    let creates_reach = |n: u64| {
+        let sim = &sim;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while sim.calls("create").await < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "create {n} never left"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    sim.fault("slow", "1500ms").await;
+    let first = create(KEY_A);
+    creates_reach(1).await;
+
+    // A file that does not check: a client key that is not a digest, and B added beside it.
+    std::fs::write(
+        &gw.config,
+        config(
+            &(client_entry("b", KEY_B, "")
+                + "[[clients]]\nname = \"c\"\nkey_sha256 = \"not-a-digest\"\n"),
+        ),
+    )
+    .unwrap();
+    let last_ok = metric(&gw, LAST_OK).await;
+    let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
+    assert_eq!((status, &body["code"]), (400, &Value::from(1007)), "{body}");
+    assert_eq!(body["success"], false);
+    let msg = body["msg"].as_str().unwrap();
+    assert!(msg.contains("clients[1].key_sha256"), "{msg}");
+    assert_eq!(metric(&gw, RELOADS_ERROR).await, 1.0);
+    assert_eq!(metric(&gw, RELOADS_OK).await, 0.0);
+    assert_eq!(metric(&gw, LAST_OK).await, last_ok);
+    gw.wait_for_log("configuration reload failed", 1).await;
+
+    let (status, body) = first.await.unwrap();
+    assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
+    assert_eq!(
+        status_with(&info, KEY_A).await.0,
+        200,
+        "a is still a client"
+    );
+    assert_eq!(status_with(&info, KEY_B).await.0, 401, "b was never added");
+    // The wrong admin key reloads nothing either.
+    let (status, _) = reload_over_http(&gw, KEY_A).await;
+    assert_eq!(status, 401);
+
+    // A valid reload that removes A while one of A's creates is in flight: it finishes as it
+    // began, and A's next request is refused.
+    let second = create(KEY_A);
+    creates_reach(2).await;
+    std::fs::write(&gw.config, config(&client_entry("b", KEY_B, ""))).unwrap();
+    let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
+    assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
+    let (status, body) = second.await.unwrap();
+    assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
+    sim.fault("none", "0ms").await;
+    assert_eq!(status_with(&info, KEY_A).await.0, 401);
+    assert_eq!(status_with(&info, KEY_B).await.0, 200);
+    assert_eq!(
+        sim.stats().await["disks"],
+        2,
+        "one disk per create, none more"
+    );
+    assert_eq!(metric(&gw, RELOADS_OK).await, 1.0);
+}
+
+/// Polls `/readyz` until it answers `status`.
+async fn readyz_until(admin_url: &str, status: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http().get(format!("{admin_url}/readyz")).send().await
+            && r.status().as_u16() == status
+        {
+            return r.text().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_secret_file_makes_readyz_ready_after_a_reload() {
+    const OLD: &str = "rotated-away-secret-0a1b2c";
+    const NEW: &str = "rotated-in-secret-3d4e5f";
+    let sim = Sim::start(SimConfig {
+        secret: NEW.into(),
+        ..sim_config()
+    })
+    .await;
+    let secret_file = temp_file("secret", &format!("{OLD}\n"));
+    let mut gw = Bin::serve(
+        &config(""),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET_FILE", secret_file.to_str().unwrap()),
+        ],
+    );
+    let body = readyz_until(&gw.admin_url, 503).await;
+    assert!(body.contains("no token"), "{body}");
+
+    // The Secret volume is updated (with its trailing newline), then the replica told.
+    std::fs::write(&secret_file, format!("{NEW}\n")).unwrap();
+    gw.hangup();
+    metric_reaches(&gw, RELOADS_OK, 1.0).await;
+    readyz_until(&gw.admin_url, 200).await;
+    assert!(gw.child.try_wait().unwrap().is_none(), "no restart");
+    let (status, body) = send_json(http().get(format!("{}{DISK}/memoryTotal/0", gw.url))).await;
+    assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
+    let log = gw.wait_for_log("credentials changed", 1).await;
+    assert!(!log.contains(OLD) && !log.contains(NEW), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_token_file_is_used_at_once() {
+    let sim = Sim::start(sim_config()).await;
+    let first = sim.token().await;
+    let token_file = temp_file("token", &first);
+    let gw = Bin::serve(
+        &config(""),
+        &sim.url,
+        &[("FINOVY_TOKEN_FILE", token_file.to_str().unwrap())],
+    );
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    let sent_token = || async {
+        let requests = sim.requests().await;
+        let last = requests.last().expect("a request reached the simulator");
+        last["headers"]["finovy-access-token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    assert_eq!(sent_token().await, first);
+
+    let second = sim.token().await;
+    assert_ne!(first, second);
+    std::fs::write(&token_file, format!("{second}\n")).unwrap();
+    // A change that needs a restart rides along: named, logged, and otherwise ignored.
+    std::fs::write(&gw.config, config("[server]\nmax_body_bytes = 1000\n")).unwrap();
+    let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["restart_needed"],
+        serde_json::json!(["server"]),
+        "{body}"
+    );
+    gw.wait_for_log("needs a restart", 1).await;
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    assert_eq!(sent_token().await, second);
+    assert_eq!(
+        sim.calls("getToken").await,
+        2,
+        "only the test's own getToken calls"
+    );
+    // An unreadable file is refused, naming the variable, and the token stays.
+    std::fs::remove_file(&token_file).unwrap();
+    let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["msg"].as_str().unwrap().contains("FINOVY_TOKEN_FILE"),
+        "{body}"
+    );
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    assert_eq!(sent_token().await, second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_changes_the_log_level() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Bin::serve(
+        &config("[log]\nlevel = \"info,finovy_gateway::access=off\"\n"),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    std::fs::write(&gw.config, config("[log]\nlevel = \"info\"\n")).unwrap();
+    gw.hangup();
+    metric_reaches(&gw, RELOADS_OK, 1.0).await;
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    // Lines leave in order: once the second request's line is out, the first's would be too.
+    let log = gw.wait_for_log("finovy_gateway::access", 1).await;
+    let access = log
+        .lines()
+        .filter(|l| l.contains("finovy_gateway::access"))
+        .count();
+    assert_eq!(
+        access, 1,
+        "only the request after the reload is logged:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_shared_mode_each_replica_reloads_its_own_file() {
+    let redis = crate::redis_harness::RedisServer::start();
+    let sim = Sim::start(sim_config()).await;
+    let shared = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let env = [
+        ("FINOVY_UUID", "demo-uuid"),
+        ("FINOVY_SECRET", "demo-secret"),
+    ];
+    let before = config(&(client_entry("a", KEY_A, "") + &shared));
+    let after = config(&(client_entry("a", KEY_A, "") + &client_entry("b", KEY_B, "") + &shared));
+    let one = Bin::serve(&before, &sim.url, &env);
+    let two = Bin::serve(&before, &sim.url, &env);
+    let url = |gw: &Bin| format!("{}{DISK}/memoryTotal/0", gw.url);
+
+    // The change rolls replica by replica: until a replica reloads, it keeps what it had.
+    std::fs::write(&one.config, &after).unwrap();
+    one.hangup();
+    metric_reaches(&one, RELOADS_OK, 1.0).await;
+    assert_eq!(status_with(&url(&one), KEY_B).await.0, 200);
+    assert_eq!(status_with(&url(&two), KEY_B).await.0, 401);
+    assert_eq!(metric(&two, RELOADS_OK).await, 0.0);
+    for gw in [&one, &two] {
+        assert_eq!(status_with(&url(gw), KEY_A).await.0, 200);
+    }
+    std::fs::write(&two.config, &after).unwrap();
+    let (status, body) = reload_over_http(&two, ADMIN_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["restart_needed"],
+        serde_json::json!([]),
+        "{body}"
+    );
+    assert_eq!(status_with(&url(&two), KEY_B).await.0, 200);
+}
