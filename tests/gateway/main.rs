@@ -23,5 +23,6 @@ mod redis_harness;
 mod redis_reset;
 mod shared;
 mod spend_body;
+mod tls;
 mod token;
 mod upstream_trust;
