@@ -289,3 +289,18 @@ fn with_port(dst: http::Uri) -> http::Uri {
         Err(_) => dst,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::with_port;
+
+    #[test]
+    fn the_tunnel_target_carries_the_scheme_s_port() {
+        let port = |u: &str| with_port(u.parse().unwrap()).port_u16();
+        assert_eq!(port("http://upstream.example/v1/x?a=1"), Some(80));
+        assert_eq!(port("https://upstream.example"), Some(443));
+        assert_eq!(port("http://upstream.example:8080/"), Some(8080));
+        let kept = with_port("http://upstream.example/v1/x?a=1".parse().unwrap());
+        assert_eq!(kept.to_string(), "http://upstream.example:80/v1/x?a=1");
+    }
+}

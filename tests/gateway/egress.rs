@@ -151,6 +151,22 @@ async fn the_upstream_is_reached_through_the_proxy_with_connect() {
 }
 
 #[tokio::test]
+async fn a_plain_http_upstream_is_tunnelled_too() {
+    let sim = Sim::start(sim_config()).await;
+    let proxy = Tinyproxy::start(sim.addr.port(), None);
+    let toml = format!("[upstream]\nproxy = \"{}\"\n", proxy.url);
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    assert_eq!(image(&gw).await.0, 200);
+    let target = format!("CONNECT 127.0.0.1:{} HTTP/1.1", sim.addr.port());
+    let connects = proxy.connects();
+    assert!(
+        !connects.is_empty() && connects.iter().all(|l| l.contains(&target)),
+        "{connects:?}"
+    );
+    assert_eq!(sim.calls("image").await, 1);
+}
+
+#[tokio::test]
 async fn without_the_ca_or_the_proxy_password_nothing_reaches_the_upstream() {
     let sim = Sim::start(sim_config()).await;
     let ca = TestCa::new("inspecting");
