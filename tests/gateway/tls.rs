@@ -329,3 +329,31 @@ fn tls_keys_are_checked_when_the_config_is_read() {
     assert!(err.to_string().contains("holds no certificate"), "{err}");
     resolve(&tls_toml(&leaf, Some(&ca))).unwrap();
 }
+
+#[tokio::test]
+async fn a_silent_handshake_holds_no_accept_and_is_let_go() {
+    let sim = Sim::start(sim_config()).await;
+    let ca = TestCa::new("slow");
+    let leaf = ca.server();
+    let toml = tls_toml(&leaf, None).replace("[server]\n", "[server]\nrequest_timeout = \"1s\"\n");
+    let gw = TlsGw::start(&toml, &sim).await;
+
+    // A peer that connects and never sends its ClientHello.
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let client = tls_client(&ca, None, &[b"h2"]);
+    let (status, version, _) = get(&client, &gw.url(IMAGE)).await.unwrap();
+    assert_eq!(
+        (status, version),
+        (200, http::Version::HTTP_2),
+        "served meanwhile"
+    );
+
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the gateway: {read:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
