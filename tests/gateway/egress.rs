@@ -49,8 +49,14 @@ impl Tinyproxy {
             .stderr(Stdio::null())
             .spawn()
             .expect("tinyproxy is installed (apt-get install tinyproxy; .ci/run does it)");
+        let mut child = child;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            // It exits at once when the port was taken meanwhile.
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "tinyproxy exited at start"
+            );
             assert!(Instant::now() < deadline, "tinyproxy did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
