@@ -59,6 +59,7 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     cfg: ServerConfig,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -89,6 +90,19 @@ pub async fn serve(
                 Ok::<_, Infallible>(resp)
             }
         });
+        if let Some(tls) = &tls {
+            let builder = builder.clone();
+            let serve = move |stream| {
+                builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned()
+            };
+            let timeout = cfg.request_timeout;
+            connections.spawn_tls(slot, stream, tls.acceptor(), timeout, serve, |c| {
+                c.graceful_shutdown()
+            });
+            continue;
+        }
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();

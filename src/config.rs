@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::policy::{CacheConfig, CacheSettings};
 use crate::protect::policy::{CreateConfig, CreateSettings};
 use crate::routes::Route;
+use crate::tls::TlsFiles;
 
 /// The environment variables of the default account's credentials (CONTRACT.md, "Configuration").
 pub const ENV_UUID: &str = "FINOVY_UUID";
@@ -150,6 +151,14 @@ pub struct ServerConfig {
     pub h2_keep_alive_interval: Duration,
     #[serde(with = "duration")]
     pub h2_keep_alive_timeout: Duration,
+    /// TLS on `listen`: certificate chain and private key (PEM); unset = plain HTTP and h2c.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// With TLS: clients must present a certificate signed by a CA of this PEM file (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -169,6 +178,9 @@ impl Default for ServerConfig {
             h2_max_concurrent_streams: 100,
             h2_keep_alive_interval: Duration::from_secs(20),
             h2_keep_alive_timeout: Duration::from_secs(20),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -187,6 +199,13 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Largest upstream answer body read, in bytes; a larger one is refused (502, code 503).
     pub max_answer_bytes: usize,
+    /// Egress proxy (`http://[user:pass@]host:port`), reached with HTTP CONNECT; unset =
+    /// `HTTPS_PROXY` / `NO_PROXY` from the environment; `""` = direct, whatever the environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUrl>,
+    /// PEM file of extra CA certificates trusted for the upstream, beside the public roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -198,6 +217,8 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 64,
             max_answer_bytes: 1024 * 1024,
+            proxy: None,
+            ca_file: None,
         }
     }
 }
@@ -274,6 +295,13 @@ impl Default for LogConfig {
 pub struct AdminConfig {
     /// SHA-256 (hex) of the admin key guarding `/admin/*`; unset = those endpoints are disabled.
     pub key_sha256: Option<String>,
+    /// TLS on `admin_listen`, as the data plane's `[server] tls_*` keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 /// Shared mode: replicas share the token, the cache, the create limits and records through Redis.
@@ -369,6 +397,58 @@ pub struct AccountConfig {
     pub secret_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// This account's egress proxy and extra CAs, instead of `[upstream] proxy` / `ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUrl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A proxy URL, which may carry credentials: `Debug` and `Serialize` mask its password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyUrl(String);
+
+impl ProxyUrl {
+    pub fn new(url: impl Into<String>) -> ProxyUrl {
+        ProxyUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", mask_url(&self.0))
+    }
+}
+
+impl Serialize for ProxyUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&mask_url(&self.0))
+    }
+}
+
+/// The conventional proxy environment (curl's names), read when the file names no proxy.
+const ENV_HTTPS_PROXY: [&str; 2] = ["HTTPS_PROXY", "https_proxy"];
+const ENV_NO_PROXY: [&str; 2] = ["NO_PROXY", "no_proxy"];
+
+/// How an account's upstream calls leave this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Egress {
+    /// Every upstream connection goes through this proxy, with HTTP CONNECT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUrl>,
+    /// The proxy came from the environment: it serves `https://` upstreams only, except the
+    /// hosts of `no_proxy`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_env: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_account_name() -> String {
@@ -416,6 +496,7 @@ pub struct Account {
     pub name: String,
     pub base_url: String,
     pub credentials: Credentials,
+    pub egress: Egress,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -453,6 +534,11 @@ pub struct Settings {
     /// `[auth] anonymous_routes`, checked against the route table.
     #[serde(skip)]
     pub anonymous_routes: BTreeSet<Route>,
+    /// TLS of the data-plane and admin listeners (`[server] tls_*`, `[admin] tls_*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_tls: Option<TlsFiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<TlsFiles>,
 }
 
 fn mask_opt<S: serde::Serializer>(_: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
@@ -596,9 +682,22 @@ impl Settings {
             .map(|d| parse_digest("admin.key_sha256", d))
             .transpose()?;
 
+        let listen_tls = resolve_tls(
+            "server",
+            &server.tls_cert_file,
+            &server.tls_key_file,
+            &server.tls_client_ca_file,
+        )?;
+        let admin_tls = resolve_tls(
+            "admin",
+            &file.admin.tls_cert_file,
+            &file.admin.tls_key_file,
+            &file.admin.tls_client_ca_file,
+        )?;
+
         let cache = file.cache.resolve()?;
         let create = file.create.resolve()?;
-        let accounts = resolve_accounts(&file.accounts, &upstream.base_url, env)?;
+        let accounts = resolve_accounts(&file.accounts, &upstream, env)?;
         let clients = resolve_clients(&file.clients, &accounts)?;
         let anonymous_routes = route_set("auth.anonymous_routes", &file.auth.anonymous_routes)?;
 
@@ -615,6 +714,8 @@ impl Settings {
             accounts,
             clients,
             anonymous_routes,
+            listen_tls,
+            admin_tls,
         })
     }
 
@@ -767,9 +868,16 @@ pub fn parse_digest(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
 
 fn resolve_accounts(
     list: &[AccountConfig],
-    default_base: &str,
+    upstream: &UpstreamConfig,
     env: EnvLookup<'_>,
 ) -> Result<Vec<Account>, ConfigError> {
+    let default_base = upstream.base_url.as_str();
+    let default_egress = resolve_egress(
+        "upstream",
+        upstream.proxy.as_ref(),
+        upstream.ca_file.as_ref(),
+        env,
+    )?;
     let mut accounts = Vec::new();
     // The default account's files are named by the environment, as its variables are.
     let env_file = |name: &str| env(name).map(PathBuf::from);
@@ -788,6 +896,7 @@ fn resolve_accounts(
                 from(ENV_SECRET, ENV_SECRET_FILE),
                 from(ENV_TOKEN, ENV_TOKEN_FILE),
             )?,
+            egress: default_egress.clone(),
         });
     }
     for (i, a) in list.iter().enumerate() {
@@ -856,13 +965,137 @@ fn resolve_accounts(
             from(&secret_env, secret_file, "secret_file"),
             from(&token_env, token_file, "token_file"),
         )?;
+        let egress = resolve_egress(
+            &key,
+            a.proxy.as_ref().or(upstream.proxy.as_ref()),
+            a.ca_file.as_ref().or(upstream.ca_file.as_ref()),
+            env,
+        )?;
+        // The upstream client picks a connection's egress by the upstream's scheme and authority.
+        if let Some(other) = accounts
+            .iter()
+            .find(|b| same_origin(&b.base_url, &base_url) && b.egress != egress)
+        {
+            return Err(invalid(
+                format!("{key}.proxy"),
+                format!(
+                    "account {:?} reaches the same upstream host as {:?} and must use the same proxy and ca_file",
+                    a.name, other.name
+                ),
+            ));
+        }
         accounts.push(Account {
             name: a.name.clone(),
             base_url,
             credentials,
+            egress,
         });
     }
     Ok(accounts)
+}
+
+fn same_origin(a: &str, b: &str) -> bool {
+    match (a.parse::<http::Uri>(), b.parse::<http::Uri>()) {
+        (Ok(a), Ok(b)) => a.scheme() == b.scheme() && a.authority() == b.authority(),
+        _ => false,
+    }
+}
+
+/// The proxy named in the file (`""`: none), else the environment's; the CA file must be readable.
+fn resolve_egress(
+    key: &str,
+    proxy: Option<&ProxyUrl>,
+    ca_file: Option<&PathBuf>,
+    env: EnvLookup<'_>,
+) -> Result<Egress, ConfigError> {
+    let first = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| env(n))
+            .filter(|v| !v.trim().is_empty())
+    };
+    let mut egress = Egress {
+        ca_file: ca_file.cloned(),
+        ..Egress::default()
+    };
+    match proxy {
+        Some(p) if p.expose().is_empty() => {}
+        Some(p) => {
+            check_proxy_url(&format!("{key}.proxy"), p.expose())?;
+            egress.proxy = Some(p.clone());
+        }
+        None => {
+            if let Some(p) = first(ENV_HTTPS_PROXY) {
+                check_proxy_url("HTTPS_PROXY", &p)?;
+                egress.proxy = Some(ProxyUrl(p));
+                egress.from_env = true;
+                egress.no_proxy = first(ENV_NO_PROXY);
+            }
+        }
+    }
+    if let Some(ca) = &egress.ca_file {
+        crate::tls::roots_from(ca, rustls::RootCertStore::empty())
+            .map_err(|e| invalid(format!("{key}.ca_file"), e))?;
+    }
+    Ok(egress)
+}
+
+/// An `http://` proxy with a host: the CONNECT is sent in clear to it. Errors show the URL masked.
+fn check_proxy_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let masked = mask_url(url);
+    let uri: http::Uri = url.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("expected an http:// proxy URL, got {masked:?}"),
+        )
+    })?;
+    let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if uri.scheme_str() != Some("http") || uri.host().is_none() || !path_ok {
+        return Err(invalid(
+            key,
+            format!("expected an http://[user:pass@]host:port proxy URL, got {masked:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A listener's TLS keys: certificate and key together, the client CA only with them; the files
+/// are loaded here once so that `check-config` finds what `serve` would refuse.
+fn resolve_tls(
+    section: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = match (cert, key) {
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        },
+        (None, None) if client_ca.is_none() => return Ok(None),
+        (None, None) => {
+            return Err(invalid(
+                format!("{section}.tls_client_ca_file"),
+                "needs tls_cert_file and tls_key_file",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                format!("{section}.tls_key_file"),
+                "expected with tls_cert_file",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                format!("{section}.tls_cert_file"),
+                "expected with tls_key_file",
+            ));
+        }
+    };
+    crate::tls::ServerTls::load(files.clone())
+        .map_err(|e| invalid(format!("{section}.tls_cert_file"), e))?;
+    Ok(Some(files))
 }
 
 /// Where one credential comes from: an environment variable (`var`, empty for none) or a file.

@@ -20,6 +20,7 @@ pub mod single_flight;
 pub mod stack;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod work;
 

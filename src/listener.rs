@@ -10,11 +10,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// The open connections of one listener.
 pub struct Connections {
@@ -128,6 +131,36 @@ impl Connections {
         });
     }
 
+    /// As [`Connections::spawn`], for a TLS listener: the handshake runs in the connection's own
+    /// task (a slow one holds no accept), within `handshake_timeout`, and then `serve` makes the
+    /// connection. A connection closed while still in its handshake is dropped.
+    pub fn spawn_tls<C, E>(
+        &self,
+        slot: Slot,
+        stream: TcpStream,
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+        serve: impl FnOnce(TlsStream<TcpStream>) -> C + Send + 'static,
+        graceful: fn(Pin<&mut C>),
+    ) where
+        C: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let peer = slot.peer;
+        let handshake = async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Ok(serve(tls)),
+                Ok(Err(e)) => Err(format!("TLS handshake with {peer} failed: {e}").into()),
+                Err(_) => Err(format!("TLS handshake with {peer} timed out").into()),
+            }
+        };
+        let conn = TlsConnection {
+            state: TlsState::Handshake(Box::pin(handshake)),
+            graceful,
+        };
+        self.spawn(slot, conn, TlsConnection::close);
+    }
+
     /// Closes every connection gracefully and waits until all are gone.
     pub async fn close_all(&self) {
         self.close_all_later();
@@ -191,5 +224,54 @@ impl Activity {
         }
         let since = self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire));
         since + idle
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A TLS connection: its handshake, then the connection served over it.
+struct TlsConnection<C> {
+    state: TlsState<C>,
+    graceful: fn(Pin<&mut C>),
+}
+
+enum TlsState<C> {
+    Handshake(Pin<Box<dyn Future<Output = Result<C, BoxError>> + Send>>),
+    Serving(Pin<Box<C>>),
+    Closed,
+}
+
+impl<C> TlsConnection<C> {
+    fn close(mut self: Pin<&mut Self>) {
+        let graceful = self.graceful;
+        match &mut self.state {
+            TlsState::Handshake(_) => self.state = TlsState::Closed,
+            TlsState::Serving(conn) => graceful(conn.as_mut()),
+            TlsState::Closed => {}
+        }
+    }
+}
+
+impl<C, E> Future for TlsConnection<C>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut self.state {
+                TlsState::Handshake(handshake) => match ready!(handshake.as_mut().poll(cx)) {
+                    Ok(conn) => self.state = TlsState::Serving(Box::pin(conn)),
+                    Err(e) => {
+                        self.state = TlsState::Closed;
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                TlsState::Serving(conn) => return conn.as_mut().poll(cx).map_err(Into::into),
+                TlsState::Closed => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }

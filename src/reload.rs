@@ -70,6 +70,8 @@ pub struct Reloader {
     pub(crate) budget: Arc<Budget>,
     pub(crate) admin_key: Arc<Swap<Option<[u8; 32]>>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The listeners' TLS: certificates are read again with the rest.
+    pub(crate) tls: OnceLock<crate::server::ListenerTls>,
 }
 
 /// Why a reload changed nothing (the message names the key, never a secret).
@@ -161,6 +163,15 @@ impl Reloader {
         for (account, creds) in credentials {
             account.broker.set_credentials(&creds);
         }
+        // The certificate files loaded when the file was checked, just above; read again here
+        // into the running listeners (new connections get them).
+        if let Some(tls) = self.tls.get() {
+            for (name, listener) in [("server", &tls.listen), ("admin", &tls.admin)] {
+                if let Some(Err(e)) = listener.as_ref().map(|l| l.reload()) {
+                    tracing::error!(listener = name, error = %e, "TLS certificates not reloaded; the old ones stay");
+                }
+            }
+        }
         for key in &restart_needed {
             tracing::warn!(key = %key, "this change needs a restart; ignored until then");
         }
@@ -202,6 +213,8 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<String> {
         differs(&old.redis, &new.redis) || url(old) != url(new),
     );
     check("log.format", old.log.format != new.log.format);
+    // Certificates are reloaded, but TLS on or off, and which files, is fixed at start.
+    check("admin TLS files", old.admin_tls != new.admin_tls);
     check(
         "cache.max_bytes",
         old.cache.max_bytes != new.cache.max_bytes,

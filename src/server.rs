@@ -38,6 +38,7 @@ use crate::reload::{Reloader, Source, Swap};
 use crate::stack::Protection;
 use crate::stack::{self, Edge};
 use crate::store::{CacheStore, MemoryStore};
+use crate::tls::ServerTls;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
 use crate::work::WorkTracker;
 
@@ -111,7 +112,19 @@ impl Gateway {
             .as_ref()
             .is_some_and(|r| r.creates_when_down == CreatesWhenDown::Local);
         let token_store = fleet.clone().map(|f| Arc::new(TokenStore::new(f)));
-        let client = UpstreamClient::new(&settings.upstream, metrics.clone());
+        let default_egress = settings
+            .accounts
+            .iter()
+            .find(|a| a.name == crate::config::DEFAULT_ACCOUNT)
+            .map(|a| a.egress.clone())
+            .unwrap_or_default();
+        let client = UpstreamClient::new(
+            &settings.upstream,
+            &default_egress,
+            &settings.accounts,
+            metrics.clone(),
+        )
+        .map_err(|e| StartError::Refused(vec![e]))?;
         let mut accounts = Vec::new();
         for a in &settings.accounts {
             let broker = TokenBroker::new(
@@ -201,6 +214,7 @@ impl Gateway {
             budget,
             admin_key: Arc::new(Swap::new(settings.admin_key_sha256)),
             metrics: metrics.clone(),
+            tls: std::sync::OnceLock::new(),
         });
         Ok(Gateway {
             settings,
@@ -258,6 +272,22 @@ pub struct Server {
     gateway: Gateway,
     listener: TcpListener,
     admin_listener: TcpListener,
+    tls: ListenerTls,
+}
+
+/// The listeners' TLS, when configured; [`ServerTls::reload`] rereads a listener's files.
+#[derive(Clone, Default)]
+pub struct ListenerTls {
+    pub listen: Option<Arc<ServerTls>>,
+    pub admin: Option<Arc<ServerTls>>,
+}
+
+fn load_tls(files: &Option<crate::tls::TlsFiles>) -> Result<Option<Arc<ServerTls>>, StartError> {
+    files
+        .clone()
+        .map(ServerTls::load)
+        .transpose()
+        .map_err(|e| StartError::Refused(vec![e]))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -271,17 +301,28 @@ impl Server {
         let gateway = Gateway::new(settings)?;
         let listener = bind(gateway.settings.server.listen).await?;
         let admin_listener = bind(gateway.settings.server.admin_listen).await?;
+        let tls = ListenerTls {
+            listen: load_tls(&gateway.settings.listen_tls)?,
+            admin: load_tls(&gateway.settings.admin_tls)?,
+        };
         Ok(Server {
             gateway,
             listener,
             admin_listener,
+            tls,
         })
     }
 
     /// Lets `SIGHUP` and `POST /admin/reload` read the settings again from `source`.
     pub fn with_reload(self, source: Source) -> Server {
         let _ = self.gateway.reloader.source.set(source);
+        let _ = self.gateway.reloader.tls.set(self.tls.clone());
         self
+    }
+
+    /// The listeners' TLS, to reload certificates while running.
+    pub fn tls(&self) -> ListenerTls {
+        self.tls.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -302,6 +343,7 @@ impl Server {
             gateway,
             listener,
             admin_listener,
+            tls,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
@@ -335,6 +377,7 @@ impl Server {
             admin_listener,
             admin_state,
             server_cfg.clone(),
+            tls.admin.clone(),
             stopped(),
         ));
 
@@ -382,6 +425,19 @@ impl Server {
                     Ok::<_, std::convert::Infallible>(resp.map(Full::new))
                 }
             });
+            if let Some(tls) = &tls.listen {
+                let builder = builder.clone();
+                let serve = move |stream| {
+                    builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned()
+                };
+                let timeout = server_cfg.request_timeout;
+                connections.spawn_tls(slot, stream, tls.acceptor(), timeout, serve, |c| {
+                    c.graceful_shutdown()
+                });
+                continue;
+            }
             let conn = builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .into_owned();

@@ -1,10 +1,16 @@
 //! One pooled HTTP client for every upstream call (HTTP and HTTPS through rustls with the webpki
-//! roots), with a connect timeout and a whole-call timeout. An answer is read completely: upstream
+//! roots, plus an account's `ca_file`), with a connect timeout and a whole-call timeout. An
+//! account's egress proxy is reached with HTTP CONNECT (hyper-util's tunnel), for `https://` and
+//! `http://` upstreams alike; accounts with their own egress get their own pool, chosen by the
+//! upstream's scheme and authority. An answer is read completely: upstream
 //! answers are small JSON envelopes, and the gateway must read `code` to act on it. Reading stops at
 //! `max_answer_bytes` (an announced `Content-Length` beyond it is refused before reading), so an
 //! upstream that answers without end cannot make the gateway buffer it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,9 +18,12 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
-use crate::config::UpstreamConfig;
+use crate::config::{Account, Egress, UpstreamConfig};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -69,36 +78,46 @@ pub struct Answer {
     pub head: EnvelopeHead,
 }
 
+type Pool = Client<HttpsConnector<EgressConnector>, Full<Bytes>>;
+
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The pool of `[upstream]`'s egress, for any upstream no account claims.
+    client: Pool,
+    /// `(scheme, authority)` of an account's base URL, with its own egress, and its pool.
+    by_origin: Arc<Vec<(http::uri::Scheme, http::uri::Authority, Pool)>>,
     timeout: Duration,
     max_answer: usize,
     metrics: Arc<Metrics>,
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> UpstreamClient {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(https);
-        UpstreamClient {
+    /// `default` is the egress of upstreams no account names (`[upstream]`'s); each account whose
+    /// egress differs from it gets a pool of its own. Fails when a CA file cannot be read.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        default: &Egress,
+        accounts: &[Account],
+        metrics: Arc<Metrics>,
+    ) -> Result<UpstreamClient, String> {
+        let client = pool(cfg, default)?;
+        let mut by_origin = Vec::new();
+        for a in accounts.iter().filter(|a| a.egress != *default) {
+            let uri: http::Uri = a
+                .base_url
+                .parse()
+                .map_err(|e| format!("account {:?}: {e}", a.name))?;
+            if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+                by_origin.push((scheme.clone(), authority.clone(), pool(cfg, &a.egress)?));
+            }
+        }
+        Ok(UpstreamClient {
             client,
+            by_origin: Arc::new(by_origin),
             timeout: cfg.timeout,
             max_answer: cfg.max_answer_bytes,
             metrics,
-        }
+        })
     }
 
     /// Sends one request and reads its whole answer; `route` labels the metrics.
@@ -122,7 +141,14 @@ impl UpstreamClient {
     }
 
     async fn exchange(&self, req: http::Request<Full<Bytes>>) -> Result<Answer, UpstreamError> {
-        let resp = self.client.request(req).await.map_err(|e| {
+        let pool = self
+            .by_origin
+            .iter()
+            .find(|(scheme, authority, _)| {
+                req.uri().scheme() == Some(scheme) && req.uri().authority() == Some(authority)
+            })
+            .map_or(&self.client, |(_, _, pool)| pool);
+        let resp = pool.request(req).await.map_err(|e| {
             if e.is_connect() {
                 UpstreamError::Unreachable(describe(&e))
             } else {
@@ -165,4 +191,116 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// One pool: its TLS roots and its way out.
+fn pool(cfg: &UpstreamConfig, egress: &Egress) -> Result<Pool, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    let matcher = egress.proxy.as_ref().map(|p| {
+        let builder = Matcher::builder();
+        let builder = if egress.from_env {
+            builder
+                .https(p.expose().to_string())
+                .no(egress.no_proxy.clone().unwrap_or_default())
+        } else {
+            builder.all(p.expose().to_string())
+        };
+        Arc::new(builder.build())
+    });
+    let roots = crate::tls::upstream_roots(egress.ca_file.as_deref())?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(EgressConnector { http, matcher });
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .build(https))
+}
+
+/// TCP to the upstream, or a CONNECT tunnel through the proxy the matcher picks for it.
+#[derive(Clone)]
+struct EgressConnector {
+    http: HttpConnector,
+    matcher: Option<Arc<Matcher>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Uri> for EgressConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // HttpConnector is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let intercept = self.matcher.as_ref().and_then(|m| m.intercept(&dst));
+        let mut http = self.http.clone();
+        Box::pin(async move {
+            match intercept {
+                Some(proxy) => {
+                    let mut tunnel = Tunnel::new(proxy.uri().clone(), http);
+                    if let Some(auth) = proxy.basic_auth() {
+                        tunnel = tunnel.with_auth(auth.clone());
+                    }
+                    // An `http://` upstream has no default port of 443, which the tunnel assumes.
+                    let dst = with_port(dst);
+                    Ok(tower::Service::call(&mut tunnel, dst).await?)
+                }
+                None => Ok(tower::Service::call(&mut http, dst).await?),
+            }
+        })
+    }
+}
+
+/// `dst` with its scheme's default port written out.
+fn with_port(dst: http::Uri) -> http::Uri {
+    if dst.port().is_some() {
+        return dst;
+    }
+    let port = if dst.scheme_str() == Some("http") {
+        80
+    } else {
+        443
+    };
+    let Some(host) = dst.host() else { return dst };
+    let mut parts = dst.clone().into_parts();
+    match format!("{host}:{port}").parse() {
+        Ok(authority) => {
+            parts.authority = Some(authority);
+            http::Uri::from_parts(parts).unwrap_or(dst)
+        }
+        Err(_) => dst,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_port;
+
+    #[test]
+    fn the_tunnel_target_carries_the_scheme_s_port() {
+        let port = |u: &str| with_port(u.parse().unwrap()).port_u16();
+        assert_eq!(port("http://upstream.example/v1/x?a=1"), Some(80));
+        assert_eq!(port("https://upstream.example"), Some(443));
+        assert_eq!(port("http://upstream.example:8080/"), Some(8080));
+        let kept = with_port("http://upstream.example/v1/x?a=1".parse().unwrap());
+        assert_eq!(kept.to_string(), "http://upstream.example:80/v1/x?a=1");
+    }
 }

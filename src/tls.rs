@@ -1,0 +1,130 @@
+//! TLS for the listeners and extra trust for the upstream: PEM files loaded into rustls (ring).
+//!
+//! A listener's [`ServerTls`] holds its current `rustls::ServerConfig` behind a lock; every accepted
+//! connection takes the config current at that moment, and [`ServerTls::reload`] reads the files
+//! again and swaps the whole config in (certificate, key and client CA alike), so a renewed
+//! certificate applies to new connections while open ones keep theirs. A reload that fails keeps
+//! the config in use.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio_rustls::TlsAcceptor;
+
+/// The PEM files of one listener.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A listener's TLS, reloadable.
+pub struct ServerTls {
+    files: TlsFiles,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Reads the files; an error names the file and what is wrong with it.
+    pub fn load(files: TlsFiles) -> Result<Arc<ServerTls>, String> {
+        let config = build(&files)?;
+        Ok(Arc::new(ServerTls {
+            files,
+            current: RwLock::new(Arc::new(config)),
+        }))
+    }
+
+    /// Reads the files again and uses them for the connections accepted from now on. On error
+    /// nothing changes.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = Arc::new(build(&self.files)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    /// An acceptor with the config current now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        TlsAcceptor::from(config)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+    let chain = read_certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        format!(
+            "cannot read a private key from {}: {e}",
+            files.key.display()
+        )
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let roots = roots_from(ca, RootCertStore::empty())?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("cannot use {} as client CA: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable certificate: {e}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })?;
+    // h2 when the client offers it; the connection builder serves whichever was negotiated.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Every certificate of a PEM file; none is an error.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// `roots` with the CA certificates of a PEM file added.
+pub fn roots_from(path: &Path, mut roots: RootCertStore) -> Result<RootCertStore, String> {
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{} holds an unusable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// The public web roots, plus the CAs of `ca_file` when set (a network that inspects TLS).
+pub fn upstream_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    match ca_file {
+        Some(path) => roots_from(path, roots),
+        None => Ok(roots),
+    }
+}

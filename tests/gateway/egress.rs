@@ -1,0 +1,305 @@
+//! The upstream reached through an egress proxy (a real `tinyproxy`, started here) with HTTP
+//! CONNECT, and behind TLS signed by a test CA (a network that inspects TLS): the simulator stands
+//! behind a TLS front, and the proxy's log and the simulator's counters are the witnesses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use finovy_gateway::config::{FileConfig, Overrides, Settings};
+use finovy_gateway::tls::{ServerTls, TlsFiles};
+use serde_json::Value;
+
+use super::harness::{Gw, Sim, client_entry, demo_env, http, send_json, sim_config, temp_file};
+use super::tls::TestCa;
+
+const IMAGE: &str = "/v1/pve/open/image";
+
+/// A `tinyproxy` in the foreground on a free loopback port, logging every connection.
+struct Tinyproxy {
+    url: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Tinyproxy {
+    /// Allows CONNECT to `connect_port` only; with `auth`, Basic credentials are required.
+    fn start(connect_port: u16, auth: Option<(&str, &str)>) -> Tinyproxy {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = temp_file("tinyproxy.log", "");
+        let mut conf = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Connect\n\
+             MaxClients 50\nAllow 127.0.0.1\nConnectPort {connect_port}\n",
+            log.display()
+        );
+        if let Some((user, pass)) = auth {
+            conf.push_str(&format!("BasicAuth {user} {pass}\n"));
+        }
+        let conf = temp_file("tinyproxy.conf", &conf);
+        let child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tinyproxy is installed (apt-get install tinyproxy; .ci/run does it)");
+        let mut child = child;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            // It exits at once when the port was taken meanwhile.
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "tinyproxy exited at start"
+            );
+            assert!(Instant::now() < deadline, "tinyproxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let url = match auth {
+            Some((user, pass)) => format!("http://{user}:{pass}@127.0.0.1:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        Tinyproxy { url, log, child }
+    }
+
+    /// The CONNECT requests in its log.
+    fn connects(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Request") && l.contains("CONNECT "))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TLS front for the simulator, with a certificate from `ca`: bytes are relayed as they are.
+async fn tls_front(ca: &TestCa, sim: &Sim) -> SocketAddr {
+    let leaf = ca.server();
+    let tls = ServerTls::load(TlsFiles {
+        cert: leaf.cert,
+        key: leaf.key,
+        client_ca: None,
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = sim.addr;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = tls.acceptor();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn image(gw: &Gw) -> (u16, Value) {
+    send_json(http().get(format!("{}{IMAGE}", gw.url))).await
+}
+
+#[tokio::test]
+async fn the_upstream_is_reached_through_the_proxy_with_connect() {
+    let sim = Sim::start(sim_config()).await;
+    let ca = TestCa::new("inspecting");
+    let front = tls_front(&ca, &sim).await;
+    let proxy = Tinyproxy::start(front.port(), Some(("fgw", "s3cret")));
+    let upstream = format!("https://127.0.0.1:{}", front.port());
+    let toml = format!(
+        "[upstream]\nproxy = \"{}\"\nca_file = {:?}\n",
+        proxy.url, ca.file
+    );
+
+    let gw = Gw::start(&toml, &upstream, demo_env()).await;
+    let (status, body) = image(&gw).await;
+    assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
+    assert_eq!(sim.calls("image").await, 1);
+    assert!(
+        sim.calls("getToken").await >= 1,
+        "the token came the same way"
+    );
+    let connects = proxy.connects();
+    let target = format!("CONNECT 127.0.0.1:{} HTTP/1.1", front.port());
+    assert!(
+        !connects.is_empty() && connects.iter().all(|l| l.contains(&target)),
+        "{connects:?}"
+    );
+
+    // The proxy's password is masked wherever the settings are shown.
+    let file = FileConfig::parse(&toml, std::path::Path::new("t.toml")).unwrap();
+    let overrides = Overrides {
+        upstream: Some(upstream.clone()),
+        ..Overrides::default()
+    };
+    let settings = Settings::resolve(file, &overrides, &|_| None).unwrap();
+    let shown = format!("{}{settings:?}", settings.to_masked_toml());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("fgw:***@127.0.0.1"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_plain_http_upstream_is_tunnelled_too() {
+    let sim = Sim::start(sim_config()).await;
+    let proxy = Tinyproxy::start(sim.addr.port(), None);
+    let toml = format!("[upstream]\nproxy = \"{}\"\n", proxy.url);
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    assert_eq!(image(&gw).await.0, 200);
+    let target = format!("CONNECT 127.0.0.1:{} HTTP/1.1", sim.addr.port());
+    let connects = proxy.connects();
+    assert!(
+        !connects.is_empty() && connects.iter().all(|l| l.contains(&target)),
+        "{connects:?}"
+    );
+    assert_eq!(sim.calls("image").await, 1);
+}
+
+#[tokio::test]
+async fn without_the_ca_or_the_proxy_password_nothing_reaches_the_upstream() {
+    let sim = Sim::start(sim_config()).await;
+    let ca = TestCa::new("inspecting");
+    let front = tls_front(&ca, &sim).await;
+    let proxy = Tinyproxy::start(front.port(), Some(("fgw", "s3cret")));
+    let upstream = format!("https://127.0.0.1:{}", front.port());
+    let proxy_url = proxy.url.clone();
+
+    // The proxy lets the CONNECT through, but the upstream's certificate is not trusted.
+    let untrusted = Gw::start(
+        &format!("[upstream]\nproxy = \"{proxy_url}\"\n"),
+        &upstream,
+        demo_env(),
+    )
+    .await;
+    let (status, body) = image(&untrusted).await;
+    assert!(status >= 500, "{status} {body}");
+    assert_eq!(
+        (&body["code"], &body["success"]),
+        (&Value::from(503), &Value::from(false))
+    );
+    assert!(!proxy.connects().is_empty(), "it went through the proxy");
+
+    // A wrong proxy password: the proxy refuses the CONNECT.
+    let wrong = proxy_url.replace("s3cret", "wrong");
+    let refused = Gw::start(
+        &format!("[upstream]\nproxy = \"{wrong}\"\nca_file = {:?}\n", ca.file),
+        &upstream,
+        demo_env(),
+    )
+    .await;
+    let (status, body) = image(&refused).await;
+    assert!(status >= 500, "{status} {body}");
+    assert_eq!(&body["code"], &Value::from(503));
+    assert_eq!(sim.total().await, 0, "nothing reached the simulator");
+}
+
+#[tokio::test]
+async fn the_environment_proxy_serves_https_upstreams_outside_no_proxy() {
+    let sim = Sim::start(sim_config()).await;
+    let ca = TestCa::new("inspecting");
+    let front = tls_front(&ca, &sim).await;
+    let proxy = Tinyproxy::start(front.port(), None);
+    let upstream = format!("https://127.0.0.1:{}", front.port());
+    let toml = format!("[upstream]\nca_file = {:?}\n", ca.file);
+    let mut env = demo_env();
+    env.push(("HTTPS_PROXY", proxy.url.clone()));
+
+    let gw = Gw::start(&toml, &upstream, env.clone()).await;
+    assert_eq!(image(&gw).await.0, 200);
+    let through = proxy.connects().len();
+    assert!(through >= 1, "through the proxy from the environment");
+
+    // NO_PROXY names the upstream: straight there.
+    env.push(("NO_PROXY", "127.0.0.1".into()));
+    let direct = Gw::start(&toml, &upstream, env.clone()).await;
+    assert_eq!(image(&direct).await.0, 200);
+    // `proxy = ""` in the file: direct, whatever the environment says.
+    env.pop();
+    let file_says_none = Gw::start(
+        &format!("[upstream]\nproxy = \"\"\nca_file = {:?}\n", ca.file),
+        &upstream,
+        env,
+    )
+    .await;
+    assert_eq!(image(&file_says_none).await.0, 200);
+    assert_eq!(proxy.connects().len(), through, "no further CONNECT");
+    assert_eq!(sim.calls("image").await, 3);
+}
+
+#[tokio::test]
+async fn an_account_has_its_own_proxy() {
+    let sim = Sim::start(sim_config()).await;
+    let ca = TestCa::new("inspecting");
+    let front = tls_front(&ca, &sim).await;
+    let proxy = Tinyproxy::start(front.port(), None);
+    let toml = format!(
+        "{}{}[[accounts]]\nname = \"sandbox\"\nbase_url = \"https://127.0.0.1:{}\"\n\
+         uuid_env = \"SANDBOX_UUID\"\nsecret_env = \"SANDBOX_SECRET\"\nproxy = \"{}\"\nca_file = {:?}\n",
+        client_entry("prod", "prod-key", ""),
+        client_entry("sandbox", "sandbox-key", "account = \"sandbox\""),
+        front.port(),
+        proxy.url,
+        ca.file
+    );
+    let mut env = demo_env();
+    env.push(("SANDBOX_UUID", "demo-uuid".into()));
+    env.push(("SANDBOX_SECRET", "demo-secret".into()));
+    // The default account talks to the simulator directly, over plain HTTP.
+    let gw = Gw::start(&toml, &sim.url, env).await;
+    let get = |key: &'static str| http().get(format!("{}{IMAGE}", gw.url)).bearer_auth(key);
+    // The sandbox's token came through the proxy; the default account's did not (the proxy
+    // allows CONNECT only to the TLS front, which only the sandbox uses).
+    let target = format!("CONNECT 127.0.0.1:{} HTTP/1.1", front.port());
+    let connects = proxy.connects();
+    assert!(
+        !connects.is_empty() && connects.iter().all(|l| l.contains(&target)),
+        "{connects:?}"
+    );
+    assert_eq!(send_json(get("prod-key")).await.0, 200);
+    assert_eq!(send_json(get("sandbox-key")).await.0, 200);
+    assert_eq!(sim.calls("image").await, 2);
+
+    // Without its proxy the sandbox cannot reach the upstream; the default account still can.
+    drop(proxy);
+    let (status, body) = send_json(get("sandbox-key")).await;
+    assert!(status >= 500, "{status} {body}");
+    assert_eq!(send_json(get("prod-key")).await.0, 200);
+    assert_eq!(sim.calls("image").await, 3);
+}
+
+#[test]
+fn proxy_urls_are_checked_and_never_shown() {
+    let resolve = |toml: &str| {
+        let file = FileConfig::parse(toml, std::path::Path::new("t.toml")).unwrap();
+        Settings::resolve(file, &Overrides::default(), &|_| None).map(|_| ())
+    };
+    let err = resolve("[upstream]\nproxy = \"https://u:hunter2@proxy:3128\"\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("upstream.proxy"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let err = resolve("[upstream]\nca_file = \"/nonexistent/ca.pem\"\n").unwrap_err();
+    assert!(err.to_string().starts_with("upstream.ca_file"), "{err}");
+    let err = resolve(
+        "[upstream]\nbase_url = \"https://a.example\"\n\
+         [[accounts]]\nname = \"b\"\ntoken_env = \"B_TOKEN\"\nproxy = \"http://p:3128\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("accounts[0].proxy"), "{err}");
+}
