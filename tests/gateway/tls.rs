@@ -357,3 +357,36 @@ async fn a_silent_handshake_holds_no_accept_and_is_let_go() {
     );
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_certificates_of_both_listeners() {
+    let sim = Sim::start(sim_config()).await;
+    let (old_ca, new_ca) = (TestCa::new("old-hup"), TestCa::new("new-hup"));
+    let leaf = old_ca.server();
+    let gw = super::harness::Bin::serve(
+        &tls_toml(&leaf, None),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let https = |url: &str, path: &str| {
+        format!(
+            "https://localhost:{}{path}",
+            url.rsplit(':').next().unwrap()
+        )
+    };
+    let (data, admin) = (https(&gw.url, IMAGE), https(&gw.admin_url, "/healthz"));
+    let trusts_old = tls_client(&old_ca, None, &[b"http/1.1"]);
+    let trusts_new = tls_client(&new_ca, None, &[b"http/1.1"]);
+    assert_eq!(get(&trusts_old, &data).await.unwrap().0, 200);
+    assert_eq!(get(&trusts_old, &admin).await.unwrap().0, 200);
+    new_ca.reissue_into(&leaf);
+    gw.hangup();
+    gw.wait_for_log("configuration reloaded", 1).await;
+    // New connections get the new certificate, on both listeners, with no restart.
+    assert_eq!(get(&trusts_new, &data).await.unwrap().0, 200);
+    assert_eq!(get(&trusts_new, &admin).await.unwrap().0, 200);
+    get(&trusts_old, &data).await.unwrap_err();
+}
