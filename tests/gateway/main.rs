@@ -1,4 +1,4 @@
-//! The gateway's end-to-end tests: real HTTP over loopback, the simulator as the upstream and as
+//! The gateway's end-to-end tests, and the simulator's: real HTTP over loopback, the simulator as
 //! the witness of what reached it. One test binary, one module per capability.
 
 mod anonymous;
@@ -26,6 +26,7 @@ mod redis_reset;
 mod reload;
 mod shared;
 mod shared_budget;
+mod simulator;
 mod spend_body;
 mod tls;
 mod token;
