@@ -147,26 +147,18 @@ async fn a_key_in_flight_answers_409() {
         )
         .await
     });
-    wait_for(|| async { sim.calls("create").await == 1 }).await;
+    eventually(
+        "the create reached the upstream",
+        Duration::from_secs(20),
+        || async { sim.calls("create").await == 1 },
+    )
+    .await;
     let (status, h, v) = create(&gw, Some("slow-1"), None, DISK20).await;
     assert_eq!((status, v["code"].as_i64()), (409, Some(1005)), "{v}");
     assert_eq!(h["retry-after"], "1");
     let (status, v) = first.await.unwrap();
     assert_eq!((status, v["code"].as_i64()), (200, Some(0)));
     assert_eq!(sim.calls("create").await, 1);
-}
-
-/// Polls `check` until it holds (20 s at most): for states only another process can show.
-async fn wait_for<F, Fut>(check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "condition never held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,7 +179,10 @@ async fn a_client_that_disconnects_still_gets_its_disk_on_retry() {
         .await;
     assert!(gave_up.is_err(), "the client timed out and hung up");
     // The create runs to its end without anyone waiting for it.
-    wait_for(|| async { sim.stats().await["disks"] == 1 }).await;
+    eventually("1 disks made", Duration::from_secs(20), || async {
+        sim.stats().await["disks"] == 1
+    })
+    .await;
     sim.fault("none", "0s").await;
     let started = std::time::Instant::now();
     let (_, h, retry) = loop {
@@ -410,7 +405,10 @@ async fn an_unknown_outcome_is_reconciled_not_bought_twice() {
     let (status, _, v) = create(&gw, Some("unknown-1"), None, DISK20).await;
     assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
     assert!(v["msg"].as_str().unwrap().contains("may exist"), "{v}");
-    wait_for(|| async { sim.stats().await["disks"] == 1 }).await;
+    eventually("1 disks made", Duration::from_secs(20), || async {
+        sim.stats().await["disks"] == 1
+    })
+    .await;
     sim.fault("none", "0s").await;
     let (status, h, found) = create(&gw, Some("unknown-1"), None, DISK20).await;
     assert_eq!((status, found["code"].as_i64()), (200, Some(0)), "{found}");
@@ -616,7 +614,10 @@ async fn two_unknown_purchases_reconcile_to_two_different_disks() {
         let (status, _, v) = create(&gw, Some(key), None, DISK20).await;
         assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
     }
-    wait_for(|| async { sim.stats().await["disks"] == 2 }).await;
+    eventually("2 disks made", Duration::from_secs(20), || async {
+        sim.stats().await["disks"] == 2
+    })
+    .await;
     sim.fault("none", "0s").await;
     // Retried in the other order: each intent still gets a disk of its own.
     let (_, _, second) = create(&gw, Some("twin-2"), None, DISK20).await;
@@ -656,7 +657,10 @@ async fn reconciliation_finds_the_disk_beyond_the_first_page_of_the_list() {
     sim.fault("slow", "1s").await;
     let (status, _, v) = create(&gw, Some("deep-1"), None, DISK20).await;
     assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
-    wait_for(|| async { sim.stats().await["disks"] == 151 }).await;
+    eventually("151 disks made", Duration::from_secs(20), || async {
+        sim.stats().await["disks"] == 151
+    })
+    .await;
     sim.fault("none", "0s").await;
     let (status, h, found) = create(&gw, Some("deep-1"), None, DISK20).await;
     assert_eq!((status, found["code"].as_i64()), (200, Some(0)), "{found}");
@@ -692,7 +696,10 @@ async fn a_reconciliation_never_takes_the_disk_of_an_identical_purchase_still_in
             .await
         })
     };
-    wait_for(|| async { sim.stats().await["disks"] == 1 }).await;
+    eventually("1 disks made", Duration::from_secs(20), || async {
+        sim.stats().await["disks"] == 1
+    })
+    .await;
     sim.fault("none", "0s").await;
     // A's retry finds B's disk in the list, unclaimed: it must not take it.
     let (status, _, v) = create(&gw, Some("intent-a"), None, DISK20).await;

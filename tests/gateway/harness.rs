@@ -463,6 +463,23 @@ impl Drop for Bin {
     }
 }
 
+/// Polls `check` every 20 ms until it holds; fails naming `what` once `within` has passed. For
+/// states only another process can show (the simulator's counters, a replica's readiness).
+pub async fn eventually<F, Fut>(what: &str, within: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends `req` and returns the answer's status and JSON body.
 pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = req.send().await.expect("an answer");

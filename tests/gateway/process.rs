@@ -162,14 +162,12 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     });
     // The request is in flight once the simulator has received it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sim.calls("memoryTotal").await == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request never reached the simulator"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "request never reached the simulator",
+        Duration::from_secs(10),
+        || async { sim.calls("memoryTotal").await != before },
+    )
+    .await;
     gw.terminate();
     let (status, body) = in_flight.await.unwrap();
     assert_eq!((status, body["code"].as_i64()), (200, Some(0)), "{body}");
@@ -216,14 +214,10 @@ async fn sigterm_waits_for_a_create_whose_client_hung_up() {
             .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0}))
             .send(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sim.calls("create").await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the create never left"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the create never left", Duration::from_secs(10), || async {
+        sim.calls("create").await != 0
+    })
+    .await;
     let sent = std::time::Instant::now();
     client.abort();
     gw.terminate();
@@ -262,14 +256,12 @@ async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
     sim.fault("slow", "20s").await;
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
     let _client = tokio::spawn(async move { http().get(url).send().await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sim.calls("memoryTotal").await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never left"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the request never left",
+        Duration::from_secs(10),
+        || async { sim.calls("memoryTotal").await != 0 },
+    )
+    .await;
     let asked = std::time::Instant::now();
     gw.terminate();
     let (code, gw) = tokio::task::spawn_blocking(move || (gw.wait_exit(), gw))

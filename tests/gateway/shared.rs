@@ -124,7 +124,7 @@ async fn replica_process(toml: &str, sim: &Sim) -> Bin {
         ],
     );
     let ready = format!("{}/readyz", bin.admin_url);
-    wait_for(
+    eventually(
         "the replica process is ready",
         Duration::from_secs(20),
         || {
@@ -148,19 +148,6 @@ fn sigkill(bin: &mut Bin) {
         bin.child.kill().expect("SIGKILL the replica");
         bin.child.wait().expect("the replica exits");
     });
-}
-
-/// Polls `check` until it holds or `within` passes: for states only another process can show.
-async fn wait_for<F, Fut>(what: &str, within: Duration, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -394,7 +381,7 @@ async fn a_mount_through_one_replica_is_seen_through_another_once_its_message_ar
     mount(&a, &id).await;
     // B drops its entry when A's invalidation message arrives (a fraction of a millisecond, but
     // not before A answers the mount).
-    wait_for(
+    eventually(
         "B shows the mount made through A",
         Duration::from_secs(5),
         || async { info(&client, &b.url, &id).await.2["data"]["status"] == "1" },
@@ -444,7 +431,7 @@ async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
             failures
         })
     };
-    wait_for("traffic flowing", Duration::from_secs(10), || async {
+    eventually("traffic flowing", Duration::from_secs(10), || async {
         served.load(Ordering::SeqCst) >= 30
     })
     .await;
@@ -490,7 +477,7 @@ async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
             "replica {i} counts its Redis errors:\n{metrics}"
         );
     }
-    wait_for("traffic past the kill", Duration::from_secs(10), || async {
+    eventually("traffic past the kill", Duration::from_secs(10), || async {
         served.load(Ordering::SeqCst) >= before_kill + 30
     })
     .await;
@@ -505,7 +492,7 @@ async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
     for (i, gw) in gws.iter().enumerate() {
         let body = format!(r#"{{"area":0,"memory":{},"isMount":0}}"#, 40 + i);
         let url = gw.url.clone();
-        wait_for(
+        eventually(
             &format!("replica {i} creates again"),
             Duration::from_secs(30),
             || {
@@ -522,7 +509,7 @@ async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
             },
         )
         .await;
-        wait_for(
+        eventually(
             &format!("replica {i} ready again"),
             Duration::from_secs(15),
             || async { readyz(gw).await.0 == 200 },
@@ -610,7 +597,7 @@ async fn a_fill_lock_held_by_a_killed_replica_frees_itself_after_lock_ttl() {
         let url = format!("{}{DISK}/info/{id}", a.url);
         tokio::spawn(async move { http().get(url).send().await.map(|r| r.status()) })
     };
-    wait_for(
+    eventually(
         "A's fill reached the upstream",
         Duration::from_secs(10),
         || async { sim.calls("info").await == 1 },
@@ -848,7 +835,7 @@ async fn readiness_may_ignore_redis_when_configured_to() {
     let toml = config(&redis, "fgw-ready:", "required_for_readiness = false", "");
     let gw = Gw::start(&toml, &sim.url, demo_env()).await;
     // Until the subscriber is in, readiness says "ok; not yet listening for invalidations".
-    wait_for(
+    eventually(
         "readyz says Redis is ok",
         Duration::from_secs(5),
         || async {
@@ -893,7 +880,7 @@ async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
             .send()
             .await
     });
-    wait_for(
+    eventually(
         "A's create reached the upstream",
         Duration::from_secs(10),
         || async { sim.calls("create").await == 1 },
@@ -996,7 +983,7 @@ async fn a_redis_cluster_serves_the_fleet_like_one_server() {
     // A mount through one replica is seen through another (pub/sub across the cluster).
     mount(&gws[0], &id).await;
     // Mounting (1), or already mounted (2): anything but the entry from before.
-    wait_for(
+    eventually(
         "the mount is seen through another replica",
         Duration::from_secs(5),
         || async { info(&http(), &gws[1].url, &id).await.2["data"]["status"] != "0" },
@@ -1022,13 +1009,13 @@ async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
             .cloned()
             .unwrap_or_default()
     };
-    wait_for(
+    eventually(
         "the sentinel knows the primary",
         Duration::from_secs(10),
         || async { primary_of().await == primary.port().to_string() },
     )
     .await;
-    wait_for(
+    eventually(
         "the replica is in sync",
         Duration::from_secs(10),
         || async {
@@ -1050,7 +1037,7 @@ async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
     assert_eq!((status, first["code"].as_i64()), (200, Some(0)), "{first}");
     // The record reached the replica before the failover (replication is asynchronous).
     let record = format!("fgw-sen:rec:idem|default|anonymous|disk.create|{key}");
-    wait_for(
+    eventually(
         "the record is replicated",
         Duration::from_secs(10),
         || async { replica.get(&record).await.is_some() },
@@ -1061,7 +1048,7 @@ async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
         .command(&["SENTINEL", "FAILOVER", "mymaster"])
         .await;
     assert_eq!(reply.text().as_deref(), Some("OK"));
-    wait_for(
+    eventually(
         "the replica is promoted",
         Duration::from_secs(20),
         || async { primary_of().await == replica.port().to_string() },
@@ -1069,7 +1056,7 @@ async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
     .await;
 
     // Both replicas follow: the record is found on the new primary, and new creates are recorded.
-    wait_for(
+    eventually(
         "B answers from the new primary",
         Duration::from_secs(20),
         || async {
@@ -1080,7 +1067,7 @@ async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
     .await;
     // A follows within about a second: a create of its then lands on the new primary.
     let made = Arc::new(AtomicU64::new(0));
-    wait_for(
+    eventually(
         "A records on the new primary",
         Duration::from_secs(20),
         || {
@@ -1277,7 +1264,7 @@ async fn refreshing_one_disk_leaves_the_fleets_fill_of_another_alone() {
     // Disk Y's fill is in flight on A...
     let (a_url, y2) = (a.url.clone(), y.clone());
     let poll_y = tokio::spawn(async move { info(&http(), &a_url, &y2).await });
-    wait_for("Y's fill", Duration::from_secs(10), || async {
+    eventually("Y's fill", Duration::from_secs(10), || async {
         sim.calls("info").await >= 2
     })
     .await;
@@ -1320,7 +1307,7 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
         )
     };
     // The create's own invalidations (lists, totals) reach B first.
-    wait_for("B hears of the create", Duration::from_secs(5), || async {
+    eventually("B hears of the create", Duration::from_secs(5), || async {
         heard().await >= 1.0
     })
     .await;
@@ -1329,7 +1316,7 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
     // B's fill of X is in flight...
     let (b_url, x2) = (b.url.clone(), x.clone());
     let early = tokio::spawn(async move { info(&http(), &b_url, &x2).await });
-    wait_for("B's fill", Duration::from_secs(10), || async {
+    eventually("B's fill", Duration::from_secs(10), || async {
         sim.calls("info").await >= 1
     })
     .await;
@@ -1338,7 +1325,7 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
         let url = format!("{}{DISK}/info/{x}", a.url);
         async move { answer(http().get(url).header("Cache-Control", "no-cache")).await }
     });
-    wait_for("B hears of it", Duration::from_secs(5), || async {
+    eventually("B hears of it", Duration::from_secs(5), || async {
         heard().await > heard_before
     })
     .await;
