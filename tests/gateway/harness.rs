@@ -248,6 +248,11 @@ impl Gw {
         Gw::start("", &sim.url, demo_env()).await
     }
 
+    /// One metric of this gateway, summed over the samples with these labels.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.metrics().await, name, labels)
+    }
+
     pub async fn metrics(&self) -> String {
         http()
             .get(format!("{}/metrics", self.admin_url))
@@ -276,6 +281,37 @@ impl Drop for Gw {
             let _ = tx.send(());
         }
     }
+}
+
+/// `N` replicas started at the same time with one config (shared mode when it names a Redis).
+pub async fn replicas<const N: usize>(
+    toml: &str,
+    upstream: &str,
+    env: Vec<(&'static str, String)>,
+) -> [Gw; N] {
+    let started =
+        futures_util::future::join_all((0..N).map(|_| Gw::start(toml, upstream, env.clone())))
+            .await;
+    started
+        .try_into()
+        .unwrap_or_else(|_: Vec<Gw>| unreachable!("N started"))
+}
+
+/// Sums the samples of metric `name` in Prometheus `text` whose labels include every
+/// `name="value"` of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A unique file under the temporary directory holding `text`.
@@ -499,11 +535,13 @@ pub async fn get_text(url: &str) -> String {
         .expect("a body")
 }
 
-/// Buys a disk through the gateway at `gw_url` (anonymous, area 0, 20 GB); its `info` URL there.
+/// Buys a disk through the gateway at `gw_url` (anonymous, area 0, 20 GB) under a fresh
+/// `Idempotency-Key`, so that two calls are two purchases; its `info` URL there.
 pub async fn new_disk_info_url(gw_url: &str) -> String {
     let (status, created) = send_json(
         http()
             .post(format!("{gw_url}{DISK}/create"))
+            .header("Idempotency-Key", fresh_key())
             .json(&serde_json::json!({"area": 0, "memory": 20, "isMount": 0})),
     )
     .await;

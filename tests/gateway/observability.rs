@@ -387,18 +387,9 @@ async fn traffic(gw: &Gw, sim: &Sim) -> String {
     id
 }
 
-/// The sum of a counter's series in a `/metrics` text.
-fn counter_sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until Prometheus has scraped every request `gw` has answered so far.
 async fn wait_scraped(prom: &Prometheus, gw: &Gw) {
-    let answered = counter_sum(&gw.metrics().await, "finovy_gateway_requests_total");
+    let answered = gw.metric("finovy_gateway_requests_total", &[]).await;
     let expr = format!(
         "sum(finovy_gateway_requests_total{{instance=\"{}\"}}) >= {answered}",
         instance(gw)

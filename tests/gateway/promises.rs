@@ -432,22 +432,6 @@ async fn after_a_redis_timeout_commands_rest_instead_of_each_waiting_it_out() {
     );
 }
 
-/// Sums a metric's samples whose labels include every `name="value"` of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_metric_label_the_readme_names_is_counted() {
     const ADMIN: &str = "admin-key-for-tests-0003";

@@ -25,16 +25,6 @@ fn config(redis: &RedisServer, prefix: &str, redis_keys: &str, rest: &str) -> St
     )
 }
 
-/// Three replicas started at the same time with one config.
-async fn three(toml: &str, sim: &Sim) -> [Gw; 3] {
-    let (a, b, c) = tokio::join!(
-        Gw::start(toml, &sim.url, demo_env()),
-        Gw::start(toml, &sim.url, demo_env()),
-        Gw::start(toml, &sim.url, demo_env()),
-    );
-    [a, b, c]
-}
-
 /// A client that gives up after 3 s: a request it cannot finish means the gateway hung.
 fn prompt() -> reqwest::Client {
     reqwest::Client::builder()
@@ -91,18 +81,6 @@ fn replayed(h: &HeaderMap) -> bool {
     h.get("idempotent-replayed").is_some_and(|v| v == "true")
 }
 
-/// The sum of every sample of a counter (all label sets) in a Prometheus text page.
-fn counter_sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn readyz(gw: &Gw) -> (u16, String) {
     let resp = prompt()
         .get(format!("{}/readyz", gw.admin_url))
@@ -155,7 +133,7 @@ async fn three_replicas_polling_one_disk_make_one_upstream_call() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
     let toml = config(&redis, "fgw-poll:", "", &info_policy("ttl = \"30s\""));
-    let gws = three(&toml, &sim).await;
+    let gws = replicas::<3>(&toml, &sim.url, demo_env()).await;
     let id = create_disk(&gws[0]).await;
     // Every poll arrives while the first fill is still upstream, so only the fleet-wide fill lock
     // (not a replica's own coalescing) can keep the count at one.
@@ -193,7 +171,7 @@ async fn three_replicas_polling_one_disk_make_one_upstream_call() {
 async fn thirty_identical_creates_over_three_replicas_buy_one_disk() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
-    let gws = three(&config(&redis, "fgw-dup:", "", ""), &sim).await;
+    let gws = replicas::<3>(&config(&redis, "fgw-dup:", "", ""), &sim.url, demo_env()).await;
     // The first create is still upstream when the others arrive on every replica.
     sim.fault("slow", "300ms").await;
     let handles: Vec<_> = (0..30)
@@ -226,7 +204,7 @@ async fn thirty_identical_creates_over_three_replicas_buy_one_disk() {
 async fn an_idempotency_key_replays_and_refuses_a_new_body_on_other_replicas() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
-    let [a, b, c] = three(&config(&redis, "fgw-idem:", "", ""), &sim).await;
+    let [a, b, c] = replicas::<3>(&config(&redis, "fgw-idem:", "", ""), &sim.url, demo_env()).await;
     let client = http();
     let (status, h, bought) = create(&client, &a.url, Some("order-77"), DISK20).await;
     assert_eq!(
@@ -273,7 +251,7 @@ async fn the_create_rate_holds_for_the_fleet_not_per_replica() {
         "",
         "[create.routes.\"disk.create\"]\nrate = \"2/1s\"\nburst = 1\nmax_wait = \"1s\"\n",
     );
-    let gws = three(&toml, &sim).await;
+    let gws = replicas::<3>(&toml, &sim.url, demo_env()).await;
     let started = Instant::now();
     let handles: Vec<_> = (0..30)
         .map(|i| {
@@ -341,7 +319,7 @@ async fn replicas_starting_together_fetch_one_token() {
     let redis = RedisServer::start();
     // A slow getToken keeps the three startups overlapping: one call for all is the fleet's doing.
     sim.fault("slow", "500ms").await;
-    let gws = three(&config(&redis, "fgw-token:", "", ""), &sim).await;
+    let gws = replicas::<3>(&config(&redis, "fgw-token:", "", ""), &sim.url, demo_env()).await;
     sim.fault("none", "0s").await;
     for gw in &gws {
         let (status, _, v) = answer(http().get(format!("{}{DISK}/memoryTotal/0", gw.url))).await;
@@ -401,7 +379,7 @@ async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
         info_policy("ttl = \"60s\"")
     );
     let toml = config(&redis, "fgw-down:", "", &rest);
-    let gws = three(&toml, &sim).await;
+    let gws = replicas::<3>(&toml, &sim.url, demo_env()).await;
     let id = create_disk(&gws[0]).await;
     for gw in &gws {
         let (status, _, v) = info(&http(), &gw.url, &id).await;
@@ -473,7 +451,7 @@ async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
     for (i, gw) in gws.iter().enumerate() {
         let metrics = gw.metrics().await;
         assert!(
-            counter_sum(&metrics, "finovy_gateway_redis_errors_total") > 0.0,
+            metric(&metrics, "finovy_gateway_redis_errors_total", &[]) > 0.0,
             "replica {i} counts its Redis errors:\n{metrics}"
         );
     }
@@ -738,7 +716,7 @@ async fn an_invalidation_reaches_every_replica() {
     let redis = RedisServer::start();
     // Entries live far longer than the wait below: only the invalidation can change an answer.
     let toml = config(&redis, "fgw-inval:", "", &info_policy("ttl = \"60s\""));
-    let [a, b, c] = three(&toml, &sim).await;
+    let [a, b, c] = replicas::<3>(&toml, &sim.url, demo_env()).await;
     let mut ids = Vec::new();
     for _ in 0..DISKS {
         ids.push(create_disk(&a).await);
@@ -934,7 +912,7 @@ async fn a_redis_cluster_serves_the_fleet_like_one_server() {
     let cluster = RedisCluster::start();
     cluster.wait_ok().await;
     let toml = config_url(&cluster.url(), "fgw-cl:", &info_policy("ttl = \"60s\""));
-    let gws = three(&toml, &sim).await;
+    let gws = replicas::<3>(&toml, &sim.url, demo_env()).await;
 
     // One purchase for 30 identical creates over the three replicas.
     let mut creates = Vec::new();
@@ -1161,7 +1139,7 @@ async fn redis_over_tls_works_through_a_rediss_url() {
 async fn a_token_rejected_on_every_replica_is_fetched_again_once() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
-    let gws = three(&config(&redis, "fgw-401:", "", ""), &sim).await;
+    let gws = replicas::<3>(&config(&redis, "fgw-401:", "", ""), &sim.url, demo_env()).await;
     for gw in &gws {
         assert_eq!(readyz(gw).await.0, 200);
     }
@@ -1195,7 +1173,7 @@ async fn the_fleet_refreshes_its_token_once_per_lifetime() {
     })
     .await;
     let redis = RedisServer::start();
-    let gws = three(&config(&redis, "fgw-life:", "", ""), &sim).await;
+    let gws = replicas::<3>(&config(&redis, "fgw-life:", "", ""), &sim.url, demo_env()).await;
     let started = Instant::now();
     let lifetimes = 4;
     // Traffic throughout, so that every replica needs a valid token all the time.
@@ -1301,10 +1279,8 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
     );
     let x = create_disk(&a).await;
     let heard = || async {
-        counter_sum(
-            &b.metrics().await,
-            "finovy_gateway_invalidation_lag_seconds_count",
-        )
+        b.metric("finovy_gateway_invalidation_lag_seconds_count", &[])
+            .await
     };
     // The create's own invalidations (lists, totals) reach B first.
     eventually("B hears of the create", Duration::from_secs(5), || async {
