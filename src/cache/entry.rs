@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -32,6 +32,25 @@ impl Answer {
             headers: parts.headers,
             body,
             head,
+        }
+    }
+
+    /// The same answer in memory of its own. An answer read from a connection holds slices of
+    /// that connection's read buffer (its body, its header values), so keeping it as it is would
+    /// keep the whole buffer alive; what is kept for a while (cache entries, records) is copied.
+    pub fn compacted(self) -> Answer {
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            let mut owned =
+                HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            owned.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), owned);
+        }
+        Answer {
+            status: self.status,
+            headers,
+            body: Bytes::copy_from_slice(&self.body),
+            head: self.head,
         }
     }
 
@@ -132,7 +151,7 @@ impl Entry {
             fresh_for = fresh_for.min(*ttl);
         }
         Entry {
-            answer,
+            answer: answer.compacted(),
             stored_at: now,
             fresh_for,
             stale_while_revalidate: policy.stale_while_revalidate,
@@ -194,6 +213,38 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compacted_answer_keeps_nothing_of_the_connection_buffer() {
+        // What a connection read: one large buffer, of which the answer holds slices.
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let within = |p: *const u8| {
+            let range = buffer.as_ptr_range();
+            range.contains(&p)
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-trace",
+            HeaderValue::from_maybe_shared(buffer.slice(100..120)).unwrap(),
+        );
+        let answer = Answer {
+            status: StatusCode::OK,
+            headers,
+            body: buffer.slice(1000..1315),
+            head: None,
+        };
+        assert!(
+            within(answer.body.as_ptr()) && within(answer.headers["x-trace"].as_bytes().as_ptr())
+        );
+        let kept = answer.compacted();
+        assert!(!within(kept.body.as_ptr()), "the body is its own");
+        assert!(
+            !within(kept.headers["x-trace"].as_bytes().as_ptr()),
+            "header values are their own"
+        );
+        assert_eq!(kept.body.len(), 315);
+        assert_eq!(kept.headers["x-trace"].as_bytes(), &[b'x'; 20]);
+    }
 
     fn answer(body: &str) -> Answer {
         Answer {

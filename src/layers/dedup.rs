@@ -559,7 +559,7 @@ impl Ctx {
                     records.hold(&keep.owner, &keep.rkey, until, u64::MAX)
                 };
                 let kept = if outcome.is_final() {
-                    let done = State::Done(Arc::new(outcome.answer.clone()));
+                    let done = State::Done(Arc::new(outcome.answer.clone().compacted()));
                     let _ = hold(keep.final_ttl).await;
                     records.set(&keep.rkey, record(done, keep.final_ttl)).await
                 } else if outcome.unknown {
