@@ -104,10 +104,11 @@ where
             .layer(AccessLogLayer::new(metrics))
             // Before anything can fail, so every error envelope carries the request's id.
             .layer(RequestIdLayer)
-            // Classify once; unknown routes (404) and undeclared query parameters (400) end here.
+            // Classify once; unknown routes (404) end here.
             .layer(RouteLayer)
-            // Who is calling (401), as which account, and may they call this route (403): from
-            // the head alone, so a caller without a key never holds a slot or a body buffer.
+            // Who is calling (401), as which account, and may they call this route (403); then
+            // its query (400 for an undeclared parameter): from the head alone, so a caller
+            // without a key never holds a slot or a body buffer, nor learns a route's parameters.
             .layer(AuthLayer::new(auth))
             // One client's share of the requests in flight (503 with Retry-After beyond it).
             .layer(per_client)

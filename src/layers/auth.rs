@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 use crate::error::GatewayError;
 use crate::layers::{Caller, ClientName, RequestId};
 use crate::reload::Swap;
-use crate::routes::{GatewayRoute, Route, RouteMatch};
+use crate::routes::{GatewayRoute, Route, RouteMatch, check_query};
 use crate::svc::{Resp, RespFuture};
 use crate::upstream::AccountHandle;
 use crate::upstream::forward::TOKEN_HEADER;
@@ -259,7 +259,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
-        match self.auth.with(|a| a.authorize(&mut req)) {
+        let checked = self.auth.with(|a| a.authorize(&mut req)).and_then(|name| {
+            // The query is checked for a known caller only: nobody learns a route's parameters
+            // before showing a key.
+            match req.extensions().get::<RouteMatch>() {
+                Some(m) => check_query(m.route, req.uri().query())
+                    .map(|()| name)
+                    .map_err(|msg| GatewayError::BadRequest { code: 1007, msg }),
+                None => Ok(name),
+            }
+        });
+        match checked {
             Ok(name) => {
                 let fut = self.inner.call(req);
                 Box::pin(async move {
@@ -271,7 +281,7 @@ where
             Err(e) => {
                 let id = RequestId::of(&req);
                 let mut resp = e.into_response(id.as_str());
-                // A body still coming is not read for a refused caller: the HTTP/1 connection
+                // A body still coming is not read for a refused request: the HTTP/1 connection
                 // ends with this answer instead of waiting for (or draining) it.
                 if !req.body().is_end_stream() && req.version() <= Version::HTTP_11 {
                     resp.headers_mut()

@@ -1,7 +1,7 @@
 //! Classifies each request once (method and raw path, see [`crate::routes`]): a known route goes on
 //! with its [`RouteMatch`] in the extensions; anything else is answered 404 here and never forwarded.
-//! A query parameter the route does not declare is answered 400 (code 1007) here, before the
-//! cache or the body are touched. The route is stamped on every answer, so the access log labels
+//! (A query parameter the route does not declare is answered 400 by the auth layer, once the
+//! caller is known.) The route is stamped on every answer, so the access log labels
 //! errors of inner layers too. The gateway's own endpoints ([`GatewayRoute`], `/_gateway/...`)
 //! go on the same way with their [`GatewayRoute`] instead; they take no query parameters.
 
@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
-use crate::routes::{GatewayRoute, Route, check_query, classify};
+use crate::routes::{GatewayRoute, Route, classify};
 use crate::svc::{Resp, RespFuture};
 
 #[derive(Clone, Default)]
@@ -56,12 +56,6 @@ where
             return Box::pin(async move { Ok(err.into_response(id.as_str())) });
         };
         let route: Route = matched.route;
-        if let Err(msg) = check_query(route, req.uri().query()) {
-            let id = RequestId::of(&req);
-            let mut resp = GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str());
-            resp.extensions_mut().insert(route);
-            return Box::pin(async move { Ok(resp) });
-        }
         req.extensions_mut().insert(matched);
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -148,3 +148,26 @@ async fn a_create_with_an_undeclared_parameter_is_refused_before_its_body() {
     assert_eq!(sim.calls("create").await, 0);
     assert_eq!(sim.stats().await["disks"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_without_a_key_learns_nothing_of_a_routes_parameters() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        &client_entry("svc", "key-q-00000000000000000", ""),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    let url = format!("{}{DISK}/info/abc?r=1", gw.url);
+    let (status, v) = send_json(http().get(&url)).await;
+    assert_eq!((status, v["code"].as_i64()), (401, Some(401)), "{v}");
+    let (status, v) = send_json(
+        http()
+            .get(&url)
+            .header("Authorization", "Bearer key-q-00000000000000000"),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(1007)), "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("\"r\""), "{v}");
+    assert_eq!(sim.calls("info").await, 0);
+}
