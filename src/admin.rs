@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
@@ -90,23 +90,14 @@ pub async fn serve(
                 Ok::<_, Infallible>(resp)
             }
         });
-        if let Some(tls) = &tls {
-            let builder = builder.clone();
-            let serve = move |stream| {
-                builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned()
-            };
-            let timeout = cfg.request_timeout;
-            connections.spawn_tls(slot, stream, tls.acceptor(), timeout, serve, |c| {
-                c.graceful_shutdown()
-            });
-            continue;
-        }
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        connections.spawn(slot, conn, |c| c.graceful_shutdown());
+        connections.serve_http(
+            slot,
+            stream,
+            &builder,
+            svc,
+            tls.as_deref(),
+            cfg.request_timeout,
+        );
     }
     // Idle probe connections close now; one mid-request finishes on its own.
     connections.close_all_later();

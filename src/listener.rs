@@ -13,11 +13,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::tls::ServerTls;
 
 /// The open connections of one listener.
 pub struct Connections {
@@ -159,6 +164,52 @@ impl Connections {
             graceful,
         };
         self.spawn(slot, conn, TlsConnection::close);
+    }
+
+    /// Serves HTTP/1.1 and h2 on an accepted connection with `builder` and `svc`, over TLS when
+    /// the listener has it (the handshake bounded by `handshake_timeout`).
+    pub fn serve_http<S, B>(
+        &self,
+        slot: Slot,
+        stream: TcpStream,
+        builder: &auto::Builder<TokioExecutor>,
+        svc: S,
+        tls: Option<&ServerTls>,
+        handshake_timeout: Duration,
+    ) where
+        S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        match tls {
+            Some(tls) => {
+                let builder = builder.clone();
+                let serve = move |stream| {
+                    builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned()
+                };
+                self.spawn_tls(
+                    slot,
+                    stream,
+                    tls.acceptor(),
+                    handshake_timeout,
+                    serve,
+                    |c| c.graceful_shutdown(),
+                );
+            }
+            None => {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
+                self.spawn(slot, conn, |c| c.graceful_shutdown());
+            }
+        }
     }
 
     /// Closes every connection gracefully and waits until all are gone.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -425,23 +425,14 @@ impl Server {
                     Ok::<_, std::convert::Infallible>(resp.map(Full::new))
                 }
             });
-            if let Some(tls) = &tls.listen {
-                let builder = builder.clone();
-                let serve = move |stream| {
-                    builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned()
-                };
-                let timeout = server_cfg.request_timeout;
-                connections.spawn_tls(slot, stream, tls.acceptor(), timeout, serve, |c| {
-                    c.graceful_shutdown()
-                });
-                continue;
-            }
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned();
-            connections.spawn(slot, conn, |c| c.graceful_shutdown());
+            connections.serve_http(
+                slot,
+                stream,
+                &builder,
+                svc,
+                tls.listen.as_deref(),
+                server_cfg.request_timeout,
+            );
         }
 
         drop(listener);
