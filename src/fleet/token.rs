@@ -69,13 +69,19 @@ impl TokenStore {
     /// Whether this replica may call `getToken` now: true for one replica per `interval` (the
     /// fleet's `min_refresh_interval`), which the key's expiry measures.
     pub async fn gate(&self, account: &str, interval: Duration) -> Result<bool, StoreError> {
-        let (key, ttl) = (self.gate_key(account), px(interval));
+        self.set_nx(self.gate_key(account), "1".into(), interval)
+            .await
+    }
+
+    /// `SET key value NX PX ttl`: whether this call set it.
+    async fn set_nx(&self, key: String, value: String, ttl: Duration) -> Result<bool, StoreError> {
+        let ttl = px(ttl);
         let got: Option<String> = self
             .fleet
             .run("token_lock", |mut c| async move {
                 redis::cmd("SET")
                     .arg(&key)
-                    .arg(1)
+                    .arg(&value)
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl)
@@ -115,25 +121,10 @@ impl TokenStore {
     /// The refresh lock's fence when this replica got it, `None` when another holds it.
     pub async fn lock(&self, account: &str) -> Result<Option<String>, StoreError> {
         let fence = fence();
-        let (key, f, ttl) = (
-            self.lock_key(account),
-            fence.clone(),
-            px(self.fleet.lock_ttl),
-        );
-        let got: Option<String> = self
-            .fleet
-            .run("token_lock", |mut c| async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&f)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl)
-                    .query_async(&mut c)
-                    .await
-            })
+        let got = self
+            .set_nx(self.lock_key(account), fence.clone(), self.fleet.lock_ttl)
             .await?;
-        Ok(got.map(|_| fence))
+        Ok(got.then_some(fence))
     }
 
     pub async fn unlock(&self, account: &str, fence: &str) {
