@@ -574,11 +574,45 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// ` at line L, column C (table.key)` for a byte offset into a config file's text: the key is
+/// what stands before `=` on that line, under the last table header above it.
+fn place(text: &str, offset: usize) -> String {
+    let offset = (0..=offset.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (line, column) = (before.matches('\n').count() + 1, offset - line_start + 1);
+    let this_line = text[line_start..].lines().next().unwrap_or("");
+    let key = this_line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    match (table, key) {
+        (Some(t), Some(k)) => format!(" at line {line}, column {column} ({t}.{k})"),
+        (None, Some(k)) => format!(" at line {line}, column {column} ({k})"),
+        _ => format!(" at line {line}, column {column}"),
+    }
+}
+
 impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        // The parser's own text quotes the offending line, which may hold a password (a Redis
+        // or proxy URL): say where it is and which key, never the value.
+        toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: format!(
+                "TOML error{}: {}",
+                e.span().map_or(String::new(), |s| place(text, s.start)),
+                e.message().trim_end()
+            ),
         })
     }
 
@@ -1237,6 +1271,20 @@ fn resolve_clients(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_does_not_parse_is_named_by_line_never_quoted() {
+        let text = "[server]\nlisten = \"127.0.0.1:8080\"\n[redis]\nurl = \"redis://:hunter2-pw@r:6379\" x\n";
+        let e = FileConfig::parse(text, Path::new("g.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4"), "{e}");
+        assert!(!e.contains("hunter2"), "the password is quoted: {e}");
+        let e = FileConfig::parse("[server]\nlisten_typo = 1\n", Path::new("g.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_typo") && e.contains("line 2"), "{e}");
+    }
 
     fn env_none(_: &str) -> Option<String> {
         None
