@@ -202,7 +202,12 @@ impl RecordStore for RedisRecords {
                 .await;
             match (done, &this.local) {
                 (Ok(n), _) => Ok(n == 1),
-                (Err(_), Some(local)) => local.renew(&key, renewed).await,
+                // A flight begun here while Redis was away is renewed here; one that lives in
+                // Redis is not "changed" because Redis failed: the heartbeat tries again.
+                (Err(e), Some(local)) => match local.renew(&key, renewed).await {
+                    Ok(true) => Ok(true),
+                    _ => Err(e),
+                },
                 (Err(e), None) => Err(e),
             }
         })

@@ -256,6 +256,47 @@ async fn a_create_running_longer_than_its_lease_is_never_taken_for_lost() {
     assert_eq!(sim.calls("create").await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_heartbeat_outlives_a_redis_hiccup_with_local_fallback() {
+    let sim = Sim::start(SimConfig { ..sim_config() }).await;
+    let mut redis = RedisServer::start();
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-hiccup:\"\ntimeout = \"300ms\"\n\
+         creates_when_down = \"local\"\nrequired_for_readiness = false\n\
+         [create]\nlease = \"1s\"\n\
+         [create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\n",
+        redis.url()
+    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
+    sim.fault("slow", "5s").await;
+    let (key, body) = (fresh_key(), disk_body(20));
+    let first = tokio::spawn({
+        let (url, key, body) = (a.url.clone(), key.clone(), body.clone());
+        async move { create(&url, &key, &body).await }
+    });
+    eventually(
+        "the create reached the upstream",
+        Duration::from_secs(10),
+        || async { sim.calls("create").await >= 1 },
+    )
+    .await;
+    // Redis hangs for longer than the lease: renewals fail meanwhile, and must go on after.
+    redis.pause(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.pause(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A's create still runs (the upstream holds it 5 s): its record is still in flight.
+    assert!(!first.is_finished());
+    let (status, _, v) = create(&b.url, &key, &body).await.expect("B answers");
+    assert_eq!(
+        (status, v["code"].as_i64()),
+        (409, Some(1005)),
+        "the running create is not taken for lost: {v}"
+    );
+    let (status, _, v) = first.await.unwrap().expect("A answers");
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_in_redis_never_brings_back_a_finished_or_reopened_record() {
     use finovy_gateway::config::RedisConfig;
