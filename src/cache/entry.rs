@@ -38,7 +38,7 @@ impl Answer {
     /// The same answer in memory of its own. An answer read from a connection holds slices of
     /// that connection's read buffer (its body, its header values), so keeping it as it is would
     /// keep the whole buffer alive; what is kept for a while (cache entries, records) is copied.
-    pub fn compacted(self) -> Answer {
+    pub fn compacted(&self) -> Answer {
         let mut headers = HeaderMap::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
             let mut owned =
@@ -50,7 +50,7 @@ impl Answer {
             status: self.status,
             headers,
             body: Bytes::copy_from_slice(&self.body),
-            head: self.head,
+            head: self.head.clone(),
         }
     }
 

@@ -537,16 +537,20 @@ impl Ctx {
                 answer: Answer::from_response(resp),
                 unknown,
             };
+            // Whether the disk this create made (if any) is claimed, so that no reconciliation
+            // can take it any more.
+            let mut claimed = true;
             if let Some(keep) = keep.filter(|_| !from_record) {
                 if route == Route::DiskCreate
                     && let Some(disk) = created_disk(&outcome.answer)
                 {
-                    let _ = records
+                    claimed = records
                         .begin(
                             &claim_key(&account, &disk),
                             marker("claimed", keep.unknown_ttl),
                         )
-                        .await;
+                        .await
+                        .is_ok();
                 }
                 let record = |state, ttl| Record {
                     fingerprint: keep.fingerprint.clone(),
@@ -559,7 +563,7 @@ impl Ctx {
                     records.hold(&keep.owner, &keep.rkey, until, u64::MAX)
                 };
                 let kept = if outcome.is_final() {
-                    let done = State::Done(Arc::new(outcome.answer.clone().compacted()));
+                    let done = State::Done(Arc::new(outcome.answer.compacted()));
                     let _ = hold(keep.final_ttl).await;
                     records.set(&keep.rkey, record(done, keep.final_ttl)).await
                 } else if outcome.unknown {
@@ -574,8 +578,9 @@ impl Ctx {
                     tracing::warn!(route = %route, error = %e, "could not record the outcome of a create; a retry may not find it");
                 }
             }
-            // Its disk (if any) is claimed: a reconciliation no longer needs to wait for it.
-            if let Some((making, rkey)) = &making {
+            // Its disk is claimed: a reconciliation no longer needs to wait for it. Unclaimed (the
+            // store failed), the mark stays until its lease lapses, and reconciliations wait.
+            if let Some((making, rkey)) = making.as_ref().filter(|_| claimed) {
                 let _ = records.release(making, rkey).await;
             }
             Arc::new(outcome)
