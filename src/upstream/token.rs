@@ -613,6 +613,8 @@ impl TokenBroker {
                         detail = detail.replace(value.expose(), name);
                     }
                 }
+                // Cut after the credentials are out: a cut inside one would leave its start.
+                let detail: String = detail.chars().take(200).collect();
                 let detail = detail.escape_debug().to_string();
                 tracing::warn!(account = %self.account, error = %e, upstream = %detail, retry_in = ?backoff, "getToken failed");
                 state.failing = Some((e.clone(), Instant::now() + backoff));
@@ -665,7 +667,7 @@ impl TokenBroker {
                     "the upstream refused getToken (code {}); see the gateway's log",
                     code.map_or("none".to_string(), |c| c.to_string())
                 )),
-                detail: parsed.msg.unwrap_or_default().chars().take(200).collect(),
+                detail: parsed.msg.unwrap_or_default(),
             }),
         }
     }
