@@ -169,6 +169,14 @@ where
         });
     }
 
+    /// [`SingleFlight::detach`] for one known key, without looking at the others.
+    pub fn detach_key(&self, key: &K) {
+        let mut map = self.flights.lock().expect("single-flight table");
+        if let Some(slot) = map.remove(key) {
+            slot.detached.0.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// How many flights are running (for tests and metrics).
     pub fn len(&self) -> usize {
         self.flights.lock().map(|m| m.len()).unwrap_or(0)

@@ -177,9 +177,11 @@ impl Cache {
         F: Future<Output = Answer> + Send + 'static,
     {
         let cache = self.clone();
-        let policies = self.policies();
         self.flights
             .join_or_start_with(key.clone(), move |detached| async move {
+                // The policies current when the fill begins (a reload may change them meanwhile);
+                // callers that join it never read them.
+                let policies = cache.policies();
                 // A fill of this replica that landed since the caller looked is in its own memory;
                 // one of another replica's is found by the claim below.
                 if !force
@@ -218,7 +220,7 @@ impl Cache {
                 } else {
                     cache.store.release_fill(&key, ticket).await;
                     if answer.is_gone() {
-                        cache.flights.detach(|k| *k == key);
+                        cache.flights.detach_key(&key);
                         cache.record_invalidation(key.route.as_str(), Reason::Gone);
                         cache.store.drop_if_held(key).await;
                     }
