@@ -175,7 +175,7 @@ async fn purges_by_account_and_of_a_route_across_accounts() {
 async fn an_identical_create_after_the_dedup_window_buys_again() {
     let sim = Sim::start(sim_config()).await;
     let gw = Gw::start(
-        "[create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\ndedup_window = \"500ms\"\n",
+        "[create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\ndedup_window = \"3s\"\n",
         &sim.url,
         demo_env(),
     )
@@ -193,7 +193,8 @@ async fn an_identical_create_after_the_dedup_window_buys_again() {
         first["data"], again["data"],
         "within the window: the same disk"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The window's end: waiting for time itself to pass.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (_, later) = create().await;
     assert_eq!(later["code"], 0, "{later}");
     assert_ne!(first["data"], later["data"], "after the window: a new disk");

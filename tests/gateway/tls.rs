@@ -258,15 +258,17 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
 
     let anonymous = tls_client(&server_ca, None, &[b"http/1.1"]);
     let err = get(&anonymous, &gw.url(IMAGE)).await.unwrap_err();
-    assert!(!err.is_empty());
+    assert!(err.contains("CertificateRequired"), "{err}");
 
     // A certificate from another CA is no better than none.
     let foreign = TestCa::new("foreign").client();
     let impostor = tls_client(&server_ca, Some(&foreign), &[b"http/1.1"]);
-    get(&impostor, &gw.url(IMAGE)).await.unwrap_err();
+    let err = get(&impostor, &gw.url(IMAGE)).await.unwrap_err();
+    assert!(err.contains("UnknownCA"), "{err}");
 
     let admin = format!("https://localhost:{}/healthz", gw.admin_addr.port());
-    get(&anonymous, &admin).await.unwrap_err();
+    let err = get(&anonymous, &admin).await.unwrap_err();
+    assert!(err.contains("CertificateRequired"), "{err}");
     assert_eq!(get(&trusted, &admin).await.unwrap().0, 200);
 
     assert_eq!(

@@ -143,8 +143,9 @@ async fn an_over_large_create_answer_is_an_unknown_outcome_and_reconciled() {
 }
 
 /// Requests (and readiness checks) for `window` against a simulator whose tokens are born
-/// expired; every answer must come promptly. The number of `getToken` calls.
-async fn traffic_with_expired_tokens(sim: &Sim, gws: &[&Gw], window: Duration) -> u64 {
+/// expired; every answer must come promptly. The number of `getToken` calls, and how long the
+/// traffic really ran (a slow last pass can run past `window`).
+async fn traffic_with_expired_tokens(sim: &Sim, gws: &[&Gw], window: Duration) -> (u64, Duration) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -167,16 +168,15 @@ async fn traffic_with_expired_tokens(sim: &Sim, gws: &[&Gw], window: Duration) -
                 .send()
                 .await
                 .expect("readyz answers in time");
+            // Either answer is right here (a clamped token reads as held until the upstream
+            // rejects it): what counts is that readiness answers at once, never loops.
             assert!(ready.status() == 200 || ready.status() == 503);
             n += 1;
         }
     }
-    let calls = sim.calls("getToken").await;
-    eprintln!(
-        "{calls} getToken calls over {:?} and {n} requests",
-        started.elapsed()
-    );
-    calls
+    let (calls, ran) = (sim.calls("getToken").await, started.elapsed());
+    eprintln!("{calls} getToken calls over {ran:?} and {n} requests");
+    (calls, ran)
 }
 
 const EXPIRED_TOKENS: &str = "[token]\nmin_refresh_interval = \"1s\"\n";
@@ -189,10 +189,12 @@ async fn tokens_born_expired_cannot_make_the_gateway_loop() {
     })
     .await;
     let gw = Gw::start(EXPIRED_TOKENS, &sim.url, demo_env()).await;
-    let window = Duration::from_secs(4);
-    let calls = traffic_with_expired_tokens(&sim, &[&gw], window).await;
-    // One at start, then at most one per second of the window (and one of slack for the edges).
-    assert!(calls <= 6, "{calls} getToken calls in {window:?}");
+    let (calls, ran) = traffic_with_expired_tokens(&sim, &[&gw], Duration::from_secs(4)).await;
+    // One at start, then at most one per second it ran (and one of slack for the edges).
+    assert!(
+        calls <= 2 + ran.as_secs(),
+        "{calls} getToken calls in {ran:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -207,15 +209,14 @@ async fn the_fleet_calls_get_token_once_per_interval() {
         "[redis]\nurl = \"{}\"\nprefix = \"fgw-gate:\"\ntimeout = \"1s\"\n{EXPIRED_TOKENS}",
         redis.url()
     );
-    let (a, b, c) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env()),
+    let [a, b, c] = replicas::<3>(&toml, &sim.url, demo_env()).await;
+    let (calls, ran) =
+        traffic_with_expired_tokens(&sim, &[&a, &b, &c], Duration::from_secs(4)).await;
+    // As for one replica: three on their own would make up to three times as many.
+    assert!(
+        calls <= 2 + ran.as_secs(),
+        "{calls} getToken calls in {ran:?}"
     );
-    let window = Duration::from_secs(4);
-    let calls = traffic_with_expired_tokens(&sim, &[&a, &b, &c], window).await;
-    // Three replicas on their own would make up to three times as many.
-    assert!(calls <= 6, "{calls} getToken calls in {window:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
