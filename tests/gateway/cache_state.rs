@@ -58,10 +58,7 @@ async fn unknown_ids_leave_redis_as_it_was() {
         "[redis]\nurl = \"{}\"\nprefix = \"fgw-unknown:\"\ntimeout = \"1s\"\n",
         redis.url()
     );
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let (keys_before, memory_before, heard_before) = (
         redis.keys("*").await,
         redis_memory(&redis).await,

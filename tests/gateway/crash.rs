@@ -215,10 +215,7 @@ async fn a_create_running_longer_than_its_lease_is_never_taken_for_lost() {
          [create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\n",
         redis.url()
     );
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     // The upstream holds the answer for four leases.
     sim.fault("slow", "4s").await;
     let key = fresh_key();

@@ -516,6 +516,23 @@ where
     }
 }
 
+/// Polls `/readyz` of `admin_url` until it answers `status` (20 s at most); its body.
+pub async fn readyz_until(admin_url: &str, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http().get(format!("{admin_url}/readyz")).send().await
+            && r.status().as_u16() == status
+        {
+            return r.text().await.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends `req` and returns the answer's status and JSON body.
 pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = req.send().await.expect("an answer");

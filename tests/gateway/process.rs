@@ -177,23 +177,6 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
     assert_eq!(code, Some(0));
 }
 
-/// Polls `/readyz` until it answers `status`; its body.
-async fn readyz_until(admin_url: &str, status: u16) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(r) = http().get(format!("{admin_url}/readyz")).send().await
-            && r.status().as_u16() == status
-        {
-            return r.text().await.unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_waits_for_a_create_whose_client_hung_up() {
     let sim = Sim::start(sim_config()).await;

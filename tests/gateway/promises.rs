@@ -270,10 +270,7 @@ async fn a_spending_cap_holds_for_the_fleet_in_shared_mode() {
         "[redis]\nurl = \"{}\"\nprefix = \"fgw-budget:\"\ntimeout = \"1s\"\n{FAST_CREATES}[create.budget.account]\ncreates_per_day = 2\n",
         redis.url()
     );
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let create = |gw: &Gw, memory: u32| {
         send_json(
             http()
@@ -345,10 +342,7 @@ async fn a_replica_that_resubscribes_clears_what_it_may_have_missed() {
         redis.url(),
         info_policy("ttl = \"60s\"")
     );
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let id = new_disk_info_url(&a.url)
         .await
         .rsplit('/')

@@ -105,10 +105,7 @@ async fn the_record_bound_holds_for_the_fleet() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
     let toml = config(Some(&redis));
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     the_bound_holds(&[&a.url, &b.url], &sim).await;
     // The count lives in Redis, and expires.
     let owners = redis.keys("fgw-bounds:rec-owner:*").await;

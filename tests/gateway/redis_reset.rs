@@ -140,10 +140,7 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
     let toml = config(&redis);
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let marker = format!("{PREFIX}fleet-marker");
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis.get(&marker).await.is_none() {

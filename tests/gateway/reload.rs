@@ -220,23 +220,6 @@ async fn a_broken_file_changes_nothing_and_an_in_flight_create_finishes() {
     assert_eq!(metric(&gw, RELOADS_OK).await, 1.0);
 }
 
-/// Polls `/readyz` until it answers `status`.
-async fn readyz_until(admin_url: &str, status: u16) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http().get(format!("{admin_url}/readyz")).send().await
-            && r.status().as_u16() == status
-        {
-            return r.text().await.unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_secret_file_makes_readyz_ready_after_a_reload() {
     const OLD: &str = "rotated-away-secret-0a1b2c";

@@ -343,10 +343,7 @@ async fn a_mount_through_one_replica_is_seen_through_another_once_its_message_ar
     .await;
     let redis = RedisServer::start();
     let toml = config(&redis, "fgw-mount:", "", &info_policy("ttl = \"60s\""));
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let id = create_disk(&a).await;
     let client = http();
     assert_eq!(info(&client, &b.url, &id).await.2["data"]["status"], "0");
@@ -502,10 +499,7 @@ async fn with_creates_when_down_local_duplicates_still_collapse() {
     let sim = Sim::start(sim_config()).await;
     let mut redis = RedisServer::start();
     let toml = config(&redis, "fgw-local:", "creates_when_down = \"local\"\n", "");
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     // Shared mode is on while Redis is up: B replays what A bought.
     let earlier = r#"{"area":2,"memory":50,"isMount":0}"#;
     let (_, _, bought) = create(&prompt(), &a.url, Some("local-1"), earlier).await;
@@ -629,10 +623,7 @@ async fn every_shared_key_lives_under_the_prefix_and_expires() {
         info_policy("ttl = \"30s\"")
     );
     let toml = config(&redis, PREFIX, "", &rest);
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let client = http();
     // Traffic touching every kind of shared state: token, cache entries, fill locks, idempotency
     // and de-dup records, rate and budget counters, invalidations.
@@ -1006,10 +997,7 @@ async fn a_sentinel_managed_primary_is_followed_through_a_failover() {
     )
     .await;
     let toml = config_url(&url, "fgw-sen:", "");
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env()),
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let key = fresh_key();
     let (status, _, first) = create(&http(), &a.url, Some(&key), DISK20).await;
     assert_eq!((status, first["code"].as_i64()), (200, Some(0)), "{first}");
@@ -1204,10 +1192,7 @@ async fn a_no_cache_refresh_on_one_replica_is_shared_with_the_others() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
     let toml = config(&redis, "fgw-nocache:", "", &info_policy("ttl = \"60s\""));
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let id = create_disk(&a).await;
     let before = sim.calls("info").await;
     let (status, h, _) = answer(
@@ -1230,10 +1215,7 @@ async fn refreshing_one_disk_leaves_the_fleets_fill_of_another_alone() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
     let toml = config(&redis, "fgw-epoch:", "", &info_policy("ttl = \"60s\""));
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let (x, y) = (create_disk(&a).await, create_disk(&a).await);
     assert_ne!(x, y);
     let client = http();
@@ -1273,10 +1255,7 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
     let toml = config(&redis, "fgw-detach:", "", &info_policy("ttl = \"60s\""));
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env())
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let x = create_disk(&a).await;
     let heard = || async {
         b.metric("finovy_gateway_invalidation_lag_seconds_count", &[])

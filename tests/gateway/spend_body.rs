@@ -506,10 +506,7 @@ async fn in_shared_mode_the_scope_holds_across_replicas() {
         client_entry("render", "render-key-00000000000000", ""),
         client_entry("archive", "archive-key-0000000000000", ""),
     );
-    let (a, b) = tokio::join!(
-        Gw::start(&toml, &sim.url, demo_env()),
-        Gw::start(&toml, &sim.url, demo_env()),
-    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let order = r#"{"area":0,"memory":20,"isMount":0}"#;
     let render = Some("render-key-00000000000000");
     let archive = Some("archive-key-0000000000000");
