@@ -67,6 +67,8 @@ pub struct Fleet {
     reset_grace_ms: AtomicU64,
     /// One check at a time: an answer read before a loss is never compared after a later one.
     checking: tokio::sync::Mutex<()>,
+    /// The marker's script, hashed once rather than at every check.
+    marker_script: redis::Script,
 }
 
 #[derive(Default)]
@@ -132,6 +134,7 @@ impl Fleet {
             marker_checked: AtomicBool::new(false),
             reset_grace_ms: AtomicU64::new(0),
             checking: tokio::sync::Mutex::new(()),
+            marker_script: redis::Script::new(MARKER),
         }))
     }
 
@@ -204,8 +207,7 @@ impl Fleet {
         let _one = self.checking.lock().await;
         let key = self.key(&["fleet-marker"]);
         let fresh = fence();
-        let script = redis::Script::new(MARKER);
-        let mut inv = script.key(&key);
+        let mut inv = self.marker_script.key(&key);
         inv.arg(&fresh).arg(px(MARKER_TTL));
         let (value, found): (String, i64) = self
             .run(
