@@ -67,6 +67,19 @@ return 0
 
 pub struct RedisRecords(Arc<Inner>);
 
+/// Redis's answer, or, when Redis failed and creates fall back to this replica, `local`'s.
+async fn or_local<T>(
+    redis: Stored<T>,
+    local: &Option<MemoryRecords>,
+    fallback: impl FnOnce(&MemoryRecords) -> BoxFuture<Stored<T>>,
+) -> Stored<T> {
+    match (redis, local) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(local)) => fallback(local).await,
+        (Err(e), None) => Err(e),
+    }
+}
+
 struct Inner {
     fleet: Arc<Fleet>,
     begin: redis::Script,
@@ -111,17 +124,16 @@ impl RecordStore for RedisRecords {
                     inv.invoke_async(&mut c).await
                 })
                 .await;
-            match (found, &this.local) {
-                (Ok(None), _) => Ok(Begin::Started),
-                // An undecodable record (another version) is kept, never overwritten: a purchase
-                // may stand behind it.
-                (Ok(Some(b)), _) => Ok(decode_record(&b).map_or(
+            // An undecodable record (another version) is kept, never overwritten: a purchase may
+            // stand behind it.
+            let found = found.map(|found| match found {
+                None => Begin::Started,
+                Some(b) => decode_record(&b).map_or(
                     Begin::Exists(marker(&record.fingerprint, record.ttl)),
                     Begin::Exists,
-                )),
-                (Err(_), Some(local)) => local.begin(&key, record).await,
-                (Err(e), None) => Err(e),
-            }
+                ),
+            });
+            or_local(found, &this.local, |l| l.begin(&key, record)).await
         })
     }
 
@@ -135,11 +147,8 @@ impl RecordStore for RedisRecords {
                     redis::cmd("GET").arg(&rkey).query_async(&mut c).await
                 })
                 .await;
-            match (got, &this.local) {
-                (Ok(v), _) => Ok(v.and_then(|b| decode_record(&b))),
-                (Err(_), Some(local)) => local.get(&key).await,
-                (Err(e), None) => Err(e),
-            }
+            let got = got.map(|v| v.and_then(|b| decode_record(&b)));
+            or_local(got, &this.local, |l| l.get(&key)).await
         })
     }
 
@@ -161,11 +170,7 @@ impl RecordStore for RedisRecords {
                         .await
                 })
                 .await;
-            match (done, &this.local) {
-                (Ok(()), _) => Ok(()),
-                (Err(_), Some(local)) => local.set(&key, record).await,
-                (Err(e), None) => Err(e),
-            }
+            or_local(done, &this.local, |l| l.set(&key, record)).await
         })
     }
 
@@ -226,12 +231,11 @@ impl RecordStore for RedisRecords {
                     inv.invoke_async(&mut c).await
                 })
                 .await;
-            match (held, &this.local) {
-                (Ok(0), _) => Ok(Hold::Held),
-                (Ok(frees_at_ms), _) => Ok(Hold::Full { frees_at_ms }),
-                (Err(_), Some(local)) => local.hold(&owner, &key, until_ms, max).await,
-                (Err(e), None) => Err(e),
-            }
+            let held = held.map(|frees_at_ms| match frees_at_ms {
+                0 => Hold::Held,
+                frees_at_ms => Hold::Full { frees_at_ms },
+            });
+            or_local(held, &this.local, |l| l.hold(&owner, &key, until_ms, max)).await
         })
     }
 
@@ -272,11 +276,8 @@ impl RecordStore for RedisRecords {
                     inv.invoke_async(&mut c).await
                 })
                 .await;
-            match (held, &this.local) {
-                (Ok(n), _) => Ok(n > 0),
-                (Err(_), Some(local)) => local.holds_other(&owner, &key).await,
-                (Err(e), None) => Err(e),
-            }
+            let held = held.map(|n: u64| n > 0);
+            or_local(held, &this.local, |l| l.holds_other(&owner, &key)).await
         })
     }
 
