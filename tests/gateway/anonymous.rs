@@ -2,8 +2,6 @@
 //! without a key gets only `[auth] anonymous_routes` (none by default), so a client held to some
 //! routes gains nothing by dropping its key. Route names there are checked at load.
 
-use serde_json::Value;
-
 use crate::harness::*;
 
 const READER: &str = "fgw_anonymous_reader_key_00000001";
@@ -11,10 +9,6 @@ const BUYER: &str = "fgw_anonymous_buyer_key_000000002";
 
 fn clients() -> String {
     client_entry("reader", READER, "routes = [\"disk.info\"]") + &client_entry("buyer", BUYER, "")
-}
-
-async fn status(req: reqwest::RequestBuilder) -> (u16, Value) {
-    send_json(req).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,28 +24,28 @@ async fn an_anonymous_caller_gets_only_the_anonymous_routes() {
     let body = serde_json::json!({"area": 0, "memory": 20, "isMount": 0});
 
     // The one anonymous route is served without a key.
-    let (code, v) = status(http().get(&total)).await;
+    let (code, v) = send_json(http().get(&total)).await;
     assert_eq!((code, &v["code"]), (200, &serde_json::json!(0)), "{v}");
     // The reader may not create with its key (403), nor without it (401).
-    let (code, v) = status(http().post(&create).bearer_auth(READER).json(&body)).await;
+    let (code, v) = send_json(http().post(&create).bearer_auth(READER).json(&body)).await;
     assert_eq!((code, &v["code"]), (403, &serde_json::json!(1001)), "{v}");
-    let (code, v) = status(http().post(&create).json(&body)).await;
+    let (code, v) = send_json(http().post(&create).json(&body)).await;
     assert_eq!((code, &v["code"]), (401, &serde_json::json!(401)), "{v}");
     assert_eq!(sim.calls("create").await, 0);
     assert_eq!(sim.stats().await["disks"], 0);
 
     // A disk the buyer made, cached by the reader: its info is not an anonymous route, so the
     // stored entry is not answered without a key (hit path or not).
-    let (code, created) = status(http().post(&create).bearer_auth(BUYER).json(&body)).await;
+    let (code, created) = send_json(http().post(&create).bearer_auth(BUYER).json(&body)).await;
     assert_eq!(code, 200, "{created}");
     let info = format!(
         "{}{DISK}/info/{}",
         gw.url,
         created["data"].as_str().unwrap()
     );
-    let (code, _) = status(http().get(&info).bearer_auth(READER)).await;
+    let (code, _) = send_json(http().get(&info).bearer_auth(READER)).await;
     assert_eq!(code, 200);
-    let (code, v) = status(http().get(&info)).await;
+    let (code, v) = send_json(http().get(&info)).await;
     assert_eq!((code, &v["code"]), (401, &serde_json::json!(401)), "{v}");
     assert_eq!(sim.calls("info").await, 1);
 }
@@ -67,7 +61,7 @@ async fn by_default_an_anonymous_caller_gets_nothing_when_clients_exist() {
         format!("{DISK}/info/AbCdEf1234"),
         "/v1/pve/open/image".to_string(),
     ] {
-        let (code, v) = status(http().get(format!("{}{path}", gw.url))).await;
+        let (code, v) = send_json(http().get(format!("{}{path}", gw.url))).await;
         assert_eq!(
             (code, &v["code"]),
             (401, &serde_json::json!(401)),
@@ -76,7 +70,7 @@ async fn by_default_an_anonymous_caller_gets_nothing_when_clients_exist() {
     }
     assert_eq!(sim.total().await, before);
     // Keys still work as before.
-    let (code, _) = status(
+    let (code, _) = send_json(
         http()
             .get(format!("{}{DISK}/memoryTotal/0", gw.url))
             .bearer_auth(BUYER),

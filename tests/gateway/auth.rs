@@ -13,17 +13,6 @@ async fn gateway(sim: &Sim) -> Gw {
     Gw::start(&toml, &sim.url, demo_env()).await
 }
 
-async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Value, String) {
-    let mut req = http().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    (status, resp.json().await.unwrap(), id)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_wrong_and_malformed_keys_are_refused_before_the_upstream() {
     let sim = Sim::start(sim_config()).await;
@@ -37,13 +26,13 @@ async fn missing_wrong_and_malformed_keys_are_refused_before_the_upstream() {
         vec![("Authorization", FULL)],
         vec![("Finovy-Access-Token", "upstream-looking-token")],
     ] {
-        let (status, body, id) = get(&url, &headers).await;
+        let (status, h, body) = get(&url, &headers).await;
+        let id = h["x-request-id"].to_str().unwrap();
         assert_eq!(status, 401, "{headers:?}");
         assert_eq!(body["code"], 401);
         assert_eq!(body["success"], false);
         assert_eq!(
-            body["traceId"],
-            id.as_str(),
+            body["traceId"], id,
             "the envelope's traceId is the request id"
         );
     }
@@ -62,7 +51,7 @@ async fn a_key_in_either_header_is_accepted() {
         vec![("Authorization", lower.as_str())],
         vec![("Finovy-Access-Token", FULL)],
     ] {
-        let (status, body, _) = get(&url, &headers).await;
+        let (status, _, body) = get(&url, &headers).await;
         assert_eq!(
             (status, body["code"].as_i64()),
             (200, Some(0)),
@@ -77,7 +66,7 @@ async fn allow_list_refuses_other_routes() {
     let gw = gateway(&sim).await;
     let before = sim.total().await;
     let reader = format!("Bearer {READER}");
-    let (status, body, _) = get(
+    let (status, _, body) = get(
         &format!("{}{DISK}/memoryTotal/0", gw.url),
         &[("Authorization", &reader)],
     )
@@ -96,7 +85,7 @@ async fn allow_list_refuses_other_routes() {
         before,
         "refused calls never reach the simulator"
     );
-    let (status, body, _) = get(
+    let (status, _, body) = get(
         &format!("{}{DISK}/info/noSuchDisk", gw.url),
         &[("Authorization", &reader)],
     )
@@ -112,7 +101,7 @@ async fn allow_list_refuses_other_routes() {
 async fn client_credentials_are_replaced_by_the_gateways_token() {
     let sim = Sim::start(sim_config()).await;
     let gw = gateway(&sim).await;
-    let (status, body, _) = get(
+    let (status, _, body) = get(
         &format!("{}{DISK}/memoryTotal/0", gw.url),
         &[("Finovy-Access-Token", FULL)],
     )
@@ -143,7 +132,7 @@ async fn client_credentials_are_replaced_by_the_gateways_token() {
 async fn anonymous_on_loopback_ignores_a_stale_upstream_token() {
     let sim = Sim::start(sim_config()).await;
     let gw = Gw::anonymous(&sim).await;
-    let (status, body, _) = get(
+    let (status, _, body) = get(
         &format!("{}{DISK}/memoryTotal/0", gw.url),
         &[("Finovy-Access-Token", "old-upstream-token")],
     )

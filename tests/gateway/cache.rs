@@ -6,22 +6,9 @@ use std::time::{Duration, Instant};
 
 use finovy_gateway::sim::SimConfig;
 use finovy_gateway::sim::seed::HOST_AREA0;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-
-/// GET with headers; status, answer headers and JSON body.
-async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
-    let mut req = http().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.unwrap())
-}
 
 async fn create_disk(gw: &Gw, body: Value) -> String {
     let (_, v) = send_json(
@@ -60,14 +47,15 @@ async fn a_thousand_polls_make_one_upstream_call() {
     assert!(h.get("age").is_some());
     assert_eq!(sim.calls("info").await, 1);
     let metrics = gw.metrics().await;
-    assert!(
-        metrics.contains(
-            "finovy_gateway_cache_lookups_total{result=\"hit\",route=\"disk.info\"} 1001"
-        ),
+    let hits = [("result", "hit"), ("route", "disk.info")];
+    assert_eq!(
+        metric(&metrics, "finovy_gateway_cache_lookups_total", &hits),
+        1001.0,
         "{metrics}"
     );
-    assert!(
-        metrics.contains("finovy_gateway_cache_entries 1"),
+    assert_eq!(
+        metric_opt(&metrics, "finovy_gateway_cache_entries", &[]),
+        Some(1.0),
         "{metrics}"
     );
 }
@@ -294,18 +282,12 @@ async fn a_missing_disk_is_never_cached_nor_masked() {
         .await
         .unwrap();
     assert_eq!(destroyed["code"], 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, _, v) = get(&url, &[]).await;
-        if v["code"] == 220001 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the entry never gave way to 220001: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the entry gives way to 220001",
+        Duration::from_secs(20),
+        || async { get(&url, &[]).await.2["code"] == 220001 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -522,12 +504,8 @@ async fn the_byte_bound_holds() {
         get(&format!("{}{DISK}/info/{id}", gw.url), &[]).await;
     }
     let metrics = gw.metrics().await;
-    let gauge = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    let gauge = |name: &str| {
+        metric_opt(&metrics, name, &[]).unwrap_or_else(|| panic!("{name} in\n{metrics}")) as u64
     };
     assert!(gauge("finovy_gateway_cache_bytes") <= 16384);
     let entries = gauge("finovy_gateway_cache_entries");
@@ -539,11 +517,12 @@ async fn the_byte_bound_holds() {
 
 /// Waits until the simulator has received `n` `info` calls in all.
 async fn info_calls_reach(sim: &Sim, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sim.calls("info").await < n {
-        assert!(Instant::now() < deadline, "{n} info calls never came");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        &format!("{n} info calls"),
+        Duration::from_secs(10),
+        || async { sim.calls("info").await >= n },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

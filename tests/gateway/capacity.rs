@@ -92,16 +92,6 @@ fn stalled_create(key: Option<&str>) -> String {
     )
 }
 
-/// Waits until the gateway has `n` data-plane requests in flight.
-async fn wait_inflight(gw: &Gw, n: usize) {
-    let want = format!("finovy_gateway_inflight_requests {n}\n");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !gw.metrics().await.contains(&want) {
-        assert!(Instant::now() < deadline, "never {n} in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Buys a disk as client A; its `info` path.
 async fn disk_info_path(gw: &Gw) -> String {
     let (status, created) = send_json(
@@ -171,7 +161,7 @@ async fn a_body_that_does_not_arrive_is_408_and_gives_its_slot_back() {
         .await
         .unwrap();
     // While A's body stalls, the only concurrency slot is free: B is served.
-    wait_inflight(&gw, 1).await;
+    gw.wait_inflight(1).await;
     let (status, body) = send_json(http().get(&total).bearer_auth(KEY_B)).await;
     assert_eq!(status, 200, "{body}");
     // (Within the body timeout, or the slot would have been freed by the 408 anyway.)
@@ -223,7 +213,7 @@ async fn one_client_cannot_take_every_slot() {
             tokio::spawn(async move { send_json(http().get(url).bearer_auth(KEY_A)).await.0 })
         })
         .collect();
-    wait_inflight(&gw, 2).await;
+    gw.wait_inflight(2).await;
     // A's third is refused at once, with Retry-After, in the envelope...
     let started = Instant::now();
     let resp = http().get(&url).bearer_auth(KEY_A).send().await.unwrap();
@@ -433,7 +423,7 @@ async fn healthz_answers_while_the_data_plane_is_saturated() {
             .unwrap();
         busy.push(s);
     }
-    wait_inflight(&gw, 2).await;
+    gw.wait_inflight(2).await;
     let started = Instant::now();
     let resp = http()
         .get(format!("{}/healthz", gw.admin_url))

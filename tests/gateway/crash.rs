@@ -13,49 +13,21 @@ use serde_json::Value;
 use crate::harness::*;
 use crate::redis_harness::RedisServer;
 
-/// The real binary as a replica, once its `/readyz` says ready.
-async fn replica(toml: &str, sim: &Sim) -> Bin {
-    let bin = Bin::serve(
-        toml,
-        &sim.url,
-        &[
-            ("FINOVY_UUID", "demo-uuid"),
-            ("FINOVY_SECRET", "demo-secret"),
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http()
-        .get(format!("{}/readyz", bin.admin_url))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "the replica never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bin
-}
-
 fn disk_body(memory: u64) -> String {
     format!(r#"{{"area":0,"memory":{memory},"isMount":0}}"#)
 }
 
 /// One create; `None` when no answer came (connection refused or reset: a dead replica).
 async fn create(url: &str, key: &str, body: &str) -> Option<(u16, HeaderMap, Value)> {
-    let resp = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-        .post(format!("{url}{DISK}/create"))
-        .header("content-type", "application/json")
-        .header("Idempotency-Key", key)
-        .body(body.to_string())
-        .send()
-        .await
-        .ok()?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    Some((status, headers, resp.json().await.ok()?))
+    try_answer(
+        http()
+            .post(format!("{url}{DISK}/create"))
+            .header("content-type", "application/json")
+            .header("Idempotency-Key", key)
+            .body(body.to_string()),
+    )
+    .await
+    .ok()
 }
 
 /// What one client got in the end.
@@ -117,7 +89,7 @@ async fn crash_drill_a_killed_replicas_purchases_settle_within_the_lease() {
     );
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(replica(&toml, &sim).await);
+        replicas.push(replica_process(&toml, &sim.url).await);
     }
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
 
@@ -131,14 +103,12 @@ async fn crash_drill_a_killed_replicas_purchases_settle_within_the_lease() {
             tokio::spawn(buy(urls.clone(), i % 3, key, disk_body(20)))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sim.calls("create").await < N as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the creates never all reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the creates all reach the upstream",
+        Duration::from_secs(30),
+        || async { sim.calls("create").await >= N as u64 },
+    )
+    .await;
     tokio::task::block_in_place(|| {
         replicas[0].child.kill().expect("SIGKILL replica 0");
         replicas[0].child.wait().expect("replica 0 exits");
@@ -224,14 +194,12 @@ async fn a_create_running_longer_than_its_lease_is_never_taken_for_lost() {
         let (url, key, body) = (a.url.clone(), key.clone(), body.clone());
         async move { create(&url, &key, &body).await }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sim.calls("create").await < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the create never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the create reached the upstream",
+        Duration::from_secs(10),
+        || async { sim.calls("create").await >= 1 },
+    )
+    .await;
     // While A's create runs, its heartbeat keeps the record in flight: B refuses every retry
     // (a lapsed lease would let B reconcile it, since the disk already exists upstream).
     let mut conflicts = 0;

@@ -5,15 +5,13 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-async fn get(url: &str) -> (u16, Value) {
-    let resp = http().get(url).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    let v: Value = resp.json().await.unwrap();
+/// `GET url`: status and body; a gateway error's `traceId` is checked to be the request id.
+async fn traced(url: &str) -> (u16, Value) {
+    let (status, h, v) = get(url, &[]).await;
     if status >= 502 {
         assert_eq!(
             v["traceId"],
-            id.as_str(),
+            h["x-request-id"].to_str().unwrap(),
             "gateway errors carry the request id"
         );
     }
@@ -25,7 +23,7 @@ async fn upstream_failures_map_to_502_and_504() {
     let sim = Sim::start(sim_config()).await;
     let gw = Gw::start("[upstream]\ntimeout = \"400ms\"\n", &sim.url, demo_env()).await;
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
-    assert_eq!(get(&url).await.1["code"], 0);
+    assert_eq!(traced(&url).await.1["code"], 0);
 
     for (mode, status, code) in [
         ("reset", 502, 503),
@@ -34,7 +32,7 @@ async fn upstream_failures_map_to_502_and_504() {
         ("error", 500, 500),
     ] {
         sim.fault(mode, "2s").await;
-        let (got, body) = get(&url).await;
+        let (got, body) = traced(&url).await;
         assert_eq!(
             (got, body["code"].as_i64()),
             (status, Some(code)),
@@ -42,7 +40,11 @@ async fn upstream_failures_map_to_502_and_504() {
         );
     }
     sim.fault("none", "0s").await;
-    assert_eq!(get(&url).await.1["code"], 0, "recovers with the upstream");
+    assert_eq!(
+        traced(&url).await.1["code"],
+        0,
+        "recovers with the upstream"
+    );
 
     // Each call counted once under its outcome: the first and the last were fine.
     let metrics = gw.metrics().await;
@@ -70,6 +72,6 @@ async fn an_unreachable_upstream_is_502() {
         .port();
     let token_env = vec![("FINOVY_TOKEN", "fixed".to_string())];
     let gw = Gw::start("", &format!("http://127.0.0.1:{port}"), token_env).await;
-    let (status, body) = get(&format!("{}{DISK}/memoryTotal/0", gw.url)).await;
+    let (status, body) = traced(&format!("{}{DISK}/memoryTotal/0", gw.url)).await;
     assert_eq!((status, body["code"].as_i64()), (502, Some(503)), "{body}");
 }

@@ -16,14 +16,10 @@ async fn call(base: &str, method: Method, path: &str, body: Option<Value>) -> (u
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(ct.as_deref(), Some("application/json"), "{path}");
-    (status, resp.json().await.unwrap())
+    let (status, h, v) = answer(req).await;
+    let ct = h.get("content-type").map(|v| v.to_str().unwrap());
+    assert_eq!(ct, Some("application/json"), "{path}");
+    (status, v)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use finovy_gateway::config::{FileConfig, Overrides, Settings};
 use finovy_gateway::server::Server;
 use finovy_gateway::sim::{SimConfig, Simulator};
+use reqwest::header::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -254,14 +255,20 @@ impl Gw {
     }
 
     pub async fn metrics(&self) -> String {
-        http()
-            .get(format!("{}/metrics", self.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(&self.admin_url).await
+    }
+
+    /// Waits until this gateway has `n` data-plane requests in flight.
+    pub async fn wait_inflight(&self, n: usize) {
+        eventually(
+            &format!("{n} requests in flight"),
+            Duration::from_secs(20),
+            || async {
+                let text = self.metrics().await;
+                metric_opt(&text, "finovy_gateway_inflight_requests", &[]) == Some(n as f64)
+            },
+        )
+        .await
     }
 
     /// Stops accepting, drains, and waits until the server has returned.
@@ -297,9 +304,19 @@ pub async fn replicas<const N: usize>(
         .unwrap_or_else(|_: Vec<Gw>| unreachable!("N started"))
 }
 
+/// The Prometheus text of the admin listener at `admin_url`.
+pub async fn metrics_at(admin_url: &str) -> String {
+    get_text(&format!("{admin_url}/metrics")).await
+}
+
 /// Sums the samples of metric `name` in Prometheus `text` whose labels include every
-/// `name="value"` of `labels`.
+/// `name="value"` of `labels`; 0 when there is none.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_opt(text, name, labels).unwrap_or(0.0)
+}
+
+/// [`metric`], or `None` when no such sample is exported (a series that must exist, or must not).
+pub fn metric_opt(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
@@ -311,7 +328,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// A unique file under the temporary directory holding `text`.
@@ -436,6 +453,11 @@ impl Bin {
         }
     }
 
+    /// One metric of this process, as [`Gw::metric`].
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&metrics_at(&self.admin_url).await, name, labels)
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
@@ -501,43 +523,121 @@ impl Drop for Bin {
 
 /// Polls `check` every 20 ms until it holds; fails naming `what` once `within` has passed. For
 /// states only another process can show (the simulator's counters, a replica's readiness).
-pub async fn eventually<F, Fut>(what: &str, within: Duration, check: F)
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
 where
-    F: Fn() -> Fut,
+    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    eventually_some(what, within, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
+
+/// [`eventually`] for a check that finds something: polls until `check` gives `Some`, and
+/// returns what it found.
+pub async fn eventually_some<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(within, || {
+        let found = check();
+        async move { found.await.ok_or(()) }
+    })
+    .await
+    .unwrap_or_else(|()| panic!("{what}: not within {within:?}"))
+}
+
+/// Polls `check` every 20 ms until it gives `Ok`, for `within` at most; its last `Err` when time
+/// is up, for a caller that reports what it saw rather than failing at once.
+pub async fn poll<T, E, F, Fut>(within: Duration, mut check: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        match check().await {
+            Ok(found) => return Ok(found),
+            Err(last) if tokio::time::Instant::now() >= deadline => return Err(last),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
+}
+
+/// `/readyz` of `admin_url`: its status and its JSON body.
+pub async fn readyz(admin_url: &str) -> (u16, Value) {
+    send_json(http().get(format!("{admin_url}/readyz"))).await
 }
 
 /// Polls `/readyz` of `admin_url` until it answers `status` (20 s at most); its body.
 pub async fn readyz_until(admin_url: &str, status: u16) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http().get(format!("{admin_url}/readyz")).send().await
-            && r.status().as_u16() == status
-        {
-            return r.text().await.unwrap();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually_some(
+        &format!("/readyz answers {status}"),
+        Duration::from_secs(20),
+        || async move {
+            let r = http()
+                .get(format!("{admin_url}/readyz"))
+                .send()
+                .await
+                .ok()?;
+            if r.status().as_u16() != status {
+                return None;
+            }
+            r.text().await.ok()
+        },
+    )
+    .await
+}
+
+/// The real binary as a replica with the demo credentials, once its `/readyz` says ready.
+pub async fn replica_process(toml: &str, upstream: &str) -> Bin {
+    let bin = Bin::serve(
+        toml,
+        upstream,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    readyz_until(&bin.admin_url, 200).await;
+    bin
+}
+
+/// Sends `req`: the answer's status, headers and JSON body (the envelope). Every test sends its
+/// requests through here, so that an answer that is not JSON fails the same way everywhere.
+pub async fn answer(req: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
+    try_answer(req).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`answer`], or why there is none: no answer at all (a dead replica, a reset), or one whose
+/// body is not JSON.
+pub async fn try_answer(req: reqwest::RequestBuilder) -> Result<(u16, HeaderMap, Value), String> {
+    let resp = req.send().await.map_err(|e| format!("no answer: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .json()
+        .await
+        .map_err(|e| format!("{status}: not a JSON body: {e}"))?;
+    Ok((status, headers, body))
+}
+
+/// `GET url` with `headers`, through [`answer`].
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
+    let mut req = http().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
+    answer(req).await
 }
 
 /// Sends `req` and returns the answer's status and JSON body.
 pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.expect("an answer");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.expect("a JSON body"))
+    let (status, _, v) = answer(req).await;
+    (status, v)
 }
 
 /// A GET's body as text.

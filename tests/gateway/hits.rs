@@ -3,8 +3,6 @@
 //! kept or made, the access line and the metrics are written, and anything that is not a plain
 //! fresh hit still takes the whole stack.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -203,15 +201,7 @@ async fn hits_are_answered_while_the_stack_sheds_load() {
     // One slow upstream call holds the only slot...
     let total = format!("{}{DISK}/memoryTotal/0", gw.url);
     let slow = tokio::spawn(async move { http().get(total).send().await.unwrap().status() });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !gw
-        .metrics()
-        .await
-        .contains("finovy_gateway_inflight_requests 1\n")
-    {
-        assert!(std::time::Instant::now() < deadline, "never in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gw.wait_inflight(1).await;
     // ...so another upstream call is shed, while a hit, which takes no slot, is answered.
     let shed = http()
         .get(format!("{}{DISK}/memoryTotal/1", gw.url))

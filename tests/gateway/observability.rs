@@ -210,18 +210,23 @@ impl Prometheus {
 
     /// Polls `/-/ready`; false when the process exited (its port was taken).
     async fn wait_ready(&mut self, deadline: Instant) -> bool {
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return false;
+        let ready = format!("{}/-/ready", self.url);
+        let child = &mut self.child;
+        poll(deadline.saturating_duration_since(Instant::now()), || {
+            let exited = child.try_wait().ok().flatten().is_some();
+            let ready = ready.clone();
+            async move {
+                if exited {
+                    return Ok(false);
+                }
+                match http().get(ready).send().await {
+                    Ok(r) if r.status().is_success() => Ok(true),
+                    _ => Err(()),
+                }
             }
-            if let Ok(r) = http().get(format!("{}/-/ready", self.url)).send().await
-                && r.status().is_success()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn log(&self) -> String {
@@ -251,22 +256,20 @@ impl Prometheus {
 
     /// Polls until `expr` returns a series with a finite value; the last answer otherwise.
     async fn wait_finite(&self, expr: &str, deadline: Instant) -> Result<(), Vec<Value>> {
-        loop {
-            let series = self.query(expr).await;
-            let finite = series.iter().any(|s| {
-                s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite)
-            });
-            if finite {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(series);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        poll(
+            deadline.saturating_duration_since(Instant::now()),
+            || async {
+                let series = self.query(expr).await;
+                let finite = series.iter().any(|s| {
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite)
+                });
+                if finite { Ok(()) } else { Err(series) }
+            },
+        )
+        .await
     }
 }
 
@@ -307,15 +310,9 @@ fn config(redis: Option<&RedisServer>) -> String {
     )
 }
 
+/// `req` as the observed client.
 async fn call(req: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
-    let resp = req
-        .header("Authorization", format!("Bearer {CLIENT_KEY}"))
-        .send()
-        .await
-        .expect("an answer");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.expect("a JSON body"))
+    answer(req.bearer_auth(CLIENT_KEY)).await
 }
 
 async fn create(gw: &Gw, path: &str, key: &str, body: &str) -> (u16, HeaderMap, Value) {

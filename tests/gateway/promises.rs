@@ -5,21 +5,13 @@
 use std::time::Duration;
 
 use finovy_gateway::sim::seed::HOST_AREA0;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::harness::*;
 
-async fn get(url: &str) -> (u16, HeaderMap, Value) {
-    let resp = http().get(url).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.unwrap())
-}
-
 /// GETs `url` and says whether the answer came from the cache.
 async fn is_hit(url: &str) -> bool {
-    let (status, h, v) = get(url).await;
+    let (status, h, v) = get(url, &[]).await;
     assert_eq!(status, 200, "{url}: {v}");
     cache_status(&h).contains("hit")
 }
@@ -68,7 +60,7 @@ async fn a_disk_being_destroyed_lives_only_status_ttl_in_the_cache() {
     .await;
     let url = new_disk_info_url(&gw.url).await;
     let id = url.rsplit('/').next().unwrap().to_string();
-    let (_, h, v) = get(&url).await;
+    let (_, h, v) = get(&url, &[]).await;
     assert_eq!(v["data"]["status"], "0", "{v}");
     assert!(cache_status(&h).contains("stored"), "{h:?}");
     let (_, v) = send_json(
@@ -79,10 +71,10 @@ async fn a_disk_being_destroyed_lives_only_status_ttl_in_the_cache() {
     .await;
     assert_eq!(v["code"], 0, "{v}");
     // The destroy dropped the entry; the disk now reads as status 4, kept for status_ttl.
-    let (_, h, v) = get(&url).await;
+    let (_, h, v) = get(&url, &[]).await;
     assert_eq!(v["data"]["status"], "4", "{v}");
     assert!(cache_status(&h).contains("fwd=miss"), "{h:?}");
-    let (_, h, _) = get(&url).await;
+    let (_, h, _) = get(&url, &[]).await;
     let status = cache_status(&h);
     assert!(
         status.contains("hit; ttl=0") || status.contains("hit; ttl=1"),
@@ -90,7 +82,7 @@ async fn a_disk_being_destroyed_lives_only_status_ttl_in_the_cache() {
     );
     let calls = sim.calls("info").await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (_, h, _) = get(&url).await;
+    let (_, h, _) = get(&url, &[]).await;
     assert!(!cache_status(&h).contains("; hit"), "{h:?}");
     assert!(
         sim.calls("info").await > calls,
@@ -304,7 +296,7 @@ async fn a_hosts_password_never_reaches_redis() {
     );
     let gw = Gw::start(&toml, &sim.url, demo_env()).await;
     let one = format!("{}/v1/pve/open/one/{HOST_AREA0}", gw.url);
-    let (_, _, v) = get(&one).await;
+    let (_, _, v) = get(&one, &[]).await;
     let password = v["data"]["hostPw"]
         .as_str()
         .expect("the detail carries hostPw")
@@ -313,7 +305,7 @@ async fn a_hosts_password_never_reaches_redis() {
     assert!(is_hit(&one).await, "cached, in this replica's memory");
     // Something of this gateway is in Redis, so the scan below looks at real state.
     let info = new_disk_info_url(&gw.url).await;
-    get(&info).await;
+    get(&info, &[]).await;
     let keys = redis.keys("*").await;
     assert!(
         keys.iter().any(|k| k.contains("disk.info")),
@@ -350,7 +342,7 @@ async fn a_replica_that_resubscribes_clears_what_it_may_have_missed() {
         .unwrap()
         .to_string();
     let on_b = format!("{}{DISK}/info/{id}", b.url);
-    get(&on_b).await;
+    get(&on_b, &[]).await;
     assert!(is_hit(&on_b).await, "B holds the entry in its memory");
     // While Redis is away, the disk is mounted behind the gateway's back: no message can say so.
     redis.kill();
@@ -365,26 +357,11 @@ async fn a_replica_that_resubscribes_clears_what_it_may_have_missed() {
     assert_eq!(v["code"], 0, "{v}");
     redis.restart();
     // Once B listens again it cannot know what it missed, so it forgets its entries.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready: Value = http()
-            .get(format!("{}/readyz", b.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["redis"] == "ok" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "B never listened again: {ready}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (status, h, v) = get(&on_b).await;
+    eventually("B listens again", Duration::from_secs(15), || async {
+        readyz(&b.admin_url).await.1["redis"] == "ok"
+    })
+    .await;
+    let (status, h, v) = get(&on_b, &[]).await;
     assert_eq!(status, 200, "{v}");
     assert!(!cache_status(&h).contains("hit"), "{h:?}");
     assert_eq!(v["data"]["pveId"], HOST_AREA0, "the mount is seen: {v}");
@@ -400,11 +377,11 @@ async fn after_a_redis_timeout_commands_rest_instead_of_each_waiting_it_out() {
     );
     let gw = Gw::start(&toml, &sim.url, demo_env()).await;
     let info = |n: usize| format!("{}{DISK}/info/unknownDisk{n}", gw.url);
-    assert_eq!(get(&info(0)).await.0, 200);
+    assert_eq!(get(&info(0), &[]).await.0, 200);
     // Redis hangs: connections stay open, nothing answers.
     redis.pause(true);
     let first = std::time::Instant::now();
-    let (status, _, v) = get(&info(1)).await;
+    let (status, _, v) = get(&info(1), &[]).await;
     let first = first.elapsed();
     assert_eq!((status, v["code"].as_i64()), (200, Some(220001)), "{v}");
     assert!(
@@ -414,7 +391,7 @@ async fn after_a_redis_timeout_commands_rest_instead_of_each_waiting_it_out() {
     // Right after, within the 250 ms rest, misses go straight to the upstream.
     let rest = std::time::Instant::now();
     for n in 2..7 {
-        let (status, _, v) = get(&info(n)).await;
+        let (status, _, v) = get(&info(n), &[]).await;
         assert_eq!((status, v["code"].as_i64()), (200, Some(220001)), "{v}");
     }
     let rest = rest.elapsed();
@@ -455,10 +432,10 @@ async fn every_metric_label_the_readme_names_is_counted() {
     let (_, made) = create(Some("m-1"), disk(20)).await;
     let id = made["data"].as_str().unwrap().to_string();
     let info = format!("{}{DISK}/info/{id}", gw.url);
-    get(&info).await;
-    get(&info).await;
+    get(&info, &[]).await;
+    get(&info, &[]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    get(&info).await; // past its TTL, within stale_while_revalidate
+    get(&info, &[]).await; // past its TTL, within stale_while_revalidate
     sim.fault("slow", "300ms").await;
     let (_, other) = create(Some("m-2"), disk(21)).await;
     let other = format!("{}{DISK}/info/{}", gw.url, other["data"].as_str().unwrap());
@@ -470,7 +447,7 @@ async fn every_metric_label_the_readme_names_is_counted() {
         .send()
         .await
         .unwrap();
-    get(&format!("{}{DISK}/info/noSuchDisk", gw.url)).await;
+    get(&format!("{}{DISK}/info/noSuchDisk", gw.url), &[]).await;
     let (_, v) = send_json(
         http()
             .post(format!("{}{DISK}/pveCreate", gw.url))

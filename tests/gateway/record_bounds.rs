@@ -42,10 +42,7 @@ async fn create(
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }
-    let resp = req.send().await.expect("an answer");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.expect("a JSON body"))
+    answer(req).await
 }
 
 fn assert_full((status, headers, v): &(u16, HeaderMap, Value)) {

@@ -473,19 +473,15 @@ impl RedisCluster {
 
     /// Polls until every node says the cluster is ok (slots assigned and agreed).
     pub async fn wait_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        crate::harness::eventually("the cluster is ok", Duration::from_secs(20), || async {
             let mut ok = true;
             for n in &self.nodes {
                 let info = n.command(&["CLUSTER", "INFO"]).await;
                 ok &= info.text().is_some_and(|t| t.contains("cluster_state:ok"));
             }
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the cluster never became ok");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ok
+        })
+        .await
     }
 }
 

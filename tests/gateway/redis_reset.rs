@@ -53,10 +53,6 @@ impl Replica for Bin {
     }
 }
 
-async fn metrics(gw: &impl Replica) -> String {
-    get_text(&format!("{}/metrics", gw.admin_url())).await
-}
-
 async fn create(gw: &impl Replica, key: Option<&str>, body: &str) -> (u16, HeaderMap, Value) {
     let mut req = http()
         .post(format!("{}{DISK}/create", gw.url()))
@@ -65,42 +61,22 @@ async fn create(gw: &impl Replica, key: Option<&str>, body: &str) -> (u16, Heade
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }
-    let resp = req.send().await.expect("an answer");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.expect("a JSON body"))
+    answer(req).await
 }
 
-fn resets(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("finovy_gateway_redis_resets_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the reset counter is exported")
+/// The resets `gw` has counted (the counter is exported from the start).
+async fn resets(gw: &impl Replica) -> u64 {
+    let text = metrics_at(gw.admin_url()).await;
+    metric_opt(&text, "finovy_gateway_redis_resets_total", &[])
+        .expect("the reset counter is exported") as u64
 }
 
-async fn readyz(gw: &impl Replica) -> (u16, Value) {
-    let resp = http()
-        .get(format!("{}/readyz", gw.admin_url()))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-/// Polls until `gw` has counted `n` resets; when it did.
-async fn wait_resets(gw: &impl Replica, n: u64) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if resets(&metrics(gw).await) >= n {
-            return Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reset was not noticed in 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Polls until `gw` has counted `n` resets.
+async fn wait_resets(gw: &impl Replica, n: u64) {
+    eventually("the reset is noticed", Duration::from_secs(10), || async {
+        resets(gw).await >= n
+    })
+    .await
 }
 
 /// A refusal for a lost record: 503, code 1005, Retry-After, and what to do.
@@ -120,19 +96,19 @@ fn assert_refused((status, headers, v): &(u16, HeaderMap, Value)) {
 /// Polls a new keyed create until the grace window has passed and it is made; when.
 async fn wait_accepted(gw: &impl Replica) -> (Instant, Value) {
     let key = fresh_key();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = create(gw, Some(&key), DISK20).await;
-        if answer.0 == 200 {
-            return (Instant::now(), answer.2);
-        }
-        assert_refused(&answer);
-        assert!(
-            Instant::now() < deadline,
-            "creates still refused after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_some(
+        "creates accepted again",
+        Duration::from_secs(30),
+        || async {
+            let answer = create(gw, Some(&key), DISK20).await;
+            if answer.0 == 200 {
+                return Some((Instant::now(), answer.2));
+            }
+            assert_refused(&answer);
+            None
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -142,11 +118,12 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     let toml = config(&redis);
     let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
     let marker = format!("{PREFIX}fleet-marker");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis.get(&marker).await.is_none() {
-        assert!(Instant::now() < deadline, "no fleet marker written");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the fleet marker is written",
+        Duration::from_secs(10),
+        || async { redis.get(&marker).await.is_some() },
+    )
+    .await;
     assert!(
         redis.pttl(&marker).await > 0,
         "the marker expires, if ever unused"
@@ -155,8 +132,8 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     let (status, _, first) = create(&a, Some(&key), DISK20).await;
     assert_eq!(status, 200, "{first}");
     for gw in [&a, &b] {
-        assert_eq!(resets(&metrics(gw).await), 0, "a fresh fleet is no reset");
-        let (status, ready) = readyz(gw).await;
+        assert_eq!(resets(gw).await, 0, "a fresh fleet is no reset");
+        let (status, ready) = readyz(gw.admin_url()).await;
         assert_eq!(status, 200);
         assert!(ready.get("redis_reset").is_none(), "{ready}");
     }
@@ -170,7 +147,7 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     wait_resets(&a, 1).await;
     wait_resets(&b, 1).await;
     for gw in [&a, &b] {
-        let (status, ready) = readyz(gw).await;
+        let (status, ready) = readyz(gw.admin_url()).await;
         assert_eq!(status, 200, "a note, not unreadiness: {ready}");
         let note = ready["redis_reset"].as_str().unwrap_or_default();
         assert!(
@@ -203,8 +180,8 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     assert_eq!(sim.calls("create").await, 2);
     // Noticed once, and the note no longer refuses.
     for gw in [&a, &b] {
-        assert_eq!(resets(&metrics(gw).await), 1);
-        let (_, ready) = readyz(gw).await;
+        assert_eq!(resets(gw).await, 1);
+        let (_, ready) = readyz(gw.admin_url()).await;
         let note = ready["redis_reset"].as_str().unwrap_or_default();
         assert!(
             note.contains("lost its data") && !note.contains("refused"),
@@ -233,19 +210,15 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
     redis.restart();
     // The retry whose record was lost is never bought again: refused while Redis is away (503,
     // code 503), then refused as possibly lost (code 1005) once it is back.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let answer = loop {
+    let answer = eventually_some("Redis comes back", Duration::from_secs(10), || async {
         let answer = create(&gw, Some(&key), DISK20).await;
-        if answer.2["code"] != 503 {
-            break answer;
-        }
-        assert!(Instant::now() < deadline, "Redis never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (answer.2["code"] != 503).then_some(answer)
+    })
+    .await;
     assert_refused(&answer);
     assert_eq!(sim.calls("create").await, 1);
-    assert_eq!(resets(&metrics(&gw).await), 1);
-    let (status, ready) = readyz(&gw).await;
+    assert_eq!(resets(&gw).await, 1);
+    let (status, ready) = readyz(gw.admin_url()).await;
     assert_eq!(status, 200, "{ready}");
     assert!(
         ready["redis_reset"]
@@ -269,5 +242,5 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
     let (_, made) = wait_accepted(&gw).await;
     assert_eq!(made["code"], 0, "{made}");
     assert_eq!(sim.calls("create").await, 2);
-    assert_eq!(resets(&metrics(&gw).await), 1);
+    assert_eq!(resets(&gw).await, 1);
 }

@@ -24,41 +24,25 @@ fn config(body: &str) -> String {
     )
 }
 
-/// The value of a metric line starting with `series` (0 when absent).
-async fn metric(gw: &Bin, series: &str) -> f64 {
-    let text = get_text(&format!("{}/metrics", gw.admin_url)).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-const RELOADS_OK: &str = "finovy_gateway_config_reloads_total{result=\"ok\"}";
-const RELOADS_ERROR: &str = "finovy_gateway_config_reloads_total{result=\"error\"}";
+const RELOADS: &str = "finovy_gateway_config_reloads_total";
+const RELOADS_OK: &[(&str, &str)] = &[("result", "ok")];
+const RELOADS_ERROR: &[(&str, &str)] = &[("result", "error")];
 const LAST_OK: &str = "finovy_gateway_config_last_reload_success_timestamp_seconds";
 
-/// Polls until the metric `series` reaches `value`: the reload it counts has been applied.
-async fn metric_reaches(gw: &Bin, series: &str, value: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(gw, series).await < value {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never reached {value}:\n{}",
-            gw.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls until `ok` reloads are counted: the reload counted last has been applied.
+async fn reloads_reach(gw: &Bin, ok: f64) {
+    eventually(
+        &format!("{ok} reloads counted"),
+        Duration::from_secs(20),
+        || async { gw.metric(RELOADS, RELOADS_OK).await >= ok },
+    )
+    .await
 }
 
+/// `GET url` as the client of `key`: status, body and `Cache-Status`.
 async fn status_with(url: &str, key: &str) -> (u16, Value, String) {
-    let r = http()
-        .get(url)
-        .header("Authorization", format!("Bearer {key}"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let cache = cache_status(r.headers());
-    (status, r.json().await.unwrap(), cache)
+    let (status, h, v) = answer(http().get(url).bearer_auth(key)).await;
+    (status, v, cache_status(&h))
 }
 
 /// The `ttl=N` of a `Cache-Status`.
@@ -107,10 +91,10 @@ async fn sighup_adds_and_removes_clients_and_changes_a_cache_ttl() {
 
     let memory = "[cache.routes.\"disk.memory_total\"]\nttl = \"20s\"\n";
     std::fs::write(&gw.config, config(&(client_entry("b", KEY_B, "") + memory))).unwrap();
-    let before = metric(&gw, LAST_OK).await;
+    let before = gw.metric(LAST_OK, &[]).await;
     gw.hangup();
-    metric_reaches(&gw, RELOADS_OK, 1.0).await;
-    assert!(metric(&gw, LAST_OK).await >= before);
+    reloads_reach(&gw, 1.0).await;
+    assert!(gw.metric(LAST_OK, &[]).await >= before);
 
     let (status, body, _) = status_with(&area(1), KEY_B).await;
     assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
@@ -154,14 +138,12 @@ async fn a_broken_file_changes_nothing_and_an_in_flight_create_finishes() {
     let creates_reach = |n: u64| {
         let sim = &sim;
         async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while sim.calls("create").await < n {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "create {n} never left"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            eventually(
+                &format!("create {n} left"),
+                Duration::from_secs(20),
+                || async { sim.calls("create").await >= n },
+            )
+            .await
         }
     };
     sim.fault("slow", "1500ms").await;
@@ -177,15 +159,15 @@ async fn a_broken_file_changes_nothing_and_an_in_flight_create_finishes() {
         ),
     )
     .unwrap();
-    let last_ok = metric(&gw, LAST_OK).await;
+    let last_ok = gw.metric(LAST_OK, &[]).await;
     let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
     assert_eq!((status, &body["code"]), (400, &Value::from(1007)), "{body}");
     assert_eq!(body["success"], false);
     let msg = body["msg"].as_str().unwrap();
     assert!(msg.contains("clients[1].key_sha256"), "{msg}");
-    assert_eq!(metric(&gw, RELOADS_ERROR).await, 1.0);
-    assert_eq!(metric(&gw, RELOADS_OK).await, 0.0);
-    assert_eq!(metric(&gw, LAST_OK).await, last_ok);
+    assert_eq!(gw.metric(RELOADS, RELOADS_ERROR).await, 1.0);
+    assert_eq!(gw.metric(RELOADS, RELOADS_OK).await, 0.0);
+    assert_eq!(gw.metric(LAST_OK, &[]).await, last_ok);
     gw.wait_for_log("configuration reload failed", 1).await;
 
     let (status, body) = first.await.unwrap();
@@ -217,7 +199,7 @@ async fn a_broken_file_changes_nothing_and_an_in_flight_create_finishes() {
         2,
         "one disk per create, none more"
     );
-    assert_eq!(metric(&gw, RELOADS_OK).await, 1.0);
+    assert_eq!(gw.metric(RELOADS, RELOADS_OK).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,7 +226,7 @@ async fn a_rotated_secret_file_makes_readyz_ready_after_a_reload() {
     // The Secret volume is updated (with its trailing newline), then the replica told.
     std::fs::write(&secret_file, format!("{NEW}\n")).unwrap();
     gw.hangup();
-    metric_reaches(&gw, RELOADS_OK, 1.0).await;
+    reloads_reach(&gw, 1.0).await;
     readyz_until(&gw.admin_url, 200).await;
     assert!(gw.child.try_wait().unwrap().is_none(), "no restart");
     let (status, body) = send_json(http().get(format!("{}{DISK}/memoryTotal/0", gw.url))).await;
@@ -322,7 +304,7 @@ async fn sighup_changes_the_log_level() {
     assert_eq!(send_json(http().get(&url)).await.0, 200);
     std::fs::write(&gw.config, config("[log]\nlevel = \"info\"\n")).unwrap();
     gw.hangup();
-    metric_reaches(&gw, RELOADS_OK, 1.0).await;
+    reloads_reach(&gw, 1.0).await;
     assert_eq!(send_json(http().get(&url)).await.0, 200);
     // Lines leave in order: once the second request's line is out, the first's would be too.
     let log = gw.wait_for_log("finovy_gateway::access", 1).await;
@@ -354,10 +336,10 @@ async fn in_shared_mode_each_replica_reloads_its_own_file() {
     // The change rolls replica by replica: until a replica reloads, it keeps what it had.
     std::fs::write(&one.config, &after).unwrap();
     one.hangup();
-    metric_reaches(&one, RELOADS_OK, 1.0).await;
+    reloads_reach(&one, 1.0).await;
     assert_eq!(status_with(&url(&one), KEY_B).await.0, 200);
     assert_eq!(status_with(&url(&two), KEY_B).await.0, 401);
-    assert_eq!(metric(&two, RELOADS_OK).await, 0.0);
+    assert_eq!(two.metric(RELOADS, RELOADS_OK).await, 0.0);
     for gw in [&one, &two] {
         assert_eq!(status_with(&url(gw), KEY_A).await.0, 200);
     }

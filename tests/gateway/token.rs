@@ -4,18 +4,8 @@
 use std::time::{Duration, Instant};
 
 use finovy_gateway::sim::SimConfig;
-use serde_json::Value;
 
 use crate::harness::*;
-
-async fn code(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut req = http().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_first_requests_share_one_get_token() {
@@ -53,7 +43,7 @@ async fn requests_succeed_across_token_expiries() {
     let mut n = 0;
     // Four token lifetimes of steady traffic.
     while started.elapsed() < Duration::from_millis(3200) {
-        let (status, body) = code(&url, &[]).await;
+        let (status, _, body) = get(&url, &[]).await;
         assert_eq!(
             (status, body["code"].as_i64()),
             (200, Some(0)),
@@ -78,7 +68,7 @@ async fn a_rejected_token_is_refreshed_once_and_the_request_retried() {
     let sim = Sim::start(sim_config()).await;
     let gw = Gw::anonymous(&sim).await;
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
-    assert_eq!(code(&url, &[]).await.1["code"], 0);
+    assert_eq!(get(&url, &[]).await.2["code"], 0);
     assert_eq!(sim.calls("getToken").await, 1);
     sim.revoke_tokens().await;
     let before = sim.calls("memoryTotal").await;
@@ -104,7 +94,7 @@ async fn a_fixed_token_is_used_and_get_token_never_called() {
     let gw = Gw::start("", &sim.url, vec![("FINOVY_TOKEN", token.clone())]).await;
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
     for _ in 0..5 {
-        assert_eq!(code(&url, &[]).await.1["code"], 0);
+        assert_eq!(get(&url, &[]).await.2["code"], 0);
     }
     assert_eq!(
         sim.calls("getToken").await,
@@ -142,14 +132,14 @@ async fn two_accounts_use_their_own_upstream_and_token() {
     let gw = Gw::start(&toml, &sim_a.url, env).await;
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
     for _ in 0..3 {
-        let (_, a) = code(
+        let (_, _, a) = get(
             &url,
             &[("Authorization", "Bearer key-of-client-a-000000000")],
         )
         .await;
         assert_eq!(a["code"], 0, "{a}");
     }
-    let (_, b) = code(
+    let (_, _, b) = get(
         &url,
         &[("Authorization", "Bearer key-of-client-b-000000000")],
     )
@@ -187,7 +177,7 @@ async fn wrong_credentials_answer_503_and_back_off() {
     .await;
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
     for _ in 0..20 {
-        let (status, body) = code(&url, &[]).await;
+        let (status, _, body) = get(&url, &[]).await;
         assert_eq!((status, body["code"].as_i64()), (503, Some(503)), "{body}");
         assert!(
             !body["msg"].as_str().unwrap().contains("bad-secret-x9"),
@@ -205,7 +195,11 @@ async fn wrong_credentials_answer_503_and_back_off() {
     assert_eq!(ready.status(), 503);
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains("finovy_gateway_token_refreshes_total{outcome=\"error\"}"),
+        metric(
+            &metrics,
+            "finovy_gateway_token_refreshes_total",
+            &[("outcome", "error")]
+        ) > 0.0,
         "{metrics}"
     );
 }
@@ -221,24 +215,25 @@ async fn the_token_is_refreshed_in_the_background_before_it_expires() {
     let held_since = Instant::now();
     assert_eq!(sim.calls("getToken").await, 1);
     // No client traffic at all: the broker refreshes by itself, a quarter-lifetime ahead (at ~3s).
-    let deadline = held_since + Duration::from_secs(20);
-    while sim.calls("getToken").await < 2 {
-        assert!(Instant::now() < deadline, "no background refresh");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("a background refresh", Duration::from_secs(20), || async {
+        sim.calls("getToken").await >= 2
+    })
+    .await;
     assert!(
         held_since.elapsed() < Duration::from_secs(4),
         "refreshed before the first token expired"
     );
     let metrics = gw.metrics().await;
-    let expires_in: i64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("finovy_gateway_token_expires_in_seconds "))
-        .and_then(|v| v.parse().ok())
-        .expect("the expiry gauge");
+    let expires_in = metric_opt(&metrics, "finovy_gateway_token_expires_in_seconds", &[])
+        .expect("the expiry gauge") as i64;
     assert!((1..=4).contains(&expires_in), "{expires_in}");
-    assert!(
-        metrics.contains("finovy_gateway_token_refreshes_total{outcome=\"ok\"} 2"),
+    assert_eq!(
+        metric(
+            &metrics,
+            "finovy_gateway_token_refreshes_total",
+            &[("outcome", "ok")]
+        ),
+        2.0,
         "{metrics}"
     );
 }

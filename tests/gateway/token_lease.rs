@@ -4,8 +4,9 @@
 //! rate-limited; in shared mode every replica leases the fleet's one token. The simulator is the
 //! witness of every `getToken` and of the tokens that work.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use finovy_gateway::sim::SimConfig;
 use reqwest::header::HeaderMap;
@@ -39,13 +40,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-async fn answer(req: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
-    let resp = req.send().await.expect("an answer");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.json().await.expect("a JSON body"))
 }
 
 async fn lease(gw_url: &str, key: &str) -> (u16, HeaderMap, Value) {
@@ -105,14 +99,6 @@ async fn works(sim: &Sim, token: &str) -> bool {
         .await
         .unwrap();
     v["code"] == 0
-}
-
-/// The value of one metric series (0 when absent).
-fn series(metrics: &str, name_and_labels: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,39 +166,40 @@ async fn only_a_granted_client_leases_the_token_the_gateway_itself_sends() {
 
     let m = gw.metrics().await;
     assert_eq!(
-        series(&m, "finovy_gateway_token_leases_total{client=\"lessee\"}"),
-        1
+        metric(
+            &m,
+            "finovy_gateway_token_leases_total",
+            &[("client", "lessee")]
+        ),
+        1.0
     );
     assert_eq!(
-        series(&m, "finovy_gateway_token_leases_total{client=\"second\"}"),
-        20
+        metric(
+            &m,
+            "finovy_gateway_token_leases_total",
+            &[("client", "second")]
+        ),
+        20.0
     );
     assert_eq!(
-        series(&m, "finovy_gateway_token_leases_total{client=\"plain\"}"),
-        0
+        metric(
+            &m,
+            "finovy_gateway_token_leases_total",
+            &[("client", "plain")]
+        ),
+        0.0
     );
-    for (labels, n) in [
-        (
-            r#"{method="GET",route="gateway.token_lease",status="200"}"#,
-            21,
-        ),
-        (
-            r#"{method="GET",route="gateway.token_lease",status="403"}"#,
-            1,
-        ),
-        (
-            r#"{method="POST",route="gateway.token_rejected",status="403"}"#,
-            1,
-        ),
-        (
-            r#"{method="GET",route="gateway.token_lease",status="400"}"#,
-            1,
-        ),
+    for (method, route, status, n) in [
+        ("GET", "gateway.token_lease", "200", 21.0),
+        ("GET", "gateway.token_lease", "403", 1.0),
+        ("POST", "gateway.token_rejected", "403", 1.0),
+        ("GET", "gateway.token_lease", "400", 1.0),
     ] {
+        let labels = [("method", method), ("route", route), ("status", status)];
         assert_eq!(
-            series(&m, &format!("finovy_gateway_requests_total{labels}")),
+            metric(&m, "finovy_gateway_requests_total", &labels),
             n,
-            "{labels}"
+            "{labels:?}"
         );
     }
 }
@@ -254,10 +241,8 @@ async fn a_lease_ends_no_later_than_the_gateways_own_refresh() {
     .await;
     let gw = Gw::start(&clients(), &sim.url, demo_env()).await;
     // (sent, received, token, expiresAt), all in epoch ms.
-    let mut leases: Vec<(u64, u64, String, u64)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while leases.iter().map(|l| &l.2).collect::<HashSet<_>>().len() < 4 {
-        assert!(Instant::now() < deadline, "the token was not replaced");
+    let leases: RefCell<Vec<(u64, u64, String, u64)>> = RefCell::default();
+    eventually("four tokens leased", Duration::from_secs(30), || async {
         let sent = now_ms();
         let (s, h, v) = lease(&gw.url, SECOND).await;
         let token = leased(s, &h, &v);
@@ -268,9 +253,12 @@ async fn a_lease_ends_no_later_than_the_gateways_own_refresh() {
             expires <= received + 1_500,
             "never past the refresh planned 1.5 s into the token's life: {v}"
         );
+        let mut leases = leases.borrow_mut();
         leases.push((sent, received, token, expires));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        leases.iter().map(|l| &l.2).collect::<HashSet<_>>().len() >= 4
+    })
+    .await;
+    let leases = leases.into_inner();
     // A token seen replaced at some moment was leased only until before that moment: no lease
     // outlives its token's replacement.
     for l in &leases {
@@ -363,15 +351,24 @@ async fn a_rejected_token_is_replaced_once_however_many_report_it() {
     assert_eq!(sim.calls("getToken").await, 2);
     let m = gw.metrics().await;
     assert_eq!(
-        series(&m, "finovy_gateway_token_leases_total{client=\"third\"}"),
-        2
+        metric(
+            &m,
+            "finovy_gateway_token_leases_total",
+            &[("client", "third")]
+        ),
+        2.0
     );
     assert_eq!(
-        series(
+        metric(
             &m,
-            r#"finovy_gateway_requests_total{method="POST",route="gateway.token_rejected",status="429"}"#
+            "finovy_gateway_requests_total",
+            &[
+                ("method", "POST"),
+                ("route", "gateway.token_rejected"),
+                ("status", "429")
+            ]
         ),
-        1
+        1.0
     );
 }
 
