@@ -73,7 +73,7 @@ async fn resets(gw: &impl Replica) -> u64 {
 
 /// Polls until `gw` has counted `n` resets.
 async fn wait_resets(gw: &impl Replica, n: u64) {
-    eventually("the reset is noticed", Duration::from_secs(10), || async {
+    eventually("the reset is noticed", Duration::from_secs(20), || async {
         resets(gw).await >= n
     })
     .await
@@ -178,15 +178,21 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     eprintln!("creates refused for {waited:?} after FLUSHALL (grace {GRACE:?})");
     assert!(waited >= GRACE - Duration::from_millis(1200), "{waited:?}");
     assert_eq!(sim.calls("create").await, 2);
-    // Noticed once, and the note no longer refuses.
+    // Noticed once, and the note no longer refuses once the replica's own window is over: each
+    // counts it from when it noticed, which may be a marker check (about 1 s) after A did.
     for gw in [&a, &b] {
         assert_eq!(resets(gw).await, 1);
-        let (_, ready) = readyz(gw.admin_url()).await;
-        let note = ready["redis_reset"].as_str().unwrap_or_default();
-        assert!(
-            note.contains("lost its data") && !note.contains("refused"),
-            "{ready}"
-        );
+        eventually(
+            "the note no longer refuses",
+            Duration::from_secs(3),
+            || async {
+                let (_, ready) = readyz(gw.admin_url()).await;
+                let note = ready["redis_reset"].as_str().unwrap_or_default();
+                assert!(note.contains("lost its data"), "{ready}");
+                !note.contains("refused")
+            },
+        )
+        .await;
     }
 }
 
@@ -210,7 +216,7 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
     redis.restart();
     // The retry whose record was lost is never bought again: refused while Redis is away (503,
     // code 503), then refused as possibly lost (code 1005) once it is back.
-    let answer = eventually_some("Redis comes back", Duration::from_secs(10), || async {
+    let answer = eventually_some("Redis comes back", Duration::from_secs(30), || async {
         let answer = create(&gw, Some(&key), DISK20).await;
         (answer.2["code"] != 503).then_some(answer)
     })

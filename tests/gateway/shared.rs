@@ -25,10 +25,11 @@ fn config(redis: &RedisServer, prefix: &str, redis_keys: &str, rest: &str) -> St
     )
 }
 
-/// A client that gives up after 3 s: a request it cannot finish means the gateway hung.
+/// A client that gives up after 10 s: a request it cannot finish means the gateway hung (an
+/// answer is due within Redis's 1 s timeout; the rest is room for a loaded machine).
 fn prompt() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
         .build()
         .expect("client")
 }
@@ -786,8 +787,9 @@ async fn readiness_may_ignore_redis_when_configured_to() {
 async fn a_create_in_flight_on_a_killed_replica_is_found_not_bought_again() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
-    // An in-flight record is taken for lost once its lease (5 s) lapses: nobody renews it.
-    let rest = "[upstream]\ntimeout = \"2s\"\n\
+    // An in-flight record is taken for lost once its lease lapses: nobody renews it. 3 s rather
+    // than the default 5 s: long enough for B's first retry to land inside it, short to wait out.
+    let rest = "[create]\nlease = \"3s\"\n\
                 [create.routes.\"disk.create\"]\nrate = \"100/1s\"\nburst = 10\nmax_wait = \"200ms\"\n";
     let toml = config(&redis, "fgw-crash:", "", rest);
     let b = Gw::start(&toml, &sim.url, demo_env()).await;
