@@ -5,13 +5,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use finovy_gateway::config::{FileConfig, Overrides, Settings};
 use finovy_gateway::tls::{ServerTls, TlsFiles};
 use serde_json::Value;
 
-use super::harness::{Gw, Sim, client_entry, demo_env, http, send_json, sim_config, temp_file};
+use super::harness::{
+    Gw, Sim, client_entry, demo_env, eventually, http, send_json, sim_config, temp_file,
+};
 use super::tls::TestCa;
 
 const IMAGE: &str = "/v1/pve/open/image";
@@ -25,7 +27,7 @@ struct Tinyproxy {
 
 impl Tinyproxy {
     /// Allows CONNECT to `connect_port` only; with `auth`, Basic credentials are required.
-    fn start(connect_port: u16, auth: Option<(&str, &str)>) -> Tinyproxy {
+    async fn start(connect_port: u16, auth: Option<(&str, &str)>) -> Tinyproxy {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -50,16 +52,19 @@ impl Tinyproxy {
             .spawn()
             .expect("tinyproxy is installed (apt-get install tinyproxy; .ci/run does it)");
         let mut child = child;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        eventually("tinyproxy listens", Duration::from_secs(20), || {
             // It exits at once when the port was taken meanwhile.
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "tinyproxy exited at start"
             );
-            assert!(Instant::now() < deadline, "tinyproxy did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
         let url = match auth {
             Some((user, pass)) => format!("http://{user}:{pass}@127.0.0.1:{port}"),
             None => format!("http://127.0.0.1:{port}"),
@@ -122,7 +127,7 @@ async fn the_upstream_is_reached_through_the_proxy_with_connect() {
     let sim = Sim::start(sim_config()).await;
     let ca = TestCa::new("inspecting");
     let front = tls_front(&ca, &sim).await;
-    let proxy = Tinyproxy::start(front.port(), Some(("fgw", "s3cret")));
+    let proxy = Tinyproxy::start(front.port(), Some(("fgw", "s3cret"))).await;
     let upstream = format!("https://127.0.0.1:{}", front.port());
     let toml = format!(
         "[upstream]\nproxy = \"{}\"\nca_file = {:?}\n",
@@ -159,7 +164,7 @@ async fn the_upstream_is_reached_through_the_proxy_with_connect() {
 #[tokio::test]
 async fn a_plain_http_upstream_is_tunnelled_too() {
     let sim = Sim::start(sim_config()).await;
-    let proxy = Tinyproxy::start(sim.addr.port(), None);
+    let proxy = Tinyproxy::start(sim.addr.port(), None).await;
     let toml = format!("[upstream]\nproxy = \"{}\"\n", proxy.url);
     let gw = Gw::start(&toml, &sim.url, demo_env()).await;
     assert_eq!(image(&gw).await.0, 200);
@@ -177,7 +182,7 @@ async fn without_the_ca_or_the_proxy_password_nothing_reaches_the_upstream() {
     let sim = Sim::start(sim_config()).await;
     let ca = TestCa::new("inspecting");
     let front = tls_front(&ca, &sim).await;
-    let proxy = Tinyproxy::start(front.port(), Some(("fgw", "s3cret")));
+    let proxy = Tinyproxy::start(front.port(), Some(("fgw", "s3cret"))).await;
     let upstream = format!("https://127.0.0.1:{}", front.port());
     let proxy_url = proxy.url.clone();
 
@@ -215,7 +220,7 @@ async fn the_environment_proxy_serves_https_upstreams_outside_no_proxy() {
     let sim = Sim::start(sim_config()).await;
     let ca = TestCa::new("inspecting");
     let front = tls_front(&ca, &sim).await;
-    let proxy = Tinyproxy::start(front.port(), None);
+    let proxy = Tinyproxy::start(front.port(), None).await;
     let upstream = format!("https://127.0.0.1:{}", front.port());
     let toml = format!("[upstream]\nca_file = {:?}\n", ca.file);
     let mut env = demo_env();
@@ -248,7 +253,7 @@ async fn an_account_has_its_own_proxy() {
     let sim = Sim::start(sim_config()).await;
     let ca = TestCa::new("inspecting");
     let front = tls_front(&ca, &sim).await;
-    let proxy = Tinyproxy::start(front.port(), None);
+    let proxy = Tinyproxy::start(front.port(), None).await;
     let toml = format!(
         "{}{}[[accounts]]\nname = \"sandbox\"\nbase_url = \"https://127.0.0.1:{}\"\n\
          uuid_env = \"SANDBOX_UUID\"\nsecret_env = \"SANDBOX_SECRET\"\nproxy = \"{}\"\nca_file = {:?}\n",

@@ -10,6 +10,8 @@ use finovy_gateway::sim::{SimConfig, Simulator};
 use reqwest::{Client, Method, StatusCode, Version};
 use serde_json::{Value, json};
 
+use crate::harness::{answer, eventually, eventually_some};
+
 const DISK: &str = "/v1/PveMachineHardDisk/open";
 const HOST: &str = "/v1/pve/open";
 /// Generous, for a loaded 2-core machine: only a broken simulator comes near it.
@@ -74,14 +76,9 @@ impl Sim {
 
     /// Sends and returns the HTTP status and the parsed JSON body.
     async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let response = req.send().await.expect("send");
-        let status = response.status();
-        let content_type = response.headers()["content-type"].clone();
-        assert_eq!(content_type, "application/json");
-        let body = response.bytes().await.expect("body");
-        let value = serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)));
-        (status, value)
+        let (status, headers, value) = answer(req).await;
+        assert_eq!(headers["content-type"], "application/json");
+        (StatusCode::from_u16(status).expect("a status"), value)
     }
 
     /// An API call with this client's token; business answers are always HTTP 200.
@@ -162,20 +159,14 @@ impl Sim {
         self.post(&format!("{DISK}/getList"), body).await
     }
 
-    /// Polls `read` until `field` equals `want`; panics past the deadline.
+    /// Polls `path` until `field` equals `want`; panics past the deadline.
     async fn wait_for(&self, path: &str, field: &str, want: Value) -> Value {
-        let start = Instant::now();
-        loop {
+        let what = format!("{path}: {field} becomes {want}");
+        eventually_some(&what, DEADLINE, || async {
             let answer = self.get(path).await;
-            if answer["data"][field] == want {
-                return answer;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{path}: {field} never became {want}: {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (answer["data"][field] == want).then_some(answer)
+        })
+        .await
     }
 
     async fn wait_disk_status(&self, id: &str, status: &str) -> Value {
@@ -311,14 +302,11 @@ async fn tokens_expire_after_their_ttl() {
     let issued = Instant::now();
     let token = sim.new_token().await;
     let path = format!("{DISK}/memoryTotal/0");
-    let answer = loop {
+    let answer = eventually_some("the token expires", DEADLINE, || async {
         let answer = sim.call_as(Some(&token), Method::GET, &path, None).await;
-        if code(&answer) != 0 {
-            break answer;
-        }
-        assert!(issued.elapsed() < DEADLINE, "the token never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (code(&answer) != 0).then_some(answer)
+    })
+    .await;
     assert!(issued.elapsed() >= ttl);
     assert_eq!(code(&answer), 401);
     assert!(
@@ -655,11 +643,10 @@ async fn update_status_unmounts_and_destroys() {
     let answer = sim.update_status(&id, json!(5)).await;
     assert_eq!(answer["data"], true, "{answer}");
     assert_eq!(sim.memory_total("0").await["data"]["memory"], 20);
-    let start = Instant::now();
-    while code(&sim.info(&id).await) != 220001 {
-        assert!(start.elapsed() < DEADLINE, "the destroyed disk never went");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the destroyed disk goes", DEADLINE, || async {
+        code(&sim.info(&id).await) == 220001
+    })
+    .await;
     assert_eq!(sim.stats().await["disks"], 1);
 }
 
