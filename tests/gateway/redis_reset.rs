@@ -15,19 +15,21 @@ use crate::redis_harness::RedisServer;
 const PREFIX: &str = "fgw-reset:";
 const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
 
-/// Short timings: execution limit 5s (the host routes' max_wait) + 4 × 1s, lease 1s: a grace
-/// window of 10 s.
+/// Short timings: execution limit 200ms (every create route's max_wait) + 4 × 1s, lease 1s: a
+/// grace window of 5.2 s.
 fn config(redis: &RedisServer) -> String {
     format!(
         "[redis]\nurl = \"{}\"\nprefix = \"{PREFIX}\"\ntimeout = \"1s\"\n\
          [upstream]\ntimeout = \"1s\"\n\
          [create]\nlease = \"1s\"\n\
-         [create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\nmax_wait = \"200ms\"\n",
+         [create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\nmax_wait = \"200ms\"\n\
+         [create.routes.\"host.create_quantity\"]\nmax_wait = \"200ms\"\n\
+         [create.routes.\"host.create_rent\"]\nmax_wait = \"200ms\"\n",
         redis.url()
     )
 }
 
-const GRACE: Duration = Duration::from_secs(10);
+const GRACE: Duration = Duration::from_millis(5200);
 
 /// A replica in this process or the real binary.
 trait Replica {

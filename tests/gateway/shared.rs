@@ -324,10 +324,12 @@ async fn with_redis_down_reads_are_served_creates_refused_and_all_recovers() {
     let sim = Sim::start(sim_config()).await;
     let mut redis = RedisServer::start();
     // Short create timings: Redis comes back empty, and creates that find no record are refused
-    // for execution limit + lease (here the host routes' max_wait 5s + 4 × 1s + 1s) before they
-    // run again.
+    // for execution limit + lease (here every create route's max_wait 200ms + 4 × 1s + 1s) before
+    // they run again.
     let rest = format!(
-        "{}[upstream]\ntimeout = \"1s\"\n[create]\nlease = \"1s\"\n{FAST_CREATES}max_wait = \"200ms\"\n",
+        "{}[upstream]\ntimeout = \"1s\"\n[create]\nlease = \"1s\"\n{FAST_CREATES}max_wait = \"200ms\"\n\
+         [create.routes.\"host.create_quantity\"]\nmax_wait = \"200ms\"\n\
+         [create.routes.\"host.create_rent\"]\nmax_wait = \"200ms\"\n",
         info_policy("ttl = \"60s\"")
     );
     let toml = config(&redis, "fgw-down:", "", &rest);
