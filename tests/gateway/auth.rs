@@ -166,14 +166,13 @@ async fn unknown_routes_are_404_and_never_forwarded() {
             "/v1/PveMachineHardDisk/open/info/a%2Fb",
         ),
     ] {
-        let resp = http()
-            .request(method.clone(), format!("{}{path}", gw.url))
-            .header("Authorization", &bearer)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 404, "{method} {path}");
-        let body: Value = resp.json().await.unwrap();
+        let (status, _, body) = answer(
+            http()
+                .request(method.clone(), format!("{}{path}", gw.url))
+                .header("Authorization", &bearer),
+        )
+        .await;
+        assert_eq!(status, 404, "{method} {path}");
         assert_eq!(body["code"], 404);
     }
     assert_eq!(sim.total().await, before);

@@ -72,9 +72,8 @@ async fn concurrent_cold_requests_collapse_into_one_call() {
         .map(|_| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
-                let r = client.get(url).send().await.unwrap();
-                let status = cache_status(r.headers());
-                (status, r.json::<Value>().await.unwrap())
+                let (_, h, v) = answer(client.get(url)).await;
+                (cache_status(&h), v)
             })
         })
         .collect();
@@ -271,16 +270,14 @@ async fn a_missing_disk_is_never_cached_nor_masked() {
     let url = format!("{}{DISK}/info/{id}", gw.url);
     assert_eq!(get(&url, &[]).await.2["code"], 0);
     let token = sim.token().await;
-    let destroyed: Value = http()
-        .put(format!("{}{DISK}/updateStatus", sim.url))
-        .header("Finovy-Access-Token", token)
-        .json(&json!({"id": id, "status": "5"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let destroyed = send_json(
+        http()
+            .put(format!("{}{DISK}/updateStatus", sim.url))
+            .header("Finovy-Access-Token", token)
+            .json(&json!({"id": id, "status": "5"})),
+    )
+    .await
+    .1;
     assert_eq!(destroyed["code"], 0);
     eventually(
         "the entry gives way to 220001",
@@ -473,13 +470,7 @@ async fn body_keyed_lists_are_cached_and_dropped_by_a_create() {
     );
     assert_eq!(sim.calls("getList").await, 1);
     create_disk(&gw, json!({"area": 0, "memory": 20, "isMount": 0})).await;
-    let after: Value = list(r#"{"page":1,"pageSize":10}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = send_json(list(r#"{"page":1,"pageSize":10}"#)).await.1;
     assert_eq!(
         after["data"]["totalCounts"], 1,
         "the create dropped the cached list"

@@ -62,15 +62,14 @@ async fn thirty_identical_creates_buy_one_disk() {
                 "{ \"isMount\": 0,\n \"memory\": 20, \"area\": 0 }".into()
             };
             tokio::spawn(async move {
-                let r = http()
-                    .post(format!("{url}{DISK}/create"))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                let replayed = replayed(r.headers());
-                (replayed, r.json::<Value>().await.unwrap())
+                let (_, h, v) = answer(
+                    http()
+                        .post(format!("{url}{DISK}/create"))
+                        .header("content-type", "application/json")
+                        .body(body),
+                )
+                .await;
+                (replayed(&h), v)
             })
         })
         .collect();
@@ -262,15 +261,12 @@ async fn a_burst_is_smoothed_to_the_upstreams_pace_and_the_rest_refused() {
         .map(|i| {
             let url = gw.url.clone();
             tokio::spawn(async move {
-                let r = http()
-                    .post(format!("{url}{DISK}/create"))
-                    .json(&json!({"area": 1, "memory": 20 + i, "isMount": 0}))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                let h = r.headers().clone();
-                (status, h, r.json::<Value>().await.unwrap())
+                answer(
+                    http()
+                        .post(format!("{url}{DISK}/create"))
+                        .json(&json!({"area": 1, "memory": 20 + i, "isMount": 0})),
+                )
+                .await
             })
         })
         .collect();
@@ -540,13 +536,9 @@ async fn identical_mounts_in_flight_collapse_into_one_call() {
         .map(|_| {
             let (url, body) = (gw.url.clone(), body.clone());
             tokio::spawn(async move {
-                let r = http()
-                    .post(format!("{url}{DISK}/pveCreate"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
-                (replayed(r.headers()), r.json::<Value>().await.unwrap())
+                let (_, h, v) =
+                    answer(http().post(format!("{url}{DISK}/pveCreate")).json(&body)).await;
+                (replayed(&h), v)
             })
         })
         .collect();

@@ -168,15 +168,13 @@ async fn read_answers_are_the_simulators_own() {
         "/v1/pve/open/mypage?page=1&pageSize=5".to_string(),
     ] {
         let (_, through) = call(&gw.url, Method::GET, &path, None).await;
-        let direct: Value = http()
-            .get(format!("{}{path}", sim.url))
-            .header("Finovy-Access-Token", &token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let direct = send_json(
+            http()
+                .get(format!("{}{path}", sim.url))
+                .header("Finovy-Access-Token", &token),
+        )
+        .await
+        .1;
         assert_eq!(without_trace(through), without_trace(direct), "{path}");
     }
 }

@@ -102,10 +102,9 @@ async fn a_hit_checks_the_caller_keeps_the_request_id_and_is_logged() {
         if let Some(a) = &auth {
             req = req.header("Authorization", a);
         }
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), status, "{auth:?}");
-        assert!(r.headers().get("cache-status").is_none(), "{auth:?}");
-        let body: Value = r.json().await.unwrap();
+        let (got, h, body) = answer(req).await;
+        assert_eq!(got, status, "{auth:?}");
+        assert!(h.get("cache-status").is_none(), "{auth:?}");
         assert_eq!(body["code"], if status == 401 { 401 } else { 1001 });
         assert!(body.get("data").is_none_or(Value::is_null), "{body}");
     }

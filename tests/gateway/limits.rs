@@ -83,15 +83,14 @@ async fn an_oversized_body_is_413() {
         "{{\"area\":0,\"memory\":20,\"isMount\":0,\"pad\":\"{}\"}}",
         "x".repeat(4096)
     );
-    let resp = http()
-        .post(format!("{}{DISK}/create", gw.url))
-        .header("content-type", "application/json")
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
-    let v: Value = resp.json().await.unwrap();
+    let (status, _, v) = answer(
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .header("content-type", "application/json")
+            .body(big.clone()),
+    )
+    .await;
+    assert_eq!(status, 413);
     assert_eq!(v["code"], 1007);
     // Without a Content-Length (chunked), the limit holds while reading.
     let mut chunked = String::new();
@@ -128,9 +127,8 @@ async fn over_the_concurrency_bound_answers_503_at_once() {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
                 let sent = std::time::Instant::now();
-                let r = client.get(url).send().await.unwrap();
-                let status = r.status().as_u16();
-                (status, r.json::<Value>().await.unwrap(), sent.elapsed())
+                let (status, _, v) = answer(client.get(url)).await;
+                (status, v, sent.elapsed())
             })
         })
         .collect();
@@ -167,9 +165,8 @@ async fn a_request_past_its_deadline_is_504() {
     let url = format!("{}{DISK}/memoryTotal/0", gw.url);
     assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
     sim.fault("slow", "2s").await;
-    let resp = http().get(&url).send().await.unwrap();
-    assert_eq!(resp.status(), 504);
-    let v: Value = resp.json().await.unwrap();
+    let (status, _, v) = get(&url, &[]).await;
+    assert_eq!(status, 504);
     assert_eq!(v["code"], 503);
 }
 

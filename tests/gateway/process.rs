@@ -157,10 +157,7 @@ async fn sigterm_drains_an_in_flight_request_then_exits_0() {
     assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
     sim.fault("slow", "1500ms").await;
     let before = sim.calls("memoryTotal").await;
-    let in_flight = tokio::spawn(async move {
-        let r = http().get(url).send().await.unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
-    });
+    let in_flight = tokio::spawn(async move { send_json(http().get(url)).await });
     // The request is in flight once the simulator has received it.
     eventually(
         "request never reached the simulator",
@@ -457,9 +454,8 @@ async fn a_cached_host_password_never_reaches_a_log_line() {
     let mut statuses = Vec::new();
     let mut password = String::new();
     for _ in 0..2 {
-        let r = http().get(&url).send().await.unwrap();
-        statuses.push(cache_status(r.headers()));
-        let v: Value = r.json().await.unwrap();
+        let (_, h, v) = get(&url, &[]).await;
+        statuses.push(cache_status(&h));
         password = v["data"]["hostPw"]
             .as_str()
             .expect("the answer carries the password")

@@ -137,15 +137,13 @@ async fn the_upstream_receives_the_validated_order_byte_for_byte() {
         );
     }
     // The mount really happened on the host named: the order's pveId was sent.
-    let page: Value = http()
-        .post(format!("{}{DISK}/getList", gw.url))
-        .json(&json!({"page": 1, "pageSize": 100, "pveId": HOST_AREA1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = send_json(
+        http()
+            .post(format!("{}{DISK}/getList", gw.url))
+            .json(&json!({"page": 1, "pageSize": 100, "pveId": HOST_AREA1})),
+    )
+    .await
+    .1;
     assert_eq!(page["data"]["totalCounts"], 1, "{page}");
 }
 

@@ -89,15 +89,13 @@ fn refused(v: &Value, headers: &HeaderMap) -> i64 {
 
 /// Whether the simulator accepts `token` (its own 401 otherwise).
 async fn works(sim: &Sim, token: &str) -> bool {
-    let v: Value = http()
-        .get(format!("{}{DISK}/memoryTotal/0", sim.url))
-        .header("Finovy-Access-Token", token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = send_json(
+        http()
+            .get(format!("{}{DISK}/memoryTotal/0", sim.url))
+            .header("Finovy-Access-Token", token),
+    )
+    .await
+    .1;
     v["code"] == 0
 }
 

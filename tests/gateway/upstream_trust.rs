@@ -305,20 +305,15 @@ async fn an_upstream_retry_after_says_at_most_max_wait() {
     // The upstream refuses (nothing done) and asks for a day's pause.
     fault(&sim, json!({"mode": "too_frequent", "retry_after": "24h"})).await;
     let started = Instant::now();
-    let resp = http()
-        .post(format!("{}{DISK}/create", gw.url))
-        .json(&json!({"area": 0, "memory": 20, "isMount": 0}))
-        .send()
-        .await
-        .unwrap();
+    let (status, h, v) = answer(
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .json(&json!({"area": 0, "memory": 20, "isMount": 0})),
+    )
+    .await;
     let took = started.elapsed();
-    assert_eq!(resp.status(), 429);
-    let retry_after: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 429);
+    let retry_after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert_envelope(&v, 220025);
     assert!((1..=2).contains(&retry_after), "Retry-After: {retry_after}");
     // A pause past max_wait is not waited for, nor retried against.
