@@ -1,5 +1,7 @@
 //! Starts the pieces of a test on loopback: the simulator and the gateway in process, or the real
 //! binary as a child process whose log lines are captured. Every address is bound on port 0.
+//! Tests also send through here ([`answer`] and its shorthands), read metrics here ([`metric`]),
+//! and wait here ([`eventually`], [`eventually_some`], [`poll`]) rather than with loops of their own.
 
 #![allow(dead_code)]
 
