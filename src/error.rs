@@ -24,7 +24,7 @@ pub enum GatewayError {
     #[error("request took longer than the gateway's request timeout")]
     RequestTimeout,
     #[error("no upstream token: {0}")]
-    NoToken(String),
+    NoToken(crate::upstream::token::TokenError),
     #[error("upstream unreachable or answered badly: {0}")]
     UpstreamUnavailable(String),
     #[error("upstream did not answer in time")]

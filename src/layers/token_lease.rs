@@ -186,7 +186,7 @@ impl TokenLeaseLayer {
                     .inc();
                 lease_response(&lease, &caller.account.name, id.as_str())
             }
-            Err(e) => GatewayError::NoToken(e.0).into_response(id.as_str()),
+            Err(e) => GatewayError::NoToken(e).into_response(id.as_str()),
         };
         self.named(resp, &caller)
     }
