@@ -21,7 +21,7 @@ use crate::cache::Cache;
 use crate::cache::Reason;
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
 use crate::config::{DEFAULT_ACCOUNT, ServerConfig};
-use crate::envelope::error_response;
+use crate::error::GatewayError;
 use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
 use crate::layers::auth::{bearer_key, key_matches};
@@ -128,12 +128,7 @@ async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Respo
             resp
         }
         (_, p) if p.starts_with("/admin/") => admin(state, req).await,
-        _ => error_response(
-            StatusCode::NOT_FOUND,
-            404,
-            "not an admin endpoint",
-            &generate(),
-        ),
+        _ => GatewayError::NotAdmin.into_response(&generate()),
     }
 }
 
@@ -222,34 +217,20 @@ fn update_token_gauge(state: &AdminState) {
 async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Response<Bytes> {
     let id = generate();
     let Some(expected) = *state.admin_key_sha256.load() else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            404,
-            "admin endpoints are disabled: set [admin] key_sha256",
-            &id,
-        );
+        return GatewayError::AdminDisabled.into_response(&id);
     };
     let authorised =
         matches!(bearer_key(req.headers()), Ok(Some(key)) if key_matches(key, &expected));
     if !authorised {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            401,
-            "missing or wrong admin key",
-            &id,
-        );
+        return GatewayError::AdminUnauthorized.into_response(&id);
     }
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/cache/purge") => {
             let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        1007,
-                        "could not read the body",
-                        &id,
-                    );
+                    let msg = "could not read the body".to_string();
+                    return GatewayError::BadRequest { code: 1007, msg }.into_response(&id);
                 }
             };
             match purge_target(&body) {
@@ -261,7 +242,7 @@ async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Respon
                         serde_json::json!({"code": 0, "success": true, "msg": "purged", "data": {"purged": shown}, "traceId": id}),
                     )
                 }
-                Err(msg) => error_response(StatusCode::BAD_REQUEST, 1007, &msg, &id),
+                Err(msg) => GatewayError::BadRequest { code: 1007, msg }.into_response(&id),
             }
         }
         (&Method::POST, "/admin/reload") => match state.reloader.reload("POST /admin/reload") {
@@ -271,17 +252,14 @@ async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Respon
                     "data": {"restart_needed": applied.restart_needed}, "traceId": id}),
             ),
             Err(e @ ReloadError::Unavailable) => {
-                error_response(StatusCode::NOT_FOUND, 404, &e.to_string(), &id)
+                GatewayError::ReloadUnavailable(e.to_string()).into_response(&id)
             }
             // The running settings stay; the message names the key that did not check.
-            Err(e @ ReloadError::Invalid(_)) => error_response(
-                StatusCode::BAD_REQUEST,
-                1007,
-                &format!("the configuration does not check, nothing changed: {e}"),
-                &id,
-            ),
+            Err(e @ ReloadError::Invalid(_)) => {
+                GatewayError::ConfigInvalid(e.to_string()).into_response(&id)
+            }
         },
-        _ => error_response(StatusCode::NOT_FOUND, 404, "no such admin endpoint", &id),
+        _ => GatewayError::NoAdminEndpoint.into_response(&id),
     }
 }
 

@@ -1,11 +1,58 @@
-//! What can go wrong in a request the gateway handles, and how each is answered (CONTRACT.md,
-//! "Errors the gateway itself produces"). Rendered into the envelope in exactly one place:
-//! [`GatewayError::into_response`].
+//! Every answer the gateway makes itself, as one type: what went wrong, and how it is answered
+//! (CONTRACT.md, "Errors the gateway itself produces"). Each variant knows its HTTP status and
+//! envelope code ([`GatewayError::status_and_code`], one `match` to check against the table), its
+//! message (its `Display`) and its headers (`Retry-After`, `RateLimit-*`). Rendered into the
+//! envelope in exactly one place: [`GatewayError::into_response`].
 
-use http::StatusCode;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode, header};
 
 use crate::envelope::error_response;
 use crate::svc::Resp;
+
+/// The upstream's "too frequent, try later" code, which the gateway's own 429s share.
+pub const TOO_FREQUENT: i64 = 220025;
+
+/// The `RateLimit-Policy` and `RateLimit` headers (IETF httpapi ratelimit-headers draft) of a
+/// rate-limited create, already rendered.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitHeaders {
+    pub policy: Option<HeaderValue>,
+    pub state: Option<HeaderValue>,
+}
+
+impl RateLimitHeaders {
+    pub fn apply(&self, resp: &mut Resp) {
+        let headers = resp.headers_mut();
+        if let Some(v) = &self.policy {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), v.clone());
+        }
+        if let Some(v) = &self.state {
+            headers.insert(HeaderName::from_static("ratelimit"), v.clone());
+        }
+    }
+}
+
+/// Why a create is asked to retry shortly (409, code 1005).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StillRunning {
+    /// The first request under this `Idempotency-Key` is in flight.
+    KeyInFlight,
+    /// An identical purchase is being made, and may own the disk a reconciliation would find.
+    IdenticalBeingMade,
+    /// Another retry is checking what an unknown-outcome attempt made.
+    BeingChecked,
+    /// Another retry settled the record since this one looked.
+    SettledMeanwhile,
+}
+
+/// Why the disk an unknown-outcome create may have made could not be looked for (503, code 1005).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchFailed {
+    ListUnreadable,
+    TookTooLong,
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -24,7 +71,7 @@ pub enum GatewayError {
     #[error("request took longer than the gateway's request timeout")]
     RequestTimeout,
     #[error("no upstream token: {0}")]
-    NoToken(String),
+    NoToken(crate::upstream::token::TokenError),
     #[error("upstream unreachable or answered badly: {0}")]
     UpstreamUnavailable(String),
     #[error("upstream did not answer in time")]
@@ -35,7 +82,7 @@ pub enum GatewayError {
     )]
     SharedStateDown(&'static str),
     #[error("request body not received within {0:?}: send the whole body promptly")]
-    BodyTimeout(std::time::Duration),
+    BodyTimeout(Duration),
     #[error(
         "this client has {0} requests in flight, its share of the gateway: retry after the \
          current ones finish"
@@ -46,30 +93,167 @@ pub enum GatewayError {
          token_lease = true"
     )]
     LeaseNotGranted,
+
+    // Create protection: the rate, the spending caps, the records.
+    #[error(
+        "too many {route} requests for this {scope}: over {count} per {period:?}; retry in {retry_after}s"
+    )]
+    RateLimited {
+        route: &'static str,
+        /// `account` or `client`.
+        scope: &'static str,
+        count: u32,
+        period: Duration,
+        retry_after: u64,
+        headers: Box<RateLimitHeaders>,
+    },
+    #[error(
+        "the upstream refused {route} as too frequent for {max_wait:?}; retry in {retry_after}s"
+    )]
+    UpstreamTooFrequent {
+        route: &'static str,
+        max_wait: Duration,
+        retry_after: u64,
+        headers: Box<RateLimitHeaders>,
+    },
+    #[error(
+        "spending guard: the {cap} cap of {limit} for {scope} {who:?} is reached; it resets in {}",
+        humantime::format_duration(Duration::from_secs(*retry_after))
+    )]
+    SpendingCap {
+        cap: &'static str,
+        limit: u64,
+        scope: &'static str,
+        who: String,
+        retry_after: u64,
+    },
+    #[error(
+        "this client holds {max} live idempotency and de-duplication records (create.max_records_per_client): \
+         nothing was sent upstream. Retry {route} in {retry_after}s, when the oldest expires, or repeat earlier \
+         Idempotency-Keys instead of new ones"
+    )]
+    RecordsFull {
+        route: &'static str,
+        max: u64,
+        retry_after: u64,
+    },
+    #[error(
+        "too many rejected-token reports from this client: at most {count} per {} (burst {burst}); retry in {retry_after}s",
+        humantime::format_duration(*period)
+    )]
+    RejectionsTooFast {
+        count: u32,
+        period: Duration,
+        burst: u32,
+        retry_after: u64,
+    },
+    #[error(
+        "this Idempotency-Key was used with a different request; use a new key for a new purchase"
+    )]
+    IdempotencyMismatch,
+    #[error("{}", match .0 {
+        StillRunning::KeyInFlight => "a request with this Idempotency-Key is still being processed; retry shortly",
+        StillRunning::IdenticalBeingMade => "an earlier create with this request has an unknown outcome, and an identical \
+            purchase is still being made; retry shortly",
+        StillRunning::BeingChecked => "an earlier attempt of this request has an unknown outcome and is being checked; retry shortly",
+        StillRunning::SettledMeanwhile => "an earlier attempt of this request was settled meanwhile; retry to get its answer",
+    })]
+    StillRunning(StillRunning),
+    #[error(
+        "an earlier {0} with this request has an unknown outcome: check the host list (mypage) before \
+         buying again; this record expires after the idempotency lifetime"
+    )]
+    CannotReconcile(&'static str),
+    #[error("{}", match .0 {
+        SearchFailed::ListUnreadable => "an earlier create with this request has an unknown outcome, and the disk list could not be \
+            read to find it; retry shortly",
+        SearchFailed::TookTooLong => "an earlier create with this request has an unknown outcome, and the \
+            search for its disk took too long; retry shortly",
+    })]
+    SearchFailed(SearchFailed),
+    #[error(
+        "the gateway's shared store (Redis) lost its data a moment ago, so it cannot tell whether this {route} \
+         is a retry of one already made: nothing was sent upstream. Check the disk list if this may be a \
+         retry, or send it again in {retry_after}s"
+    )]
+    RecordsLost {
+        route: &'static str,
+        retry_after: u64,
+    },
+    #[error(
+        "the upstream did not answer after {route} was sent: the purchase may exist. Do not create again: \
+         {}, and the gateway will find it or, if it was not made, make it",
+        if *keyed { "retry with the same Idempotency-Key" } else { "retry the same request" }
+    )]
+    OutcomeUnknown { route: &'static str, keyed: bool },
+
+    // The admin listener's own errors.
+    #[error("not an admin endpoint")]
+    NotAdmin,
+    #[error("admin endpoints are disabled: set [admin] key_sha256")]
+    AdminDisabled,
+    #[error("missing or wrong admin key")]
+    AdminUnauthorized,
+    #[error("no such admin endpoint")]
+    NoAdminEndpoint,
+    #[error("{0}")]
+    ReloadUnavailable(String),
+    #[error("the configuration does not check, nothing changed: {0}")]
+    ConfigInvalid(String),
 }
 
 /// What a client over its in-flight share is told to wait, in seconds.
 pub const CLIENT_OVERLOADED_RETRY_AFTER: &str = "1";
 
+/// Whole seconds to wait, rounded up, at least one: what `Retry-After` says.
+pub fn retry_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 impl GatewayError {
-    /// The HTTP status and envelope code of CONTRACT.md.
+    /// The HTTP status and envelope code of CONTRACT.md's table, row by row.
     pub fn status_and_code(&self) -> (StatusCode, i64) {
+        use GatewayError as E;
         match self {
-            GatewayError::Unauthorized => (StatusCode::UNAUTHORIZED, 401),
-            GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, 1001),
-            GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, 404),
-            GatewayError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
-            GatewayError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 1007),
-            GatewayError::Overloaded
-            | GatewayError::NoToken(_)
-            | GatewayError::SharedStateDown(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
-            GatewayError::RequestTimeout | GatewayError::UpstreamTimeout => {
-                (StatusCode::GATEWAY_TIMEOUT, 503)
+            E::Unauthorized | E::AdminUnauthorized => (StatusCode::UNAUTHORIZED, 401),
+            E::Forbidden(_) | E::LeaseNotGranted => (StatusCode::FORBIDDEN, 1001),
+            E::NotFound(_) | E::NotAdmin | E::AdminDisabled | E::NoAdminEndpoint => {
+                (StatusCode::NOT_FOUND, 404)
             }
-            GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, 503),
-            GatewayError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 1007),
-            GatewayError::ClientOverloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
-            GatewayError::LeaseNotGranted => (StatusCode::FORBIDDEN, 1001),
+            E::ReloadUnavailable(_) => (StatusCode::NOT_FOUND, 404),
+            E::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
+            E::ConfigInvalid(_) => (StatusCode::BAD_REQUEST, 1007),
+            E::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 1007),
+            E::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 1007),
+            E::RateLimited { .. }
+            | E::UpstreamTooFrequent { .. }
+            | E::SpendingCap { .. }
+            | E::RecordsFull { .. }
+            | E::RejectionsTooFast { .. } => (StatusCode::TOO_MANY_REQUESTS, TOO_FREQUENT),
+            E::StillRunning(_) | E::CannotReconcile(_) => (StatusCode::CONFLICT, 1005),
+            E::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, 1003),
+            E::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, 503),
+            E::RequestTimeout | E::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, 503),
+            E::Overloaded | E::NoToken(_) | E::SharedStateDown(_) | E::ClientOverloaded(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 503)
+            }
+            E::RecordsLost { .. } | E::SearchFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, 1005),
+            E::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, 1005),
+        }
+    }
+
+    /// The `Retry-After` this answer carries, in seconds.
+    fn retry_after(&self) -> Option<u64> {
+        use GatewayError as E;
+        match self {
+            E::RateLimited { retry_after, .. }
+            | E::UpstreamTooFrequent { retry_after, .. }
+            | E::SpendingCap { retry_after, .. }
+            | E::RecordsFull { retry_after, .. }
+            | E::RejectionsTooFast { retry_after, .. }
+            | E::RecordsLost { retry_after, .. } => Some(*retry_after),
+            E::StillRunning(_) => Some(1),
+            _ => None,
         }
     }
 
@@ -79,10 +263,276 @@ impl GatewayError {
         let mut resp = error_response(status, code, &self.to_string(), request_id);
         if let GatewayError::ClientOverloaded(_) = self {
             resp.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static(CLIENT_OVERLOADED_RETRY_AFTER),
+                header::RETRY_AFTER,
+                HeaderValue::from_static(CLIENT_OVERLOADED_RETRY_AFTER),
             );
         }
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let GatewayError::RateLimited { headers, .. }
+        | GatewayError::UpstreamTooFrequent { headers, .. } = &self
+        {
+            headers.apply(&mut resp);
+        }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each variant, with the words of the README's error table row it answers.
+    fn every_variant() -> Vec<(GatewayError, &'static str)> {
+        use GatewayError as E;
+        let d = Duration::from_secs(1);
+        let rl = Box::<RateLimitHeaders>::default();
+        vec![
+            (E::Unauthorized, "missing / wrong client key"),
+            (
+                E::Forbidden("disk.info"),
+                "route not allowed for this client",
+            ),
+            (E::NotFound("/x".into()), "unknown route"),
+            (
+                E::BadRequest {
+                    code: 1007,
+                    msg: "m".into(),
+                },
+                "undeclared, repeated or empty query parameter",
+            ),
+            (
+                E::BadRequest {
+                    code: 220013,
+                    msg: "m".into(),
+                },
+                "invalid create (checked before any upstream call)",
+            ),
+            (E::PayloadTooLarge { limit: 1 }, "body larger than"),
+            (E::Overloaded, "more than `max_concurrency` in flight"),
+            (E::RequestTimeout, "upstream or whole request timed out"),
+            (
+                E::NoToken(crate::upstream::token::TokenError::NotHeld),
+                "no upstream token",
+            ),
+            (E::UpstreamUnavailable("x".into()), "upstream unreachable"),
+            (E::UpstreamTimeout, "upstream or whole request timed out"),
+            (
+                E::SharedStateDown("disk.create"),
+                "shared records (Redis) are unavailable",
+            ),
+            (E::BodyTimeout(d), "body not received within"),
+            (E::ClientOverloaded(1), "of one client in flight"),
+            (
+                E::LeaseNotGranted,
+                "token lease without `token_lease = true`",
+            ),
+            (
+                E::RateLimited {
+                    route: "disk.create",
+                    scope: "client",
+                    count: 1,
+                    period: d,
+                    retry_after: 1,
+                    headers: rl.clone(),
+                },
+                "create over the rate after `max_wait`",
+            ),
+            (
+                E::UpstreamTooFrequent {
+                    route: "disk.create",
+                    max_wait: d,
+                    retry_after: 1,
+                    headers: rl,
+                },
+                "create over the rate after `max_wait`",
+            ),
+            (
+                E::SpendingCap {
+                    cap: "creates_per_hour",
+                    limit: 1,
+                    scope: "client",
+                    who: "c".into(),
+                    retry_after: 1,
+                },
+                "over a spending cap",
+            ),
+            (
+                E::RecordsFull {
+                    route: "disk.create",
+                    max: 1,
+                    retry_after: 1,
+                },
+                "over `max_records_per_client`",
+            ),
+            (
+                E::RejectionsTooFast {
+                    count: 1,
+                    period: d,
+                    burst: 1,
+                    retry_after: 1,
+                },
+                "rejected-token reports too fast",
+            ),
+            (
+                E::IdempotencyMismatch,
+                "same `Idempotency-Key`, different request",
+            ),
+            (
+                E::StillRunning(StillRunning::KeyInFlight),
+                "same `Idempotency-Key`, request still in flight",
+            ),
+            (
+                E::StillRunning(StillRunning::IdenticalBeingMade),
+                "same `Idempotency-Key`, request still in flight",
+            ),
+            (
+                E::StillRunning(StillRunning::BeingChecked),
+                "same `Idempotency-Key`, request still in flight",
+            ),
+            (
+                E::StillRunning(StillRunning::SettledMeanwhile),
+                "same `Idempotency-Key`, request still in flight",
+            ),
+            (
+                E::CannotReconcile("host.create_rent"),
+                "retry of a host create with an unknown outcome",
+            ),
+            (
+                E::SearchFailed(SearchFailed::ListUnreadable),
+                "disk list cannot be read or searched in time",
+            ),
+            (
+                E::SearchFailed(SearchFailed::TookTooLong),
+                "disk list cannot be read or searched in time",
+            ),
+            (
+                E::RecordsLost {
+                    route: "disk.create",
+                    retry_after: 1,
+                },
+                "just after Redis lost its data",
+            ),
+            (
+                E::OutcomeUnknown {
+                    route: "disk.create",
+                    keyed: true,
+                },
+                "create sent upstream, no answer",
+            ),
+            (E::NotAdmin, "admin: endpoint disabled or unknown"),
+            (E::AdminDisabled, "admin: endpoint disabled or unknown"),
+            (E::AdminUnauthorized, "missing / wrong admin key"),
+            (E::NoAdminEndpoint, "admin: endpoint disabled or unknown"),
+            (E::ReloadUnavailable("x".into()), "reload not available"),
+            (
+                E::ConfigInvalid("x".into()),
+                "reloaded configuration that does not check",
+            ),
+        ]
+    }
+
+    /// The README's error table: each situation with the (HTTP, code) answers it allows. A cell
+    /// "403; 429" pairs with "1001; 220025" in order; otherwise every code goes with the one status.
+    fn table() -> Vec<(String, Vec<(u16, i64)>)> {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("| situation | HTTP | code |")
+            .expect("the README has the error table");
+        let numbers = |c: &str| -> Vec<i64> {
+            c.split(|ch: char| !ch.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        };
+        readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").collect();
+                let statuses = numbers(cells[1]);
+                let codes = numbers(cells[2]);
+                let answers = if statuses.len() > 1 {
+                    statuses.iter().map(|s| *s as u16).zip(codes).collect()
+                } else {
+                    codes.into_iter().map(|c| (statuses[0] as u16, c)).collect()
+                };
+                (cells[0].trim().to_string(), answers)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_variant_answers_as_its_row_of_the_error_table() {
+        let table = table();
+        for (err, situation) in every_variant() {
+            let (status, code) = err.status_and_code();
+            let allowed: Vec<(u16, i64)> = table
+                .iter()
+                .filter(|(s, _)| s.contains(situation))
+                .flat_map(|(_, a)| a.iter().copied())
+                .collect();
+            assert!(!allowed.is_empty(), "no row for {situation:?}");
+            assert!(
+                allowed.contains(&(status.as_u16(), code)),
+                "{err:?} answers {status} / {code}, the table's {situation:?} says {allowed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rendered_answer_is_the_envelope_with_its_headers() {
+        for (err, _) in every_variant() {
+            let (status, code) = err.status_and_code();
+            let msg = err.to_string();
+            let retry = err.retry_after();
+            let resp = err.clone().into_response("rid");
+            assert_eq!(resp.status(), status);
+            let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+            assert_eq!(v["code"], code);
+            assert_eq!(v["success"], false);
+            assert_eq!(v["msg"], msg.as_str());
+            assert!(v["data"].is_null());
+            assert_eq!(v["traceId"], "rid");
+            let told = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().to_string());
+            match (&err, retry) {
+                (GatewayError::ClientOverloaded(_), _) => {
+                    assert_eq!(told.as_deref(), Some(CLIENT_OVERLOADED_RETRY_AFTER))
+                }
+                (_, Some(secs)) => assert_eq!(told, Some(secs.to_string()), "{err:?}"),
+                (_, None) => assert_eq!(told, None, "{err:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_rate_limited_answer_carries_the_ratelimit_headers() {
+        let err = GatewayError::RateLimited {
+            route: "disk.create",
+            scope: "account",
+            count: 2,
+            period: Duration::from_secs(60),
+            retry_after: 30,
+            headers: Box::new(RateLimitHeaders {
+                policy: Some(HeaderValue::from_static("\"tenant\";q=2;w=60")),
+                state: Some(HeaderValue::from_static("\"tenant\";r=0;t=30")),
+            }),
+        };
+        let resp = err.into_response("rid");
+        assert_eq!(resp.headers()["retry-after"], "30");
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"tenant\";q=2;w=60");
+        assert_eq!(resp.headers()["ratelimit"], "\"tenant\";r=0;t=30");
+    }
+
+    #[test]
+    fn retry_secs_rounds_up_to_at_least_one() {
+        assert_eq!(retry_secs(Duration::ZERO), 1);
+        assert_eq!(retry_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_secs(Duration::from_secs(3)), 3);
     }
 }

@@ -94,9 +94,33 @@ fn split_hosts(rest: &str) -> (&str, Vec<&str>, &str) {
     )
 }
 
+/// Why a `[redis] url` cannot be used. No variant repeats the URL or its password: the redis
+/// crate's own message is kept with both masked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("expected scheme://...")]
+    NoScheme,
+    #[error("a cluster URL names at least one node")]
+    NoClusterNode,
+    #[error("a sentinel URL ends with the primary's name: redis+sentinel://host:26379/mymaster")]
+    NoPrimaryName,
+    #[error("a sentinel URL names at least one sentinel")]
+    NoSentinel,
+    /// The redis crate refused it; `topology` is `cluster`, `sentinel`, or empty for one server.
+    #[error("{}{msg}", if topology.is_empty() { String::new() } else { format!("{topology}: ") })]
+    Refused { topology: &'static str, msg: String },
+}
+
+/// The message a configuration error carries.
+impl From<UrlError> for String {
+    fn from(e: UrlError) -> String {
+        e.to_string()
+    }
+}
+
 /// Checks a `[redis] url` without connecting; the message never repeats the URL (it may hold a
 /// password).
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), UrlError> {
     Connector::new(url, Duration::from_secs(1), None).map(|_| ())
 }
 
@@ -113,14 +137,12 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
 
 impl Connector {
     /// `ca`: PEM of a private CA to verify `rediss://` servers with (one server or a cluster).
-    pub fn new(url: &str, timeout: Duration, ca: Option<Vec<u8>>) -> Result<Connector, String> {
+    pub fn new(url: &str, timeout: Duration, ca: Option<Vec<u8>>) -> Result<Connector, UrlError> {
         let certs = |ca: Vec<u8>| redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(ca),
         };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| "expected scheme://...".to_string())?;
+        let (scheme, rest) = url.split_once("://").ok_or(UrlError::NoScheme)?;
         // The crate's messages may quote a URL: the configured one, or a node's built from it,
         // password included. Neither reaches an error message.
         let password = rest
@@ -130,16 +152,12 @@ impl Connector {
             .and_then(|(userinfo, _)| userinfo.split_once(':'))
             .map(|(_, password)| password)
             .filter(|p| !p.is_empty());
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
+        let bad = |topology: &'static str, e: &dyn std::fmt::Display| {
             let mut msg = e.to_string().replace(url, "<url>");
             if let Some(p) = password {
                 msg = msg.replace(p, "***");
             }
-            if what.is_empty() {
-                msg
-            } else {
-                format!("{what}: {msg}")
-            }
+            UrlError::Refused { topology, msg }
         };
         let topology = match scheme {
             "redis+cluster" | "rediss+cluster" => {
@@ -150,7 +168,7 @@ impl Connector {
                 };
                 let (userinfo, hosts, _) = split_hosts(rest);
                 if hosts.is_empty() {
-                    return Err("a cluster URL names at least one node".into());
+                    return Err(UrlError::NoClusterNode);
                 }
                 let nodes: Vec<String> = hosts
                     .iter()
@@ -180,13 +198,13 @@ impl Connector {
                 let tls = scheme.starts_with("rediss");
                 let (userinfo, hosts, path) = split_hosts(rest);
                 let mut parts = path.trim_start_matches('/').split('/');
-                let primary = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
-                    "a sentinel URL ends with the primary's name: redis+sentinel://host:26379/mymaster"
-                        .to_string()
-                })?;
+                let primary = parts
+                    .next()
+                    .filter(|p| !p.is_empty())
+                    .ok_or(UrlError::NoPrimaryName)?;
                 let db = parts.next().unwrap_or("0");
                 if hosts.is_empty() {
-                    return Err("a sentinel URL names at least one sentinel".into());
+                    return Err(UrlError::NoSentinel);
                 }
                 let sentinels: Vec<String> = hosts.iter().map(|h| format!("redis://{h}")).collect();
                 let primary_info = format!("redis://{userinfo}localhost/{db}")
@@ -353,8 +371,20 @@ mod tests {
         let e = Connector::new("redis+sentinel://:secret@s1:26379", t, None)
             .err()
             .unwrap();
-        assert!(e.contains("primary's name") && !e.contains("secret"), "{e}");
-        assert!(Connector::new("redis+cluster://", t, None).is_err());
+        assert_eq!(e, UrlError::NoPrimaryName);
+        assert!(e.to_string().contains("primary's name") && !e.to_string().contains("secret"));
+        assert_eq!(
+            Connector::new("redis+cluster://", t, None).err(),
+            Some(UrlError::NoClusterNode)
+        );
+        assert_eq!(
+            Connector::new("redis+sentinel:///mymaster", t, None).err(),
+            Some(UrlError::NoSentinel)
+        );
+        assert_eq!(
+            Connector::new("127.0.0.1:6379", t, None).err(),
+            Some(UrlError::NoScheme)
+        );
     }
 
     #[test]
@@ -365,12 +395,32 @@ mod tests {
             "redis+cluster://u:hunter2@h1:1,h2:::x",
             "redis+sentinel://u:hunter2@s1:26379/mymaster/notadb",
         ] {
-            let e = Connector::new(url, t, None).err().unwrap_or_default();
+            let e = Connector::new(url, t, None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(!e.contains("hunter2"), "{url}: {e}");
         }
         let e = Connector::new("redis://:hunter2@[::1", t, None)
             .err()
             .unwrap();
-        assert!(e.starts_with("Redis URL did not parse"), "{e}");
+        assert!(
+            matches!(&e, UrlError::Refused { topology: "", msg } if msg.starts_with("Redis URL did not parse")),
+            "{e:?}"
+        );
+        let e = Connector::new("redis+cluster://u:hunter2@h1:1,h2:::x", t, None).err();
+        if let Some(e) = e {
+            assert!(
+                matches!(
+                    &e,
+                    UrlError::Refused {
+                        topology: "cluster",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert!(e.to_string().starts_with("cluster: "), "{e}");
+        }
     }
 }

@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderValue, StatusCode, header};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::envelope::{EnvelopeHead, error_response};
+use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
-use crate::layers::rate_limit::TOO_FREQUENT;
 use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
@@ -118,24 +116,14 @@ where
                         .budget_refused
                         .with_label_values(&[over.scope, over.cap])
                         .inc();
-                    let secs = over.resets_in.as_secs().max(1);
-                    let msg = format!(
-                        "spending guard: the {} cap of {} for {} {:?} is reached; it resets in {}",
-                        over.cap,
-                        over.limit,
-                        over.scope,
-                        over.who,
-                        humantime::format_duration(std::time::Duration::from_secs(secs))
-                    );
-                    let mut resp = error_response(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        TOO_FREQUENT,
-                        &msg,
-                        id.as_str(),
-                    );
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                    Ok(resp)
+                    let err = GatewayError::SpendingCap {
+                        cap: over.cap,
+                        limit: over.limit,
+                        scope: over.scope,
+                        who: over.who,
+                        retry_after: over.resets_in.as_secs().max(1),
+                    };
+                    Ok(err.into_response(id.as_str()))
                 }
             }
         })

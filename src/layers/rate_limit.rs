@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::envelope::{EnvelopeHead, error_response};
-use crate::error::GatewayError;
+use crate::envelope::EnvelopeHead;
+use crate::error::{GatewayError, RateLimitHeaders};
 use crate::layers::{Caller, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
@@ -29,7 +29,7 @@ use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture, duplicate};
 
 /// The upstream's "too frequent, try later" code.
-pub const TOO_FREQUENT: i64 = 220025;
+pub use crate::error::TOO_FREQUENT;
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -75,6 +75,11 @@ fn secs_ceil(d: Duration) -> u64 {
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured fields).
 fn set_headers(resp: &mut Resp, standing: &[Standing]) {
+    ratelimit_headers(standing).apply(resp);
+}
+
+/// The `RateLimit-Policy` and `RateLimit` headers of `standing`.
+fn ratelimit_headers(standing: &[Standing]) -> RateLimitHeaders {
     let policy: Vec<String> = standing
         .iter()
         .map(|s| {
@@ -97,12 +102,9 @@ fn set_headers(resp: &mut Resp, standing: &[Standing]) {
             )
         })
         .collect();
-    let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&policy.join(", ")) {
-        headers.insert(HeaderName::from_static("ratelimit-policy"), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&state.join(", ")) {
-        headers.insert(HeaderName::from_static("ratelimit"), v);
+    RateLimitHeaders {
+        policy: HeaderValue::from_str(&policy.join(", ")).ok(),
+        state: HeaderValue::from_str(&state.join(", ")).ok(),
     }
 }
 
@@ -203,33 +205,20 @@ where
                             .with_label_values(&[route.as_str(), scope.as_str()])
                             .inc();
                         let id = RequestId::of(&req);
-                        let wait = secs_ceil(retry_after).max(1);
-                        let msg = format!(
-                            "too many {route} requests for this {}: over {} per {:?}; retry in {wait}s",
-                            if scope == Scope::Tenant {
+                        let rate = standing.iter().find(|s| s.scope == scope).map(|s| s.rate);
+                        let err = GatewayError::RateLimited {
+                            route: route.as_str(),
+                            scope: if scope == Scope::Tenant {
                                 "account"
                             } else {
                                 "client"
                             },
-                            standing
-                                .iter()
-                                .find(|s| s.scope == scope)
-                                .map_or(0, |s| s.rate.count),
-                            standing
-                                .iter()
-                                .find(|s| s.scope == scope)
-                                .map_or(Duration::ZERO, |s| s.rate.period),
-                        );
-                        let mut resp = error_response(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            TOO_FREQUENT,
-                            &msg,
-                            id.as_str(),
-                        );
-                        resp.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-                        set_headers(&mut resp, &standing);
-                        return Ok(resp);
+                            count: rate.map_or(0, |r| r.count),
+                            period: rate.map_or(Duration::ZERO, |r| r.period),
+                            retry_after: secs_ceil(retry_after).max(1),
+                            headers: Box::new(ratelimit_headers(&standing)),
+                        };
+                        return Ok(err.into_response(id.as_str()));
                     }
                     Decision::Granted { wait, standing } => {
                         // Even a zero sleep would wait for the timer's next tick (a millisecond).
@@ -259,18 +248,13 @@ where
                             let id = RequestId::of(&req);
                             let told = told.map_or(0, |d| secs_ceil(d.min(policy.max_wait)));
                             let wait = secs_ceil(policy.rate.interval()).max(told).max(1);
-                            let msg = format!(
-                                "the upstream refused {route} as too frequent for {:?}; retry in {wait}s",
-                                policy.max_wait
-                            );
-                            resp = error_response(
-                                StatusCode::TOO_MANY_REQUESTS,
-                                TOO_FREQUENT,
-                                &msg,
-                                id.as_str(),
-                            );
-                            resp.headers_mut()
-                                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                            let err = GatewayError::UpstreamTooFrequent {
+                                route: route.as_str(),
+                                max_wait: policy.max_wait,
+                                retry_after: wait,
+                                headers: Box::new(ratelimit_headers(&standing)),
+                            };
+                            return Ok(err.into_response(id.as_str()));
                         } else {
                             clamp_retry_after(&mut resp, policy.max_wait);
                         }

@@ -63,7 +63,7 @@ where
             };
             let token = match account.broker.get().await {
                 Ok(t) => t,
-                Err(e) => return Ok(GatewayError::NoToken(e.0).into_response(id.as_str())),
+                Err(e) => return Ok(GatewayError::NoToken(e).into_response(id.as_str())),
             };
             let mut retry = duplicate(&req);
             req.extensions_mut().insert(UpstreamToken(token.clone()));
@@ -74,7 +74,7 @@ where
             account.broker.invalidate(&token).await;
             let fresh = match account.broker.get().await {
                 Ok(t) => t,
-                Err(e) => return Ok(GatewayError::NoToken(e.0).into_response(id.as_str())),
+                Err(e) => return Ok(GatewayError::NoToken(e).into_response(id.as_str())),
             };
             retry.extensions_mut().insert(UpstreamToken(fresh));
             inner.oneshot(retry).await

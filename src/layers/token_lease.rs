@@ -25,15 +25,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::config::Secret;
-use crate::envelope::error_response;
-use crate::error::GatewayError;
-use crate::layers::rate_limit::TOO_FREQUENT;
+use crate::error::{GatewayError, retry_secs};
 use crate::layers::{AccountName, Caller, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, MemoryLimiter, Scope};
@@ -186,7 +184,7 @@ impl TokenLeaseLayer {
                     .inc();
                 lease_response(&lease, &caller.account.name, id.as_str())
             }
-            Err(e) => GatewayError::NoToken(e.0).into_response(id.as_str()),
+            Err(e) => GatewayError::NoToken(e).into_response(id.as_str()),
         };
         self.named(resp, &caller)
     }
@@ -218,22 +216,13 @@ impl TokenLeaseLayer {
 
 /// 429 with code 220025, the gateway's answer to anything coming too fast, and `Retry-After`.
 fn too_frequent(wait: Duration, request_id: &str) -> Resp {
-    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-    let msg = format!(
-        "too many rejected-token reports from this client: at most {} per {} (burst {}); retry in {secs}s",
-        REJECTIONS_PER_CLIENT.count,
-        humantime::format_duration(REJECTIONS_PER_CLIENT.period),
-        REJECTIONS_PER_CLIENT.burst,
-    );
-    let mut resp = error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        TOO_FREQUENT,
-        &msg,
-        request_id,
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    resp
+    GatewayError::RejectionsTooFast {
+        count: REJECTIONS_PER_CLIENT.count,
+        period: REJECTIONS_PER_CLIENT.period,
+        burst: REJECTIONS_PER_CLIENT.burst,
+        retry_after: retry_secs(wait),
+    }
+    .into_response(request_id)
 }
 
 #[cfg(test)]

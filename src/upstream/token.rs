@@ -35,10 +35,34 @@ use crate::fleet::token::{SharedToken, TokenStore};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 
-/// What a caller sees when no token can be had.
+/// What a caller sees when no token can be had. None of them holds a credential or the
+/// upstream's own message (that goes to the log only).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct TokenError(pub String);
+pub enum TokenError {
+    #[error("no upstream token is held at the moment; retry shortly")]
+    NotHeld,
+    #[error(
+        "the current token is kept, since getToken was called less than {} ago; report it again in {retry_after}s",
+        humantime::format_duration(*interval)
+    )]
+    KeptTooRecent {
+        interval: Duration,
+        retry_after: u64,
+    },
+    #[error(
+        "getToken was called less than {} ago; retry shortly",
+        humantime::format_duration(*interval)
+    )]
+    Throttled { interval: Duration },
+    #[error("cannot build the getToken request: {0}")]
+    BadRequest(String),
+    #[error("getToken failed: {0}")]
+    Unreachable(String),
+    #[error("getToken answered HTTP {0} with an unexpected body")]
+    UnexpectedBody(http::StatusCode),
+    #[error("the upstream refused getToken (code {}); see the gateway's log", code.map_or("none".to_string(), |c| c.to_string()))]
+    Refused { code: Option<i64> },
+}
 
 /// The route label of `getToken` calls in the upstream metrics.
 pub const TOKEN_ROUTE: &str = "auth.token";
@@ -270,7 +294,7 @@ impl TokenBroker {
             (Some(h), _) if h.expires_at > now => TokenStatus::Held {
                 expires_in: h.expires_at - now,
             },
-            (_, Some((e, _))) => TokenStatus::Failing(e.0.clone()),
+            (_, Some((e, _))) => TokenStatus::Failing(e.to_string()),
             _ => TokenStatus::None,
         }
     }
@@ -375,11 +399,8 @@ impl TokenBroker {
             // Waits for a `getToken` in flight (the refresher's, a request's), never starts one.
             drop(self.fetching.lock().await);
         }
-        self.current_lease().ok_or_else(|| {
-            self.backing_off().unwrap_or_else(|| {
-                TokenError("no upstream token is held at the moment; retry shortly".into())
-            })
-        })
+        self.current_lease()
+            .ok_or_else(|| self.backing_off().unwrap_or(TokenError::NotHeld))
     }
 
     /// A client says the upstream refused `token`. When it is still the current token (held
@@ -391,12 +412,10 @@ impl TokenBroker {
     pub async fn renew_rejected(&self, token: &Secret) -> Result<Lease, TokenError> {
         if !self.is_fixed() && self.is_current(token).await {
             if let Some(wait) = self.fetch_allowed_in() {
-                return Err(TokenError(format!(
-                    "the current token is kept, since getToken was called less than {} ago; \
-                     report it again in {}s",
-                    humantime::format_duration(self.cfg.min_refresh_interval),
-                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-                )));
+                return Err(TokenError::KeptTooRecent {
+                    interval: self.cfg.min_refresh_interval,
+                    retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                });
             }
             self.invalidate(token).await;
             self.get().await?;
@@ -548,9 +567,7 @@ impl TokenBroker {
         let Source::Exchange { uuid, secret } = self.source.lock().expect("token source").clone()
         else {
             // A reload made the token fixed while this caller waited: it is held.
-            return self
-                .valid_now()
-                .ok_or_else(|| TokenError("no token".into()));
+            return self.valid_now().ok_or(TokenError::NotHeld);
         };
         let (uuid, secret) = (&uuid, &secret);
         let interval = self.cfg.min_refresh_interval;
@@ -559,10 +576,7 @@ impl TokenBroker {
                 .token_refreshes
                 .with_label_values(&["throttled"])
                 .inc();
-            TokenError(format!(
-                "getToken was called less than {} ago; retry shortly",
-                humantime::format_duration(interval)
-            ))
+            TokenError::Throttled { interval }
         };
         let sent_at = Instant::now();
         {
@@ -630,8 +644,8 @@ impl TokenBroker {
         uuid: &Secret,
         secret: &Secret,
     ) -> Result<(Secret, Duration), Refused> {
-        let plain = |text: String| Refused {
-            public: TokenError(text),
+        let plain = |public: TokenError| Refused {
+            public,
             detail: String::new(),
         };
         let body = serde_json::json!({ "uuid": uuid.expose(), "secret": secret.expose() });
@@ -641,17 +655,13 @@ impl TokenBroker {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .body(Bytes::from(body.to_string()))
-            .map_err(|e| plain(format!("cannot build the getToken request: {e}")))?;
+            .map_err(|e| plain(TokenError::BadRequest(e.to_string())))?;
         let answer = client
             .send(TOKEN_ROUTE, req)
             .await
-            .map_err(|e| plain(format!("getToken failed: {e}")))?;
-        let parsed: TokenAnswer = serde_json::from_slice(&answer.body).map_err(|_| {
-            plain(format!(
-                "getToken answered HTTP {} with an unexpected body",
-                answer.parts.status
-            ))
-        })?;
+            .map_err(|e| plain(TokenError::Unreachable(e.to_string())))?;
+        let parsed: TokenAnswer = serde_json::from_slice(&answer.body)
+            .map_err(|_| plain(TokenError::UnexpectedBody(answer.parts.status)))?;
         match (parsed.code, parsed.data) {
             (Some(0), Some(data)) if !data.token.is_empty() => {
                 let ms = data.effective_time.and_then(|v| {
@@ -663,10 +673,7 @@ impl TokenBroker {
             }
             // The code is the client's business; the upstream's message is the operator's.
             (code, _) => Err(Refused {
-                public: TokenError(format!(
-                    "the upstream refused getToken (code {}); see the gateway's log",
-                    code.map_or("none".to_string(), |c| c.to_string())
-                )),
+                public: TokenError::Refused { code },
                 detail: parsed.msg.unwrap_or_default(),
             }),
         }

@@ -8,6 +8,7 @@ mod cache_state;
 mod capacity;
 mod crash;
 mod create;
+mod dedup_parts;
 mod egress;
 mod faults;
 mod forwarding;
