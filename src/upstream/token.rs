@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use crate::config::{Credentials, Secret, TokenConfig};
 use crate::fleet::token::{SharedToken, TokenStore};
 use crate::metrics::Metrics;
+use crate::single_flight::SingleFlight;
 use crate::upstream::UpstreamClient;
 
 /// What a caller sees when no token can be had. None of them holds a credential or the
@@ -62,6 +63,13 @@ pub enum TokenError {
     UnexpectedBody(http::StatusCode),
     #[error("the upstream refused getToken (code {}); see the gateway's log", code.map_or("none".to_string(), |c| c.to_string()))]
     Refused { code: Option<i64> },
+}
+
+/// What a flight of the broker is for: a token now ([`TokenBroker::get`]), or the planned refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Need {
+    Valid,
+    Refresh,
 }
 
 /// The route label of `getToken` calls in the upstream metrics.
@@ -152,8 +160,13 @@ pub struct TokenBroker {
     cfg: TokenConfig,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
-    /// Held while a `getToken` is in flight: the single-flight of this broker.
+    /// Held while a `getToken` is in flight: one at a time, whichever path asks.
     fetching: tokio::sync::Mutex<()>,
+    /// The work of [`TokenBroker::get`] and of the planned refresh, each run in a task of its own
+    /// and shared by everyone waiting for it: a caller that goes away (a client that hung up)
+    /// never aborts a `getToken` in flight, which would leave no token and, within
+    /// `min_refresh_interval`, no way to get one.
+    flights: SingleFlight<Need, Result<Secret, TokenError>>,
     /// Shared mode: the fleet's token, refreshed by one replica for all.
     shared: Option<Arc<TokenStore>>,
 }
@@ -206,6 +219,7 @@ impl TokenBroker {
             metrics,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
+            flights: SingleFlight::new(),
             shared: None,
         })
     }
@@ -251,10 +265,28 @@ impl TokenBroker {
     }
 
     /// A valid token, fetching one if none is held (one fetch for all concurrent callers).
-    pub async fn get(&self) -> Result<Secret, TokenError> {
+    pub async fn get(self: &Arc<Self>) -> Result<Secret, TokenError> {
         if let Some(t) = self.valid_now() {
             return Ok(t);
         }
+        self.in_flight(Need::Valid).await
+    }
+
+    /// Joins or starts the task doing `need`.
+    async fn in_flight(self: &Arc<Self>, need: Need) -> Result<Secret, TokenError> {
+        let me = self.clone();
+        let flight = self.flights.join_or_start(need, move || async move {
+            match need {
+                Need::Valid => me.fetch_unless_held().await,
+                Need::Refresh => me.refresh_if_due().await,
+            }
+        });
+        // `None`: the task panicked; nothing is held, so say so.
+        flight.wait().await.unwrap_or(Err(TokenError::NotHeld))
+    }
+
+    /// [`TokenBroker::get`]'s work once no valid token is held.
+    async fn fetch_unless_held(&self) -> Result<Secret, TokenError> {
         let _fetching = self.fetching.lock().await;
         // Whoever held the lock before us may have fetched, or failed, for us too.
         if let Some(t) = self.valid_now() {
@@ -320,23 +352,21 @@ impl TokenBroker {
             if self.is_fixed() {
                 continue; // a fixed token is never refreshed; a reload may change that
             }
-            self.refresh_if_due().await;
+            let _ = self.in_flight(Need::Refresh).await;
         }
     }
 
-    /// The refresher's step: when the refresh is due, the fleet's newer token or a `getToken`.
-    async fn refresh_if_due(&self) {
-        if self.is_fixed() {
-            return;
-        }
+    /// The planned refresh, when it is due: the fleet's newer token or a `getToken`.
+    async fn refresh_if_due(&self) -> Result<Secret, TokenError> {
         let _fetching = self.fetching.lock().await;
-        if self.next_refresh() > Instant::now() {
-            return; // someone refreshed while we waited for the lock
+        if self.is_fixed() || self.next_refresh() > Instant::now() {
+            // Fixed, or someone refreshed while we waited for the lock.
+            return self.valid_now().ok_or(TokenError::NotHeld);
         }
-        if self.adopt_shared(true).await.is_some() {
-            return; // another replica refreshed it for the fleet
+        if let Some(t) = self.adopt_shared(true).await {
+            return Ok(t); // another replica refreshed it for the fleet
         }
-        let _ = self.obtain().await;
+        self.obtain().await
     }
 
     /// When the background refresher should act next.
@@ -377,7 +407,7 @@ impl TokenBroker {
     /// due for its planned refresh, that refresh is done now (as the refresher is about to), so
     /// the lease is of the new token; with no token held it waits only for a `getToken` already
     /// in flight, then fails.
-    pub async fn lease(&self) -> Result<Lease, TokenError> {
+    pub async fn lease(self: &Arc<Self>) -> Result<Lease, TokenError> {
         let fixed = match &*self.source.lock().expect("token source") {
             Source::Fixed(t) => Some(t.clone()),
             Source::Exchange { .. } => None,
@@ -394,7 +424,7 @@ impl TokenBroker {
         }
         let held = self.state.lock().expect("token state").held.is_some();
         if held {
-            self.refresh_if_due().await;
+            let _ = self.in_flight(Need::Refresh).await;
         } else {
             // Waits for a `getToken` in flight (the refresher's, a request's), never starts one.
             drop(self.fetching.lock().await);
@@ -409,7 +439,7 @@ impl TokenBroker {
     /// the current lease. Since the claim is only the client's word, a token is not dropped
     /// within `min_refresh_interval` of the last `getToken` (it could not be replaced yet): the
     /// caller is told to retry instead.
-    pub async fn renew_rejected(&self, token: &Secret) -> Result<Lease, TokenError> {
+    pub async fn renew_rejected(self: &Arc<Self>, token: &Secret) -> Result<Lease, TokenError> {
         if !self.is_fixed() && self.is_current(token).await {
             if let Some(wait) = self.fetch_allowed_in() {
                 return Err(TokenError::KeptTooRecent {

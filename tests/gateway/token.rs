@@ -237,3 +237,39 @@ async fn the_token_is_refreshed_in_the_background_before_it_expires() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_never_aborts_the_get_token_it_started() {
+    // Every answer takes 300 ms. After a revocation a request meets the 401 at ~300 ms, and its
+    // getToken runs from ~300 to ~600 ms; its client gives up at 450 ms, in the middle of it.
+    let sim = Sim::start(SimConfig {
+        latency: Duration::from_millis(300),
+        ..sim_config()
+    })
+    .await;
+    let toml = "[token]\nmin_lifetime = \"0s\"\nmin_refresh_interval = \"1s\"\n";
+    let gw = Gw::start(toml, &sim.url, demo_env()).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    // Past the startup getToken's interval, so the one after the revocation may go.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sim.revoke_tokens().await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(450))
+        .build()
+        .unwrap();
+    assert!(
+        impatient.get(&url).send().await.is_err(),
+        "the client gave up"
+    );
+    eventually(
+        "the revocation's getToken reached the upstream",
+        Duration::from_secs(5),
+        || async { sim.calls("getToken").await == 2 },
+    )
+    .await;
+    // Within a second of that getToken: a broker whose call was aborted with its caller would
+    // hold no token and could not send another yet (503). This request gets the token it made.
+    let (status, _, body) = get(&url, &[]).await;
+    assert_eq!((status, body["code"].as_i64()), (200, Some(0)), "{body}");
+    assert_eq!(sim.calls("getToken").await, 2, "no second getToken");
+}
