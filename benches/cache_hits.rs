@@ -3,7 +3,9 @@
 //! answers the same bodies from a moka cache, and nginx `proxy_cache` in front of the simulator
 //! (twice: with `access_log off`, its best case, and with its default access log, like ours).
 //! Each server is pinned to CPU 0, wrk to CPU 1 (64 connections, a random id of the 1,000 per
-//! request). Reports requests/s, p50 and p99 for each and the gateway's ratios.
+//! request). Reports requests/s, p50, p99 and CPU microseconds per request (the server's own
+//! process CPU time, user and system, over the measured run ÷ the requests wrk counted) for each,
+//! and the gateway's ratios.
 //!
 //! Needs `wrk`, `nginx`, `redis-server` and `taskset` (Debian: `apt-get install wrk nginx
 //! redis-server util-linux`).
@@ -54,6 +56,40 @@ struct Result_ {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The server's CPU time (user + system, its processes only) per request, in microseconds.
+    cpu_us: f64,
+}
+
+/// CPU ticks (user + system) of `pid` and its live children: nginx's work is its worker's.
+/// Only the server's processes are read, never wrk's, so the figure is the server's own cost.
+fn cpu_ticks(pid: u32) -> u64 {
+    // Fields after the command (which may hold spaces): state is field 3, ppid 4, utime 14, stime 15.
+    let stat = |p: &str| -> Option<(u32, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        Some((rest.get(1)?.parse().ok()?, ticks))
+    };
+    let own = stat(&pid.to_string()).map_or(0, |(_, t)| t);
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| stat(e.file_name().to_str()?))
+        .filter(|&(ppid, _)| ppid == pid)
+        .map(|(_, t)| t)
+        .sum();
+    own + children
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
+fn ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn parse_ms(s: &str) -> f64 {
@@ -69,8 +105,8 @@ fn parse_ms(s: &str) -> f64 {
     }
 }
 
-/// One wrk run against `base`; a short warm-up first.
-fn wrk(name: &'static str, base: &str, script: &Path, secs: u64) -> Result_ {
+/// One wrk run against `base`, served by process `pid`; a short warm-up first.
+fn wrk(name: &'static str, base: &str, pid: u32, script: &Path, secs: u64) -> Result_ {
     let run = |d: u64| {
         let out = Command::new("taskset")
             .args([
@@ -90,7 +126,9 @@ fn wrk(name: &'static str, base: &str, script: &Path, secs: u64) -> Result_ {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     run(2);
+    let cpu_before = cpu_ticks(pid);
     let text = run(secs);
+    let cpu = (cpu_ticks(pid) - cpu_before) as f64 / ticks_per_sec();
     let field = |prefix: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
@@ -98,7 +136,14 @@ fn wrk(name: &'static str, base: &str, script: &Path, secs: u64) -> Result_ {
     };
     let non2xx = text.lines().any(|l| l.contains("Non-2xx"));
     assert!(!non2xx, "{name}: errors in the run:\n{text}");
+    // `64190 requests in 5.00s, ...`
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
     Result_ {
+        cpu_us: cpu * 1e6 / requests,
         name,
         rps: field("Requests/sec:").parse().unwrap(),
         p50_ms: parse_ms(&field("50%")),
@@ -356,7 +401,7 @@ fn main() {
         args.extend_from_slice(extra);
         start_pinned(bin, &args, "gateway listening", &dir.join(log))
     };
-    let (_gw, gw) = gateway(&[], "gateway.log");
+    let (gw_proc, gw) = gateway(&[], "gateway.log");
     // The same gateway in shared mode: hits come from its own memory (L1), never from Redis.
     let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -389,9 +434,9 @@ fn main() {
     });
     assert!(pong, "redis-server did not answer PING");
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
-    let (_shared, shared) = gateway(&["--redis", &redis_url], "gateway-shared.log");
+    let (shared_proc, shared) = gateway(&["--redis", &redis_url], "gateway-shared.log");
     let self_exe = std::env::current_exe().unwrap();
-    let (_base, base) = start_pinned(
+    let (base_proc, base) = start_pinned(
         self_exe.to_str().unwrap(),
         &["--baseline", bodies_file.to_str().unwrap()],
         "baseline listening",
@@ -405,6 +450,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx (is it installed?)");
+    let nginx_pid = nginx.id();
     let _nginx = Proc(nginx);
     let port_of = |file: &str| {
         format!(
@@ -440,11 +486,27 @@ fn main() {
     });
 
     let targets = [
-        ("baseline (hyper + moka)", format!("http://{base}")),
-        ("nginx proxy_cache", format!("http://{nginx_addr}")),
-        ("nginx proxy_cache + log", format!("http://{nginx_logged}")),
-        ("finovy-gateway", format!("http://{gw}")),
-        ("finovy-gateway, shared mode", format!("http://{shared}")),
+        (
+            "baseline (hyper + moka)",
+            format!("http://{base}"),
+            base_proc.0.id(),
+        ),
+        (
+            "nginx proxy_cache",
+            format!("http://{nginx_addr}"),
+            nginx_pid,
+        ),
+        (
+            "nginx proxy_cache + log",
+            format!("http://{nginx_logged}"),
+            nginx_pid,
+        ),
+        ("finovy-gateway", format!("http://{gw}"), gw_proc.0.id()),
+        (
+            "finovy-gateway, shared mode",
+            format!("http://{shared}"),
+            shared_proc.0.id(),
+        ),
     ];
     // Rounds, each running every server once, in an order that rotates: this machine's speed
     // drifts over a minute, so ratios are taken within a round and their median reported.
@@ -452,11 +514,11 @@ fn main() {
     for round in 0..rounds {
         for k in 0..targets.len() {
             let t = (round + k) % targets.len();
-            let (name, url) = &targets[t];
-            let r = wrk(name, url, &script, secs);
+            let (name, url, pid) = &targets[t];
+            let r = wrk(name, url, *pid, &script, secs);
             eprintln!(
-                "  round {round}: {name:<28} {:>9.0} req/s   p50 {:>5.2} ms   p99 {:>5.2} ms",
-                r.rps, r.p50_ms, r.p99_ms
+                "  round {round}: {name:<28} {:>9.0} req/s   p50 {:>5.2} ms   p99 {:>5.2} ms   CPU {:>5.1} us/req",
+                r.rps, r.p50_ms, r.p99_ms, r.cpu_us
             );
             runs[t].push(r);
         }
@@ -468,11 +530,12 @@ fn main() {
     for r in &runs {
         let field = |f: fn(&Result_) -> f64| median(r.iter().map(f).collect());
         println!(
-            "  {:<28} {:>9.0} req/s   p50 {:>5.2} ms   p99 {:>5.2} ms",
+            "  {:<28} {:>9.0} req/s   p50 {:>5.2} ms   p99 {:>5.2} ms   CPU {:>5.1} us/req",
             r[0].name,
             field(|x| x.rps),
             field(|x| x.p50_ms),
-            field(|x| x.p99_ms)
+            field(|x| x.p99_ms),
+            field(|x| x.cpu_us)
         );
     }
     let ratio = |label: &str, a: usize, b: usize| {
@@ -482,7 +545,15 @@ fn main() {
         let p99: Vec<f64> = (0..rounds)
             .map(|i| runs[a][i].p99_ms / runs[b][i].p99_ms)
             .collect();
-        println!("  {label}: {} req/s, p99 {}", spread(rps), spread(p99));
+        let cpu: Vec<f64> = (0..rounds)
+            .map(|i| runs[a][i].cpu_us / runs[b][i].cpu_us)
+            .collect();
+        println!(
+            "  {label}: {} req/s, p99 {}, CPU/req {}",
+            spread(rps),
+            spread(p99),
+            spread(cpu)
+        );
     };
     ratio("gateway / nginx (access_log off)", 3, 1);
     ratio("gateway / nginx (access log on, its default)", 3, 2);
