@@ -22,7 +22,6 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
-pub mod work;
 
 /// The types every layer speaks, named once.
 pub mod svc {

@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::cache::Cache;
@@ -40,7 +41,6 @@ use crate::stack::{self, Edge};
 use crate::store::{CacheStore, MemoryStore};
 use crate::tls::ServerTls;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
-use crate::work::WorkTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -60,7 +60,7 @@ pub struct Gateway {
     pub accounts: Vec<Arc<AccountHandle>>,
     pub cache: Arc<Cache>,
     /// Creates that run to their end whoever waits: the drain waits for them.
-    pub work: Arc<WorkTracker>,
+    pub work: TaskTracker,
     /// Shared mode: the fleet's Redis, and the cache store that listens for invalidations.
     pub fleet: Option<Arc<Fleet>>,
     two_level: Option<Arc<TwoLevel>>,
@@ -181,7 +181,7 @@ impl Gateway {
             },
         };
         let cache = Arc::new(Cache::new(&settings.cache, store, metrics.clone()));
-        let work = WorkTracker::new();
+        let work = TaskTracker::new();
         let create = Arc::new(Swap::new(settings.create.clone()));
         let budget = Arc::new(Budget::new(settings.create.budget.clone(), ledger));
         let protection = Protection {
@@ -345,13 +345,9 @@ impl Server {
             admin_listener,
             tls,
         } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
+        // Cancelled once the drain is over: the background tasks and the admin listener stop.
+        let stop = CancellationToken::new();
+        let stopped = || stop.clone().cancelled_owned();
         for a in &gateway.accounts {
             tokio::spawn(a.broker.clone().run_refresher(stopped()));
         }
@@ -441,7 +437,8 @@ impl Server {
         let drained = async {
             connections.close_all().await;
             // Creates whose clients went away still finish (their answers are kept for the retry).
-            gateway.work.idle().await;
+            gateway.work.close();
+            gateway.work.wait().await;
         };
         if tokio::time::timeout(server_cfg.drain_timeout, drained)
             .await
@@ -449,7 +446,7 @@ impl Server {
         {
             tracing::warn!(timeout = ?server_cfg.drain_timeout, "drain timed out; exiting with requests in flight");
         }
-        let _ = stop_tx.send(true);
+        stop.cancel();
         let _ = admin_task.await;
         tracing::info!("stopped");
         Ok(())

@@ -58,7 +58,7 @@ use crate::reload::Swap;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp, RespFuture};
-use crate::work::WorkTracker;
+use tokio_util::task::TaskTracker;
 
 pub use keys::IDEMPOTENCY_KEY;
 use keys::{RecordKey, fingerprint, idempotency_key};
@@ -90,7 +90,7 @@ struct Shared {
     /// Swapped by a reload; a create keeps the settings it started with (see [`Ctx`]).
     settings: Arc<Swap<CreateSettings>>,
     metrics: Arc<Metrics>,
-    work: Arc<WorkTracker>,
+    work: TaskTracker,
 }
 
 impl DedupLayer {
@@ -99,7 +99,7 @@ impl DedupLayer {
         limit: Duration,
         settings: Arc<Swap<CreateSettings>>,
         metrics: Arc<Metrics>,
-        work: Arc<WorkTracker>,
+        work: TaskTracker,
     ) -> Self {
         // Fixed at start: records already leased were written with it.
         let lease = settings.load().lease;
@@ -272,7 +272,7 @@ impl Ctx {
         S::Future: Send,
     {
         let records = self.shared.records.clone();
-        let guard = self.shared.work.start();
+        let guard = self.shared.work.token();
         let (route, account, lease) = (self.route, self.account.clone(), self.shared.lease);
         let flight = self.shared.flights.join_or_start(rkey, move || async move {
             let _guard = guard;
