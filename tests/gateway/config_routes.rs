@@ -4,6 +4,7 @@
 //! The simulator serves `GET /v1/pve/open/balance/{id}`, which the compiled table does not know.
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::harness::*;
 
@@ -271,4 +272,44 @@ fn check_config_refuses_bad_routes_naming_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("billing.balance"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_change_only_with_a_restart() {
+    const ADMIN_KEY: &str = "fgw_config_routes_admin_key_9c1e";
+    let config = |body: &str| {
+        format!(
+            "{body}\n[admin]\nkey_sha256 = \"{}\"\n{LOOSE_TOKENS}",
+            hex::encode(Sha256::digest(ADMIN_KEY.as_bytes()))
+        )
+    };
+    let sim = Sim::start(sim_config()).await;
+    let gw = Bin::serve(
+        &config(""),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let url = format!("{}/v1/pve/open/balance/acct-5", gw.url);
+    assert_eq!(send_json(http().get(&url)).await.0, 404);
+
+    // Adding a route on reload is named as needing a restart, and changes nothing meanwhile.
+    std::fs::write(&gw.config, config(BALANCE)).unwrap();
+    let (status, body) = send_json(
+        http()
+            .post(format!("{}/admin/reload", gw.admin_url))
+            .bearer_auth(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["restart_needed"],
+        serde_json::json!(["routes"]),
+        "{body}"
+    );
+    let (status, body) = send_json(http().get(&url)).await;
+    assert_eq!((status, body["code"].as_i64()), (404, Some(404)), "{body}");
+    assert_eq!(sim.calls("balance").await, 0);
 }
