@@ -548,21 +548,19 @@ pub fn serialize_configured<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeSeq;
-    {
-        let configured: Vec<Route> = t.iter().filter(|r| r.source().is_some()).collect();
-        let mut seq = s.serialize_seq(Some(configured.len()))?;
-        for r in configured {
-            seq.serialize_element(&serde_json::json!({
-                "name": r.as_str(),
-                "method": r.method().as_str(),
-                "path": r.path_template(),
-                "kind": if r.kind() == Kind::Read { "read" } else { "mutation" },
-                "query": r.query_params(),
-                "cached": matches!(r.caching(), Caching::Table(_)),
-            }))?;
-        }
-        seq.end()
+    let configured: Vec<Route> = t.iter().filter(|r| r.source().is_some()).collect();
+    let mut seq = s.serialize_seq(Some(configured.len()))?;
+    for r in configured {
+        seq.serialize_element(&serde_json::json!({
+            "name": r.as_str(),
+            "method": r.method().as_str(),
+            "path": r.path_template(),
+            "kind": if r.kind() == Kind::Read { "read" } else { "mutation" },
+            "query": r.query_params(),
+            "cached": matches!(r.caching(), Caching::Table(_)),
+        }))?;
     }
+    seq.end()
 }
 
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
