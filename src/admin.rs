@@ -29,7 +29,7 @@ use crate::layers::request_id::generate;
 use crate::listener::Connections;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Reloader, Swap};
-use crate::routes::Route;
+use crate::routes::RouteTable;
 use crate::store::Invalidation;
 use crate::upstream::AccountHandle;
 use crate::upstream::token::TokenStatus;
@@ -47,6 +47,8 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     pub fleet: Option<Arc<Fleet>>,
     pub two_level: Option<Arc<TwoLevel>>,
+    /// The routes this process runs, for purges that name one.
+    pub routes: Arc<RouteTable>,
 }
 
 /// Open admin connections at most: probes and scrapers need few, and a flood of them must not
@@ -233,7 +235,7 @@ async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Respon
                     return GatewayError::BadRequest { code: 1007, msg }.into_response(&id);
                 }
             };
-            match purge_target(&body) {
+            match purge_target(&body, &state.routes) {
                 Ok(what) => {
                     let shown = format!("{what:?}");
                     state.cache.invalidate(what, Reason::Purge).await;
@@ -276,13 +278,15 @@ struct PurgeRequest {
 /// `{"all": true}`, `{"route": "disk.info"}` (every account, or one with `account`), or
 /// `{"route": "disk.info", "id": "PgOiNCqaJQ"}` (one entry; `account` defaults to `default`;
 /// for `disk.list` the id is the request's JSON body, in any key order).
-fn purge_target(body: &[u8]) -> Result<Invalidation, String> {
+fn purge_target(body: &[u8], routes: &RouteTable) -> Result<Invalidation, String> {
     const USAGE: &str = "expected {\"all\": true}, {\"route\": \"disk.info\"} or {\"route\": \"disk.info\", \"id\": \"...\"} (optional \"account\")";
     let req: PurgeRequest = serde_json::from_slice(body).map_err(|e| format!("{USAGE}: {e}"))?;
     let route = match &req.route {
-        Some(name) => {
-            Some(Route::from_name(name).ok_or_else(|| format!("unknown route {name:?}; {USAGE}"))?)
-        }
+        Some(name) => Some(
+            routes
+                .by_name(name)
+                .ok_or_else(|| format!("unknown route {name:?}; {USAGE}"))?,
+        ),
         None => None,
     };
     match (req.all, route, req.account, req.id) {
@@ -317,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_list_entry_is_named_by_its_body_in_any_key_order() {
-        let purge = |body: &str| purge_target(body.as_bytes());
+        let purge = |body: &str| purge_target(body.as_bytes(), &RouteTable::default());
         let a = purge(r#"{"route":"disk.list","id":"{\"pageSize\": 10, \"page\": 1}"}"#).unwrap();
         let b = purge(r#"{"route":"disk.list","id":"{\"page\":1,\"pageSize\":10}"}"#).unwrap();
         match (&a, &b) {

@@ -8,13 +8,14 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cache::policy::{CacheConfig, CacheSettings};
 use crate::protect::policy::{CreateConfig, CreateSettings};
-use crate::routes::Route;
+use crate::routes::{Route, RouteConfig, RouteTable};
 use crate::tls::TlsFiles;
 
 /// The environment variables of the default account's credentials (CONTRACT.md, "Configuration").
@@ -113,6 +114,9 @@ pub struct FileConfig {
     pub redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,
     pub accounts: Vec<AccountConfig>,
+    /// Upstream endpoints added by configuration (`[[routes]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -531,6 +535,12 @@ pub struct Settings {
     pub redis: Option<RedisConfig>,
     pub accounts: Vec<Account>,
     pub clients: Vec<Client>,
+    /// Every route: the compiled ones and `[[routes]]`.
+    #[serde(
+        skip_serializing_if = "crate::routes::no_configured",
+        serialize_with = "crate::routes::serialize_configured"
+    )]
+    pub routes: Arc<RouteTable>,
     /// `[auth] anonymous_routes`, checked against the route table.
     #[serde(skip)]
     pub anonymous_routes: BTreeSet<Route>,
@@ -729,11 +739,16 @@ impl Settings {
             &file.admin.tls_client_ca_file,
         )?;
 
-        let cache = file.cache.resolve()?;
-        let create = file.create.resolve()?;
+        let routes = Arc::new(RouteTable::with_configured(&file.routes)?);
+        let cache = file.cache.resolve(&routes)?;
+        let create = file.create.resolve(&routes)?;
         let accounts = resolve_accounts(&file.accounts, &upstream, env)?;
-        let clients = resolve_clients(&file.clients, &accounts)?;
-        let anonymous_routes = route_set("auth.anonymous_routes", &file.auth.anonymous_routes)?;
+        let clients = resolve_clients(&file.clients, &accounts, &routes)?;
+        let anonymous_routes = route_set(
+            &routes,
+            "auth.anonymous_routes",
+            &file.auth.anonymous_routes,
+        )?;
 
         Ok(Settings {
             server,
@@ -747,6 +762,7 @@ impl Settings {
             redis,
             accounts,
             clients,
+            routes,
             anonymous_routes,
             listen_tls,
             admin_tls,
@@ -845,17 +861,14 @@ fn resolve_redis(
 }
 
 /// Route names (an allow-list) as routes; an unknown name is an error naming `key`.
-fn route_set(key: &str, names: &[String]) -> Result<BTreeSet<Route>, ConfigError> {
+fn route_set(
+    table: &RouteTable,
+    key: &str,
+    names: &[String],
+) -> Result<BTreeSet<Route>, ConfigError> {
     names
         .iter()
-        .map(|n| {
-            Route::from_name(n).ok_or_else(|| {
-                invalid(
-                    key,
-                    format!("unknown route {n:?}; expected one of {:?}", Route::names()),
-                )
-            })
-        })
+        .map(|n| table.by_name(n).ok_or_else(|| table.unknown(key.into(), n)))
         .collect()
 }
 
@@ -1214,6 +1227,7 @@ fn credentials<V: AsRef<str>>(
 fn resolve_clients(
     list: &[ClientConfig],
     accounts: &[Account],
+    table: &RouteTable,
 ) -> Result<Vec<Client>, ConfigError> {
     let mut clients: Vec<Client> = Vec::new();
     for (i, c) in list.iter().enumerate() {
@@ -1243,19 +1257,7 @@ fn resolve_clients(
         }
         let routes = match &c.routes {
             None => None,
-            Some(names) => {
-                let mut set = BTreeSet::new();
-                for n in names {
-                    let r = Route::from_name(n).ok_or_else(|| {
-                        invalid(
-                            format!("{key}.routes"),
-                            format!("unknown route {n:?}; expected one of {:?}", Route::names()),
-                        )
-                    })?;
-                    set.insert(r);
-                }
-                Some(set)
-            }
+            Some(names) => Some(route_set(table, &format!("{key}.routes"), names)?),
         };
         clients.push(Client {
             name: c.name.clone(),

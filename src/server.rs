@@ -157,6 +157,7 @@ impl Gateway {
             Arc::new(TwoLevel::new(
                 f,
                 names,
+                settings.routes.clone(),
                 settings.cache.max_bytes,
                 metrics.clone(),
             ))
@@ -196,13 +197,12 @@ impl Gateway {
             rate_limit: RateLimitLayer::new(limiter, create.clone(), metrics.clone()),
         };
         let edge = Arc::new(stack::build(
-            &settings.server,
+            &settings,
             metrics.clone(),
             auth.clone(),
             cache.clone(),
             protection,
             client,
-            settings.max_inflight_per_client(),
         ));
         let reloader = Arc::new(Reloader {
             source: std::sync::OnceLock::new(),
@@ -367,6 +367,7 @@ impl Server {
             draining: draining.clone(),
             fleet: gateway.fleet.clone(),
             two_level: gateway.two_level.clone(),
+            routes: gateway.settings.routes.clone(),
         });
         let server_cfg = gateway.settings.server.clone();
         let admin_task = tokio::spawn(admin::serve(

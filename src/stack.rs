@@ -12,7 +12,7 @@ use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::cache::Cache;
-use crate::config::ServerConfig;
+use crate::config::Settings;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::auth::{AuthLayer, SharedAuthenticator};
 use crate::layers::body_limit::BodyLimitLayer;
@@ -63,20 +63,21 @@ impl<B: http_body::Body> Edge<B> {
 }
 
 pub fn build<B>(
-    cfg: &ServerConfig,
+    settings: &Settings,
     metrics: Arc<Metrics>,
     auth: SharedAuthenticator,
     cache: Arc<Cache>,
     protection: Protection,
     client: UpstreamClient,
-    inflight_per_client: usize,
 ) -> Edge<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let cfg = &settings.server;
+    let routes = settings.routes.clone();
     // In front of everything: a fresh hit, the bulk of the traffic, never enters the stack.
-    let hits = FastHit::new(auth.clone(), cache.clone(), metrics.clone());
+    let hits = FastHit::new(auth.clone(), cache.clone(), metrics.clone(), routes.clone());
     // After the body is read and a concurrency slot taken: plain `Req` → `Resp` services.
     let inner = GatewayService::new(
         ServiceBuilder::new()
@@ -97,7 +98,10 @@ where
             // The upstream call itself, with only allow-listed headers.
             .service(Forward::new(client)),
     );
-    let per_client = ClientLimitLayer::new(auth.load().caller_names(), inflight_per_client);
+    let per_client = ClientLimitLayer::new(
+        auth.load().caller_names(),
+        settings.max_inflight_per_client(),
+    );
     let stack = EdgeService::new(
         ServiceBuilder::new()
             // Outermost, so every answer (our own errors too) is logged and counted.
@@ -105,7 +109,7 @@ where
             // Before anything can fail, so every error envelope carries the request's id.
             .layer(RequestIdLayer)
             // Classify once; unknown routes (404) end here.
-            .layer(RouteLayer)
+            .layer(RouteLayer(routes))
             // Who is calling (401), as which account, and may they call this route (403); then
             // its query (400 for an undeclared parameter): from the head alone, so a caller
             // without a key never holds a slot or a body buffer, nor learns a route's parameters.

@@ -144,7 +144,7 @@ impl Entry {
     pub fn new(route: Route, answer: Answer, policy: &CachePolicy, now: Instant) -> Entry {
         let mut fresh_for = policy.ttl;
         // A disk mounting or being destroyed is what pollers wait on: its entry lives shorter.
-        if route == Route::DiskInfo
+        if route.has_disk_status()
             && !policy.status_ttl.is_empty()
             && let Some(ttl) = disk_status(&answer.body).and_then(|s| policy.status_ttl.get(&s))
         {

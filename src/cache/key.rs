@@ -55,7 +55,7 @@ pub fn canonical_query(route: Route, query: Option<&str>) -> Option<String> {
 
 /// Whether a route's requests are told apart by their JSON body (a POST that only reads).
 pub fn body_keyed(route: Route) -> bool {
-    route == Route::DiskList
+    route.body_keyed()
 }
 
 /// The canonical form of a JSON body: keys sorted, no whitespace. `None` when it is not JSON.

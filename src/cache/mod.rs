@@ -79,37 +79,11 @@ impl Reason {
     }
 }
 
-/// Which entries a successful mutation makes wrong: a route's entry for the id the mutation names,
-/// or all of the account's entries of a route.
-#[derive(Debug, Clone, Copy)]
-pub enum Stale {
-    SameId(Route),
-    WholeRoute(Route),
-}
+pub use crate::routes::Stale;
 
-/// The invalidation rules: what each mutation changes.
+/// The invalidation rules: what each mutation changes (the route table says).
 pub fn invalidated_by(route: Route) -> &'static [Stale] {
-    use Route::*;
-    use Stale::*;
-    match route {
-        DiskMount => &[SameId(DiskInfo), WholeRoute(DiskList)],
-        DiskUpdateStatus => &[
-            SameId(DiskInfo),
-            WholeRoute(DiskList),
-            WholeRoute(DiskMemoryTotal),
-        ],
-        DiskCreate => &[WholeRoute(DiskList), WholeRoute(DiskMemoryTotal)],
-        HostOperate | HostReboot => &[SameId(HostOne), WholeRoute(HostPage)],
-        // Deleting a host unmounts its disks.
-        HostDelete => &[
-            SameId(HostOne),
-            WholeRoute(HostPage),
-            WholeRoute(DiskInfo),
-            WholeRoute(DiskList),
-        ],
-        HostCreateQuantity | HostCreateRent => &[WholeRoute(HostPage)],
-        _ => &[],
-    }
+    route.invalidates()
 }
 
 fn label(what: &Invalidation) -> &'static str {

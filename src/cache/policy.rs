@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, duration};
-use crate::routes::Route;
+use crate::routes::{Caching, Route, RouteTable};
 
 /// The `[cache]` section as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -30,7 +30,7 @@ impl Default for CacheConfig {
 }
 
 /// One route's policy as written; every field falls back to the route's built-in default.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutePolicyConfig {
     pub enabled: Option<bool>,
@@ -103,25 +103,16 @@ fn durations<S: serde::Serializer>(
     map.end()
 }
 
-/// Routes that only read, and so may be cached.
+/// Routes that only read, and so may be cached (the route table says which).
 pub fn cacheable(route: Route) -> bool {
-    matches!(
-        route,
-        Route::DiskInfo
-            | Route::DiskList
-            | Route::DiskMemoryTotal
-            | Route::HostImage
-            | Route::HostPackage
-            | Route::HostOne
-            | Route::HostPage
-    )
+    route.cacheable()
 }
 
 /// Built-in policy: `disk.info` on (5s, 5s stale-while-revalidate, 5m stale-if-error, 1s while a
 /// disk is mounting or being destroyed), every other cacheable route off with the same timings.
 fn builtin(route: Route) -> (bool, CachePolicy) {
     let mut status_ttl = BTreeMap::new();
-    if route == Route::DiskInfo {
+    if route.has_disk_status() {
         status_ttl.insert("1".to_string(), Duration::from_secs(1));
         status_ttl.insert("4".to_string(), Duration::from_secs(1));
     }
@@ -131,7 +122,45 @@ fn builtin(route: Route) -> (bool, CachePolicy) {
         stale_if_error: Duration::from_secs(300),
         status_ttl,
     };
-    (route == Route::DiskInfo, policy)
+    (matches!(route.caching(), Caching::On), policy)
+}
+
+/// Applies a route's table (`key` names it) over `enabled` and `policy`. Writing a route's table
+/// is asking for it to be cached, unless it says otherwise.
+fn apply(
+    key: &str,
+    route: Route,
+    c: &RoutePolicyConfig,
+    enabled: &mut bool,
+    policy: &mut CachePolicy,
+) -> Result<(), ConfigError> {
+    *enabled = c.enabled.unwrap_or(true);
+    policy.ttl = c.ttl.unwrap_or(policy.ttl);
+    policy.stale_while_revalidate = c
+        .stale_while_revalidate
+        .unwrap_or(policy.stale_while_revalidate);
+    policy.stale_if_error = c.stale_if_error.unwrap_or(policy.stale_if_error);
+    if policy.ttl.is_zero() {
+        return Err(invalid(
+            format!("{key}.ttl"),
+            "expected a duration greater than 0",
+        ));
+    }
+    if let Some(map) = &c.status_ttl {
+        if !route.has_disk_status() {
+            return Err(invalid(
+                format!("{key}.status_ttl"),
+                "only disk.info has a disk status",
+            ));
+        }
+        policy.status_ttl.clear();
+        for (status, text) in map {
+            let d = duration::parse(text)
+                .map_err(|m| invalid(format!("{key}.status_ttl.{status}"), m))?;
+            policy.status_ttl.insert(status.clone(), d);
+        }
+    }
+    Ok(())
 }
 
 /// The cache's resolved settings: the enabled routes' policies.
@@ -149,7 +178,7 @@ fn invalid(key: String, message: impl Into<String>) -> ConfigError {
 }
 
 impl CacheConfig {
-    pub fn resolve(&self) -> Result<CacheSettings, ConfigError> {
+    pub fn resolve(&self, table: &RouteTable) -> Result<CacheSettings, ConfigError> {
         if self.max_bytes < 1024 {
             return Err(invalid(
                 "cache.max_bytes".into(),
@@ -158,12 +187,9 @@ impl CacheConfig {
         }
         for name in self.routes.keys() {
             let key = format!("cache.routes.{name:?}");
-            let route = Route::from_name(name).ok_or_else(|| {
-                invalid(
-                    key.clone(),
-                    format!("unknown route; expected one of {:?}", Route::names()),
-                )
-            })?;
+            let route = table
+                .by_name(name)
+                .ok_or_else(|| table.unknown(key.clone(), name))?;
             if !cacheable(route) {
                 return Err(invalid(
                     key,
@@ -172,37 +198,20 @@ impl CacheConfig {
             }
         }
         let mut routes = BTreeMap::new();
-        for route in Route::all().filter(|r| cacheable(*r)) {
+        for route in table.iter().filter(|r| cacheable(*r)) {
             let (mut enabled, mut policy) = builtin(route);
+            if let (Caching::Table(c), Some(source)) = (route.caching(), route.source()) {
+                apply(
+                    &format!("{source}.cache"),
+                    route,
+                    c,
+                    &mut enabled,
+                    &mut policy,
+                )?;
+            }
             if let Some(c) = self.routes.get(route.as_str()) {
                 let key = format!("cache.routes.{:?}", route.as_str());
-                // Writing a route's table is asking for it to be cached, unless it says otherwise.
-                enabled = c.enabled.unwrap_or(true);
-                policy.ttl = c.ttl.unwrap_or(policy.ttl);
-                policy.stale_while_revalidate = c
-                    .stale_while_revalidate
-                    .unwrap_or(policy.stale_while_revalidate);
-                policy.stale_if_error = c.stale_if_error.unwrap_or(policy.stale_if_error);
-                if policy.ttl.is_zero() {
-                    return Err(invalid(
-                        format!("{key}.ttl"),
-                        "expected a duration greater than 0",
-                    ));
-                }
-                if let Some(map) = &c.status_ttl {
-                    if route != Route::DiskInfo {
-                        return Err(invalid(
-                            format!("{key}.status_ttl"),
-                            "only disk.info has a disk status",
-                        ));
-                    }
-                    policy.status_ttl.clear();
-                    for (status, text) in map {
-                        let d = duration::parse(text)
-                            .map_err(|m| invalid(format!("{key}.status_ttl.{status}"), m))?;
-                        policy.status_ttl.insert(status.clone(), d);
-                    }
-                }
+                apply(&key, route, c, &mut enabled, &mut policy)?;
             }
             if enabled {
                 routes.insert(route, policy);
@@ -224,12 +233,17 @@ mod tests {
         struct File {
             cache: CacheConfig,
         }
-        toml::from_str::<File>(text).unwrap().cache.resolve()
+        toml::from_str::<File>(text)
+            .unwrap()
+            .cache
+            .resolve(&RouteTable::default())
     }
 
     #[test]
     fn disk_info_is_on_by_default_and_others_off() {
-        let s = CacheConfig::default().resolve().unwrap();
+        let s = CacheConfig::default()
+            .resolve(&RouteTable::default())
+            .unwrap();
         assert_eq!(
             s.routes.keys().copied().collect::<Vec<_>>(),
             vec![Route::DiskInfo]

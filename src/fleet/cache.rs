@@ -28,7 +28,7 @@ use crate::cache::key::CacheKey;
 use crate::fleet::codec::{decode_entry, encode_entry};
 use crate::fleet::{Fleet, StoreError, UNLOCK, fence, px};
 use crate::metrics::Metrics;
-use crate::routes::Route;
+use crate::routes::{Route, RouteTable};
 use crate::store::{CacheStore, Claim, Invalidation, MemoryStore, RemoteHook, Ticket, Usage};
 use crate::svc::BoxFuture;
 
@@ -113,9 +113,9 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 "#;
 
-/// Routes whose answers never leave the replica.
+/// Routes whose answers never leave the replica (the route table says which).
 fn local_only(route: Route) -> bool {
-    route == Route::HostOne
+    route.local_only()
 }
 
 pub struct TwoLevel(Arc<Inner>);
@@ -124,6 +124,8 @@ struct Inner {
     fleet: Arc<Fleet>,
     /// The configured accounts, for invalidations that span them.
     accounts: Vec<Arc<str>>,
+    /// This config's routes: names in messages, and every route for a purge of all.
+    routes: Arc<RouteTable>,
     l1: MemoryStore,
     metrics: Arc<Metrics>,
     get: redis::Script,
@@ -161,13 +163,13 @@ fn encode_message(origin: &str, what: &Invalidation) -> String {
     format!("{origin}\t{}\t{kind}\t{account}\t{route}\t{id}", now_us())
 }
 
-fn decode_message(msg: &str) -> Option<(&str, u64, Invalidation)> {
+fn decode_message<'a>(msg: &'a str, routes: &RouteTable) -> Option<(&'a str, u64, Invalidation)> {
     let mut parts = msg.splitn(6, '\t');
     let origin = parts.next()?;
     let sent_us = parts.next()?.parse().ok()?;
     let kind = parts.next()?;
     let account = parts.next()?;
-    let route = parts.next().map(Route::from_name);
+    let route = parts.next().map(|name| routes.by_name(name));
     let id = parts.next()?;
     let what = match kind {
         "key" => Invalidation::Key(CacheKey::new(account, route??, id)),
@@ -188,12 +190,14 @@ impl TwoLevel {
     pub fn new(
         fleet: Arc<Fleet>,
         accounts: Vec<Arc<str>>,
+        routes: Arc<RouteTable>,
         l1_max_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> TwoLevel {
         TwoLevel(Arc::new(Inner {
             fleet,
             accounts,
+            routes,
             l1: MemoryStore::new(l1_max_bytes),
             metrics,
             get: redis::Script::new(GET),
@@ -322,7 +326,7 @@ impl Inner {
             let Ok(text) = msg.get_payload::<String>() else {
                 continue;
             };
-            let Some((origin, sent_us, what)) = decode_message(&text) else {
+            let Some((origin, sent_us, what)) = decode_message(&text, &self.routes) else {
                 continue;
             };
             if origin == self.origin {
@@ -382,7 +386,7 @@ impl Inner {
         let routes = |route: Option<Route>| -> Vec<Route> {
             match route {
                 Some(r) => vec![r],
-                None => Route::all().filter(|r| !local_only(*r)).collect(),
+                None => self.routes.iter().filter(|r| !local_only(*r)).collect(),
             }
         };
         let (accounts, routes): (Vec<Arc<str>>, Vec<Route>) = match what {
@@ -653,10 +657,10 @@ mod tests {
         ];
         for what in cases {
             let msg = encode_message("me", &what);
-            let (origin, _, back) = decode_message(&msg).expect("decodes");
+            let (origin, _, back) = decode_message(&msg, &RouteTable::default()).expect("decodes");
             assert_eq!(origin, "me");
             assert_eq!(back, what);
         }
-        assert!(decode_message("garbage").is_none());
+        assert!(decode_message("garbage", &RouteTable::default()).is_none());
     }
 }

@@ -24,7 +24,7 @@ use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
 use crate::layers::request_id::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
-use crate::routes::{Route, check_query, classify};
+use crate::routes::{Route, RouteTable, check_query};
 use crate::svc::Resp;
 
 /// A route's hit metrics: the request counter (GET, 200), its duration, and the cache lookup.
@@ -38,22 +38,29 @@ pub struct FastHit {
     auth: SharedAuthenticator,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
+    routes: Arc<RouteTable>,
     /// By route, resolved on the route's first hit (so no series appears before it is used).
     per_route: Vec<OnceLock<HitMetrics>>,
 }
 
 impl FastHit {
-    pub fn new(auth: SharedAuthenticator, cache: Arc<Cache>, metrics: Arc<Metrics>) -> FastHit {
+    pub fn new(
+        auth: SharedAuthenticator,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+        routes: Arc<RouteTable>,
+    ) -> FastHit {
         FastHit {
             auth,
             cache,
             metrics,
-            per_route: Route::all().map(|_| OnceLock::new()).collect(),
+            per_route: routes.iter().map(|_| OnceLock::new()).collect(),
+            routes,
         }
     }
 
     fn metrics_of(&self, route: Route) -> &HitMetrics {
-        self.per_route[route as usize].get_or_init(|| HitMetrics {
+        self.per_route[route.index()].get_or_init(|| HitMetrics {
             requests: self.metrics.requests.with_label_values(&[
                 route.as_str(),
                 method_label(route.method()),
@@ -77,7 +84,7 @@ impl FastHit {
         if !req.body().is_end_stream() {
             return None;
         }
-        let matched = classify(req.method(), req.uri().path())?;
+        let matched = self.routes.classify(req.method(), req.uri().path())?;
         let route = matched.route;
         if body_keyed(route) || !self.cache.caches(route) || no_cache(req.headers()) {
             return None;

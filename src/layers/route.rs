@@ -6,6 +6,7 @@
 //! go on the same way with their [`GatewayRoute`] instead; they take no query parameters.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -13,22 +14,27 @@ use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
-use crate::routes::{GatewayRoute, Route, classify};
+use crate::routes::{GatewayRoute, Route, RouteTable};
 use crate::svc::{Resp, RespFuture};
 
-#[derive(Clone, Default)]
-pub struct RouteLayer;
+/// Classifies against one config's route table.
+#[derive(Clone)]
+pub struct RouteLayer(pub Arc<RouteTable>);
 
 impl<S> Layer<S> for RouteLayer {
     type Service = RouteService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RouteService { inner }
+        RouteService {
+            inner,
+            routes: self.0.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct RouteService<S> {
     inner: S,
+    routes: Arc<RouteTable>,
 }
 
 impl<S, B> Service<Request<B>> for RouteService<S>
@@ -46,7 +52,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
-        let Some(matched) = classify(req.method(), req.uri().path()) else {
+        let Some(matched) = self.routes.classify(req.method(), req.uri().path()) else {
             if let Some(own) = GatewayRoute::classify(req.method(), req.uri().path()) {
                 return self.own(own, req);
             }

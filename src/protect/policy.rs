@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, duration};
-use crate::routes::Route;
+use crate::routes::{Route, RouteTable};
 
 /// The `[create]` section as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -131,24 +131,14 @@ pub struct CreateSettings {
     pub records_max_bytes: u64,
 }
 
-/// Routes that spend money.
+/// Routes that spend money (the route table says which).
 pub fn spends_money(route: Route) -> bool {
-    matches!(
-        route,
-        Route::DiskCreate | Route::HostCreateQuantity | Route::HostCreateRent
-    )
+    route.spends_money()
 }
 
 /// Mutations that only get in-flight de-duplication.
 pub fn collapses_in_flight(route: Route) -> bool {
-    matches!(
-        route,
-        Route::DiskMount
-            | Route::DiskUpdateStatus
-            | Route::HostOperate
-            | Route::HostReboot
-            | Route::HostDelete
-    )
+    route.collapses_in_flight()
 }
 
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
@@ -178,15 +168,12 @@ pub fn parse_rate(text: &str, burst: u32) -> Result<Rate, String> {
 }
 
 impl CreateConfig {
-    pub fn resolve(&self) -> Result<CreateSettings, ConfigError> {
+    pub fn resolve(&self, table: &RouteTable) -> Result<CreateSettings, ConfigError> {
         for name in self.routes.keys() {
             let key = format!("create.routes.{name:?}");
-            let route = Route::from_name(name).ok_or_else(|| {
-                invalid(
-                    key.clone(),
-                    format!("unknown route; expected one of {:?}", Route::names()),
-                )
-            })?;
+            let route = table
+                .by_name(name)
+                .ok_or_else(|| table.unknown(key.clone(), name))?;
             if !spends_money(route) {
                 return Err(invalid(
                     key,
@@ -195,7 +182,7 @@ impl CreateConfig {
             }
         }
         let mut routes = BTreeMap::new();
-        for route in Route::all().filter(|r| spends_money(*r)) {
+        for route in table.iter().filter(|r| spends_money(*r)) {
             let c = self.routes.get(route.as_str()).cloned().unwrap_or_default();
             let key = |field: &str| format!("create.routes.{:?}.{field}", route.as_str());
             let dur = |field: &str,
@@ -276,7 +263,9 @@ mod tests {
 
     #[test]
     fn defaults_cover_every_spending_route() {
-        let s = CreateConfig::default().resolve().unwrap();
+        let s = CreateConfig::default()
+            .resolve(&RouteTable::default())
+            .unwrap();
         assert_eq!(s.routes.len(), 3);
         let p = &s.routes[&Route::DiskCreate];
         assert_eq!(p.rate.interval(), Duration::from_secs(1));
@@ -298,7 +287,7 @@ mod tests {
                     ..Default::default()
                 },
             );
-            c.resolve()
+            c.resolve(&RouteTable::default())
         };
         let s = with("account").unwrap();
         assert_eq!(
@@ -345,7 +334,7 @@ mod tests {
                 "create.records_max_bytes",
             ),
         ] {
-            let e = c.resolve().unwrap_err().to_string();
+            let e = c.resolve(&RouteTable::default()).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
     }
@@ -367,11 +356,16 @@ mod tests {
                 ..Default::default()
             },
         );
-        let e = c.resolve().unwrap_err().to_string();
+        let e = c.resolve(&RouteTable::default()).unwrap_err().to_string();
         assert!(e.contains("create.routes.\"disk.create\".rate"), "{e}");
         let mut c = CreateConfig::default();
         c.routes
             .insert("disk.info".into(), CreatePolicyConfig::default());
-        assert!(c.resolve().unwrap_err().to_string().contains("disk.info"));
+        assert!(
+            c.resolve(&RouteTable::default())
+                .unwrap_err()
+                .to_string()
+                .contains("disk.info")
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::routes::Route;
+use crate::routes::{Route, SpendBody};
 
 /// Why a body was refused: the envelope code and a message naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,11 +354,13 @@ fn host_create(route: Route, body: &[u8], rent: bool) -> Result<HostOrder, Inval
 
 /// Validates the body of a create route into its order; other routes pass (`None`).
 pub fn check(route: Route, body: &[u8]) -> Result<Option<Order>, Invalid> {
-    match route {
-        Route::DiskCreate => disk_create(body).map(|d| Some(Order::Disk(d))),
-        Route::HostCreateQuantity => host_create(route, body, false).map(|h| Some(Order::Host(h))),
-        Route::HostCreateRent => host_create(route, body, true).map(|h| Some(Order::Host(h))),
-        _ => Ok(None),
+    match route.spend_body() {
+        Some(SpendBody::Disk) => disk_create(body).map(|d| Some(Order::Disk(d))),
+        Some(SpendBody::HostQuantity) => {
+            host_create(route, body, false).map(|h| Some(Order::Host(h)))
+        }
+        Some(SpendBody::HostRent) => host_create(route, body, true).map(|h| Some(Order::Host(h))),
+        None => Ok(None),
     }
 }
 

@@ -6,6 +6,7 @@ mod auth;
 mod cache;
 mod cache_state;
 mod capacity;
+mod config_routes;
 mod crash;
 mod create;
 mod dedup_parts;

@@ -133,10 +133,12 @@ fn objects() -> impl Strategy<Value = String> {
 
 /// The documented fields of a canonical body, in their fixed order.
 fn documented(route: Route) -> &'static [&'static str] {
-    match route {
-        Route::DiskCreate => &["area", "memory", "isMount", "pveId"],
-        Route::HostCreateQuantity => &["packageId", "imageId"],
-        _ => &["packageId", "imageId", "periodNumber", "periodType"],
+    if route == Route::DiskCreate {
+        &["area", "memory", "isMount", "pveId"]
+    } else if route == Route::HostCreateQuantity {
+        &["packageId", "imageId"]
+    } else {
+        &["packageId", "imageId", "periodNumber", "periodType"]
     }
 }
 

@@ -990,6 +990,7 @@ async fn stats_count_every_call_that_reached_the_simulator() {
         "one",
         "mypage",
         "delete",
+        "balance",
         "other",
     ];
     assert_eq!(

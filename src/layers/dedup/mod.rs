@@ -298,7 +298,7 @@ impl Ctx {
             // A disk create counts as being made until its disk is claimed, below.
             let making = keep
                 .as_ref()
-                .filter(|_| route == Route::DiskCreate)
+                .filter(|_| route.settles_by_disk_list())
                 .map(|k| (RecordKey::making(&account, &k.fingerprint), k.rkey.clone()));
             let resp = match &making {
                 Some((making, rkey)) => {

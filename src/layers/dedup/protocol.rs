@@ -70,7 +70,7 @@ pub async fn record_outcome(
     outcome: &Outcome,
 ) -> bool {
     let mut claimed = true;
-    if route == Route::DiskCreate
+    if route.settles_by_disk_list()
         && let Some(disk) = created_disk(&outcome.answer)
     {
         claimed = records

@@ -51,7 +51,8 @@ pub fn list_request(original: &Req, order: &DiskOrder, page: u64) -> Req {
     let body = serde_json::json!({"page": page, "pageSize": PAGE_SIZE, "area": order.area});
     let mut list = Req::new(Bytes::from(body.to_string()));
     *list.method_mut() = Method::POST;
-    *list.uri_mut() = http::Uri::from_static("/v1/PveMachineHardDisk/open/getList");
+    *list.uri_mut() =
+        http::Uri::try_from(Route::DiskList.path_template()).expect("a route's path is a URI");
     list.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
