@@ -181,7 +181,7 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
                 ready &= !fleet.required_for_readiness;
                 format!(
                     "down ({}): cache and token from this replica only; creates {}",
-                    e.0,
+                    e.detail(),
                     fleet.creates_when_down()
                 )
             }

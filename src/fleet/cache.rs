@@ -301,9 +301,13 @@ impl Inner {
         };
         let mut ps = match tokio::time::timeout(self.fleet.timeout() * 4, connect).await {
             Ok(Ok(ps)) => ps,
-            Ok(Err(e)) => return self.fleet.subscription_failed(&StoreError(e.to_string())),
+            Ok(Err(e)) => {
+                return self
+                    .fleet
+                    .subscription_failed(&StoreError::Redis(e.to_string()));
+            }
             Err(_) => {
-                let e = StoreError("subscribing timed out".into());
+                let e = StoreError::Subscription("subscribing timed out");
                 return self.fleet.subscription_failed(&e);
             }
         };
@@ -340,7 +344,7 @@ impl Inner {
             "lost the subscription to the fleet's cache invalidations; subscribing again"
         );
         self.fleet
-            .subscription_failed(&StoreError("subscription connection lost".into()));
+            .subscription_failed(&StoreError::Subscription("subscription connection lost"));
     }
 
     async fn get_l2(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, StoreError> {

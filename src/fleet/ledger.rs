@@ -90,7 +90,7 @@ impl Ledger for RedisLedger {
                         Over::Gb(i)
                     }))
                 }
-                (Ok(n), _) => Err(StoreError(format!("unexpected budget answer {n}"))),
+                (Ok(n), _) => Err(StoreError::Unexpected(format!("budget answer {n}"))),
                 (Err(_), Some(local)) => local.charge(charges).await,
                 (Err(e), None) => Err(e),
             }

@@ -111,7 +111,7 @@ impl RateLimiter for RedisLimiter {
                 .await;
             match (out, &this.local) {
                 (Ok(out), _) => decision(&limits, max_wait, &out).ok_or_else(|| {
-                    crate::fleet::StoreError("unexpected answer from the rate script".into())
+                    crate::fleet::StoreError::Unexpected("the rate script's answer".into())
                 }),
                 (Err(_), Some(local)) => local.reserve(limits, max_wait).await,
                 (Err(e), None) => Err(e),

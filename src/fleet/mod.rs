@@ -40,9 +40,36 @@ use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
 /// A shared-state operation that did not complete: Redis refused, was unreachable, or too slow.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("shared state unavailable: {0}")]
-pub struct StoreError(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The connection or the command failed (the client's own words).
+    #[error("shared state unavailable: {0}")]
+    Redis(String),
+    #[error("shared state unavailable: no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// Commands fail at once for a moment after a failure, which this carries.
+    #[error("shared state unavailable: {0}")]
+    Resting(Box<StoreError>),
+    /// A script or command answered what it never answers.
+    #[error("shared state unavailable: unexpected answer: {0}")]
+    Unexpected(String),
+    #[error("shared state unavailable: cache invalidations: {0}")]
+    Subscription(&'static str),
+}
+
+impl StoreError {
+    /// What went wrong, without the common prefix (for `/readyz` and the log).
+    pub fn detail(&self) -> String {
+        match self {
+            StoreError::Redis(e) | StoreError::Unexpected(e) => e.clone(),
+            StoreError::Timeout(t) => {
+                format!("no answer within {}", humantime::format_duration(*t))
+            }
+            StoreError::Resting(e) => e.detail(),
+            StoreError::Subscription(e) => (*e).to_string(),
+        }
+    }
+}
 
 /// The fleet's Redis: one multiplexed connection per replica (re-established by itself), and the
 /// health it last showed.
@@ -55,7 +82,7 @@ pub struct Fleet {
     pub required_for_readiness: bool,
     metrics: Arc<Metrics>,
     /// The last failure, until a command succeeds again (for `/readyz`).
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<StoreError>>,
     /// After a failure, commands fail at once until then instead of each waiting out the timeout.
     resting_until: Mutex<Option<tokio::time::Instant>>,
     /// The fleet marker as this replica last saw it, and the last loss of data it noticed.
@@ -283,7 +310,10 @@ impl Fleet {
         if let Some(until) = resting
             && tokio::time::Instant::now() < until
         {
-            let e = StoreError(self.last_error().unwrap_or_else(|| "resting".into()));
+            let e = match self.last_failure() {
+                Some(e) => StoreError::Resting(Box::new(e)),
+                None => StoreError::Subscription("resting"),
+            };
             self.metrics.redis_errors.with_label_values(&[op]).inc();
             return Err(e);
         }
@@ -293,11 +323,8 @@ impl Fleet {
         };
         let outcome = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
-            Err(_) => Err(StoreError(format!(
-                "no answer within {}",
-                humantime::format_duration(self.timeout)
-            ))),
+            Ok(Err(e)) => Err(StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
         };
         match &outcome {
             Ok(_) => {
@@ -323,7 +350,7 @@ impl Fleet {
             .redis_errors
             .with_label_values(&["subscribe"])
             .inc();
-        tracing::debug!(error = %e.0, "cannot subscribe to the fleet's cache invalidations");
+        tracing::debug!(error = %e.detail(), "cannot subscribe to the fleet's cache invalidations");
     }
 
     /// Counts and remembers a failed command; commands rest for a moment.
@@ -332,9 +359,9 @@ impl Fleet {
         self.marker_checked.store(false, Ordering::SeqCst);
         let mut last = self.last_error.lock().expect("fleet health");
         if last.is_none() {
-            tracing::warn!(op, error = %e.0, "redis failed; falling back where configured");
+            tracing::warn!(op, error = %e.detail(), "redis failed; falling back where configured");
         }
-        *last = Some(e.0.clone());
+        *last = Some(e.clone());
         *self.resting_until.lock().expect("fleet health") =
             Some(tokio::time::Instant::now() + REST);
     }
@@ -348,7 +375,7 @@ impl Fleet {
     }
 
     /// The failure Redis is in, if it is in one.
-    fn last_error(&self) -> Option<String> {
+    fn last_failure(&self) -> Option<StoreError> {
         self.last_error.lock().expect("fleet health").clone()
     }
 

@@ -69,16 +69,23 @@ impl TokenStore {
     /// Whether this replica may call `getToken` now: true for one replica per `interval` (the
     /// fleet's `min_refresh_interval`), which the key's expiry measures.
     pub async fn gate(&self, account: &str, interval: Duration) -> Result<bool, StoreError> {
-        self.set_nx(self.gate_key(account), "1".into(), interval)
+        self.set_nx("token_gate", self.gate_key(account), "1".into(), interval)
             .await
     }
 
     /// `SET key value NX PX ttl`: whether this call set it.
-    async fn set_nx(&self, key: String, value: String, ttl: Duration) -> Result<bool, StoreError> {
+    /// `op` labels its failures in `redis_errors_total`.
+    async fn set_nx(
+        &self,
+        op: &'static str,
+        key: String,
+        value: String,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let ttl = px(ttl);
         let got: Option<String> = self
             .fleet
-            .run("token_lock", |mut c| async move {
+            .run(op, |mut c| async move {
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(&value)
@@ -122,7 +129,12 @@ impl TokenStore {
     pub async fn lock(&self, account: &str) -> Result<Option<String>, StoreError> {
         let fence = fence();
         let got = self
-            .set_nx(self.lock_key(account), fence.clone(), self.fleet.lock_ttl)
+            .set_nx(
+                "token_lock",
+                self.lock_key(account),
+                fence.clone(),
+                self.fleet.lock_ttl,
+            )
             .await?;
         Ok(got.then_some(fence))
     }

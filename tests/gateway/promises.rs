@@ -405,6 +405,33 @@ async fn after_a_redis_timeout_commands_rest_instead_of_each_waiting_it_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_failures_on_the_token_path_are_counted_under_their_own_operation() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = crate::redis_harness::RedisServer::start();
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-ops:\"\nrequired_for_readiness = false\n\
+         [token]\nmin_lifetime = \"0s\"\nmin_refresh_interval = \"100ms\"\n",
+        redis.url()
+    );
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(get(&url, &[]).await.0, 200);
+    // Without Redis, a rejected token is replaced by this replica alone: the fleet's refresh
+    // lock and its getToken gate both fail, each counted under its own name.
+    redis.kill();
+    sim.revoke_tokens().await;
+    tokio::time::sleep(Duration::from_millis(150)).await; // past min_refresh_interval
+    let (status, _, v) = get(&url, &[]).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    for op in ["token_lock", "token_gate"] {
+        let n = gw
+            .metric("finovy_gateway_redis_errors_total", &[("op", op)])
+            .await;
+        assert!(n >= 1.0, "redis errors under op={op}: {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_metric_label_the_readme_names_is_counted() {
     const ADMIN: &str = "admin-key-for-tests-0003";
     let sim = Sim::start(sim_config()).await;
