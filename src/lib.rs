@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod config_error;
+pub mod duration;
 pub mod envelope;
 pub mod error;
 pub mod fleet;
@@ -14,6 +16,7 @@ pub mod metrics;
 pub mod protect;
 pub mod reload;
 pub mod routes;
+pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod single_flight;

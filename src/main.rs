@@ -30,7 +30,7 @@ struct Cli {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    config::duration::parse(s)
+    finovy_gateway::duration::parse(s)
 }
 
 #[derive(Subcommand)]

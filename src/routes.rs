@@ -21,7 +21,7 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::policy::RoutePolicyConfig;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// What a route does upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

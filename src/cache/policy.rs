@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, duration};
+use crate::config_error::ConfigError;
+use crate::duration;
 use crate::routes::{Caching, Route, RouteTable};
 
 /// The `[cache]` section as written.

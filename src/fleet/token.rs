@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Secret;
 use crate::fleet::{Fleet, StoreError, UNLOCK, fence, now_ms, px};
+use crate::secret::Secret;
 
 /// Writes the token if the lock is still ours, then frees the lock.
 const PUBLISH: &str = r#"

@@ -20,7 +20,7 @@ pub mod validate;
 
 use std::sync::Arc;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The request's id (`X-Request-Id`, kept or generated); the `traceId` of the gateway's own errors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

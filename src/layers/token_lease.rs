@@ -30,13 +30,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::config::Secret;
 use crate::error::{GatewayError, retry_secs};
 use crate::layers::{AccountName, Caller, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, MemoryLimiter, Scope};
 use crate::protect::policy::Rate;
 use crate::routes::GatewayRoute;
+use crate::secret::Secret;
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::token::Lease;
 

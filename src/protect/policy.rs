@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, duration};
+use crate::config_error::ConfigError;
+use crate::duration;
 use crate::routes::{Route, RouteTable};
 
 /// The `[create]` section as written.

@@ -30,9 +30,10 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::{Credentials, Secret, TokenConfig};
+use crate::config::{Credentials, TokenConfig};
 use crate::fleet::token::{SharedToken, TokenStore};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::single_flight::SingleFlight;
 use crate::upstream::UpstreamClient;
 
