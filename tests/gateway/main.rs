@@ -15,6 +15,7 @@ mod harness;
 mod hits;
 mod hostile;
 mod limits;
+mod memory_bound;
 mod observability;
 mod process;
 mod promises;
