@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -38,20 +38,45 @@ impl Answer {
     /// The same answer in memory of its own. An answer read from a connection holds slices of
     /// that connection's read buffer (its body, its header values), so keeping it as it is would
     /// keep the whole buffer alive; what is kept for a while (cache entries, records) is copied.
+    /// The body and every header value share one allocation, and the header map has no spare
+    /// room: each separate small allocation costs malloc's rounding and bookkeeping besides.
     pub fn compacted(&self) -> Answer {
+        let values: usize = self.headers.values().map(HeaderValue::len).sum();
+        let mut block = BytesMut::with_capacity(self.body.len() + values);
+        block.extend_from_slice(&self.body);
+        for value in self.headers.values() {
+            block.extend_from_slice(value.as_bytes());
+        }
+        let block = block.freeze();
         let mut headers = HeaderMap::with_capacity(self.headers.len());
+        let mut at = self.body.len();
         for (name, value) in &self.headers {
-            let mut owned =
-                HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            let end = at + value.len();
+            let mut owned = HeaderValue::from_maybe_shared(block.slice(at..end))
+                .unwrap_or_else(|_| value.clone());
             owned.set_sensitive(value.is_sensitive());
             headers.append(name.clone(), owned);
+            at = end;
         }
         Answer {
             status: self.status,
             headers,
-            body: Bytes::copy_from_slice(&self.body),
+            body: block.slice(..self.body.len()),
             head: self.head.clone(),
         }
+    }
+
+    /// Bytes this answer holds in memory (a compacted one: see [`Answer::compacted`]), for the
+    /// bounds that weigh entries and records: its own fields, the header map's table, and the
+    /// block of body and header values with its share counter.
+    pub fn held_bytes(&self) -> usize {
+        let values: usize = self.headers.values().map(HeaderValue::len).sum();
+        let trace = self.head.as_ref().and_then(|h| h.trace_id.as_ref());
+        std::mem::size_of::<Answer>()
+            + header_map_bytes(&self.headers)
+            + malloc_size(self.body.len() + values)
+            + BYTES_SHARED
+            + trace.map_or(0, |t| malloc_size(t.len() + ARC_HEADER))
     }
 
     pub fn to_response(&self) -> Resp {
@@ -115,6 +140,29 @@ pub struct HitHeaders {
     pub ttl: i64,
     pub age: u64,
     pub headers: HeaderMap,
+}
+
+/// The counters in front of an `Arc`'s value.
+pub const ARC_HEADER: usize = 16;
+/// The control block `Bytes` allocates once a buffer is shared (sliced).
+const BYTES_SHARED: usize = 32;
+
+/// What malloc really takes for `n` bytes: glibc rounds to 16 and adds 8 of its own, and never
+/// hands out less than 32.
+pub fn malloc_size(n: usize) -> usize {
+    (n + 8).div_ceil(16).max(2) * 16
+}
+
+/// A header map's tables: a bucket per header slot (name, value, hash and links) and the index
+/// (4 bytes per slot, a power of two above the slots). The values' bytes are counted apart.
+pub fn header_map_bytes(headers: &HeaderMap) -> usize {
+    let slots = headers.capacity().max(headers.len());
+    if slots == 0 {
+        return 0;
+    }
+    let bucket = std::mem::size_of::<HeaderName>() + std::mem::size_of::<HeaderValue>() + 24;
+    let index = (slots + slots / 3).next_power_of_two() * 4;
+    malloc_size(slots * bucket) + malloc_size(index)
 }
 
 #[derive(Deserialize)]
@@ -198,17 +246,36 @@ impl Entry {
         self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
     }
 
-    /// Bytes this entry costs in memory, roughly.
+    /// Bytes this entry costs in memory: the entry, its answer, and the hit headers it keeps once
+    /// it is served (see [`HitHeaders`]).
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .answer
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
-            .sum();
-        self.answer.body.len() + headers + 256
+        malloc_size(std::mem::size_of::<Entry>() + ARC_HEADER) + self.answer.held_bytes()
+            - std::mem::size_of::<Answer>()
+            + hit_headers_bytes(self.answer.headers.len())
     }
 }
+
+/// A hit's memoised headers for an answer of `stored` headers: a clone of the stored map grown by
+/// three (`Cache-Status`, `Age`, the request id's slot); the `Cache-Status` and `Age` values; the
+/// `Arc` around it all.
+fn hit_headers_bytes(stored: usize) -> usize {
+    // A clone's table is as long as the map; a full map doubles its index (at least 8) and holds
+    // three quarters of it.
+    let mut index = (stored + stored / 3).next_power_of_two();
+    let mut slots = stored;
+    while slots < stored + 3 {
+        index = (index * 2).max(8);
+        slots = index * 3 / 4;
+    }
+    let bucket = std::mem::size_of::<HeaderName>() + std::mem::size_of::<HeaderValue>() + 24;
+    malloc_size(std::mem::size_of::<HitHeaders>() + ARC_HEADER)
+        + malloc_size(slots * bucket)
+        + malloc_size(index * 4)
+        + 2 * malloc_size(HIT_STATUS_LEN)
+}
+
+/// `finovy-gateway; hit; ttl=N`, the longer of the hit's allocated values.
+const HIT_STATUS_LEN: usize = 28;
 
 #[cfg(test)]
 mod tests {

@@ -24,9 +24,12 @@ impl CacheKey {
         }
     }
 
-    /// Bytes this key costs in memory, roughly, for the cache's byte bound.
+    /// Bytes this key costs in memory, for the cache's byte bound: the key (kept in an `Arc`
+    /// by the store) and its id. The account's name is one string shared by all its keys.
     pub fn weight(&self) -> usize {
-        self.account.len() + self.id.len() + 64
+        use crate::cache::entry::{ARC_HEADER, malloc_size};
+        malloc_size(std::mem::size_of::<CacheKey>() + ARC_HEADER)
+            + malloc_size(self.id.len() + ARC_HEADER)
     }
 }
 

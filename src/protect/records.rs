@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use crate::cache::entry::Answer;
+use crate::cache::entry::{ARC_HEADER, Answer, malloc_size};
 use crate::fleet::StoreError;
+use crate::store::memory::MOKA_PER_ENTRY;
 use crate::svc::BoxFuture;
 
 #[derive(Debug, Clone)]
@@ -82,22 +83,29 @@ impl Record {
         }
     }
 
-    /// Bytes the record holds: what memory bounds weigh.
+    /// Bytes the record holds in memory: what memory bounds weigh. Its fields, its fingerprint,
+    /// the kept answer, and what its client's count of records keeps of it ([`Owners`]).
     pub fn weight(&self) -> usize {
         let held = match &self.state {
-            State::Done(a) => {
-                a.body.len()
-                    + a.headers
-                        .iter()
-                        .map(|(k, v)| k.as_str().len() + v.len())
-                        .sum::<usize>()
-            }
+            State::Done(a) => malloc_size(a.held_bytes() + ARC_HEADER),
             _ => 0,
         };
-        // The record's own fields and the cache's bookkeeping, roughly.
-        self.fingerprint.len() + held + 96
+        std::mem::size_of::<Record>() + malloc_size(self.fingerprint.len() + ARC_HEADER) + held
     }
 }
+
+/// Bytes a record's key costs where records are kept in memory: the key, moka's entry for it, and
+/// the client's count of it ([`Owners`]: its expiry by key and by time, sharing one copy).
+pub fn key_weight(key: &str) -> usize {
+    malloc_size(key.len())
+        + std::mem::size_of::<String>()
+        + MOKA_PER_ENTRY
+        + OWNED_PER_KEY
+        + malloc_size(key.len() + ARC_HEADER)
+}
+
+/// An owner's hash-table slot and ordered-set slot for one key, with their share of nodes.
+const OWNED_PER_KEY: usize = 96;
 
 /// The outcome of [`RecordStore::begin`].
 #[derive(Debug, Clone)]
@@ -221,7 +229,7 @@ impl MemoryRecords {
             records: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|k: &String, r: &Record| {
-                    u32::try_from(k.len() + r.weight()).unwrap_or(u32::MAX)
+                    u32::try_from(key_weight(k) + r.weight()).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByTtl)
                 .build(),
@@ -235,35 +243,38 @@ impl MemoryRecords {
 #[derive(Default)]
 pub struct Owners(Mutex<HashMap<String, Held>>);
 
+/// One owner's keys, each kept once and shared by both indexes.
 #[derive(Default)]
 struct Held {
-    until: HashMap<String, u64>,
-    by_time: BTreeSet<(u64, String)>,
+    until: HashMap<Arc<str>, u64>,
+    by_time: BTreeSet<(u64, Arc<str>)>,
 }
 
 impl Owners {
     pub fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64, now_ms: u64) -> Hold {
         let mut owners = self.0.lock().expect("record owners");
         let held = owners.entry(owner.to_string()).or_default();
-        while let Some((t, k)) = held.by_time.first().cloned() {
-            if t > now_ms {
+        while let Some((t, _)) = held.by_time.first() {
+            if *t > now_ms {
                 break;
             }
-            held.by_time.pop_first();
-            held.until.remove(&k);
+            if let Some((_, k)) = held.by_time.pop_first() {
+                held.until.remove(&k);
+            }
         }
-        match held.until.get(key).copied() {
-            Some(old) => {
-                held.by_time.remove(&(old, key.to_string()));
+        let key: Arc<str> = match held.until.remove_entry(key) {
+            Some((k, old)) => {
+                held.by_time.remove(&(old, k.clone()));
+                k
             }
             None if held.until.len() as u64 >= max => {
                 let frees_at_ms = held.by_time.first().map_or(now_ms, |(t, _)| *t);
                 return Hold::Full { frees_at_ms };
             }
-            None => {}
-        }
-        held.until.insert(key.to_string(), until_ms);
-        held.by_time.insert((until_ms, key.to_string()));
+            None => key.into(),
+        };
+        held.until.insert(key.clone(), until_ms);
+        held.by_time.insert((until_ms, key));
         Hold::Held
     }
 
@@ -272,15 +283,15 @@ impl Owners {
         owners.get(owner).is_some_and(|held| {
             held.by_time
                 .iter()
-                .any(|(until, k)| *until > now_ms && k != key)
+                .any(|(until, k)| *until > now_ms && &**k != key)
         })
     }
 
     pub fn release(&self, owner: &str, key: &str) {
         let mut owners = self.0.lock().expect("record owners");
         if let Some(held) = owners.get_mut(owner) {
-            if let Some(t) = held.until.remove(key) {
-                held.by_time.remove(&(t, key.to_string()));
+            if let Some((k, t)) = held.until.remove_entry(key) {
+                held.by_time.remove(&(t, k));
             }
             if held.until.is_empty() {
                 owners.remove(owner);

@@ -17,6 +17,7 @@ mod harness;
 mod hits;
 mod hostile;
 mod limits;
+mod memory_bound;
 mod observability;
 mod process;
 mod promises;
