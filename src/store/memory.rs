@@ -1,13 +1,23 @@
 //! The in-memory cache store: moka, bounded by bytes (a weigher over body, headers and key), each
 //! entry kept only as long as it can still be served (its TTL plus the longer of its stale windows).
+//!
+//! Dropping all of a route's entries (every create drops its account's `disk.list` pages) moves
+//! that route's *generation*; an entry stored under an older one is never served again and goes
+//! at its next read. Constant work per invalidation and per read, however many entries or
+//! invalidations there are: moka's invalidation closures, which this replaced, are checked by
+//! every read until a background scan retires them, and a steady rate of creates made each
+//! cache hit 70 times slower (1,000 pending closures over 20,000 entries: 0.7 µs → 50 µs a read).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
+use crate::routes::Route;
 use crate::store::{CacheStore, Invalidation, Usage};
 use crate::svc::BoxFuture;
 
@@ -17,20 +27,84 @@ use crate::svc::BoxFuture;
 pub const MOKA_PER_ENTRY: usize = 400;
 
 pub struct MemoryStore {
-    entries: Cache<CacheKey, Arc<Entry>>,
+    entries: Cache<CacheKey, Stamped>,
+    generations: Generations,
+}
+
+/// An entry with the generations it was stored under.
+#[derive(Clone)]
+struct Stamped {
+    entry: Arc<Entry>,
+    stamp: Stamp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    /// Route-wide invalidations of any kind so far: when unchanged, nothing else need be read.
+    moves: u64,
+    /// The generation of the entry's route in its account, and of the route in every account.
+    of_account: u64,
+    of_route: u64,
+}
+
+/// Generations of routes (per account, and across accounts), moved by route-wide invalidations.
+/// Keys are routes and accounts of the configuration, so the maps stay small.
+#[derive(Default)]
+struct Generations {
+    moves: AtomicU64,
+    of_account: RwLock<HashMap<(Arc<str>, Route), u64>>,
+    of_route: RwLock<HashMap<Route, u64>>,
+}
+
+impl Generations {
+    fn stamp(&self, key: &CacheKey) -> Stamp {
+        // Read before the maps: a move between the two reads makes the stamp older, never newer.
+        let moves = self.moves.load(Ordering::Acquire);
+        let of_account = read(&self.of_account)
+            .get(&(key.account.clone(), key.route))
+            .copied()
+            .unwrap_or(0);
+        let of_route = read(&self.of_route).get(&key.route).copied().unwrap_or(0);
+        Stamp {
+            moves,
+            of_account,
+            of_route,
+        }
+    }
+
+    /// Whether an entry stamped `stamp` under `key` is still of the current generations.
+    fn current(&self, key: &CacheKey, stamp: &Stamp) -> bool {
+        stamp.moves == self.moves.load(Ordering::Acquire) || {
+            let now = self.stamp(key);
+            now.of_account == stamp.of_account && now.of_route == stamp.of_route
+        }
+    }
+
+    fn move_account_route(&self, account: Arc<str>, route: Route) {
+        *write(&self.of_account).entry((account, route)).or_default() += 1;
+        self.moves.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn move_route(&self, route: Route) {
+        *write(&self.of_route).entry(route).or_default() += 1;
+        self.moves.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Expires each entry when it is of no use any more; moka's clock only bounds memory here.
 struct RetainFor;
 
-impl moka::Expiry<CacheKey, Arc<Entry>> for RetainFor {
-    fn expire_after_create(
-        &self,
-        _: &CacheKey,
-        entry: &Arc<Entry>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(entry.retain_for())
+impl moka::Expiry<CacheKey, Stamped> for RetainFor {
+    fn expire_after_create(&self, _: &CacheKey, stamped: &Stamped, _: Instant) -> Option<Duration> {
+        Some(stamped.entry.retain_for())
     }
 }
 
@@ -38,27 +112,41 @@ impl MemoryStore {
     pub fn new(max_bytes: u64) -> MemoryStore {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &CacheKey, v: &Arc<Entry>| {
-                (k.weight() + v.weight() + MOKA_PER_ENTRY).min(u32::MAX as usize) as u32
+            .weigher(|k: &CacheKey, v: &Stamped| {
+                let stamp = std::mem::size_of::<Stamp>();
+                (k.weight() + v.entry.weight() + stamp + MOKA_PER_ENTRY).min(u32::MAX as usize)
+                    as u32
             })
             .expire_after(RetainFor)
-            .support_invalidation_closures()
             .build();
-        MemoryStore { entries }
+        MemoryStore {
+            entries,
+            generations: Generations::default(),
+        }
+    }
+
+    fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let stamped = self.entries.get(key)?;
+        if self.generations.current(key, &stamped.stamp) {
+            return Some(stamped.entry);
+        }
+        self.entries.invalidate(key);
+        None
     }
 }
 
 impl CacheStore for MemoryStore {
     fn get(&self, key: &CacheKey) -> BoxFuture<Option<Arc<Entry>>> {
-        Box::pin(std::future::ready(self.entries.get(key)))
+        Box::pin(std::future::ready(self.lookup(key)))
     }
 
     fn peek(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.entries.get(key)
+        self.lookup(key)
     }
 
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> BoxFuture<()> {
-        self.entries.insert(key, entry);
+        let stamp = self.generations.stamp(&key);
+        self.entries.insert(key, Stamped { entry, stamp });
         Box::pin(std::future::ready(()))
     }
 
@@ -66,12 +154,10 @@ impl CacheStore for MemoryStore {
         match what {
             Invalidation::Key(k) => self.entries.invalidate(&k),
             Invalidation::All => self.entries.invalidate_all(),
-            other => {
-                // Applied lazily by moka, but checked on every read: a matching entry is never served.
-                let _ = self
-                    .entries
-                    .invalidate_entries_if(move |k, _| other.matches(k));
+            Invalidation::Route { account, route } => {
+                self.generations.move_account_route(account, route)
             }
+            Invalidation::AnyAccount(route) => self.generations.move_route(route),
         }
         Box::pin(std::future::ready(()))
     }
@@ -220,5 +306,93 @@ mod tests {
         assert!(store.get(&a).await.is_none());
         assert!(store.get(&b).await.is_some());
         assert!(store.get(&c).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_entry_stored_after_a_route_is_dropped_is_served_and_any_account_drops_all() {
+        let store = MemoryStore::new(1 << 20);
+        let a = CacheKey::new("a", Route::DiskList, "{}");
+        let b = CacheKey::new("b", Route::DiskList, "{}");
+        let drop_a = || Invalidation::Route {
+            account: "a".into(),
+            route: Route::DiskList,
+        };
+        store.invalidate(drop_a()).await;
+        store.put(a.clone(), entry(10)).await;
+        assert!(store.get(&a).await.is_some(), "stored after the drop");
+        store.invalidate(drop_a()).await;
+        assert!(store.get(&a).await.is_none());
+        assert!(store.peek(&a).is_none(), "peek sees the drop too");
+        store.put(a.clone(), entry(10)).await;
+        store.put(b.clone(), entry(10)).await;
+        store
+            .invalidate(Invalidation::AnyAccount(Route::DiskList))
+            .await;
+        assert!(store.get(&a).await.is_none());
+        assert!(store.get(&b).await.is_none());
+        store.put(b.clone(), entry(10)).await;
+        assert!(
+            store.get(&b).await.is_some(),
+            "stored after the drop of every account's"
+        );
+    }
+
+    #[tokio::test]
+    async fn route_drops_keep_no_state_per_drop() {
+        let store = MemoryStore::new(1 << 20);
+        let keep = CacheKey::new("a", Route::DiskInfo, "x");
+        store.put(keep.clone(), entry(10)).await;
+        for _ in 0..10_000 {
+            store
+                .invalidate(Invalidation::Route {
+                    account: "a".into(),
+                    route: Route::DiskList,
+                })
+                .await;
+            store
+                .invalidate(Invalidation::AnyAccount(Route::DiskMemoryTotal))
+                .await;
+        }
+        // One generation per (account, route), whatever the number of drops: nothing builds up
+        // for a read to go through (moka's invalidation closures did, one per drop).
+        assert_eq!(read(&store.generations.of_account).len(), 1);
+        assert_eq!(read(&store.generations.of_route).len(), 1);
+        assert!(
+            store.get(&keep).await.is_some(),
+            "other routes' entries stay"
+        );
+    }
+
+    /// Prints the time of 20,000 reads after each 500 creates' worth of route drops (run with
+    /// `--release --ignored --nocapture`); reads stay as fast as before the first drop.
+    #[tokio::test]
+    #[ignore]
+    async fn reads_while_creates_drop_routes() {
+        let store = MemoryStore::new(64 << 20);
+        let keys: Vec<_> = (0..20_000)
+            .map(|i| CacheKey::new("default", Route::DiskInfo, format!("disk{i:06}")))
+            .collect();
+        for k in &keys {
+            store.put(k.clone(), entry(300)).await;
+        }
+        for round in 0..6 {
+            let t = Instant::now();
+            for k in &keys {
+                assert!(store.peek(k).is_some());
+            }
+            println!(
+                "after {} drops: 20,000 reads in {:?}",
+                round * 1000,
+                t.elapsed()
+            );
+            for _ in 0..500 {
+                for route in [Route::DiskList, Route::DiskMemoryTotal] {
+                    let account = "default".into();
+                    store
+                        .invalidate(Invalidation::Route { account, route })
+                        .await;
+                }
+            }
+        }
     }
 }
