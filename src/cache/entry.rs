@@ -384,4 +384,73 @@ mod tests {
         assert!(answer(r#"{"code":220001}"#).is_gone());
         assert!(answer(r#"{"code":503}"#).is_failure());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_state_ends_exactly_at_its_window() {
+        // fresh 5 s, stale-while-revalidate 5 s, stale-if-error 60 s.
+        let e = Entry::new(
+            Route::DiskInfo,
+            answer(r#"{"code":0}"#),
+            &policy(),
+            Instant::now(),
+        );
+        let at = |secs: u64| Instant::now() + Duration::from_secs(secs);
+        assert!(e.is_fresh(at(0)));
+        assert_eq!(
+            e.freshness(at(2)),
+            Some(Freshness::Fresh(Duration::from_secs(3)))
+        );
+        assert_eq!(e.ttl_secs(at(2)), 3);
+        assert_eq!(
+            e.freshness(at(5)),
+            Some(Freshness::Revalidate),
+            "stale at 5 s"
+        );
+        assert!(!e.is_fresh(at(5)));
+        assert_eq!(e.ttl_secs(at(5)), -1);
+        assert_eq!(
+            e.freshness(at(10)),
+            Some(Freshness::IfError),
+            "revalidate ends at 10 s"
+        );
+        assert_eq!(e.freshness(at(64)), Some(Freshness::IfError));
+        assert_eq!(e.freshness(at(65)), None, "of no use at 65 s");
+        assert_eq!(e.retain_for(), Duration::from_secs(65));
+    }
+
+    #[test]
+    fn a_success_is_neither_a_failure_nor_gone_and_answers_as_stored() {
+        let ok = answer(r#"{"code":0,"data":{"id":"d1"}}"#);
+        assert!(!ok.is_failure() && !ok.is_gone());
+        let mut stored = ok.clone();
+        stored
+            .headers
+            .insert("x-trace", HeaderValue::from_static("t1"));
+        let resp = stored.to_response();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-trace"], "t1");
+        assert_eq!(resp.body(), &stored.body);
+        assert!(resp.extensions().get::<EnvelopeHead>().is_some());
+    }
+
+    #[test]
+    fn an_entry_weighs_at_least_what_it_holds_and_grows_with_its_body() {
+        let small = Entry::new(
+            Route::DiskInfo,
+            answer(r#"{"code":0}"#),
+            &policy(),
+            Instant::now(),
+        );
+        let body = format!(r#"{{"code":0,"data":"{}"}}"#, "x".repeat(1000));
+        let big = Entry::new(Route::DiskInfo, answer(&body), &policy(), Instant::now());
+        assert!(small.weight() > std::mem::size_of::<Entry>());
+        let grown = big.weight() - small.weight();
+        assert!(
+            (1000..1100).contains(&grown),
+            "1,000 more body bytes weigh {grown}"
+        );
+        assert_eq!(malloc_size(0), 32);
+        assert_eq!(malloc_size(24), 32);
+        assert_eq!(malloc_size(25), 48);
+    }
 }

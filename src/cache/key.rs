@@ -102,4 +102,16 @@ mod tests {
         assert_eq!(q(Route::DiskInfo, "r=1"), None);
         assert_eq!(canonical_query(Route::HostOperate, None), None);
     }
+
+    #[test]
+    fn a_key_weighs_its_id() {
+        let short = CacheKey::new("a", Route::DiskInfo, "d");
+        let long = CacheKey::new("a", Route::DiskInfo, "d".repeat(1000));
+        assert!(short.weight() >= std::mem::size_of::<CacheKey>() + 16);
+        let grown = long.weight() - short.weight();
+        assert!(
+            (990..1040).contains(&grown),
+            "1,000 more id bytes weigh {grown}"
+        );
+    }
 }

@@ -252,4 +252,47 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn scopes_are_named_as_in_the_contract() {
+        // The `scope` label of `rate_limited_total` and the RateLimit headers' names.
+        assert_eq!(Scope::Tenant.as_str(), "tenant");
+        assert_eq!(Scope::Client.as_str(), "client");
+    }
+
+    #[test]
+    fn standing_counts_the_slots_left_in_the_burst() {
+        // 10 per 10 s, burst 10: an interval of 1 s, a tolerance of 9 s.
+        let l = limit("k", Scope::Tenant, 10, 10, 10);
+        assert_eq!(standing(&l, Duration::ZERO).remaining, 10);
+        assert_eq!(standing(&l, Duration::from_secs(3)).remaining, 7);
+        assert_eq!(standing(&l, Duration::from_millis(8500)).remaining, 1);
+        assert_eq!(standing(&l, Duration::from_secs(10)).remaining, 0);
+        assert_eq!(
+            standing(&l, Duration::from_secs(3)).reset,
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn a_refusal_says_how_long_past_max_wait_the_slot_is() {
+        let l = MemoryLimiter::new();
+        let limits = vec![limit("k", Scope::Tenant, 1, 10, 1)];
+        let now = Instant::now();
+        let max_wait = Duration::from_secs(2);
+        assert_eq!(
+            wait(&l.decide(&limits, max_wait, now)),
+            Some(Duration::ZERO)
+        );
+        // The next slot is 10 s away: 2 s of it could be waited, so come back in 8 s.
+        match l.decide(&limits, max_wait, now) {
+            Decision::Refused {
+                retry_after, scope, ..
+            } => {
+                assert_eq!(scope, Scope::Tenant);
+                assert_eq!(retry_after, Duration::from_secs(8));
+            }
+            d => panic!("refused expected: {d:?}"),
+        }
+    }
 }

@@ -581,4 +581,35 @@ mod tests {
             assert!(!is_json_content_type(bad), "{bad}");
         }
     }
+
+    #[test]
+    fn messages_quote_short_input_whole_and_cut_long_input() {
+        let msg = |body: &str| disk_create(body.as_bytes()).unwrap_err().msg;
+        let unknown = msg(r#"{"area":0,"memory":20,"isMount":0,"memry":1}"#);
+        assert!(unknown.contains(r#"unknown field "memry" in"#), "{unknown}");
+        let long = "m".repeat(100);
+        let cut = msg(&format!(
+            r#"{{"area":0,"memory":20,"isMount":0,"{long}":1}}"#
+        ));
+        assert!(cut.contains(&format!("\"{}\"...", "m".repeat(64))), "{cut}");
+        assert!(quoted("memry") == "\"memry\"" && shown(&Value::from(20)) == "20");
+        assert_eq!(
+            shown(&Value::from("s".repeat(100))),
+            format!("\"{}...", "s".repeat(63))
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_told_apart_from_one_that_is_not_json() {
+        let msg = |body: &str| disk_create(body.as_bytes()).unwrap_err().msg;
+        assert_eq!(msg("[1]"), "the body must be a JSON object");
+        assert!(msg(r#"{"area":"#).starts_with("the body is not valid JSON"));
+    }
+
+    #[test]
+    fn only_a_charset_parameter_must_be_utf8() {
+        assert!(is_json_content_type("application/json; foo=bar"));
+        assert!(is_json_content_type("Application/JSON; charset=\"UTF-8\""));
+        assert!(!is_json_content_type("application/json; charset=latin1"));
+    }
 }
