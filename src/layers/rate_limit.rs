@@ -171,7 +171,7 @@ where
             let mut limits = vec![Limit {
                 account: account.name.to_string(),
                 key: format!("{}|{}", account.name, route.as_str()),
-                scope: Scope::Tenant,
+                scope: Scope::Account,
                 rate: policy.rate,
             }];
             if let (Some(rate), Some(client)) = (policy.client_rate, &client) {
@@ -208,7 +208,7 @@ where
                         let rate = standing.iter().find(|s| s.scope == scope).map(|s| s.rate);
                         let err = GatewayError::RateLimited {
                             route: route.as_str(),
-                            scope: if scope == Scope::Tenant {
+                            scope: if scope == Scope::Account {
                                 "account"
                             } else {
                                 "client"

@@ -15,14 +15,15 @@ use crate::svc::BoxFuture;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    Tenant,
+    /// The account's limit; labelled `tenant`, the metric label CONTRACT.md fixes.
+    Account,
     Client,
 }
 
 impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
-            Scope::Tenant => "tenant",
+            Scope::Account => "tenant",
             Scope::Client => "client",
         }
     }
@@ -181,7 +182,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slots_are_spaced_by_the_interval_and_refused_past_max_wait() {
         let l = MemoryLimiter::new();
-        let lim = vec![limit("a", Scope::Tenant, 1, 1, 1)];
+        let lim = vec![limit("a", Scope::Account, 1, 1, 1)];
         let now = Instant::now();
         let waits: Vec<_> = (0..4)
             .map(|_| wait(&l.decide(&lim, Duration::from_millis(2500), now)))
@@ -200,7 +201,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn burst_goes_at_once_then_smooths() {
         let l = MemoryLimiter::new();
-        let lim = vec![limit("a", Scope::Tenant, 2, 1, 3)];
+        let lim = vec![limit("a", Scope::Account, 2, 1, 3)];
         let now = Instant::now();
         let waits: Vec<_> = (0..4)
             .map(|_| wait(&l.decide(&lim, Duration::from_secs(5), now)).unwrap())
@@ -214,7 +215,7 @@ mod tests {
         let l = MemoryLimiter::new();
         let now = Instant::now();
         let both = vec![
-            limit("t", Scope::Tenant, 10, 1, 10),
+            limit("t", Scope::Account, 10, 1, 10),
             limit("c", Scope::Client, 1, 10, 1),
         ];
         assert_eq!(
@@ -230,11 +231,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // The tenant limit was not charged by the refused request: 9 more go at once.
-        let tenant_only = vec![limit("t", Scope::Tenant, 10, 1, 10)];
+        // The account limit was not charged by the refused request: 9 more go at once.
+        let account_only = vec![limit("t", Scope::Account, 10, 1, 10)];
         for _ in 0..9 {
             assert_eq!(
-                wait(&l.decide(&tenant_only, Duration::ZERO, now)),
+                wait(&l.decide(&account_only, Duration::ZERO, now)),
                 Some(Duration::ZERO)
             );
         }
@@ -243,7 +244,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn standing_reports_remaining_and_reset() {
         let l = MemoryLimiter::new();
-        let lim = vec![limit("a", Scope::Tenant, 2, 1, 2)];
+        let lim = vec![limit("a", Scope::Account, 2, 1, 2)];
         match l.decide(&lim, Duration::ZERO, Instant::now()) {
             Decision::Granted { standing, .. } => {
                 assert_eq!(standing[0].remaining, 1);
@@ -256,14 +257,14 @@ mod tests {
     #[test]
     fn scopes_are_named_as_in_the_contract() {
         // The `scope` label of `rate_limited_total` and the RateLimit headers' names.
-        assert_eq!(Scope::Tenant.as_str(), "tenant");
+        assert_eq!(Scope::Account.as_str(), "tenant");
         assert_eq!(Scope::Client.as_str(), "client");
     }
 
     #[test]
     fn standing_counts_the_slots_left_in_the_burst() {
         // 10 per 10 s, burst 10: an interval of 1 s, a tolerance of 9 s.
-        let l = limit("k", Scope::Tenant, 10, 10, 10);
+        let l = limit("k", Scope::Account, 10, 10, 10);
         assert_eq!(standing(&l, Duration::ZERO).remaining, 10);
         assert_eq!(standing(&l, Duration::from_secs(3)).remaining, 7);
         assert_eq!(standing(&l, Duration::from_millis(8500)).remaining, 1);
@@ -277,7 +278,7 @@ mod tests {
     #[test]
     fn a_refusal_says_how_long_past_max_wait_the_slot_is() {
         let l = MemoryLimiter::new();
-        let limits = vec![limit("k", Scope::Tenant, 1, 10, 1)];
+        let limits = vec![limit("k", Scope::Account, 1, 10, 1)];
         let now = Instant::now();
         let max_wait = Duration::from_secs(2);
         assert_eq!(
@@ -289,7 +290,7 @@ mod tests {
             Decision::Refused {
                 retry_after, scope, ..
             } => {
-                assert_eq!(scope, Scope::Tenant);
+                assert_eq!(scope, Scope::Account);
                 assert_eq!(retry_after, Duration::from_secs(8));
             }
             d => panic!("refused expected: {d:?}"),
