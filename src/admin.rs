@@ -37,18 +37,18 @@ use crate::upstream::token::TokenStatus;
 /// How long `/readyz` waits for a token when none is held.
 const READY_TOKEN_WAIT: Duration = Duration::from_secs(3);
 
-pub struct AdminState {
-    pub metrics: Arc<Metrics>,
-    pub accounts: Vec<Arc<AccountHandle>>,
-    pub cache: Arc<Cache>,
+pub(crate) struct AdminState {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) accounts: Vec<Arc<AccountHandle>>,
+    pub(crate) cache: Arc<Cache>,
     /// Swapped by a reload, like the settings it guards.
-    pub admin_key_sha256: Arc<Swap<Option<[u8; 32]>>>,
-    pub reloader: Arc<Reloader>,
-    pub draining: Arc<AtomicBool>,
-    pub fleet: Option<Arc<Fleet>>,
-    pub two_level: Option<Arc<TwoLevel>>,
+    pub(crate) admin_key_sha256: Arc<Swap<Option<[u8; 32]>>>,
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) draining: Arc<AtomicBool>,
+    pub(crate) fleet: Option<Arc<Fleet>>,
+    pub(crate) two_level: Option<Arc<TwoLevel>>,
     /// The routes this process runs, for purges that name one.
-    pub routes: Arc<RouteTable>,
+    pub(crate) routes: Arc<RouteTable>,
 }
 
 /// Open admin connections at most: probes and scrapers need few, and a flood of them must not
@@ -57,7 +57,7 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin listener until `shutdown`, with the data plane's head-read and idle timeouts
 /// and its own small connection cap, so that a client stalling here is let go as it is there.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     cfg: ServerConfig,

@@ -21,20 +21,20 @@ use crate::tls::TlsFiles;
 /// The environment variables of the default account's credentials (CONTRACT.md, "Configuration").
 pub const ENV_UUID: &str = "FINOVY_UUID";
 pub const ENV_SECRET: &str = "FINOVY_SECRET";
-pub const ENV_TOKEN: &str = "FINOVY_TOKEN";
+pub(crate) const ENV_TOKEN: &str = "FINOVY_TOKEN";
 /// The same credentials read from files (Kubernetes Secret volumes), re-read on reload.
-pub const ENV_UUID_FILE: &str = "FINOVY_UUID_FILE";
-pub const ENV_SECRET_FILE: &str = "FINOVY_SECRET_FILE";
-pub const ENV_TOKEN_FILE: &str = "FINOVY_TOKEN_FILE";
-pub const ENV_REDIS_URL: &str = "FGW_REDIS_URL";
+pub(crate) const ENV_UUID_FILE: &str = "FINOVY_UUID_FILE";
+pub(crate) const ENV_SECRET_FILE: &str = "FINOVY_SECRET_FILE";
+pub(crate) const ENV_TOKEN_FILE: &str = "FINOVY_TOKEN_FILE";
+pub(crate) const ENV_REDIS_URL: &str = "FGW_REDIS_URL";
 
 /// Where `serve` and `check-config` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
 
-pub use crate::config_error::ConfigError;
+pub(crate) use crate::config_error::ConfigError;
 use crate::config_error::invalid;
-pub use crate::duration;
-pub use crate::secret::Secret;
+pub(crate) use crate::duration;
+pub(crate) use crate::secret::Secret;
 
 // === the file's shape ===
 
@@ -43,19 +43,19 @@ pub use crate::secret::Secret;
 pub struct FileConfig {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
-    pub auth: AuthConfig,
-    pub token: TokenConfig,
-    pub log: LogConfig,
-    pub admin: AdminConfig,
-    pub cache: CacheConfig,
-    pub create: CreateConfig,
+    pub(crate) auth: AuthConfig,
+    pub(crate) token: TokenConfig,
+    pub(crate) log: LogConfig,
+    pub(crate) admin: AdminConfig,
+    pub(crate) cache: CacheConfig,
+    pub(crate) create: CreateConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis: Option<RedisConfig>,
+    pub(crate) redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,
-    pub accounts: Vec<AccountConfig>,
+    pub(crate) accounts: Vec<AccountConfig>,
     /// Upstream endpoints added by configuration (`[[routes]]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<RouteConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -64,44 +64,44 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     /// Largest request body accepted, in bytes (413 beyond).
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Largest request head (request line and headers), in bytes (431 beyond).
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// Whole-request deadline, upstream call included (504 beyond).
     #[serde(with = "duration")]
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Requests handled at once; more are answered 503 at once instead of queueing.
-    pub max_concurrency: usize,
+    pub(crate) max_concurrency: usize,
     /// How long a SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "duration")]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// A request body must arrive within this once its head is accepted (408 beyond).
     #[serde(with = "duration")]
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// One client's share of the requests in flight (503 beyond); default in
     /// [`Settings::max_inflight_per_client`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_inflight_per_client: Option<usize>,
+    pub(crate) max_inflight_per_client: Option<usize>,
     /// Open data-plane connections; more wait in the listen backlog until one closes.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// A connection with no request in flight for this long is closed (HTTP/1 and h2).
     #[serde(with = "duration")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// h2: streams a client may open at once on one connection.
-    pub h2_max_concurrent_streams: u32,
+    pub(crate) h2_max_concurrent_streams: u32,
     /// h2: how often an idle connection is pinged, and how long the answer may take.
     #[serde(with = "duration")]
-    pub h2_keep_alive_interval: Duration,
+    pub(crate) h2_keep_alive_interval: Duration,
     #[serde(with = "duration")]
-    pub h2_keep_alive_timeout: Duration,
+    pub(crate) h2_keep_alive_timeout: Duration,
     /// TLS on `listen`: certificate chain and private key (PEM); unset = plain HTTP and h2c.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
     /// With TLS: clients must present a certificate signed by a CA of this PEM file (mTLS).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_client_ca_file: Option<PathBuf>,
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -133,22 +133,22 @@ impl Default for ServerConfig {
 pub struct UpstreamConfig {
     pub base_url: String,
     #[serde(with = "duration")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// From sending the request to the end of the answer's body.
     #[serde(with = "duration")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     #[serde(with = "duration")]
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_host: usize,
+    pub(crate) pool_idle_timeout: Duration,
+    pub(crate) pool_max_idle_per_host: usize,
     /// Largest upstream answer body read, in bytes; a larger one is refused (502, code 503).
-    pub max_answer_bytes: usize,
+    pub(crate) max_answer_bytes: usize,
     /// Egress proxy (`http://[user:pass@]host:port`), reached with HTTP CONNECT; unset =
     /// `HTTPS_PROXY` / `NO_PROXY` from the environment; `""` = direct, whatever the environment.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxyUrl>,
+    pub(crate) proxy: Option<ProxyUrl>,
     /// PEM file of extra CA certificates trusted for the upstream, beside the public roots.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -168,31 +168,31 @@ impl Default for UpstreamConfig {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    pub allow_anonymous: bool,
+pub(crate) struct AuthConfig {
+    pub(crate) allow_anonymous: bool,
     /// With `allow_anonymous` and `[[clients]]`: the only routes a caller without a key may use.
-    pub anonymous_routes: Vec<String>,
+    pub(crate) anonymous_routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TokenConfig {
+pub(crate) struct TokenConfig {
     /// Refresh this long before the token expires (at most a quarter of its lifetime).
     #[serde(with = "duration")]
-    pub refresh_before: Duration,
+    pub(crate) refresh_before: Duration,
     /// First wait after a failed `getToken`; doubles up to `retry_max`, with jitter.
     #[serde(with = "duration")]
-    pub retry_min: Duration,
+    pub(crate) retry_min: Duration,
     #[serde(with = "duration")]
-    pub retry_max: Duration,
+    pub(crate) retry_max: Duration,
     /// At most one `getToken` per account in this interval, whatever the upstream answers.
     #[serde(with = "duration")]
-    pub min_refresh_interval: Duration,
+    pub(crate) min_refresh_interval: Duration,
     /// The upstream's `effectiveTime` is clamped to `[min_lifetime, max_lifetime]`.
     #[serde(with = "duration")]
-    pub min_lifetime: Duration,
+    pub(crate) min_lifetime: Duration,
     #[serde(with = "duration")]
-    pub max_lifetime: Duration,
+    pub(crate) max_lifetime: Duration,
 }
 
 impl Default for TokenConfig {
@@ -235,16 +235,16 @@ impl Default for LogConfig {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
+pub(crate) struct AdminConfig {
     /// SHA-256 (hex) of the admin key guarding `/admin/*`; unset = those endpoints are disabled.
-    pub key_sha256: Option<String>,
+    pub(crate) key_sha256: Option<String>,
     /// TLS on `admin_listen`, as the data plane's `[server] tls_*` keys.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_client_ca_file: Option<PathBuf>,
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
 }
 
 /// Shared mode: replicas share the token, the cache, the create limits and records through Redis.
@@ -327,37 +327,33 @@ pub struct ClientConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AccountConfig {
-    pub name: String,
-    pub base_url: Option<String>,
-    pub uuid_env: Option<String>,
-    pub secret_env: Option<String>,
-    pub token_env: Option<String>,
+pub(crate) struct AccountConfig {
+    pub(crate) name: String,
+    pub(crate) base_url: Option<String>,
+    pub(crate) uuid_env: Option<String>,
+    pub(crate) secret_env: Option<String>,
+    pub(crate) token_env: Option<String>,
     /// Files holding the credentials instead (a mounted Secret); re-read on reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid_file: Option<PathBuf>,
+    pub(crate) uuid_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_file: Option<PathBuf>,
+    pub(crate) secret_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// This account's egress proxy and extra CAs, instead of `[upstream] proxy` / `ca_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxyUrl>,
+    pub(crate) proxy: Option<ProxyUrl>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// A proxy URL, which may carry credentials: `Debug` and `Serialize` mask its password.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
-pub struct ProxyUrl(String);
+pub(crate) struct ProxyUrl(String);
 
 impl ProxyUrl {
-    pub fn new(url: impl Into<String>) -> ProxyUrl {
-        ProxyUrl(url.into())
-    }
-
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -380,18 +376,18 @@ const ENV_NO_PROXY: [&str; 2] = ["NO_PROXY", "no_proxy"];
 
 /// How an account's upstream calls leave this host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Egress {
+pub(crate) struct Egress {
     /// Every upstream connection goes through this proxy, with HTTP CONNECT.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxyUrl>,
+    pub(crate) proxy: Option<ProxyUrl>,
     /// The proxy came from the environment: it serves `https://` upstreams only, except the
     /// hosts of `no_proxy`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub from_env: bool,
+    pub(crate) from_env: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub no_proxy: Option<String>,
+    pub(crate) no_proxy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 fn default_account_name() -> String {
@@ -405,7 +401,7 @@ fn mask_url_password<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::
 }
 
 /// `redis://user:pass@host` → `redis://user:***@host`.
-pub fn mask_url(url: &str) -> String {
+pub(crate) fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -425,7 +421,7 @@ pub fn mask_url(url: &str) -> String {
 /// How an account gets its upstream token.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
-pub enum Credentials {
+pub(crate) enum Credentials {
     /// Trade uuid and secret at `getToken`.
     Exchange { uuid: Secret, secret: Secret },
     /// A token kept by another system.
@@ -435,23 +431,23 @@ pub enum Credentials {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Account {
-    pub name: String,
-    pub base_url: String,
-    pub credentials: Credentials,
-    pub egress: Egress,
+pub(crate) struct Account {
+    pub(crate) name: String,
+    pub(crate) base_url: String,
+    pub(crate) credentials: Credentials,
+    pub(crate) egress: Egress,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Client {
-    pub name: String,
+pub(crate) struct Client {
+    pub(crate) name: String,
     #[serde(serialize_with = "hex_digest")]
-    pub key_sha256: [u8; 32],
-    pub account: String,
+    pub(crate) key_sha256: [u8; 32],
+    pub(crate) account: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub routes: Option<BTreeSet<Route>>,
+    pub(crate) routes: Option<BTreeSet<Route>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub token_lease: bool,
+    pub(crate) token_lease: bool,
 }
 
 fn hex_digest<S: serde::Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
@@ -461,33 +457,33 @@ fn hex_digest<S: serde::Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Erro
 /// Everything the gateway runs with, validated.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
-    pub server: ServerConfig,
-    pub upstream: UpstreamConfig,
-    pub auth: AuthConfig,
-    pub token: TokenConfig,
+    pub(crate) server: ServerConfig,
+    pub(crate) upstream: UpstreamConfig,
+    pub(crate) auth: AuthConfig,
+    pub(crate) token: TokenConfig,
     pub log: LogConfig,
-    pub cache: CacheSettings,
-    pub create: CreateSettings,
+    pub(crate) cache: CacheSettings,
+    pub(crate) create: CreateSettings,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "mask_opt")]
-    pub admin_key_sha256: Option<[u8; 32]>,
+    pub(crate) admin_key_sha256: Option<[u8; 32]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis: Option<RedisConfig>,
-    pub accounts: Vec<Account>,
-    pub clients: Vec<Client>,
+    pub(crate) redis: Option<RedisConfig>,
+    pub(crate) accounts: Vec<Account>,
+    pub(crate) clients: Vec<Client>,
     /// Every route: the compiled ones and `[[routes]]`.
     #[serde(
         skip_serializing_if = "crate::routes::no_configured",
         serialize_with = "crate::routes::serialize_configured"
     )]
-    pub routes: Arc<RouteTable>,
+    pub(crate) routes: Arc<RouteTable>,
     /// `[auth] anonymous_routes`, checked against the route table.
     #[serde(skip)]
-    pub anonymous_routes: BTreeSet<Route>,
+    pub(crate) anonymous_routes: BTreeSet<Route>,
     /// TLS of the data-plane and admin listeners (`[server] tls_*`, `[admin] tls_*`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen_tls: Option<TlsFiles>,
+    pub(crate) listen_tls: Option<TlsFiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_tls: Option<TlsFiles>,
+    pub(crate) admin_tls: Option<TlsFiles>,
 }
 
 fn mask_opt<S: serde::Serializer>(_: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
@@ -517,7 +513,7 @@ impl fmt::Debug for Overrides {
 }
 
 /// Reads the environment; a trait-free function pointer so tests can pass their own.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -710,7 +706,7 @@ impl Settings {
 
     /// One client's share of `max_concurrency`: as configured, else a quarter of it. With no
     /// `[[clients]]` every caller is the one anonymous caller, so it may use all of it.
-    pub fn max_inflight_per_client(&self) -> usize {
+    pub(crate) fn max_inflight_per_client(&self) -> usize {
         match self.server.max_inflight_per_client {
             Some(n) => n,
             None if self.clients.is_empty() => self.server.max_concurrency,
@@ -719,7 +715,7 @@ impl Settings {
     }
 
     /// Protected mode (CONTRACT.md): without clients, anonymous calls only on loopback or when allowed.
-    pub fn anonymous_allowed(&self) -> bool {
+    pub(crate) fn anonymous_allowed(&self) -> bool {
         self.auth.allow_anonymous
             || (self.clients.is_empty() && self.server.listen.ip().is_loopback())
     }
@@ -842,7 +838,7 @@ fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-pub fn parse_digest(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+pub(crate) fn parse_digest(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
     let bytes = hex::decode(text.trim()).ok().filter(|b| b.len() == 32);
     bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
         invalid(

@@ -10,10 +10,10 @@ use crate::svc::Resp;
 /// The parts of an upstream answer the gateway acts on. Parsing into it also checks that the
 /// whole body is JSON (serde validates what it skips).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EnvelopeHead {
-    pub code: Option<i64>,
+pub(crate) struct EnvelopeHead {
+    pub(crate) code: Option<i64>,
     /// Shared: every cached answer's copy points at one string.
-    pub trace_id: Option<std::sync::Arc<str>>,
+    pub(crate) trace_id: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Deserialize)]
@@ -26,7 +26,7 @@ struct RawHead<'a> {
 
 impl EnvelopeHead {
     /// `None` when the body is not JSON at all; a JSON body of another shape gives an empty head.
-    pub fn parse(body: &[u8]) -> Option<EnvelopeHead> {
+    pub(crate) fn parse(body: &[u8]) -> Option<EnvelopeHead> {
         match serde_json::from_slice::<RawHead<'_>>(body) {
             Ok(raw) => Some(EnvelopeHead {
                 code: raw.code.and_then(|c| {
@@ -45,7 +45,7 @@ impl EnvelopeHead {
         }
     }
 
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         self.code == Some(0)
     }
 }
@@ -61,7 +61,7 @@ struct ErrorBody<'a> {
 }
 
 /// Renders one of the gateway's own errors.
-pub fn error_response(status: StatusCode, code: i64, msg: &str, trace_id: &str) -> Resp {
+pub(crate) fn error_response(status: StatusCode, code: i64, msg: &str, trace_id: &str) -> Resp {
     let body = serde_json::to_vec(&ErrorBody {
         code,
         success: false,

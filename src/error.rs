@@ -12,18 +12,18 @@ use crate::envelope::error_response;
 use crate::svc::Resp;
 
 /// The upstream's "too frequent, try later" code, which the gateway's own 429s share.
-pub const TOO_FREQUENT: i64 = 220025;
+pub(crate) const TOO_FREQUENT: i64 = 220025;
 
 /// The `RateLimit-Policy` and `RateLimit` headers (IETF httpapi ratelimit-headers draft) of a
 /// rate-limited create, already rendered.
 #[derive(Debug, Clone, Default)]
-pub struct RateLimitHeaders {
-    pub policy: Option<HeaderValue>,
-    pub state: Option<HeaderValue>,
+pub(crate) struct RateLimitHeaders {
+    pub(crate) policy: Option<HeaderValue>,
+    pub(crate) state: Option<HeaderValue>,
 }
 
 impl RateLimitHeaders {
-    pub fn apply(&self, resp: &mut Resp) {
+    pub(crate) fn apply(&self, resp: &mut Resp) {
         let headers = resp.headers_mut();
         if let Some(v) = &self.policy {
             headers.insert(HeaderName::from_static("ratelimit-policy"), v.clone());
@@ -36,7 +36,7 @@ impl RateLimitHeaders {
 
 /// Why a create is asked to retry shortly (409, code 1005).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StillRunning {
+pub(crate) enum StillRunning {
     /// The first request under this `Idempotency-Key` is in flight.
     KeyInFlight,
     /// An identical purchase is being made, and may own the disk a reconciliation would find.
@@ -49,13 +49,13 @@ pub enum StillRunning {
 
 /// Why the disk an unknown-outcome create may have made could not be looked for (503, code 1005).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SearchFailed {
+pub(crate) enum SearchFailed {
     ListUnreadable,
     TookTooLong,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum GatewayError {
+pub(crate) enum GatewayError {
     #[error("missing or unknown client key: send Authorization: Bearer <key>")]
     Unauthorized,
     #[error("this client may not call route {0}")]
@@ -203,16 +203,16 @@ pub enum GatewayError {
 }
 
 /// What a client over its in-flight share is told to wait, in seconds.
-pub const CLIENT_OVERLOADED_RETRY_AFTER: &str = "1";
+pub(crate) const CLIENT_OVERLOADED_RETRY_AFTER: &str = "1";
 
 /// Whole seconds to wait, rounded up, at least one: what `Retry-After` says.
-pub fn retry_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl GatewayError {
     /// The HTTP status and envelope code of CONTRACT.md's table, row by row.
-    pub fn status_and_code(&self) -> (StatusCode, i64) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, i64) {
         use GatewayError as E;
         match self {
             E::Unauthorized | E::AdminUnauthorized => (StatusCode::UNAUTHORIZED, 401),
@@ -258,7 +258,7 @@ impl GatewayError {
     }
 
     /// The envelope answer; `request_id` becomes its `traceId`.
-    pub fn into_response(self, request_id: &str) -> Resp {
+    pub(crate) fn into_response(self, request_id: &str) -> Resp {
         let (status, code) = self.status_and_code();
         let mut resp = error_response(status, code, &self.to_string(), request_id);
         if let GatewayError::ClientOverloaded(_) = self {

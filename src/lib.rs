@@ -2,32 +2,32 @@
 //! cloud's open API. `main.rs` parses the command line; everything it runs is built here, so tests
 //! and benchmarks run exactly the gateway that ships.
 
-pub mod admin;
-pub mod cache;
+pub(crate) mod admin;
+pub(crate) mod cache;
 pub mod config;
-pub mod config_error;
+pub(crate) mod config_error;
 pub mod duration;
-pub mod envelope;
-pub mod error;
+pub(crate) mod envelope;
+pub(crate) mod error;
 pub mod fleet;
-pub mod layers;
-pub mod listener;
+pub(crate) mod layers;
+pub(crate) mod listener;
 pub mod metrics;
 pub mod protect;
 pub mod reload;
 pub mod routes;
-pub mod secret;
+pub(crate) mod secret;
 pub mod server;
 pub mod sim;
-pub mod single_flight;
-pub mod stack;
-pub mod store;
+pub(crate) mod single_flight;
+pub(crate) mod stack;
+pub(crate) mod store;
 pub mod telemetry;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;
 
 /// The types every layer speaks, named once.
-pub mod svc {
+pub(crate) mod svc {
     use std::convert::Infallible;
     use std::future::Future;
     use std::pin::Pin;
@@ -35,19 +35,19 @@ pub mod svc {
     use bytes::Bytes;
 
     /// A request whose body has been read (with a limit) at the edge.
-    pub type Req = http::Request<Bytes>;
+    pub(crate) type Req = http::Request<Bytes>;
     /// Every answer is a complete body: upstream answers are small JSON envelopes.
-    pub type Resp = http::Response<Bytes>;
-    pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+    pub(crate) type Resp = http::Response<Bytes>;
+    pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
     /// What a layer's service returns: errors are already rendered into envelope answers.
-    pub type RespFuture = BoxFuture<Result<Resp, Infallible>>;
+    pub(crate) type RespFuture = BoxFuture<Result<Resp, Infallible>>;
     /// The innermost part of the stack (after the body is read), boxed so stacks stay nameable.
-    pub type GatewayService = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
-    pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    pub(crate) type GatewayService = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
+    pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
     /// A second copy of a request (for a retry, or a call that outlives its caller). Bodies are
     /// `Bytes`, so this copies no payload.
-    pub fn duplicate(req: &Req) -> Req {
+    pub(crate) fn duplicate(req: &Req) -> Req {
         let mut copy = Req::new(req.body().clone());
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();

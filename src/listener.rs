@@ -25,7 +25,7 @@ use tokio_rustls::server::TlsStream;
 use crate::tls::ServerTls;
 
 /// The open connections of one listener.
-pub struct Connections {
+pub(crate) struct Connections {
     permits: Arc<Semaphore>,
     max: u32,
     idle_timeout: Duration,
@@ -33,15 +33,15 @@ pub struct Connections {
 }
 
 /// An accepted connection's place among the open ones, and what it is doing.
-pub struct Slot {
-    pub peer: SocketAddr,
-    pub activity: Arc<Activity>,
+pub(crate) struct Slot {
+    pub(crate) peer: SocketAddr,
+    pub(crate) activity: Arc<Activity>,
     permit: OwnedSemaphorePermit,
 }
 
 impl Connections {
     /// `max` is at most 1,000,000 (the config checks it).
-    pub fn new(max: usize, idle_timeout: Duration) -> Connections {
+    pub(crate) fn new(max: usize, idle_timeout: Duration) -> Connections {
         Connections {
             permits: Arc::new(Semaphore::new(max)),
             max: max as u32,
@@ -51,7 +51,7 @@ impl Connections {
     }
 
     /// The next connection, once fewer than `max` are open; `None` once `shutdown` resolves.
-    pub async fn accept(
+    pub(crate) async fn accept(
         &self,
         listener: &TcpListener,
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
@@ -86,7 +86,7 @@ impl Connections {
 
     /// Runs `conn` (a hyper connection on `slot`'s stream) in its own task until it ends, closing
     /// it with `graceful` when it has been idle too long or when every connection is closed.
-    pub fn spawn<C, E>(&self, slot: Slot, conn: C, graceful: fn(Pin<&mut C>))
+    pub(crate) fn spawn<C, E>(&self, slot: Slot, conn: C, graceful: fn(Pin<&mut C>))
     where
         C: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
@@ -139,7 +139,7 @@ impl Connections {
     /// As [`Connections::spawn`], for a TLS listener: the handshake runs in the connection's own
     /// task (a slow one holds no accept), within `handshake_timeout`, and then `serve` makes the
     /// connection. A connection closed while still in its handshake is dropped.
-    pub fn spawn_tls<C, E>(
+    pub(crate) fn spawn_tls<C, E>(
         &self,
         slot: Slot,
         stream: TcpStream,
@@ -168,7 +168,7 @@ impl Connections {
 
     /// Serves HTTP/1.1 and h2 on an accepted connection with `builder` and `svc`, over TLS when
     /// the listener has it (the handshake bounded by `handshake_timeout`).
-    pub fn serve_http<S, B>(
+    pub(crate) fn serve_http<S, B>(
         &self,
         slot: Slot,
         stream: TcpStream,
@@ -213,13 +213,13 @@ impl Connections {
     }
 
     /// Closes every connection gracefully and waits until all are gone.
-    pub async fn close_all(&self) {
+    pub(crate) async fn close_all(&self) {
         self.close_all_later();
         let _ = self.permits.acquire_many(self.max).await;
     }
 
     /// Closes every connection gracefully, without waiting.
-    pub fn close_all_later(&self) {
+    pub(crate) fn close_all_later(&self) {
         self.closing.send_replace(true);
     }
 }
@@ -235,7 +235,7 @@ enum Closing {
 }
 
 /// What a connection is doing: requests in flight, and when the last one ended.
-pub struct Activity {
+pub(crate) struct Activity {
     born: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` when the connection last became idle.
@@ -243,7 +243,7 @@ pub struct Activity {
 }
 
 /// A request in flight on its connection, counted until dropped.
-pub struct Busy(Arc<Activity>);
+pub(crate) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -263,7 +263,7 @@ impl Activity {
     }
 
     /// Counts a request in flight until the guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> Busy {
+    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }

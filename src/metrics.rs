@@ -9,31 +9,31 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
-    pub upstream_requests: IntCounterVec,
-    pub upstream_duration: HistogramVec,
-    pub token_refreshes: IntCounterVec,
-    pub token_expires_in: IntGauge,
-    pub inflight: IntGauge,
-    pub cache_lookups: IntCounterVec,
-    pub cache_entries: IntGauge,
-    pub cache_bytes: IntGauge,
-    pub cache_invalidations: IntCounterVec,
-    pub rate_limited: IntCounterVec,
-    pub dedup: IntCounterVec,
-    pub budget_refused: IntCounterVec,
-    pub redis_errors: IntCounterVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) upstream_requests: IntCounterVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) token_refreshes: IntCounterVec,
+    pub(crate) token_expires_in: IntGauge,
+    pub(crate) inflight: IntGauge,
+    pub(crate) cache_lookups: IntCounterVec,
+    pub(crate) cache_entries: IntGauge,
+    pub(crate) cache_bytes: IntGauge,
+    pub(crate) cache_invalidations: IntCounterVec,
+    pub(crate) rate_limited: IntCounterVec,
+    pub(crate) dedup: IntCounterVec,
+    pub(crate) budget_refused: IntCounterVec,
+    pub(crate) redis_errors: IntCounterVec,
     /// Times Redis was found without its data (the fleet marker gone).
-    pub redis_resets: IntCounter,
-    pub invalidation_lag: Histogram,
-    pub build_info: IntGaugeVec,
+    pub(crate) redis_resets: IntCounter,
+    pub(crate) invalidation_lag: Histogram,
+    pub(crate) build_info: IntGaugeVec,
     /// Upstream tokens leased to clients (`/_gateway/token`), by client.
-    pub token_leases: IntCounterVec,
+    pub(crate) token_leases: IntCounterVec,
     /// Reloads of the configuration, by result (`ok`, `error`).
-    pub config_reloads: IntCounterVec,
+    pub(crate) config_reloads: IntCounterVec,
     /// When the configuration last loaded or reloaded successfully (Unix seconds).
-    pub config_last_reload_success: Gauge,
+    pub(crate) config_last_reload_success: Gauge,
 }
 
 /// Buckets from 1 ms to 30 s: a cache hit is sub-millisecond, a slow upstream several seconds.
@@ -217,7 +217,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -225,7 +225,7 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
-    pub fn observe_upstream(&self, route: &str, outcome: &str, seconds: f64) {
+    pub(crate) fn observe_upstream(&self, route: &str, outcome: &str, seconds: f64) {
         self.upstream_requests
             .with_label_values(&[route, outcome])
             .inc();

@@ -22,24 +22,24 @@ use crate::protect::policy::CreateSettings;
 use crate::upstream::AccountHandle;
 
 /// A value swapped whole at run time; readers take the current `Arc` (one uncontended read lock).
-pub struct Swap<T>(RwLock<Arc<T>>);
+pub(crate) struct Swap<T>(RwLock<Arc<T>>);
 
 impl<T> Swap<T> {
-    pub fn new(value: T) -> Swap<T> {
+    pub(crate) fn new(value: T) -> Swap<T> {
         Swap(RwLock::new(Arc::new(value)))
     }
 
     /// The current value, kept by the caller for as long as it needs it.
-    pub fn load(&self) -> Arc<T> {
+    pub(crate) fn load(&self) -> Arc<T> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Runs `f` on the current value without taking an `Arc` (the cache-hit path).
-    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         f(&self.0.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub fn store(&self, value: T) {
+    pub(crate) fn store(&self, value: T) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
     }
 }
@@ -54,13 +54,13 @@ pub struct Source {
 
 /// What a reload applied.
 #[derive(Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Keys whose change was ignored because it needs a restart.
-    pub restart_needed: Vec<String>,
+    pub(crate) restart_needed: Vec<String>,
 }
 
 /// The running gateway's swappable settings, and the last settings applied (to tell changes).
-pub struct Reloader {
+pub(crate) struct Reloader {
     pub(crate) source: OnceLock<Source>,
     pub(crate) current: Mutex<Settings>,
     pub(crate) accounts: Vec<Arc<AccountHandle>>,
@@ -76,7 +76,7 @@ pub struct Reloader {
 
 /// Why a reload changed nothing (the message names the key, never a secret).
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     #[error("reload is not available: this gateway was not started by `serve`")]
     Unavailable,
     #[error("{0}")]
@@ -97,7 +97,7 @@ fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
 impl Reloader {
     /// Reads the file and the credential files again and applies them; counted in the metrics
     /// and logged either way.
-    pub fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
+    pub(crate) fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         let result = self.try_reload();
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics

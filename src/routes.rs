@@ -25,7 +25,7 @@ use crate::config_error::ConfigError;
 
 /// What a route does upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Only reads: may be cached.
     Read,
     /// Changes state: never cached; may make cached answers stale.
@@ -36,7 +36,7 @@ pub enum Kind {
 
 /// Which validated body a spend route takes (`protect::validate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpendBody {
+pub(crate) enum SpendBody {
     Disk,
     HostQuantity,
     HostRent,
@@ -45,7 +45,7 @@ pub enum SpendBody {
 /// What tells a read route's requests apart in the cache: the path parameter and the declared
 /// query parameters, or the canonical form of the JSON body (a POST that only reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     PathAndQuery,
     Body,
 }
@@ -64,7 +64,7 @@ static METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::D
 
 /// Whether a route is cached when the config says nothing of it.
 #[derive(Debug, Clone, Copy)]
-pub enum Caching {
+pub(crate) enum Caching {
     /// Never (mutations and spends; a configured read without a cache table).
     Never,
     /// Cacheable, off unless `[cache.routes."<name>"]` turns it on.
@@ -78,14 +78,14 @@ pub enum Caching {
 /// Which entries a successful mutation makes wrong: a route's entry for the id the mutation names,
 /// or all of the account's entries of a route.
 #[derive(Debug, Clone, Copy)]
-pub enum Stale {
+pub(crate) enum Stale {
     SameId(Route),
     WholeRoute(Route),
 }
 
 /// Every fact about one route.
 #[derive(Debug)]
-pub struct RouteSpec {
+pub(crate) struct RouteSpec {
     /// The `route` metric label and what allow-lists name.
     name: &'static str,
     method: Verb,
@@ -343,25 +343,25 @@ pub struct Route(&'static RouteSpec);
 /// The compiled routes, named as the variants they once were so that call sites read the same.
 #[allow(non_upper_case_globals)]
 impl Route {
-    pub const DiskInfo: Route = Route(&DISK_INFO);
+    pub(crate) const DiskInfo: Route = Route(&DISK_INFO);
     pub const DiskCreate: Route = Route(&DISK_CREATE);
-    pub const DiskList: Route = Route(&DISK_LIST);
-    pub const DiskMount: Route = Route(&DISK_MOUNT);
-    pub const DiskUpdateStatus: Route = Route(&DISK_UPDATE_STATUS);
-    pub const DiskMemoryTotal: Route = Route(&DISK_MEMORY_TOTAL);
-    pub const HostImage: Route = Route(&HOST_IMAGE);
-    pub const HostPackage: Route = Route(&HOST_PACKAGE);
+    pub(crate) const DiskList: Route = Route(&DISK_LIST);
+    pub(crate) const DiskMount: Route = Route(&DISK_MOUNT);
+    pub(crate) const DiskUpdateStatus: Route = Route(&DISK_UPDATE_STATUS);
+    pub(crate) const DiskMemoryTotal: Route = Route(&DISK_MEMORY_TOTAL);
+    pub(crate) const HostImage: Route = Route(&HOST_IMAGE);
+    pub(crate) const HostPackage: Route = Route(&HOST_PACKAGE);
     pub const HostCreateQuantity: Route = Route(&HOST_CREATE_QUANTITY);
     pub const HostCreateRent: Route = Route(&HOST_CREATE_RENT);
-    pub const HostOperate: Route = Route(&HOST_OPERATE);
-    pub const HostReboot: Route = Route(&HOST_REBOOT);
-    pub const HostOne: Route = Route(&HOST_ONE);
-    pub const HostPage: Route = Route(&HOST_PAGE);
-    pub const HostDelete: Route = Route(&HOST_DELETE);
+    pub(crate) const HostOperate: Route = Route(&HOST_OPERATE);
+    pub(crate) const HostReboot: Route = Route(&HOST_REBOOT);
+    pub(crate) const HostOne: Route = Route(&HOST_ONE);
+    pub(crate) const HostPage: Route = Route(&HOST_PAGE);
+    pub(crate) const HostDelete: Route = Route(&HOST_DELETE);
 }
 
 impl Route {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         self.0.name
     }
 
@@ -374,76 +374,76 @@ impl Route {
         &METHODS[self.0.method as usize]
     }
 
-    pub fn kind(self) -> Kind {
+    pub(crate) fn kind(self) -> Kind {
         self.0.kind
     }
 
     /// The query parameters this route takes; any other is refused.
-    pub fn query_params(self) -> &'static [&'static str] {
+    pub(crate) fn query_params(self) -> &'static [&'static str] {
         self.0.query
     }
 
     /// Whether it spends money (validated body, rate limit, de-duplication).
-    pub fn spends_money(self) -> bool {
+    pub(crate) fn spends_money(self) -> bool {
         self.0.kind == Kind::Spend
     }
 
     /// The body schema of a spend route.
-    pub fn spend_body(self) -> Option<SpendBody> {
+    pub(crate) fn spend_body(self) -> Option<SpendBody> {
         self.0.body
     }
 
     /// Whether a purchase of unknown outcome is settled by finding the disk it made in
     /// `disk.list` (disk creates: their answer names the disk, and the list shows its order).
-    pub fn settles_by_disk_list(self) -> bool {
+    pub(crate) fn settles_by_disk_list(self) -> bool {
         self.0.body == Some(SpendBody::Disk)
     }
 
     /// Whether it may be cached at all.
-    pub fn cacheable(self) -> bool {
+    pub(crate) fn cacheable(self) -> bool {
         !matches!(self.0.caching, Caching::Never)
     }
 
-    pub fn caching(self) -> &'static Caching {
+    pub(crate) fn caching(self) -> &'static Caching {
         &self.0.caching
     }
 
-    pub fn has_disk_status(self) -> bool {
+    pub(crate) fn has_disk_status(self) -> bool {
         self.0.disk_status
     }
 
     /// Whether its cache entries are told apart by the request's JSON body.
-    pub fn body_keyed(self) -> bool {
+    pub(crate) fn body_keyed(self) -> bool {
         self.0.key == KeySource::Body
     }
 
     /// What a success of this route makes stale.
-    pub fn invalidates(self) -> &'static [Stale] {
+    pub(crate) fn invalidates(self) -> &'static [Stale] {
         self.0.invalidates
     }
 
     /// Whether its answers must stay in this process's memory (never in Redis).
-    pub fn local_only(self) -> bool {
+    pub(crate) fn local_only(self) -> bool {
         self.0.local_only
     }
 
     /// Whether identical requests in flight are sent upstream once.
-    pub fn collapses_in_flight(self) -> bool {
+    pub(crate) fn collapses_in_flight(self) -> bool {
         self.0.collapses
     }
 
     /// Position in its table, for per-route arrays.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self.0.index
     }
 
     /// The config key that declared it; `None` when compiled in.
-    pub fn source(self) -> Option<&'static str> {
+    pub(crate) fn source(self) -> Option<&'static str> {
         self.0.source
     }
 
     /// Its path as written, `{param}` included.
-    pub fn path_template(self) -> String {
+    pub(crate) fn path_template(self) -> String {
         match self.0.param {
             Some(p) => format!("{}{{{p}}}{}", self.0.prefix, self.0.suffix),
             None => self.0.prefix.to_string(),
@@ -516,22 +516,22 @@ impl std::fmt::Display for Route {
 /// A `[[routes]]` entry as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub name: String,
-    pub method: String,
-    pub path: String,
-    pub kind: String,
+pub(crate) struct RouteConfig {
+    pub(crate) name: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) kind: String,
     /// The query parameters it takes; none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub query: Vec<String>,
+    pub(crate) query: Vec<String>,
     /// A read route's cache policy (`[routes.cache]`, keys as in `[cache.routes."<name>"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<RoutePolicyConfig>,
+    pub(crate) cache: Option<RoutePolicyConfig>,
 }
 
 /// The routes one config runs with: the compiled ones, then its `[[routes]]`.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<Route>,
 }
 
@@ -544,12 +544,12 @@ impl Default for RouteTable {
 }
 
 /// Whether a table holds only the compiled routes (then `check-config` shows no `routes`).
-pub fn no_configured(t: &Arc<RouteTable>) -> bool {
+pub(crate) fn no_configured(t: &Arc<RouteTable>) -> bool {
     t.routes.len() == COMPILED.len()
 }
 
 /// The configured routes, as `[[routes]]` entries (`check-config` shows them).
-pub fn serialize_configured<S: serde::Serializer>(
+pub(crate) fn serialize_configured<S: serde::Serializer>(
     t: &Arc<RouteTable>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
@@ -622,7 +622,7 @@ const RESERVED: [&str; 2] = ["/_gateway/", "/v1/auth/"];
 impl RouteTable {
     /// The compiled routes and `configured` (the config's `[[routes]]`); a bad entry is an error
     /// naming its key (`routes[0].path`).
-    pub fn with_configured(configured: &[RouteConfig]) -> Result<RouteTable, ConfigError> {
+    pub(crate) fn with_configured(configured: &[RouteConfig]) -> Result<RouteTable, ConfigError> {
         let mut table = RouteTable::default();
         let mut templates: Vec<(String, Route)> = table
             .routes
@@ -762,7 +762,7 @@ impl RouteTable {
     /// Whether two tables route alike: the same routes, methods, paths, kinds and query
     /// parameters, and the same routes cacheable (a `[routes.cache]` table's timings aside: they
     /// apply on reload as `[cache.routes]` do).
-    pub fn routes_alike(&self, other: &RouteTable) -> bool {
+    pub(crate) fn routes_alike(&self, other: &RouteTable) -> bool {
         let shape = |r: Route| {
             (
                 r.as_str(),
@@ -780,28 +780,25 @@ impl RouteTable {
                 .all(|(a, b)| shape(a) == shape(b))
     }
 
-    pub fn by_name(&self, name: &str) -> Option<Route> {
+    pub(crate) fn by_name(&self, name: &str) -> Option<Route> {
         self.routes.iter().copied().find(|r| r.as_str() == name)
     }
 
-    pub fn names(&self) -> Vec<&'static str> {
+    pub(crate) fn names(&self) -> Vec<&'static str> {
         self.routes.iter().map(|r| r.as_str()).collect()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = Route> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Route> + '_ {
         self.routes.iter().copied()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.routes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
     /// Classifies a request by method and raw (still percent-encoded) path.
-    pub fn classify(&self, method: &Method, path: &str) -> Option<RouteMatch> {
+    pub(crate) fn classify(&self, method: &Method, path: &str) -> Option<RouteMatch> {
         self.routes.iter().find_map(|r| {
             if r.method() != method {
                 return None;
@@ -815,7 +812,7 @@ impl RouteTable {
     }
 
     /// An unknown route name as a config error naming `key`.
-    pub fn unknown(&self, key: String, name: &str) -> ConfigError {
+    pub(crate) fn unknown(&self, key: String, name: &str) -> ConfigError {
         invalid(
             key,
             format!("unknown route {name:?}; expected one of {:?}", self.names()),
@@ -854,7 +851,7 @@ const MAX_SHOWN: usize = 64;
 /// bare `name`) must name a declared parameter, at most once, and names are compared as sent (an
 /// encoded name matches nothing). An empty query (`?`) is no parameter. `Err` says what is wrong,
 /// naming the parameter. Allocates only on error.
-pub fn check_query(route: Route, query: Option<&str>) -> Result<(), String> {
+pub(crate) fn check_query(route: Route, query: Option<&str>) -> Result<(), String> {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return Ok(());
     };
@@ -896,7 +893,7 @@ pub fn check_query(route: Route, query: Option<&str>) -> Result<(), String> {
 /// never forwarded, and not routes of the table above (no allow-list names them, nothing caches
 /// them). The name is the `route` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GatewayRoute {
+pub(crate) enum GatewayRoute {
     /// `GET /_gateway/token`: a lease of the account's upstream token.
     TokenLease,
     /// `POST /_gateway/token/rejected`: the upstream refused a leased token.
@@ -904,7 +901,7 @@ pub enum GatewayRoute {
 }
 
 impl GatewayRoute {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GatewayRoute::TokenLease => "gateway.token_lease",
             GatewayRoute::TokenRejected => "gateway.token_rejected",
@@ -912,7 +909,7 @@ impl GatewayRoute {
     }
 
     /// Exact method and path only, as for the table's routes.
-    pub fn classify(method: &Method, path: &str) -> Option<GatewayRoute> {
+    pub(crate) fn classify(method: &Method, path: &str) -> Option<GatewayRoute> {
         match (method, path) {
             (&Method::GET, "/_gateway/token") => Some(GatewayRoute::TokenLease),
             (&Method::POST, "/_gateway/token/rejected") => Some(GatewayRoute::TokenRejected),

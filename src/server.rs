@@ -54,15 +54,15 @@ pub enum StartError {
 }
 
 /// Everything a running gateway holds, built from validated settings.
-pub struct Gateway {
-    pub settings: Settings,
-    pub metrics: Arc<Metrics>,
-    pub accounts: Vec<Arc<AccountHandle>>,
-    pub cache: Arc<Cache>,
+pub(crate) struct Gateway {
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) accounts: Vec<Arc<AccountHandle>>,
+    pub(crate) cache: Arc<Cache>,
     /// Creates that run to their end whoever waits: the drain waits for them.
-    pub work: TaskTracker,
+    pub(crate) work: TaskTracker,
     /// Shared mode: the fleet's Redis, and the cache store that listens for invalidations.
-    pub fleet: Option<Arc<Fleet>>,
+    pub(crate) fleet: Option<Arc<Fleet>>,
     two_level: Option<Arc<TwoLevel>>,
     edge: Arc<Edge<Incoming>>,
     /// The settings that change at run time, and how to read them again.
@@ -91,7 +91,7 @@ fn execution_limit(settings: &Settings) -> Duration {
 }
 
 impl Gateway {
-    pub fn new(settings: Settings) -> Result<Gateway, StartError> {
+    pub(crate) fn new(settings: Settings) -> Result<Gateway, StartError> {
         let blockers = settings.serve_blockers();
         if !blockers.is_empty() {
             return Err(StartError::Refused(blockers));
@@ -232,7 +232,7 @@ impl Gateway {
 
 /// Who may call, as which account, from validated settings and the running accounts (`Err` when
 /// a client names an account this process does not run: accounts change only with a restart).
-pub fn authenticator(
+pub(crate) fn authenticator(
     settings: &Settings,
     accounts: &[Arc<AccountHandle>],
 ) -> Result<Authenticator, String> {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 /// Whether this caller started the flight or joined one already running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Leader,
     Joined,
 }
@@ -37,15 +37,15 @@ type Table<K, V> = Arc<Mutex<HashMap<K, Slot<V>>>>;
 
 /// Whether a flight was detached (see [`SingleFlight::detach`]), as its call sees it.
 #[derive(Clone, Default)]
-pub struct Detached(Arc<AtomicBool>);
+pub(crate) struct Detached(Arc<AtomicBool>);
 
 impl Detached {
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
-pub struct SingleFlight<K, V> {
+pub(crate) struct SingleFlight<K, V> {
     flights: Table<K, V>,
 }
 
@@ -67,14 +67,14 @@ impl<K, V> Default for SingleFlight<K, V> {
 }
 
 /// A caller's handle on a flight.
-pub struct Flight<V> {
-    pub role: Role,
+pub(crate) struct Flight<V> {
+    pub(crate) role: Role,
     rx: watch::Receiver<Option<V>>,
 }
 
 impl<V: Clone> Flight<V> {
     /// The flight's result; `None` when its task died without one.
-    pub async fn wait(mut self) -> Option<V> {
+    pub(crate) async fn wait(mut self) -> Option<V> {
         match self.rx.wait_for(|v| v.is_some()).await {
             Ok(v) => v.clone(),
             Err(_) => None,
@@ -105,12 +105,12 @@ where
     K: Hash + Eq + Clone + Send + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Joins the flight for `key`, or starts one running `call()` in a new task.
-    pub fn join_or_start<F>(&self, key: K, call: impl FnOnce() -> F) -> Flight<V>
+    pub(crate) fn join_or_start<F>(&self, key: K, call: impl FnOnce() -> F) -> Flight<V>
     where
         F: Future<Output = V> + Send + 'static,
     {
@@ -118,7 +118,11 @@ where
     }
 
     /// [`Self::join_or_start`], where the call can tell whether its flight was detached.
-    pub fn join_or_start_with<F>(&self, key: K, call: impl FnOnce(Detached) -> F) -> Flight<V>
+    pub(crate) fn join_or_start_with<F>(
+        &self,
+        key: K,
+        call: impl FnOnce(Detached) -> F,
+    ) -> Flight<V>
     where
         F: Future<Output = V> + Send + 'static,
     {
@@ -158,7 +162,7 @@ where
 
     /// Detaches the running flights whose key `which` picks: each goes on for the callers it has
     /// and sees itself detached; the next caller of its key starts a new flight.
-    pub fn detach(&self, mut which: impl FnMut(&K) -> bool) {
+    pub(crate) fn detach(&self, mut which: impl FnMut(&K) -> bool) {
         let mut map = self.flights.lock().expect("single-flight table");
         map.retain(|key, slot| {
             let keep = !which(key);
@@ -170,19 +174,21 @@ where
     }
 
     /// [`SingleFlight::detach`] for one known key, without looking at the others.
-    pub fn detach_key(&self, key: &K) {
+    pub(crate) fn detach_key(&self, key: &K) {
         let mut map = self.flights.lock().expect("single-flight table");
         if let Some(slot) = map.remove(key) {
             slot.detached.0.store(true, Ordering::SeqCst);
         }
     }
 
-    /// How many flights are running (for tests and metrics).
-    pub fn len(&self) -> usize {
+    /// How many flights are running (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.flights.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -34,27 +34,27 @@ use crate::upstream::UpstreamClient;
 use crate::upstream::forward::Forward;
 
 /// The create-protection layers, built around their state by the server.
-pub struct Protection {
-    pub dedup: DedupLayer,
-    pub budget: BudgetLayer,
-    pub rate_limit: RateLimitLayer,
+pub(crate) struct Protection {
+    pub(crate) dedup: DedupLayer,
+    pub(crate) budget: BudgetLayer,
+    pub(crate) rate_limit: RateLimitLayer,
 }
 
 /// The whole stack as one service over requests with body `B` (hyper's `Incoming` when served).
-pub type EdgeService<B> = BoxCloneSyncService<Request<B>, Resp, Infallible>;
+pub(crate) type EdgeService<B> = BoxCloneSyncService<Request<B>, Resp, Infallible>;
 
 /// The data plane: fresh cache hits answered at once by [`FastHit`], everything else by the stack.
-pub struct Edge<B> {
+pub(crate) struct Edge<B> {
     hits: FastHit,
     stack: EdgeService<B>,
 }
 
 /// What [`Edge::serve`] returns: a ready hit, or the stack's answer to come.
-pub type EdgeFuture<B> =
+pub(crate) type EdgeFuture<B> =
     Either<Ready<Result<Resp, Infallible>>, Oneshot<EdgeService<B>, Request<B>>>;
 
 impl<B: http_body::Body> Edge<B> {
-    pub fn serve(&self, req: Request<B>) -> EdgeFuture<B> {
+    pub(crate) fn serve(&self, req: Request<B>) -> EdgeFuture<B> {
         match self.hits.answer(&req) {
             Some(resp) => Either::Left(ready(Ok(resp))),
             None => Either::Right(self.stack.clone().oneshot(req)),
@@ -62,7 +62,7 @@ impl<B: http_body::Body> Edge<B> {
     }
 }
 
-pub fn build<B>(
+pub(crate) fn build<B>(
     settings: &Settings,
     metrics: Arc<Metrics>,
     auth: SharedAuthenticator,

@@ -34,7 +34,7 @@ struct Shared {
 
 /// The writer every log line goes through.
 #[derive(Clone, Default)]
-pub struct BufferedStderr(Arc<Shared>);
+pub(crate) struct BufferedStderr(Arc<Shared>);
 
 impl Write for BufferedStderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
@@ -48,7 +48,7 @@ impl Write for BufferedStderr {
 
 impl BufferedStderr {
     /// Adds whole lines to the buffer; the writer thread sends them out.
-    pub fn append(&self, line: &[u8]) -> std::io::Result<usize> {
+    pub(crate) fn append(&self, line: &[u8]) -> std::io::Result<usize> {
         let mut buf = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
         let before = buf.len();
         buf.extend_from_slice(line);
@@ -93,16 +93,16 @@ impl BufferedStderr {
 /// Where access lines go: the subscriber's own buffer, written in the same format, but formatted
 /// by [`crate::layers::access_log`] directly, since `tracing`'s formatter cost a quarter of a
 /// cache hit's instructions.
-pub struct AccessSink {
-    pub writer: BufferedStderr,
-    pub format: LogFormat,
+pub(crate) struct AccessSink {
+    pub(crate) writer: BufferedStderr,
+    pub(crate) format: LogFormat,
     /// Whether the filter lets access lines through, asked once: at start, and again when a
     /// reload changes the level ([`set_level`]).
-    pub enabled: std::sync::atomic::AtomicBool,
+    pub(crate) enabled: std::sync::atomic::AtomicBool,
 }
 
 /// The target of access lines (`RUST_LOG=finovy_gateway::access=off` drops them).
-pub const ACCESS_TARGET: &str = "finovy_gateway::access";
+pub(crate) const ACCESS_TARGET: &str = "finovy_gateway::access";
 
 static ACCESS_SINK: OnceLock<AccessSink> = OnceLock::new();
 
@@ -111,7 +111,7 @@ static ACCESS_SINK: OnceLock<AccessSink> = OnceLock::new();
 static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// Applies a new `[log] level` (a reload). Without effect when `RUST_LOG` is set.
-pub fn set_level(level: &str) -> Result<(), String> {
+pub(crate) fn set_level(level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
     let Some(handle) = LEVEL.get() else {
         return Ok(());
@@ -125,7 +125,7 @@ pub fn set_level(level: &str) -> Result<(), String> {
 }
 
 /// The access-line sink, once [`init`] installed this process's subscriber.
-pub fn access_sink() -> Option<&'static AccessSink> {
+pub(crate) fn access_sink() -> Option<&'static AccessSink> {
     ACCESS_SINK.get()
 }
 

@@ -110,7 +110,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// `roots` with the CA certificates of a PEM file added.
-pub fn roots_from(path: &Path, mut roots: RootCertStore) -> Result<RootCertStore, String> {
+pub(crate) fn roots_from(path: &Path, mut roots: RootCertStore) -> Result<RootCertStore, String> {
     for cert in read_certs(path)? {
         roots
             .add(cert)
@@ -120,7 +120,7 @@ pub fn roots_from(path: &Path, mut roots: RootCertStore) -> Result<RootCertStore
 }
 
 /// The public web roots, plus the CAs of `ca_file` when set (a network that inspects TLS).
-pub fn upstream_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+pub(crate) fn upstream_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     match ca_file {

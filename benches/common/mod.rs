@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A child process, stopped with SIGTERM when dropped: nginx's master takes its workers down with
 /// it only when asked nicely, and the gateway drains and exits.
-pub struct Proc(pub Child);
+pub(crate) struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -22,7 +22,7 @@ impl Drop for Proc {
 /// Starts `cmd` with the demo credentials, waits for its `<marker> ... listen=ADDR` log line, and
 /// returns it with ADDR. Its log goes straight into `log` (as nginx writes its own: no copying
 /// process in between), or is read and dropped.
-pub fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc, String) {
+pub(crate) fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc, String) {
     cmd.env("FINOVY_UUID", "demo-uuid")
         .env("FINOVY_SECRET", "demo-secret")
         .stdout(Stdio::null());
@@ -72,7 +72,7 @@ pub fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc, Strin
 
 /// A token straight from the simulator at `base` (`http://host:port`), for calls that bypass the
 /// gateway.
-pub async fn demo_token(client: &reqwest::Client, base: &str) -> String {
+pub(crate) async fn demo_token(client: &reqwest::Client, base: &str) -> String {
     let answer: serde_json::Value = client
         .post(format!("{base}/v1/auth/getToken"))
         .json(&serde_json::json!({"uuid": "demo-uuid", "secret": "demo-secret"}))

@@ -16,15 +16,15 @@ use crate::svc::Resp;
 /// A complete answer as the upstream call gave it.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
     /// `None` for an answer the gateway made itself (an error envelope of its own).
-    pub head: Option<EnvelopeHead>,
+    pub(crate) head: Option<EnvelopeHead>,
 }
 
 impl Answer {
-    pub fn from_response(resp: Resp) -> Answer {
+    pub(crate) fn from_response(resp: Resp) -> Answer {
         let head = resp.extensions().get::<EnvelopeHead>().cloned();
         let (parts, body) = resp.into_parts();
         Answer {
@@ -40,7 +40,7 @@ impl Answer {
     /// keep the whole buffer alive; what is kept for a while (cache entries, records) is copied.
     /// The body and every header value share one allocation, and the header map has no spare
     /// room: each separate small allocation costs malloc's rounding and bookkeeping besides.
-    pub fn compacted(&self) -> Answer {
+    pub(crate) fn compacted(&self) -> Answer {
         let values: usize = self.headers.values().map(HeaderValue::len).sum();
         let mut block = BytesMut::with_capacity(self.body.len() + values);
         block.extend_from_slice(&self.body);
@@ -69,7 +69,7 @@ impl Answer {
     /// Bytes this answer holds in memory (a compacted one: see [`Answer::compacted`]), for the
     /// bounds that weigh entries and records: its own fields, the header map's table, and the
     /// block of body and header values with its share counter.
-    pub fn held_bytes(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         let values: usize = self.headers.values().map(HeaderValue::len).sum();
         let trace = self.head.as_ref().and_then(|h| h.trace_id.as_ref());
         std::mem::size_of::<Answer>()
@@ -79,7 +79,7 @@ impl Answer {
             + trace.map_or(0, |t| malloc_size(t.len() + ARC_HEADER))
     }
 
-    pub fn to_response(&self) -> Resp {
+    pub(crate) fn to_response(&self) -> Resp {
         let mut resp = Resp::new(self.body.clone());
         *resp.status_mut() = self.status;
         *resp.headers_mut() = self.headers.clone();
@@ -90,12 +90,12 @@ impl Answer {
     }
 
     /// Only upstream successes are stored: HTTP 200 with envelope code 0.
-    pub fn is_storable(&self) -> bool {
+    pub(crate) fn is_storable(&self) -> bool {
         self.status == StatusCode::OK && self.head.as_ref().is_some_and(EnvelopeHead::is_success)
     }
 
     /// The upstream failed (rather than answering a business error): a stored entry may stand in.
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         self.status.is_server_error()
             || self
                 .head
@@ -104,7 +104,7 @@ impl Answer {
     }
 
     /// The upstream says the thing does not exist (220001 disk, 1021 host): drop what we hold.
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         self.head
             .as_ref()
             .is_some_and(|h| matches!(h.code, Some(220001) | Some(1021)))
@@ -113,7 +113,7 @@ impl Answer {
 
 /// What a lookup finds, by age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
+pub(crate) enum Freshness {
     /// Serve it; this long is left.
     Fresh(Duration),
     /// Past its TTL but within stale-while-revalidate: serve it and refresh in the background.
@@ -123,39 +123,39 @@ pub enum Freshness {
 }
 
 #[derive(Debug)]
-pub struct Entry {
-    pub answer: Answer,
-    pub stored_at: Instant,
-    pub fresh_for: Duration,
-    pub stale_while_revalidate: Duration,
-    pub stale_if_error: Duration,
+pub(crate) struct Entry {
+    pub(crate) answer: Answer,
+    pub(crate) stored_at: Instant,
+    pub(crate) fresh_for: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
     /// A hit's headers, made once per second of age rather than once per hit.
-    pub hit_headers: std::sync::Mutex<Option<std::sync::Arc<HitHeaders>>>,
+    pub(crate) hit_headers: std::sync::Mutex<Option<std::sync::Arc<HitHeaders>>>,
 }
 
 /// A hit's headers at one `ttl` and age: the stored ones, `Cache-Status`, `Age`, and a slot for
 /// `X-Request-Id`.
 #[derive(Debug)]
-pub struct HitHeaders {
-    pub ttl: i64,
-    pub age: u64,
-    pub headers: HeaderMap,
+pub(crate) struct HitHeaders {
+    pub(crate) ttl: i64,
+    pub(crate) age: u64,
+    pub(crate) headers: HeaderMap,
 }
 
 /// The counters in front of an `Arc`'s value.
-pub const ARC_HEADER: usize = 16;
+pub(crate) const ARC_HEADER: usize = 16;
 /// The control block `Bytes` allocates once a buffer is shared (sliced).
 const BYTES_SHARED: usize = 32;
 
 /// What malloc really takes for `n` bytes: glibc rounds to 16 and adds 8 of its own, and never
 /// hands out less than 32.
-pub fn malloc_size(n: usize) -> usize {
+pub(crate) fn malloc_size(n: usize) -> usize {
     (n + 8).div_ceil(16).max(2) * 16
 }
 
 /// A header map's tables: a bucket per header slot (name, value, hash and links) and the index
 /// (4 bytes per slot, a power of two above the slots). The values' bytes are counted apart.
-pub fn header_map_bytes(headers: &HeaderMap) -> usize {
+pub(crate) fn header_map_bytes(headers: &HeaderMap) -> usize {
     let slots = headers.capacity().max(headers.len());
     if slots == 0 {
         return 0;
@@ -189,7 +189,7 @@ fn disk_status(body: &[u8]) -> Option<String> {
 }
 
 impl Entry {
-    pub fn new(route: Route, answer: Answer, policy: &CachePolicy, now: Instant) -> Entry {
+    pub(crate) fn new(route: Route, answer: Answer, policy: &CachePolicy, now: Instant) -> Entry {
         let mut fresh_for = policy.ttl;
         // A disk mounting or being destroyed is what pollers wait on: its entry lives shorter.
         if route.has_disk_status()
@@ -209,7 +209,7 @@ impl Entry {
     }
 
     /// `None` when the entry is of no use any more.
-    pub fn freshness(&self, now: Instant) -> Option<Freshness> {
+    pub(crate) fn freshness(&self, now: Instant) -> Option<Freshness> {
         let age = now.saturating_duration_since(self.stored_at);
         if age < self.fresh_for {
             Some(Freshness::Fresh(self.fresh_for - age))
@@ -223,16 +223,16 @@ impl Entry {
     }
 
     /// Servable as a hit at `now`.
-    pub fn is_fresh(&self, now: Instant) -> bool {
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
         matches!(self.freshness(now), Some(Freshness::Fresh(_)))
     }
 
-    pub fn age(&self, now: Instant) -> Duration {
+    pub(crate) fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.stored_at)
     }
 
     /// Seconds of freshness left, negative once stale (the `ttl` of `Cache-Status`).
-    pub fn ttl_secs(&self, now: Instant) -> i64 {
+    pub(crate) fn ttl_secs(&self, now: Instant) -> i64 {
         let age = self.age(now);
         if age < self.fresh_for {
             (self.fresh_for - age).as_secs() as i64
@@ -242,13 +242,13 @@ impl Entry {
     }
 
     /// How long the entry is worth keeping at all.
-    pub fn retain_for(&self) -> Duration {
+    pub(crate) fn retain_for(&self) -> Duration {
         self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
     }
 
     /// Bytes this entry costs in memory: the entry, its answer, and the hit headers it keeps once
     /// it is served (see [`HitHeaders`]).
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         malloc_size(std::mem::size_of::<Entry>() + ARC_HEADER) + self.answer.held_bytes()
             - std::mem::size_of::<Answer>()
             + hit_headers_bytes(self.answer.headers.len())

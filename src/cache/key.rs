@@ -9,14 +9,18 @@ use std::sync::Arc;
 use crate::routes::Route;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    pub account: Arc<str>,
-    pub route: Route,
-    pub id: Arc<str>,
+pub(crate) struct CacheKey {
+    pub(crate) account: Arc<str>,
+    pub(crate) route: Route,
+    pub(crate) id: Arc<str>,
 }
 
 impl CacheKey {
-    pub fn new(account: impl Into<Arc<str>>, route: Route, id: impl Into<Arc<str>>) -> CacheKey {
+    pub(crate) fn new(
+        account: impl Into<Arc<str>>,
+        route: Route,
+        id: impl Into<Arc<str>>,
+    ) -> CacheKey {
         CacheKey {
             account: account.into(),
             route,
@@ -26,7 +30,7 @@ impl CacheKey {
 
     /// Bytes this key costs in memory, for the cache's byte bound: the key (kept in an `Arc`
     /// by the store) and its id. The account's name is one string shared by all its keys.
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         use crate::cache::entry::{ARC_HEADER, malloc_size};
         malloc_size(std::mem::size_of::<CacheKey>() + ARC_HEADER)
             + malloc_size(self.id.len() + ARC_HEADER)
@@ -35,7 +39,7 @@ impl CacheKey {
 
 /// The route's declared query parameters as sent in `query`, in declared order (`page=1&pageSize=10`);
 /// `None` when none is sent. Undeclared ones never count (the route layer refuses them anyway).
-pub fn canonical_query(route: Route, query: Option<&str>) -> Option<String> {
+pub(crate) fn canonical_query(route: Route, query: Option<&str>) -> Option<String> {
     let query = query?;
     let declared = route.query_params();
     if declared.is_empty() {
@@ -57,13 +61,13 @@ pub fn canonical_query(route: Route, query: Option<&str>) -> Option<String> {
 }
 
 /// Whether a route's requests are told apart by their JSON body (a POST that only reads).
-pub fn body_keyed(route: Route) -> bool {
+pub(crate) fn body_keyed(route: Route) -> bool {
     route.body_keyed()
 }
 
 /// The canonical form of a JSON body: keys sorted, no whitespace. `None` when it is not JSON.
 /// An empty body is `{}`, as the upstream reads it.
-pub fn canonical_json(body: &[u8]) -> Option<String> {
+pub(crate) fn canonical_json(body: &[u8]) -> Option<String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Some("{}".to_string());
     }

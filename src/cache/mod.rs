@@ -19,9 +19,9 @@
 //! as current as a call of the request's own, and a client that always sends `no-cache` cannot
 //! multiply upstream calls. A refresh that starts a fill drops the stored entry first.
 
-pub mod entry;
-pub mod key;
-pub mod policy;
+pub(crate) mod entry;
+pub(crate) mod key;
+pub(crate) mod policy;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -40,14 +40,14 @@ use policy::{CachePolicy, CacheSettings};
 
 /// The result of a fill, shared by everyone who waited for it.
 #[derive(Debug)]
-pub enum Filled {
+pub(crate) enum Filled {
     /// The upstream's answer, and whether it was stored.
     Fetched { answer: Answer, stored: bool },
     /// A fresh entry was stored between the caller's lookup and the fill: no call was needed.
     Found(Arc<Entry>),
 }
 
-pub struct Cache {
+pub(crate) struct Cache {
     store: Arc<dyn CacheStore>,
     /// Swapped whole by a reload; a fill stores under the policies current when it began.
     policies: Swap<BTreeMap<Route, CachePolicy>>,
@@ -57,7 +57,7 @@ pub struct Cache {
 
 /// Why entries were dropped (the `reason` label of the invalidations metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// A mutation through the gateway changed what the entry describes.
     Mutation,
     /// An operator's `POST /admin/cache/purge`.
@@ -79,10 +79,10 @@ impl Reason {
     }
 }
 
-pub use crate::routes::Stale;
+pub(crate) use crate::routes::Stale;
 
 /// The invalidation rules: what each mutation changes (the route table says).
-pub fn invalidated_by(route: Route) -> &'static [Stale] {
+pub(crate) fn invalidated_by(route: Route) -> &'static [Stale] {
     route.invalidates()
 }
 
@@ -95,7 +95,7 @@ fn label(what: &Invalidation) -> &'static str {
 }
 
 impl Cache {
-    pub fn new(
+    pub(crate) fn new(
         settings: &CacheSettings,
         store: Arc<dyn CacheStore>,
         metrics: Arc<Metrics>,
@@ -115,28 +115,28 @@ impl Cache {
     }
 
     /// Whether `route` is cached now.
-    pub fn caches(&self, route: Route) -> bool {
+    pub(crate) fn caches(&self, route: Route) -> bool {
         self.policies.with(|p| p.contains_key(&route))
     }
 
     /// The current policies of every cached route.
-    pub fn policies(&self) -> Arc<BTreeMap<Route, CachePolicy>> {
+    pub(crate) fn policies(&self) -> Arc<BTreeMap<Route, CachePolicy>> {
         self.policies.load()
     }
 
     /// Puts new policies in place (a reload); fills in flight keep the ones they began with.
-    pub fn set_policies(&self, policies: BTreeMap<Route, CachePolicy>) {
+    pub(crate) fn set_policies(&self, policies: BTreeMap<Route, CachePolicy>) {
         self.policies.store(policies);
     }
 
     /// A fresh entry this replica holds in memory, looked up without waiting on anything.
-    pub fn peek_fresh(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    pub(crate) fn peek_fresh(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let entry = self.store.peek(key)?;
         entry.is_fresh(Instant::now()).then_some(entry)
     }
 
     /// The stored entry, if it is still of any use.
-    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    pub(crate) async fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let entry = self.store.get(key).await?;
         entry.freshness(Instant::now()).map(|_| entry)
     }
@@ -146,7 +146,12 @@ impl Cache {
     /// Unless `force`, a fresh entry stored since the caller looked (by a fill that landed in
     /// between) is used instead of calling again; with `force` (a client's refresh) a fill that
     /// starts drops the stored entry first, and one already in flight is joined.
-    pub fn fill<F>(self: &Arc<Self>, key: CacheKey, force: bool, fetch: F) -> Flight<Arc<Filled>>
+    pub(crate) fn fill<F>(
+        self: &Arc<Self>,
+        key: CacheKey,
+        force: bool,
+        fetch: F,
+    ) -> Flight<Arc<Filled>>
     where
         F: Future<Output = Answer> + Send + 'static,
     {
@@ -236,7 +241,7 @@ impl Cache {
         }
     }
 
-    pub async fn invalidate(&self, what: Invalidation, reason: Reason) {
+    pub(crate) async fn invalidate(&self, what: Invalidation, reason: Reason) {
         // Before the store drops the entries: a fill that stores after this sees itself detached.
         self.flights.detach(|key| what.matches(key));
         self.record_invalidation(label(&what), reason);
@@ -251,7 +256,7 @@ impl Cache {
     }
 
     /// Drops what a successful mutation of `route` (naming `id`, when it names one) made wrong.
-    pub async fn after_mutation(&self, account: &str, route: Route, id: Option<&str>) {
+    pub(crate) async fn after_mutation(&self, account: &str, route: Route, id: Option<&str>) {
         for stale in invalidated_by(route) {
             let what = match (stale, id) {
                 (Stale::SameId(r), Some(id)) => Invalidation::Key(CacheKey::new(account, *r, id)),
@@ -265,7 +270,7 @@ impl Cache {
         }
     }
 
-    pub fn record_lookup(&self, route: Route, result: &str) {
+    pub(crate) fn record_lookup(&self, route: Route, result: &str) {
         self.metrics
             .cache_lookups
             .with_label_values(&[route.as_str(), result])
@@ -273,7 +278,7 @@ impl Cache {
     }
 
     /// Refreshes the entry and byte gauges.
-    pub fn update_gauges(&self) -> Usage {
+    pub(crate) fn update_gauges(&self) -> Usage {
         let usage = self.store.usage();
         self.metrics.cache_entries.set(usage.entries as i64);
         self.metrics.cache_bytes.set(usage.bytes as i64);

@@ -14,11 +14,11 @@ use crate::routes::{Caching, Route, RouteTable};
 /// The `[cache]` section as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
+pub(crate) struct CacheConfig {
     /// Upper bound of the memory the cache's entries take, in bytes.
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
     /// Per-route overrides of the built-in policies, keyed by route name.
-    pub routes: BTreeMap<String, RoutePolicyConfig>,
+    pub(crate) routes: BTreeMap<String, RoutePolicyConfig>,
 }
 
 impl Default for CacheConfig {
@@ -33,41 +33,44 @@ impl Default for CacheConfig {
 /// One route's policy as written; every field falls back to the route's built-in default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoutePolicyConfig {
-    pub enabled: Option<bool>,
+pub(crate) struct RoutePolicyConfig {
+    pub(crate) enabled: Option<bool>,
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    pub ttl: Option<Duration>,
+    pub(crate) ttl: Option<Duration>,
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    pub stale_while_revalidate: Option<Duration>,
+    pub(crate) stale_while_revalidate: Option<Duration>,
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
-    pub stale_if_error: Option<Duration>,
+    pub(crate) stale_if_error: Option<Duration>,
     /// `disk.info` only: a shorter TTL for disks in these states, e.g. `{ "1" = "1s" }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_ttl: Option<BTreeMap<String, String>>,
+    pub(crate) status_ttl: Option<BTreeMap<String, String>>,
 }
 
 mod opt_duration {
     use super::*;
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         duration::deserialize(d).map(Some)
     }
 
-    pub fn serialize<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        v: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             Some(d) => duration::serialize(d, s),
             None => s.serialize_none(),
@@ -77,19 +80,19 @@ mod opt_duration {
 
 /// How one route is cached.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CachePolicy {
+pub(crate) struct CachePolicy {
     #[serde(with = "duration")]
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
     #[serde(with = "duration")]
-    pub stale_while_revalidate: Duration,
+    pub(crate) stale_while_revalidate: Duration,
     #[serde(with = "duration")]
-    pub stale_if_error: Duration,
+    pub(crate) stale_if_error: Duration,
     /// Disk status (as the upstream writes it, `"1"`) → TTL for entries in that state.
     #[serde(
         skip_serializing_if = "BTreeMap::is_empty",
         serialize_with = "durations"
     )]
-    pub status_ttl: BTreeMap<String, Duration>,
+    pub(crate) status_ttl: BTreeMap<String, Duration>,
 }
 
 fn durations<S: serde::Serializer>(
@@ -105,7 +108,7 @@ fn durations<S: serde::Serializer>(
 }
 
 /// Routes that only read, and so may be cached (the route table says which).
-pub fn cacheable(route: Route) -> bool {
+pub(crate) fn cacheable(route: Route) -> bool {
     route.cacheable()
 }
 
@@ -166,9 +169,9 @@ fn apply(
 
 /// The cache's resolved settings: the enabled routes' policies.
 #[derive(Debug, Clone, Serialize)]
-pub struct CacheSettings {
-    pub max_bytes: u64,
-    pub routes: BTreeMap<Route, CachePolicy>,
+pub(crate) struct CacheSettings {
+    pub(crate) max_bytes: u64,
+    pub(crate) routes: BTreeMap<Route, CachePolicy>,
 }
 
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
@@ -179,7 +182,7 @@ fn invalid(key: String, message: impl Into<String>) -> ConfigError {
 }
 
 impl CacheConfig {
-    pub fn resolve(&self, table: &RouteTable) -> Result<CacheSettings, ConfigError> {
+    pub(crate) fn resolve(&self, table: &RouteTable) -> Result<CacheSettings, ConfigError> {
         if self.max_bytes < 1024 {
             return Err(invalid(
                 "cache.max_bytes".into(),

@@ -118,7 +118,7 @@ fn local_only(route: Route) -> bool {
     route.local_only()
 }
 
-pub struct TwoLevel(Arc<Inner>);
+pub(crate) struct TwoLevel(Arc<Inner>);
 
 struct Inner {
     fleet: Arc<Fleet>,
@@ -187,7 +187,7 @@ fn decode_message<'a>(msg: &'a str, routes: &RouteTable) -> Option<(&'a str, u64
 impl TwoLevel {
     /// The store, and the task that applies other replicas' invalidations to L1 (run it until
     /// shutdown with [`TwoLevel::subscriber`]).
-    pub fn new(
+    pub(crate) fn new(
         fleet: Arc<Fleet>,
         accounts: Vec<Arc<str>>,
         routes: Arc<RouteTable>,
@@ -215,12 +215,12 @@ impl TwoLevel {
     }
 
     /// Whether other replicas' invalidations are reaching this one now.
-    pub fn subscribed(&self) -> bool {
+    pub(crate) fn subscribed(&self) -> bool {
         self.0.subscribed.load(Ordering::SeqCst)
     }
 
     /// Listens for invalidations until `shutdown`, re-subscribing after a lost connection.
-    pub fn subscriber(
+    pub(crate) fn subscriber(
         &self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {

@@ -94,7 +94,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// A cache entry, with its stored time on the shared clock so that `Age` stays true on every replica.
-pub fn encode_entry(e: &Entry) -> Vec<u8> {
+pub(crate) fn encode_entry(e: &Entry) -> Vec<u8> {
     let mut w = Writer::new(e.answer.body.len());
     w.u64(now_ms().saturating_sub(ms(e.age(Instant::now()))));
     w.u64(ms(e.fresh_for));
@@ -104,7 +104,7 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
     w.0
 }
 
-pub fn decode_entry(b: &[u8]) -> Option<Entry> {
+pub(crate) fn decode_entry(b: &[u8]) -> Option<Entry> {
     let mut r = Reader::start(b)?;
     let stored_ms = r.u64()?;
     let fresh_for = Duration::from_millis(r.u64()?);
@@ -124,7 +124,7 @@ pub fn decode_entry(b: &[u8]) -> Option<Entry> {
     })
 }
 
-pub fn encode_record(rec: &Record) -> Vec<u8> {
+pub(crate) fn encode_record(rec: &Record) -> Vec<u8> {
     let body_len = match &rec.state {
         State::Done(a) => a.body.len(),
         _ => 0,
@@ -161,7 +161,7 @@ pub fn encode_record(rec: &Record) -> Vec<u8> {
     w.0
 }
 
-pub fn decode_record(b: &[u8]) -> Option<Record> {
+pub(crate) fn decode_record(b: &[u8]) -> Option<Record> {
     let mut r = Reader::start(b)?;
     let fingerprint: Arc<str> = std::str::from_utf8(r.bytes()?).ok()?.into();
     let ttl = Duration::from_millis(r.u64()?);

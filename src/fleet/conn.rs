@@ -20,7 +20,7 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 
 /// A connection to the fleet's Redis, cheap to clone.
 #[derive(Clone)]
-pub enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -63,7 +63,7 @@ enum Topology {
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
 
-pub struct Connector {
+pub(crate) struct Connector {
     topology: Topology,
     timeout: Duration,
     current: Mutex<Option<Conn>>,
@@ -120,7 +120,7 @@ impl From<UrlError> for String {
 
 /// Checks a `[redis] url` without connecting; the message never repeats the URL (it may hold a
 /// password).
-pub fn check_url(url: &str) -> Result<(), UrlError> {
+pub(crate) fn check_url(url: &str) -> Result<(), UrlError> {
     Connector::new(url, Duration::from_secs(1), None).map(|_| ())
 }
 
@@ -137,7 +137,11 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
 
 impl Connector {
     /// `ca`: PEM of a private CA to verify `rediss://` servers with (one server or a cluster).
-    pub fn new(url: &str, timeout: Duration, ca: Option<Vec<u8>>) -> Result<Connector, UrlError> {
+    pub(crate) fn new(
+        url: &str,
+        timeout: Duration,
+        ca: Option<Vec<u8>>,
+    ) -> Result<Connector, UrlError> {
         let certs = |ca: Vec<u8>| redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(ca),
@@ -244,7 +248,7 @@ impl Connector {
     }
 
     /// The connection, made on first use (a replica starts while Redis is down).
-    pub async fn conn(&self) -> RedisResult<Conn> {
+    pub(crate) async fn conn(&self) -> RedisResult<Conn> {
         if let Some(c) = self.current.lock().expect("redis connection").clone() {
             return Ok(c);
         }
@@ -274,21 +278,21 @@ impl Connector {
 
     /// After a failed command: with Sentinel the primary may have moved, so it is looked up
     /// again on the next command. The other topologies reconnect by themselves.
-    pub fn failed(&self) {
+    pub(crate) fn failed(&self) {
         if matches!(self.topology, Topology::Sentinel(_)) {
             *self.current.lock().expect("redis connection") = None;
         }
     }
 
     /// Counts the primary's moves (Sentinel), so that a subscription can follow them.
-    pub fn moved(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn moved(&self) -> tokio::sync::watch::Receiver<u64> {
         self.moved.subscribe()
     }
 
     /// Sentinel: asks every second where the primary is, and moves the connection when it moved
     /// (a demoted primary may accept writes for a moment, which would then be lost). Returns at
     /// once for the other topologies.
-    pub async fn watch_primary(&self) {
+    pub(crate) async fn watch_primary(&self) {
         let Topology::Sentinel(sentinel) = &self.topology else {
             return;
         };
@@ -313,7 +317,7 @@ impl Connector {
     }
 
     /// A connection for pub/sub (a cluster broadcasts what is published to every node).
-    pub async fn pubsub(&self) -> RedisResult<PubSub> {
+    pub(crate) async fn pubsub(&self) -> RedisResult<PubSub> {
         match &self.topology {
             Topology::Single(client) => client.get_async_pubsub().await,
             Topology::Cluster { subscribers, .. } => {

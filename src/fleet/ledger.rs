@@ -41,7 +41,7 @@ end
 return 0
 "#;
 
-pub struct RedisLedger(Arc<Inner>);
+pub(crate) struct RedisLedger(Arc<Inner>);
 
 struct Inner {
     fleet: Arc<Fleet>,
@@ -51,7 +51,7 @@ struct Inner {
 }
 
 impl RedisLedger {
-    pub fn new(fleet: Arc<Fleet>, fall_back_to_local: bool) -> RedisLedger {
+    pub(crate) fn new(fleet: Arc<Fleet>, fall_back_to_local: bool) -> RedisLedger {
         RedisLedger(Arc::new(Inner {
             fleet,
             charge: redis::Script::new(CHARGE),

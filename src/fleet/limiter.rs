@@ -46,7 +46,7 @@ for i = 1, #KEYS do out[#out + 1] = tats[i] - now end
 return out
 "#;
 
-pub struct RedisLimiter(Arc<Inner>);
+pub(crate) struct RedisLimiter(Arc<Inner>);
 
 struct Inner {
     fleet: Arc<Fleet>,
@@ -55,7 +55,7 @@ struct Inner {
 }
 
 impl RedisLimiter {
-    pub fn new(fleet: Arc<Fleet>, fall_back_to_local: bool) -> RedisLimiter {
+    pub(crate) fn new(fleet: Arc<Fleet>, fall_back_to_local: bool) -> RedisLimiter {
         RedisLimiter(Arc::new(Inner {
             fleet,
             script: redis::Script::new(RESERVE),

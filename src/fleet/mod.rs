@@ -20,13 +20,13 @@
 //! The connection reconnects by itself; until it does, each part falls back as README.md's
 //! "Shared mode" says (cache and token: the replica's own; creates: refused unless opted out).
 
-pub mod cache;
-pub mod codec;
-pub mod conn;
-pub mod ledger;
-pub mod limiter;
+pub(crate) mod cache;
+pub(crate) mod codec;
+pub(crate) mod conn;
+pub(crate) mod ledger;
+pub(crate) mod limiter;
 pub mod records;
-pub mod token;
+pub(crate) mod token;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// What went wrong, without the common prefix (for `/readyz` and the log).
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             StoreError::Redis(e) | StoreError::Unexpected(e) => e.clone(),
             StoreError::Timeout(t) => {
@@ -77,9 +77,9 @@ pub struct Fleet {
     connector: Connector,
     prefix: String,
     timeout: Duration,
-    pub lock_ttl: Duration,
+    pub(crate) lock_ttl: Duration,
     creates_when_down: crate::config::CreatesWhenDown,
-    pub required_for_readiness: bool,
+    pub(crate) required_for_readiness: bool,
     metrics: Arc<Metrics>,
     /// The last failure, until a command succeeds again (for `/readyz`).
     last_error: Mutex<Option<StoreError>>,
@@ -167,7 +167,7 @@ impl Fleet {
 
     /// A key of one account: `{prefix}{account}:` then the parts. The braces are a Redis Cluster
     /// hash tag: every key of one account lives in one slot, so that a script may touch several.
-    pub fn account_key(&self, account: &str, parts: &[&str]) -> String {
+    pub(crate) fn account_key(&self, account: &str, parts: &[&str]) -> String {
         let mut k = format!("{}{{{account}}}", self.prefix);
         for p in parts {
             k.push(':');
@@ -177,7 +177,7 @@ impl Fleet {
     }
 
     /// A key of the fleet: the prefix, then the parts joined by `:`.
-    pub fn key(&self, parts: &[&str]) -> String {
+    pub(crate) fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
         for (i, p) in parts.iter().enumerate() {
             if i > 0 {
@@ -189,17 +189,17 @@ impl Fleet {
     }
 
     /// A connection for pub/sub.
-    pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+    pub(crate) async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         self.connector.pubsub().await
     }
 
     /// Changes when the primary moved (Sentinel): a subscription then subscribes again.
-    pub fn primary_moved(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn primary_moved(&self) -> tokio::sync::watch::Receiver<u64> {
         self.connector.moved()
     }
 
     /// Follows the primary (Sentinel) and checks the fleet marker every second, until `shutdown`.
-    pub async fn watch_primary(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+    pub(crate) async fn watch_primary(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         let marker = async {
             loop {
                 // A failure is counted and logged by `run`; the next round tries again.
@@ -215,13 +215,13 @@ impl Fleet {
 
     /// Sets how long creates without a record are refused after Redis lost its data: the
     /// longest a create's outcome can stay open (execution limit + lease).
-    pub fn set_reset_grace(&self, grace: Duration) {
+    pub(crate) fn set_reset_grace(&self, grace: Duration) {
         self.reset_grace_ms
             .store(grace.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// [`Fleet::check_marker`] when it was not checked since the last failure.
-    pub async fn check_marker_if_due(&self) -> Result<(), StoreError> {
+    pub(crate) async fn check_marker_if_due(&self) -> Result<(), StoreError> {
         if self.marker_checked.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -230,7 +230,7 @@ impl Fleet {
 
     /// Reads the fleet marker (writing one when there is none). Gone, or replaced by another
     /// replica, though this replica saw one: Redis lost its data.
-    pub async fn check_marker(&self) -> Result<(), StoreError> {
+    pub(crate) async fn check_marker(&self) -> Result<(), StoreError> {
         let _one = self.checking.lock().await;
         let key = self.key(&["fleet-marker"]);
         let fresh = fence();
@@ -271,7 +271,7 @@ impl Fleet {
     }
 
     /// While creates that find no record are refused after a loss of data: how long still.
-    pub fn refusing_new_creates(&self) -> Option<Duration> {
+    pub(crate) fn refusing_new_creates(&self) -> Option<Duration> {
         let m = self.marker.lock().expect("fleet marker");
         let (_, until) = m.lost?;
         until
@@ -280,7 +280,7 @@ impl Fleet {
     }
 
     /// For `/readyz`: the last loss of data this replica noticed, and what it still refuses.
-    pub fn reset_note(&self) -> Option<String> {
+    pub(crate) fn reset_note(&self) -> Option<String> {
         let at_ms = self.marker.lock().expect("fleet marker").lost?.0;
         let ago = Duration::from_secs(now_ms().saturating_sub(at_ms) / 1000);
         let mut note = format!(
@@ -296,12 +296,12 @@ impl Fleet {
         Some(note)
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// Runs one Redis operation under the command timeout; a failure is counted under `op`.
-    pub async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, StoreError>
+    pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -345,7 +345,7 @@ impl Fleet {
 
     /// Counts a failure of the subscription, which runs on its own connection: it says nothing
     /// about the commands' connection, so it does not make commands rest.
-    pub fn subscription_failed(&self, e: &StoreError) {
+    pub(crate) fn subscription_failed(&self, e: &StoreError) {
         self.metrics
             .redis_errors
             .with_label_values(&["subscribe"])
@@ -367,7 +367,7 @@ impl Fleet {
     }
 
     /// What creates do while Redis is down, in words.
-    pub fn creates_when_down(&self) -> &'static str {
+    pub(crate) fn creates_when_down(&self) -> &'static str {
         match self.creates_when_down {
             crate::config::CreatesWhenDown::Refuse => "refused (503)",
             crate::config::CreatesWhenDown::Local => "protected by this replica alone",
@@ -380,7 +380,7 @@ impl Fleet {
     }
 
     /// `Ok` when Redis answers a PING now.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.run("ping", |mut c| async move {
             redis::cmd("PING").query_async::<String>(&mut c).await
         })
@@ -390,14 +390,14 @@ impl Fleet {
 }
 
 /// A random value naming one lock holder, so that a holder only ever frees its own lock.
-pub fn fence() -> String {
+pub(crate) fn fence() -> String {
     use rand::Rng;
     let n: u128 = rand::rng().random();
     format!("{n:032x}")
 }
 
 /// Frees a lock only if `ARGV[1]` still holds it (a holder past its lock's lifetime frees nothing).
-pub const UNLOCK: &str = r#"
+pub(crate) const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -412,6 +412,6 @@ pub fn now_ms() -> u64 {
 }
 
 /// Whole milliseconds for `PX`, at least 1.
-pub fn px(d: Duration) -> u64 {
+pub(crate) fn px(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }

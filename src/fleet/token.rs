@@ -31,13 +31,13 @@ return 0
 
 /// A token as the fleet shares it.
 #[derive(Clone)]
-pub struct SharedToken {
-    pub token: Secret,
-    pub expires_ms: u64,
-    pub lifetime: Duration,
+pub(crate) struct SharedToken {
+    pub(crate) token: Secret,
+    pub(crate) expires_ms: u64,
+    pub(crate) lifetime: Duration,
 }
 
-pub struct TokenStore {
+pub(crate) struct TokenStore {
     fleet: Arc<Fleet>,
     publish: redis::Script,
     drop_if: redis::Script,
@@ -45,7 +45,7 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    pub fn new(fleet: Arc<Fleet>) -> TokenStore {
+    pub(crate) fn new(fleet: Arc<Fleet>) -> TokenStore {
         TokenStore {
             fleet,
             publish: redis::Script::new(PUBLISH),
@@ -68,7 +68,7 @@ impl TokenStore {
 
     /// Whether this replica may call `getToken` now: true for one replica per `interval` (the
     /// fleet's `min_refresh_interval`), which the key's expiry measures.
-    pub async fn gate(&self, account: &str, interval: Duration) -> Result<bool, StoreError> {
+    pub(crate) async fn gate(&self, account: &str, interval: Duration) -> Result<bool, StoreError> {
         self.set_nx("token_gate", self.gate_key(account), "1".into(), interval)
             .await
     }
@@ -100,11 +100,11 @@ impl TokenStore {
     }
 
     /// How long a replica waits for another's refresh before fetching on its own.
-    pub fn wait(&self) -> Duration {
+    pub(crate) fn wait(&self) -> Duration {
         self.fleet.lock_ttl + self.fleet.timeout()
     }
 
-    pub async fn read(&self, account: &str) -> Result<Option<SharedToken>, StoreError> {
+    pub(crate) async fn read(&self, account: &str) -> Result<Option<SharedToken>, StoreError> {
         let key = self.key(account);
         let v: Option<String> = self
             .fleet
@@ -126,7 +126,7 @@ impl TokenStore {
     }
 
     /// The refresh lock's fence when this replica got it, `None` when another holds it.
-    pub async fn lock(&self, account: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn lock(&self, account: &str) -> Result<Option<String>, StoreError> {
         let fence = fence();
         let got = self
             .set_nx(
@@ -139,7 +139,7 @@ impl TokenStore {
         Ok(got.then_some(fence))
     }
 
-    pub async fn unlock(&self, account: &str, fence: &str) {
+    pub(crate) async fn unlock(&self, account: &str, fence: &str) {
         let mut inv = self.unlock.key(self.lock_key(account));
         inv.arg(fence);
         let _ = self
@@ -151,7 +151,7 @@ impl TokenStore {
     }
 
     /// Shares a new token (if the lock is still ours) and frees the lock.
-    pub async fn publish(&self, account: &str, t: &SharedToken, fence: &str) {
+    pub(crate) async fn publish(&self, account: &str, t: &SharedToken, fence: &str) {
         let left = Duration::from_millis(t.expires_ms.saturating_sub(now_ms()));
         let value = format!(
             "{}|{}|{}",
@@ -173,7 +173,7 @@ impl TokenStore {
     }
 
     /// Deletes `token` if it is still the shared one: the upstream rejected it.
-    pub async fn drop_rejected(&self, account: &str, token: &Secret) {
+    pub(crate) async fn drop_rejected(&self, account: &str, token: &Secret) {
         let mut inv = self.drop_if.key(self.key(account));
         inv.arg(format!("|{}", token.expose()));
         let _ = self

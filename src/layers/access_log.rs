@@ -26,16 +26,16 @@ use crate::svc::{Resp, RespFuture};
 use crate::telemetry::{self, ACCESS_TARGET};
 
 /// One access line's fields.
-pub struct Line<'a> {
-    pub request_id: &'a str,
-    pub method: &'static str,
-    pub route: &'static str,
-    pub status: u16,
-    pub micros: u64,
-    pub client: &'a str,
+pub(crate) struct Line<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) method: &'static str,
+    pub(crate) route: &'static str,
+    pub(crate) status: u16,
+    pub(crate) micros: u64,
+    pub(crate) client: &'a str,
     /// Written only when set (a token lease names the account it leased).
-    pub account: Option<&'a str>,
-    pub upstream_trace: &'a str,
+    pub(crate) account: Option<&'a str>,
+    pub(crate) upstream_trace: &'a str,
 }
 
 thread_local! {
@@ -137,7 +137,7 @@ fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
 impl Line<'_> {
     /// Logs the line: into the log buffer when this process's subscriber is installed and the
     /// access target is enabled, else through plain `tracing`.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         match telemetry::access_sink() {
             // Formatted into this thread's scratch buffer, outside the log buffer's lock, which
             // every thread's lines go through.
@@ -238,12 +238,12 @@ impl Line<'_> {
 }
 
 #[derive(Clone)]
-pub struct AccessLogLayer {
+pub(crate) struct AccessLogLayer {
     metrics: Arc<Metrics>,
 }
 
 impl AccessLogLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         AccessLogLayer { metrics }
     }
 }
@@ -259,7 +259,7 @@ impl<S> Layer<S> for AccessLogLayer {
 }
 
 #[derive(Clone)]
-pub struct AccessLog<S> {
+pub(crate) struct AccessLog<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
@@ -281,7 +281,7 @@ impl Drop for InFlight {
 }
 
 /// Methods as a bounded label set.
-pub fn method_label(m: &Method) -> &'static str {
+pub(crate) fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",

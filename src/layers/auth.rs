@@ -32,13 +32,13 @@ use crate::upstream::AccountHandle;
 use crate::upstream::forward::TOKEN_HEADER;
 
 /// One calling service.
-pub struct ClientEntry {
-    pub name: Arc<str>,
-    pub key_sha256: [u8; 32],
-    pub account: Arc<AccountHandle>,
-    pub routes: Option<BTreeSet<Route>>,
+pub(crate) struct ClientEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) key_sha256: [u8; 32],
+    pub(crate) account: Arc<AccountHandle>,
+    pub(crate) routes: Option<BTreeSet<Route>>,
     /// May lease the account's upstream token (`GET /_gateway/token`).
-    pub token_lease: bool,
+    pub(crate) token_lease: bool,
 }
 
 /// The identified caller: its name, its account, and its entry unless anonymous.
@@ -49,7 +49,7 @@ struct Identified<'a> {
 }
 
 /// Who may call, and as which account.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     clients: Vec<ClientEntry>,
     /// Set in anonymous mode: keyless calls go to this (the default) account.
     anonymous: Option<Arc<AccountHandle>>,
@@ -61,7 +61,7 @@ pub struct Authenticator {
 
 /// The key of an `Authorization: Bearer <key>` header (the scheme in any case); `Err` when the
 /// header is there but holds something else. Shared with the admin listener.
-pub fn bearer_key(headers: &HeaderMap) -> Result<Option<&[u8]>, GatewayError> {
+pub(crate) fn bearer_key(headers: &HeaderMap) -> Result<Option<&[u8]>, GatewayError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -74,16 +74,16 @@ pub fn bearer_key(headers: &HeaderMap) -> Result<Option<&[u8]>, GatewayError> {
 }
 
 /// Whether `key` hashes to `digest`, compared in constant time.
-pub fn key_matches(key: &[u8], digest: &[u8; 32]) -> bool {
+pub(crate) fn key_matches(key: &[u8], digest: &[u8; 32]) -> bool {
     let presented: [u8; 32] = Sha256::digest(key).into();
     bool::from(presented.ct_eq(digest))
 }
 
 /// The name anonymous calls carry in the access log.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 impl Authenticator {
-    pub fn new(
+    pub(crate) fn new(
         clients: Vec<ClientEntry>,
         anonymous: Option<Arc<AccountHandle>>,
         anonymous_routes: Option<BTreeSet<Route>>,
@@ -97,7 +97,7 @@ impl Authenticator {
     }
 
     /// The names callers are known by: every client's, and the anonymous one when allowed.
-    pub fn caller_names(&self) -> impl Iterator<Item = &Arc<str>> {
+    pub(crate) fn caller_names(&self) -> impl Iterator<Item = &Arc<str>> {
         self.clients
             .iter()
             .map(|c| &c.name)
@@ -151,7 +151,7 @@ impl Authenticator {
 
     /// Who is calling `route` (when known): 401 without a valid key, 403 outside the client's
     /// allow-list.
-    pub fn caller(
+    pub(crate) fn caller(
         &self,
         headers: &HeaderMap,
         route: Option<Route>,
@@ -182,7 +182,7 @@ impl Authenticator {
 
     /// Who is calling a token-lease endpoint: only a client whose entry grants `token_lease`
     /// (401 without a key, since only a client can hold the grant; 403 without the grant).
-    pub fn lease_caller(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    pub(crate) fn lease_caller(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
         let Identified {
             name,
             account,
@@ -215,15 +215,15 @@ impl Authenticator {
 }
 
 /// The authenticator as reloads swap it: each request reads the current one once.
-pub type SharedAuthenticator = Arc<Swap<Authenticator>>;
+pub(crate) type SharedAuthenticator = Arc<Swap<Authenticator>>;
 
 #[derive(Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     auth: SharedAuthenticator,
 }
 
 impl AuthLayer {
-    pub fn new(auth: SharedAuthenticator) -> Self {
+    pub(crate) fn new(auth: SharedAuthenticator) -> Self {
         AuthLayer { auth }
     }
 }
@@ -239,7 +239,7 @@ impl<S> Layer<S> for AuthLayer {
 }
 
 #[derive(Clone)]
-pub struct Auth<S> {
+pub(crate) struct Auth<S> {
     inner: S,
     auth: SharedAuthenticator,
 }

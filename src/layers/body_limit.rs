@@ -21,13 +21,13 @@ use crate::layers::RequestId;
 use crate::svc::{BoxError, Req, Resp, RespFuture};
 
 #[derive(Clone)]
-pub struct BodyLimitLayer {
+pub(crate) struct BodyLimitLayer {
     limit: usize,
     timeout: Duration,
 }
 
 impl BodyLimitLayer {
-    pub fn new(limit: usize, timeout: Duration) -> Self {
+    pub(crate) fn new(limit: usize, timeout: Duration) -> Self {
         BodyLimitLayer { limit, timeout }
     }
 }
@@ -44,7 +44,7 @@ impl<S> Layer<S> for BodyLimitLayer {
 }
 
 #[derive(Clone)]
-pub struct BodyLimit<S> {
+pub(crate) struct BodyLimit<S> {
     inner: S,
     limit: usize,
     timeout: Duration,

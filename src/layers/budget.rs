@@ -20,13 +20,13 @@ use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 
 #[derive(Clone)]
-pub struct BudgetLayer {
+pub(crate) struct BudgetLayer {
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
 }
 
 impl BudgetLayer {
-    pub fn new(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
         BudgetLayer { budget, metrics }
     }
 }
@@ -42,7 +42,7 @@ impl<S> Layer<S> for BudgetLayer {
 }
 
 #[derive(Clone)]
-pub struct BudgetService<S> {
+pub(crate) struct BudgetService<S> {
     inner: S,
     layer: BudgetLayer,
 }

@@ -39,12 +39,12 @@ use crate::upstream::AccountHandle;
 const CACHE_NAME: &str = "finovy-gateway";
 
 #[derive(Clone)]
-pub struct CacheLayer {
+pub(crate) struct CacheLayer {
     cache: Arc<Cache>,
 }
 
 impl CacheLayer {
-    pub fn new(cache: Arc<Cache>) -> Self {
+    pub(crate) fn new(cache: Arc<Cache>) -> Self {
         CacheLayer { cache }
     }
 }
@@ -60,7 +60,7 @@ impl<S> Layer<S> for CacheLayer {
 }
 
 #[derive(Clone)]
-pub struct CacheService<S> {
+pub(crate) struct CacheService<S> {
     inner: S,
     cache: Arc<Cache>,
 }
@@ -100,7 +100,7 @@ fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
 }
 
 /// The key of a request to a route keyed by its path parameter and query.
-pub fn key_of(account: &AccountHandle, m: &RouteMatch, query: Option<&str>) -> CacheKey {
+pub(crate) fn key_of(account: &AccountHandle, m: &RouteMatch, query: Option<&str>) -> CacheKey {
     let query = crate::cache::key::canonical_query(m.route, query);
     let id: Arc<str> = match (&m.param, query) {
         (Some(p), Some(q)) => format!("{p}?{q}").into(),
@@ -112,7 +112,7 @@ pub fn key_of(account: &AccountHandle, m: &RouteMatch, query: Option<&str>) -> C
 }
 
 /// Whether the client asks for this request to go upstream (`Cache-Control: no-cache`).
-pub fn no_cache(headers: &HeaderMap) -> bool {
+pub(crate) fn no_cache(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
@@ -170,7 +170,7 @@ fn hit(entry: &Entry, now: Instant) -> Resp {
 
 /// A hit without extensions. Its headers are made once per second of the entry's age, not per
 /// request: a hit clones one map and allocates nothing else.
-pub fn bare_hit(entry: &Entry, now: Instant) -> Resp {
+pub(crate) fn bare_hit(entry: &Entry, now: Instant) -> Resp {
     let (ttl, age) = (entry.ttl_secs(now), entry.age(now).as_secs());
     let memo = {
         let mut cached = entry.hit_headers.lock().unwrap_or_else(|p| p.into_inner());

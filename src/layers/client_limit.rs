@@ -26,13 +26,13 @@ struct Counts {
 }
 
 #[derive(Clone)]
-pub struct ClientLimitLayer {
+pub(crate) struct ClientLimitLayer {
     counts: Arc<Counts>,
 }
 
 impl ClientLimitLayer {
     /// `names`: every caller the authenticator can hand on (clients, and `anonymous` if allowed).
-    pub fn new<'a>(names: impl Iterator<Item = &'a Arc<str>>, limit: usize) -> Self {
+    pub(crate) fn new<'a>(names: impl Iterator<Item = &'a Arc<str>>, limit: usize) -> Self {
         let index = names
             .map(|n| (n.clone(), Arc::new(AtomicUsize::new(0))))
             .collect();
@@ -56,7 +56,7 @@ impl<S> Layer<S> for ClientLimitLayer {
 }
 
 #[derive(Clone)]
-pub struct ClientLimit<S> {
+pub(crate) struct ClientLimit<S> {
     inner: S,
     counts: Arc<Counts>,
 }

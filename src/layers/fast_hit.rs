@@ -34,7 +34,7 @@ struct HitMetrics {
     lookups: IntCounter,
 }
 
-pub struct FastHit {
+pub(crate) struct FastHit {
     auth: SharedAuthenticator,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
@@ -44,7 +44,7 @@ pub struct FastHit {
 }
 
 impl FastHit {
-    pub fn new(
+    pub(crate) fn new(
         auth: SharedAuthenticator,
         cache: Arc<Cache>,
         metrics: Arc<Metrics>,
@@ -78,7 +78,7 @@ impl FastHit {
     }
 
     /// The answer to `req` when it is a fresh hit; `None` sends it through the stack.
-    pub fn answer<B: http_body::Body>(&self, req: &Request<B>) -> Option<Resp> {
+    pub(crate) fn answer<B: http_body::Body>(&self, req: &Request<B>) -> Option<Resp> {
         let started = Instant::now();
         // A body is read (with its limit) by the stack; cached routes that matter have none.
         if !req.body().is_end_stream() {

@@ -29,10 +29,10 @@ use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture, duplicate};
 
 /// The upstream's "too frequent, try later" code.
-pub use crate::error::TOO_FREQUENT;
+pub(crate) use crate::error::TOO_FREQUENT;
 
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     limiter: Arc<dyn RateLimiter>,
     /// Swapped by a reload; a create keeps the policy it started with.
     settings: Arc<Swap<CreateSettings>>,
@@ -40,7 +40,7 @@ pub struct RateLimitLayer {
 }
 
 impl RateLimitLayer {
-    pub fn new(
+    pub(crate) fn new(
         limiter: Arc<dyn RateLimiter>,
         settings: Arc<Swap<CreateSettings>>,
         metrics: Arc<Metrics>,
@@ -64,7 +64,7 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 #[derive(Clone)]
-pub struct RateLimitService<S> {
+pub(crate) struct RateLimitService<S> {
     inner: S,
     layer: RateLimitLayer,
 }

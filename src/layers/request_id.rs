@@ -12,13 +12,13 @@ use tower::{Layer, Service};
 use crate::layers::RequestId;
 use crate::svc::{Resp, RespFuture};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longer ids, or ids with other characters, are replaced: they end up in logs and envelopes.
 const MAX_LEN: usize = 128;
 
 #[derive(Clone, Default)]
-pub struct RequestIdLayer;
+pub(crate) struct RequestIdLayer;
 
 impl<S> Layer<S> for RequestIdLayer {
     type Service = RequestIdService<S>;
@@ -28,7 +28,7 @@ impl<S> Layer<S> for RequestIdLayer {
 }
 
 #[derive(Clone)]
-pub struct RequestIdService<S> {
+pub(crate) struct RequestIdService<S> {
     inner: S,
 }
 
@@ -55,12 +55,12 @@ fn random_hex() -> [u8; 32] {
 }
 
 /// A new request id.
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     random_hex().iter().map(|&d| d as char).collect()
 }
 
 /// The request's id as a header value: the client's own when it sent a sane one, else a new one.
-pub fn pick(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn pick(headers: &HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(v) if acceptable(v).is_some() => v.clone(),
         _ => HeaderValue::from_bytes(&random_hex()).expect("hex digits are a valid header"),

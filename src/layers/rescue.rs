@@ -15,7 +15,7 @@ use crate::layers::RequestId;
 use crate::svc::{BoxError, Resp, RespFuture};
 
 #[derive(Clone, Default)]
-pub struct RescueLayer;
+pub(crate) struct RescueLayer;
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
@@ -28,7 +28,7 @@ impl<S> Layer<S> for RescueLayer {
 }
 
 #[derive(Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
     /// The error a `poll_ready` of the layers below returned, answered by the next `call`.
     not_ready: Option<Arc<BoxError>>,

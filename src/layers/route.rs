@@ -19,7 +19,7 @@ use crate::svc::{Resp, RespFuture};
 
 /// Classifies against one config's route table.
 #[derive(Clone)]
-pub struct RouteLayer(pub Arc<RouteTable>);
+pub(crate) struct RouteLayer(pub Arc<RouteTable>);
 
 impl<S> Layer<S> for RouteLayer {
     type Service = RouteService<S>;
@@ -32,7 +32,7 @@ impl<S> Layer<S> for RouteLayer {
 }
 
 #[derive(Clone)]
-pub struct RouteService<S> {
+pub(crate) struct RouteService<S> {
     inner: S,
     routes: Arc<RouteTable>,
 }

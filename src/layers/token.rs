@@ -17,7 +17,7 @@ use crate::layers::{RequestId, UpstreamToken};
 use crate::svc::{Req, Resp, RespFuture, duplicate};
 
 #[derive(Clone, Default)]
-pub struct TokenLayer;
+pub(crate) struct TokenLayer;
 
 impl<S> Layer<S> for TokenLayer {
     type Service = Token<S>;
@@ -27,7 +27,7 @@ impl<S> Layer<S> for TokenLayer {
 }
 
 #[derive(Clone)]
-pub struct Token<S> {
+pub(crate) struct Token<S> {
     inner: S,
 }
 

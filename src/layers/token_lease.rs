@@ -42,21 +42,21 @@ use crate::upstream::token::Lease;
 
 /// How often one client may report a rejected token: each report may cost a `getToken`, and a
 /// client that keeps reporting is broken, not unlucky. One per 5 s, two at once.
-pub const REJECTIONS_PER_CLIENT: Rate = Rate {
+pub(crate) const REJECTIONS_PER_CLIENT: Rate = Rate {
     count: 1,
     period: Duration::from_secs(5),
     burst: 2,
 };
 
 #[derive(Clone)]
-pub struct TokenLeaseLayer {
+pub(crate) struct TokenLeaseLayer {
     metrics: Arc<Metrics>,
     /// Rejection reports per client, on this replica.
     rejections: Arc<MemoryLimiter>,
 }
 
 impl TokenLeaseLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         TokenLeaseLayer {
             metrics,
             rejections: Arc::new(MemoryLimiter::new()),
@@ -75,7 +75,7 @@ impl<S> Layer<S> for TokenLeaseLayer {
 }
 
 #[derive(Clone)]
-pub struct TokenLease<S> {
+pub(crate) struct TokenLease<S> {
     inner: S,
     layer: TokenLeaseLayer,
 }

@@ -20,7 +20,7 @@ use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 
 #[derive(Clone, Default)]
-pub struct ValidateLayer;
+pub(crate) struct ValidateLayer;
 
 impl<S> Layer<S> for ValidateLayer {
     type Service = Validate<S>;
@@ -30,7 +30,7 @@ impl<S> Layer<S> for ValidateLayer {
 }
 
 #[derive(Clone)]
-pub struct Validate<S> {
+pub(crate) struct Validate<S> {
     inner: S,
 }
 

@@ -17,28 +17,28 @@ const DAY: u64 = 24 * HOUR;
 
 /// One counter of one clock window (`account|a|h|493812`), what a create adds to it, and its caps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Charge {
+pub(crate) struct Charge {
     /// The account charged (a shared store keeps an account's counters together).
-    pub account: String,
-    pub key: String,
-    pub gb: u64,
+    pub(crate) account: String,
+    pub(crate) key: String,
+    pub(crate) gb: u64,
     /// 0 = no cap.
-    pub max_creates: u64,
-    pub max_gb: u64,
+    pub(crate) max_creates: u64,
+    pub(crate) max_gb: u64,
     /// The counter is of no use after this (the window's end, plus a margin for clock skew).
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
 }
 
 /// Which cap a charge would pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Over {
+pub(crate) enum Over {
     Creates(usize),
     Gb(usize),
 }
 
 /// Where the counters live: this replica's memory, or Redis for the fleet. `charge` adds every
 /// charge or none, atomically.
-pub trait Ledger: Send + Sync + 'static {
+pub(crate) trait Ledger: Send + Sync + 'static {
     fn charge(&self, charges: Vec<Charge>) -> BoxFuture<Stored<Result<(), Over>>>;
     fn refund(&self, charges: Vec<Charge>) -> BoxFuture<Stored<()>>;
 }
@@ -52,7 +52,7 @@ struct Spent {
 
 /// The counters in memory.
 #[derive(Default)]
-pub struct MemoryLedger {
+pub(crate) struct MemoryLedger {
     spent: Mutex<HashMap<String, Spent>>,
 }
 
@@ -64,7 +64,7 @@ fn now_secs() -> u64 {
 
 impl MemoryLedger {
     /// Checks and adds at `now` (seconds since the epoch).
-    pub fn charge_at(&self, charges: &[Charge], now: u64) -> Result<(), Over> {
+    pub(crate) fn charge_at(&self, charges: &[Charge], now: u64) -> Result<(), Over> {
         let mut spent = self.spent.lock().expect("budget state");
         // Windows that have passed are of no use any more.
         spent.retain(|_, s| s.until_secs > now);
@@ -106,23 +106,23 @@ impl Ledger for MemoryLedger {
 
 /// A refused create: which cap, of whom, and when it resets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OverCap {
+pub(crate) struct OverCap {
     /// `account` or `client`.
-    pub scope: &'static str,
-    pub who: String,
+    pub(crate) scope: &'static str,
+    pub(crate) who: String,
     /// `creates_per_hour`, `creates_per_day` or `gb_per_day`.
-    pub cap: &'static str,
-    pub limit: u64,
-    pub resets_in: Duration,
+    pub(crate) cap: &'static str,
+    pub(crate) limit: u64,
+    pub(crate) resets_in: Duration,
 }
 
 /// What an admission charged, to refund it.
 #[derive(Debug, Clone)]
-pub struct Admission {
+pub(crate) struct Admission {
     charges: Vec<Charge>,
 }
 
-pub struct Budget {
+pub(crate) struct Budget {
     /// Swapped by a reload; an admission counts against the caps current when it is made.
     caps: Swap<BudgetConfig>,
     ledger: Arc<dyn Ledger>,
@@ -137,7 +137,7 @@ struct Labels {
 }
 
 impl Budget {
-    pub fn new(caps: BudgetConfig, ledger: Arc<dyn Ledger>) -> Budget {
+    pub(crate) fn new(caps: BudgetConfig, ledger: Arc<dyn Ledger>) -> Budget {
         Budget {
             caps: Swap::new(caps),
             ledger,
@@ -145,11 +145,11 @@ impl Budget {
     }
 
     /// New caps (a reload): counters already charged stay, measured against them.
-    pub fn set_caps(&self, caps: BudgetConfig) {
+    pub(crate) fn set_caps(&self, caps: BudgetConfig) {
         self.caps.store(caps);
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.caps.with(|c| c.account.any() || c.client.any())
     }
 
@@ -213,7 +213,7 @@ impl Budget {
 
     /// Admits one create of `gb` GB (0 for hosts) at `now` (seconds since the epoch), or names the
     /// cap it would pass.
-    pub async fn admit(
+    pub(crate) async fn admit(
         &self,
         account: &str,
         client: &str,
@@ -246,7 +246,7 @@ impl Budget {
     }
 
     /// Gives an admission back: the create bought nothing.
-    pub async fn refund(&self, admission: Admission) -> Stored<()> {
+    pub(crate) async fn refund(&self, admission: Admission) -> Stored<()> {
         self.ledger.refund(admission.charges).await
     }
 }

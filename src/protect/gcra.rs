@@ -14,14 +14,14 @@ use crate::protect::records::Stored;
 use crate::svc::BoxFuture;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// The account's limit; labelled `tenant`, the metric label CONTRACT.md fixes.
     Account,
     Client,
 }
 
 impl Scope {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scope::Account => "tenant",
             Scope::Client => "client",
@@ -31,27 +31,27 @@ impl Scope {
 
 /// One limit to reserve against.
 #[derive(Debug, Clone)]
-pub struct Limit {
+pub(crate) struct Limit {
     /// The account the limit belongs to (a shared store keeps an account's limits together).
-    pub account: String,
-    pub key: String,
-    pub scope: Scope,
-    pub rate: Rate,
+    pub(crate) account: String,
+    pub(crate) key: String,
+    pub(crate) scope: Scope,
+    pub(crate) rate: Rate,
 }
 
 /// A limit's state after a decision, for the `RateLimit` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Standing {
-    pub scope: Scope,
-    pub rate: Rate,
+pub(crate) struct Standing {
+    pub(crate) scope: Scope,
+    pub(crate) rate: Rate,
     /// Requests that would go at once now.
-    pub remaining: u32,
+    pub(crate) remaining: u32,
     /// Until the limit is back to its full burst.
-    pub reset: Duration,
+    pub(crate) reset: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Go after `wait` (zero: at once).
     Granted {
         wait: Duration,
@@ -65,22 +65,22 @@ pub enum Decision {
     },
 }
 
-pub trait RateLimiter: Send + Sync + 'static {
+pub(crate) trait RateLimiter: Send + Sync + 'static {
     fn reserve(&self, limits: Vec<Limit>, max_wait: Duration) -> BoxFuture<Stored<Decision>>;
 }
 
 /// The in-memory limiter: each key's theoretical arrival time.
 #[derive(Default)]
-pub struct MemoryLimiter {
+pub(crate) struct MemoryLimiter {
     tat: Mutex<HashMap<String, Instant>>,
 }
 
-pub fn tolerance(rate: &Rate) -> Duration {
+pub(crate) fn tolerance(rate: &Rate) -> Duration {
     rate.interval() * (rate.burst - 1)
 }
 
 /// A limit's standing when its theoretical arrival time lies `ahead` of now.
-pub fn standing(limit: &Limit, ahead: Duration) -> Standing {
+pub(crate) fn standing(limit: &Limit, ahead: Duration) -> Standing {
     let interval = limit.rate.interval();
     let tolerance = tolerance(&limit.rate);
     let remaining = if tolerance >= ahead {
@@ -103,11 +103,11 @@ fn allowed_at(rate: &Rate, tat: Option<Instant>, now: Instant) -> Instant {
 }
 
 impl MemoryLimiter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn decide(&self, limits: &[Limit], max_wait: Duration, now: Instant) -> Decision {
+    pub(crate) fn decide(&self, limits: &[Limit], max_wait: Duration, now: Instant) -> Decision {
         let mut tats = self.tat.lock().expect("limiter state");
         let mut go_at = now;
         let mut refused_by = None;

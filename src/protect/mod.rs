@@ -3,8 +3,8 @@
 //! limiter), `records` (idempotency and de-duplication records), `budget` (the spending guard).
 //! The HTTP side is in `crate::layers::{validate, dedup, rate_limit}`.
 
-pub mod budget;
-pub mod gcra;
-pub mod policy;
+pub(crate) mod budget;
+pub(crate) mod gcra;
+pub(crate) mod policy;
 pub mod records;
 pub mod validate;

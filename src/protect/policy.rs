@@ -13,76 +13,76 @@ use crate::routes::{Route, RouteTable};
 /// The `[create]` section as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CreateConfig {
-    pub routes: BTreeMap<String, CreatePolicyConfig>,
-    pub budget: BudgetConfig,
+pub(crate) struct CreateConfig {
+    pub(crate) routes: BTreeMap<String, CreatePolicyConfig>,
+    pub(crate) budget: BudgetConfig,
     /// How long an in-flight create's record stays claimed without its replica renewing it.
-    pub lease: Option<String>,
+    pub(crate) lease: Option<String>,
     /// Live idempotency and de-dup records one client may hold.
-    pub max_records_per_client: Option<u64>,
+    pub(crate) max_records_per_client: Option<u64>,
     /// Bytes the records of this replica's memory may take together.
-    pub records_max_bytes: Option<u64>,
+    pub(crate) records_max_bytes: Option<u64>,
 }
 
 /// Defaults of the `[create]` keys above.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
-pub const DEFAULT_MAX_RECORDS_PER_CLIENT: u64 = 10_000;
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_MAX_RECORDS_PER_CLIENT: u64 = 10_000;
 
 /// One route's policy as written; every field falls back to the built-in default.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreatePolicyConfig {
+pub(crate) struct CreatePolicyConfig {
     /// `"N/DURATION"`: creates per period for the account, e.g. `"1/1s"`, `"30/1m"`.
-    pub rate: Option<String>,
-    pub burst: Option<u32>,
+    pub(crate) rate: Option<String>,
+    pub(crate) burst: Option<u32>,
     /// The same, per client; absent = no per-client limit.
-    pub client_rate: Option<String>,
-    pub client_burst: Option<u32>,
-    pub max_wait: Option<String>,
-    pub dedup_window: Option<String>,
-    pub idempotency_ttl: Option<String>,
+    pub(crate) client_rate: Option<String>,
+    pub(crate) client_burst: Option<u32>,
+    pub(crate) max_wait: Option<String>,
+    pub(crate) dedup_window: Option<String>,
+    pub(crate) idempotency_ttl: Option<String>,
     /// Whose identical key-less creates collapse: `"client"` (default) or `"account"`.
-    pub dedup_scope: Option<String>,
+    pub(crate) dedup_scope: Option<String>,
 }
 
 /// `[create.budget]`: caps on spending, off unless set. `account` caps count every client of an
 /// account together; `client` caps count each client alone.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BudgetConfig {
-    pub account: Caps,
-    pub client: Caps,
+pub(crate) struct BudgetConfig {
+    pub(crate) account: Caps,
+    pub(crate) client: Caps,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Caps {
+pub(crate) struct Caps {
     /// Creates (of any protected route) per clock hour (UTC); 0 = no cap.
-    pub creates_per_hour: u64,
+    pub(crate) creates_per_hour: u64,
     /// Creates per day (UTC); 0 = no cap.
-    pub creates_per_day: u64,
+    pub(crate) creates_per_day: u64,
     /// Gigabytes of disk created per day (UTC); 0 = no cap.
-    pub gb_per_day: u64,
+    pub(crate) gb_per_day: u64,
 }
 
 impl Caps {
-    pub fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.creates_per_hour > 0 || self.creates_per_day > 0 || self.gb_per_day > 0
     }
 }
 
 /// A GCRA rate: `count` events per `period`, with `burst` allowed at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Rate {
-    pub count: u32,
+pub(crate) struct Rate {
+    pub(crate) count: u32,
     #[serde(with = "duration")]
-    pub period: Duration,
-    pub burst: u32,
+    pub(crate) period: Duration,
+    pub(crate) burst: u32,
 }
 
 impl Rate {
     /// The time one event uses up (GCRA's emission interval).
-    pub fn interval(&self) -> Duration {
+    pub(crate) fn interval(&self) -> Duration {
         self.period / self.count
     }
 }
@@ -92,7 +92,7 @@ impl Rate {
 /// try to mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum DedupScope {
+pub(crate) enum DedupScope {
     Client,
     Account,
 }
@@ -109,36 +109,36 @@ impl DedupScope {
 
 /// How one spending route is protected.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CreatePolicy {
-    pub rate: Rate,
+pub(crate) struct CreatePolicy {
+    pub(crate) rate: Rate,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_rate: Option<Rate>,
+    pub(crate) client_rate: Option<Rate>,
     #[serde(with = "duration")]
-    pub max_wait: Duration,
+    pub(crate) max_wait: Duration,
     #[serde(with = "duration")]
-    pub dedup_window: Duration,
+    pub(crate) dedup_window: Duration,
     #[serde(with = "duration")]
-    pub idempotency_ttl: Duration,
-    pub dedup_scope: DedupScope,
+    pub(crate) idempotency_ttl: Duration,
+    pub(crate) dedup_scope: DedupScope,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CreateSettings {
-    pub routes: BTreeMap<Route, CreatePolicy>,
-    pub budget: BudgetConfig,
+pub(crate) struct CreateSettings {
+    pub(crate) routes: BTreeMap<Route, CreatePolicy>,
+    pub(crate) budget: BudgetConfig,
     #[serde(with = "duration")]
-    pub lease: Duration,
-    pub max_records_per_client: u64,
-    pub records_max_bytes: u64,
+    pub(crate) lease: Duration,
+    pub(crate) max_records_per_client: u64,
+    pub(crate) records_max_bytes: u64,
 }
 
 /// Routes that spend money (the route table says which).
-pub fn spends_money(route: Route) -> bool {
+pub(crate) fn spends_money(route: Route) -> bool {
     route.spends_money()
 }
 
 /// Mutations that only get in-flight de-duplication.
-pub fn collapses_in_flight(route: Route) -> bool {
+pub(crate) fn collapses_in_flight(route: Route) -> bool {
     route.collapses_in_flight()
 }
 
@@ -149,7 +149,7 @@ fn invalid(key: String, message: impl Into<String>) -> ConfigError {
     }
 }
 
-pub fn parse_rate(text: &str, burst: u32) -> Result<Rate, String> {
+pub(crate) fn parse_rate(text: &str, burst: u32) -> Result<Rate, String> {
     let expected =
         || format!("expected \"COUNT/DURATION\" such as \"1/1s\" or \"30/1m\", got {text:?}");
     let (count, period) = text.split_once('/').ok_or_else(expected)?;
@@ -169,7 +169,7 @@ pub fn parse_rate(text: &str, burst: u32) -> Result<Rate, String> {
 }
 
 impl CreateConfig {
-    pub fn resolve(&self, table: &RouteTable) -> Result<CreateSettings, ConfigError> {
+    pub(crate) fn resolve(&self, table: &RouteTable) -> Result<CreateSettings, ConfigError> {
         for name in self.routes.keys() {
             let key = format!("create.routes.{name:?}");
             let route = table

@@ -50,7 +50,7 @@ impl Record {
     /// The state, with an in-flight record whose lease lapsed (or, without a lease, older than
     /// `max_age`) read as unknown: whoever carried it out is gone (a replica that crashed), and
     /// the upstream may have done it.
-    pub fn settled_state(&self, max_age: Duration, now_ms: u64) -> State {
+    pub(crate) fn settled_state(&self, max_age: Duration, now_ms: u64) -> State {
         match self.state {
             State::InFlight {
                 started_ms,
@@ -85,7 +85,7 @@ impl Record {
 
     /// Bytes the record holds in memory: what memory bounds weigh. Its fields, its fingerprint,
     /// the kept answer, and what its client's count of records keeps of it ([`Owners`]).
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         let held = match &self.state {
             State::Done(a) => malloc_size(a.held_bytes() + ARC_HEADER),
             _ => 0,
@@ -96,7 +96,7 @@ impl Record {
 
 /// Bytes a record's key costs where records are kept in memory: the key, moka's entry for it, and
 /// the client's count of it ([`Owners`]: its expiry by key and by time, sharing one copy).
-pub fn key_weight(key: &str) -> usize {
+pub(crate) fn key_weight(key: &str) -> usize {
     malloc_size(key.len())
         + std::mem::size_of::<String>()
         + MOKA_PER_ENTRY
@@ -127,7 +127,7 @@ pub enum Hold {
     },
 }
 
-pub type Stored<T> = Result<T, StoreError>;
+pub(crate) type Stored<T> = Result<T, StoreError>;
 
 pub trait RecordStore: Send + Sync + 'static {
     /// Writes `record` (in flight, started now) for `key` unless one exists, atomically.
@@ -169,7 +169,7 @@ pub fn in_flight(fingerprint: &str, ttl: Duration, lease: Duration) -> Record {
 
 /// A record that only marks a key as taken (a disk's claim, a settle guard): its state is never
 /// read, so it needs no lease.
-pub fn marker(what: &str, ttl: Duration) -> Record {
+pub(crate) fn marker(what: &str, ttl: Duration) -> Record {
     Record {
         fingerprint: what.into(),
         state: State::InFlight {
@@ -181,7 +181,7 @@ pub fn marker(what: &str, ttl: Duration) -> Record {
 }
 
 /// True when `stored` is the in-flight record `renewed` renews.
-pub fn same_flight(stored: &Record, renewed: &Record) -> bool {
+pub(crate) fn same_flight(stored: &Record, renewed: &Record) -> bool {
     match (&stored.state, &renewed.state) {
         (State::InFlight { started_ms: a, .. }, State::InFlight { started_ms: b, .. }) => {
             a == b && stored.fingerprint == renewed.fingerprint && stored.ttl == renewed.ttl
@@ -191,10 +191,10 @@ pub fn same_flight(stored: &Record, renewed: &Record) -> bool {
 }
 
 /// Default bound of the memory records, in bytes.
-pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Records in memory, each expiring `ttl` after its last change, weighed by what they hold.
-pub struct MemoryRecords {
+pub(crate) struct MemoryRecords {
     records: Cache<String, Record>,
     owners: Owners,
 }
@@ -224,7 +224,7 @@ impl Default for MemoryRecords {
 
 impl MemoryRecords {
     /// Records weighing at most `max_bytes` together (keys included).
-    pub fn new(max_bytes: u64) -> Self {
+    pub(crate) fn new(max_bytes: u64) -> Self {
         MemoryRecords {
             records: Cache::builder()
                 .max_capacity(max_bytes)
@@ -241,7 +241,7 @@ impl MemoryRecords {
 /// Which live records each owner (client) holds, by expiry: counting and pruning are
 /// O(log n) per create.
 #[derive(Default)]
-pub struct Owners(Mutex<HashMap<String, Held>>);
+pub(crate) struct Owners(Mutex<HashMap<String, Held>>);
 
 /// One owner's keys, each kept once and shared by both indexes.
 #[derive(Default)]
@@ -251,7 +251,14 @@ struct Held {
 }
 
 impl Owners {
-    pub fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64, now_ms: u64) -> Hold {
+    pub(crate) fn hold(
+        &self,
+        owner: &str,
+        key: &str,
+        until_ms: u64,
+        max: u64,
+        now_ms: u64,
+    ) -> Hold {
         let mut owners = self.0.lock().expect("record owners");
         let held = owners.entry(owner.to_string()).or_default();
         while let Some((t, _)) = held.by_time.first() {
@@ -278,7 +285,7 @@ impl Owners {
         Hold::Held
     }
 
-    pub fn holds_other(&self, owner: &str, key: &str, now_ms: u64) -> bool {
+    pub(crate) fn holds_other(&self, owner: &str, key: &str, now_ms: u64) -> bool {
         let owners = self.0.lock().expect("record owners");
         owners.get(owner).is_some_and(|held| {
             held.by_time
@@ -287,7 +294,7 @@ impl Owners {
         })
     }
 
-    pub fn release(&self, owner: &str, key: &str) {
+    pub(crate) fn release(&self, owner: &str, key: &str) {
         let mut owners = self.0.lock().expect("record owners");
         if let Some(held) = owners.get_mut(owner) {
             if let Some((k, t)) = held.until.remove_entry(key) {

@@ -88,7 +88,7 @@ impl Order {
         }
     }
 
-    pub fn disk(&self) -> Option<&DiskOrder> {
+    pub(crate) fn disk(&self) -> Option<&DiskOrder> {
         match self {
             Order::Disk(d) => Some(d),
             Order::Host(_) => None,
@@ -253,7 +253,7 @@ const RENT_FIELDS: [&str; 5] = [
     "buyNumber",
 ];
 
-pub fn disk_create(body: &[u8]) -> Result<DiskOrder, Invalid> {
+pub(crate) fn disk_create(body: &[u8]) -> Result<DiskOrder, Invalid> {
     let m = Fields::parse(Route::DiskCreate, body, &DISK_FIELDS)?;
     let area = m.get("area").ok_or_else(|| {
         invalid(
@@ -366,7 +366,7 @@ pub fn check(route: Route, body: &[u8]) -> Result<Option<Order>, Invalid> {
 
 /// Whether a `Content-Type` says JSON: `application/json`, any case, with parameters, but a
 /// `charset` only if it is UTF-8 (the only encoding JSON has).
-pub fn is_json_content_type(value: &str) -> bool {
+pub(crate) fn is_json_content_type(value: &str) -> bool {
     let mut parts = value.split(';');
     let essence = parts.next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")

@@ -37,7 +37,7 @@ pub(crate) enum Call {
 
 impl Call {
     /// Every endpoint, in the order of the `Call as usize` indices.
-    pub const ALL: [Call; 17] = [
+    pub(super) const ALL: [Call; 17] = [
         Call::GetToken,
         Call::Create,
         Call::Info,
@@ -58,7 +58,7 @@ impl Call {
     ];
 
     /// The name in `/_sim/stats`.
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Call::GetToken => "getToken",
             Call::Create => "create",
@@ -84,8 +84,8 @@ impl Call {
 /// A request resolved to its endpoint; `param` is the trailing path segment where the endpoint
 /// takes one (`info/{id}`), else empty.
 pub(crate) struct Route<'a> {
-    pub call: Call,
-    pub param: &'a str,
+    pub(crate) call: Call,
+    pub(crate) param: &'a str,
 }
 
 /// Method, path and endpoint. A path ending in `/` takes one more non-empty segment.
@@ -151,11 +151,11 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
 
 /// One API request, as far as a handler needs it.
 pub(crate) struct ApiRequest<'a> {
-    pub method: &'a Method,
-    pub path: &'a str,
-    pub query: &'a str,
-    pub headers: &'a HeaderMap,
-    pub body: &'a [u8],
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: &'a [u8],
 }
 
 /// Answers an API request: HTTP 404 for an unknown endpoint, code 401 without a live token (except

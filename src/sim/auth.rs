@@ -27,14 +27,14 @@ pub(crate) struct Tokens {
 
 impl Tokens {
     /// Forgets every token (`/_sim/revoke-tokens`); answers how many there were.
-    pub fn revoke_all(&mut self) -> usize {
+    pub(super) fn revoke_all(&mut self) -> usize {
         let n = self.expiries.len();
         self.expiries.clear();
         n
     }
 
     /// Accepts a known token that has not expired; code 401 otherwise, saying which case it is.
-    pub fn check(&self, header: Option<&HeaderValue>, now: Instant) -> Result<(), ApiError> {
+    pub(super) fn check(&self, header: Option<&HeaderValue>, now: Instant) -> Result<(), ApiError> {
         let Some(value) = header else {
             return Err(ApiError::new(
                 UNAUTHORIZED,

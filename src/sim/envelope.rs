@@ -20,12 +20,12 @@ pub(crate) const BAD_PARAM: i64 = 1007;
 /// A refusal by the simulated upstream: a code and the message explaining it.
 #[derive(Debug)]
 pub(crate) struct ApiError {
-    pub code: i64,
-    pub msg: String,
+    pub(crate) code: i64,
+    pub(crate) msg: String,
 }
 
 impl ApiError {
-    pub fn new(code: i64, msg: impl Into<String>) -> ApiError {
+    pub(super) fn new(code: i64, msg: impl Into<String>) -> ApiError {
         ApiError {
             code,
             msg: msg.into(),
@@ -33,7 +33,7 @@ impl ApiError {
     }
 
     /// Code 1007, the upstream's answer to a missing or malformed parameter.
-    pub fn bad_param(msg: impl Into<String>) -> ApiError {
+    pub(super) fn bad_param(msg: impl Into<String>) -> ApiError {
         ApiError::new(BAD_PARAM, msg)
     }
 }
@@ -46,7 +46,7 @@ pub(crate) struct Reply {
 
 impl Reply {
     /// Success with `data`.
-    pub fn ok(data: Value) -> Reply {
+    pub(super) fn ok(data: Value) -> Reply {
         Reply {
             status: StatusCode::OK,
             body: envelope(0, "success", data),
@@ -54,7 +54,7 @@ impl Reply {
     }
 
     /// A bare JSON document without envelope, for the control endpoints that report state.
-    pub fn document(doc: &Value) -> Reply {
+    pub(super) fn document(doc: &Value) -> Reply {
         Reply {
             status: StatusCode::OK,
             body: Bytes::from(doc.to_string()),
@@ -62,7 +62,7 @@ impl Reply {
     }
 
     /// An error envelope with an explicit HTTP status.
-    pub fn error(status: StatusCode, code: i64, msg: &str) -> Reply {
+    pub(super) fn error(status: StatusCode, code: i64, msg: &str) -> Reply {
         Reply {
             status,
             body: envelope(code, msg, Value::Null),
@@ -70,7 +70,7 @@ impl Reply {
     }
 
     /// A handler's outcome; business errors are HTTP 200 with a non-zero code, as upstream.
-    pub fn from_result(result: Result<Value, ApiError>) -> Reply {
+    pub(super) fn from_result(result: Result<Value, ApiError>) -> Reply {
         match result {
             Ok(data) => Reply::ok(data),
             Err(e) => Reply::error(StatusCode::OK, e.code, &e.msg),
@@ -78,7 +78,7 @@ impl Reply {
     }
 
     /// HTTP 404, code 404, naming what was asked for.
-    pub fn not_found(method: &http::Method, path: &str) -> Reply {
+    pub(super) fn not_found(method: &http::Method, path: &str) -> Reply {
         let msg = format!("no such endpoint: {method} {path}");
         Reply::error(StatusCode::NOT_FOUND, NOT_FOUND, &msg)
     }
@@ -86,14 +86,14 @@ impl Reply {
     /// HTTP 200 with a body that is not JSON, as a misbehaving proxy in front of the upstream might
     /// send. It is labelled `application/json` like every other answer, so only a client that really
     /// parses the body notices.
-    pub fn garbage() -> Reply {
+    pub(super) fn garbage() -> Reply {
         Reply {
             status: StatusCode::OK,
             body: Bytes::from_static(b"<html>upstream garbage</html>"),
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub(super) fn into_response(self) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(self.body));
         *response.status_mut() = self.status;
         response.headers_mut().insert(

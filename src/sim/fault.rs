@@ -42,7 +42,7 @@ pub(crate) enum Fault {
 impl Fault {
     /// Reads `{"mode": "none"|"error"|"slow"|"garbage"|"reset"|"huge"|"too_frequent",
     /// "latency": "2s", "size": 104857600, "announce": false, "retry_after": "1s"}`.
-    pub fn parse(body: &[u8]) -> Result<Fault, String> {
+    pub(super) fn parse(body: &[u8]) -> Result<Fault, String> {
         let obj = params::object(body).map_err(|e| e.msg)?;
         let latency = match params::field(&obj, "latency") {
             None => DEFAULT_SLOW,
@@ -99,7 +99,7 @@ impl Fault {
     }
 
     /// The fault as `/_sim/fault` reports it back.
-    pub fn to_json(self) -> Value {
+    pub(super) fn to_json(self) -> Value {
         match self {
             Fault::None => json!({"mode": "none"}),
             Fault::Error => json!({"mode": "error"}),

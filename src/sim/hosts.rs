@@ -23,17 +23,17 @@ const TYPE_MISMATCH: i64 = 7005;
 
 /// One cloud host.
 pub(crate) struct Host {
-    pub id: String,
-    pub name: String,
-    pub area: i64,
-    pub use_type: i64,
-    pub password: String,
-    pub package_id: String,
-    pub image_id: String,
-    pub created_ms: u64,
-    pub power: Power,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) area: i64,
+    pub(crate) use_type: i64,
+    pub(crate) password: String,
+    pub(crate) package_id: String,
+    pub(crate) image_id: String,
+    pub(crate) created_ms: u64,
+    pub(crate) power: Power,
     /// A disk can only be mounted on a host that has been powered on at least once.
-    pub ever_on: bool,
+    pub(crate) ever_on: bool,
 }
 
 /// Power state; `status` as the upstream reports it is derived from this.
@@ -49,7 +49,7 @@ pub(crate) enum Power {
 }
 
 impl Host {
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         matches!(self.power, Power::Off)
     }
 

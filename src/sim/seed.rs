@@ -25,23 +25,23 @@ const SEED_PASSWORD: &str = "demo-host-pw";
 
 /// An operating-system image a host can be created from.
 pub(crate) struct Image {
-    pub id: &'static str,
+    pub(crate) id: &'static str,
     name: &'static str,
     os: &'static str,
 }
 
 impl Image {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({"id": self.id, "name": self.name, "os": self.os})
     }
 }
 
 /// A host configuration; `use_type` says which create endpoint accepts it.
 pub(crate) struct Package {
-    pub id: &'static str,
+    pub(crate) id: &'static str,
     name: &'static str,
-    pub use_type: i64,
-    pub area: i64,
+    pub(crate) use_type: i64,
+    pub(crate) area: i64,
     cpu: u32,
     memory_gb: u32,
     gpu: &'static str,
@@ -49,7 +49,7 @@ pub(crate) struct Package {
 }
 
 impl Package {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "id": self.id,
             "name": self.name,

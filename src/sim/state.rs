@@ -17,12 +17,12 @@ use crate::sim::stats::Stats;
 
 /// What every connection task shares: the fixed configuration and the mutable state.
 pub(crate) struct Shared {
-    pub cfg: SimConfig,
+    pub(crate) cfg: SimConfig,
     state: Mutex<State>,
 }
 
 impl Shared {
-    pub fn new(cfg: SimConfig) -> Shared {
+    pub(super) fn new(cfg: SimConfig) -> Shared {
         Shared {
             cfg,
             state: Mutex::new(State {
@@ -36,22 +36,22 @@ impl Shared {
 
     /// Locks the state. Nothing panics while holding the lock, but should that ever change, a
     /// poisoned lock still holds consistent-enough data for a simulator: keep serving.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// The mutable state. `/_sim/reset` renews all of it except `tokens`.
 pub(crate) struct State {
-    pub world: World,
-    pub tokens: Tokens,
-    pub stats: Stats,
-    pub fault: Fault,
+    pub(crate) world: World,
+    pub(crate) tokens: Tokens,
+    pub(crate) stats: Stats,
+    pub(crate) fault: Fault,
 }
 
 impl State {
     /// Back to the start, keeping issued tokens so that a client holding one is not disturbed.
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.world = World::seeded();
         self.stats = Stats::default();
         self.fault = Fault::None;
@@ -61,15 +61,15 @@ impl State {
 /// The simulated account's resources.
 pub(crate) struct World {
     /// In creation order, which is the order `getList` answers in.
-    pub disks: Vec<Disk>,
+    pub(crate) disks: Vec<Disk>,
     /// In creation order, which is the order `mypage` answers in.
-    pub hosts: Vec<Host>,
+    pub(crate) hosts: Vec<Host>,
     /// When the last create was accepted, for the 220025 rule.
-    pub last_create: Option<Instant>,
+    pub(crate) last_create: Option<Instant>,
 }
 
 impl World {
-    pub fn seeded() -> World {
+    pub(super) fn seeded() -> World {
         World {
             disks: Vec::new(),
             hosts: seed::hosts(),
@@ -79,16 +79,16 @@ impl World {
 
     /// Applies the transitions that have come due by `now`. Transitions are computed lazily, when
     /// state is read, so nothing runs in the background.
-    pub fn settle(&mut self, now: Instant) {
+    pub(super) fn settle(&mut self, now: Instant) {
         disks::settle(&mut self.disks, now);
         hosts::settle(&mut self.hosts, now);
     }
 
-    pub fn host(&self, id: &str) -> Option<&Host> {
+    pub(super) fn host(&self, id: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.id == id)
     }
 
-    pub fn host_mut(&mut self, id: &str) -> Option<&mut Host> {
+    pub(super) fn host_mut(&mut self, id: &str) -> Option<&mut Host> {
         self.hosts.iter_mut().find(|h| h.id == id)
     }
 }

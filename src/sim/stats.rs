@@ -21,7 +21,7 @@ pub(crate) struct Stats {
     /// Requests that matched no endpoint.
     other: u64,
     /// Creates refused with 220025.
-    pub too_frequent: u64,
+    pub(crate) too_frequent: u64,
     log: VecDeque<LoggedRequest>,
 }
 
@@ -39,7 +39,7 @@ struct LoggedRequest {
 
 impl Stats {
     /// Counts a request that reached the API (`None`: it matched no endpoint) and logs it.
-    pub fn record(&mut self, call: Option<Call>, parts: &Parts, body: &[u8]) {
+    pub(super) fn record(&mut self, call: Option<Call>, parts: &Parts, body: &[u8]) {
         match call {
             Some(call) => self.calls[call as usize] += 1,
             None => self.other += 1,
@@ -72,7 +72,7 @@ impl Stats {
     }
 
     /// The `/_sim/stats` document.
-    pub fn to_json(&self, disks: usize, hosts: usize) -> Value {
+    pub(super) fn to_json(&self, disks: usize, hosts: usize) -> Value {
         let mut calls: Map<String, Value> = Call::ALL
             .iter()
             .map(|call| (call.name().to_owned(), json!(self.calls[*call as usize])))
@@ -88,7 +88,7 @@ impl Stats {
     }
 
     /// The `/_sim/requests` document, oldest first.
-    pub fn requests_json(&self) -> Value {
+    pub(super) fn requests_json(&self) -> Value {
         serde_json::to_value(&self.log).unwrap_or(Value::Null)
     }
 }

@@ -24,9 +24,9 @@ use crate::svc::BoxFuture;
 /// What moka keeps per entry besides the key and the value: its hash table's bucket, the entry's
 /// shared state, the access- and write-order queue nodes and the expiry timer's node (measured
 /// with `resident_growth_per_entry` below).
-pub const MOKA_PER_ENTRY: usize = 400;
+pub(crate) const MOKA_PER_ENTRY: usize = 400;
 
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     entries: Cache<CacheKey, Stamped>,
     generations: Generations,
 }
@@ -109,7 +109,7 @@ impl moka::Expiry<CacheKey, Stamped> for RetainFor {
 }
 
 impl MemoryStore {
-    pub fn new(max_bytes: u64) -> MemoryStore {
+    pub(crate) fn new(max_bytes: u64) -> MemoryStore {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &CacheKey, v: &Stamped| {

@@ -1,7 +1,7 @@
 //! Where shared state lives, behind small traits so that the in-memory store of one replica and a
 //! shared store for a fleet are interchangeable without touching the layers that use them.
 
-pub mod memory;
+pub(crate) mod memory;
 
 use std::sync::Arc;
 
@@ -10,11 +10,11 @@ use crate::cache::key::CacheKey;
 use crate::routes::Route;
 use crate::svc::BoxFuture;
 
-pub use memory::MemoryStore;
+pub(crate) use memory::MemoryStore;
 
 /// What to drop from the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalidation {
+pub(crate) enum Invalidation {
     /// One entry.
     Key(CacheKey),
     /// Every entry of one route of one account (e.g. all `disk.list` pages).
@@ -26,7 +26,7 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
-    pub fn matches(&self, key: &CacheKey) -> bool {
+    pub(crate) fn matches(&self, key: &CacheKey) -> bool {
         match self {
             Invalidation::Key(k) => k == key,
             Invalidation::Route { account, route } => {
@@ -40,26 +40,26 @@ impl Invalidation {
 
 /// Entries and bytes held, for the cache gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub entries: u64,
-    pub bytes: u64,
+pub(crate) struct Usage {
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
 }
 
 /// The right to fill one key for the whole fleet, and what the store needs to finish the fill.
 #[derive(Debug, Clone, Default)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     /// The store's invalidation count when the fill began: a fill overtaken by an invalidation
     /// is not stored.
-    pub epoch: Option<i64>,
+    pub(crate) epoch: Option<i64>,
     /// The generation of the key's route when the fill began (a shared store's entries carry it).
-    pub generation: Option<i64>,
+    pub(crate) generation: Option<i64>,
     /// Names this holder's lock, so that it frees only its own.
-    pub fence: Option<String>,
+    pub(crate) fence: Option<String>,
 }
 
 /// The outcome of [`CacheStore::claim_fill`].
 #[derive(Debug, Clone)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// This caller fetches, and ends with `put_filled` or `release_fill`.
     Claimed(Ticket),
     /// Another replica is fetching this key; wait for its entry.
@@ -67,11 +67,11 @@ pub enum Claim {
 }
 
 /// See [`CacheStore::on_remote_invalidation`].
-pub type RemoteHook = Box<dyn Fn(&Invalidation) + Send + Sync>;
+pub(crate) type RemoteHook = Box<dyn Fn(&Invalidation) + Send + Sync>;
 
 /// The cache's storage. Coalescing of fills within a replica is the cache's own (see
 /// [`crate::cache::Cache`]); a shared store also coalesces them across the fleet (`claim_fill`).
-pub trait CacheStore: Send + Sync + 'static {
+pub(crate) trait CacheStore: Send + Sync + 'static {
     fn get(&self, key: &CacheKey) -> BoxFuture<Option<Arc<Entry>>>;
     /// What this replica holds in its own memory for `key`, without I/O (a shared store answers
     /// from its local level); `get` is the full lookup.

@@ -29,7 +29,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No connection: the request was never sent.
     #[error("{0}")]
     Unreachable(String),
@@ -56,7 +56,7 @@ impl UpstreamError {
     }
 
     /// Whether the upstream may have carried the request out: it was sent and no answer was read.
-    pub fn outcome_unknown(&self) -> bool {
+    pub(crate) fn outcome_unknown(&self) -> bool {
         !matches!(self, UpstreamError::Unreachable(_))
     }
 }
@@ -72,16 +72,16 @@ impl From<UpstreamError> for GatewayError {
 
 /// A complete upstream answer.
 #[derive(Debug)]
-pub struct Answer {
-    pub parts: http::response::Parts,
-    pub body: Bytes,
-    pub head: EnvelopeHead,
+pub(crate) struct Answer {
+    pub(crate) parts: http::response::Parts,
+    pub(crate) body: Bytes,
+    pub(crate) head: EnvelopeHead,
 }
 
 type Pool = Client<HttpsConnector<EgressConnector>, Full<Bytes>>;
 
 #[derive(Clone)]
-pub struct UpstreamClient {
+pub(crate) struct UpstreamClient {
     /// The pool of `[upstream]`'s egress, for any upstream no account claims.
     client: Pool,
     /// `(scheme, authority)` of an account's base URL, with its own egress, and its pool.
@@ -94,7 +94,7 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     /// `default` is the egress of upstreams no account names (`[upstream]`'s); each account whose
     /// egress differs from it gets a pool of its own. Fails when a CA file cannot be read.
-    pub fn new(
+    pub(crate) fn new(
         cfg: &UpstreamConfig,
         default: &Egress,
         accounts: &[Account],
@@ -121,7 +121,7 @@ impl UpstreamClient {
     }
 
     /// Sends one request and reads its whole answer; `route` labels the metrics.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         route: &str,
         req: http::Request<Bytes>,

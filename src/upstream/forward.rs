@@ -17,7 +17,7 @@ use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::UpstreamClient;
 
 /// The upstream's token header.
-pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("finovy-access-token");
+pub(crate) const TOKEN_HEADER: HeaderName = HeaderName::from_static("finovy-access-token");
 
 /// Request headers passed to the upstream.
 static FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
@@ -47,12 +47,12 @@ static DROPPED_RESPONSE_HEADERS: [HeaderName; 10] = [
 
 /// Cloned with the stack on every request, so the client sits behind one `Arc`.
 #[derive(Clone)]
-pub struct Forward {
+pub(crate) struct Forward {
     client: Arc<UpstreamClient>,
 }
 
 impl Forward {
-    pub fn new(client: UpstreamClient) -> Forward {
+    pub(crate) fn new(client: UpstreamClient) -> Forward {
         Forward {
             client: Arc::new(client),
         }

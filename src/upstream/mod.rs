@@ -1,21 +1,21 @@
 //! Everything that talks to the upstream: the pooled HTTP client, the per-account token broker, and
 //! the innermost service that forwards a classified request.
 
-pub mod client;
-pub mod forward;
-pub mod token;
+pub(crate) mod client;
+pub(crate) mod forward;
+pub(crate) mod token;
 
 use std::sync::Arc;
 
-pub use client::{UpstreamClient, UpstreamError};
-pub use token::TokenBroker;
+pub(crate) use client::UpstreamClient;
+pub(crate) use token::TokenBroker;
 
 /// One upstream account as the data plane sees it: where to send, and whose token to use.
 #[derive(Debug)]
-pub struct AccountHandle {
+pub(crate) struct AccountHandle {
     /// Shared, since every cache key of the account carries it.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// The base URL without a trailing slash.
-    pub base_url: String,
-    pub broker: Arc<TokenBroker>,
+    pub(crate) base_url: String,
+    pub(crate) broker: Arc<TokenBroker>,
 }

@@ -40,7 +40,7 @@ use crate::upstream::UpstreamClient;
 /// What a caller sees when no token can be had. None of them holds a credential or the
 /// upstream's own message (that goes to the log only).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("no upstream token is held at the moment; retry shortly")]
     NotHeld,
     #[error(
@@ -74,22 +74,22 @@ enum Need {
 }
 
 /// The route label of `getToken` calls in the upstream metrics.
-pub const TOKEN_ROUTE: &str = "auth.token";
+pub(crate) const TOKEN_ROUTE: &str = "auth.token";
 
 /// When the upstream does not say how long a token lives: its documented 30 minutes.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 /// How long a lease of a fixed token lasts: its expiry is not known, and whoever keeps it may
 /// replace it, so a client asks again this often.
-pub const FIXED_LEASE: Duration = Duration::from_secs(60);
+pub(crate) const FIXED_LEASE: Duration = Duration::from_secs(60);
 
 /// The current token, lent to a client that calls the upstream itself.
 #[derive(Clone)]
-pub struct Lease {
-    pub token: Secret,
+pub(crate) struct Lease {
+    pub(crate) token: Secret,
     /// Epoch milliseconds; never later than the moment the broker plans to replace the token
     /// (nor than its expiry, less the margin the gateway keeps for itself).
-    pub expires_ms: u64,
+    pub(crate) expires_ms: u64,
 }
 
 #[derive(Clone)]
@@ -137,7 +137,7 @@ impl Source {
 
 /// What `/readyz` and the metrics report.
 #[derive(Debug, Clone, PartialEq)]
-pub enum TokenStatus {
+pub(crate) enum TokenStatus {
     Fixed,
     Held { expires_in: Duration },
     Failing(String),
@@ -151,7 +151,7 @@ enum Source {
     Fixed(Secret),
 }
 
-pub struct TokenBroker {
+pub(crate) struct TokenBroker {
     account: String,
     source: Mutex<Source>,
     /// Told when a reload changed the credentials, so the refresher acts on them at once.
@@ -202,7 +202,7 @@ struct TokenData {
 
 impl TokenBroker {
     /// `None` when the account has no credentials (`serve` refuses to start before this).
-    pub fn new(
+    pub(crate) fn new(
         account: &str,
         base_url: &str,
         credentials: &Credentials,
@@ -231,7 +231,7 @@ impl TokenBroker {
 
     /// New credentials from a reload. Unchanged ones change nothing; missing ones are never
     /// applied (a reload refuses them before this).
-    pub fn set_credentials(&self, credentials: &Credentials) {
+    pub(crate) fn set_credentials(&self, credentials: &Credentials) {
         let Some(new) = Source::of(credentials) else {
             return;
         };
@@ -260,13 +260,13 @@ impl TokenBroker {
     }
 
     /// Shares the token with the fleet through `store`.
-    pub fn with_shared(mut self, store: Arc<TokenStore>) -> TokenBroker {
+    pub(crate) fn with_shared(mut self, store: Arc<TokenStore>) -> TokenBroker {
         self.shared = Some(store);
         self
     }
 
     /// A valid token, fetching one if none is held (one fetch for all concurrent callers).
-    pub async fn get(self: &Arc<Self>) -> Result<Secret, TokenError> {
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<Secret, TokenError> {
         if let Some(t) = self.valid_now() {
             return Ok(t);
         }
@@ -303,7 +303,7 @@ impl TokenBroker {
     }
 
     /// Drops `token` if it is still the held one: the upstream said it is no longer valid.
-    pub async fn invalidate(&self, token: &Secret) {
+    pub(crate) async fn invalidate(&self, token: &Secret) {
         {
             let mut state = self.state.lock().expect("token state");
             state.rejected = Some(token.clone());
@@ -317,7 +317,7 @@ impl TokenBroker {
         }
     }
 
-    pub fn status(&self) -> TokenStatus {
+    pub(crate) fn status(&self) -> TokenStatus {
         if self.is_fixed() {
             return TokenStatus::Fixed;
         }
@@ -335,7 +335,10 @@ impl TokenBroker {
     /// Keeps the token fresh until `shutdown` resolves: fetches one at start, then again ahead of
     /// each expiry, and after a failure once its backoff has passed. Idle while the token is
     /// fixed; a reload's new credentials wake it.
-    pub async fn run_refresher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+    pub(crate) async fn run_refresher(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             if self.is_fixed() {
@@ -408,7 +411,7 @@ impl TokenBroker {
     /// due for its planned refresh, that refresh is done now (as the refresher is about to), so
     /// the lease is of the new token; with no token held it waits only for a `getToken` already
     /// in flight, then fails.
-    pub async fn lease(self: &Arc<Self>) -> Result<Lease, TokenError> {
+    pub(crate) async fn lease(self: &Arc<Self>) -> Result<Lease, TokenError> {
         let fixed = match &*self.source.lock().expect("token source") {
             Source::Fixed(t) => Some(t.clone()),
             Source::Exchange { .. } => None,
@@ -440,7 +443,10 @@ impl TokenBroker {
     /// the current lease. Since the claim is only the client's word, a token is not dropped
     /// within `min_refresh_interval` of the last `getToken` (it could not be replaced yet): the
     /// caller is told to retry instead.
-    pub async fn renew_rejected(self: &Arc<Self>, token: &Secret) -> Result<Lease, TokenError> {
+    pub(crate) async fn renew_rejected(
+        self: &Arc<Self>,
+        token: &Secret,
+    ) -> Result<Lease, TokenError> {
         if !self.is_fixed() && self.is_current(token).await {
             if let Some(wait) = self.fetch_allowed_in() {
                 return Err(TokenError::KeptTooRecent {

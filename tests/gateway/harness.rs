@@ -22,10 +22,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-pub const DISK: &str = "/v1/PveMachineHardDisk/open";
+pub(crate) const DISK: &str = "/v1/PveMachineHardDisk/open";
 
 /// A simulator with test-friendly defaults: no create interval, short mounts.
-pub fn sim_config() -> SimConfig {
+pub(crate) fn sim_config() -> SimConfig {
     SimConfig {
         create_min_interval: Duration::ZERO,
         mount_delay: Duration::from_millis(200),
@@ -33,21 +33,21 @@ pub fn sim_config() -> SimConfig {
     }
 }
 
-pub fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
 }
 
-pub struct Sim {
+pub(crate) struct Sim {
     pub addr: SocketAddr,
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl Sim {
-    pub async fn start(cfg: SimConfig) -> Sim {
+    pub(crate) async fn start(cfg: SimConfig) -> Sim {
         let sim = Simulator::bind("127.0.0.1:0".parse().unwrap(), cfg)
             .await
             .expect("bind simulator");
@@ -63,7 +63,7 @@ impl Sim {
         }
     }
 
-    pub async fn stats(&self) -> Value {
+    pub(crate) async fn stats(&self) -> Value {
         http()
             .get(format!("{}/_sim/stats", self.url))
             .send()
@@ -75,16 +75,16 @@ impl Sim {
     }
 
     /// Calls that reached the simulator for one endpoint (`getToken`, `info`, ...).
-    pub async fn calls(&self, endpoint: &str) -> u64 {
+    pub(crate) async fn calls(&self, endpoint: &str) -> u64 {
         self.stats().await["calls"][endpoint].as_u64().unwrap_or(0)
     }
 
     /// Every call that reached the simulator, whatever its path.
-    pub async fn total(&self) -> u64 {
+    pub(crate) async fn total(&self) -> u64 {
         self.stats().await["total"].as_u64().expect("stats.total")
     }
 
-    pub async fn fault(&self, mode: &str, latency: &str) {
+    pub(crate) async fn fault(&self, mode: &str, latency: &str) {
         let r = http()
             .post(format!("{}/_sim/fault", self.url))
             .json(&serde_json::json!({"mode": mode, "latency": latency}))
@@ -94,7 +94,7 @@ impl Sim {
         assert!(r.status().is_success(), "fault {mode}");
     }
 
-    pub async fn revoke_tokens(&self) {
+    pub(crate) async fn revoke_tokens(&self) {
         let r = http()
             .post(format!("{}/_sim/revoke-tokens", self.url))
             .send()
@@ -104,7 +104,7 @@ impl Sim {
     }
 
     /// The requests the simulator received, oldest first.
-    pub async fn requests(&self) -> Vec<Value> {
+    pub(crate) async fn requests(&self) -> Vec<Value> {
         http()
             .get(format!("{}/_sim/requests", self.url))
             .send()
@@ -116,7 +116,7 @@ impl Sim {
     }
 
     /// A token straight from the simulator, as another system holding one would have it.
-    pub async fn token(&self) -> String {
+    pub(crate) async fn token(&self) -> String {
         let v: Value = http()
             .post(format!("{}/v1/auth/getToken", self.url))
             .json(&serde_json::json!({"uuid": "demo-uuid", "secret": "demo-secret"}))
@@ -139,7 +139,7 @@ impl Drop for Sim {
 }
 
 /// The demo credentials the simulator accepts by default.
-pub fn demo_env() -> Vec<(&'static str, String)> {
+pub(crate) fn demo_env() -> Vec<(&'static str, String)> {
     vec![
         ("FINOVY_UUID", "demo-uuid".to_string()),
         ("FINOVY_SECRET", "demo-secret".to_string()),
@@ -147,14 +147,15 @@ pub fn demo_env() -> Vec<(&'static str, String)> {
 }
 
 /// A create policy for tests that are not about rate limits.
-pub const FAST_CREATES: &str =
+pub(crate) const FAST_CREATES: &str =
     "[create.routes.\"disk.create\"]\nrate = \"1000/1s\"\nburst = 1000\n";
 
 /// Token bounds for tests that are not about them: no minimum lifetime or refresh interval.
-pub const LOOSE_TOKENS: &str = "[token]\nmin_lifetime = \"0s\"\nmin_refresh_interval = \"0s\"\n";
+pub(crate) const LOOSE_TOKENS: &str =
+    "[token]\nmin_lifetime = \"0s\"\nmin_refresh_interval = \"0s\"\n";
 
 /// A fresh `Idempotency-Key`, so equal bodies still make distinct disks.
-pub fn fresh_key() -> String {
+pub(crate) fn fresh_key() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
         "test-{}-{}",
@@ -164,19 +165,19 @@ pub fn fresh_key() -> String {
 }
 
 /// A `[cache.routes."disk.info"]` table with `extra` in it.
-pub fn info_policy(extra: &str) -> String {
+pub(crate) fn info_policy(extra: &str) -> String {
     format!("[cache.routes.\"disk.info\"]\n{extra}\n")
 }
 
 /// An answer's `Cache-Status` (empty when it has none).
-pub fn cache_status(h: &reqwest::header::HeaderMap) -> String {
+pub(crate) fn cache_status(h: &reqwest::header::HeaderMap) -> String {
     h.get("cache-status")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default()
 }
 
 /// A `[[clients]]` entry for `key`.
-pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
+pub(crate) fn client_entry(name: &str, key: &str, extra: &str) -> String {
     format!(
         "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{extra}\n",
         hex::encode(Sha256::digest(key.as_bytes()))
@@ -184,7 +185,7 @@ pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
 }
 
 /// A gateway in this process, listening on loopback ports chosen by the OS.
-pub struct Gw {
+pub(crate) struct Gw {
     pub url: String,
     pub admin_url: String,
     stop: Option<oneshot::Sender<()>>,
@@ -197,7 +198,7 @@ impl Gw {
     /// create many disks do not wait for the production rate. Unless it sets `[token]`, tokens
     /// are taken for the lifetime the simulator gives and refetched as often as needed
     /// ([`LOOSE_TOKENS`]), so tests of short-lived tokens need not wait out the production bounds.
-    pub async fn start(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
+    pub(crate) async fn start(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
         let gw = Gw::start_unready(toml, upstream, env).await;
         // `/readyz` answers once the startup getToken has settled, so tests count from a quiet state.
         http()
@@ -209,7 +210,11 @@ impl Gw {
     }
 
     /// [`Gw::start`] without waiting for readiness: the startup getToken may still be in flight.
-    pub async fn start_unready(toml: &str, upstream: &str, env: Vec<(&'static str, String)>) -> Gw {
+    pub(crate) async fn start_unready(
+        toml: &str,
+        upstream: &str,
+        env: Vec<(&'static str, String)>,
+    ) -> Gw {
         let toml = if toml.contains("[create") {
             toml.to_string()
         } else {
@@ -247,21 +252,21 @@ impl Gw {
     }
 
     /// A gateway with anonymous access on loopback and the demo credentials.
-    pub async fn anonymous(sim: &Sim) -> Gw {
+    pub(crate) async fn anonymous(sim: &Sim) -> Gw {
         Gw::start("", &sim.url, demo_env()).await
     }
 
     /// One metric of this gateway, summed over the samples with these labels.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&self.metrics().await, name, labels)
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         metrics_at(&self.admin_url).await
     }
 
     /// Waits until this gateway has `n` data-plane requests in flight.
-    pub async fn wait_inflight(&self, n: usize) {
+    pub(crate) async fn wait_inflight(&self, n: usize) {
         eventually(
             &format!("{n} requests in flight"),
             Duration::from_secs(20),
@@ -274,7 +279,7 @@ impl Gw {
     }
 
     /// Stops accepting, drains, and waits until the server has returned.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -293,7 +298,7 @@ impl Drop for Gw {
 }
 
 /// `N` replicas started at the same time with one config (shared mode when it names a Redis).
-pub async fn replicas<const N: usize>(
+pub(crate) async fn replicas<const N: usize>(
     toml: &str,
     upstream: &str,
     env: Vec<(&'static str, String)>,
@@ -307,18 +312,18 @@ pub async fn replicas<const N: usize>(
 }
 
 /// The Prometheus text of the admin listener at `admin_url`.
-pub async fn metrics_at(admin_url: &str) -> String {
+pub(crate) async fn metrics_at(admin_url: &str) -> String {
     get_text(&format!("{admin_url}/metrics")).await
 }
 
 /// Sums the samples of metric `name` in Prometheus `text` whose labels include every
 /// `name="value"` of `labels`; 0 when there is none.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_opt(text, name, labels).unwrap_or(0.0)
 }
 
 /// [`metric`], or `None` when no such sample is exported (a series that must exist, or must not).
-pub fn metric_opt(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn metric_opt(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
@@ -334,7 +339,7 @@ pub fn metric_opt(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
 }
 
 /// A unique file under the temporary directory holding `text`.
-pub fn temp_file(name: &str, text: &str) -> PathBuf {
+pub(crate) fn temp_file(name: &str, text: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let path = std::env::temp_dir().join(format!(
         "fgw-test-{}-{}-{name}",
@@ -345,7 +350,7 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
-pub fn binary() -> Command {
+pub(crate) fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_finovy-gateway"))
 }
 
@@ -363,7 +368,7 @@ fn listen_field(line: &str) -> Option<String> {
 }
 
 /// The real binary running `serve`, with its log lines captured.
-pub struct Bin {
+pub(crate) struct Bin {
     pub child: Child,
     pub url: String,
     pub admin_url: String,
@@ -376,12 +381,17 @@ pub struct Bin {
 impl Bin {
     /// Starts `serve --config <toml>` on loopback port 0 and waits for both listeners' log lines.
     /// Without a `[token]` table in `toml`, [`LOOSE_TOKENS`] applies, as for [`Gw::start`].
-    pub fn serve(toml: &str, upstream: &str, env: &[(&str, &str)]) -> Bin {
+    pub(crate) fn serve(toml: &str, upstream: &str, env: &[(&str, &str)]) -> Bin {
         Bin::serve_args(toml, upstream, env, &[])
     }
 
     /// [`Bin::serve`] with more arguments for `serve` (e.g. `--log-format json`).
-    pub fn serve_args(toml: &str, upstream: &str, env: &[(&str, &str)], args: &[&str]) -> Bin {
+    pub(crate) fn serve_args(
+        toml: &str,
+        upstream: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Bin {
         let config = if toml.contains("[token]") {
             temp_file("gateway.toml", toml)
         } else {
@@ -456,17 +466,17 @@ impl Bin {
     }
 
     /// One metric of this process, as [`Gw::metric`].
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&metrics_at(&self.admin_url).await, name, labels)
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
 
     /// Waits until `count` log lines contain `needle` (the gateway writes its log in batches),
     /// woken by each line the reader takes in.
-    pub async fn wait_for_log(&self, needle: &str, count: usize) -> String {
+    pub(crate) async fn wait_for_log(&self, needle: &str, count: usize) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut lines = self.lines.clone();
         loop {
@@ -487,7 +497,7 @@ impl Bin {
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -496,7 +506,7 @@ impl Bin {
     }
 
     /// Sends SIGHUP: reload the configuration.
-    pub fn hangup(&self) {
+    pub(crate) fn hangup(&self) {
         let status = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
             .status()
@@ -505,7 +515,7 @@ impl Bin {
     }
 
     /// Waits for the process to exit (up to 30 s) and returns its exit code.
-    pub fn wait_exit(&mut self) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self) -> Option<i32> {
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
@@ -525,7 +535,7 @@ impl Drop for Bin {
 
 /// Polls `check` every 20 ms until it holds; fails naming `what` once `within` has passed. For
 /// states only another process can show (the simulator's counters, a replica's readiness).
-pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -539,7 +549,7 @@ where
 
 /// [`eventually`] for a check that finds something: polls until `check` gives `Some`, and
 /// returns what it found.
-pub async fn eventually_some<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+pub(crate) async fn eventually_some<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -554,7 +564,7 @@ where
 
 /// Polls `check` every 20 ms until it gives `Ok`, for `within` at most; its last `Err` when time
 /// is up, for a caller that reports what it saw rather than failing at once.
-pub async fn poll<T, E, F, Fut>(within: Duration, mut check: F) -> Result<T, E>
+pub(crate) async fn poll<T, E, F, Fut>(within: Duration, mut check: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -570,12 +580,12 @@ where
 }
 
 /// `/readyz` of `admin_url`: its status and its JSON body.
-pub async fn readyz(admin_url: &str) -> (u16, Value) {
+pub(crate) async fn readyz(admin_url: &str) -> (u16, Value) {
     send_json(http().get(format!("{admin_url}/readyz"))).await
 }
 
 /// Polls `/readyz` of `admin_url` until it answers `status` (20 s at most); its body.
-pub async fn readyz_until(admin_url: &str, status: u16) -> String {
+pub(crate) async fn readyz_until(admin_url: &str, status: u16) -> String {
     eventually_some(
         &format!("/readyz answers {status}"),
         Duration::from_secs(20),
@@ -595,7 +605,7 @@ pub async fn readyz_until(admin_url: &str, status: u16) -> String {
 }
 
 /// The real binary as a replica with the demo credentials, once its `/readyz` says ready.
-pub async fn replica_process(toml: &str, upstream: &str) -> Bin {
+pub(crate) async fn replica_process(toml: &str, upstream: &str) -> Bin {
     let bin = Bin::serve(
         toml,
         upstream,
@@ -610,13 +620,15 @@ pub async fn replica_process(toml: &str, upstream: &str) -> Bin {
 
 /// Sends `req`: the answer's status, headers and JSON body (the envelope). Every test sends its
 /// requests through here, so that an answer that is not JSON fails the same way everywhere.
-pub async fn answer(req: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
+pub(crate) async fn answer(req: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
     try_answer(req).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// [`answer`], or why there is none: no answer at all (a dead replica, a reset), or one whose
 /// body is not JSON.
-pub async fn try_answer(req: reqwest::RequestBuilder) -> Result<(u16, HeaderMap, Value), String> {
+pub(crate) async fn try_answer(
+    req: reqwest::RequestBuilder,
+) -> Result<(u16, HeaderMap, Value), String> {
     let resp = req.send().await.map_err(|e| format!("no answer: {e}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -628,7 +640,7 @@ pub async fn try_answer(req: reqwest::RequestBuilder) -> Result<(u16, HeaderMap,
 }
 
 /// `GET url` with `headers`, through [`answer`].
-pub async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
+pub(crate) async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
     let mut req = http().get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -637,13 +649,13 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value)
 }
 
 /// Sends `req` and returns the answer's status and JSON body.
-pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, Value) {
+pub(crate) async fn send_json(req: reqwest::RequestBuilder) -> (u16, Value) {
     let (status, _, v) = answer(req).await;
     (status, v)
 }
 
 /// A GET's body as text.
-pub async fn get_text(url: &str) -> String {
+pub(crate) async fn get_text(url: &str) -> String {
     http()
         .get(url)
         .send()
@@ -656,7 +668,7 @@ pub async fn get_text(url: &str) -> String {
 
 /// Buys a disk through the gateway at `gw_url` (anonymous, area 0, 20 GB) under a fresh
 /// `Idempotency-Key`, so that two calls are two purchases; its `info` URL there.
-pub async fn new_disk_info_url(gw_url: &str) -> String {
+pub(crate) async fn new_disk_info_url(gw_url: &str) -> String {
     let (status, created) = send_json(
         http()
             .post(format!("{gw_url}{DISK}/create"))
@@ -673,7 +685,7 @@ pub async fn new_disk_info_url(gw_url: &str) -> String {
 }
 
 /// `n` GETs of `url` at once; their JSON answers.
-pub async fn concurrent_gets(url: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn concurrent_gets(url: &str, n: usize) -> Vec<Value> {
     let client = http();
     let handles: Vec<_> = (0..n)
         .map(|_| tokio::spawn(send_json(client.get(url))))

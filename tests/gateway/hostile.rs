@@ -264,17 +264,17 @@ async fn header_floods_odd_targets_and_path_spellings_reach_nothing() {
 /// Raw HTTP/2 frames, enough to misbehave with: a frame header, and a header block of literal
 /// fields (no Huffman, no indexing), which every HPACK decoder must accept.
 mod h2 {
-    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    pub const HEADERS: u8 = 1;
-    pub const RST_STREAM: u8 = 3;
-    pub const SETTINGS: u8 = 4;
-    pub const PING: u8 = 6;
-    pub const GOAWAY: u8 = 7;
-    pub const CONTINUATION: u8 = 9;
-    pub const END_STREAM: u8 = 1;
-    pub const END_HEADERS: u8 = 4;
+    pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub(super) const HEADERS: u8 = 1;
+    pub(super) const RST_STREAM: u8 = 3;
+    pub(super) const SETTINGS: u8 = 4;
+    pub(super) const PING: u8 = 6;
+    pub(super) const GOAWAY: u8 = 7;
+    pub(super) const CONTINUATION: u8 = 9;
+    pub(super) const END_STREAM: u8 = 1;
+    pub(super) const END_HEADERS: u8 = 4;
 
-    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
         let mut f = Vec::with_capacity(9 + payload.len());
         f.extend_from_slice(&len.to_be_bytes()[1..]);
@@ -300,7 +300,7 @@ mod h2 {
         }
     }
 
-    pub fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    pub(super) fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
         out.push(0); // literal without indexing, new name
         int(out, name.len());
         out.extend_from_slice(name.as_bytes());
@@ -308,7 +308,7 @@ mod h2 {
         out.extend_from_slice(value.as_bytes());
     }
 
-    pub fn get(path: &str) -> Vec<u8> {
+    pub(super) fn get(path: &str) -> Vec<u8> {
         let mut b = Vec::new();
         literal(&mut b, ":method", "GET");
         literal(&mut b, ":scheme", "http");

@@ -19,7 +19,7 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 const RESTART_WITHIN: Duration = Duration::from_secs(10);
 
 /// One `redis-server` child process, killed on drop.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     dir: PathBuf,
     binary: PathBuf,
@@ -32,7 +32,7 @@ pub struct RedisServer {
 
 /// A RESP reply.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Resp {
+pub(crate) enum Resp {
     Simple(String),
     Error(String),
     Int(i64),
@@ -41,7 +41,7 @@ pub enum Resp {
 }
 
 impl Resp {
-    pub fn int(&self) -> i64 {
+    pub(crate) fn int(&self) -> i64 {
         match self {
             Resp::Int(n) => *n,
             other => panic!("expected an integer reply, got {other:?}"),
@@ -49,7 +49,7 @@ impl Resp {
     }
 
     /// A simple or bulk string; `None` for a nil bulk.
-    pub fn text(&self) -> Option<String> {
+    pub(crate) fn text(&self) -> Option<String> {
         match self {
             Resp::Simple(s) => Some(s.clone()),
             Resp::Bulk(b) => b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
@@ -57,7 +57,7 @@ impl Resp {
         }
     }
 
-    pub fn strings(&self) -> Vec<String> {
+    pub(crate) fn strings(&self) -> Vec<String> {
         match self {
             Resp::Array(Some(items)) => items
                 .iter()
@@ -101,17 +101,17 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers PING.
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         Self::start_with(&[], None)
     }
 
     /// A server with more options, e.g. `--cluster-enabled yes` or `--replicaof 127.0.0.1 P`.
-    pub fn start_with_args(extra: &[&str]) -> RedisServer {
+    pub(crate) fn start_with_args(extra: &[&str]) -> RedisServer {
         Self::start_with(extra, None)
     }
 
     /// A Sentinel watching the primary on `primary_port` under the name `mymaster`, quick to act.
-    pub fn start_sentinel(primary_port: u16) -> RedisServer {
+    pub(crate) fn start_sentinel(primary_port: u16) -> RedisServer {
         let conf = format!(
             "sentinel monitor mymaster 127.0.0.1 {primary_port} 1\n\
              sentinel down-after-milliseconds mymaster 1000\n\
@@ -156,25 +156,25 @@ impl RedisServer {
         })
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// SIGKILL, and wait until the process is gone: no shutdown, no goodbye to clients.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         blocking(|| self.reap());
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`): a server that hangs, connections open, no answers.
-    pub fn pause(&mut self, paused: bool) {
+    pub(crate) fn pause(&mut self, paused: bool) {
         let pid = self.child.as_ref().expect("a running server").id();
         let signal = if paused { "-STOP" } else { "-CONT" };
         let status = Command::new("kill")
@@ -185,7 +185,7 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port (its data is gone: nothing is persisted).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         blocking(|| {
             self.reap();
             let deadline = Instant::now() + RESTART_WITHIN;
@@ -208,7 +208,7 @@ impl RedisServer {
         })
     }
 
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
@@ -285,7 +285,7 @@ impl RedisServer {
     }
 
     /// Sends one command and returns the reply (an error reply is returned, not raised).
-    pub async fn command(&self, args: &[&str]) -> Resp {
+    pub(crate) async fn command(&self, args: &[&str]) -> Resp {
         let addr = self.addr();
         let exchange = async move {
             let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -314,23 +314,23 @@ impl RedisServer {
     }
 
     /// Keys matching `pattern`, sorted.
-    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+    pub(crate) async fn keys(&self, pattern: &str) -> Vec<String> {
         let mut keys = self.command(&["KEYS", pattern]).await.strings();
         keys.sort();
         keys
     }
 
     /// Milliseconds left: -1 for a key without expiry, -2 for a missing key.
-    pub async fn pttl(&self, key: &str) -> i64 {
+    pub(crate) async fn pttl(&self, key: &str) -> i64 {
         self.command(&["PTTL", key]).await.int()
     }
 
-    pub async fn dbsize(&self) -> i64 {
+    pub(crate) async fn dbsize(&self) -> i64 {
         self.command(&["DBSIZE"]).await.int()
     }
 
     /// Bytes the key and its value take in the server; `None` for a missing key.
-    pub async fn memory_usage(&self, key: &str) -> Option<i64> {
+    pub(crate) async fn memory_usage(&self, key: &str) -> Option<i64> {
         match self.command(&["MEMORY", "USAGE", key]).await {
             Resp::Int(n) => Some(n),
             Resp::Bulk(None) | Resp::Array(None) => None,
@@ -338,7 +338,7 @@ impl RedisServer {
         }
     }
 
-    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub(crate) async fn get(&self, key: &str) -> Option<Vec<u8>> {
         match self.command(&["GET", key]).await {
             Resp::Bulk(b) => b,
             other => panic!("GET {key}: {other:?}"),
@@ -423,12 +423,12 @@ fn parse(buf: &[u8]) -> Option<(Resp, usize)> {
 }
 
 /// A Redis Cluster of three primaries on free loopback ports, slots spread by `redis-cli`.
-pub struct RedisCluster {
+pub(crate) struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    pub fn start() -> RedisCluster {
+    pub(crate) fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 RedisServer::start_with_args(&[
@@ -462,7 +462,7 @@ impl RedisCluster {
     }
 
     /// `redis+cluster://` naming every node.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
@@ -472,7 +472,7 @@ impl RedisCluster {
     }
 
     /// Polls until every node says the cluster is ok (slots assigned and agreed).
-    pub async fn wait_ok(&self) {
+    pub(crate) async fn wait_ok(&self) {
         crate::harness::eventually("the cluster is ok", Duration::from_secs(20), || async {
             let mut ok = true;
             for n in &self.nodes {

@@ -27,20 +27,20 @@ use tokio::sync::oneshot;
 use super::harness::{Sim, demo_env, sim_config, temp_file};
 
 /// A certificate authority made for one test.
-pub struct TestCa {
+pub(crate) struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
     /// Its certificate, as a PEM file.
     pub file: PathBuf,
 }
 
 /// A certificate and its key, as PEM files.
-pub struct Leaf {
+pub(crate) struct Leaf {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 impl TestCa {
-    pub fn new(name: &str) -> TestCa {
+    pub(crate) fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -55,12 +55,12 @@ impl TestCa {
     }
 
     /// A server certificate for `localhost` and 127.0.0.1.
-    pub fn server(&self) -> Leaf {
+    pub(crate) fn server(&self) -> Leaf {
         self.leaf(ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate.
-    pub fn client(&self) -> Leaf {
+    pub(crate) fn client(&self) -> Leaf {
         self.leaf(ExtendedKeyUsagePurpose::ClientAuth)
     }
 
@@ -78,7 +78,7 @@ impl TestCa {
     }
 
     /// Rewrites `leaf`'s files with a new server certificate signed by this CA.
-    pub fn reissue_into(&self, leaf: &Leaf) {
+    pub(crate) fn reissue_into(&self, leaf: &Leaf) {
         let fresh = self.server();
         std::fs::copy(&fresh.cert, &leaf.cert).unwrap();
         std::fs::copy(&fresh.key, &leaf.key).unwrap();
@@ -86,7 +86,7 @@ impl TestCa {
 }
 
 /// A TLS client trusting `ca`, presenting `identity` when given, offering `alpn`.
-pub fn tls_client(
+pub(crate) fn tls_client(
     ca: &TestCa,
     identity: Option<&Leaf>,
     alpn: &[&[u8]],
@@ -121,7 +121,7 @@ pub fn tls_client(
 }
 
 /// `GET url` with `client`: the status and HTTP version, or the error chain as text.
-pub async fn get(
+pub(crate) async fn get(
     client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     url: &str,
 ) -> Result<(u16, http::Version, String), String> {

@@ -14,24 +14,24 @@ use crate::protect::validate::Order;
 use crate::routes::{Route, RouteMatch};
 use crate::svc::Req;
 
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Longest `Idempotency-Key` accepted (Stripe's limit).
 const MAX_KEY_LEN: usize = 255;
 
 /// The key of one record in a [`RecordStore`](crate::protect::records::RecordStore).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RecordKey(String);
+pub(super) struct RecordKey(String);
 
 impl RecordKey {
     /// A create under an `Idempotency-Key`, scoped to its client and route.
-    pub fn idempotent(account: &str, client: &str, route: Route, key: &str) -> Self {
+    pub(super) fn idempotent(account: &str, client: &str, route: Route, key: &str) -> Self {
         RecordKey(format!("idem|{account}|{client}|{}|{key}", route.as_str()))
     }
 
     /// A key-less create: per client unless the route's `dedup_scope` is `account`. The two forms
     /// cannot meet: `c=` marks a client's.
-    pub fn dedup(account: &str, client: &str, scope: DedupScope, fingerprint: &str) -> Self {
+    pub(super) fn dedup(account: &str, client: &str, scope: DedupScope, fingerprint: &str) -> Self {
         RecordKey(match scope {
             DedupScope::Client => format!("dedup|{account}|c={client}|{fingerprint}"),
             DedupScope::Account => format!("dedup|{account}|{fingerprint}"),
@@ -39,33 +39,33 @@ impl RecordKey {
     }
 
     /// A mutation that only collapses while in flight (mount, unmount, power).
-    pub fn in_flight(account: &str, fingerprint: &str) -> Self {
+    pub(super) fn in_flight(account: &str, fingerprint: &str) -> Self {
         RecordKey(format!("inflight|{account}|{fingerprint}"))
     }
 
     /// The purchases of one order (by its fingerprint) being made in the account: their disks
     /// exist upstream before they are claimed, so a reconciliation of an identical order waits.
-    pub fn making(account: &str, fingerprint: &str) -> Self {
+    pub(super) fn making(account: &str, fingerprint: &str) -> Self {
         RecordKey(format!("{account}|making:{fingerprint}"))
     }
 
     /// The marker saying that a disk already belongs to a purchase, so that reconciliation never
     /// hands one disk to two intents.
-    pub fn claim(account: &str, disk: &str) -> Self {
+    pub(super) fn claim(account: &str, disk: &str) -> Self {
         RecordKey(format!("claimed|{account}|{disk}"))
     }
 
     /// The guard one retry holds while it settles the unknown-outcome record `of`.
-    pub fn settle(of: &RecordKey) -> Self {
+    pub(super) fn settle(of: &RecordKey) -> Self {
         RecordKey(format!("settle|{}", of.0))
     }
 
     /// The client a record counts for (`account|client`), as the record counts key it.
-    pub fn owner(account: &str, client: &str) -> Self {
+    pub(super) fn owner(account: &str, client: &str) -> Self {
         RecordKey(format!("{account}|{client}"))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(super) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -80,7 +80,7 @@ impl fmt::Display for RecordKey {
 /// body. A create's canonical body is its validated order's ([`Order::body`]), so key order,
 /// whitespace and `"0"` for `0` do not make two intents of one; other mutations use their
 /// canonical JSON. Records and their keys hold this digest, never a body.
-pub fn fingerprint(m: &RouteMatch, req: &Req) -> String {
+pub(super) fn fingerprint(m: &RouteMatch, req: &Req) -> String {
     let body = match req.extensions().get::<Order>() {
         Some(order) => order.body(),
         None => canonical_json(req.body())
@@ -96,7 +96,7 @@ pub fn fingerprint(m: &RouteMatch, req: &Req) -> String {
 }
 
 /// The request's `Idempotency-Key`, if it sent one; the reason when it is not a usable key.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
     let Some(v) = headers.get(&IDEMPOTENCY_KEY) else {
         return Ok(None);
     };

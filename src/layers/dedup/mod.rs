@@ -60,19 +60,18 @@ use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp, RespFuture};
 use tokio_util::task::TaskTracker;
 
-pub use keys::IDEMPOTENCY_KEY;
 use keys::{RecordKey, fingerprint, idempotency_key};
 use protocol::{Claim, Keep, Outcome, record_outcome, records_lost, while_making};
 use reconcile::{candidates, created_disk, last_page, list_request, read_page};
 use services::{Bounded, ClaimFirst};
 
-pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(crate) const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Time for an execution that reached its limit to write its outcome.
 const LEASE_SLACK: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
-pub struct DedupLayer {
+pub(crate) struct DedupLayer {
     shared: Arc<Shared>,
 }
 
@@ -94,7 +93,7 @@ struct Shared {
 }
 
 impl DedupLayer {
-    pub fn new(
+    pub(crate) fn new(
         records: Arc<dyn RecordStore>,
         limit: Duration,
         settings: Arc<Swap<CreateSettings>>,
@@ -129,7 +128,7 @@ impl<S> Layer<S> for DedupLayer {
 }
 
 #[derive(Clone)]
-pub struct Dedup<S> {
+pub(crate) struct Dedup<S> {
     inner: S,
     shared: Arc<Shared>,
 }

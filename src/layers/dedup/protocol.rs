@@ -19,18 +19,18 @@ use super::reconcile::created_disk;
 
 /// What became of one execution, shared with everyone who waited for it.
 #[derive(Debug)]
-pub struct Outcome {
-    pub answer: Answer,
+pub(super) struct Outcome {
+    pub(crate) answer: Answer,
     /// Sent upstream, no answer: the purchase may exist.
-    pub unknown: bool,
+    pub(crate) unknown: bool,
     /// Answered from a record another execution wrote (not run here).
-    pub replayed: bool,
+    pub(crate) replayed: bool,
 }
 
 impl Outcome {
     /// A final answer: the upstream decided (success or a business error). Not a failure that did
     /// nothing (5xx, connection refused, no token, rate-limited) and not an unknown outcome.
-    pub fn is_final(&self) -> bool {
+    pub(super) fn is_final(&self) -> bool {
         !self.unknown
             && !self.answer.is_failure()
             && self.answer.status != StatusCode::TOO_MANY_REQUESTS
@@ -44,24 +44,24 @@ impl Outcome {
 }
 
 /// Where the record of an execution goes when it ends.
-pub struct Keep {
-    pub rkey: RecordKey,
-    pub fingerprint: Arc<str>,
+pub(super) struct Keep {
+    pub(crate) rkey: RecordKey,
+    pub(crate) fingerprint: Arc<str>,
     /// Lifetime of a final answer's record.
-    pub final_ttl: Duration,
-    pub unknown_ttl: Duration,
+    pub(crate) final_ttl: Duration,
+    pub(crate) unknown_ttl: Duration,
     /// The in-flight record this execution holds, whose lease it renews while it runs (`None`
     /// when the execution claims its record itself, see [`claim`]).
-    pub leased: Option<Record>,
+    pub(crate) leased: Option<Record>,
     /// The client the record counts for.
-    pub owner: RecordKey,
+    pub(crate) owner: RecordKey,
 }
 
 /// Writes what became of an execution that ran here: a final answer is kept for `final_ttl`, an
 /// unknown outcome for `unknown_ttl`, anything else (it did nothing) removes the record. A disk
 /// the create made is claimed first, so that no reconciliation can hand it out. Returns whether
 /// that disk (if any) is claimed.
-pub async fn record_outcome(
+pub(super) async fn record_outcome(
     records: &dyn RecordStore,
     keep: &Keep,
     route: Route,
@@ -111,7 +111,7 @@ pub async fn record_outcome(
 }
 
 /// Counts a new record `rkey` for `owner` until `ttl` from now, unless the owner holds `max`.
-pub async fn hold(
+pub(super) async fn hold(
     records: &dyn RecordStore,
     route: Route,
     owner: &RecordKey,
@@ -134,7 +134,7 @@ pub async fn hold(
 }
 
 /// The refusal of a create whose client holds its maximum of live records.
-pub fn records_full(route: Route, max: u64, frees_at_ms: u64) -> GatewayError {
+pub(super) fn records_full(route: Route, max: u64, frees_at_ms: u64) -> GatewayError {
     let wait = Duration::from_millis(frees_at_ms.saturating_sub(now_ms()));
     GatewayError::RecordsFull {
         route: route.as_str(),
@@ -145,7 +145,7 @@ pub fn records_full(route: Route, max: u64, frees_at_ms: u64) -> GatewayError {
 
 /// The refusal of a create that finds no record while Redis's data was lost `left` ago from the
 /// end of the grace window: it may be the retry of a create whose record went with it.
-pub fn records_lost(route: Route, left: Duration) -> GatewayError {
+pub(super) fn records_lost(route: Route, left: Duration) -> GatewayError {
     GatewayError::RecordsLost {
         route: route.as_str(),
         retry_after: left.as_secs_f64().ceil().max(1.0) as u64,
@@ -154,7 +154,7 @@ pub fn records_lost(route: Route, left: Duration) -> GatewayError {
 
 /// What claiming a key-less create's record found.
 #[derive(Debug)]
-pub enum Claimed {
+pub(super) enum Claimed {
     /// This execution holds the in-flight record and may call.
     Held(Record),
     /// Another execution's final answer landed meanwhile.
@@ -164,24 +164,24 @@ pub enum Claimed {
 }
 
 /// What claiming a key-less create's record needs.
-pub struct Claim {
-    pub records: Arc<dyn RecordStore>,
-    pub rkey: RecordKey,
-    pub fingerprint: String,
-    pub ttl: Duration,
-    pub max_age: Duration,
-    pub lease: Duration,
+pub(super) struct Claim {
+    pub(crate) records: Arc<dyn RecordStore>,
+    pub(crate) rkey: RecordKey,
+    pub(crate) fingerprint: String,
+    pub(crate) ttl: Duration,
+    pub(crate) max_age: Duration,
+    pub(crate) lease: Duration,
     /// The client the record counts for, and how many it may hold.
-    pub owner: RecordKey,
-    pub max_records: u64,
-    pub route: Route,
+    pub(crate) owner: RecordKey,
+    pub(crate) max_records: u64,
+    pub(crate) route: Route,
 }
 
 impl Claim {
     /// Claims the record before calling: answers from a record that landed since the caller
     /// looked, and waits for an execution in flight on another replica to land, instead of
     /// calling again.
-    pub async fn claim(&self) -> Claimed {
+    pub(super) async fn claim(&self) -> Claimed {
         let route = self.route.as_str();
         let mut pause = Duration::from_millis(10);
         loop {
@@ -230,7 +230,7 @@ impl Claim {
 /// Runs `work` (a disk create on its way upstream) while `rkey` counts among the purchases of its
 /// order being made, renewed every third of `lease`: if this replica dies, it stops counting
 /// within `lease`.
-pub async fn while_making<F: std::future::Future>(
+pub(super) async fn while_making<F: std::future::Future>(
     records: Arc<dyn RecordStore>,
     making: &RecordKey,
     rkey: &RecordKey,
@@ -264,7 +264,7 @@ pub async fn while_making<F: std::future::Future>(
 /// Runs `work` while renewing the lease of its in-flight `record` every third of `lease`. The
 /// renewal stops when the record is no longer that in-flight record (finished, settled or
 /// reopened elsewhere): it never brings one back.
-pub async fn with_lease<F: std::future::Future>(
+pub(super) async fn with_lease<F: std::future::Future>(
     records: Arc<dyn RecordStore>,
     rkey: RecordKey,
     record: Record,

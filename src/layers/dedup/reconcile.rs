@@ -13,16 +13,16 @@ use crate::routes::{Route, RouteMatch};
 use crate::svc::Req;
 
 /// The disk list is read this many at a time, and at most this many pages.
-pub const PAGE_SIZE: u64 = 100;
-pub const MAX_PAGES: u64 = 100;
+pub(super) const PAGE_SIZE: u64 = 100;
+pub(super) const MAX_PAGES: u64 = 100;
 
 /// How far before the attempt a disk's `createTime` may lie and still match it (clock skew).
-pub const SLACK_MS: u64 = 60_000;
+pub(super) const SLACK_MS: u64 = 60_000;
 
 /// The disks in `listed` that a create of `order` sent at `sent_at_ms` may have made, earliest
 /// first: the same area and size, mounted on its host (on none when it did not mount), created no
 /// earlier than the attempt less the clock slack.
-pub fn candidates(listed: &[Value], order: &DiskOrder, sent_at_ms: u64) -> Vec<String> {
+pub(super) fn candidates(listed: &[Value], order: &DiskOrder, sent_at_ms: u64) -> Vec<String> {
     let as_i64 = |v: &Value| {
         v.as_i64()
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
@@ -47,7 +47,7 @@ pub fn candidates(listed: &[Value], order: &DiskOrder, sent_at_ms: u64) -> Vec<S
 
 /// The `getList` request for one page of the account's disks in `order`'s area, carrying the
 /// original request's extensions (caller, account, request id).
-pub fn list_request(original: &Req, order: &DiskOrder, page: u64) -> Req {
+pub(super) fn list_request(original: &Req, order: &DiskOrder, page: u64) -> Req {
     let body = serde_json::json!({"page": page, "pageSize": PAGE_SIZE, "area": order.area});
     let mut list = Req::new(Bytes::from(body.to_string()));
     *list.method_mut() = Method::POST;
@@ -67,7 +67,7 @@ pub fn list_request(original: &Req, order: &DiskOrder, page: u64) -> Req {
 
 /// One page of the disk list: its disks and the total the upstream reports. `None` when the
 /// answer is not a success (the list could not be read).
-pub fn read_page(answer: &Answer) -> Option<(Vec<Value>, u64)> {
+pub(super) fn read_page(answer: &Answer) -> Option<(Vec<Value>, u64)> {
     if !answer.is_storable() {
         return None;
     }
@@ -83,12 +83,12 @@ pub fn read_page(answer: &Answer) -> Option<(Vec<Value>, u64)> {
 /// Whether paging stops after a page of `got` disks, with `so_far` read in all: an empty page,
 /// or the whole reported total read. Every page is read otherwise: the new disk may be on any of
 /// them, whatever order the list is in.
-pub fn last_page(got: usize, so_far: usize, total: u64) -> bool {
+pub(super) fn last_page(got: usize, so_far: usize, total: u64) -> bool {
     got == 0 || so_far as u64 >= total
 }
 
 /// The answer a reconciled create gets: the upstream's success envelope naming its disk.
-pub fn found(disk: &str, request_id: &str) -> Answer {
+pub(super) fn found(disk: &str, request_id: &str) -> Answer {
     let body = serde_json::json!({"code": 0, "success": true, "msg": "success", "data": disk, "traceId": request_id});
     let body = Bytes::from(body.to_string());
     let mut headers = HeaderMap::new();
@@ -105,7 +105,7 @@ pub fn found(disk: &str, request_id: &str) -> Answer {
 }
 
 /// The new disk's id in a successful create answer.
-pub fn created_disk(answer: &Answer) -> Option<String> {
+pub(super) fn created_disk(answer: &Answer) -> Option<String> {
     if !answer.is_storable() {
         return None;
     }

@@ -19,11 +19,11 @@ use super::{refusal, replay};
 /// An execution cut off at its limit: the request may have reached the upstream, so the outcome
 /// is unknown, and is recorded as such before any other replica may take it for lost.
 #[derive(Clone)]
-pub struct Bounded<S> {
-    pub inner: S,
-    pub limit: Duration,
-    pub route: Route,
-    pub request_id: RequestId,
+pub(super) struct Bounded<S> {
+    pub(crate) inner: S,
+    pub(crate) limit: Duration,
+    pub(crate) route: Route,
+    pub(crate) request_id: RequestId,
 }
 
 impl<S> Service<Req> for Bounded<S>
@@ -61,10 +61,10 @@ where
 
 /// Claims the record before calling: answers from a record that landed since the caller looked,
 /// and waits for an execution in flight on another replica to land, instead of calling again.
-pub struct ClaimFirst<S> {
-    pub claim: Arc<Claim>,
-    pub request_id: RequestId,
-    pub inner: S,
+pub(super) struct ClaimFirst<S> {
+    pub(crate) claim: Arc<Claim>,
+    pub(crate) request_id: RequestId,
+    pub(crate) inner: S,
 }
 
 impl<S> Service<Req> for ClaimFirst<S>
