@@ -140,7 +140,7 @@ async fn every_route_reaches_the_simulator() {
         match endpoint {
             "pveCreate" => assert_eq!(code, 220016, "{endpoint}: {answer}"),
             "operate" | "reboot" | "one" | "delete" => {
-                assert_ne!(code, 0, "{endpoint}: a host that does not exist: {answer}")
+                assert_ne!(code, 0, "{endpoint}: a host that does not exist: {answer}");
             }
             _ => assert_eq!(code, 0, "{endpoint}: {answer}"),
         }

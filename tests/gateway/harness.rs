@@ -275,7 +275,7 @@ impl Gw {
                 metric_opt(&text, "finovy_gateway_inflight_requests", &[]) == Some(n as f64)
             },
         )
-        .await
+        .await;
     }
 
     /// Stops accepting, drains, and waits until the server has returned.
@@ -449,8 +449,8 @@ impl Bin {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(("data", a)) => url = Some(format!("http://{a}")),
                 Ok((_, a)) => admin_url = Some(format!("http://{a}")),
-                Err(_) => panic!(
-                    "the gateway did not start; its log:\n{}",
+                Err(e) => panic!(
+                    "the gateway did not start ({e}); its log:\n{}",
                     logs.lock().unwrap().join("\n")
                 ),
             }
@@ -485,13 +485,12 @@ impl Bin {
                 return text;
             }
             match tokio::time::timeout_at(deadline, lines.changed()).await {
-                Ok(Ok(())) => {}
                 // The process is gone (its stderr closed): nothing more will come.
                 Ok(Err(_)) if text == self.log_text() => {
                     panic!("{count} lines with {needle:?} never came:\n{text}")
                 }
-                Ok(Err(_)) => {}
-                Err(_) => panic!("{count} lines with {needle:?} never came:\n{text}"),
+                Ok(Ok(()) | Err(_)) => {}
+                Err(e) => panic!("{count} lines with {needle:?} never came ({e}):\n{text}"),
             }
         }
     }
@@ -544,7 +543,7 @@ where
         let holds = check();
         async move { holds.await.then_some(()) }
     })
-    .await
+    .await;
 }
 
 /// [`eventually`] for a check that finds something: polls until `check` gives `Some`, and

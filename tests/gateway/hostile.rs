@@ -334,7 +334,7 @@ async fn h2_flood(bin: &Bin, frames: impl Iterator<Item = Vec<u8>>) -> (bool, i6
         let mut chunk = [0u8; 16384];
         loop {
             match tokio::time::timeout(Duration::from_secs(2), rd.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(0) | Err(_)) => return true,
                 Err(_) => return false,
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             }

@@ -127,7 +127,7 @@ async fn secrets_never_reach_logs_metrics_or_answers() {
     }
     for secret in [UUID, SECRET, KEY]
         .iter()
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .chain(tokens)
     {
         for (what, text) in [

@@ -450,7 +450,7 @@ fn config_texts() -> impl Strategy<Value = String> {
 fn load(text: &str) -> Result<Settings, String> {
     let file = FileConfig::parse(text, Path::new("prop.toml")).map_err(|e| e.to_string())?;
     let env: HashMap<&str, &str> = [("FINOVY_UUID", "u"), ("FINOVY_SECRET", "s")].into();
-    let lookup = move |name: &str| env.get(name).map(|v| v.to_string());
+    let lookup = move |name: &str| env.get(name).map(ToString::to_string);
     Settings::resolve(file, &Overrides::default(), &lookup).map_err(|e| e.to_string())
 }
 

@@ -123,8 +123,8 @@ impl RedisServer {
 
     fn start_with(extra: &[&str], sentinel_conf: Option<String>) -> RedisServer {
         blocking(|| {
-            let binary = find_binary();
             static N: AtomicU64 = AtomicU64::new(0);
+            let binary = find_binary();
             let dir = std::env::temp_dir().join(format!(
                 "fgw-redis-{}-{}",
                 std::process::id(),
@@ -136,7 +136,7 @@ impl RedisServer {
                 dir,
                 binary,
                 child: None,
-                extra: extra.iter().map(|a| a.to_string()).collect(),
+                extra: extra.iter().map(ToString::to_string).collect(),
                 sentinel_conf: sentinel_conf.clone(),
             };
             // The port is free when chosen but another process may take it before redis binds it.
@@ -205,7 +205,7 @@ impl RedisServer {
                     }
                 }
             }
-        })
+        });
     }
 
     pub(crate) fn is_running(&mut self) -> bool {
@@ -309,7 +309,7 @@ impl RedisServer {
         match tokio::time::timeout(Duration::from_secs(5), exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => panic!("redis {args:?}: {e}"),
-            Err(_) => panic!("redis {args:?}: no reply within 5 s"),
+            Err(e) => panic!("redis {args:?}: no reply within 5 s ({e})"),
         }
     }
 
@@ -481,7 +481,7 @@ impl RedisCluster {
             }
             ok
         })
-        .await
+        .await;
     }
 }
 

@@ -78,7 +78,7 @@ async fn wait_resets(gw: &impl Replica, n: u64) {
     eventually("the reset is noticed", Duration::from_secs(20), || async {
         resets(gw).await >= n
     })
-    .await
+    .await;
 }
 
 /// A refusal for a lost record: 503, code 1005, Retry-After, and what to do.

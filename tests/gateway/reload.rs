@@ -36,7 +36,7 @@ async fn reloads_reach(gw: &Bin, ok: f64) {
         Duration::from_secs(20),
         || async { gw.metric(RELOADS, RELOADS_OK).await >= ok },
     )
-    .await
+    .await;
 }
 
 /// `GET url` as the client of `key`: status, body and `Cache-Status`.
@@ -143,7 +143,7 @@ async fn a_broken_file_changes_nothing_and_an_in_flight_create_finishes() {
                 Duration::from_secs(20),
                 || async { sim.calls("create").await >= n },
             )
-            .await
+            .await;
         }
     };
     sim.fault("slow", "1500ms").await;

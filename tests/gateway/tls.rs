@@ -188,6 +188,10 @@ impl TlsGw {
     }
 }
 
+#[allow(
+    clippy::unnecessary_debug_formatting,
+    reason = "Debug quotes and escapes a path as a TOML string"
+)]
 fn tls_toml(leaf: &Leaf, client_ca: Option<&TestCa>) -> String {
     let mut keys = format!(
         "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
@@ -354,7 +358,7 @@ async fn a_silent_handshake_holds_no_accept_and_is_let_go() {
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)).await;
     assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        matches!(read, Ok(Ok(0) | Err(_))),
         "closed by the gateway: {read:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(20));

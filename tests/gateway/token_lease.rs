@@ -327,7 +327,7 @@ async fn a_rejected_token_is_replaced_once_however_many_report_it() {
     for bad in [
         "",
         "not json",
-        r#"{}"#,
+        r"{}",
         r#"{"token":""}"#,
         r#"{"token":1}"#,
         r#"{"token":"x","more":1}"#,

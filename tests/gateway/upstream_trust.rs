@@ -222,14 +222,14 @@ async fn the_fleet_calls_get_token_once_per_interval() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_get_token_message_goes_to_the_log_not_to_clients() {
     const SECRET: &str = "not-the-secret-5e884898da";
+    // The simulator's words for wrong credentials.
+    const UPSTREAM_MSG: &str = "wrong uuid or secret";
     let sim = Sim::start(sim_config()).await;
     let gw = Bin::serve(
         "[token]\nretry_min = \"50ms\"\nretry_max = \"100ms\"\nmin_refresh_interval = \"0s\"\n",
         &sim.url,
         &[("FINOVY_UUID", "demo-uuid"), ("FINOVY_SECRET", SECRET)],
     );
-    // The simulator's words for wrong credentials.
-    const UPSTREAM_MSG: &str = "wrong uuid or secret";
     let (status, v) = send_json(http().get(format!("{}{DISK}/memoryTotal/0", gw.url))).await;
     assert_eq!(status, 503, "{v}");
     assert_envelope(&v, 503);
