@@ -593,7 +593,7 @@ impl Settings {
         }
         let mut upstream = file.upstream;
         if let Some(u) = &overrides.upstream {
-            upstream.base_url = u.clone();
+            upstream.base_url.clone_from(u);
         }
         let mut log = file.log;
         if let Some(f) = overrides.log_format {
@@ -828,7 +828,7 @@ fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
             format!("expected an http:// or https:// URL, got {url:?}"),
         )
     })?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
     if !scheme_ok || uri.host().is_none() || uri.query().is_some() {
         return Err(invalid(
             key,

@@ -502,7 +502,7 @@ mod tests {
                 .map(|v| v.to_str().unwrap().to_string());
             match (&err, retry) {
                 (GatewayError::ClientOverloaded(_), _) => {
-                    assert_eq!(told.as_deref(), Some(CLIENT_OVERLOADED_RETRY_AFTER))
+                    assert_eq!(told.as_deref(), Some(CLIENT_OVERLOADED_RETRY_AFTER));
                 }
                 (_, Some(secs)) => assert_eq!(told, Some(secs.to_string()), "{err:?}"),
                 (_, None) => assert_eq!(told, None, "{err:?}"),

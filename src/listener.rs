@@ -57,12 +57,12 @@ impl Connections {
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Option<(TcpStream, Slot)> {
         let permit = tokio::select! {
-            _ = shutdown.as_mut() => return None,
+            () = shutdown.as_mut() => return None,
             p = self.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         loop {
             let accepted = tokio::select! {
-                _ = shutdown.as_mut() => return None,
+                () = shutdown.as_mut() => return None,
                 a = listener.accept() => a,
             };
             match accepted {
@@ -116,7 +116,7 @@ impl Connections {
                         state = Closing::Draining;
                         graceful(conn.as_mut());
                     }
-                    _ = tokio::time::sleep_until(deadline), if state != Closing::Draining => {
+                    () = tokio::time::sleep_until(deadline), if state != Closing::Draining => {
                         if state == Closing::Idle {
                             // A peer that does not complete the goodbye (an h2 client that
                             // never answers the closing PING) is dropped.
@@ -200,14 +200,14 @@ impl Connections {
                     tls.acceptor(),
                     handshake_timeout,
                     serve,
-                    |c| c.graceful_shutdown(),
+                    auto::Connection::graceful_shutdown,
                 );
             }
             None => {
                 let conn = builder
                     .serve_connection(TokioIo::new(stream), svc)
                     .into_owned();
-                self.spawn(slot, conn, |c| c.graceful_shutdown());
+                self.spawn(slot, conn, auto::Connection::graceful_shutdown);
             }
         }
     }

@@ -10,7 +10,7 @@
 //! keeps that `Arc` to its end, so requests in flight finish under the settings they began with.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cache::Cache;
@@ -31,16 +31,19 @@ impl<T> Swap<T> {
 
     /// The current value, kept by the caller for as long as it needs it.
     pub(crate) fn load(&self) -> Arc<T> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs `f` on the current value without taking an `Arc` (the cache-hit path).
     pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub(crate) fn store(&self, value: T) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
     }
 }
 
@@ -110,7 +113,7 @@ impl Reloader {
                 tracing::info!(trigger, restart_needed = ?applied.restart_needed, "configuration reloaded");
             }
             Err(e) => {
-                tracing::error!(trigger, error = %e, "configuration reload failed; the running settings stay")
+                tracing::error!(trigger, error = %e, "configuration reload failed; the running settings stay");
             }
         }
         result
@@ -126,11 +129,11 @@ impl Reloader {
         if !blockers.is_empty() {
             return Err(ReloadError::Invalid(blockers.join("; ")));
         }
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let mut restart_needed = restart_only_changes(&current, &new);
         let mut create = new.create.clone();
         // The execution limit of creates is derived from `max_wait` at start: keep it.
-        for (route, policy) in create.routes.iter_mut() {
+        for (route, policy) in &mut create.routes {
             if let Some(old) = current.create.routes.get(route)
                 && old.max_wait != policy.max_wait
             {
@@ -178,13 +181,13 @@ impl Reloader {
         // What is remembered is what runs: restart-only parts stay as they were.
         let mut applied = current.clone();
         applied.auth = new.auth.clone();
-        applied.anonymous_routes = new.anonymous_routes.clone();
-        applied.clients = new.clients.clone();
+        applied.anonymous_routes.clone_from(&new.anonymous_routes);
+        applied.clients.clone_from(&new.clients);
         applied.cache.routes = new.cache.routes.clone();
         applied.create = create;
         applied.admin_key_sha256 = new.admin_key_sha256;
-        applied.log.level = new.log.level.clone();
-        for a in applied.accounts.iter_mut() {
+        applied.log.level.clone_from(&new.log.level);
+        for a in &mut applied.accounts {
             if let Some(n) = new.accounts.iter().find(|n| n.name == a.name) {
                 a.credentials = n.credentials.clone();
             }

@@ -479,7 +479,7 @@ impl Eq for Route {}
 
 impl std::hash::Hash for Route {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.name.hash(h)
+        self.0.name.hash(h);
     }
 }
 

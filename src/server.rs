@@ -314,6 +314,7 @@ impl Server {
     }
 
     /// Lets `SIGHUP` and `POST /admin/reload` read the settings again from `source`.
+    #[must_use]
     pub fn with_reload(self, source: Source) -> Server {
         let _ = self.gateway.reloader.source.set(source);
         let _ = self.gateway.reloader.tls.set(self.tls.clone());
@@ -464,7 +465,7 @@ async fn reload_on_hangup(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return,
+            () = &mut shutdown => return,
             got = hangup.recv() => {
                 if got.is_none() {
                     return;
@@ -493,7 +494,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        () = ctrl_c => {},
+        () = term => {},
     }
 }

@@ -75,7 +75,7 @@ pub(crate) struct Flight<V> {
 impl<V: Clone> Flight<V> {
     /// The flight's result; `None` when its task died without one.
     pub(crate) async fn wait(mut self) -> Option<V> {
-        match self.rx.wait_for(|v| v.is_some()).await {
+        match self.rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone(),
             Err(_) => None,
         }
@@ -184,7 +184,7 @@ where
     /// How many flights are running (for tests).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.flights.lock().map(|m| m.len()).unwrap_or(0)
+        self.flights.lock().map_or(0, |m| m.len())
     }
 
     #[cfg(test)]

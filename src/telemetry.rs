@@ -9,7 +9,7 @@
 //! logging thread itself, which slows it down instead.
 
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ impl Write for BufferedStderr {
 impl BufferedStderr {
     /// Adds whole lines to the buffer; the writer thread sends them out.
     pub(crate) fn append(&self, line: &[u8]) -> std::io::Result<usize> {
-        let mut buf = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = self.0.buf.lock().unwrap_or_else(PoisonError::into_inner);
         let before = buf.len();
         buf.extend_from_slice(line);
         if before < WAKE_AT && buf.len() >= WAKE_AT {
@@ -77,7 +77,7 @@ impl BufferedStderr {
     fn write_out(&self, spare: &mut Vec<u8>) {
         spare.clear();
         std::mem::swap(
-            &mut *self.0.buf.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut *self.0.buf.lock().unwrap_or_else(PoisonError::into_inner),
             spare,
         );
         if !spare.is_empty() {
@@ -142,7 +142,7 @@ impl Drop for LogGuard {
             .0
             .closed
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = true;
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.writer.0.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -157,12 +157,16 @@ fn spawn_flusher(writer: BufferedStderr) -> JoinHandle<()> {
         .spawn(move || {
             let mut spare = Vec::new();
             loop {
-                let closed = writer.0.closed.lock().unwrap_or_else(|p| p.into_inner());
+                let closed = writer
+                    .0
+                    .closed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 let (closed, _) = writer
                     .0
                     .wake
                     .wait_timeout(closed, FLUSH_EVERY)
-                    .unwrap_or_else(|p| p.into_inner());
+                    .unwrap_or_else(PoisonError::into_inner);
                 let done = *closed;
                 drop(closed);
                 writer.write_out(&mut spare);

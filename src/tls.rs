@@ -7,7 +7,7 @@
 //! the config in use.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -46,7 +46,7 @@ impl ServerTls {
     /// nothing changes.
     pub fn reload(&self) -> Result<(), String> {
         let config = Arc::new(build(&self.files)?);
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
         Ok(())
     }
 
@@ -55,7 +55,7 @@ impl ServerTls {
         let config = self
             .current
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .clone();
         TlsAcceptor::from(config)
     }
@@ -101,7 +101,7 @@ fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
 /// Every certificate of a PEM file; none is an error.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no certificate", path.display()));

@@ -100,14 +100,14 @@ impl Answer {
             || self
                 .head
                 .as_ref()
-                .is_some_and(|h| matches!(h.code, Some(500) | Some(503)))
+                .is_some_and(|h| matches!(h.code, Some(500 | 503)))
     }
 
     /// The upstream says the thing does not exist (220001 disk, 1021 host): drop what we hold.
     pub(crate) fn is_gone(&self) -> bool {
         self.head
             .as_ref()
-            .is_some_and(|h| matches!(h.code, Some(220001) | Some(1021)))
+            .is_some_and(|h| matches!(h.code, Some(220001 | 1021)))
     }
 }
 
@@ -204,7 +204,7 @@ impl Entry {
             fresh_for,
             stale_while_revalidate: policy.stale_while_revalidate,
             stale_if_error: policy.stale_if_error,
-            hit_headers: Default::default(),
+            hit_headers: std::sync::Mutex::default(),
         }
     }
 

@@ -104,7 +104,7 @@ impl Cache {
         let detach = flights.clone();
         // Another replica's invalidation detaches this replica's fills just as its own do.
         store.on_remote_invalidation(Box::new(move |what: &Invalidation| {
-            detach.detach(|key| what.matches(key))
+            detach.detach(|key| what.matches(key));
         }));
         Cache {
             store,

@@ -59,7 +59,7 @@ pub(crate) struct RoutePolicyConfig {
 }
 
 mod opt_duration {
-    use super::*;
+    use super::{Duration, duration};
 
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,

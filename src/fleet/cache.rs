@@ -36,31 +36,31 @@ use crate::svc::BoxFuture;
 const COUNTER_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// KEYS: generation. ARGV: entry key up to the generation, then `:id`. The current entry.
-const GET: &str = r#"
+const GET: &str = r"
 local g = redis.call('GET', KEYS[1]) or '0'
 return redis.call('GET', ARGV[1] .. g .. ARGV[2])
-"#;
+";
 
 /// KEYS: lock, epoch, generation. ARGV: fence, lock px. Takes the fill lock and answers
 /// {epoch, generation}, or {-1} when someone holds it.
-const CLAIM: &str = r#"
+const CLAIM: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {tonumber(redis.call('GET', KEYS[2]) or 0), tonumber(redis.call('GET', KEYS[3]) or 0)}
 end
 return {-1}
-"#;
+";
 
 /// KEYS: epoch, generation. The account's epoch and the route's generation, for a fill that
 /// does not take the lock.
-const OBSERVE: &str = r#"
+const OBSERVE: &str = r"
 return {tonumber(redis.call('GET', KEYS[1]) or 0), tonumber(redis.call('GET', KEYS[2]) or 0)}
-"#;
+";
 
 /// KEYS: epoch, lock, generation. ARGV: epoch and generation of the claim, entry key up to the
 /// generation, `:id`, value, px, fence, counter ttl. Stores the entry unless an invalidation came
 /// since the claim (epoch -1: no claim, store anyway); the counters then outlive it. Frees the
 /// lock if it is still ours.
-const PUT_FILLED: &str = r#"
+const PUT_FILLED: &str = r"
 local stored = 0
 local e = tonumber(redis.call('GET', KEYS[1]) or 0)
 local g = tonumber(redis.call('GET', KEYS[3]) or 0)
@@ -74,12 +74,12 @@ if tonumber(ARGV[1]) < 0 or (e == tonumber(ARGV[1]) and g == tonumber(ARGV[2])) 
 end
 if redis.call('GET', KEYS[2]) == ARGV[7] then redis.call('DEL', KEYS[2]) end
 return stored
-"#;
+";
 
 /// KEYS: generation, then the entry's epoch when one entry goes. ARGV: entry key up to the
 /// generation, `:id` (empty: the whole route), counter ttl, channel, message (empty: publish
 /// nothing). Moves the route to a new generation, or moves the entry's epoch and drops it.
-const INVALIDATE: &str = r#"
+const INVALIDATE: &str = r"
 for _, k in ipairs(KEYS) do
   if redis.call('PTTL', k) < tonumber(ARGV[3]) then
     redis.call('SET', k, tonumber(redis.call('GET', k) or 0), 'PX', ARGV[3])
@@ -93,13 +93,13 @@ else
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 0
-"#;
+";
 
 /// KEYS: generation, epoch, lock. ARGV: as [`INVALIDATE`]'s for one entry. Runs that
 /// invalidation only when Redis holds something of the entry (the entry, a fill in flight, or an
 /// epoch that fills may be comparing against); otherwise there is nothing to drop or to overtake,
 /// and it writes no key and publishes nothing.
-const DROP_IF_HELD: &str = r#"
+const DROP_IF_HELD: &str = r"
 local entry = ARGV[1] .. (redis.call('GET', KEYS[1]) or '0') .. ARGV[2]
 if redis.call('EXISTS', entry, KEYS[2], KEYS[3]) == 0 then return 0 end
 for _, k in ipairs({KEYS[1], KEYS[2]}) do
@@ -111,7 +111,7 @@ redis.call('INCR', KEYS[2])
 redis.call('DEL', entry)
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
-"#;
+";
 
 /// Routes whose answers never leave the replica (the route table says which).
 fn local_only(route: Route) -> bool {
@@ -229,13 +229,13 @@ impl TwoLevel {
             tokio::pin!(shutdown);
             loop {
                 tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = this.listen() => {}
+                    () = &mut shutdown => return,
+                    () = this.listen() => {}
                 }
                 this.subscribed.store(false, Ordering::SeqCst);
                 tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
         }

@@ -36,7 +36,7 @@ impl Writer {
         self.0.extend_from_slice(b);
     }
     fn answer(&mut self, a: &Answer) {
-        self.u64(a.status.as_u16() as u64);
+        self.u64(u64::from(a.status.as_u16()));
         self.u64(a.headers.len() as u64);
         for (k, v) in &a.headers {
             self.bytes(k.as_str().as_bytes());
@@ -120,7 +120,7 @@ pub(crate) fn decode_entry(b: &[u8]) -> Option<Entry> {
         fresh_for,
         stale_while_revalidate,
         stale_if_error,
-        hit_headers: Default::default(),
+        hit_headers: std::sync::Mutex::default(),
     })
 }
 
@@ -213,7 +213,7 @@ mod tests {
             ttl: Duration::from_secs(5),
             stale_while_revalidate: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(300),
-            status_ttl: Default::default(),
+            status_ttl: std::collections::BTreeMap::default(),
         };
         let stored = Instant::now() - Duration::from_secs(2);
         let e = Entry::new(Route::DiskInfo, answer(), &policy, stored);

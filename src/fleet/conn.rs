@@ -80,7 +80,7 @@ const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 /// `scheme://[userinfo@]a,b,c[/rest]` → (`userinfo@` or "", the hosts, `/rest` or "").
 fn split_hosts(rest: &str) -> (&str, Vec<&str>, &str) {
     let (userinfo, rest) = match rest.rsplit_once('@') {
-        Some((u, r)) => (&rest[..u.len() + 1], r),
+        Some((u, r)) => (&rest[..=u.len()], r),
         None => ("", rest),
     };
     let (hosts, path) = match rest.find('/') {

@@ -11,7 +11,7 @@ use crate::svc::BoxFuture;
 
 /// KEYS: the windows. ARGV: per window gb, max_creates, max_gb, ttl_ms (0 = no cap).
 /// Returns 0 when charged, else 2*i+1 (creates cap of window i, 0-based) or 2*i+2 (GB cap).
-const CHARGE: &str = r#"
+const CHARGE: &str = r"
 for i = 1, #KEYS do
   local gb, max_c, max_g = tonumber(ARGV[4*i-3]), tonumber(ARGV[4*i-2]), tonumber(ARGV[4*i-1])
   local c = tonumber(redis.call('HGET', KEYS[i], 'c') or 0)
@@ -25,7 +25,7 @@ for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ARGV[4*i])
 end
 return 0
-"#;
+";
 
 /// Gives one create back, never below zero.
 const REFUND: &str = r#"

@@ -13,7 +13,7 @@ use crate::svc::BoxFuture;
 
 /// KEYS: one per limit. ARGV: max_wait, then interval and tolerance per limit (microseconds).
 /// Returns {go_at - now, refused limit (1-based, 0 = granted), then each limit's tat - now}.
-const RESERVE: &str = r#"
+const RESERVE: &str = r"
 -- Redis before 5 replicates scripts verbatim, which TIME forbids; later versions do this anyway.
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -44,7 +44,7 @@ end
 local out = {go_at - now, refused}
 for i = 1, #KEYS do out[#out + 1] = tats[i] - now end
 return out
-"#;
+";
 
 pub(crate) struct RedisLimiter(Arc<Inner>);
 

@@ -113,7 +113,7 @@ const MARKER_CHECK: Duration = Duration::from_secs(1);
 const MARKER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Returns the marker and 1 (renewing its lifetime), or writes `ARGV[1]` and returns it and 0.
-const MARKER: &str = r#"
+const MARKER: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -121,7 +121,7 @@ if v then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {ARGV[1], 0}
-"#;
+";
 
 /// How long commands rest after a failure before Redis is tried again.
 const REST: Duration = Duration::from_millis(250);
@@ -208,7 +208,7 @@ impl Fleet {
             }
         };
         tokio::select! {
-            _ = shutdown => {}
+            () = shutdown => {}
             _ = async { tokio::join!(self.connector.watch_primary(), marker) } => {}
         }
     }
@@ -397,12 +397,12 @@ pub(crate) fn fence() -> String {
 }
 
 /// Frees a lock only if `ARGV[1]` still holds it (a holder past its lock's lifetime frees nothing).
-pub(crate) const UNLOCK: &str = r#"
+pub(crate) const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"#;
+";
 
 /// Milliseconds since the Unix epoch: the clock replicas share (entries and records carry it).
 pub fn now_ms() -> u64 {

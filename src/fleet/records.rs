@@ -19,17 +19,17 @@ use crate::protect::records::{Begin, Hold, MemoryRecords, Record, RecordStore, S
 use crate::svc::BoxFuture;
 
 /// Returns the existing value, or writes `ARGV[1]` with a `PX` of `ARGV[2]` and returns nothing.
-const BEGIN: &str = r#"
+const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then return v end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
-"#;
+";
 
 /// Writes `ARGV[1]` (a renewed in-flight record) with a `PX` of `ARGV[2]` only if the stored
 /// value is the same record but for its lease: every byte but the last 8 (the lease; see
 /// `codec`). 1 when renewed.
-const RENEW: &str = r#"
+const RENEW: &str = r"
 local v = redis.call('GET', KEYS[1])
 local new = ARGV[1]
 if v and #v == #new and string.sub(v, 1, #v - 8) == string.sub(new, 1, #new - 8) then
@@ -37,13 +37,13 @@ if v and #v == #new and string.sub(v, 1, #v - 8) == string.sub(new, 1, #new - 8)
   return 1
 end
 return 0
-"#;
+";
 
 /// The owner's live records (`KEYS[1]`, a sorted set by expiry): drops the expired (`ARGV[3]` is
 /// now), then counts `ARGV[1]` until `ARGV[2]` unless it is new and `ARGV[4]` are already held.
 /// 0 when held; otherwise the soonest expiry of the held ones. The set lives as long as its
 /// longest-lived member.
-const HOLD: &str = r#"
+const HOLD: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 if not redis.call('ZSCORE', KEYS[1], ARGV[1])
    and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
@@ -54,16 +54,16 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]) + 1))
 return 0
-"#;
+";
 
 /// Whether the owner (`KEYS[1]`) holds a live key other than `ARGV[1]` (`ARGV[2]` is now): 1 or 0.
-const HOLDS_OTHER: &str = r#"
+const HOLDS_OTHER: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 local n = redis.call('ZCARD', KEYS[1])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then n = n - 1 end
 if n > 0 then return 1 end
 return 0
-"#;
+";
 
 pub struct RedisRecords(Arc<Inner>);
 

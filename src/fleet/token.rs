@@ -11,23 +11,23 @@ use crate::fleet::{Fleet, StoreError, UNLOCK, fence, now_ms, px};
 use crate::secret::Secret;
 
 /// Writes the token if the lock is still ours, then frees the lock.
-const PUBLISH: &str = r#"
+const PUBLISH: &str = r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
-"#;
+";
 
 /// Deletes the token only if it is the rejected one.
-const DROP_IF: &str = r#"
+const DROP_IF: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, -string.len(ARGV[1])) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"#;
+";
 
 /// A token as the fleet shares it.
 #[derive(Clone)]

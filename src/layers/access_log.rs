@@ -147,7 +147,7 @@ impl Line<'_> {
                     line.clear();
                     self.write(&mut line, sink.format == LogFormat::Json);
                     let _ = sink.writer.append(&line);
-                })
+                });
             }
             Some(_) => {}
             // No subscriber of ours (a test, or an embedding program): plain `tracing`.

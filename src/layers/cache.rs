@@ -15,7 +15,7 @@
 //! For a mutation: the request passes through, and a success drops the entries it changed.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -173,7 +173,10 @@ fn hit(entry: &Entry, now: Instant) -> Resp {
 pub(crate) fn bare_hit(entry: &Entry, now: Instant) -> Resp {
     let (ttl, age) = (entry.ttl_secs(now), entry.age(now).as_secs());
     let memo = {
-        let mut cached = entry.hit_headers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = entry
+            .hit_headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match &*cached {
             Some(h) if h.ttl == ttl && h.age == age => h.clone(),
             _ => {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -78,7 +78,7 @@ impl Counts {
         let known = self
             .index
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .get(client)
             .cloned();
         let slot = match known {
@@ -86,7 +86,7 @@ impl Counts {
             None => self
                 .index
                 .write()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .entry(client.clone())
                 .or_default()
                 .clone(),

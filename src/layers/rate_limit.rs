@@ -185,13 +185,11 @@ where
             let deadline = Instant::now() + policy.max_wait;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let decision = match layer.limiter.reserve(limits.clone(), left).await {
-                    Ok(d) => d,
-                    Err(_) => {
-                        let id = RequestId::of(&req);
-                        return Ok(GatewayError::SharedStateDown(route.as_str())
-                            .into_response(id.as_str()));
-                    }
+                let Ok(decision) = layer.limiter.reserve(limits.clone(), left).await else {
+                    let id = RequestId::of(&req);
+                    return Ok(
+                        GatewayError::SharedStateDown(route.as_str()).into_response(id.as_str())
+                    );
                 };
                 match decision {
                     Decision::Refused {
@@ -255,9 +253,8 @@ where
                                 headers: Box::new(ratelimit_headers(&standing)),
                             };
                             return Ok(err.into_response(id.as_str()));
-                        } else {
-                            clamp_retry_after(&mut resp, policy.max_wait);
                         }
+                        clamp_retry_after(&mut resp, policy.max_wait);
                         set_headers(&mut resp, &standing);
                         return Ok(resp);
                     }

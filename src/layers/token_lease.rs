@@ -164,14 +164,14 @@ impl TokenLeaseLayer {
                 let token = match reported_token(req.body()) {
                     Ok(t) => t,
                     Err(msg) => {
-                        return self.named(
+                        return Self::named(
                             GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str()),
                             &caller,
                         );
                     }
                 };
                 if let Some(wait) = self.rejection_refused(&caller) {
-                    return self.named(too_frequent(wait, id.as_str()), &caller);
+                    return Self::named(too_frequent(wait, id.as_str()), &caller);
                 }
                 broker.renew_rejected(&token).await
             }
@@ -186,11 +186,11 @@ impl TokenLeaseLayer {
             }
             Err(e) => GatewayError::NoToken(e).into_response(id.as_str()),
         };
-        self.named(resp, &caller)
+        Self::named(resp, &caller)
     }
 
     /// Puts the caller's account on the answer, for its access line.
-    fn named(&self, mut resp: Resp, caller: &Caller) -> Resp {
+    fn named(mut resp: Resp, caller: &Caller) -> Resp {
         resp.extensions_mut()
             .insert(AccountName(caller.account.name.clone()));
         resp
@@ -239,7 +239,7 @@ mod tests {
             &br#"{"token":""}"#[..],
             br#"{"token":"abc","x":1}"#,
             br#"{"token":1}"#,
-            br#"{}"#,
+            br"{}",
             b"abc",
             b"",
         ] {

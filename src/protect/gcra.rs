@@ -229,7 +229,7 @@ mod tests {
                 assert_eq!(scope, Scope::Client);
                 assert_eq!(retry_after, Duration::from_secs(10));
             }
-            other => panic!("{other:?}"),
+            other @ Decision::Granted { .. } => panic!("{other:?}"),
         }
         // The account limit was not charged by the refused request: 9 more go at once.
         let account_only = vec![limit("t", Scope::Account, 10, 1, 10)];
@@ -250,7 +250,7 @@ mod tests {
                 assert_eq!(standing[0].remaining, 1);
                 assert_eq!(standing[0].reset, Duration::from_millis(500));
             }
-            other => panic!("{other:?}"),
+            other @ Decision::Refused { .. } => panic!("{other:?}"),
         }
     }
 
@@ -293,7 +293,7 @@ mod tests {
                 assert_eq!(scope, Scope::Account);
                 assert_eq!(retry_after, Duration::from_secs(8));
             }
-            d => panic!("refused expected: {d:?}"),
+            d @ Decision::Granted { .. } => panic!("refused expected: {d:?}"),
         }
     }
 }

@@ -384,9 +384,7 @@ mod tests {
     use super::*;
 
     fn code(body: &str) -> i64 {
-        disk_create(body.as_bytes())
-            .map(|_| 0)
-            .unwrap_or_else(|e| e.code)
+        disk_create(body.as_bytes()).map_or_else(|e| e.code, |_| 0)
     }
 
     fn msg(route: Route, body: &str) -> String {

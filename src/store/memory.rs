@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
@@ -92,11 +92,11 @@ impl Generations {
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
+    lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Expires each entry when it is of no use any more; moka's clock only bounds memory here.
@@ -155,7 +155,7 @@ impl CacheStore for MemoryStore {
             Invalidation::Key(k) => self.entries.invalidate(&k),
             Invalidation::All => self.entries.invalidate_all(),
             Invalidation::Route { account, route } => {
-                self.generations.move_account_route(account, route)
+                self.generations.move_account_route(account, route);
             }
             Invalidation::AnyAccount(route) => self.generations.move_route(route),
         }
@@ -191,7 +191,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
-            status_ttl: Default::default(),
+            status_ttl: std::collections::BTreeMap::default(),
         };
         Arc::new(Entry::new(
             Route::DiskInfo,
@@ -224,7 +224,7 @@ mod tests {
     /// Resident growth per entry against the accounted bytes, in this process, before any hit
     /// (run alone: `cargo test --lib resident_growth -- --ignored --nocapture`).
     #[tokio::test]
-    #[ignore]
+    #[ignore = "a measurement that prints, run alone"]
     async fn resident_growth_per_entry() {
         fn rss() -> u64 {
             let s = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -253,7 +253,7 @@ mod tests {
                 ttl: Duration::from_secs(600),
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
-                status_ttl: Default::default(),
+                status_ttl: std::collections::BTreeMap::default(),
             };
             let e = Entry::new(
                 Route::DiskInfo,
@@ -366,7 +366,7 @@ mod tests {
     /// Prints the time of 20,000 reads after each 500 creates' worth of route drops (run with
     /// `--release --ignored --nocapture`); reads stay as fast as before the first drop.
     #[tokio::test]
-    #[ignore]
+    #[ignore = "a timing that prints, run with --release"]
     async fn reads_while_creates_drop_routes() {
         let store = MemoryStore::new(64 << 20);
         let keys: Vec<_> = (0..20_000)

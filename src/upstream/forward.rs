@@ -89,8 +89,7 @@ async fn forward(client: &UpstreamClient, req: Req) -> Resp {
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+        .map_or("/", http::uri::PathAndQuery::as_str);
     let uri = format!("{}{}", account.base_url, path_and_query);
 
     let mut builder = http::Request::builder().method(parts.method).uri(uri);

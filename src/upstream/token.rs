@@ -242,10 +242,10 @@ impl TokenBroker {
             }
             match &new {
                 Source::Fixed(_) => {
-                    tracing::info!(account = %self.account, "fixed token replaced")
+                    tracing::info!(account = %self.account, "fixed token replaced");
                 }
                 Source::Exchange { .. } => {
-                    tracing::info!(account = %self.account, "credentials changed; the next getToken uses them")
+                    tracing::info!(account = %self.account, "credentials changed; the next getToken uses them");
                 }
             }
             *source = new;
@@ -343,15 +343,15 @@ impl TokenBroker {
         loop {
             if self.is_fixed() {
                 tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = self.changed.notified() => continue,
+                    () = &mut shutdown => return,
+                    () = self.changed.notified() => continue,
                 }
             }
             let due = self.next_refresh();
             tokio::select! {
-                _ = &mut shutdown => return,
-                _ = self.changed.notified() => continue,
-                _ = tokio::time::sleep_until(due) => {}
+                () = &mut shutdown => return,
+                () = self.changed.notified() => continue,
+                () = tokio::time::sleep_until(due) => {}
             }
             if self.is_fixed() {
                 continue; // a fixed token is never refreshed; a reload may change that

@@ -510,9 +510,8 @@ impl Ctx {
             Ok(lost) => lost,
             Err(resp) => return resp,
         };
-        let record = match records.get(rkey.as_str()).await {
-            Ok(r) => r,
-            Err(_) => return self.records_down(),
+        let Ok(record) = records.get(rkey.as_str()).await else {
+            return self.records_down();
         };
         if let (None, Some(left)) = (&record, lost) {
             return refusal(records_lost(self.route, left), self.id());

@@ -287,7 +287,7 @@ pub(super) async fn with_lease<F: std::future::Future>(
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not renew a running create's lease; another replica may take it for lost")
+                    tracing::warn!(error = %e, "could not renew a running create's lease; another replica may take it for lost");
                 }
             }
         }
