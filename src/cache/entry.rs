@@ -443,6 +443,16 @@ mod tests {
         );
         let body = format!(r#"{{"code":0,"data":"{}"}}"#, "x".repeat(1000));
         let big = Entry::new(Route::DiskInfo, answer(&body), &policy(), Instant::now());
+        // The answer lives inside the entry: counted once, not once more beside it.
+        let apart = malloc_size(std::mem::size_of::<Entry>() + ARC_HEADER)
+            + small.answer.held_bytes()
+            + hit_headers_bytes(0);
+        assert!(small.weight() < apart, "{} >= {apart}", small.weight());
+        assert!(
+            small.weight() < 2048,
+            "a bare entry weighs {}",
+            small.weight()
+        );
         assert!(small.weight() > std::mem::size_of::<Entry>());
         let grown = big.weight() - small.weight();
         assert!(

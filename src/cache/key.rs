@@ -112,6 +112,8 @@ mod tests {
         let short = CacheKey::new("a", Route::DiskInfo, "d");
         let long = CacheKey::new("a", Route::DiskInfo, "d".repeat(1000));
         assert!(short.weight() >= std::mem::size_of::<CacheKey>() + 16);
+        // Its own block and its id's, each as malloc rounds it: well under twice their size.
+        assert!(short.weight() <= 2 * (std::mem::size_of::<CacheKey>() + 16 + 17));
         let grown = long.weight() - short.weight();
         assert!(
             (990..1040).contains(&grown),
