@@ -916,6 +916,17 @@ impl GatewayRoute {
             _ => None,
         }
     }
+
+    /// The gateway's own endpoints take no query parameters (checked, like a route's, once the
+    /// caller is known).
+    pub(crate) fn check_query(self, query: Option<&str>) -> Result<(), String> {
+        match query {
+            Some(q) if !q.is_empty() => {
+                Err(format!("route {} takes no query parameters", self.as_str()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -160,6 +160,15 @@ where
         }
     }
 
+    /// Joins the flight for `key` if one is running; never starts one.
+    pub(crate) fn join(&self, key: &K) -> Option<Flight<V>> {
+        let map = self.flights.lock().expect("single-flight table");
+        map.get(key).map(|slot| Flight {
+            role: Role::Joined,
+            rx: slot.rx.clone(),
+        })
+    }
+
     /// Detaches the running flights whose key `which` picks: each goes on for the callers it has
     /// and sees itself detached; the next caller of its key starts a new flight.
     pub(crate) fn detach(&self, mut which: impl FnMut(&K) -> bool) {

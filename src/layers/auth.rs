@@ -262,12 +262,15 @@ where
         let checked = self.auth.with(|a| a.authorize(&mut req)).and_then(|name| {
             // The query is checked for a known caller only: nobody learns a route's parameters
             // before showing a key.
-            match req.extensions().get::<RouteMatch>() {
-                Some(m) => check_query(m.route, req.uri().query())
-                    .map(|()| name)
-                    .map_err(|msg| GatewayError::BadRequest { code: 1007, msg }),
-                None => Ok(name),
-            }
+            let query = req.uri().query();
+            let checked = match (req.extensions().get::<RouteMatch>(), req.extensions().get()) {
+                (Some(m), _) => check_query(m.route, query),
+                (None, Some(own)) => GatewayRoute::check_query(*own, query),
+                (None, None) => Ok(()),
+            };
+            checked
+                .map(|()| name)
+                .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })
         });
         match checked {
             Ok(name) => {

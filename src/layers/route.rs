@@ -79,13 +79,6 @@ impl<S> RouteService<S> {
         S: Service<Request<B>, Response = Resp, Error = Infallible>,
         S::Future: Send + 'static,
     {
-        if req.uri().query().is_some_and(|q| !q.is_empty()) {
-            let id = RequestId::of(&req);
-            let msg = format!("route {} takes no query parameters", own.as_str());
-            let mut resp = GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str());
-            resp.extensions_mut().insert(own);
-            return Box::pin(async move { Ok(resp) });
-        }
         req.extensions_mut().insert(own);
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -34,7 +34,7 @@ use crate::config::{Credentials, TokenConfig};
 use crate::fleet::token::{SharedToken, TokenStore};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::single_flight::SingleFlight;
+use crate::single_flight::{Flight, SingleFlight};
 use crate::upstream::UpstreamClient;
 
 /// What a caller sees when no token can be had. None of them holds a credential or the
@@ -273,17 +273,24 @@ impl TokenBroker {
         self.in_flight(Need::Valid).await
     }
 
-    /// Joins or starts the task doing `need`.
+    /// Joins or starts the task doing `need`, and waits for it.
     async fn in_flight(self: &Arc<Self>, need: Need) -> Result<Secret, TokenError> {
+        // `None`: the task panicked; nothing is held, so say so.
+        self.start(need)
+            .wait()
+            .await
+            .unwrap_or(Err(TokenError::NotHeld))
+    }
+
+    /// Joins or starts the task doing `need`.
+    fn start(self: &Arc<Self>, need: Need) -> Flight<Result<Secret, TokenError>> {
         let me = self.clone();
-        let flight = self.flights.join_or_start(need, move || async move {
+        self.flights.join_or_start(need, move || async move {
             match need {
                 Need::Valid => me.fetch_unless_held().await,
                 Need::Refresh => me.refresh_if_due().await,
             }
-        });
-        // `None`: the task panicked; nothing is held, so say so.
-        flight.wait().await.unwrap_or(Err(TokenError::NotHeld))
+        })
     }
 
     /// [`TokenBroker::get`]'s work once no valid token is held.
@@ -303,13 +310,16 @@ impl TokenBroker {
     }
 
     /// Drops `token` if it is still the held one: the upstream said it is no longer valid.
-    pub(crate) async fn invalidate(&self, token: &Secret) {
+    pub(crate) async fn invalidate(self: &Arc<Self>, token: &Secret) {
         {
             let mut state = self.state.lock().expect("token state");
             state.rejected = Some(token.clone());
             if state.held.as_ref().is_some_and(|h| &h.token == token) {
                 tracing::info!(account = %self.account, "upstream rejected the token; fetching a new one");
                 state.held = None;
+                // Started before the state is let go: whoever finds the token gone also finds
+                // its replacement under way (a lease waits for it instead of answering "none").
+                drop(self.start(Need::Valid));
             }
         }
         if let Some(shared) = &self.shared {
@@ -430,7 +440,10 @@ impl TokenBroker {
         if held {
             let _ = self.in_flight(Need::Refresh).await;
         } else {
-            // Waits for a `getToken` in flight (the refresher's, a request's), never starts one.
+            // Waits for a `getToken` in flight (a request's, the refresher's), never starts one.
+            if let Some(flight) = self.flights.join(&Need::Valid) {
+                drop(flight.wait().await);
+            }
             drop(self.fetching.lock().await);
         }
         self.current_lease()

@@ -160,3 +160,25 @@ async fn a_caller_without_a_key_learns_nothing_of_a_routes_parameters() {
     assert!(v["msg"].as_str().unwrap().contains("\"r\""), "{v}");
     assert_eq!(sim.calls("info").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_own_endpoints_check_a_query_only_for_a_known_caller() {
+    let sim = Sim::start(sim_config()).await;
+    let key = "key-q-lease-0000000000000";
+    let gw = Gw::start(
+        &client_entry("svc", key, "token_lease = true"),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    let url = format!("{}/_gateway/token?x=1", gw.url);
+    let (status, v) = send_json(http().get(&url)).await;
+    assert_eq!((status, v["code"].as_i64()), (401, Some(401)), "{v}");
+    let bearer = format!("Bearer {key}");
+    let (status, v) = send_json(http().get(&url).header("Authorization", &bearer)).await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(1007)), "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("takes no query"), "{v}");
+    let plain = format!("{}/_gateway/token", gw.url);
+    let (status, v) = send_json(http().get(&plain).header("Authorization", &bearer)).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+}
