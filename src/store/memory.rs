@@ -53,19 +53,23 @@ struct Stamp {
 #[derive(Default)]
 struct Generations {
     moves: AtomicU64,
-    of_account: RwLock<HashMap<(Arc<str>, Route), u64>>,
-    of_route: RwLock<HashMap<Route, u64>>,
+    /// Per route: its generation in every account, and in each account that moved it alone.
+    routes: RwLock<HashMap<Route, RouteGenerations>>,
+}
+
+#[derive(Default)]
+struct RouteGenerations {
+    all: u64,
+    of_account: HashMap<Arc<str>, u64>,
 }
 
 impl Generations {
     fn stamp(&self, key: &CacheKey) -> Stamp {
         // Read before the maps: a move between the two reads makes the stamp older, never newer.
         let moves = self.moves.load(Ordering::Acquire);
-        let of_account = read(&self.of_account)
-            .get(&(key.account.clone(), key.route))
-            .copied()
-            .unwrap_or(0);
-        let of_route = read(&self.of_route).get(&key.route).copied().unwrap_or(0);
+        let (of_account, of_route) = read(&self.routes).get(&key.route).map_or((0, 0), |g| {
+            (g.of_account.get(&*key.account).copied().unwrap_or(0), g.all)
+        });
         Stamp {
             moves,
             of_account,
@@ -82,12 +86,17 @@ impl Generations {
     }
 
     fn move_account_route(&self, account: Arc<str>, route: Route) {
-        *write(&self.of_account).entry((account, route)).or_default() += 1;
+        *write(&self.routes)
+            .entry(route)
+            .or_default()
+            .of_account
+            .entry(account)
+            .or_default() += 1;
         self.moves.fetch_add(1, Ordering::AcqRel);
     }
 
     fn move_route(&self, route: Route) {
-        *write(&self.of_route).entry(route).or_default() += 1;
+        write(&self.routes).entry(route).or_default().all += 1;
         self.moves.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -289,8 +298,12 @@ mod tests {
         }
         // One generation per (account, route), whatever the number of drops: nothing builds up
         // for a read to go through (moka's invalidation closures did, one per drop).
-        assert_eq!(read(&store.generations.of_account).len(), 1);
-        assert_eq!(read(&store.generations.of_route).len(), 1);
+        {
+            let routes = read(&store.generations.routes);
+            assert_eq!(routes.len(), 2, "disk.list and disk.memory_total");
+            assert_eq!(routes[&Route::DiskList].of_account.len(), 1);
+            assert!(routes[&Route::DiskMemoryTotal].of_account.is_empty());
+        }
         assert!(
             store.get(&keep).await.is_some(),
             "other routes' entries stay"
