@@ -27,7 +27,7 @@ use crate::fleet::limiter::RedisLimiter;
 use crate::fleet::records::RedisRecords;
 use crate::fleet::token::TokenStore;
 use crate::layers::auth::{Authenticator, ClientEntry};
-use crate::layers::budget::BudgetLayer;
+use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::listener::Connections;
@@ -193,7 +193,7 @@ impl Gateway {
                 metrics.clone(),
                 work.clone(),
             ),
-            budget: BudgetLayer::new(budget.clone(), metrics.clone()),
+            budget: BudgetGuardLayer::new(budget.clone(), metrics.clone()),
             rate_limit: RateLimitLayer::new(limiter, create.clone(), metrics.clone()),
         };
         let edge = Arc::new(stack::build(

@@ -16,15 +16,15 @@ use crate::config::Settings;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::auth::{AuthLayer, SharedAuthenticator};
 use crate::layers::body_limit::BodyLimitLayer;
-use crate::layers::budget::BudgetLayer;
-use crate::layers::cache::CacheLayer;
+use crate::layers::budget::BudgetGuardLayer;
+use crate::layers::cache::CachingLayer;
 use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::fast_hit::FastHit;
 use crate::layers::rate_limit::RateLimitLayer;
-use crate::layers::request_id::RequestIdLayer;
+use crate::layers::request_id::SetRequestIdLayer;
 use crate::layers::rescue::RescueLayer;
-use crate::layers::route::RouteLayer;
+use crate::layers::route::ClassifyLayer;
 use crate::layers::token::TokenLayer;
 use crate::layers::token_lease::TokenLeaseLayer;
 use crate::layers::validate::ValidateLayer;
@@ -36,7 +36,7 @@ use crate::upstream::forward::Forward;
 /// The create-protection layers, built around their state by the server.
 pub(crate) struct Protection {
     pub(crate) dedup: DedupLayer,
-    pub(crate) budget: BudgetLayer,
+    pub(crate) budget: BudgetGuardLayer,
     pub(crate) rate_limit: RateLimitLayer,
 }
 
@@ -84,7 +84,7 @@ where
             // The gateway's own endpoints (`/_gateway/token`): answered here, never forwarded.
             .layer(TokenLeaseLayer::new(metrics.clone()))
             // Cached routes answered from the account's entries; mutations drop what they change.
-            .layer(CacheLayer::new(cache))
+            .layer(CachingLayer::new(cache))
             // Creates with a bad body are refused before anything is spent (400).
             .layer(ValidateLayer)
             // One purchase per intent: Idempotency-Key replay, identical creates collapsed.
@@ -107,9 +107,9 @@ where
             // Outermost, so every answer (our own errors too) is logged and counted.
             .layer(AccessLogLayer::new(metrics))
             // Before anything can fail, so every error envelope carries the request's id.
-            .layer(RequestIdLayer)
+            .layer(SetRequestIdLayer)
             // Classify once; unknown routes (404) end here.
-            .layer(RouteLayer(routes))
+            .layer(ClassifyLayer(routes))
             // Who is calling (401), as which account, and may they call this route (403); then
             // its query (400 for an undeclared parameter): from the head alone, so a caller
             // without a key never holds a slot or a body buffer, nor learns a route's parameters.

@@ -20,21 +20,21 @@ use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 
 #[derive(Clone)]
-pub(crate) struct BudgetLayer {
+pub(crate) struct BudgetGuardLayer {
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
 }
 
-impl BudgetLayer {
+impl BudgetGuardLayer {
     pub(crate) fn new(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
-        BudgetLayer { budget, metrics }
+        BudgetGuardLayer { budget, metrics }
     }
 }
 
-impl<S> Layer<S> for BudgetLayer {
-    type Service = BudgetService<S>;
+impl<S> Layer<S> for BudgetGuardLayer {
+    type Service = BudgetGuard<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        BudgetService {
+        BudgetGuard {
             inner,
             layer: self.clone(),
         }
@@ -42,9 +42,9 @@ impl<S> Layer<S> for BudgetLayer {
 }
 
 #[derive(Clone)]
-pub(crate) struct BudgetService<S> {
+pub(crate) struct BudgetGuard<S> {
     inner: S,
-    layer: BudgetLayer,
+    layer: BudgetGuardLayer,
 }
 
 /// Whether the create may have bought something (a success, or an unknown outcome).
@@ -56,7 +56,7 @@ fn may_have_spent(resp: &Resp) -> bool {
             .is_some_and(EnvelopeHead::is_success)
 }
 
-impl<S> Service<Req> for BudgetService<S>
+impl<S> Service<Req> for BudgetGuard<S>
 where
     S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,

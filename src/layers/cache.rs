@@ -39,20 +39,20 @@ use crate::upstream::AccountHandle;
 const CACHE_NAME: &str = "finovy-gateway";
 
 #[derive(Clone)]
-pub(crate) struct CacheLayer {
+pub(crate) struct CachingLayer {
     cache: Arc<Cache>,
 }
 
-impl CacheLayer {
+impl CachingLayer {
     pub(crate) fn new(cache: Arc<Cache>) -> Self {
-        CacheLayer { cache }
+        CachingLayer { cache }
     }
 }
 
-impl<S> Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
+impl<S> Layer<S> for CachingLayer {
+    type Service = Caching<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        CacheService {
+        Caching {
             inner,
             cache: self.cache.clone(),
         }
@@ -60,7 +60,7 @@ impl<S> Layer<S> for CacheLayer {
 }
 
 #[derive(Clone)]
-pub(crate) struct CacheService<S> {
+pub(crate) struct Caching<S> {
     inner: S,
     cache: Arc<Cache>,
 }
@@ -212,7 +212,7 @@ fn hit_headers(entry: &Entry, ttl: i64, age: u64) -> HeaderMap {
     headers
 }
 
-impl<S> Service<Req> for CacheService<S>
+impl<S> Service<Req> for Caching<S>
 where
     S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,

@@ -54,9 +54,9 @@ impl RateLimitLayer {
 }
 
 impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
+    type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
+        RateLimit {
             inner,
             layer: self.clone(),
         }
@@ -64,7 +64,7 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 #[derive(Clone)]
-pub(crate) struct RateLimitService<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     layer: RateLimitLayer,
 }
@@ -135,7 +135,7 @@ fn too_frequent(resp: &Resp) -> bool {
         .is_some_and(|h| h.code == Some(TOO_FREQUENT))
 }
 
-impl<S> Service<Req> for RateLimitService<S>
+impl<S> Service<Req> for RateLimit<S>
 where
     S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,

@@ -18,17 +18,17 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 const MAX_LEN: usize = 128;
 
 #[derive(Clone, Default)]
-pub(crate) struct RequestIdLayer;
+pub(crate) struct SetRequestIdLayer;
 
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestIdService<S>;
+impl<S> Layer<S> for SetRequestIdLayer {
+    type Service = SetRequestId<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestIdService { inner }
+        SetRequestId { inner }
     }
 }
 
 #[derive(Clone)]
-pub(crate) struct RequestIdService<S> {
+pub(crate) struct SetRequestId<S> {
     inner: S,
 }
 
@@ -67,7 +67,7 @@ pub(crate) fn pick(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
-impl<S, B> Service<Request<B>> for RequestIdService<S>
+impl<S, B> Service<Request<B>> for SetRequestId<S>
 where
     S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,

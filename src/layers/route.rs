@@ -19,12 +19,12 @@ use crate::svc::{Resp, RespFuture};
 
 /// Classifies against one config's route table.
 #[derive(Clone)]
-pub(crate) struct RouteLayer(pub Arc<RouteTable>);
+pub(crate) struct ClassifyLayer(pub Arc<RouteTable>);
 
-impl<S> Layer<S> for RouteLayer {
-    type Service = RouteService<S>;
+impl<S> Layer<S> for ClassifyLayer {
+    type Service = Classify<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RouteService {
+        Classify {
             inner,
             routes: self.0.clone(),
         }
@@ -32,12 +32,12 @@ impl<S> Layer<S> for RouteLayer {
 }
 
 #[derive(Clone)]
-pub(crate) struct RouteService<S> {
+pub(crate) struct Classify<S> {
     inner: S,
     routes: Arc<RouteTable>,
 }
 
-impl<S, B> Service<Request<B>> for RouteService<S>
+impl<S, B> Service<Request<B>> for Classify<S>
 where
     S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
@@ -72,7 +72,7 @@ where
     }
 }
 
-impl<S> RouteService<S> {
+impl<S> Classify<S> {
     /// One of the gateway's own endpoints: handed on with its [`GatewayRoute`], stamped on the answer.
     fn own<B>(&mut self, own: GatewayRoute, mut req: Request<B>) -> RespFuture
     where
