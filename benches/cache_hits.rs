@@ -1,5 +1,6 @@
 //! Cache hits under load: the gateway (whole stack on: request id, access log, metrics, auth,
-//! routing, cache) answering `disk.info` for 1,000 cached disks, beside a minimal hyper server that
+//! routing, cache) answering `disk.info` for 1,000 cached disks, again with its access log off
+//! (`finovy_gateway::access=warn`, the cost of the stack alone), beside a minimal hyper server that
 //! answers the same bodies from a moka cache, and nginx `proxy_cache` in front of the simulator
 //! (twice: with `access_log off`, its best case, and with its default access log, like ours).
 //! Each server is pinned to CPU 0, wrk to CPU 1 (64 connections, a random id of the 1,000 per
@@ -386,7 +387,13 @@ fn main() {
     let config = dir.join("gateway.toml");
     std::fs::write(&config, "[cache.routes.\"disk.info\"]\nttl = \"1h\"\n").unwrap();
     let upstream = format!("http://{sim}");
-    let gateway = |extra: &[&str], log: &str| {
+    let quiet = dir.join("gateway-quiet.toml");
+    std::fs::write(
+        &quiet,
+        "[cache.routes.\"disk.info\"]\nttl = \"1h\"\n[log]\nlevel = \"info,finovy_gateway::access=warn\"\n",
+    )
+    .unwrap();
+    let gateway_with = |config: &Path, extra: &[&str], log: &str| {
         let mut args = vec![
             "serve",
             "--config",
@@ -401,7 +408,9 @@ fn main() {
         args.extend_from_slice(extra);
         start_pinned(bin, &args, "gateway listening", &dir.join(log))
     };
+    let gateway = |extra: &[&str], log: &str| gateway_with(&config, extra, log);
     let (gw_proc, gw) = gateway(&[], "gateway.log");
+    let (quiet_proc, quiet_gw) = gateway_with(&quiet, &[], "gateway-quiet.log");
     // The same gateway in shared mode: hits come from its own memory (L1), never from Redis.
     let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -474,7 +483,7 @@ fn main() {
         }
         for id in &ids {
             // Both nginx servers share one cache zone, so warming one warms both.
-            for addr in [&gw, &shared, &nginx_addr] {
+            for addr in [&gw, &quiet_gw, &shared, &nginx_addr] {
                 let r = client
                     .get(format!("http://{addr}{PATH}{id}"))
                     .send()
@@ -506,6 +515,11 @@ fn main() {
             "finovy-gateway, shared mode",
             format!("http://{shared}"),
             shared_proc.0.id(),
+        ),
+        (
+            "finovy-gateway, access log off",
+            format!("http://{quiet_gw}"),
+            quiet_proc.0.id(),
         ),
     ];
     // Rounds, each running every server once, in an order that rotates: this machine's speed
@@ -558,6 +572,7 @@ fn main() {
     ratio("gateway / nginx (access_log off)", 3, 1);
     ratio("gateway / nginx (access log on, its default)", 3, 2);
     ratio("gateway / baseline", 3, 0);
+    ratio("gateway, access log off / baseline", 5, 0);
     ratio("shared mode / single replica", 4, 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,19 +1,20 @@
 //! One access-log line and the request metrics per data-plane request: route, method, status,
 //! duration, client name and the upstream's `traceId` (and the account, on the answers that name
-//! one: token leases). It sits outermost so that every answer,
-//! the gateway's own errors included, is counted. It reads what inner layers learned from the
-//! answer's extensions; it never logs a header or a body.
+//! one: token leases). It sits right below the cache-hit layer, so that every answer the stack
+//! makes, the gateway's own errors included, is counted; fresh hits are counted and logged by the
+//! same [`Recorder`]. It reads what inner layers learned from the answer's extensions; it never
+//! logs a header or a body.
 //!
 //! Every field value is escaped (see [`push_value`]): a client name, request id or upstream
 //! `traceId` holding a newline, a quote or `key=value` text cannot forge a line or a field.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Method, Request};
-use prometheus::IntGauge;
+use http::{Method, Request, StatusCode};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tower::{Layer, Service};
 
 use crate::config::LogFormat;
@@ -21,7 +22,7 @@ use crate::envelope::EnvelopeHead;
 use crate::layers::request_id::X_REQUEST_ID;
 use crate::layers::{AccountName, ClientName};
 use crate::metrics::Metrics;
-use crate::routes::{GatewayRoute, Route};
+use crate::routes::{GatewayRoute, Route, RouteTable};
 use crate::svc::{Resp, RespFuture};
 use crate::telemetry::{self, ACCESS_TARGET};
 
@@ -237,14 +238,86 @@ impl Line<'_> {
     }
 }
 
+/// A route's series for its usual answer (its own method, status 200), resolved on first use:
+/// resolving a labelled series hashes its label values, which was a tenth of a hit's work.
+struct RouteSeries {
+    ok: IntCounter,
+    duration: Histogram,
+}
+
+/// The one place where an answer is counted and logged, whichever path made it: the stack's
+/// answers ([`AccessLog`]) and fresh cache hits ([`crate::layers::cache_hit`]) alike, so the two
+/// can never count, time or log differently.
+pub(crate) struct Recorder {
+    metrics: Arc<Metrics>,
+    /// By route index.
+    per_route: Vec<OnceLock<RouteSeries>>,
+}
+
+impl Recorder {
+    pub(crate) fn new(metrics: Arc<Metrics>, routes: &RouteTable) -> Recorder {
+        Recorder {
+            metrics,
+            per_route: routes.iter().map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a request in flight until the guard is dropped (when its answer is made).
+    pub(crate) fn in_flight(&self) -> InFlight {
+        InFlight::enter(&self.metrics.inflight)
+    }
+
+    /// Counts the answer in the request metrics and writes its access line. `route` is the
+    /// classified route, when there is one (`line.route` names it, or the gateway's own route).
+    pub(crate) fn finish(&self, route: Option<Route>, status: StatusCode, line: &Line<'_>) {
+        let seconds = line.micros as f64 / 1e6;
+        let usual = route.filter(|r| {
+            status == StatusCode::OK
+                && line.method == method_label(r.method())
+                && r.index() < self.per_route.len()
+        });
+        match usual {
+            Some(r) => {
+                let series = self.per_route[r.index()].get_or_init(|| RouteSeries {
+                    ok: self
+                        .metrics
+                        .requests
+                        .with_label_values(&[r.as_str(), line.method, "200"]),
+                    duration: self
+                        .metrics
+                        .request_duration
+                        .with_label_values(&[r.as_str()]),
+                });
+                series.ok.inc();
+                series.duration.observe(seconds);
+            }
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[line.route, line.method, status.as_str()])
+                    .inc();
+                self.metrics
+                    .request_duration
+                    .with_label_values(&[line.route])
+                    .observe(seconds);
+            }
+        }
+        line.emit();
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct AccessLogLayer {
-    metrics: Arc<Metrics>,
+    recorder: Arc<Recorder>,
 }
 
 impl AccessLogLayer {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        AccessLogLayer { metrics }
+    pub(crate) fn new(recorder: Arc<Recorder>) -> Self {
+        AccessLogLayer { recorder }
     }
 }
 
@@ -253,7 +326,7 @@ impl<S> Layer<S> for AccessLogLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AccessLog {
             inner,
-            metrics: self.metrics.clone(),
+            recorder: self.recorder.clone(),
         }
     }
 }
@@ -261,11 +334,11 @@ impl<S> Layer<S> for AccessLogLayer {
 #[derive(Clone)]
 pub(crate) struct AccessLog<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    recorder: Arc<Recorder>,
 }
 
 /// Counts a request in flight for as long as it lives, cancelled ones included.
-struct InFlight(IntGauge);
+pub(crate) struct InFlight(IntGauge);
 
 impl InFlight {
     fn enter(g: &IntGauge) -> InFlight {
@@ -311,29 +384,21 @@ where
     fn call(&mut self, req: Request<B>) -> RespFuture {
         let started = Instant::now();
         let method = method_label(req.method());
-        let inflight = InFlight::enter(&self.metrics.inflight);
-        let metrics = self.metrics.clone();
+        let inflight = self.recorder.in_flight();
+        let recorder = self.recorder.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
             drop(inflight);
             let elapsed = started.elapsed();
-            let route: &'static str = match resp.extensions().get::<Route>() {
+            let route = resp.extensions().get::<Route>().copied();
+            let label: &'static str = match route {
                 Some(r) => r.as_str(),
                 None => resp
                     .extensions()
                     .get::<GatewayRoute>()
                     .map_or("unknown", |r| r.as_str()),
             };
-            let status = resp.status();
-            metrics
-                .requests
-                .with_label_values(&[route, method, status.as_str()])
-                .inc();
-            metrics
-                .request_duration
-                .with_label_values(&[route])
-                .observe(elapsed.as_secs_f64());
             let request_id = resp
                 .headers()
                 .get(X_REQUEST_ID)
@@ -349,14 +414,14 @@ where
             let line = Line {
                 request_id,
                 method,
-                route,
-                status: status.as_u16(),
+                route: label,
+                status: resp.status().as_u16(),
                 micros: elapsed.as_micros() as u64,
                 client,
                 account,
                 upstream_trace,
             };
-            line.emit();
+            recorder.finish(route, resp.status(), &line);
             Ok(resp)
         })
     }

@@ -10,7 +10,8 @@
 //! [`crate::cache`] for why that answer is current enough). Every answer of a cached route carries
 //! `Cache-Status` (RFC 9211) and `Age`.
 //!
-//! Most fresh hits never get here: [`crate::layers::fast_hit`] answers them in front of the stack.
+//! Most fresh hits never get here: [`crate::layers::cache_hit`], the stack's outermost layer,
+//! answers them.
 //!
 //! For a mutation: the request passes through, and a success drops the entries it changed.
 

@@ -1,7 +1,7 @@
-//! Fresh cache hits are answered in front of the stack (`layers::fast_hit`). These tests hold that
-//! path to what the stack does for every other answer: the caller is checked, the request id is
-//! kept or made, the access line and the metrics are written, and anything that is not a plain
-//! fresh hit still takes the whole stack.
+//! Fresh cache hits are answered by the stack's outermost layer (`layers::cache_hit`). These tests
+//! hold it to what the layers below do for every other answer: the caller is checked, the request
+//! id is kept or made, the access line, the metrics and the in-flight gauge treat a hit as they
+//! treat a miss, and anything that is not a plain fresh hit takes the whole stack.
 
 use serde_json::{Value, json};
 
@@ -212,4 +212,131 @@ async fn hits_are_answered_while_the_stack_sheds_load() {
     assert_eq!(hit.status(), 200);
     assert!(cache_status(hit.headers()).contains("hit"));
     assert_eq!(slow.await.unwrap(), 200);
+}
+
+/// The fields of an access line other than its request id, duration and timestamp.
+fn same_fields(line: &str) -> Vec<&str> {
+    line.split_whitespace()
+        .filter(|f| {
+            f.contains('=') && !f.starts_with("request_id=") && !f.starts_with("duration_ms=")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hit_is_logged_and_counted_as_its_miss_was() {
+    let sim = Sim::start(sim_config()).await;
+    let toml = format!(
+        "[cache.routes.\"disk.info\"]\nttl = \"60s\"\n{}",
+        client_entry("a", KEY_A, "")
+    );
+    let gw = Bin::serve(
+        &toml,
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let (status, created) = send_json(
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .bearer_auth(KEY_A)
+            .json(&json!({"area": 0, "memory": 20, "isMount": 0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let url = format!(
+        "{}{DISK}/info/{}",
+        gw.url,
+        created["data"].as_str().unwrap()
+    );
+
+    let ids = ["miss-0", "hit-1", "hit-2", "hit-3"];
+    let mut bodies = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let r = http()
+            .get(&url)
+            .bearer_auth(KEY_A)
+            .header("X-Request-Id", *id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-request-id"], *id);
+        let cs = cache_status(r.headers());
+        assert!(
+            if n == 0 {
+                cs.contains("fwd=miss")
+            } else {
+                cs.contains("; hit;")
+            },
+            "{id}: {cs}"
+        );
+        bodies.push(r.json::<Value>().await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| b == &bodies[0]));
+    assert_eq!(sim.calls("info").await, 1);
+
+    // One line each, and the hits' lines say what the miss's said: client, route, status, method
+    // and the upstream's traceId (the stored answer's).
+    let log = gw.wait_for_log("request_id=hit-3", 1).await;
+    let line_of = |id: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("request_id={id} ")))
+            .collect::<Vec<_>>()
+    };
+    let miss = line_of("miss-0");
+    assert_eq!(miss.len(), 1, "{log}");
+    let expected = same_fields(miss[0]);
+    let trace = format!(
+        "upstream_trace_id={}",
+        bodies[0]["traceId"].as_str().unwrap()
+    );
+    for field in [
+        "method=GET",
+        "route=disk.info",
+        "status=200",
+        "client=a",
+        trace.as_str(),
+    ] {
+        assert!(expected.contains(&field), "{field} in {}", miss[0]);
+    }
+    for id in &ids[1..] {
+        let lines = line_of(id);
+        assert_eq!(lines.len(), 1, "{id}: {log}");
+        assert_eq!(same_fields(lines[0]), expected, "{}", lines[0]);
+    }
+
+    // Counted on one series, timed, and out of flight once answered.
+    let metrics = get_text(&format!("{}/metrics", gw.admin_url)).await;
+    for (name, labels, n) in [
+        (
+            "finovy_gateway_requests_total",
+            &[("route", "disk.info"), ("method", "GET"), ("status", "200")][..],
+            4.0,
+        ),
+        (
+            "finovy_gateway_request_duration_seconds_count",
+            &[("route", "disk.info")][..],
+            4.0,
+        ),
+        (
+            "finovy_gateway_cache_lookups_total",
+            &[("route", "disk.info"), ("result", "hit")][..],
+            3.0,
+        ),
+        (
+            "finovy_gateway_cache_lookups_total",
+            &[("route", "disk.info"), ("result", "miss")][..],
+            1.0,
+        ),
+        ("finovy_gateway_inflight_requests", &[][..], 0.0),
+    ] {
+        assert_eq!(
+            metric(&metrics, name, labels),
+            n,
+            "{name} {labels:?}:\n{metrics}"
+        );
+    }
 }
