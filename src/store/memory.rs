@@ -205,7 +205,7 @@ mod tests {
         };
         Arc::new(Entry::new(
             Route::DiskInfo,
-            answer,
+            &answer,
             &policy,
             tokio::time::Instant::now(),
         ))
