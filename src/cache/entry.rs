@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::cache::policy::CachePolicy;
+use crate::cache::stored::{BYTES_SHARED, StoredAnswer};
 use crate::envelope::EnvelopeHead;
 use crate::routes::Route;
 use crate::svc::Resp;
@@ -41,21 +42,6 @@ impl Answer {
     /// The body and every header value share one allocation, and the header map has no spare
     /// room: each separate small allocation costs malloc's rounding and bookkeeping besides.
     pub(crate) fn compacted(&self) -> Answer {
-        let (body, list) = self.in_one_block();
-        let mut headers = HeaderMap::with_capacity(list.len());
-        for (name, value) in list {
-            headers.append(name, value);
-        }
-        Answer {
-            status: self.status,
-            headers,
-            body,
-            head: self.head.clone(),
-        }
-    }
-
-    /// The body and the headers, with the body and every header value copied into one block.
-    fn in_one_block(&self) -> (Bytes, Vec<(HeaderName, HeaderValue)>) {
         let values: usize = self.headers.values().map(HeaderValue::len).sum();
         let mut block = BytesMut::with_capacity(self.body.len() + values);
         block.extend_from_slice(&self.body);
@@ -63,17 +49,22 @@ impl Answer {
             block.extend_from_slice(value.as_bytes());
         }
         let block = block.freeze();
-        let mut list = Vec::with_capacity(self.headers.len());
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
         let mut at = self.body.len();
         for (name, value) in &self.headers {
             let end = at + value.len();
             let mut owned = HeaderValue::from_maybe_shared(block.slice(at..end))
                 .unwrap_or_else(|_| value.clone());
             owned.set_sensitive(value.is_sensitive());
-            list.push((name.clone(), owned));
+            headers.append(name.clone(), owned);
             at = end;
         }
-        (block.slice(..self.body.len()), list)
+        Answer {
+            status: self.status,
+            headers,
+            body: block.slice(..self.body.len()),
+            head: self.head.clone(),
+        }
     }
 
     /// Bytes this answer holds in memory (a compacted one: see [`Answer::compacted`]), for the
@@ -121,72 +112,6 @@ impl Answer {
     }
 }
 
-/// An answer as a cache entry keeps it: the body and every header value in one block (see
-/// [`Answer::compacted`]), and the stored headers as a plain list rather than a header map, whose
-/// table costs about 100 bytes a slot plus an index. A response is made from it with room for the
-/// headers the gateway adds (see [`StoredAnswer::header_map`]).
-#[derive(Debug)]
-pub(crate) struct StoredAnswer {
-    pub(crate) body: Bytes,
-    headers: Box<[(HeaderName, HeaderValue)]>,
-    /// `None` for an answer the gateway made itself (an error envelope of its own).
-    pub(crate) head: Option<EnvelopeHead>,
-    pub(crate) status: StatusCode,
-}
-
-impl StoredAnswer {
-    pub(crate) fn new(answer: &Answer) -> StoredAnswer {
-        let (body, headers) = answer.in_one_block();
-        StoredAnswer {
-            body,
-            headers: headers.into_boxed_slice(),
-            head: answer.head.clone(),
-            status: answer.status,
-        }
-    }
-
-    /// The stored headers, in the order the upstream sent them.
-    pub(crate) fn headers(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.headers
-    }
-
-    /// The stored headers in a map with room for `room` more, so that the headers the gateway
-    /// adds to an answer (`Cache-Status`, `Age`, `X-Request-Id`) never grow it.
-    pub(crate) fn header_map(&self, room: usize) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.headers.len() + room);
-        for (name, value) in &self.headers {
-            map.append(name.clone(), value.clone());
-        }
-        map
-    }
-
-    /// The answer as a response, with room for the three headers a cached answer gets.
-    pub(crate) fn to_response(&self) -> Resp {
-        let mut resp = Resp::new(self.body.clone());
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.header_map(HIT_HEADERS);
-        if let Some(head) = &self.head {
-            resp.extensions_mut().insert(head.clone());
-        }
-        resp
-    }
-
-    /// Bytes this answer holds besides its own fields: the header list, and the block of body
-    /// and header values with its share counter.
-    fn held_bytes(&self) -> usize {
-        let values: usize = self.headers.iter().map(|(_, v)| v.len()).sum();
-        let trace = self.head.as_ref().and_then(|h| h.trace_id.as_ref());
-        let list = std::mem::size_of_val::<[(HeaderName, HeaderValue)]>(&self.headers);
-        (if list == 0 { 0 } else { malloc_size(list) })
-            + malloc_size(self.body.len() + values)
-            + BYTES_SHARED
-            + trace.map_or(0, |t| malloc_size(t.len() + ARC_HEADER))
-    }
-}
-
-/// The headers the gateway adds to a cached answer: `Cache-Status`, `Age` and `X-Request-Id`.
-pub(crate) const HIT_HEADERS: usize = 3;
-
 /// What a lookup finds, by age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Freshness {
@@ -211,9 +136,6 @@ pub(crate) struct Entry {
 
 /// The counters in front of an `Arc`'s value.
 pub(crate) const ARC_HEADER: usize = 16;
-/// The control block `Bytes` allocates once a buffer is shared (sliced).
-const BYTES_SHARED: usize = 24;
-
 /// What the allocator really takes for `n` bytes. The binary's allocator, mimalloc, keeps no
 /// header in front of a block but rounds it up to its size class: a multiple of 8 up to 64 bytes,
 /// then four classes per power of two (80, 96, 112, 128, 160, ...).
@@ -518,7 +440,8 @@ mod tests {
         let body = format!(r#"{{"code":0,"data":"{}"}}"#, "x".repeat(1000));
         let big = Entry::new(Route::DiskInfo, &answer(&body), &policy(), Instant::now());
         // Its own block (the answer's fields inside), and the body's block with its share counter.
-        let least = std::mem::size_of::<Entry>() + ARC_HEADER + r#"{"code":0}"#.len() + 32;
+        let least =
+            std::mem::size_of::<Entry>() + ARC_HEADER + r#"{"code":0}"#.len() + BYTES_SHARED;
         assert!(small.weight() >= least, "{} < {least}", small.weight());
         assert!(
             small.weight() < 320,
@@ -540,10 +463,11 @@ mod tests {
             HeaderValue::from_static("Mon, 30 Nov 2026 10:00:00 GMT"),
         );
         let headed = Entry::new(Route::DiskInfo, &with_headers, &policy(), Instant::now());
-        // Two (name, value) pairs in a list, and their 45 value bytes in the body's block.
+        // Written into the body's block: their 45 value bytes and a few per header, no more
+        // than one size class above that.
         let grown = headed.weight() - small.weight();
         assert!(
-            (2 * 72 + 45..2 * 72 + 45 + 64).contains(&grown),
+            (45..45 + 2 * 9 + 64).contains(&grown),
             "two headers weigh {grown}"
         );
         let classes = [
@@ -559,32 +483,5 @@ mod tests {
             assert_eq!(malloc_size(n), class, "{n} bytes");
         }
         assert_eq!(malloc_size(339), 384);
-    }
-
-    #[test]
-    fn a_stored_answer_answers_its_headers_with_room_for_the_gateways() {
-        let mut answer = answer(r#"{"code":0}"#);
-        answer.headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        answer
-            .headers
-            .append("x-multi", HeaderValue::from_static("a"));
-        answer
-            .headers
-            .append("x-multi", HeaderValue::from_static("b"));
-        let stored = StoredAnswer::new(&answer);
-        let mut resp = stored.to_response();
-        assert_eq!(resp.headers(), &answer.headers);
-        assert_eq!(resp.body(), &answer.body);
-        assert!(resp.extensions().get::<EnvelopeHead>().is_some());
-        let room = resp.headers().capacity();
-        let headers = resp.headers_mut();
-        headers.insert("cache-status", HeaderValue::from_static("x"));
-        headers.insert(http::header::AGE, HeaderValue::from_static("0"));
-        headers.insert("x-request-id", HeaderValue::from_static("r"));
-        assert_eq!(headers.capacity(), room, "the gateway's headers fit");
-        assert_eq!(stored.headers().len(), 3, "each value of a repeated header");
     }
 }

@@ -23,6 +23,7 @@ pub(crate) mod entry;
 pub(crate) mod hit_values;
 pub(crate) mod key;
 pub(crate) mod policy;
+pub(crate) mod stored;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -22,9 +22,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::cache::entry::{Answer, Entry, Freshness, HIT_HEADERS};
+use crate::cache::entry::{Answer, Entry, Freshness};
 use crate::cache::hit_values;
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
+use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled, invalidated_by};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
@@ -181,7 +182,7 @@ pub(crate) fn bare_hit(entry: &Entry, now: Instant) -> Resp {
         hit_values::cache_status_hit(entry.ttl_secs(now)),
     );
     headers.insert(header::AGE, hit_values::age(entry.age(now).as_secs()));
-    let mut resp = Resp::new(entry.answer.body.clone());
+    let mut resp = Resp::new(entry.answer.body());
     *resp.status_mut() = entry.answer.status;
     *resp.headers_mut() = headers;
     resp
