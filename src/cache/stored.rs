@@ -3,8 +3,9 @@
 //! and the envelope head. A header map costs about 100 bytes a slot plus an index, and even a list
 //! of (name, value) pairs 72 bytes a header; written out, a header costs its value's bytes and a
 //! few more. A response's map is made from the block per answer, with room for the headers the
-//! gateway adds, and nothing it makes is allocated but the map: names come from a process-wide
-//! table and values are slices of the block.
+//! gateway adds, and nothing but the map is allocated: names come from a process-wide table
+//! (past its 127 names, a name is written out and parsed per answer) and values are slices of
+//! the block.
 
 use std::sync::{Mutex, OnceLock, PoisonError};
 
@@ -88,6 +89,7 @@ impl StoredAnswer {
         };
         let len = u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
         at += 4;
+        b.get(at..at + len)?;
         let mut value = HeaderValue::from_maybe_shared(b.slice(at..at + len)).ok()?;
         value.set_sensitive(tag & SENSITIVE != 0);
         Some((name, value, at + len))
