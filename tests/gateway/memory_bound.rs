@@ -168,11 +168,11 @@ async fn resident_memory_per_entry_and_record_stays_near_what_is_accounted() {
         "serving added {:.0} B per entry ({per_entry:.0} B against {per_unserved:.0} B)",
         per_entry - per_unserved
     );
-    // An entry holds about 900 B besides its body, served or not, a third of it moka's own; it
+    // An entry holds 800-1,000 B besides its body, served or not, a third of it moka's own; it
     // was 2 KB when hits kept their headers and the stored headers were a header map, and 9 KB
     // when an entry kept a slice of the connection's read buffer.
     assert!(
-        per_entry <= body + 1_200.0,
+        per_entry <= body + 1_300.0,
         "{per_entry:.0} B resident per entry, body {body:.0} B"
     );
     // About 2.5 KB per keyed create; 11 KB before records kept their own copy.
