@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::cache::policy::CachePolicy;
+use crate::cache::stored::{BYTES_SHARED, StoredAnswer};
 use crate::envelope::EnvelopeHead;
 use crate::routes::Route;
 use crate::svc::Resp;
@@ -124,33 +125,26 @@ pub(crate) enum Freshness {
 
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) answer: Answer,
+    pub(crate) answer: StoredAnswer,
     pub(crate) stored_at: Instant,
-    pub(crate) fresh_for: Duration,
-    pub(crate) stale_while_revalidate: Duration,
-    pub(crate) stale_if_error: Duration,
-    /// A hit's headers, made once per second of age rather than once per hit.
-    pub(crate) hit_headers: std::sync::Mutex<Option<std::sync::Arc<HitHeaders>>>,
-}
-
-/// A hit's headers at one `ttl` and age: the stored ones, `Cache-Status`, `Age`, and a slot for
-/// `X-Request-Id`.
-#[derive(Debug)]
-pub(crate) struct HitHeaders {
-    pub(crate) ttl: i64,
-    pub(crate) age: u64,
-    pub(crate) headers: HeaderMap,
+    /// Milliseconds, saturating at about 49 days (a `Duration` takes four times the room): the
+    /// TTL, and the stale-while-revalidate and stale-if-error windows.
+    fresh_ms: u32,
+    stale_while_revalidate_ms: u32,
+    stale_if_error_ms: u32,
 }
 
 /// The counters in front of an `Arc`'s value.
 pub(crate) const ARC_HEADER: usize = 16;
-/// The control block `Bytes` allocates once a buffer is shared (sliced).
-const BYTES_SHARED: usize = 32;
-
-/// What malloc really takes for `n` bytes: glibc rounds to 16 and adds 8 of its own, and never
-/// hands out less than 32.
+/// What the allocator really takes for `n` bytes. The binary's allocator, mimalloc, keeps no
+/// header in front of a block but rounds it up to its size class: a multiple of 8 up to 64 bytes,
+/// then four classes per power of two (80, 96, 112, 128, 160, ...).
 pub(crate) fn malloc_size(n: usize) -> usize {
-    (n + 8).div_ceil(16).max(2) * 16
+    if n <= 64 {
+        return n.max(1).next_multiple_of(8);
+    }
+    let log2 = usize::BITS - 1 - (n - 1).leading_zeros();
+    n.next_multiple_of(1 << (log2 - 2))
 }
 
 /// A header map's tables: a bucket per header slot (name, value, hash and links) and the index
@@ -189,7 +183,7 @@ fn disk_status(body: &[u8]) -> Option<String> {
 }
 
 impl Entry {
-    pub(crate) fn new(route: Route, answer: Answer, policy: &CachePolicy, now: Instant) -> Entry {
+    pub(crate) fn new(route: Route, answer: &Answer, policy: &CachePolicy, now: Instant) -> Entry {
         let mut fresh_for = policy.ttl;
         // A disk mounting or being destroyed is what pollers wait on: its entry lives shorter.
         if route.has_disk_status()
@@ -198,24 +192,50 @@ impl Entry {
         {
             fresh_for = fresh_for.min(*ttl);
         }
+        Entry::restored(
+            answer,
+            now,
+            [
+                fresh_for,
+                policy.stale_while_revalidate,
+                policy.stale_if_error,
+            ],
+        )
+    }
+
+    /// An entry stored at `stored_at` with its TTL, stale-while-revalidate and stale-if-error.
+    pub(crate) fn restored(answer: &Answer, stored_at: Instant, windows: [Duration; 3]) -> Entry {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         Entry {
-            answer: answer.compacted(),
-            stored_at: now,
-            fresh_for,
-            stale_while_revalidate: policy.stale_while_revalidate,
-            stale_if_error: policy.stale_if_error,
-            hit_headers: std::sync::Mutex::default(),
+            answer: StoredAnswer::new(answer),
+            stored_at,
+            fresh_ms: ms(windows[0]),
+            stale_while_revalidate_ms: ms(windows[1]),
+            stale_if_error_ms: ms(windows[2]),
         }
+    }
+
+    pub(crate) fn fresh_for(&self) -> Duration {
+        Duration::from_millis(self.fresh_ms.into())
+    }
+
+    pub(crate) fn stale_while_revalidate(&self) -> Duration {
+        Duration::from_millis(self.stale_while_revalidate_ms.into())
+    }
+
+    pub(crate) fn stale_if_error(&self) -> Duration {
+        Duration::from_millis(self.stale_if_error_ms.into())
     }
 
     /// `None` when the entry is of no use any more.
     pub(crate) fn freshness(&self, now: Instant) -> Option<Freshness> {
         let age = now.saturating_duration_since(self.stored_at);
-        if age < self.fresh_for {
-            Some(Freshness::Fresh(self.fresh_for - age))
-        } else if age < self.fresh_for + self.stale_while_revalidate {
+        let fresh_for = self.fresh_for();
+        if age < fresh_for {
+            Some(Freshness::Fresh(fresh_for - age))
+        } else if age < fresh_for + self.stale_while_revalidate() {
             Some(Freshness::Revalidate)
-        } else if age < self.fresh_for + self.stale_if_error {
+        } else if age < fresh_for + self.stale_if_error() {
             Some(Freshness::IfError)
         } else {
             None
@@ -233,49 +253,25 @@ impl Entry {
 
     /// Seconds of freshness left, negative once stale (the `ttl` of `Cache-Status`).
     pub(crate) fn ttl_secs(&self, now: Instant) -> i64 {
-        let age = self.age(now);
-        if age < self.fresh_for {
-            (self.fresh_for - age).as_secs() as i64
+        let (age, fresh_for) = (self.age(now), self.fresh_for());
+        if age < fresh_for {
+            (fresh_for - age).as_secs() as i64
         } else {
-            -((age - self.fresh_for).as_secs() as i64) - 1
+            -((age - fresh_for).as_secs() as i64) - 1
         }
     }
 
     /// How long the entry is worth keeping at all.
     pub(crate) fn retain_for(&self) -> Duration {
-        self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
+        self.fresh_for() + self.stale_while_revalidate().max(self.stale_if_error())
     }
 
-    /// Bytes this entry costs in memory: the entry, its answer, and the hit headers it keeps once
-    /// it is served (see [`HitHeaders`]).
+    /// Bytes this entry costs in memory: the entry (kept in an `Arc`) and what its answer holds.
+    /// A hit makes its headers afresh and keeps nothing.
     pub(crate) fn weight(&self) -> usize {
         malloc_size(std::mem::size_of::<Entry>() + ARC_HEADER) + self.answer.held_bytes()
-            - std::mem::size_of::<Answer>()
-            + hit_headers_bytes(self.answer.headers.len())
     }
 }
-
-/// A hit's memoised headers for an answer of `stored` headers: a clone of the stored map grown by
-/// three (`Cache-Status`, `Age`, the request id's slot); the `Cache-Status` and `Age` values; the
-/// `Arc` around it all.
-fn hit_headers_bytes(stored: usize) -> usize {
-    // A clone's table is as long as the map; a full map doubles its index (at least 8) and holds
-    // three quarters of it.
-    let mut index = (stored + stored / 3).next_power_of_two();
-    let mut slots = stored;
-    while slots < stored + 3 {
-        index = (index * 2).max(8);
-        slots = index * 3 / 4;
-    }
-    let bucket = std::mem::size_of::<HeaderName>() + std::mem::size_of::<HeaderValue>() + 24;
-    malloc_size(std::mem::size_of::<HitHeaders>() + ARC_HEADER)
-        + malloc_size(slots * bucket)
-        + malloc_size(index * 4)
-        + 2 * malloc_size(HIT_STATUS_LEN)
-}
-
-/// `finovy-gateway; hit; ttl=N`, the longer of the hit's allocated values.
-const HIT_STATUS_LEN: usize = 28;
 
 #[cfg(test)]
 mod tests {
@@ -335,7 +331,7 @@ mod tests {
     async fn freshness_moves_through_its_states() {
         let e = Entry::new(
             Route::DiskInfo,
-            answer(r#"{"code":0,"data":{"status":"0"}}"#),
+            &answer(r#"{"code":0,"data":{"status":"0"}}"#),
             &policy(),
             Instant::now(),
         );
@@ -356,25 +352,25 @@ mod tests {
     async fn a_mounting_disk_lives_shorter() {
         let mounting = Entry::new(
             Route::DiskInfo,
-            answer(r#"{"code":0,"data":{"status":"1"}}"#),
+            &answer(r#"{"code":0,"data":{"status":"1"}}"#),
             &policy(),
             Instant::now(),
         );
-        assert_eq!(mounting.fresh_for, Duration::from_secs(1));
+        assert_eq!(mounting.fresh_for(), Duration::from_secs(1));
         let numeric = Entry::new(
             Route::DiskInfo,
-            answer(r#"{"code":0,"data":{"status":1}}"#),
+            &answer(r#"{"code":0,"data":{"status":1}}"#),
             &policy(),
             Instant::now(),
         );
-        assert_eq!(numeric.fresh_for, Duration::from_secs(1));
+        assert_eq!(numeric.fresh_for(), Duration::from_secs(1));
         let other_route = Entry::new(
             Route::HostOne,
-            answer(r#"{"code":0,"data":{"status":1}}"#),
+            &answer(r#"{"code":0,"data":{"status":1}}"#),
             &policy(),
             Instant::now(),
         );
-        assert_eq!(other_route.fresh_for, Duration::from_secs(5));
+        assert_eq!(other_route.fresh_for(), Duration::from_secs(5));
     }
 
     #[test]
@@ -390,7 +386,7 @@ mod tests {
         // fresh 5 s, stale-while-revalidate 5 s, stale-if-error 60 s.
         let e = Entry::new(
             Route::DiskInfo,
-            answer(r#"{"code":0}"#),
+            &answer(r#"{"code":0}"#),
             &policy(),
             Instant::now(),
         );
@@ -434,33 +430,58 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_weighs_at_least_what_it_holds_and_grows_with_its_body() {
+    fn an_entry_weighs_at_least_what_it_holds_and_grows_with_its_body_and_headers() {
         let small = Entry::new(
             Route::DiskInfo,
-            answer(r#"{"code":0}"#),
+            &answer(r#"{"code":0}"#),
             &policy(),
             Instant::now(),
         );
         let body = format!(r#"{{"code":0,"data":"{}"}}"#, "x".repeat(1000));
-        let big = Entry::new(Route::DiskInfo, answer(&body), &policy(), Instant::now());
-        // The answer lives inside the entry: counted once, not once more beside it.
-        let apart = malloc_size(std::mem::size_of::<Entry>() + ARC_HEADER)
-            + small.answer.held_bytes()
-            + hit_headers_bytes(0);
-        assert!(small.weight() < apart, "{} >= {apart}", small.weight());
+        let big = Entry::new(Route::DiskInfo, &answer(&body), &policy(), Instant::now());
+        // Its own block (the answer's fields inside), and the body's block with its share counter.
+        let least =
+            std::mem::size_of::<Entry>() + ARC_HEADER + r#"{"code":0}"#.len() + BYTES_SHARED;
+        assert!(small.weight() >= least, "{} < {least}", small.weight());
         assert!(
-            small.weight() < 2048,
+            small.weight() < 320,
             "a bare entry weighs {}",
             small.weight()
         );
-        assert!(small.weight() > std::mem::size_of::<Entry>());
         let grown = big.weight() - small.weight();
         assert!(
             (1000..1100).contains(&grown),
             "1,000 more body bytes weigh {grown}"
         );
-        assert_eq!(malloc_size(0), 32);
-        assert_eq!(malloc_size(24), 32);
-        assert_eq!(malloc_size(25), 48);
+        let mut with_headers = answer(r#"{"code":0}"#);
+        with_headers.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        with_headers.headers.insert(
+            http::header::DATE,
+            HeaderValue::from_static("Mon, 30 Nov 2026 10:00:00 GMT"),
+        );
+        let headed = Entry::new(Route::DiskInfo, &with_headers, &policy(), Instant::now());
+        // Written into the body's block: their 45 value bytes and a few per header, no more
+        // than one size class above that.
+        let grown = headed.weight() - small.weight();
+        assert!(
+            (45..45 + 2 * 9 + 64).contains(&grown),
+            "two headers weigh {grown}"
+        );
+        let classes = [
+            (0, 8),
+            (24, 24),
+            (25, 32),
+            (64, 64),
+            (65, 80),
+            (128, 128),
+            (129, 160),
+        ];
+        for (n, class) in classes {
+            assert_eq!(malloc_size(n), class, "{n} bytes");
+        }
+        assert_eq!(malloc_size(339), 384);
     }
 }

@@ -4,6 +4,9 @@
 //! The query counts only through the route's declared parameters, in their declared order, so
 //! neither an extra parameter nor the order of the sent ones makes a new entry.
 
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::routes::Route;
@@ -12,28 +15,99 @@ use crate::routes::Route;
 pub(crate) struct CacheKey {
     pub(crate) account: Arc<str>,
     pub(crate) route: Route,
-    pub(crate) id: Arc<str>,
+    pub(crate) id: Id,
 }
 
 impl CacheKey {
-    pub(crate) fn new(
-        account: impl Into<Arc<str>>,
-        route: Route,
-        id: impl Into<Arc<str>>,
-    ) -> CacheKey {
+    pub(crate) fn new(account: impl Into<Arc<str>>, route: Route, id: impl AsRef<str>) -> CacheKey {
         CacheKey {
             account: account.into(),
             route,
-            id: id.into(),
+            id: Id::new(id.as_ref()),
         }
     }
 
     /// Bytes this key costs in memory, for the cache's byte bound: the key (kept in an `Arc`
-    /// by the store) and its id. The account's name is one string shared by all its keys.
+    /// by the store) and an id too long to be kept inside it. The account's name is one string
+    /// shared by all its keys.
     pub(crate) fn weight(&self) -> usize {
         use crate::cache::entry::{ARC_HEADER, malloc_size};
-        malloc_size(std::mem::size_of::<CacheKey>() + ARC_HEADER)
-            + malloc_size(self.id.len() + ARC_HEADER)
+        let id = match &self.id.0 {
+            Repr::Inline(..) => 0,
+            Repr::Shared(id) => malloc_size(id.len() + ARC_HEADER),
+        };
+        malloc_size(std::mem::size_of::<CacheKey>() + ARC_HEADER) + id
+    }
+}
+
+/// A key's id: kept inside the key when short (a disk's or a host's id), so that the key is one
+/// allocation; shared otherwise (a canonical JSON body).
+#[derive(Clone)]
+pub(crate) struct Id(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline(u8, [u8; INLINE]),
+    Shared(Arc<str>),
+}
+
+/// The longest id kept inside the key: the most that keeps `Id` as small as an `Arc<str>` and its
+/// tag.
+const INLINE: usize = 22;
+
+impl Id {
+    fn new(id: &str) -> Id {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                Id(Repr::Inline(len, bytes))
+            }
+            _ => Id(Repr::Shared(id.into())),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match &self.0 {
+            // Copied from a `str` whole: always UTF-8.
+            Repr::Inline(len, bytes) => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Shared(id) => id,
+        }
+    }
+}
+
+impl Deref for Id {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Id) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Id {}
+
+impl Hash for Id {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -111,13 +185,45 @@ mod tests {
     fn a_key_weighs_its_id() {
         let short = CacheKey::new("a", Route::DiskInfo, "d");
         let long = CacheKey::new("a", Route::DiskInfo, "d".repeat(1000));
-        assert!(short.weight() >= std::mem::size_of::<CacheKey>() + 16);
-        // Its own block and its id's, each as malloc rounds it: well under twice their size.
-        assert!(short.weight() <= 2 * (std::mem::size_of::<CacheKey>() + 16 + 17));
+        // A short id lives in the key: one block, as large as the key and the `Arc`'s counters.
+        assert!(std::mem::size_of::<CacheKey>() <= 48);
+        assert_eq!(short.weight(), 64);
         let grown = long.weight() - short.weight();
         assert!(
-            (990..1040).contains(&grown),
+            (1000..1040).contains(&grown),
             "1,000 more id bytes weigh {grown}"
+        );
+    }
+
+    #[test]
+    fn an_id_is_its_text_wherever_it_is_kept() {
+        let inline = CacheKey::new("a", Route::DiskInfo, "PgOiNCqaJQ");
+        let at_the_limit = "x".repeat(INLINE);
+        let past_it = "x".repeat(INLINE + 1);
+        for id in ["", "PgOiNCqaJQ", "é✓", &at_the_limit, &past_it] {
+            let key = CacheKey::new("a", Route::DiskInfo, id);
+            assert_eq!(&*key.id, id);
+            assert_eq!(key.id.to_string(), id);
+            assert_eq!(
+                key,
+                CacheKey::new("a", Route::DiskInfo, Arc::<str>::from(id))
+            );
+        }
+        assert!(matches!(inline.id.0, Repr::Inline(..)));
+        assert!(matches!(Id::new(&past_it).0, Repr::Shared(_)));
+        assert_ne!(inline, CacheKey::new("a", Route::DiskInfo, "PgOiNCqaJq"));
+        let hash = |k: &CacheKey| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(
+            hash(&inline),
+            hash(&CacheKey::new(
+                "a",
+                Route::DiskInfo,
+                String::from("PgOiNCqaJQ")
+            ))
         );
     }
 }

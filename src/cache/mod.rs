@@ -20,8 +20,10 @@
 //! multiply upstream calls. A refresh that starts a fill drops the stored entry first.
 
 pub(crate) mod entry;
+pub(crate) mod hit_values;
 pub(crate) mod key;
 pub(crate) mod policy;
+pub(crate) mod stored;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -185,7 +187,7 @@ impl Cache {
                     .filter(|_| answer.is_storable() && !detached.is_set());
                 let mut stored = false;
                 if let Some(policy) = policy {
-                    let entry = Entry::new(key.route, answer.clone(), policy, Instant::now());
+                    let entry = Entry::new(key.route, &answer, policy, Instant::now());
                     stored = cache
                         .store
                         .put_filled(key.clone(), Arc::new(entry), ticket)

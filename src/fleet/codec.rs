@@ -36,13 +36,22 @@ impl Writer {
         self.0.extend_from_slice(b);
     }
     fn answer(&mut self, a: &Answer) {
-        self.u64(u64::from(a.status.as_u16()));
-        self.u64(a.headers.len() as u64);
-        for (k, v) in &a.headers {
+        self.answer_of(a.status, a.headers.len(), a.headers.iter(), &a.body);
+    }
+    fn answer_of<'h>(
+        &mut self,
+        status: StatusCode,
+        count: usize,
+        headers: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+        body: &[u8],
+    ) {
+        self.u64(u64::from(status.as_u16()));
+        self.u64(count as u64);
+        for (k, v) in headers {
             self.bytes(k.as_str().as_bytes());
             self.bytes(v.as_bytes());
         }
-        self.bytes(&a.body);
+        self.bytes(body);
     }
 }
 
@@ -95,12 +104,14 @@ fn ms(d: Duration) -> u64 {
 
 /// A cache entry, with its stored time on the shared clock so that `Age` stays true on every replica.
 pub(crate) fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut w = Writer::new(e.answer.body.len());
+    let body = e.answer.body();
+    let mut w = Writer::new(body.len());
     w.u64(now_ms().saturating_sub(ms(e.age(Instant::now()))));
-    w.u64(ms(e.fresh_for));
-    w.u64(ms(e.stale_while_revalidate));
-    w.u64(ms(e.stale_if_error));
-    w.answer(&e.answer);
+    w.u64(ms(e.fresh_for()));
+    w.u64(ms(e.stale_while_revalidate()));
+    w.u64(ms(e.stale_if_error()));
+    let headers = e.answer.header_map(0);
+    w.answer_of(e.answer.status, headers.len(), headers.iter(), &body);
     w.0
 }
 
@@ -114,14 +125,11 @@ pub(crate) fn decode_entry(b: &[u8]) -> Option<Entry> {
     // A stored time ahead of this replica's clock (skew) counts as stored now.
     let age = Duration::from_millis(now_ms().saturating_sub(stored_ms));
     let now = Instant::now();
-    Some(Entry {
-        answer,
-        stored_at: now.checked_sub(age).unwrap_or(now),
-        fresh_for,
-        stale_while_revalidate,
-        stale_if_error,
-        hit_headers: std::sync::Mutex::default(),
-    })
+    Some(Entry::restored(
+        &answer,
+        now.checked_sub(age).unwrap_or(now),
+        [fresh_for, stale_while_revalidate, stale_if_error],
+    ))
 }
 
 pub(crate) fn encode_record(rec: &Record) -> Vec<u8> {
@@ -216,13 +224,19 @@ mod tests {
             status_ttl: std::collections::BTreeMap::default(),
         };
         let stored = Instant::now() - Duration::from_secs(2);
-        let e = Entry::new(Route::DiskInfo, answer(), &policy, stored);
+        let e = Entry::new(Route::DiskInfo, &answer(), &policy, stored);
         let back = decode_entry(&encode_entry(&e)).expect("decodes");
-        assert_eq!(back.fresh_for, e.fresh_for);
-        assert_eq!(back.stale_if_error, e.stale_if_error);
-        assert_eq!(back.answer.body, e.answer.body);
-        assert_eq!(back.answer.headers, e.answer.headers);
-        assert!(back.answer.is_storable());
+        assert_eq!(back.fresh_for(), e.fresh_for());
+        assert_eq!(back.stale_while_revalidate(), e.stale_while_revalidate());
+        assert_eq!(back.stale_if_error(), e.stale_if_error());
+        assert_eq!(back.answer.body(), e.answer.body());
+        assert_eq!(back.answer.header_map(0), answer().headers);
+        assert!(
+            back.answer
+                .head
+                .as_ref()
+                .is_some_and(EnvelopeHead::is_success)
+        );
         let age = back.age(Instant::now());
         assert!(
             age >= Duration::from_millis(1990) && age < Duration::from_secs(3),

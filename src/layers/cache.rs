@@ -16,28 +16,29 @@
 //! For a mutation: the request passes through, and a success drops the entries it changed.
 
 use std::convert::Infallible;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::cache::entry::{Answer, Entry, Freshness, HitHeaders};
+use crate::cache::entry::{Answer, Entry, Freshness};
+use crate::cache::hit_values;
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
+use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled, invalidated_by};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::layers::Caller;
 use crate::layers::RequestId;
-use crate::layers::request_id::X_REQUEST_ID;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::Role;
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::AccountHandle;
 
 /// The cache's name in `Cache-Status`.
-const CACHE_NAME: &str = "finovy-gateway";
+pub(crate) const CACHE_NAME: &str = "finovy-gateway";
 
 #[derive(Clone)]
 pub(crate) struct CachingLayer {
@@ -144,7 +145,10 @@ fn succeeded(resp: &Resp) -> bool {
 
 /// An answer with `Cache-Status` and `Age` set.
 fn respond(answer: &Answer, status: String, age_secs: u64) -> Resp {
-    let mut resp = answer.to_response();
+    with_status(answer.to_response(), status, age_secs)
+}
+
+fn with_status(mut resp: Resp, status: String, age_secs: u64) -> Resp {
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&status) {
         headers.insert(CACHE_STATUS, v);
@@ -157,7 +161,7 @@ const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 fn from_entry(entry: &Entry, params: &str, now: Instant) -> Resp {
     let status = format!("{CACHE_NAME}; {params}; ttl={}", entry.ttl_secs(now));
-    respond(&entry.answer, status, entry.age(now).as_secs())
+    with_status(entry.answer.to_response(), status, entry.age(now).as_secs())
 }
 
 /// A hit, with the upstream's envelope head for the layers above.
@@ -169,48 +173,20 @@ fn hit(entry: &Entry, now: Instant) -> Resp {
     resp
 }
 
-/// A hit without extensions. Its headers are made once per second of the entry's age, not per
-/// request: a hit clones one map and allocates nothing else.
+/// A hit without extensions: the stored headers in a map with room for the ones the gateway adds
+/// (`Cache-Status`, `Age`, and the `X-Request-Id` its caller sets), so none of them grows it; the
+/// values of the first two come from static tables. The entry keeps nothing of its hits.
 pub(crate) fn bare_hit(entry: &Entry, now: Instant) -> Resp {
-    let (ttl, age) = (entry.ttl_secs(now), entry.age(now).as_secs());
-    let memo = {
-        let mut cached = entry
-            .hit_headers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match &*cached {
-            Some(h) if h.ttl == ttl && h.age == age => h.clone(),
-            _ => {
-                let made = Arc::new(HitHeaders {
-                    ttl,
-                    age,
-                    headers: hit_headers(entry, ttl, age),
-                });
-                *cached = Some(made.clone());
-                made
-            }
-        }
-    };
-    // Cloned outside the lock: hits on one hot entry do not queue behind each other's copy.
-    let mut resp = Resp::new(entry.answer.body.clone());
-    *resp.status_mut() = entry.answer.status;
-    *resp.headers_mut() = memo.headers.clone();
-    resp
-}
-
-/// The stored headers, `Cache-Status` and `Age` of a hit, and a slot every answer fills with its
-/// own id (the request-id layer, or the fast path), so that filling it replaces a value rather
-/// than growing the cloned map.
-fn hit_headers(entry: &Entry, ttl: i64, age: u64) -> HeaderMap {
-    let mut headers = entry.answer.headers.clone();
-    let status = format!("{CACHE_NAME}; hit; ttl={ttl}");
+    let mut headers = entry.answer.header_map(HIT_HEADERS);
     headers.insert(
         CACHE_STATUS,
-        HeaderValue::from_str(&status).expect("the cache name and a number are visible ASCII"),
+        hit_values::cache_status_hit(entry.ttl_secs(now)),
     );
-    headers.insert(header::AGE, HeaderValue::from(age));
-    headers.insert(X_REQUEST_ID, HeaderValue::from_static("-"));
-    headers
+    headers.insert(header::AGE, hit_values::age(entry.age(now).as_secs()));
+    let mut resp = Resp::new(entry.answer.body());
+    *resp.status_mut() = entry.answer.status;
+    *resp.headers_mut() = headers;
+    resp
 }
 
 impl<S> Service<Req> for Caching<S>

@@ -86,8 +86,10 @@ impl Record {
     /// Bytes the record holds in memory: what memory bounds weigh. Its fields, its fingerprint,
     /// the kept answer, and what its client's count of records keeps of it ([`Owners`]).
     pub(crate) fn weight(&self) -> usize {
+        // The answer's `Arc` is one block; what the answer holds besides its fields, others.
+        let answer = std::mem::size_of::<Answer>();
         let held = match &self.state {
-            State::Done(a) => malloc_size(a.held_bytes() + ARC_HEADER),
+            State::Done(a) => malloc_size(answer + ARC_HEADER) + a.held_bytes() - answer,
             _ => 0,
         };
         std::mem::size_of::<Record>() + malloc_size(self.fingerprint.len() + ARC_HEADER) + held
