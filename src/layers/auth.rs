@@ -259,7 +259,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
+        // Known once the key is checked, so that a refused query's access line names its caller.
+        let mut known = None;
         let checked = self.auth.with(|a| a.authorize(&mut req)).and_then(|name| {
+            known = Some(name.clone());
             // The query is checked for a known caller only: nobody learns a route's parameters
             // before showing a key.
             let query = req.uri().query();
@@ -284,6 +287,9 @@ where
             Err(e) => {
                 let id = RequestId::of(&req);
                 let mut resp = e.into_response(id.as_str());
+                if let Some(name) = known {
+                    resp.extensions_mut().insert(ClientName(name));
+                }
                 // A body still coming is not read for a refused request: the HTTP/1 connection
                 // ends with this answer instead of waiting for (or draining) it.
                 if !req.body().is_end_stream() && req.version() <= Version::HTTP_11 {

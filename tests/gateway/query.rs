@@ -182,3 +182,39 @@ async fn the_gateways_own_endpoints_check_a_query_only_for_a_known_caller() {
     let (status, v) = send_json(http().get(&plain).header("Authorization", &bearer)).await;
     assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_query_is_logged_under_the_caller_who_sent_it() {
+    let sim = Sim::start(sim_config()).await;
+    let key = "key-q-logged-000000000000";
+    let gw = Bin::serve(
+        &client_entry("svc", key, ""),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let url = format!("{}{DISK}/info/abc?r=1", gw.url);
+    for (id, bearer) in [("no-key", None), ("with-key", Some(key))] {
+        let mut req = http().get(&url).header("X-Request-Id", id);
+        if let Some(k) = bearer {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.unwrap();
+    }
+    let log = gw.wait_for_log("request_id=with-key ", 1).await;
+    let line = |id: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("request_id={id} ")))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{log}"))
+            .to_string()
+    };
+    let refused = line("with-key");
+    assert!(refused.contains(" status=400 "), "{refused}");
+    assert!(refused.contains(" client=svc "), "{refused}");
+    // A caller without a key is nobody in the log, as in the answer.
+    let anonymous = line("no-key");
+    assert!(anonymous.contains(" status=401 "), "{anonymous}");
+    assert!(anonymous.contains(" client=- "), "{anonymous}");
+}
