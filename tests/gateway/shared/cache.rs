@@ -28,10 +28,20 @@ async fn three_replicas_polling_one_disk_make_one_upstream_call() {
         assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
         assert_eq!(v["data"]["id"], id.as_str());
     }
-    assert_eq!(
-        sim.calls("info").await,
-        1,
-        "900 polls over three replicas, one upstream call"
+    // One upstream call. A replica whose Redis command ran past the 1 s timeout (a loaded
+    // machine) fails open by design and fills on its own, once, its polls coalesced; so a second
+    // call is allowed only where a replica counted a Redis failure, and exactly one otherwise.
+    let calls = sim.calls("info").await;
+    let mut failed_open = 0;
+    for gw in &gws {
+        if gw.metric("finovy_gateway_redis_errors_total", &[]).await > 0.0 {
+            failed_open += 1;
+        }
+    }
+    assert!(
+        (1..=1 + failed_open).contains(&calls),
+        "900 polls over three replicas made {calls} upstream calls; \
+         {failed_open} replicas saw Redis fail"
     );
     // Later polls on any replica are answered from the cache.
     sim.fault("none", "0s").await;
@@ -39,7 +49,7 @@ async fn three_replicas_polling_one_disk_make_one_upstream_call() {
         let (_, h, _) = info(&client, &gw.url, &id).await;
         assert!(cache_status(&h).contains("hit"), "{h:?}");
     }
-    assert_eq!(sim.calls("info").await, 1);
+    assert_eq!(sim.calls("info").await, calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
