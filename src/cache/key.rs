@@ -67,6 +67,15 @@ impl Id {
         }
     }
 
+    /// The id's bytes, without the UTF-8 check of [`Id::as_str`]: what a lookup hashes and
+    /// compares, on every hit.
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline(len, bytes) => &bytes[..usize::from(*len)],
+            Repr::Shared(id) => id.as_bytes(),
+        }
+    }
+
     pub(crate) fn as_str(&self) -> &str {
         match &self.0 {
             // Copied from a `str` whole: always UTF-8.
@@ -87,15 +96,17 @@ impl Deref for Id {
 
 impl PartialEq for Id {
     fn eq(&self, other: &Id) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl Eq for Id {}
 
 impl Hash for Id {
+    /// As `str` hashes: the same id hashes alike however it is kept.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
