@@ -215,6 +215,7 @@ mod tests {
             let key = CacheKey::new("a", Route::DiskInfo, id);
             assert_eq!(&*key.id, id);
             assert_eq!(key.id.to_string(), id);
+            assert_eq!(format!("{:?}", key.id), format!("{id:?}"));
             assert_eq!(
                 key,
                 CacheKey::new("a", Route::DiskInfo, Arc::<str>::from(id))
@@ -236,5 +237,14 @@ mod tests {
                 String::from("PgOiNCqaJQ")
             ))
         );
+        // An id hashes as its text does, however it is kept.
+        let hash_of = |h: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+            let mut s = std::collections::hash_map::DefaultHasher::new();
+            h(&mut s);
+            s.finish()
+        };
+        for id in ["PgOiNCqaJQ", past_it.as_str()] {
+            assert_eq!(hash_of(&|s| Id::new(id).hash(s)), hash_of(&|s| id.hash(s)));
+        }
     }
 }

@@ -252,4 +252,18 @@ mod tests {
             Some(a)
         );
     }
+
+    #[test]
+    fn an_answer_weighs_its_block_its_share_counter_and_its_trace_id() {
+        // A 25-byte body and no headers: a block of 25 bytes (32 in its size class), the share
+        // counter's 24, and the 2-byte trace id behind an `Arc`'s 16 (18, so 24).
+        let body = Bytes::from_static(br#"{"code":0,"traceId":"t1"}"#);
+        let stored = StoredAnswer::new(&Answer {
+            status: StatusCode::OK,
+            head: EnvelopeHead::parse(&body),
+            headers: HeaderMap::new(),
+            body,
+        });
+        assert_eq!(stored.held_bytes(), 32 + 24 + 24);
+    }
 }
