@@ -198,14 +198,27 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates the request, strips its credentials and hands the caller on.
-    fn authorize<B>(&self, req: &mut Request<B>) -> Result<Arc<str>, GatewayError> {
-        let caller = if req.extensions().get::<GatewayRoute>().is_some() {
-            self.lease_caller(req.headers())?
+    /// Authenticates the request, strips its credentials and hands the caller on. A known
+    /// client refused a route (403) is named in `known`, for its access line.
+    fn authorize<B>(
+        &self,
+        req: &mut Request<B>,
+        known: &mut Option<Arc<str>>,
+    ) -> Result<Arc<str>, GatewayError> {
+        let found = if req.extensions().get::<GatewayRoute>().is_some() {
+            self.lease_caller(req.headers())
         } else {
             let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-            self.caller(req.headers(), route)?
+            self.caller(req.headers(), route)
         };
+        let caller = found.inspect_err(|e| {
+            if matches!(
+                e,
+                GatewayError::Forbidden(_) | GatewayError::LeaseNotGranted
+            ) {
+                *known = self.identify(req.headers()).ok().map(|i| i.name);
+            }
+        })?;
         req.headers_mut().remove(header::AUTHORIZATION);
         req.headers_mut().remove(TOKEN_HEADER);
         let name = caller.client.clone();
@@ -259,22 +272,25 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
-        // Known once the key is checked, so that a refused query's access line names its caller.
+        // Known once the key is checked, so that a refusal's access line names its caller.
         let mut known = None;
-        let checked = self.auth.with(|a| a.authorize(&mut req)).and_then(|name| {
-            known = Some(name.clone());
-            // The query is checked for a known caller only: nobody learns a route's parameters
-            // before showing a key.
-            let query = req.uri().query();
-            let checked = match (req.extensions().get::<RouteMatch>(), req.extensions().get()) {
-                (Some(m), _) => check_query(m.route, query),
-                (None, Some(own)) => GatewayRoute::check_query(*own, query),
-                (None, None) => Ok(()),
-            };
-            checked
-                .map(|()| name)
-                .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })
-        });
+        let checked = self
+            .auth
+            .with(|a| a.authorize(&mut req, &mut known))
+            .and_then(|name| {
+                known = Some(name.clone());
+                // The query is checked for a known caller only: nobody learns a route's parameters
+                // before showing a key.
+                let query = req.uri().query();
+                let checked = match (req.extensions().get::<RouteMatch>(), req.extensions().get()) {
+                    (Some(m), _) => check_query(m.route, query),
+                    (None, Some(own)) => GatewayRoute::check_query(*own, query),
+                    (None, None) => Ok(()),
+                };
+                checked
+                    .map(|()| name)
+                    .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })
+            });
         match checked {
             Ok(name) => {
                 let fut = self.inner.call(req);

@@ -184,37 +184,53 @@ async fn the_gateways_own_endpoints_check_a_query_only_for_a_known_caller() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_refused_query_is_logged_under_the_caller_who_sent_it() {
+async fn a_refusal_of_a_known_caller_is_logged_under_that_caller() {
     let sim = Sim::start(sim_config()).await;
-    let key = "key-q-logged-000000000000";
+    let (key, limited) = ("key-q-logged-000000000000", "key-q-limited-00000000000");
+    let toml = format!(
+        "{}{}",
+        client_entry("svc", key, ""),
+        client_entry("buyer", limited, "routes = [\"disk.create\"]")
+    );
     let gw = Bin::serve(
-        &client_entry("svc", key, ""),
+        &toml,
         &sim.url,
         &[
             ("FINOVY_UUID", "demo-uuid"),
             ("FINOVY_SECRET", "demo-secret"),
         ],
     );
-    let url = format!("{}{DISK}/info/abc?r=1", gw.url);
-    for (id, bearer) in [("no-key", None), ("with-key", Some(key))] {
-        let mut req = http().get(&url).header("X-Request-Id", id);
+    let url = format!("{}{DISK}/info/abc", gw.url);
+    // A query the route does not take (400), a route outside the client's list (403), and no
+    // key at all (401).
+    for (id, bearer, query) in [
+        ("no-key", None, "?r=1"),
+        ("with-key", Some(key), "?r=1"),
+        ("not-allowed", Some(limited), ""),
+    ] {
+        let mut req = http()
+            .get(format!("{url}{query}"))
+            .header("X-Request-Id", id);
         if let Some(k) = bearer {
             req = req.bearer_auth(k);
         }
         req.send().await.unwrap();
     }
-    let log = gw.wait_for_log("request_id=with-key ", 1).await;
+    let log = gw.wait_for_log("request_id=not-allowed ", 1).await;
     let line = |id: &str| {
         log.lines()
             .find(|l| l.contains(&format!("request_id={id} ")))
             .unwrap_or_else(|| panic!("no line for {id}:\n{log}"))
             .to_string()
     };
-    let refused = line("with-key");
-    assert!(refused.contains(" status=400 "), "{refused}");
-    assert!(refused.contains(" client=svc "), "{refused}");
-    // A caller without a key is nobody in the log, as in the answer.
-    let anonymous = line("no-key");
-    assert!(anonymous.contains(" status=401 "), "{anonymous}");
-    assert!(anonymous.contains(" client=- "), "{anonymous}");
+    for (id, status, client) in [
+        ("with-key", 400, "svc"),
+        ("not-allowed", 403, "buyer"),
+        // A caller without a key is nobody in the log, as in the answer.
+        ("no-key", 401, "-"),
+    ] {
+        let l = line(id);
+        assert!(l.contains(&format!(" status={status} ")), "{l}");
+        assert!(l.contains(&format!(" client={client} ")), "{l}");
+    }
 }
