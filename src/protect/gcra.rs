@@ -72,7 +72,17 @@ pub(crate) trait RateLimiter: Send + Sync + 'static {
 /// The in-memory limiter: each key's theoretical arrival time.
 #[derive(Default)]
 pub(crate) struct MemoryLimiter {
-    tat: Mutex<HashMap<String, Instant>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tats: HashMap<String, Instant>,
+    /// The latest `now` decided on. Callers read the clock before they take the lock, so two
+    /// requests at once may take it in the other order; a decision is made at the later of its
+    /// own time and the last one's, or the second of a burst would find the first's slot ahead
+    /// of its own clock and be refused (or kept waiting) for the difference.
+    latest: Option<Instant>,
 }
 
 pub(crate) fn tolerance(rate: &Rate) -> Duration {
@@ -108,7 +118,10 @@ impl MemoryLimiter {
     }
 
     pub(crate) fn decide(&self, limits: &[Limit], max_wait: Duration, now: Instant) -> Decision {
-        let mut tats = self.tat.lock().expect("limiter state");
+        let mut state = self.state.lock().expect("limiter state");
+        let now = state.latest.map_or(now, |latest| latest.max(now));
+        state.latest = Some(now);
+        let tats = &mut state.tats;
         let mut go_at = now;
         let mut refused_by = None;
         for l in limits {
@@ -196,6 +209,26 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_read_its_clocks_in_the_other_order_than_it_took_the_lock_still_goes() {
+        // Two requests of a burst of 2 (1 per 5 s): the second read the clock 10 ms before the
+        // first, but took the lock after it. Without a wait allowed, both still go.
+        let l = MemoryLimiter::new();
+        let lim = vec![limit("a", Scope::Client, 1, 5, 2)];
+        let now = Instant::now();
+        let later = now + Duration::from_millis(10);
+        assert_eq!(
+            wait(&l.decide(&lim, Duration::ZERO, later)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            wait(&l.decide(&lim, Duration::ZERO, now)),
+            Some(Duration::ZERO)
+        );
+        // The burst is spent: a third is refused.
+        assert_eq!(wait(&l.decide(&lim, Duration::ZERO, now)), None);
     }
 
     #[tokio::test(start_paused = true)]
