@@ -156,11 +156,16 @@ impl Authenticator {
         headers: &HeaderMap,
         route: Option<Route>,
     ) -> Result<Caller, GatewayError> {
+        self.may_call(self.identify(headers)?, route)
+    }
+
+    /// The identified caller, if it may call `route`.
+    fn may_call(&self, who: Identified<'_>, route: Option<Route>) -> Result<Caller, GatewayError> {
         let Identified {
             name,
             account,
             entry,
-        } = self.identify(headers)?;
+        } = who;
         if let (Some(entry), Some(route)) = (entry, route)
             && entry
                 .routes
@@ -180,14 +185,15 @@ impl Authenticator {
         })
     }
 
-    /// Who is calling a token-lease endpoint: only a client whose entry grants `token_lease`
-    /// (401 without a key, since only a client can hold the grant; 403 without the grant).
-    pub(crate) fn lease_caller(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    /// The identified caller, if it may call a token-lease endpoint: only a client whose entry
+    /// grants `token_lease` (401 without a key, since only a client can hold the grant; 403
+    /// without the grant).
+    fn may_lease(who: Identified<'_>) -> Result<Caller, GatewayError> {
         let Identified {
             name,
             account,
             entry,
-        } = self.identify(headers)?;
+        } = who;
         match entry {
             None => Err(GatewayError::Unauthorized),
             Some(e) if !e.token_lease => Err(GatewayError::LeaseNotGranted),
@@ -199,26 +205,23 @@ impl Authenticator {
     }
 
     /// Authenticates the request, strips its credentials and hands the caller on. A known
-    /// client refused a route (403) is named in `known`, for its access line.
+    /// client is named in `known` before its route is checked, so that a refusal's access line
+    /// names it too.
     fn authorize<B>(
         &self,
         req: &mut Request<B>,
         known: &mut Option<Arc<str>>,
     ) -> Result<Arc<str>, GatewayError> {
-        let found = if req.extensions().get::<GatewayRoute>().is_some() {
-            self.lease_caller(req.headers())
+        let who = self.identify(req.headers())?;
+        if who.entry.is_some() {
+            *known = Some(who.name.clone());
+        }
+        let caller = if req.extensions().get::<GatewayRoute>().is_some() {
+            Self::may_lease(who)?
         } else {
             let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-            self.caller(req.headers(), route)
+            self.may_call(who, route)?
         };
-        let caller = found.inspect_err(|e| {
-            if matches!(
-                e,
-                GatewayError::Forbidden(_) | GatewayError::LeaseNotGranted
-            ) {
-                *known = self.identify(req.headers()).ok().map(|i| i.name);
-            }
-        })?;
         req.headers_mut().remove(header::AUTHORIZATION);
         req.headers_mut().remove(TOKEN_HEADER);
         let name = caller.client.clone();
