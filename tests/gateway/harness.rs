@@ -316,6 +316,12 @@ pub(crate) async fn metrics_at(admin_url: &str) -> String {
     get_text(&format!("{admin_url}/metrics")).await
 }
 
+/// The access lines of the request with id `id` in a gateway's log text.
+pub(crate) fn access_lines<'a>(log: &'a str, id: &str) -> Vec<&'a str> {
+    let needle = format!("request_id={id} ");
+    log.lines().filter(|l| l.contains(&needle)).collect()
+}
+
 /// Sums the samples of metric `name` in Prometheus `text` whose labels include every
 /// `name="value"` of `labels`; 0 when there is none.
 pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -281,11 +281,7 @@ async fn a_hit_is_logged_and_counted_as_its_miss_was() {
     // One line each, and the hits' lines say what the miss's said: client, route, status, method
     // and the upstream's traceId (the stored answer's).
     let log = gw.wait_for_log("request_id=hit-3", 1).await;
-    let line_of = |id: &str| {
-        log.lines()
-            .filter(|l| l.contains(&format!("request_id={id} ")))
-            .collect::<Vec<_>>()
-    };
+    let line_of = |id: &str| access_lines(&log, id);
     let miss = line_of("miss-0");
     assert_eq!(miss.len(), 1, "{log}");
     let expected = same_fields(miss[0]);

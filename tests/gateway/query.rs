@@ -217,19 +217,15 @@ async fn a_refusal_of_a_known_caller_is_logged_under_that_caller() {
         req.send().await.unwrap();
     }
     let log = gw.wait_for_log("request_id=not-allowed ", 1).await;
-    let line = |id: &str| {
-        log.lines()
-            .find(|l| l.contains(&format!("request_id={id} ")))
-            .unwrap_or_else(|| panic!("no line for {id}:\n{log}"))
-            .to_string()
-    };
     for (id, status, client) in [
         ("with-key", 400, "svc"),
         ("not-allowed", 403, "buyer"),
         // A caller without a key is nobody in the log, as in the answer.
         ("no-key", 401, "-"),
     ] {
-        let l = line(id);
+        let lines = access_lines(&log, id);
+        assert_eq!(lines.len(), 1, "one line for {id}:\n{log}");
+        let l = lines[0];
         assert!(l.contains(&format!(" status={status} ")), "{l}");
         assert!(l.contains(&format!(" client={client} ")), "{l}");
     }
