@@ -273,29 +273,33 @@ impl Entry {
     }
 }
 
+/// What a connection read: one large buffer, of which the answer's body and header value are
+/// slices (`x-trace`, 20 bytes; a 315-byte body).
+#[cfg(test)]
+pub(crate) fn read_into_one_buffer() -> (Bytes, Answer) {
+    let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-trace",
+        HeaderValue::from_maybe_shared(buffer.slice(100..120)).unwrap(),
+    );
+    let answer = Answer {
+        status: StatusCode::OK,
+        headers,
+        body: buffer.slice(1000..1315),
+        head: None,
+    };
+    (buffer, answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_compacted_answer_keeps_nothing_of_the_connection_buffer() {
-        // What a connection read: one large buffer, of which the answer holds slices.
-        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
-        let within = |p: *const u8| {
-            let range = buffer.as_ptr_range();
-            range.contains(&p)
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-trace",
-            HeaderValue::from_maybe_shared(buffer.slice(100..120)).unwrap(),
-        );
-        let answer = Answer {
-            status: StatusCode::OK,
-            headers,
-            body: buffer.slice(1000..1315),
-            head: None,
-        };
+        let (buffer, answer) = read_into_one_buffer();
+        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
         assert!(
             within(answer.body.as_ptr()) && within(answer.headers["x-trace"].as_bytes().as_ptr())
         );
