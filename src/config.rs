@@ -396,6 +396,28 @@ fn default_account_name() -> String {
 
 pub const DEFAULT_ACCOUNT: &str = "default";
 
+/// Whether `name` may name a client or an account: letters, digits, `.`, `_` and `-`, at least
+/// one. Record keys join names with `|` (`idem|account|client|route|key`), so a name holding
+/// one could reach another client's records.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `name` as a client's or an account's name; the error names `key`.
+fn check_name(key: String, name: &str) -> Result<(), ConfigError> {
+    if is_name(name) {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(64).collect();
+    Err(invalid(
+        key,
+        format!("{shown:?}: expected a name of letters, digits, `.`, `_` and `-`"),
+    ))
+}
+
 fn mask_url_password<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&mask_url(url))
 }
@@ -883,9 +905,7 @@ fn resolve_accounts(
     }
     for (i, a) in list.iter().enumerate() {
         let key = format!("accounts[{i}]");
-        if a.name.is_empty() {
-            return Err(invalid(format!("{key}.name"), "expected a non-empty name"));
-        }
+        check_name(format!("{key}.name"), &a.name)?;
         if accounts.iter().any(|b| b.name == a.name) {
             return Err(invalid(
                 format!("{key}.name"),
@@ -1167,8 +1187,13 @@ fn resolve_clients(
     let mut clients: Vec<Client> = Vec::new();
     for (i, c) in list.iter().enumerate() {
         let key = format!("clients[{i}]");
-        if c.name.is_empty() {
-            return Err(invalid(format!("{key}.name"), "expected a non-empty name"));
+        check_name(format!("{key}.name"), &c.name)?;
+        // Callers without a key go by this name: records, budgets and logs would mix.
+        if c.name == crate::layers::auth::ANONYMOUS {
+            return Err(invalid(
+                format!("{key}.name"),
+                "\"anonymous\" names the callers without a key; choose another name",
+            ));
         }
         if clients.iter().any(|d| d.name == c.name) {
             return Err(invalid(

@@ -330,6 +330,13 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn keygen(name: &str) -> ExitCode {
+    // The entry it prints must check.
+    if !config::is_name(name) {
+        eprintln!(
+            "finovy-gateway: --name {name:?}: expected a name of letters, digits, `.`, `_` and `-`"
+        );
+        return ExitCode::FAILURE;
+    }
     let key = new_key();
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
     println!("# Give this key to the service {name:?}; it is shown once and stored nowhere:");

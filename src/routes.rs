@@ -6,6 +6,9 @@
 //! A request is classified once, at the edge, from its method and raw path. Only exact matches of the
 //! table are routes; a path parameter is one segment of `[A-Za-z0-9_-]`, so `..`, `//`, `%2F`,
 //! backslashes and every other way out of the table simply match nothing and are answered 404.
+//! Literals match in their own letter case only; since a configured route may not overlap another
+//! route or a reserved path in any case, a request in another case matches no route at all, even
+//! where the upstream would ignore case.
 //! The upstream host never comes from the request: the forwarded URI is the account's base URL
 //! plus the matched path.
 //!
@@ -608,16 +611,42 @@ fn template_segments(path: &str) -> Result<Vec<&str>, String> {
     Ok(segs)
 }
 
-/// Whether two templates' segments can match one path.
-fn overlaps(a: &[&str], b: &[&str]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x == y || x.starts_with('{') || y.starts_with('{'))
+/// Whether two template segments can match one path segment: a `{param}` matches any, and
+/// literals compare in any letter case (an upstream that ignores case would take
+/// `/v1/pve/open/CreateRent` for the spend route `createRent`).
+fn segment_overlaps(a: &str, b: &str) -> bool {
+    a.starts_with('{') || b.starts_with('{') || a.eq_ignore_ascii_case(b)
 }
 
-/// Paths the gateway keeps for itself or never forwards.
-const RESERVED: [&str; 2] = ["/_gateway/", "/v1/auth/"];
+/// Whether two templates' segments can match one path.
+fn overlaps(a: &[&str], b: &[&str]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| segment_overlaps(x, y))
+}
+
+/// Paths the gateway keeps for itself or never forwards, as leading segments: `/_gateway` and
+/// `/v1/auth`, and everything under them.
+const RESERVED: [&[&str]; 2] = [&["_gateway"], &["v1", "auth"]];
+
+/// The reserved prefix a template's segments can match, if any.
+fn reserved_overlap(segs: &[&str]) -> Option<&'static [&'static str]> {
+    RESERVED
+        .into_iter()
+        .find(|p| segs.len() >= p.len() && p.iter().zip(segs).all(|(x, y)| segment_overlaps(x, y)))
+}
+
+/// Whether a request's raw path is under a reserved prefix, in any letter case. The route table
+/// never matches one, whatever its routes: the config check refuses such templates, and this
+/// keeps it so should that check ever miss one.
+fn is_reserved_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    RESERVED.iter().any(|p| {
+        let mut segs = rest.split('/');
+        p.iter()
+            .all(|x| segs.next().is_some_and(|s| s.eq_ignore_ascii_case(x)))
+    })
+}
 
 impl RouteTable {
     /// The compiled routes and `configured` (the config's `[[routes]]`); a bad entry is an error
@@ -665,17 +694,26 @@ impl RouteTable {
                 }
             };
             let segs = template_segments(&c.path).map_err(|m| invalid(format!("{key}.path"), m))?;
-            if RESERVED.iter().any(|p| c.path.starts_with(p)) {
+            if let Some(p) = reserved_overlap(&segs) {
                 return Err(invalid(
                     format!("{key}.path"),
-                    format!("paths under {RESERVED:?} are never forwarded"),
+                    format!(
+                        "{:?} can match a path under /{} (in some letter case or through its \
+                         {{param}}), which is never forwarded",
+                        c.path,
+                        p.join("/")
+                    ),
                 ));
             }
             for (t, r) in &templates {
                 if overlaps(&segs, &template_segments(t).unwrap_or_default()) {
                     return Err(invalid(
                         format!("{key}.path"),
-                        format!("{:?} overlaps route {r}'s path {t:?}", c.path),
+                        format!(
+                            "{:?} overlaps route {r}'s path {t:?} (in some letter case or \
+                             through a {{param}})",
+                            c.path
+                        ),
                     ));
                 }
             }
@@ -797,8 +835,13 @@ impl RouteTable {
         self.routes.len()
     }
 
-    /// Classifies a request by method and raw (still percent-encoded) path.
+    /// Classifies a request by method and raw (still percent-encoded) path. Literal segments
+    /// match in their own case only, and a path under `/_gateway` or `/v1/auth` is no route in
+    /// any case.
     pub(crate) fn classify(&self, method: &Method, path: &str) -> Option<RouteMatch> {
+        if is_reserved_path(path) {
+            return None;
+        }
         self.routes.iter().find_map(|r| {
             if r.method() != method {
                 return None;
@@ -1176,6 +1219,70 @@ mod tests {
                 entry("billing.balance", "GET", "/_gateway/token", "read", ""),
                 "routes[0].path",
             ),
+            // Reserved paths through a {param} or in another letter case.
+            (
+                entry("billing.balance", "GET", "/{x}/token", "read", ""),
+                "routes[0].path",
+            ),
+            (
+                entry(
+                    "billing.balance",
+                    "POST",
+                    "/{x}/token/rejected",
+                    "mutation",
+                    "",
+                ),
+                "routes[0].path",
+            ),
+            (
+                entry(
+                    "billing.balance",
+                    "POST",
+                    "/v1/{x}/getToken",
+                    "mutation",
+                    "",
+                ),
+                "routes[0].path",
+            ),
+            (
+                entry(
+                    "billing.balance",
+                    "POST",
+                    "/V1/Auth/getToken",
+                    "mutation",
+                    "",
+                ),
+                "routes[0].path",
+            ),
+            (
+                entry("billing.balance", "GET", "/_GATEWAY/token", "read", ""),
+                "routes[0].path",
+            ),
+            (
+                entry("billing.balance", "GET", "/v1/{x}", "read", ""),
+                "routes[0].path",
+            ),
+            // A compiled route's path in another letter case (a spend route unprotected).
+            (
+                entry(
+                    "billing.balance",
+                    "POST",
+                    "/v1/pve/open/CreateRent",
+                    "mutation",
+                    "",
+                ),
+                "routes[0].path",
+            ),
+            (
+                entry(
+                    "billing.balance",
+                    "GET",
+                    "/V1/PVEMACHINEHARDDISK/OPEN/INFO/{x}",
+                    "read",
+                    "",
+                ),
+                "routes[0].path",
+            ),
             (
                 entry("billing.balance", "GET", ok_path, "spend", ""),
                 "routes[0].kind",
@@ -1231,6 +1338,19 @@ mod tests {
                 ),
                 "routes[1].path",
             ),
+            (
+                format!(
+                    "{BALANCE}{}",
+                    entry(
+                        "billing.other",
+                        "GET",
+                        "/v1/pve/open/Balance/{y}",
+                        "read",
+                        ""
+                    )
+                ),
+                "routes[1].path",
+            ),
         ] {
             let e = configured(&text).unwrap_err();
             let ConfigError::Invalid { key: got, .. } = &e else {
@@ -1238,6 +1358,49 @@ mod tests {
             };
             assert_eq!(got, key, "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn paths_near_reserved_ones_are_still_allowed() {
+        for path in [
+            "/v2/{x}/token",
+            "/v1/authx/{x}",
+            "/x/_gateway/{y}",
+            "/v1/pve/open/Rent",
+        ] {
+            let text = format!(
+                "[[routes]]\nname = \"billing.x\"\nmethod = \"GET\"\npath = {path:?}\nkind = \"read\"\n"
+            );
+            assert!(configured(&text).is_ok(), "{path}");
+        }
+    }
+
+    /// Were a route under a reserved path ever in a table (the config check refuses it), the
+    /// table would still match no request there, in any letter case.
+    #[test]
+    fn the_table_never_matches_a_reserved_path() {
+        let unchecked = |method, prefix, param, suffix| {
+            Route(Box::leak(Box::new(RouteSpec {
+                suffix,
+                ..spec(15, "test.unchecked", method, prefix, param, Kind::Mutation)
+            })))
+        };
+        let mut t = RouteTable::default();
+        t.routes
+            .push(unchecked(Verb::Get, "/", Some("x"), "/token"));
+        t.routes
+            .push(unchecked(Verb::Post, "/v1/", Some("x"), "/getToken"));
+        for (m, p) in [
+            (Method::GET, "/_gateway/token"),
+            (Method::GET, "/_GATEWAY/token"),
+            (Method::POST, "/v1/auth/getToken"),
+            (Method::POST, "/V1/AUTH/getToken"),
+        ] {
+            assert!(t.classify(&m, p).is_none(), "{m} {p}");
+        }
+        // The same routes elsewhere are matched: the refusal is the reserved path's.
+        assert!(t.classify(&Method::GET, "/other/token").is_some());
+        assert!(t.classify(&Method::POST, "/v1/other/getToken").is_some());
     }
 
     #[test]

@@ -52,10 +52,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
+        // The gateway's own endpoints first: no table route can stand in for them.
+        if let Some(own) = GatewayRoute::classify(req.method(), req.uri().path()) {
+            return self.own(own, req);
+        }
         let Some(matched) = self.routes.classify(req.method(), req.uri().path()) else {
-            if let Some(own) = GatewayRoute::classify(req.method(), req.uri().path()) {
-                return self.own(own, req);
-            }
             let id = RequestId::of(&req);
             let shown: String = req.uri().path().chars().take(200).collect();
             let err = GatewayError::NotFound(format!("{} {shown}", req.method()));

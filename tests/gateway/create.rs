@@ -128,6 +128,40 @@ async fn idempotency_keys_replay_refuse_a_new_body_and_separate_intents() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_idempotency_keys_are_refused_before_any_record_or_purchase() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::anonymous(&sim).await;
+    for keys in [["k-1", "k-2"], ["k-1", "k-1"]] {
+        let (status, _, body) = answer(
+            http()
+                .post(format!("{}{DISK}/create", gw.url))
+                .header("content-type", "application/json")
+                .header("Idempotency-Key", keys[0])
+                .header("Idempotency-Key", keys[1])
+                .body(DISK20),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_i64(), &body["success"]),
+            (400, Some(1007), &json!(false)),
+            "{keys:?}: {body}"
+        );
+        assert!(
+            body["msg"].as_str().unwrap().contains("Idempotency-Key"),
+            "{body}"
+        );
+    }
+    assert_eq!(sim.calls("create").await, 0, "a refused create was bought");
+    // No record was made under either key: each runs as a first request.
+    for key in ["k-1", "k-2"] {
+        let (status, h, body) = create(&gw, Some(key), None, DISK20).await;
+        assert_eq!((status, body["code"].as_i64()), (200, Some(0)), "{body}");
+        assert!(!replayed(&h), "{key}: replayed a refused request");
+    }
+    assert_eq!(sim.calls("create").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_key_in_flight_answers_409() {
     let sim = Sim::start(sim_config()).await;
     let gw = Gw::anonymous(&sim).await;

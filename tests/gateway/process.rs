@@ -346,6 +346,59 @@ fn check_config_accepts_a_good_file_and_names_the_bad_key() {
     assert!(!missing.status.success());
 }
 
+/// Record keys join names with `|`: a client named `svc|disk.create` could reach another client's
+/// idempotency records. Client and account names are letters, digits, `.`, `_` and `-`.
+#[test]
+fn check_config_refuses_names_outside_letters_digits_dot_underscore_dash() {
+    let check = |text: &str| {
+        binary()
+            .args(["check-config", "--config"])
+            .arg(temp_file("names.toml", text))
+            .env("SANDBOX_TOKEN", "sandbox-token")
+            .output()
+            .unwrap()
+    };
+    let file = |client: &str, account: &str| {
+        format!(
+            "[[accounts]]\nname = {account:?}\ntoken_env = \"SANDBOX_TOKEN\"\n{}",
+            client_entry(client, "fgw_names_key_1", &format!("account = {account:?}"))
+        )
+    };
+    let good = check(&file("svc.disk-create_1", "Sandbox.eu-1"));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    for (client, account, key) in [
+        ("svc|disk.create", "sandbox", "clients[0].name"),
+        ("svc disk", "sandbox", "clients[0].name"),
+        ("svc:1", "sandbox", "clients[0].name"),
+        ("svc\u{e9}", "sandbox", "clients[0].name"),
+        ("", "sandbox", "clients[0].name"),
+        // Callers without a key go by "anonymous".
+        ("anonymous", "sandbox", "clients[0].name"),
+        ("svc", "sand|box", "accounts[0].name"),
+        ("svc", "sand/box", "accounts[0].name"),
+    ] {
+        let out = check(&file(client, account));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{client:?} {account:?} accepted");
+        assert!(err.contains(key), "{client:?} {account:?}: {err}");
+    }
+    // keygen prints only an entry that checks.
+    let out = binary()
+        .args(["keygen", "--name", "svc|disk.create"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn keygen_prints_a_key_whose_digest_it_configures() {
     let out = binary()

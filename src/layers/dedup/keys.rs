@@ -96,10 +96,15 @@ pub(super) fn fingerprint(m: &RouteMatch, req: &Req) -> String {
 }
 
 /// The request's `Idempotency-Key`, if it sent one; the reason when it is not a usable key.
+/// Two of them are refused: which one a proxy or a retry keeps first is not the caller's intent.
 pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
-    let Some(v) = headers.get(&IDEMPOTENCY_KEY) else {
+    let mut all = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let Some(v) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err("send one Idempotency-Key header, not several".to_string());
+    }
     let key = v
         .to_str()
         .map_err(|_| "Idempotency-Key must be printable ASCII".to_string())?
@@ -177,5 +182,9 @@ mod tests {
             Ok(Some(255))
         );
         assert!(with("é".as_bytes()).is_err());
+        let mut two = HeaderMap::new();
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("k-1"));
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("k-1"));
+        assert!(idempotency_key(&two).is_err());
     }
 }
