@@ -531,3 +531,43 @@ fn the_configs_in_deploy_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The image's `HEALTHCHECK` command, from `deploy/Dockerfile`, run by bash as docker runs it.
+fn image_healthcheck(admin_port: u16) -> bool {
+    let dockerfile = std::fs::read_to_string("deploy/Dockerfile").unwrap();
+    let cmd = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .find_map(|l| l.trim().strip_prefix("CMD "))
+        .expect("a HEALTHCHECK CMD");
+    let argv: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert_eq!(&argv[..2], ["bash", "-c"]);
+    let script = argv[2].replace("/9090", &format!("/{admin_port}"));
+    assert_ne!(script, argv[2], "it asks the admin port 9090");
+    std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_healthcheck_asks_healthz_on_the_admin_port() {
+    let sim = Sim::start(sim_config()).await;
+    let mut gw = Bin::serve(
+        "",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let port: u16 = gw.admin_url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(tokio::task::block_in_place(|| image_healthcheck(port)));
+    // The data plane answers 404 to /healthz: the check must not pass there.
+    let data: u16 = gw.url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(!tokio::task::block_in_place(|| image_healthcheck(data)));
+    gw.terminate();
+    tokio::task::block_in_place(|| gw.wait_exit());
+    assert!(!tokio::task::block_in_place(|| image_healthcheck(port)));
+}
