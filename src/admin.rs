@@ -134,7 +134,12 @@ async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Respo
     }
 }
 
-/// 200 when every account holds (or can get) a valid token and the gateway is not draining.
+/// 200 when this replica can serve as well as its peers: not draining, and no account's
+/// credentials refused (nor, where required, its Redis unreachable). An upstream that is
+/// unreachable, failing or slow is an outage every replica shares: it is said in the body (and
+/// in the metrics and alerts) but keeps the replica ready, so that the Service keeps endpoints
+/// and callers get the stale entries the cache promises, or the gateway's own 502/503, rather
+/// than connection refused.
 async fn readiness(state: &AdminState) -> http::Response<Bytes> {
     if state.draining.load(Ordering::SeqCst) {
         return json(
@@ -143,6 +148,7 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
         );
     }
     let mut ready = true;
+    let mut outage = Vec::new();
     let mut accounts = serde_json::Map::new();
     for a in &state.accounts {
         let status = match a.broker.status() {
@@ -153,18 +159,34 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
             _ => match tokio::time::timeout(READY_TOKEN_WAIT, a.broker.get()).await {
                 Ok(Ok(_)) => "token obtained".to_string(),
                 Ok(Err(e)) => {
-                    ready = false;
-                    format!("no token: {e}")
+                    // A "throttled" or "none held" says nothing of why: the last failure does.
+                    let refused = e.is_refusal()
+                        || matches!(a.broker.status(), TokenStatus::Failing(last) if last.is_refusal());
+                    if refused {
+                        ready = false;
+                        format!("no token: {e}")
+                    } else {
+                        outage.push(a.name.to_string());
+                        format!("no token (upstream outage, not this replica's): {e}")
+                    }
                 }
                 Err(_) => {
-                    ready = false;
-                    "no token: getToken did not answer in time".to_string()
+                    outage.push(a.name.to_string());
+                    "no token (upstream outage, not this replica's): getToken did not answer in time"
+                        .to_string()
                 }
             },
         };
         accounts.insert(a.name.to_string(), serde_json::Value::String(status));
     }
     let mut body = serde_json::json!({"ready": ready, "accounts": accounts});
+    if !outage.is_empty() {
+        body["upstream"] = format!(
+            "no token for {}: the upstream is unreachable or failing; cached entries are served stale within stale_if_error, other requests get 502/503",
+            outage.join(", ")
+        )
+        .into();
+    }
     if let Some(fleet) = &state.fleet {
         // Without Redis the replica still serves (cache and token on its own), but creates are
         // refused unless configured otherwise, and the fleet no longer acts as one.

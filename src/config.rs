@@ -27,6 +27,8 @@ pub(crate) const ENV_UUID_FILE: &str = "FINOVY_UUID_FILE";
 pub(crate) const ENV_SECRET_FILE: &str = "FINOVY_SECRET_FILE";
 pub(crate) const ENV_TOKEN_FILE: &str = "FINOVY_TOKEN_FILE";
 pub(crate) const ENV_REDIS_URL: &str = "FGW_REDIS_URL";
+/// A file holding the Redis password (a mounted Secret), put into `[redis] url` at load.
+pub(crate) const ENV_REDIS_PASSWORD_FILE: &str = "FGW_REDIS_PASSWORD_FILE";
 
 /// Where `serve` and `check-config` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -267,6 +269,10 @@ pub struct RedisConfig {
     /// unset = the public web roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
+    /// A file holding the password of the URL's user (a mounted Secret), so that the URL itself
+    /// holds none; `FGW_REDIS_PASSWORD_FILE` wins over it. Read at start and on reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Whether `/readyz` fails while Redis does not answer. Off, a fleet whose Redis died stays
     /// in its load balancer and goes on serving reads from each replica's own state.
     pub required_for_readiness: bool,
@@ -282,6 +288,7 @@ impl fmt::Debug for RedisConfig {
             .field("lock_ttl", &self.lock_ttl)
             .field("creates_when_down", &self.creates_when_down)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("password_file", &self.password_file)
             .field("required_for_readiness", &self.required_for_readiness)
             .finish()
     }
@@ -305,6 +312,7 @@ impl Default for RedisConfig {
             lock_ttl: Duration::from_secs(10),
             creates_when_down: CreatesWhenDown::Refuse,
             tls_ca_file: None,
+            password_file: None,
             required_for_readiness: true,
         }
     }
@@ -788,8 +796,27 @@ fn resolve_redis(
     else {
         return Ok(None);
     };
-    crate::fleet::conn::check_url(&url).map_err(|e| invalid("redis.url", e))?;
     let mut cfg = file.unwrap_or_default();
+    let password_file = match env(ENV_REDIS_PASSWORD_FILE) {
+        Some(path) => Some((PathBuf::from(path), ENV_REDIS_PASSWORD_FILE)),
+        None => cfg
+            .password_file
+            .clone()
+            .map(|p| (p, "redis.password_file")),
+    };
+    let url = match password_file {
+        Some((path, key)) => {
+            let source = CredentialSource {
+                var: "",
+                file: Some(path),
+                file_key: key.to_string(),
+            };
+            let password = source.read(env)?.unwrap_or_default();
+            with_password(&url, &password).map_err(|e| invalid(key, e))?
+        }
+        None => url,
+    };
+    crate::fleet::conn::check_url(&url).map_err(|e| invalid("redis.url", e))?;
     cfg.url = url;
     if cfg.prefix.is_empty()
         || cfg
@@ -815,6 +842,34 @@ fn resolve_redis(
         return Err(invalid("redis.lock_ttl", "expected at least 100ms"));
     }
     Ok(Some(cfg))
+}
+
+/// `url` with `password` in its userinfo (after the user it names, if any), percent-encoded.
+/// A URL that holds a password already is refused: of two sources, one would silently win.
+fn with_password(url: &str, password: &str) -> Result<String, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("expected scheme://...")?;
+    if scheme == "unix" {
+        return Err("a unix:// URL takes no password file".into());
+    }
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    let (user, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(':') => {
+            return Err("[redis] url holds a password already; keep one of the two".into());
+        }
+        Some((userinfo, _)) => (userinfo, &rest[userinfo.len() + 1..]),
+        None => ("", rest),
+    };
+    let encoded: String = password
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    Ok(format!("{scheme}://{user}:{encoded}@{hosts}"))
 }
 
 /// Route names (an allow-list) as routes; an unknown name is an error naming `key`.
@@ -1400,6 +1455,58 @@ mod tests {
             }
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_redis_password_file_goes_into_the_url_and_never_out() {
+        let dir = std::env::temp_dir().join(format!("fgw-redis-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let temp = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let pw = temp("redis-pw", "p@ss/w:rd%1\n");
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[redis]\nurl = \"rediss://gateway@r:6380/0\"\npassword_file = {:?}\n",
+            pw.display()
+        );
+        let file = FileConfig::parse(&toml, Path::new("t.toml")).unwrap();
+        let s = Settings::resolve(file, &Overrides::default(), &|_: &str| None).unwrap();
+        let r = s.redis.as_ref().unwrap();
+        assert_eq!(r.url, "rediss://gateway:p%40ss%2Fw%3Ard%251@r:6380/0");
+        assert!(!format!("{r:?}").contains("p%40ss"));
+        assert!(
+            !s.to_masked_toml().contains("p%40ss"),
+            "{}",
+            s.to_masked_toml()
+        );
+        // The environment's file wins, and goes after any URL's host list.
+        let other = temp("redis-pw2", "other");
+        let env = |k: &str| match k {
+            "FGW_REDIS_PASSWORD_FILE" => Some(other.display().to_string()),
+            "FGW_REDIS_URL" => Some("redis+sentinel://s1:26379,s2:26379/mymaster".into()),
+            _ => None,
+        };
+        let file = FileConfig::parse(&toml, Path::new("t.toml")).unwrap();
+        let s = Settings::resolve(file, &Overrides::default(), &env).unwrap();
+        assert_eq!(
+            s.redis.unwrap().url,
+            "redis+sentinel://:other@s1:26379,s2:26379/mymaster"
+        );
+        // A password in the URL as well, or an empty file: an error naming the key.
+        for (url, file_text) in [("redis://u:x@r:6379", "pw"), ("redis://r:6379", "\n")] {
+            let pw = temp("redis-pw3", file_text);
+            let toml = format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n[redis]\nurl = {url:?}\npassword_file = {:?}\n",
+                pw.display()
+            );
+            let file = FileConfig::parse(&toml, Path::new("t.toml")).unwrap();
+            let e = Settings::resolve(file, &Overrides::default(), &|_: &str| None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("redis.password_file"), "{e}");
+        }
     }
 
     #[test]

@@ -66,6 +66,20 @@ pub(crate) enum TokenError {
     Refused { code: Option<i64> },
 }
 
+impl TokenError {
+    /// Whether no token is held because of this replica's own settings: the upstream refused
+    /// its credentials (a refusal code, not its `500`/`503` of a failure), or the request could
+    /// not be built from them. Otherwise the upstream is unreachable, failing, slow or throttled,
+    /// an outage every replica meets alike (`/readyz` tells the two apart).
+    pub(crate) fn is_refusal(&self) -> bool {
+        match self {
+            TokenError::Refused { code } => !matches!(code, None | Some(0 | 500 | 503)),
+            TokenError::BadRequest(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What a flight of the broker is for: a token now ([`TokenBroker::get`]), or the planned refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Need {
@@ -136,11 +150,14 @@ impl Source {
 }
 
 /// What `/readyz` and the metrics report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) enum TokenStatus {
     Fixed,
-    Held { expires_in: Duration },
-    Failing(String),
+    Held {
+        expires_in: Duration,
+    },
+    /// The last `getToken` failed, for this reason ([`TokenError::is_refusal`] tells whose).
+    Failing(TokenError),
     None,
 }
 
@@ -337,7 +354,7 @@ impl TokenBroker {
             (Some(h), _) if h.expires_at > now => TokenStatus::Held {
                 expires_in: h.expires_at - now,
             },
-            (_, Some((e, _))) => TokenStatus::Failing(e.to_string()),
+            (_, Some((e, _))) => TokenStatus::Failing(e.clone()),
             _ => TokenStatus::None,
         }
     }

@@ -23,6 +23,7 @@ mod process;
 mod promises;
 mod properties;
 mod query;
+mod readiness;
 mod record_bounds;
 mod redis_harness;
 mod redis_reset;

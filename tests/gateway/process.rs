@@ -521,43 +521,106 @@ async fn a_cached_host_password_never_reaches_a_log_line() {
     assert_eq!(sim.calls("one").await, 1);
 }
 
-#[test]
-fn the_kubernetes_configmap_holds_a_valid_config() {
-    let manifest = std::fs::read_to_string("deploy/k8s/configmap.yaml").unwrap();
-    let block: String = manifest
-        .split("gateway.toml: |\n")
-        .nth(1)
-        .expect("the configmap carries gateway.toml")
-        .lines()
-        .map(|l| l.strip_prefix("    ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n");
-    // The placeholder is meant to fail until an operator puts a real digest in.
-    let placeholder = binary()
-        .args(["check-config", "--config"])
-        .arg(temp_file("cm.toml", &block))
-        .output()
-        .unwrap();
-    assert!(!placeholder.status.success());
-    assert!(String::from_utf8_lossy(&placeholder.stderr).contains("clients[0].key_sha256"));
-    let filled = block.replace(
-        "REPLACE-with-the-64-hex-digest-from-keygen",
-        &"ab".repeat(32),
-    );
-    let out = binary()
-        .args(["check-config", "--config"])
-        .arg(temp_file("cm.toml", &filled))
+/// Runs `check-config` on `path` with the demo credentials and `env`; its output.
+fn check_config(path: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = binary();
+    cmd.args(["check-config", "--config"])
+        .arg(path)
         .env("FINOVY_UUID", "u")
-        .env("FINOVY_SECRET", "s")
-        .output()
-        .unwrap();
+        .env("FINOVY_SECRET", "s");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_configs_in_deploy_are_valid() {
+    // The Kubernetes configs (base and fleet overlay), once an operator put a client's digest in.
+    let password = temp_file("redis-password", "pw\n");
+    let password = password.to_str().unwrap();
+    for path in [
+        "deploy/k8s/base/gateway.toml",
+        "deploy/k8s/overlays/fleet/gateway.toml",
+    ] {
+        let text = std::fs::read_to_string(path).unwrap();
+        // The placeholder is meant to fail until an operator puts a real digest in.
+        let placeholder = check_config(
+            &temp_file("k8s.toml", &text),
+            &[("FGW_REDIS_PASSWORD_FILE", password)],
+        );
+        assert!(!placeholder.status.success(), "{path}");
+        let err = String::from_utf8_lossy(&placeholder.stderr);
+        assert!(err.contains("clients[0].key_sha256"), "{path}: {err}");
+        let filled = text.replace(
+            "REPLACE-with-the-64-hex-digest-from-keygen",
+            &"ab".repeat(32),
+        );
+        // The Secret's file stands in for the mounted one (the variable wins over the key).
+        let out = check_config(
+            &temp_file("k8s.toml", &filled),
+            &[("FGW_REDIS_PASSWORD_FILE", password)],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !stdout.contains("serve would refuse"),
+            "{path}: a config that serves"
+        );
+        assert!(
+            !stdout.contains(":pw@"),
+            "{path}: the password is masked: {stdout}"
+        );
+    }
+    // The compose fleet's, as it is (its demo client key is published on purpose).
+    let out = check_config(std::path::Path::new("deploy/fleet.toml"), &[]);
     assert!(
         out.status.success(),
-        "{}",
+        "deploy/fleet.toml: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("serve would refuse"),
-        "a config that serves"
+}
+
+/// The image's `HEALTHCHECK` command, from `deploy/Dockerfile`, run by bash as docker runs it.
+fn image_healthcheck(admin_port: u16) -> bool {
+    let dockerfile = std::fs::read_to_string("deploy/Dockerfile").unwrap();
+    let cmd = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .find_map(|l| l.trim().strip_prefix("CMD "))
+        .expect("a HEALTHCHECK CMD");
+    let argv: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert_eq!(&argv[..2], ["bash", "-c"]);
+    let script = argv[2].replace("/9090", &format!("/{admin_port}"));
+    assert_ne!(script, argv[2], "it asks the admin port 9090");
+    std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_healthcheck_asks_healthz_on_the_admin_port() {
+    let sim = Sim::start(sim_config()).await;
+    let mut gw = Bin::serve(
+        "",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
     );
+    let port: u16 = gw.admin_url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(tokio::task::block_in_place(|| image_healthcheck(port)));
+    // The data plane answers 404 to /healthz: the check must not pass there.
+    let data: u16 = gw.url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(!tokio::task::block_in_place(|| image_healthcheck(data)));
+    gw.terminate();
+    tokio::task::block_in_place(|| gw.wait_exit());
+    assert!(!tokio::task::block_in_place(|| image_healthcheck(port)));
 }

@@ -511,3 +511,36 @@ async fn redis_over_tls_works_through_a_rediss_url() {
     assert_eq!(status, 200, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_comes_from_a_file_and_a_wrong_one_is_refused() {
+    let sim = Sim::start(sim_config()).await;
+    // A user with a password, beside the open default user the harness itself uses.
+    let redis = RedisServer::start_with_args(&[
+        "--user",
+        "gateway",
+        "on",
+        ">s3cret-pw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let url = format!("redis://gateway@127.0.0.1:{}", redis.port());
+    for (password, right) in [("s3cret-pw\n", true), ("wrong-pw-77", false)] {
+        let file = temp_file("redis-password", password);
+        let toml = format!(
+            "[redis]\nurl = \"{url}\"\npassword_file = \"{}\"\ntimeout = \"1s\"\n",
+            file.display()
+        );
+        let gw = Gw::start(&toml, &sim.url, demo_env()).await;
+        let (status, ready) = readyz(&gw.admin_url).await;
+        if right {
+            assert_eq!((status, &ready["redis"]), (200, &json!("ok")), "{ready}");
+        } else {
+            assert_eq!(status, 503, "{ready}");
+            let redis = ready["redis"].as_str().unwrap();
+            assert!(redis.starts_with("down"), "{ready}");
+            assert!(!redis.contains("wrong-pw-77"), "{ready}");
+        }
+    }
+}
