@@ -24,6 +24,7 @@ mod promises;
 mod properties;
 mod query;
 mod record_bounds;
+mod redis_eviction;
 mod redis_harness;
 mod redis_reset;
 mod reload;
