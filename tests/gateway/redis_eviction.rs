@@ -85,12 +85,9 @@ async fn a_record_evicted_under_another_tenants_load_never_buys_twice() {
     let (status, _, first) = create(&gw.url, Some(&key), DISK20).await;
     assert_eq!((status, first["code"].as_i64()), (200, Some(0)), "{first}");
     let disk = first["data"].as_str().unwrap().to_string();
-    assert_eq!(
-        metric_opt(&metrics_at(&gw.admin_url).await, GAUGE, &[]),
-        Some(0.0)
-    );
-    let (_, ready) = readyz(&gw.admin_url).await;
-    assert!(ready.get("redis_eviction").is_none(), "{ready}");
+    // Checked below, after the purchases are counted.
+    let gauge_before = metric_opt(&metrics_at(&gw.admin_url).await, GAUGE, &[]);
+    let (_, ready_before) = readyz(&gw.admin_url).await;
 
     let records = redis.keys(&format!("{PREFIX}rec:idem*")).await;
     assert_eq!(records.len(), 1, "{records:?}");
@@ -106,6 +103,11 @@ async fn a_record_evicted_under_another_tenants_load_never_buys_twice() {
             .unwrap()
     };
     config_set(&redis, "maxmemory-policy", "volatile-ttl").await;
+    // Refused at once, before the next periodic check: the begin script reads the policy too.
+    assert_refused(
+        &create(&gw.url, Some(&fresh_key()), DISK20).await,
+        "volatile-ttl",
+    );
     config_set(&redis, "maxmemory", &(used + 512 * 1024).to_string()).await;
     let filler = "x".repeat(16 * 1024);
     let mut n = 0;
@@ -122,8 +124,13 @@ async fn a_record_evicted_under_another_tenants_load_never_buys_twice() {
     let retry = create(&gw.url, Some(&key), DISK20).await;
     let second_purchases = sim.calls("create").await - 1;
     eprintln!("second purchases after eviction ({n} filler keys): {second_purchases}");
-    assert_refused(&retry, "volatile-ttl");
     assert_eq!(second_purchases, 0);
+    assert_refused(&retry, "volatile-ttl");
+    assert_eq!(gauge_before, Some(0.0), "safe under noeviction");
+    assert!(
+        ready_before.get("redis_eviction").is_none(),
+        "{ready_before}"
+    );
     // Key-less creates too; nothing counts as a loss of data.
     assert_refused(&create(&gw.url, None, DISK20).await, "volatile-ttl");
     assert_eq!(sim.calls("create").await, 1);
