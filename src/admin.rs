@@ -215,6 +215,10 @@ async fn readiness(state: &AdminState) -> http::Response<Bytes> {
         if let Some(note) = fleet.reset_note() {
             body["redis_reset"] = note.into();
         }
+        // So is an eviction policy that could drop records: reads and the token are unaffected.
+        if let Some(note) = fleet.eviction.note() {
+            body["redis_eviction"] = note.into();
+        }
     }
     let status = if ready {
         StatusCode::OK

@@ -276,6 +276,9 @@ pub struct RedisConfig {
     /// Whether `/readyz` fails while Redis does not answer. Off, a fleet whose Redis died stays
     /// in its load balancer and goes on serving reads from each replica's own state.
     pub required_for_readiness: bool,
+    /// Whether creates go on while Redis's `maxmemory-policy` could evict records (anything but
+    /// `noeviction`). Off, they are refused: an evicted record makes its retry a new purchase.
+    pub allow_eviction_policy: bool,
 }
 
 /// The URL may hold a password: `Debug` shows it masked, as `check-config` does.
@@ -290,6 +293,7 @@ impl fmt::Debug for RedisConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("password_file", &self.password_file)
             .field("required_for_readiness", &self.required_for_readiness)
+            .field("allow_eviction_policy", &self.allow_eviction_policy)
             .finish()
     }
 }
@@ -314,6 +318,7 @@ impl Default for RedisConfig {
             tls_ca_file: None,
             password_file: None,
             required_for_readiness: true,
+            allow_eviction_policy: false,
         }
     }
 }

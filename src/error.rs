@@ -181,6 +181,12 @@ pub(crate) enum GatewayError {
         retry_after: u64,
     },
     #[error(
+        "the gateway's shared store (Redis) runs with maxmemory-policy {policy}, which may evict idempotency \
+         records, so a retry of this {route} could buy again: nothing was sent upstream. Redis's \
+         maxmemory-policy must be noeviction (operators: see the gateway's /readyz)"
+    )]
+    MayEvict { route: &'static str, policy: String },
+    #[error(
         "the upstream did not answer after {route} was sent: the purchase may exist. Do not create again: \
          {}, and the gateway will find it or, if it was not made, make it",
         if *keyed { "retry with the same Idempotency-Key" } else { "retry the same request" }
@@ -237,7 +243,9 @@ impl GatewayError {
             E::Overloaded | E::NoToken(_) | E::SharedStateDown(_) | E::ClientOverloaded(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 503)
             }
-            E::RecordsLost { .. } | E::SearchFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, 1005),
+            E::RecordsLost { .. } | E::MayEvict { .. } | E::SearchFailed(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 1005)
+            }
             E::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, 1005),
         }
     }
@@ -414,6 +422,13 @@ mod tests {
                     retry_after: 1,
                 },
                 "just after Redis lost its data",
+            ),
+            (
+                E::MayEvict {
+                    route: "disk.create",
+                    policy: "allkeys-lru".into(),
+                },
+                "`maxmemory-policy` could evict records",
             ),
             (
                 E::OutcomeUnknown {

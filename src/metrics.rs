@@ -26,6 +26,8 @@ pub struct Metrics {
     pub(crate) redis_errors: IntCounterVec,
     /// Times Redis was found without its data (the fleet marker gone).
     pub(crate) redis_resets: IntCounter,
+    /// 1 while Redis's `maxmemory-policy` could evict records (anything but `noeviction`).
+    pub(crate) redis_eviction_unsafe: IntGauge,
     pub(crate) invalidation_lag: Histogram,
     pub(crate) build_info: IntGaugeVec,
     /// Upstream tokens leased to clients (`/_gateway/token`), by client.
@@ -149,6 +151,12 @@ impl Metrics {
                     .expect("registered once");
                 c
             },
+            redis_eviction_unsafe: gauge(
+                "finovy_gateway_redis_eviction_unsafe",
+                "1 while Redis's maxmemory-policy could evict idempotency records (anything but \
+                 noeviction, or unreadable): creates are refused unless [redis] \
+                 allow_eviction_policy = true.",
+            ),
             invalidation_lag: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(

@@ -284,6 +284,12 @@ impl Connector {
         }
     }
 
+    /// A Redis Cluster: keys of different slots live on different nodes, and no script may touch
+    /// two of them.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster { .. })
+    }
+
     /// Counts the primary's moves (Sentinel), so that a subscription can follow them.
     pub(crate) fn moved(&self) -> tokio::sync::watch::Receiver<u64> {
         self.moved.subscribe()

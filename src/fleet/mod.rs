@@ -14,7 +14,10 @@
 //! read before the first create after every (re)connect and every second; when it is gone, or
 //! another replica wrote a new one, the data is gone, and for a grace window (the longest a
 //! create's outcome can stay open) creates that find no record are refused, since they may be
-//! retries of creates whose records were lost.
+//! retries of creates whose records were lost. The script that begins a record reads the marker
+//! in the same round trip, so a create that follows a loss by less than a second is refused too.
+//! `eviction` reads Redis's eviction policy with each check: one that could drop records by itself
+//! refuses creates as well.
 //!
 //! Every command runs under `[redis] timeout`, so a dead Redis costs a request that long at most.
 //! The connection reconnects by itself; until it does, each part falls back as README.md's
@@ -23,6 +26,7 @@
 pub(crate) mod cache;
 pub(crate) mod codec;
 pub(crate) mod conn;
+pub(crate) mod eviction;
 pub(crate) mod ledger;
 pub(crate) mod limiter;
 pub mod records;
@@ -96,6 +100,8 @@ pub struct Fleet {
     checking: tokio::sync::Mutex<()>,
     /// The marker's script, hashed once rather than at every check.
     marker_script: redis::Script,
+    /// Redis's `maxmemory-policy`, read with every marker check.
+    pub(crate) eviction: eviction::Eviction,
 }
 
 #[derive(Default)]
@@ -154,7 +160,6 @@ impl Fleet {
             lock_ttl: cfg.lock_ttl,
             creates_when_down: cfg.creates_when_down,
             required_for_readiness: cfg.required_for_readiness,
-            metrics,
             last_error: Mutex::new(None),
             resting_until: Mutex::new(None),
             marker: Mutex::new(Marker::default()),
@@ -162,6 +167,11 @@ impl Fleet {
             reset_grace_ms: AtomicU64::new(0),
             checking: tokio::sync::Mutex::new(()),
             marker_script: redis::Script::new(MARKER),
+            eviction: eviction::Eviction::new(
+                cfg.allow_eviction_policy,
+                metrics.redis_eviction_unsafe.clone(),
+            ),
+            metrics,
         }))
     }
 
@@ -228,20 +238,57 @@ impl Fleet {
         self.check_marker().await
     }
 
-    /// Reads the fleet marker (writing one when there is none). Gone, or replaced by another
-    /// replica, though this replica saw one: Redis lost its data.
+    /// The fleet marker's key.
+    pub(crate) fn marker_key(&self) -> String {
+        self.key(&["fleet-marker"])
+    }
+
+    /// The fleet marker as this replica last read it; empty before the first read.
+    pub(crate) fn marker_seen(&self) -> String {
+        let m = self.marker.lock().expect("fleet marker");
+        m.seen.clone().unwrap_or_default()
+    }
+
+    /// A Redis Cluster: the marker and a record live in different slots, so no one script reads
+    /// both.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.connector.is_cluster()
+    }
+
+    /// Reads the fleet marker (writing one when there is none), and Redis's eviction policy. The
+    /// marker gone, or replaced by another replica, though this replica saw one: Redis lost its
+    /// data.
     pub(crate) async fn check_marker(&self) -> Result<(), StoreError> {
         let _one = self.checking.lock().await;
-        let key = self.key(&["fleet-marker"]);
+        let key = self.marker_key();
         let fresh = fence();
         let mut inv = self.marker_script.key(&key);
         inv.arg(&fresh).arg(px(MARKER_TTL));
-        let (value, found): (String, i64) = self
-            .run(
-                "marker",
-                |mut c| async move { inv.invoke_async(&mut c).await },
-            )
+        let ((value, found), info): ((String, i64), _) = self
+            .run("marker", |mut c| async move {
+                let marker = inv.invoke_async(&mut c).await?;
+                // A Redis that refuses INFO (renamed, not allowed to this user) is no failure of
+                // Redis: the policy is then unknown, which refuses creates like an evicting one.
+                let info = match redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async::<redis::Value>(&mut c)
+                    .await
+                {
+                    Ok(info) => info,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                        ) =>
+                    {
+                        redis::Value::Nil
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok((marker, info))
+            })
             .await?;
+        self.eviction.saw(&eviction::policy_of(&info));
         let lost = {
             let mut m = self.marker.lock().expect("fleet marker");
             let lost = m.seen.as_ref().is_some_and(|s| *s != value);

@@ -2,6 +2,12 @@
 //! retry landing on another replica finds what the first attempt did. `begin` is atomic (a script:
 //! read, or write if absent), and every record expires with its TTL.
 //!
+//! A record found absent is written only where its absence proves that none was there: the same
+//! script reads the fleet marker (gone or changed: Redis lost its data, perhaps a moment ago, and
+//! the loss is handled as the marker check handles it) and Redis's eviction policy (one that may
+//! drop records refuses). In a Redis Cluster the marker lives in another slot than the record, so
+//! it is read just before the script instead.
+//!
 //! The executing replica renews an in-flight record's lease (a script that rewrites it only while
 //! it is still that same in-flight record), and each client's live records are counted in a
 //! sorted set per client (member: the record's key, score: its expiry), pruned on every create.
@@ -14,16 +20,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fleet::codec::{decode_record, encode_record};
-use crate::fleet::{Fleet, now_ms, px};
+use crate::fleet::{Fleet, StoreError, now_ms, px};
 use crate::protect::records::{Begin, Hold, MemoryRecords, Record, RecordStore, Stored, marker};
 use crate::svc::BoxFuture;
 
-/// Returns the existing value, or writes `ARGV[1]` with a `PX` of `ARGV[2]` and returns nothing.
+/// `{'found', value}` for an existing record. Otherwise, unless `ARGV[4]` is `1` (eviction
+/// allowed), `{'may-evict', policy}` while `maxmemory-policy` is not `noeviction`; `{'lost'}`
+/// when the fleet marker (`KEYS[2]`, absent in a cluster) is not `ARGV[3]`, the value this replica
+/// knows; else writes `ARGV[1]` with a `PX` of `ARGV[2]`: `{'started'}`.
 const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v then return v end
+if v then return {'found', v} end
+if ARGV[4] ~= '1' then
+  local info = redis.pcall('INFO', 'memory')
+  local policy = type(info) == 'string' and string.match(info, 'maxmemory_policy:(%S+)') or 'unknown'
+  if policy ~= 'noeviction' then return {'may-evict', policy} end
+end
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then return {'lost', false} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+return {'started', false}
 ";
 
 /// Writes `ARGV[1]` (a renewed in-flight record) with a `PX` of `ARGV[2]` only if the stored
@@ -110,31 +125,80 @@ impl RedisRecords {
     }
 }
 
-impl RecordStore for RedisRecords {
-    fn begin(&self, key: &str, record: Record) -> BoxFuture<Stored<Begin>> {
-        let (rkey, key) = (self.key(key), key.to_string());
-        let value = encode_record(&record);
-        let this = self.0.clone();
-        Box::pin(async move {
-            let mut inv = this.begin.key(&rkey);
-            inv.arg(value).arg(px(record.ttl));
-            let found: Result<Option<Vec<u8>>, _> = this
-                .fleet
+impl Inner {
+    /// [`RecordStore::begin`] on Redis.
+    async fn begin(&self, rkey: &str, record: &Record) -> Stored<Begin> {
+        let fleet = &self.fleet;
+        let cluster = fleet.is_cluster();
+        let value = encode_record(record);
+        // At most one loss noticed per begin: a replica that had not read the marker yet reads
+        // it and begins again; a second change within one begin is an answer Redis never gives.
+        for _ in 0..2 {
+            if cluster {
+                fleet.check_marker().await?;
+                if let Some(left) = fleet.refusing_new_creates() {
+                    return Ok(Begin::Lost(left));
+                }
+            }
+            let mut inv = self.begin.key(rkey);
+            if !cluster {
+                inv.key(fleet.marker_key());
+            }
+            inv.arg(&value)
+                .arg(px(record.ttl))
+                .arg(fleet.marker_seen())
+                .arg(u8::from(fleet.eviction.allowed()));
+            let (what, found): (String, Option<Vec<u8>>) = fleet
                 .run("record_begin", |mut c| async move {
                     inv.invoke_async(&mut c).await
                 })
-                .await;
-            // An undecodable record (another version) is kept, never overwritten: a purchase may
-            // stand behind it.
-            let found = found.map(|found| match found {
-                None => Begin::Started,
-                Some(b) => decode_record(&b).map_or(
-                    Begin::Exists(marker(&record.fingerprint, record.ttl)),
-                    Begin::Exists,
-                ),
-            });
+                .await?;
+            match (what.as_str(), found) {
+                ("started", _) => return Ok(Begin::Started),
+                // An undecodable record (another version) is kept, never overwritten: a purchase
+                // may stand behind it.
+                ("found", Some(b)) => {
+                    return Ok(decode_record(&b).map_or(
+                        Begin::Exists(marker(&record.fingerprint, record.ttl)),
+                        Begin::Exists,
+                    ));
+                }
+                ("may-evict", Some(policy)) => {
+                    let policy = String::from_utf8_lossy(&policy).into_owned();
+                    fleet.eviction.saw(&policy);
+                    return Ok(Begin::MayEvict(policy));
+                }
+                // The marker is gone or changed: noticed here as every second, and unless this
+                // replica only now read it for the first time, a loss within the grace window.
+                ("lost", _) => {
+                    fleet.check_marker().await?;
+                    if let Some(left) = fleet.refusing_new_creates() {
+                        return Ok(Begin::Lost(left));
+                    }
+                }
+                (other, _) => {
+                    return Err(StoreError::Unexpected(format!("record begin: {other}")));
+                }
+            }
+        }
+        Err(StoreError::Unexpected(
+            "record begin: the fleet marker changed twice".into(),
+        ))
+    }
+}
+
+impl RecordStore for RedisRecords {
+    fn begin(&self, key: &str, record: Record) -> BoxFuture<Stored<Begin>> {
+        let (rkey, key) = (self.key(key), key.to_string());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let found = this.begin(&rkey, &record).await;
             or_local(found, &this.local, |l| l.begin(&key, record)).await
         })
+    }
+
+    fn may_evict(&self) -> Option<String> {
+        self.0.fleet.eviction.refusing()
     }
 
     fn get(&self, key: &str) -> BoxFuture<Stored<Option<Record>>> {

@@ -116,6 +116,13 @@ pub enum Begin {
     Started,
     /// A record exists; the caller answers from it.
     Exists(Record),
+    /// None exists, and none was written: the store lost its data a moment ago (Redis found
+    /// without the fleet marker), so the record may have been there; creates that find no record
+    /// are refused for this long still.
+    Lost(Duration),
+    /// None exists, and none was written: the store may drop records by itself (Redis's
+    /// `maxmemory-policy`, named here), so the record may have been there.
+    MayEvict(String),
 }
 
 /// The outcome of [`RecordStore::hold`].
@@ -132,7 +139,8 @@ pub enum Hold {
 pub(crate) type Stored<T> = Result<T, StoreError>;
 
 pub trait RecordStore: Send + Sync + 'static {
-    /// Writes `record` (in flight, started now) for `key` unless one exists, atomically.
+    /// Writes `record` (in flight, started now) for `key` unless one exists, atomically; unless
+    /// the store cannot vouch that none existed ([`Begin::Lost`], [`Begin::MayEvict`]).
     fn begin(&self, key: &str, record: Record) -> BoxFuture<Stored<Begin>>;
     fn get(&self, key: &str) -> BoxFuture<Stored<Option<Record>>>;
     fn set(&self, key: &str, record: Record) -> BoxFuture<Stored<()>>;
@@ -153,6 +161,11 @@ pub trait RecordStore: Send + Sync + 'static {
     /// that find no record are still refused, since they may be retries of lost ones.
     fn lost_data(&self) -> BoxFuture<Stored<Option<Duration>>> {
         Box::pin(std::future::ready(Ok(None)))
+    }
+    /// While the shared store may drop records by itself (Redis's `maxmemory-policy`, named):
+    /// creates are refused, since a retry whose record was dropped would buy again.
+    fn may_evict(&self) -> Option<String> {
+        None
     }
 }
 

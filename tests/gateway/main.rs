@@ -25,6 +25,7 @@ mod properties;
 mod query;
 mod readiness;
 mod record_bounds;
+mod redis_eviction;
 mod redis_harness;
 mod redis_reset;
 mod reload;

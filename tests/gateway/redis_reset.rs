@@ -252,3 +252,46 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
     assert_eq!(sim.calls("create").await, 2);
     assert_eq!(resets(&gw).await, 1);
 }
+
+/// The marker is read every second, but the script that begins a record reads it too: a retry
+/// sent at once after a FLUSHALL, before any check ran, is refused like one sent later, on the
+/// replica that made the purchase and on another, keyed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_at_once_after_a_flushall_never_buys_twice() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let [a, b] = replicas::<2>(&config(&redis), &sim.url, demo_env()).await;
+    let key = fresh_key();
+    let keyless = r#"{"area":0,"memory":22,"isMount":0}"#;
+    for body in [DISK20, keyless] {
+        let k = (body == DISK20).then_some(key.as_str());
+        let (status, _, made) = create(&a, k, body).await;
+        assert_eq!((status, made["code"].as_i64()), (200, Some(0)), "{made}");
+    }
+    assert_eq!(sim.calls("create").await, 2);
+
+    assert_eq!(
+        redis.command(&["FLUSHALL"]).await,
+        crate::redis_harness::Resp::Simple("OK".into())
+    );
+    // No wait for the marker check: each retry goes out as soon as the FLUSHALL is answered.
+    let retries = [
+        create(&b, Some(&key), DISK20).await,
+        create(&a, Some(&key), DISK20).await,
+        create(&a, None, keyless).await,
+        create(&b, None, keyless).await,
+    ];
+    let second_purchases = sim.calls("create").await - 2;
+    eprintln!("second purchases right after FLUSHALL (of 4 retries): {second_purchases}");
+    assert_eq!(second_purchases, 0);
+    retries.iter().for_each(assert_refused);
+    // The begin that found the marker gone counted the loss, as the check would have.
+    for gw in [&a, &b] {
+        assert_eq!(resets(gw).await, 1);
+    }
+    assert_eq!(
+        redis.keys(&format!("{PREFIX}rec:*")).await,
+        Vec::<String>::new(),
+        "no record made"
+    );
+}

@@ -381,13 +381,29 @@ impl Ctx {
         )
     }
 
-    /// After a loss of Redis's data: how long creates that find no record are still refused.
+    /// After a loss of Redis's data: how long creates that find no record are still refused. A
+    /// store that may evict records refuses every create.
     async fn lost_data(&self) -> Result<Option<Duration>, Resp> {
-        self.shared
-            .records
-            .lost_data()
-            .await
-            .map_err(|_| self.records_down())
+        let records = &self.shared.records;
+        let lost = records.lost_data().await.map_err(|_| self.records_down())?;
+        if let Some(policy) = records.may_evict() {
+            return Err(self.unvouched(&Begin::MayEvict(policy)));
+        }
+        Ok(lost)
+    }
+
+    /// The refusal of a create whose record's absence proves nothing ([`Begin::Lost`],
+    /// [`Begin::MayEvict`]): it may be the retry of a purchase whose record is gone.
+    fn unvouched(&self, begun: &Begin) -> Resp {
+        let err = match begun {
+            Begin::Lost(left) => records_lost(self.route, *left),
+            Begin::MayEvict(policy) => GatewayError::MayEvict {
+                route: self.route.as_str(),
+                policy: policy.clone(),
+            },
+            Begin::Started | Begin::Exists(_) => return self.records_down(),
+        };
+        refusal(err, self.id())
     }
 
     async fn keyed<S>(
@@ -423,6 +439,9 @@ impl Ctx {
             Err(_) => return self.records_down(),
             Ok(Begin::Started) => None,
             Ok(Begin::Exists(r)) => Some(r),
+            Ok(unvouched @ (Begin::Lost(_) | Begin::MayEvict(_))) => {
+                return self.unvouched(&unvouched);
+            }
         };
         if record.is_none() {
             let max = self.settings.max_records_per_client;
@@ -597,6 +616,10 @@ impl Ctx {
                 return Settled::Answer(err.into_response(self.id()));
             }
             Ok(Begin::Started) => {}
+            // A settlement may make the create again.
+            Ok(unvouched @ (Begin::Lost(_) | Begin::MayEvict(_))) => {
+                return Settled::Answer(self.unvouched(&unvouched));
+            }
         }
         let settled = self.settle_locked(inner, req, unknown).await;
         let _ = self.shared.records.remove(guard.as_str()).await;
@@ -743,6 +766,10 @@ impl Ctx {
                     return Reconciled::Found(reconcile::found(&disk, self.id()));
                 }
                 Ok(Begin::Exists(_)) => {}
+                // The disk's claim may be gone with it: it may belong to another purchase.
+                Ok(unvouched @ (Begin::Lost(_) | Begin::MayEvict(_))) => {
+                    return Reconciled::Refused(self.unvouched(&unvouched));
+                }
                 Err(_) => return Reconciled::Refused(self.records_down()),
             }
         }

@@ -73,13 +73,17 @@ pub(super) async fn record_outcome(
     if route.settles_by_disk_list()
         && let Some(disk) = created_disk(&outcome.answer)
     {
-        claimed = records
-            .begin(
-                RecordKey::claim(account, &disk).as_str(),
-                marker("claimed", keep.unknown_ttl),
-            )
-            .await
-            .is_ok();
+        let claim = RecordKey::claim(account, &disk);
+        let mark = marker("claimed", keep.unknown_ttl);
+        claimed = match records.begin(claim.as_str(), mark.clone()).await {
+            Ok(Begin::Started | Begin::Exists(_)) => true,
+            // The store would not vouch for an absent claim, but this disk was just bought: it is
+            // claimed all the same.
+            Ok(Begin::Lost(_) | Begin::MayEvict(_)) => {
+                records.set(claim.as_str(), mark).await.is_ok()
+            }
+            Err(_) => false,
+        };
     }
     let record = |state, ttl| Record {
         fingerprint: keep.fingerprint.clone(),
@@ -208,6 +212,10 @@ impl Claim {
                     }
                 }
                 Ok(Begin::Exists(record)) => record,
+                Ok(Begin::Lost(left)) => return Claimed::Refused(records_lost(self.route, left)),
+                Ok(Begin::MayEvict(policy)) => {
+                    return Claimed::Refused(GatewayError::MayEvict { route, policy });
+                }
             };
             match found.settled_state(self.max_age, now_ms()) {
                 State::Done(answer) => return Claimed::Replay(answer),
