@@ -12,7 +12,8 @@ use finovy_gateway::tls::{ServerTls, TlsFiles};
 use serde_json::Value;
 
 use super::harness::{
-    Gw, Sim, client_entry, demo_env, eventually, http, send_json, sim_config, temp_file,
+    DISK, FAST_CREATES, Gw, Sim, client_entry, demo_env, eventually, http, send_json, sim_config,
+    temp_file,
 };
 use super::tls::TestCa;
 
@@ -287,6 +288,76 @@ async fn an_account_has_its_own_proxy() {
     assert!(status >= 500, "{status} {body}");
     assert_eq!(send_json(get("prod-key")).await.0, 200);
     assert_eq!(sim.calls("image").await, 3);
+}
+
+/// A peer that accepts connections and never says a word: a TLS front that never answers the
+/// ClientHello, a proxy that never answers the CONNECT.
+async fn silent_peer() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A stalled TLS handshake or CONNECT is a connection that was never made: nothing was sent, so
+/// the create is 502 (code 503) within `connect_timeout`, not "the purchase may exist"; its
+/// record is released (a retry with the same key, or without one, is tried again, not refused)
+/// and its spending admission is given back (a cap of one create a day never refuses the retries).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_never_answers_the_handshake_or_the_connect_means_nothing_was_sent() {
+    let silent = silent_peer().await;
+    let policy = format!(
+        "connect_timeout = \"300ms\"\ntimeout = \"5s\"\n{FAST_CREATES}\
+         [create.budget.account]\ncreates_per_day = 1\n"
+    );
+    let cases = [
+        ("TLS handshake", format!("https://{silent}"), String::new()),
+        (
+            "proxy CONNECT",
+            "https://127.0.0.1:9".to_string(),
+            format!("proxy = \"http://{silent}\"\n"),
+        ),
+    ];
+    for (what, upstream, proxy) in cases {
+        let toml = format!("[upstream]\n{proxy}{policy}");
+        let token = vec![("FINOVY_TOKEN", "fixed".to_string())];
+        let gw = Gw::start_unready(&toml, &upstream, token).await;
+        let create = |key: Option<&'static str>| {
+            let mut req = http()
+                .post(format!("{}{DISK}/create", gw.url))
+                .header("content-type", "application/json")
+                .body(r#"{"area":0,"memory":20,"isMount":0}"#);
+            if let Some(k) = key {
+                req = req.header("Idempotency-Key", k);
+            }
+            send_json(req)
+        };
+        for key in [Some("stalled-1"), Some("stalled-1"), None, None] {
+            let started = std::time::Instant::now();
+            let (status, body) = create(key).await;
+            assert_eq!(
+                (status, body["code"].as_i64()),
+                (502, Some(503)),
+                "{what}, key {key:?}: {body}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{what}: bounded by connect_timeout, took {:?}",
+                started.elapsed()
+            );
+            let msg = body["msg"].as_str().unwrap();
+            assert!(msg.contains("not sent"), "{what}: {msg}");
+            // Words for the client; the error chain and the egress are the log's.
+            for hidden in ["127.0.0.1", "tunnel", "os error", "connect error", "proxy"] {
+                assert!(!msg.contains(hidden), "{what}: {hidden:?} in {msg}");
+            }
+        }
+    }
 }
 
 #[test]
