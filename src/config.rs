@@ -567,7 +567,7 @@ impl FileConfig {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         };
-        match std::fs::read_to_string(&path) {
+        match crate::files::read_text(&path, crate::files::CONFIG_FILE_MAX) {
             Ok(text) => FileConfig::parse(&text, &path),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(FileConfig::default())
@@ -583,6 +583,26 @@ impl Settings {
         file: FileConfig,
         overrides: &Overrides,
         env: EnvLookup<'_>,
+    ) -> Result<Settings, ConfigError> {
+        Settings::resolve_with(file, overrides, env, true)
+    }
+
+    /// [`Settings::resolve`] for a reload: the listeners' certificate files are not loaded here
+    /// (a reload loads them itself and keeps the old certificate when they do not load), so a
+    /// half-done certificate rotation does not hold back the rest of the file.
+    pub(crate) fn resolve_for_reload(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: EnvLookup<'_>,
+    ) -> Result<Settings, ConfigError> {
+        Settings::resolve_with(file, overrides, env, false)
+    }
+
+    fn resolve_with(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: EnvLookup<'_>,
+        load_tls: bool,
     ) -> Result<Settings, ConfigError> {
         let mut server = file.server;
         if let Some(a) = overrides.listen {
@@ -666,12 +686,14 @@ impl Settings {
             &server.tls_cert_file,
             &server.tls_key_file,
             &server.tls_client_ca_file,
+            load_tls,
         )?;
         let admin_tls = resolve_tls(
             "admin",
             &file.admin.tls_cert_file,
             &file.admin.tls_key_file,
             &file.admin.tls_client_ca_file,
+            load_tls,
         )?;
 
         let routes = Arc::new(RouteTable::with_configured(&file.routes)?);
@@ -782,7 +804,7 @@ fn resolve_redis(
     }
     check_nonzero("redis.timeout", cfg.timeout)?;
     if let Some(ca) = &cfg.tls_ca_file
-        && let Err(e) = std::fs::read(ca)
+        && let Err(e) = crate::files::read_limited(ca, crate::files::SMALL_FILE_MAX)
     {
         return Err(invalid(
             "redis.tls_ca_file",
@@ -1041,13 +1063,14 @@ fn check_proxy_url(key: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A listener's TLS keys: certificate and key together, the client CA only with them; the files
-/// are loaded here once so that `check-config` finds what `serve` would refuse.
+/// A listener's TLS keys: certificate and key together, the client CA only with them; with
+/// `load`, the files are loaded here once so that `check-config` finds what `serve` would refuse.
 fn resolve_tls(
     section: &str,
     cert: &Option<PathBuf>,
     key: &Option<PathBuf>,
     client_ca: &Option<PathBuf>,
+    load: bool,
 ) -> Result<Option<TlsFiles>, ConfigError> {
     let files = match (cert, key) {
         (Some(cert), Some(key)) => TlsFiles {
@@ -1075,8 +1098,10 @@ fn resolve_tls(
             ));
         }
     };
-    crate::tls::ServerTls::load(files.clone())
-        .map_err(|e| invalid(format!("{section}.tls_cert_file"), e))?;
+    if load {
+        crate::tls::ServerTls::load(files.clone())
+            .map_err(|e| invalid(format!("{section}.tls_cert_file"), e))?;
+    }
     Ok(Some(files))
 }
 
@@ -1103,7 +1128,7 @@ impl<V: AsRef<str>> CredentialSource<V> {
                 format!("both {var} and this file are set; keep one"),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::files::read_text(path, crate::files::SMALL_FILE_MAX).map_err(|e| {
             invalid(
                 &self.file_key,
                 format!("cannot read {}: {e}", path.display()),
