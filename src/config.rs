@@ -400,7 +400,8 @@ fn mask_url_password<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::
     s.serialize_str(&mask_url(url))
 }
 
-/// `redis://user:pass@host` → `redis://user:***@host`.
+/// `redis://user:pass@host` → `redis://user:***@host`; a lone user part (`http://TOKEN@proxy`,
+/// which some proxies take as the credential) → `http://***@proxy`.
 pub(crate) fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -409,8 +410,11 @@ pub(crate) fn mask_url(url: &str) -> String {
     let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
     match authority.rsplit_once('@') {
         Some((userinfo, _)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[userinfo.len() + 1..])
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{shown}@{}", &rest[userinfo.len() + 1..])
         }
         None => url.to_string(),
     }
@@ -1034,6 +1038,10 @@ fn resolve_egress(
                 egress.proxy = Some(ProxyUrl(p));
                 egress.from_env = true;
                 egress.no_proxy = first(ENV_NO_PROXY);
+                if let Some(list) = &egress.no_proxy {
+                    crate::upstream::no_proxy::NoProxy::parse(list)
+                        .map_err(|e| invalid("NO_PROXY", e))?;
+                }
             }
         }
     }
@@ -1406,6 +1414,7 @@ mod tests {
     fn redis_url_password_is_masked() {
         assert_eq!(mask_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(mask_url("http://tok@p:3128"), "http://***@p:3128");
         assert_eq!(mask_url("redis://u:a@b@h:1/x@y"), "redis://u:***@h:1/x@y");
     }
 

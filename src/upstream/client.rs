@@ -30,6 +30,7 @@ use crate::config::{Account, Egress, UpstreamConfig};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::upstream::no_proxy::NoProxy;
 
 /// What went wrong with an upstream call. Its `Display` is what a client may read: plain words
 /// that say nothing of the egress (proxies, addresses, the error chain); [`UpstreamError::detail`]
@@ -227,14 +228,19 @@ fn pool(cfg: &UpstreamConfig, egress: &Egress) -> Result<Pool, String> {
     let matcher = egress.proxy.as_ref().map(|p| {
         let builder = Matcher::builder();
         let builder = if egress.from_env {
-            builder
-                .https(p.expose().to_string())
-                .no(egress.no_proxy.clone().unwrap_or_default())
+            builder.https(p.expose().to_string())
         } else {
             builder.all(p.expose().to_string())
         };
         Arc::new(builder.build())
     });
+    // `NO_PROXY` in the spellings this gateway documents (the matcher's own misses some).
+    let no_proxy = match egress.no_proxy.as_deref().filter(|_| egress.from_env) {
+        Some(list) => Some(Arc::new(
+            NoProxy::parse(list).map_err(|e| format!("NO_PROXY: {e}"))?,
+        )),
+        None => None,
+    };
     let roots = crate::tls::upstream_roots(egress.ca_file.as_deref())?;
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -248,7 +254,11 @@ fn pool(cfg: &UpstreamConfig, egress: &Egress) -> Result<Pool, String> {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(EgressConnector { http, matcher });
+        .wrap_connector(EgressConnector {
+            http,
+            matcher,
+            no_proxy,
+        });
     let connector = Bounded {
         inner: https,
         limit: cfg.connect_timeout,
@@ -301,6 +311,7 @@ where
 struct EgressConnector {
     http: HttpConnector,
     matcher: Option<Arc<Matcher>>,
+    no_proxy: Option<Arc<NoProxy>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -316,7 +327,15 @@ impl tower::Service<http::Uri> for EgressConnector {
     }
 
     fn call(&mut self, dst: http::Uri) -> Self::Future {
-        let intercept = self.matcher.as_ref().and_then(|m| m.intercept(&dst));
+        let direct = self
+            .no_proxy
+            .as_ref()
+            .is_some_and(|n| n.matches(dst.host().unwrap_or(""), port_of(&dst)));
+        let intercept = self
+            .matcher
+            .as_ref()
+            .filter(|_| !direct)
+            .and_then(|m| m.intercept(&dst));
         let mut http = self.http.clone();
         Box::pin(async move {
             match intercept {
@@ -335,16 +354,22 @@ impl tower::Service<http::Uri> for EgressConnector {
     }
 }
 
+/// `dst`'s port, or its scheme's.
+fn port_of(dst: &http::Uri) -> u16 {
+    dst.port_u16()
+        .unwrap_or(if dst.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        })
+}
+
 /// `dst` with its scheme's default port written out.
 fn with_port(dst: http::Uri) -> http::Uri {
     if dst.port().is_some() {
         return dst;
     }
-    let port = if dst.scheme_str() == Some("http") {
-        80
-    } else {
-        443
-    };
+    let port = port_of(&dst);
     let Some(host) = dst.host() else { return dst };
     let mut parts = dst.clone().into_parts();
     match format!("{host}:{port}").parse() {

@@ -236,6 +236,33 @@ async fn the_environment_proxy_serves_https_upstreams_outside_no_proxy() {
     env.push(("NO_PROXY", "127.0.0.1".into()));
     let direct = Gw::start(&toml, &upstream, env.clone()).await;
     assert_eq!(image(&direct).await.0, 200);
+    env.pop();
+    // The other spellings README lists: host:port, *.name (the name itself included).
+    let port = front.port();
+    let by_name = format!("https://localhost:{port}");
+    for (no_proxy, upstream) in [
+        (format!("127.0.0.1:{port}"), &upstream),
+        ("*.localhost".to_string(), &by_name),
+        (
+            format!("other.example, [::1]:{port}, localhost:{port}"),
+            &by_name,
+        ),
+    ] {
+        let mut env = env.clone();
+        env.push(("NO_PROXY", no_proxy.clone()));
+        let gw = Gw::start(&toml, upstream, env).await;
+        assert_eq!(image(&gw).await.0, 200, "{no_proxy}");
+        assert_eq!(proxy.connects().len(), through, "{no_proxy}: direct");
+    }
+    // On another port, the entry does not apply: through the proxy.
+    env.push(("NO_PROXY", "127.0.0.1:1".into()));
+    let other_port = Gw::start(&toml, &upstream, env.clone()).await;
+    assert_eq!(image(&other_port).await.0, 200);
+    assert!(
+        proxy.connects().len() > through,
+        "127.0.0.1:1 leaves this port proxied"
+    );
+    let through = proxy.connects().len();
     // `proxy = ""` in the file: direct, whatever the environment says.
     env.pop();
     let file_says_none = Gw::start(
@@ -246,7 +273,7 @@ async fn the_environment_proxy_serves_https_upstreams_outside_no_proxy() {
     .await;
     assert_eq!(image(&file_says_none).await.0, 200);
     assert_eq!(proxy.connects().len(), through, "no further CONNECT");
-    assert_eq!(sim.calls("image").await, 3);
+    assert_eq!(sim.calls("image").await, 7);
 }
 
 #[tokio::test]
@@ -370,6 +397,28 @@ fn proxy_urls_are_checked_and_never_shown() {
     let text = err.to_string();
     assert!(text.starts_with("upstream.proxy"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+    // A lone user part is often the credential itself: masked whole, shown or refused.
+    let toml = "[upstream]\nproxy = \"http://t0ken-user@127.0.0.1:3128\"\n";
+    let file = FileConfig::parse(toml, std::path::Path::new("t.toml")).unwrap();
+    let settings = Settings::resolve(file, &Overrides::default(), &|_| None).unwrap();
+    let shown = format!("{}{settings:?}", settings.to_masked_toml());
+    assert!(!shown.contains("t0ken-user"), "{shown}");
+    assert!(shown.contains("http://***@127.0.0.1:3128"), "{shown}");
+    let err = resolve("[upstream]\nproxy = \"https://t0ken-user@proxy:3128\"\n").unwrap_err();
+    assert!(!err.to_string().contains("t0ken-user"), "{err}");
+    // A NO_PROXY spelling the gateway does not accept is named, not silently never matched.
+    let env = |name: &str| match name {
+        "HTTPS_PROXY" => Some("http://127.0.0.1:3128".to_string()),
+        "NO_PROXY" => Some("ok.example, 10.0.0.1-10.0.0.9".to_string()),
+        _ => None,
+    };
+    let file = FileConfig::parse("", std::path::Path::new("t.toml")).unwrap();
+    let err = Settings::resolve(file, &Overrides::default(), &env).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("NO_PROXY") && text.contains("10.0.0.1-10.0.0.9"),
+        "{text}"
+    );
     let err = resolve("[upstream]\nca_file = \"/nonexistent/ca.pem\"\n").unwrap_err();
     assert!(err.to_string().starts_with("upstream.ca_file"), "{err}");
     let err = resolve(
