@@ -166,9 +166,15 @@ impl Reloader {
         }
         let reloader = self.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let prepared = reloader.prepare();
-            reloader.reading.store(false, Ordering::Release);
-            prepared
+            // Cleared however the read ends, a panic included: else no reload would run again.
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(&reloader.reading);
+            reloader.prepare()
         });
         match tokio::time::timeout(RELOAD_TIMEOUT, read).await {
             Ok(Ok(prepared)) => prepared,
