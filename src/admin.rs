@@ -273,12 +273,17 @@ async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Respon
                 Err(msg) => GatewayError::BadRequest { code: 1007, msg }.into_response(&id),
             }
         }
-        (&Method::POST, "/admin/reload") => match state.reloader.reload("POST /admin/reload") {
+        (&Method::POST, "/admin/reload") => match state.reloader.reload("POST /admin/reload").await
+        {
             Ok(applied) => json(
                 StatusCode::OK,
                 serde_json::json!({"code": 0, "success": true, "msg": "reloaded",
-                    "data": {"restart_needed": applied.restart_needed}, "traceId": id}),
+                    "data": {"restart_needed": applied.restart_needed, "kept": applied.kept},
+                    "traceId": id}),
             ),
+            Err(e @ ReloadError::Stuck(_)) => {
+                GatewayError::ReloadStuck(e.to_string()).into_response(&id)
+            }
             Err(e @ ReloadError::Unavailable) => {
                 GatewayError::ReloadUnavailable(e.to_string()).into_response(&id)
             }

@@ -435,7 +435,8 @@ fn mask_url_password<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::
     s.serialize_str(&mask_url(url))
 }
 
-/// `redis://user:pass@host` → `redis://user:***@host`.
+/// `redis://user:pass@host` → `redis://user:***@host`; a lone user part (`http://TOKEN@proxy`,
+/// which some proxies take as the credential) → `http://***@proxy`.
 pub(crate) fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -444,8 +445,11 @@ pub(crate) fn mask_url(url: &str) -> String {
     let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
     match authority.rsplit_once('@') {
         Some((userinfo, _)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[userinfo.len() + 1..])
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{shown}@{}", &rest[userinfo.len() + 1..])
         }
         None => url.to_string(),
     }
@@ -602,7 +606,7 @@ impl FileConfig {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         };
-        match std::fs::read_to_string(&path) {
+        match crate::files::read_text(&path, crate::files::CONFIG_FILE_MAX) {
             Ok(text) => FileConfig::parse(&text, &path),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(FileConfig::default())
@@ -618,6 +622,26 @@ impl Settings {
         file: FileConfig,
         overrides: &Overrides,
         env: EnvLookup<'_>,
+    ) -> Result<Settings, ConfigError> {
+        Settings::resolve_with(file, overrides, env, true)
+    }
+
+    /// [`Settings::resolve`] for a reload: the listeners' certificate files are not loaded here
+    /// (a reload loads them itself and keeps the old certificate when they do not load), so a
+    /// half-done certificate rotation does not hold back the rest of the file.
+    pub(crate) fn resolve_for_reload(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: EnvLookup<'_>,
+    ) -> Result<Settings, ConfigError> {
+        Settings::resolve_with(file, overrides, env, false)
+    }
+
+    fn resolve_with(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: EnvLookup<'_>,
+        load_tls: bool,
     ) -> Result<Settings, ConfigError> {
         let mut server = file.server;
         if let Some(a) = overrides.listen {
@@ -701,12 +725,14 @@ impl Settings {
             &server.tls_cert_file,
             &server.tls_key_file,
             &server.tls_client_ca_file,
+            load_tls,
         )?;
         let admin_tls = resolve_tls(
             "admin",
             &file.admin.tls_cert_file,
             &file.admin.tls_key_file,
             &file.admin.tls_client_ca_file,
+            load_tls,
         )?;
 
         let routes = Arc::new(RouteTable::with_configured(&file.routes)?);
@@ -836,7 +862,7 @@ fn resolve_redis(
     }
     check_nonzero("redis.timeout", cfg.timeout)?;
     if let Some(ca) = &cfg.tls_ca_file
-        && let Err(e) = std::fs::read(ca)
+        && let Err(e) = crate::files::read_limited(ca, crate::files::SMALL_FILE_MAX)
     {
         return Err(invalid(
             "redis.tls_ca_file",
@@ -1092,6 +1118,10 @@ fn resolve_egress(
                 egress.proxy = Some(ProxyUrl(p));
                 egress.from_env = true;
                 egress.no_proxy = first(ENV_NO_PROXY);
+                if let Some(list) = &egress.no_proxy {
+                    crate::upstream::no_proxy::NoProxy::parse(list)
+                        .map_err(|e| invalid("NO_PROXY", e))?;
+                }
             }
         }
     }
@@ -1121,13 +1151,14 @@ fn check_proxy_url(key: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A listener's TLS keys: certificate and key together, the client CA only with them; the files
-/// are loaded here once so that `check-config` finds what `serve` would refuse.
+/// A listener's TLS keys: certificate and key together, the client CA only with them; with
+/// `load`, the files are loaded here once so that `check-config` finds what `serve` would refuse.
 fn resolve_tls(
     section: &str,
     cert: &Option<PathBuf>,
     key: &Option<PathBuf>,
     client_ca: &Option<PathBuf>,
+    load: bool,
 ) -> Result<Option<TlsFiles>, ConfigError> {
     let files = match (cert, key) {
         (Some(cert), Some(key)) => TlsFiles {
@@ -1155,8 +1186,10 @@ fn resolve_tls(
             ));
         }
     };
-    crate::tls::ServerTls::load(files.clone())
-        .map_err(|e| invalid(format!("{section}.tls_cert_file"), e))?;
+    if load {
+        crate::tls::ServerTls::load(files.clone())
+            .map_err(|e| invalid(format!("{section}.tls_cert_file"), e))?;
+    }
     Ok(Some(files))
 }
 
@@ -1183,7 +1216,7 @@ impl<V: AsRef<str>> CredentialSource<V> {
                 format!("both {var} and this file are set; keep one"),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::files::read_text(path, crate::files::SMALL_FILE_MAX).map_err(|e| {
             invalid(
                 &self.file_key,
                 format!("cannot read {}: {e}", path.display()),
@@ -1518,6 +1551,7 @@ mod tests {
     fn redis_url_password_is_masked() {
         assert_eq!(mask_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(mask_url("http://tok@p:3128"), "http://***@p:3128");
         assert_eq!(mask_url("redis://u:a@b@h:1/x@y"), "redis://u:***@h:1/x@y");
     }
 

@@ -206,6 +206,8 @@ pub(crate) enum GatewayError {
     ReloadUnavailable(String),
     #[error("the configuration does not check, nothing changed: {0}")]
     ConfigInvalid(String),
+    #[error("{0}")]
+    ReloadStuck(String),
 }
 
 /// What a client over its in-flight share is told to wait, in seconds.
@@ -229,6 +231,7 @@ impl GatewayError {
             E::ReloadUnavailable(_) => (StatusCode::NOT_FOUND, 404),
             E::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
             E::ConfigInvalid(_) => (StatusCode::BAD_REQUEST, 1007),
+            E::ReloadStuck(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
             E::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 1007),
             E::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 1007),
             E::RateLimited { .. }
@@ -445,6 +448,10 @@ mod tests {
             (
                 E::ConfigInvalid("x".into()),
                 "reloaded configuration that does not check",
+            ),
+            (
+                E::ReloadStuck("x".into()),
+                "admin: reload whose files do not answer",
             ),
         ]
     }

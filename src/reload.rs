@@ -6,12 +6,18 @@
 //! (listen addresses, Redis, `[server]`, `[upstream]`, `[token]`, the accounts themselves) is
 //! logged as such and otherwise ignored.
 //!
+//! The files are read on a blocking thread, never on the threads that serve requests, within
+//! [`RELOAD_TIMEOUT`]: a file that never answers (a hung network mount) fails the reload, and
+//! until that read returns, further reloads are refused rather than stuck beside it. Listener
+//! certificates that do not load keep the old ones without holding back the rest of the reload.
+//!
 //! Each swappable setting sits behind a [`Swap`]: a request reads it once, as it starts, and
 //! keeps that `Arc` to its end, so requests in flight finish under the settings they began with.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::Cache;
 use crate::config::{EnvLookup, FileConfig, Overrides, Settings};
@@ -55,11 +61,30 @@ pub struct Source {
     pub overrides: Overrides,
 }
 
+/// How long a reload may take to read its files.
+pub(crate) const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a reload applied.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     /// Keys whose change was ignored because it needs a restart.
     pub(crate) restart_needed: Vec<String>,
+    /// What was kept as it was because its files did not load: `"server TLS certificate: why"`.
+    pub(crate) kept: Vec<String>,
+}
+
+/// A TLS listener, and its new config or why its files did not load.
+type TlsReread = (
+    &'static str,
+    Arc<crate::tls::ServerTls>,
+    Result<Arc<rustls::ServerConfig>, String>,
+);
+
+/// Everything a reload read, built before anything is swapped.
+struct Prepared {
+    new: Settings,
+    auth: Authenticator,
+    tls: Vec<TlsReread>,
 }
 
 /// The running gateway's swappable settings, and the last settings applied (to tell changes).
@@ -75,6 +100,8 @@ pub(crate) struct Reloader {
     pub(crate) metrics: Arc<Metrics>,
     /// The listeners' TLS: certificates are read again with the rest.
     pub(crate) tls: OnceLock<crate::server::ListenerTls>,
+    /// Set while a reload's files are being read, and until that read returns.
+    pub(crate) reading: AtomicBool,
 }
 
 /// Why a reload changed nothing (the message names the key, never a secret).
@@ -84,6 +111,9 @@ pub(crate) enum ReloadError {
     Unavailable,
     #[error("{0}")]
     Invalid(String),
+    /// The files did not answer within [`RELOAD_TIMEOUT`], or a reload is still reading them.
+    #[error("{0}")]
+    Stuck(String),
 }
 
 fn unix_now() -> f64 {
@@ -100,8 +130,11 @@ fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
 impl Reloader {
     /// Reads the file and the credential files again and applies them; counted in the metrics
     /// and logged either way.
-    pub(crate) fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
-        let result = self.try_reload();
+    pub(crate) async fn reload(self: &Arc<Self>, trigger: &str) -> Result<Applied, ReloadError> {
+        let result = match self.clone().read_files().await {
+            Ok(prepared) => Ok(self.apply(prepared)),
+            Err(e) => Err(e),
+        };
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics
             .config_reloads
@@ -110,7 +143,7 @@ impl Reloader {
         match &result {
             Ok(applied) => {
                 self.metrics.config_last_reload_success.set(unix_now());
-                tracing::info!(trigger, restart_needed = ?applied.restart_needed, "configuration reloaded");
+                tracing::info!(trigger, restart_needed = ?applied.restart_needed, kept = ?applied.kept, "configuration reloaded");
             }
             Err(e) => {
                 tracing::error!(trigger, error = %e, "configuration reload failed; the running settings stay");
@@ -119,16 +152,70 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self) -> Result<Applied, ReloadError> {
+    /// Reads every file on a blocking thread, within [`RELOAD_TIMEOUT`]. One read at a time: a
+    /// read that never returns keeps its thread, and no other joins it.
+    async fn read_files(self: Arc<Self>) -> Result<Prepared, ReloadError> {
+        if self.source.get().is_none() {
+            return Err(ReloadError::Unavailable);
+        }
+        if self.reading.swap(true, Ordering::AcqRel) {
+            return Err(ReloadError::Stuck(
+                "a reload is still reading its files (one of them has not answered); nothing changed"
+                    .into(),
+            ));
+        }
+        let reloader = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            // Cleared however the read ends, a panic included: else no reload would run again.
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(&reloader.reading);
+            reloader.prepare()
+        });
+        match tokio::time::timeout(RELOAD_TIMEOUT, read).await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(e)) => Err(ReloadError::Invalid(format!("the reload failed: {e}"))),
+            // What it read, if it ever returns, is dropped: this reload changed nothing.
+            Err(_) => Err(ReloadError::Stuck(format!(
+                "the configuration or credential files did not answer within {RELOAD_TIMEOUT:?} \
+                 (a hung mount?); nothing changed"
+            ))),
+        }
+    }
+
+    /// Reads and checks the file, the credential files and the certificates; swaps nothing.
+    fn prepare(&self) -> Result<Prepared, ReloadError> {
         let source = self.source.get().ok_or(ReloadError::Unavailable)?;
         let env: EnvLookup<'_> = &crate::config::process_env;
         let new = FileConfig::load(source.path.as_deref())
-            .and_then(|file| Settings::resolve(file, &source.overrides, env))
+            .and_then(|file| Settings::resolve_for_reload(file, &source.overrides, env))
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let blockers = new.serve_blockers();
         if !blockers.is_empty() {
             return Err(ReloadError::Invalid(blockers.join("; ")));
         }
+        tracing_subscriber::EnvFilter::try_new(&new.log.level)
+            .map_err(|e| ReloadError::Invalid(format!("log.level: {e}")))?;
+        let auth =
+            crate::server::authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
+        let mut tls = Vec::new();
+        if let Some(listeners) = self.tls.get() {
+            for (name, listener) in [("server", &listeners.listen), ("admin", &listeners.admin)] {
+                if let Some(listener) = listener {
+                    tls.push((name, listener.clone(), listener.prepare()));
+                }
+            }
+        }
+        Ok(Prepared { new, auth, tls })
+    }
+
+    /// Swaps in what [`Reloader::prepare`] built; reads no file.
+    fn apply(&self, prepared: Prepared) -> Applied {
+        let Prepared { new, auth, tls } = prepared;
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let mut restart_needed = restart_only_changes(&current, &new);
         let mut create = new.create.clone();
@@ -141,9 +228,6 @@ impl Reloader {
                 policy.max_wait = old.max_wait;
             }
         }
-        // Everything is built before anything is swapped: an error leaves all as it was.
-        let auth =
-            crate::server::authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
         let credentials: Vec<_> = self
             .accounts
             .iter()
@@ -152,10 +236,11 @@ impl Reloader {
                 Some((a.clone(), c.credentials.clone()))
             })
             .collect();
+        let mut kept = Vec::new();
         if new.log.level != current.log.level
             && let Err(e) = crate::telemetry::set_level(&new.log.level)
         {
-            return Err(ReloadError::Invalid(format!("log.level: {e}")));
+            kept.push(format!("log.level: {e}"));
         }
 
         self.auth.store(auth);
@@ -166,12 +251,14 @@ impl Reloader {
         for (account, creds) in credentials {
             account.broker.set_credentials(&creds);
         }
-        // The certificate files loaded when the file was checked, just above; read again here
-        // into the running listeners (new connections get them).
-        if let Some(tls) = self.tls.get() {
-            for (name, listener) in [("server", &tls.listen), ("admin", &tls.admin)] {
-                if let Some(Err(e)) = listener.as_ref().map(|l| l.reload()) {
+        // New connections get the new certificates; a listener whose files did not load keeps
+        // its old ones, and says so.
+        for (name, listener, config) in tls {
+            match config {
+                Ok(config) => listener.install(config),
+                Err(e) => {
                     tracing::error!(listener = name, error = %e, "TLS certificates not reloaded; the old ones stay");
+                    kept.push(format!("{name} TLS certificate (the old one stays): {e}"));
                 }
             }
         }
@@ -193,7 +280,10 @@ impl Reloader {
             }
         }
         *current = applied;
-        Ok(Applied { restart_needed })
+        Applied {
+            restart_needed,
+            kept,
+        }
     }
 }
 

@@ -215,6 +215,7 @@ impl Gateway {
             admin_key: Arc::new(Swap::new(settings.admin_key_sha256)),
             metrics: metrics.clone(),
             tls: std::sync::OnceLock::new(),
+            reading: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Gateway {
             settings,
@@ -471,7 +472,7 @@ async fn reload_on_hangup(
                     return;
                 }
                 // The outcome is logged and counted by the reload itself.
-                let _ = reloader.reload("SIGHUP");
+                let _ = reloader.reload("SIGHUP").await;
             }
         }
     }

@@ -45,9 +45,19 @@ impl ServerTls {
     /// Reads the files again and uses them for the connections accepted from now on. On error
     /// nothing changes.
     pub fn reload(&self) -> Result<(), String> {
-        let config = Arc::new(build(&self.files)?);
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+        let config = self.prepare()?;
+        self.install(config);
         Ok(())
+    }
+
+    /// Reads the files again into a config for [`ServerTls::install`]; nothing changes yet.
+    pub fn prepare(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        build(&self.files).map(Arc::new)
+    }
+
+    /// Uses `config` for the connections accepted from now on.
+    pub fn install(&self, config: Arc<rustls::ServerConfig>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
     /// An acceptor with the config current now.
@@ -67,11 +77,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     let chain = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
-        format!(
-            "cannot read a private key from {}: {e}",
-            files.key.display()
-        )
+    let key = read(&files.key).and_then(|pem| {
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+            format!(
+                "cannot read a private key from {}: {e}",
+                files.key.display()
+            )
+        })
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -98,10 +110,17 @@ fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     Ok(config)
 }
 
+/// A PEM file, by the rules of [`crate::files`] (a regular file of at most 64 KiB).
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    crate::files::read_limited(path, crate::files::SMALL_FILE_MAX)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 /// Every certificate of a PEM file; none is an error.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no certificate", path.display()));

@@ -144,13 +144,14 @@ impl Fleet {
     /// Prepares the connection without waiting for Redis: a replica starts (and serves from its own
     /// state) while Redis is down, and connects when it comes up.
     pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Arc<Fleet>, String> {
-        let ca =
-            match &cfg.tls_ca_file {
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
+        let ca = match &cfg.tls_ca_file {
+            Some(path) => Some(
+                crate::files::read_limited(path, crate::files::SMALL_FILE_MAX).map_err(|e| {
                     format!("redis.tls_ca_file: cannot read {}: {e}", path.display())
-                })?),
-                None => None,
-            };
+                })?,
+            ),
+            None => None,
+        };
         let connector =
             Connector::new(&cfg.url, cfg.timeout, ca).map_err(|e| format!("redis.url: {e}"))?;
         Ok(Arc::new(Fleet {

@@ -2,7 +2,9 @@
 //! roots, plus an account's `ca_file`), with a connect timeout and a whole-call timeout. An
 //! account's egress proxy is reached with HTTP CONNECT (hyper-util's tunnel), for `https://` and
 //! `http://` upstreams alike; accounts with their own egress get their own pool, chosen by the
-//! upstream's scheme and authority. An answer is read completely: upstream
+//! upstream's scheme and authority. The whole connection setup (TCP, the proxy's CONNECT answer,
+//! the TLS handshake) is bounded by `connect_timeout`: a peer that accepts and never answers is a
+//! connection that failed, so the request was never sent. An answer is read completely: upstream
 //! answers are small JSON envelopes, and the gateway must read `code` to act on it. Reading stops at
 //! `max_answer_bytes` (an announced `Content-Length` beyond it is refused before reading), so an
 //! upstream that answers without end cannot make the gateway buffer it.
@@ -18,6 +20,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -27,14 +30,18 @@ use crate::config::{Account, Egress, UpstreamConfig};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::upstream::no_proxy::NoProxy;
 
+/// What went wrong with an upstream call. Its `Display` is what a client may read: plain words
+/// that say nothing of the egress (proxies, addresses, the error chain); [`UpstreamError::detail`]
+/// is for the log.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum UpstreamError {
-    /// No connection: the request was never sent.
-    #[error("{0}")]
+    /// No connection: the request was never sent. Holds the error chain, for the log.
+    #[error("no connection to the upstream could be made; the request was not sent")]
     Unreachable(String),
-    /// The connection broke after the request was sent.
-    #[error("{0}")]
+    /// The connection broke after the request was sent. Holds the error chain, for the log.
+    #[error("the connection to the upstream broke before its answer was read")]
     Broken(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -59,6 +66,14 @@ impl UpstreamError {
     pub(crate) fn outcome_unknown(&self) -> bool {
         !matches!(self, UpstreamError::Unreachable(_))
     }
+
+    /// What the operator needs to know: the error chain where there is one.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            UpstreamError::Unreachable(d) | UpstreamError::Broken(d) => d.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<UpstreamError> for GatewayError {
@@ -78,7 +93,7 @@ pub(crate) struct Answer {
     pub(crate) head: EnvelopeHead,
 }
 
-type Pool = Client<HttpsConnector<EgressConnector>, Full<Bytes>>;
+type Pool = Client<Bounded<HttpsConnector<EgressConnector>>, Full<Bytes>>;
 
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
@@ -127,14 +142,25 @@ impl UpstreamClient {
         req: http::Request<Bytes>,
     ) -> Result<Answer, UpstreamError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.exchange(req.map(Full::new)))
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout(self.timeout)));
+        let mut req = req.map(Full::new);
+        // Set once the request has a connection, just before it is written.
+        let connection = capture_connection(&mut req);
+        let result = match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+            Ok(result) => result,
+            // Still without a connection (`timeout` shorter than `connect_timeout`): not sent.
+            Err(_) if connection.connection_metadata().is_none() => Err(
+                UpstreamError::Unreachable(format!("no connection within {:?}", self.timeout)),
+            ),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+        };
         let outcome = match &result {
             Ok(a) if a.parts.status.is_server_error() => "server_error",
             Ok(_) => "ok",
             Err(e) => e.outcome(),
         };
+        if let Err(e @ (UpstreamError::Unreachable(_) | UpstreamError::Broken(_))) = &result {
+            tracing::warn!(route, error = %e.detail(), "upstream call failed");
+        }
         self.metrics
             .observe_upstream(route, outcome, started.elapsed().as_secs_f64());
         result
@@ -202,14 +228,19 @@ fn pool(cfg: &UpstreamConfig, egress: &Egress) -> Result<Pool, String> {
     let matcher = egress.proxy.as_ref().map(|p| {
         let builder = Matcher::builder();
         let builder = if egress.from_env {
-            builder
-                .https(p.expose().to_string())
-                .no(egress.no_proxy.clone().unwrap_or_default())
+            builder.https(p.expose().to_string())
         } else {
             builder.all(p.expose().to_string())
         };
         Arc::new(builder.build())
     });
+    // `NO_PROXY` in the spellings this gateway documents (the matcher's own misses some).
+    let no_proxy = match egress.no_proxy.as_deref().filter(|_| egress.from_env) {
+        Some(list) => Some(Arc::new(
+            NoProxy::parse(list).map_err(|e| format!("NO_PROXY: {e}"))?,
+        )),
+        None => None,
+    };
     let roots = crate::tls::upstream_roots(egress.ca_file.as_deref())?;
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -223,11 +254,56 @@ fn pool(cfg: &UpstreamConfig, egress: &Egress) -> Result<Pool, String> {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(EgressConnector { http, matcher });
+        .wrap_connector(EgressConnector {
+            http,
+            matcher,
+            no_proxy,
+        });
+    let connector = Bounded {
+        inner: https,
+        limit: cfg.connect_timeout,
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(cfg.pool_idle_timeout)
         .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-        .build(https))
+        .build(connector))
+}
+
+/// A connector whose whole setup must finish within `limit`; past it, the setup is a connect
+/// error like a refused connection (hyper then reports `is_connect`).
+#[derive(Clone)]
+struct Bounded<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower::Service<http::Uri> for Bounded<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(done) => done.map_err(Into::into),
+                Err(_) => Err(format!(
+                    "connection, proxy CONNECT and TLS handshake not done within {limit:?}"
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// TCP to the upstream, or a CONNECT tunnel through the proxy the matcher picks for it.
@@ -235,6 +311,7 @@ fn pool(cfg: &UpstreamConfig, egress: &Egress) -> Result<Pool, String> {
 struct EgressConnector {
     http: HttpConnector,
     matcher: Option<Arc<Matcher>>,
+    no_proxy: Option<Arc<NoProxy>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -250,7 +327,15 @@ impl tower::Service<http::Uri> for EgressConnector {
     }
 
     fn call(&mut self, dst: http::Uri) -> Self::Future {
-        let intercept = self.matcher.as_ref().and_then(|m| m.intercept(&dst));
+        let direct = self
+            .no_proxy
+            .as_ref()
+            .is_some_and(|n| n.matches(dst.host().unwrap_or(""), port_of(&dst)));
+        let intercept = self
+            .matcher
+            .as_ref()
+            .filter(|_| !direct)
+            .and_then(|m| m.intercept(&dst));
         let mut http = self.http.clone();
         Box::pin(async move {
             match intercept {
@@ -269,16 +354,22 @@ impl tower::Service<http::Uri> for EgressConnector {
     }
 }
 
+/// `dst`'s port, or its scheme's.
+fn port_of(dst: &http::Uri) -> u16 {
+    dst.port_u16()
+        .unwrap_or(if dst.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        })
+}
+
 /// `dst` with its scheme's default port written out.
 fn with_port(dst: http::Uri) -> http::Uri {
     if dst.port().is_some() {
         return dst;
     }
-    let port = if dst.scheme_str() == Some("http") {
-        80
-    } else {
-        443
-    };
+    let port = port_of(&dst);
     let Some(host) = dst.host() else { return dst };
     let mut parts = dst.clone().into_parts();
     match format!("{host}:{port}").parse() {

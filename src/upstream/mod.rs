@@ -3,6 +3,7 @@
 
 pub(crate) mod client;
 pub(crate) mod forward;
+pub(crate) mod no_proxy;
 pub(crate) mod token;
 
 use std::sync::Arc;

@@ -723,10 +723,10 @@ impl TokenBroker {
             .header(header::ACCEPT, "application/json")
             .body(Bytes::from(body.to_string()))
             .map_err(|e| plain(TokenError::BadRequest(e.to_string())))?;
-        let answer = client
-            .send(TOKEN_ROUTE, req)
-            .await
-            .map_err(|e| plain(TokenError::Unreachable(e.to_string())))?;
+        let answer = client.send(TOKEN_ROUTE, req).await.map_err(|e| Refused {
+            public: TokenError::Unreachable(e.to_string()),
+            detail: e.detail(),
+        })?;
         let parsed: TokenAnswer = serde_json::from_slice(&answer.body)
             .map_err(|_| plain(TokenError::UnexpectedBody(answer.parts.status)))?;
         match (parsed.code, parsed.data) {

@@ -12,7 +12,8 @@ use finovy_gateway::tls::{ServerTls, TlsFiles};
 use serde_json::Value;
 
 use super::harness::{
-    Gw, Sim, client_entry, demo_env, eventually, http, send_json, sim_config, temp_file,
+    DISK, FAST_CREATES, Gw, Sim, client_entry, demo_env, eventually, http, send_json, sim_config,
+    temp_file,
 };
 use super::tls::TestCa;
 
@@ -235,6 +236,33 @@ async fn the_environment_proxy_serves_https_upstreams_outside_no_proxy() {
     env.push(("NO_PROXY", "127.0.0.1".into()));
     let direct = Gw::start(&toml, &upstream, env.clone()).await;
     assert_eq!(image(&direct).await.0, 200);
+    env.pop();
+    // The other spellings README lists: host:port, *.name (the name itself included).
+    let port = front.port();
+    let by_name = format!("https://localhost:{port}");
+    for (no_proxy, upstream) in [
+        (format!("127.0.0.1:{port}"), &upstream),
+        ("*.localhost".to_string(), &by_name),
+        (
+            format!("other.example, [::1]:{port}, localhost:{port}"),
+            &by_name,
+        ),
+    ] {
+        let mut env = env.clone();
+        env.push(("NO_PROXY", no_proxy.clone()));
+        let gw = Gw::start(&toml, upstream, env).await;
+        assert_eq!(image(&gw).await.0, 200, "{no_proxy}");
+        assert_eq!(proxy.connects().len(), through, "{no_proxy}: direct");
+    }
+    // On another port, the entry does not apply: through the proxy.
+    env.push(("NO_PROXY", "127.0.0.1:1".into()));
+    let other_port = Gw::start(&toml, &upstream, env.clone()).await;
+    assert_eq!(image(&other_port).await.0, 200);
+    assert!(
+        proxy.connects().len() > through,
+        "127.0.0.1:1 leaves this port proxied"
+    );
+    let through = proxy.connects().len();
     // `proxy = ""` in the file: direct, whatever the environment says.
     env.pop();
     let file_says_none = Gw::start(
@@ -245,7 +273,7 @@ async fn the_environment_proxy_serves_https_upstreams_outside_no_proxy() {
     .await;
     assert_eq!(image(&file_says_none).await.0, 200);
     assert_eq!(proxy.connects().len(), through, "no further CONNECT");
-    assert_eq!(sim.calls("image").await, 3);
+    assert_eq!(sim.calls("image").await, 7);
 }
 
 #[tokio::test]
@@ -289,6 +317,76 @@ async fn an_account_has_its_own_proxy() {
     assert_eq!(sim.calls("image").await, 3);
 }
 
+/// A peer that accepts connections and never says a word: a TLS front that never answers the
+/// ClientHello, a proxy that never answers the CONNECT.
+async fn silent_peer() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A stalled TLS handshake or CONNECT is a connection that was never made: nothing was sent, so
+/// the create is 502 (code 503) within `connect_timeout`, not "the purchase may exist"; its
+/// record is released (a retry with the same key, or without one, is tried again, not refused)
+/// and its spending admission is given back (a cap of one create a day never refuses the retries).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_never_answers_the_handshake_or_the_connect_means_nothing_was_sent() {
+    let silent = silent_peer().await;
+    let policy = format!(
+        "connect_timeout = \"300ms\"\ntimeout = \"5s\"\n{FAST_CREATES}\
+         [create.budget.account]\ncreates_per_day = 1\n"
+    );
+    let cases = [
+        ("TLS handshake", format!("https://{silent}"), String::new()),
+        (
+            "proxy CONNECT",
+            "https://127.0.0.1:9".to_string(),
+            format!("proxy = \"http://{silent}\"\n"),
+        ),
+    ];
+    for (what, upstream, proxy) in cases {
+        let toml = format!("[upstream]\n{proxy}{policy}");
+        let token = vec![("FINOVY_TOKEN", "fixed".to_string())];
+        let gw = Gw::start_unready(&toml, &upstream, token).await;
+        let create = |key: Option<&'static str>| {
+            let mut req = http()
+                .post(format!("{}{DISK}/create", gw.url))
+                .header("content-type", "application/json")
+                .body(r#"{"area":0,"memory":20,"isMount":0}"#);
+            if let Some(k) = key {
+                req = req.header("Idempotency-Key", k);
+            }
+            send_json(req)
+        };
+        for key in [Some("stalled-1"), Some("stalled-1"), None, None] {
+            let started = std::time::Instant::now();
+            let (status, body) = create(key).await;
+            assert_eq!(
+                (status, body["code"].as_i64()),
+                (502, Some(503)),
+                "{what}, key {key:?}: {body}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{what}: bounded by connect_timeout, took {:?}",
+                started.elapsed()
+            );
+            let msg = body["msg"].as_str().unwrap();
+            assert!(msg.contains("not sent"), "{what}: {msg}");
+            // Words for the client; the error chain and the egress are the log's.
+            for hidden in ["127.0.0.1", "tunnel", "os error", "connect error", "proxy"] {
+                assert!(!msg.contains(hidden), "{what}: {hidden:?} in {msg}");
+            }
+        }
+    }
+}
+
 #[test]
 fn proxy_urls_are_checked_and_never_shown() {
     let resolve = |toml: &str| {
@@ -299,6 +397,28 @@ fn proxy_urls_are_checked_and_never_shown() {
     let text = err.to_string();
     assert!(text.starts_with("upstream.proxy"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+    // A lone user part is often the credential itself: masked whole, shown or refused.
+    let toml = "[upstream]\nproxy = \"http://t0ken-user@127.0.0.1:3128\"\n";
+    let file = FileConfig::parse(toml, std::path::Path::new("t.toml")).unwrap();
+    let settings = Settings::resolve(file, &Overrides::default(), &|_| None).unwrap();
+    let shown = format!("{}{settings:?}", settings.to_masked_toml());
+    assert!(!shown.contains("t0ken-user"), "{shown}");
+    assert!(shown.contains("http://***@127.0.0.1:3128"), "{shown}");
+    let err = resolve("[upstream]\nproxy = \"https://t0ken-user@proxy:3128\"\n").unwrap_err();
+    assert!(!err.to_string().contains("t0ken-user"), "{err}");
+    // A NO_PROXY spelling the gateway does not accept is named, not silently never matched.
+    let env = |name: &str| match name {
+        "HTTPS_PROXY" => Some("http://127.0.0.1:3128".to_string()),
+        "NO_PROXY" => Some("ok.example, 10.0.0.1-10.0.0.9".to_string()),
+        _ => None,
+    };
+    let file = FileConfig::parse("", std::path::Path::new("t.toml")).unwrap();
+    let err = Settings::resolve(file, &Overrides::default(), &env).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("NO_PROXY") && text.contains("10.0.0.1-10.0.0.9"),
+        "{text}"
+    );
     let err = resolve("[upstream]\nca_file = \"/nonexistent/ca.pem\"\n").unwrap_err();
     assert!(err.to_string().starts_with("upstream.ca_file"), "{err}");
     let err = resolve(

@@ -353,3 +353,94 @@ async fn in_shared_mode_each_replica_reloads_its_own_file() {
     );
     assert_eq!(status_with(&url(&two), KEY_B).await.0, 200);
 }
+
+/// A credential file that would block its reader (a FIFO: opening one waits for a writer) or never
+/// end (`/dev/zero`), or one over 64 KiB, fails the reload at once, naming the file's variable and
+/// why; the process serves throughout and keeps the token in use. At start (`check-config`, as
+/// `serve`), the same file is a clear error, not a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_file_that_blocks_or_never_ends_fails_the_reload_not_the_process() {
+    let sim = Sim::start(sim_config()).await;
+    let token_file = temp_file("token", &sim.token().await);
+    let gw = Bin::serve(
+        &config(""),
+        &sim.url,
+        &[("FINOVY_TOKEN_FILE", token_file.to_str().unwrap())],
+    );
+    let url = format!("{}{DISK}/memoryTotal/0", gw.url);
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+
+    std::fs::remove_file(&token_file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&token_file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    gw.hangup();
+    eventually("the reload is refused", Duration::from_secs(20), || async {
+        gw.metric(RELOADS, RELOADS_ERROR).await >= 1.0
+    })
+    .await;
+    gw.wait_for_log("not a regular file", 1).await;
+    assert_eq!(send_json(http().get(&url)).await.0, 200);
+    let healthz = http()
+        .get(format!("{}/healthz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+
+    let refused = |why: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, body) = reload_over_http(gw, ADMIN_KEY).await;
+            assert_eq!((status, body["code"].as_i64()), (400, Some(1007)), "{body}");
+            let msg = body["msg"].as_str().unwrap();
+            assert!(
+                msg.contains("FINOVY_TOKEN_FILE") && msg.contains(why),
+                "{msg}"
+            );
+        }
+    };
+    refused("not a regular file").await;
+    std::fs::remove_file(&token_file).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &token_file).unwrap();
+    refused("not a regular file").await;
+    std::fs::remove_file(&token_file).unwrap();
+    std::fs::write(&token_file, "a".repeat(64 * 1024 + 1)).unwrap();
+    refused("larger than 65536 bytes").await;
+    assert_eq!(send_json(http().get(&url)).await.0, 200, "the token stays");
+
+    // At start: a FIFO is refused with the same words, within moments.
+    std::fs::remove_file(&token_file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&token_file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut check = binary()
+        .args(["check-config", "--config"])
+        .arg(&gw.config)
+        .env_remove("FINOVY_TOKEN")
+        .env("FINOVY_TOKEN_FILE", &token_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = poll(Duration::from_secs(20), || {
+        let exited = check.try_wait().unwrap();
+        async move { exited.ok_or(()) }
+    })
+    .await;
+    let Ok(status) = status else {
+        let _ = check.kill();
+        panic!("check-config hangs on a FIFO credential file");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut check.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("FINOVY_TOKEN_FILE") && err.contains("not a regular file"),
+        "{err}"
+    );
+}

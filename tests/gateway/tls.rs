@@ -396,3 +396,83 @@ async fn sighup_reloads_the_certificates_of_both_listeners() {
     assert_eq!(get(&trusts_new, &admin).await.unwrap().0, 200);
     get(&trusts_old, &data).await.unwrap_err();
 }
+
+/// A half-done certificate rotation (the new certificate in place, the old key removed, the new
+/// one not yet written) keeps the certificate in use, and no longer holds back the rest of the
+/// reload: a client removed in the same reload is refused at once. The answer and the log say
+/// what was kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_rotated_certificate_is_kept_and_the_rest_of_the_reload_applies() {
+    use sha2::{Digest, Sha256};
+    const ADMIN_KEY: &str = "fgw_tls_admin_key_8c1f0e4b2a";
+    const STAYS: &str = "fgw_tls_client_stays_1a2b3c4d";
+    const GOES: &str = "fgw_tls_client_goes_5e6f7a8b";
+    let sim = Sim::start(sim_config()).await;
+    let ca = TestCa::new("half-rotated");
+    let leaf = ca.server();
+    let config = |clients: &str| {
+        format!(
+            "{clients}[admin]\nkey_sha256 = \"{}\"\ntls_cert_file = {:?}\ntls_key_file = {:?}\n{}",
+            hex::encode(Sha256::digest(ADMIN_KEY.as_bytes())),
+            leaf.cert.display(),
+            leaf.key.display(),
+            super::harness::LOOSE_TOKENS
+        )
+    };
+    let stays = super::harness::client_entry("stays", STAYS, "");
+    let goes = super::harness::client_entry("goes", GOES, "");
+    let gw = super::harness::Bin::serve(
+        &config(&format!("{stays}{goes}")),
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    let data = format!("{}{IMAGE}", gw.url);
+    let status_of = |key: &'static str| {
+        let data = data.clone();
+        async move {
+            super::harness::http()
+                .get(data)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status_of(GOES).await, 200);
+
+    let fresh = ca.server();
+    std::fs::copy(&fresh.cert, &leaf.cert).unwrap();
+    std::fs::remove_file(&leaf.key).unwrap();
+    std::fs::write(&gw.config, config(&stays)).unwrap();
+
+    let port = gw.admin_url.rsplit(':').next().unwrap();
+    let client = tls_client(&ca, None, &[b"http/1.1"]);
+    let req = http::Request::post(format!("https://localhost:{port}/admin/reload"))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let kept = body["data"]["kept"].to_string();
+    assert!(
+        kept.contains("admin TLS certificate") && kept.contains("key"),
+        "{body}"
+    );
+    gw.wait_for_log("TLS certificates not reloaded", 1).await;
+    assert_eq!(status_of(GOES).await, 401, "the removed client is out");
+    assert_eq!(status_of(STAYS).await, 200);
+    let healthz = format!("https://localhost:{port}/healthz");
+    assert_eq!(
+        get(&client, &healthz).await.unwrap().0,
+        200,
+        "old certificate"
+    );
+}
