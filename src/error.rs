@@ -263,7 +263,8 @@ impl GatewayError {
             | E::RecordsFull { retry_after, .. }
             | E::RejectionsTooFast { retry_after, .. }
             | E::RecordsLost { retry_after, .. } => Some(*retry_after),
-            E::StillRunning(_) => Some(1),
+            E::StillRunning(_) | E::Overloaded => Some(1),
+            E::NoToken(e) => Some(e.retry_after()),
             _ => None,
         }
     }

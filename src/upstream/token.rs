@@ -4,13 +4,19 @@
 //! is in flight. A token the upstream rejected (code 401) is dropped with [`TokenBroker::invalidate`],
 //! so the next [`TokenBroker::get`] fetches a new one, once for everyone.
 //!
+//! A token refused (the gateway's own 401, or a client's report) is remembered as refused until
+//! it expires, here and in shared mode for the fleet: it is never leased, nor taken from the
+//! fleet's store, again. Its replacement is due at once; when `min_refresh_interval` holds it
+//! back, the refresher is woken to fetch it as soon as the interval allows.
+//!
 //! States: no token yet → held (valid until `expires_at`) → due for refresh → held again; a failed
 //! `getToken` puts the broker in backoff (callers get the error at once, no upstream call) until
 //! `retry_at`, doubling with jitter up to `retry_max`. A fixed token (`FINOVY_TOKEN`) is always held.
 //!
 //! A reload may change the credentials ([`TokenBroker::set_credentials`]): a new uuid or secret is
-//! used by the next `getToken` (the token held stays until then), and a failing broker tries
-//! again at once, within `min_refresh_interval`; a new fixed token replaces the old one at once.
+//! tried at once, by a `getToken` that neither a failure of the old ones nor `min_refresh_interval`
+//! holds back (the token held stays until it succeeds); a new fixed token replaces the old one at
+//! once. A fixed token the upstream refused is not leased until a reload changes it.
 //!
 //! The upstream is trusted no further than needed: its `effectiveTime` is clamped to
 //! `[min_lifetime, max_lifetime]`, and `getToken` goes out at most once per `min_refresh_interval`
@@ -44,13 +50,17 @@ pub(crate) enum TokenError {
     #[error("no upstream token is held at the moment; retry shortly")]
     NotHeld,
     #[error(
-        "the current token is kept, since getToken was called less than {} ago; report it again in {retry_after}s",
+        "the current token was refused; getToken goes out at most once per {}, so its replacement comes in {retry_after}s: ask again then",
         humantime::format_duration(*interval)
     )]
-    KeptTooRecent {
+    Replacing {
         interval: Duration,
         retry_after: u64,
     },
+    #[error(
+        "the upstream refused the fixed token; it is leased again once it is replaced (a reload of FINOVY_TOKEN or its file)"
+    )]
+    FixedRefused,
     #[error(
         "getToken was called less than {} ago; retry shortly",
         humantime::format_duration(*interval)
@@ -74,8 +84,19 @@ impl TokenError {
     pub(crate) fn is_refusal(&self) -> bool {
         match self {
             TokenError::Refused { code } => !matches!(code, None | Some(0 | 500 | 503)),
-            TokenError::BadRequest(_) => true,
+            // A fixed token the upstream refused: this replica's own setting, until a reload.
+            TokenError::BadRequest(_) | TokenError::FixedRefused => true,
             _ => false,
+        }
+    }
+
+    /// What `Retry-After` says: the wait when it is known, else a second.
+    pub(crate) fn retry_after(&self) -> u64 {
+        match self {
+            TokenError::Replacing { retry_after, .. } => *retry_after,
+            TokenError::Throttled { interval } => crate::error::retry_secs(*interval),
+            TokenError::FixedRefused => FIXED_LEASE.as_secs(),
+            _ => 1,
         }
     }
 }
@@ -96,6 +117,17 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// How long a lease of a fixed token lasts: its expiry is not known, and whoever keeps it may
 /// replace it, so a client asks again this often.
 pub(crate) const FIXED_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a refused fixed token stays refused: until a reload replaces it.
+const FIXED_REFUSED: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When a token expiring at `expires_ms` (epoch ms) is past; unknown: a default lifetime hence.
+fn until(expires_ms: Option<u64>) -> Instant {
+    let left = expires_ms.map_or(DEFAULT_LIFETIME, |ms| {
+        Duration::from_millis(ms.saturating_sub(crate::fleet::now_ms()))
+    });
+    Instant::now() + left
+}
 
 /// The current token, lent to a client that calls the upstream itself.
 #[derive(Clone)]
@@ -127,13 +159,39 @@ impl Held {
 #[derive(Default)]
 struct State {
     held: Option<Held>,
-    /// The last token the upstream rejected: never taken back from the fleet's store.
-    rejected: Option<Secret>,
+    /// Tokens refused (the upstream's 401, a client's report), each until it expires: never
+    /// leased, nor taken back from the fleet's store. The newest last, a few at most.
+    refused: Vec<(Secret, Instant)>,
+    /// Shared mode: when the fleet's getToken gate was last seen to open.
+    not_before: Option<Instant>,
+    /// The credentials' generation the last `getToken` used (see [`TokenBroker::source`]).
+    sent_gen: u64,
     /// The last `getToken` failure and when the next try may go.
     failing: Option<(TokenError, Instant)>,
     failures: u32,
     /// When this replica last sent `getToken`.
     last_sent: Option<Instant>,
+}
+
+/// How many refused tokens a broker remembers: one per `getToken` at most, so a few is plenty.
+const REFUSED_KEPT: usize = 8;
+
+impl State {
+    fn is_refused(&self, token: &Secret) -> bool {
+        let now = Instant::now();
+        self.refused
+            .iter()
+            .any(|(t, until)| t == token && *until > now)
+    }
+
+    fn mark_refused(&mut self, token: &Secret, until: Instant) {
+        let now = Instant::now();
+        self.refused.retain(|(t, u)| t != token && *u > now);
+        if self.refused.len() >= REFUSED_KEPT {
+            self.refused.remove(0);
+        }
+        self.refused.push((token.clone(), until));
+    }
 }
 
 impl Source {
@@ -170,9 +228,12 @@ enum Source {
 
 pub(crate) struct TokenBroker {
     account: String,
-    source: Mutex<Source>,
-    /// Told when a reload changed the credentials, so the refresher acts on them at once.
-    changed: tokio::sync::Notify,
+    /// The credentials, and their generation: a reload that changes them counts one up, and
+    /// new credentials are tried at once.
+    source: Mutex<(Source, u64)>,
+    /// Wakes the refresher: a reload changed the credentials, or a refused token's replacement
+    /// is due sooner than it planned.
+    wake: tokio::sync::Notify,
     base_url: String,
     client: UpstreamClient,
     cfg: TokenConfig,
@@ -229,8 +290,8 @@ impl TokenBroker {
     ) -> Option<TokenBroker> {
         Some(TokenBroker {
             account: account.to_string(),
-            source: Mutex::new(Source::of(credentials)?),
-            changed: tokio::sync::Notify::new(),
+            source: Mutex::new((Source::of(credentials)?, 0)),
+            wake: tokio::sync::Notify::new(),
             base_url: base_url.to_string(),
             client,
             cfg,
@@ -243,7 +304,18 @@ impl TokenBroker {
     }
 
     fn is_fixed(&self) -> bool {
-        matches!(*self.source.lock().expect("token source"), Source::Fixed(_))
+        self.fixed().is_some()
+    }
+
+    fn fixed(&self) -> Option<Secret> {
+        match &self.source.lock().expect("token source").0 {
+            Source::Fixed(t) => Some(t.clone()),
+            Source::Exchange { .. } => None,
+        }
+    }
+
+    fn source_gen(&self) -> u64 {
+        self.source.lock().expect("token source").1
     }
 
     /// New credentials from a reload. Unchanged ones change nothing; missing ones are never
@@ -254,7 +326,7 @@ impl TokenBroker {
         };
         {
             let mut source = self.source.lock().expect("token source");
-            if *source == new {
+            if source.0 == new {
                 return;
             }
             match &new {
@@ -262,10 +334,10 @@ impl TokenBroker {
                     tracing::info!(account = %self.account, "fixed token replaced");
                 }
                 Source::Exchange { .. } => {
-                    tracing::info!(account = %self.account, "credentials changed; the next getToken uses them");
+                    tracing::info!(account = %self.account, "credentials changed; trying them now");
                 }
             }
-            *source = new;
+            *source = (new, source.1 + 1);
         }
         {
             // A failure was the old credentials': the next try need not wait out its backoff.
@@ -273,7 +345,7 @@ impl TokenBroker {
             state.failing = None;
             state.failures = 0;
         }
-        self.changed.notify_one();
+        self.wake.notify_one();
     }
 
     /// Shares the token with the fleet through `store`.
@@ -323,14 +395,20 @@ impl TokenBroker {
         if let Some(e) = self.backing_off() {
             return Err(e);
         }
-        self.obtain().await
+        self.obtain(self.renewing()).await
     }
 
-    /// Drops `token` if it is still the held one: the upstream said it is no longer valid.
+    /// The upstream said `token` is no longer valid: it is marked refused (here, and in shared
+    /// mode for the fleet) and dropped if it is still the held one, its replacement started.
     pub(crate) async fn invalidate(self: &Arc<Self>, token: &Secret) {
+        if self.fixed().as_ref() == Some(token) {
+            self.refuse_fixed(token);
+            return;
+        }
+        let expires_ms = self.current_expiry(token).await;
         {
             let mut state = self.state.lock().expect("token state");
-            state.rejected = Some(token.clone());
+            state.mark_refused(token, until(expires_ms));
             if state.held.as_ref().is_some_and(|h| &h.token == token) {
                 tracing::info!(account = %self.account, "upstream rejected the token; fetching a new one");
                 state.held = None;
@@ -339,8 +417,17 @@ impl TokenBroker {
                 drop(self.start(Need::Valid));
             }
         }
-        if let Some(shared) = &self.shared {
-            shared.drop_rejected(&self.account, token).await;
+        if let (Some(shared), Some(ms)) = (&self.shared, expires_ms) {
+            shared.mark_refused(&self.account, token, ms).await;
+        }
+    }
+
+    /// The fixed token was refused: it is not leased until a reload replaces it.
+    fn refuse_fixed(&self, token: &Secret) {
+        let mut state = self.state.lock().expect("token state");
+        if !state.is_refused(token) {
+            tracing::warn!(account = %self.account, "the upstream refused the fixed token; it is not leased until a reload replaces it");
+            state.mark_refused(token, Instant::now() + FIXED_REFUSED);
         }
     }
 
@@ -371,13 +458,13 @@ impl TokenBroker {
             if self.is_fixed() {
                 tokio::select! {
                     () = &mut shutdown => return,
-                    () = self.changed.notified() => continue,
+                    () = self.wake.notified() => continue,
                 }
             }
             let due = self.next_refresh();
             tokio::select! {
                 () = &mut shutdown => return,
-                () = self.changed.notified() => continue,
+                () = self.wake.notified() => continue,
                 () = tokio::time::sleep_until(due) => {}
             }
             if self.is_fixed() {
@@ -394,10 +481,18 @@ impl TokenBroker {
             // Fixed, or someone refreshed while we waited for the lock.
             return self.valid_now().ok_or(TokenError::NotHeld);
         }
-        if let Some(t) = self.adopt_shared(true).await {
+        // New credentials are tried, not the fleet's token that the old ones got.
+        let renewing = self.renewing();
+        if !renewing && let Some(t) = self.adopt_shared(true).await {
             return Ok(t); // another replica refreshed it for the fleet
         }
-        self.obtain().await
+        self.obtain(renewing).await
+    }
+
+    /// Whether the credentials changed since the last `getToken`.
+    fn renewing(&self) -> bool {
+        let sent = self.state.lock().expect("token state").sent_gen;
+        sent != self.source_gen()
     }
 
     /// When the background refresher should act next.
@@ -406,27 +501,41 @@ impl TokenBroker {
         self.planned_refresh(&state, Instant::now())
     }
 
-    /// When the token in `state` is to be replaced: ahead of its expiry, at the retry after a
-    /// failure, never sooner than the next `getToken` may go.
+    /// When the token in `state` is to be replaced: ahead of its expiry, at once when it was
+    /// refused, at the retry after a failure; never sooner than the next `getToken` may go,
+    /// unless the credentials changed since the last one (they are tried at once).
     fn planned_refresh(&self, state: &State, now: Instant) -> Instant {
+        if state.sent_gen != self.source_gen() {
+            return now;
+        }
         let due = match (&state.failing, &state.held) {
             (Some((_, retry_at)), _) => *retry_at,
+            (None, Some(h)) if state.is_refused(&h.token) => now,
             (None, Some(h)) => {
                 let ahead = self.refresh_ahead(h.lifetime);
                 h.expires_at.checked_sub(ahead).unwrap_or(now)
             }
             (None, None) => now,
         };
-        // Never sooner than the next `getToken` may go.
-        match state.last_sent {
-            Some(sent) => due.max(sent + self.cfg.min_refresh_interval),
-            None => due,
-        }
+        due.max(self.next_fetch(state, now))
+    }
+
+    /// The earliest moment the next `getToken` may go: `min_refresh_interval` after this
+    /// replica's last, and in shared mode when the fleet's gate was last seen to open.
+    fn next_fetch(&self, state: &State, now: Instant) -> Instant {
+        let mine = state
+            .last_sent
+            .map(|sent| sent + self.cfg.min_refresh_interval);
+        [Some(now), mine, state.not_before]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(now)
     }
 
     fn valid_now(&self) -> Option<Secret> {
-        if let Source::Fixed(t) = &*self.source.lock().expect("token source") {
-            return Some(t.clone());
+        if let Some(t) = self.fixed() {
+            return Some(t);
         }
         let state = self.state.lock().expect("token state");
         let h = state.held.as_ref()?;
@@ -437,19 +546,21 @@ impl TokenBroker {
     /// `getToken` of its own: in shared mode it follows the fleet's token; when the held token is
     /// due for its planned refresh, that refresh is done now (as the refresher is about to), so
     /// the lease is of the new token; with no token held it waits only for a `getToken` already
-    /// in flight, then fails.
+    /// in flight, then fails. A refused token is never leased: until its replacement comes, the
+    /// answer is an error that says when to ask again.
     pub(crate) async fn lease(self: &Arc<Self>) -> Result<Lease, TokenError> {
-        let fixed = match &*self.source.lock().expect("token source") {
-            Source::Fixed(t) => Some(t.clone()),
-            Source::Exchange { .. } => None,
-        };
-        if let Some(token) = fixed {
+        if let Some(token) = self.fixed() {
+            if self.state.lock().expect("token state").is_refused(&token) {
+                return Err(TokenError::FixedRefused);
+            }
             return Ok(Lease {
                 token,
                 expires_ms: crate::fleet::now_ms() + FIXED_LEASE.as_millis() as u64,
             });
         }
-        self.follow_fleet().await;
+        if !self.follow_fleet().await {
+            return Err(self.lease_error(true));
+        }
         if let Some(lease) = self.current_lease() {
             return Ok(lease);
         }
@@ -463,37 +574,68 @@ impl TokenBroker {
             }
             drop(self.fetching.lock().await);
         }
-        self.current_lease()
-            .ok_or_else(|| self.backing_off().unwrap_or(TokenError::NotHeld))
+        self.current_lease().ok_or_else(|| self.lease_error(false))
+    }
+
+    /// Why no lease can be had: the current token was refused (`refused`, or the held one is
+    /// marked so) and its replacement comes at the next moment a `getToken` may go; else the
+    /// failure being backed off, or none held.
+    fn lease_error(&self, refused: bool) -> TokenError {
+        let state = self.state.lock().expect("token state");
+        let refused = refused
+            || state
+                .held
+                .as_ref()
+                .is_some_and(|h| state.is_refused(&h.token));
+        if refused {
+            let now = Instant::now();
+            let wait = self.next_fetch(&state, now) - now;
+            return TokenError::Replacing {
+                interval: self.cfg.min_refresh_interval,
+                retry_after: crate::error::retry_secs(wait),
+            };
+        }
+        drop(state);
+        self.backing_off().unwrap_or(TokenError::NotHeld)
     }
 
     /// A client says the upstream refused `token`. When it is still the current token (held
-    /// here, or the fleet's), it is dropped and a new one fetched, once for all callers, as after
-    /// the gateway's own 401; a token no longer current changes nothing. Either way the answer is
-    /// the current lease. Since the claim is only the client's word, a token is not dropped
-    /// within `min_refresh_interval` of the last `getToken` (it could not be replaced yet): the
-    /// caller is told to retry instead.
+    /// here, or the fleet's), it is marked refused (here and for the fleet: nobody leases it
+    /// again) and replaced at once when a `getToken` may go now (in shared mode: when this
+    /// replica gets the fleet's gate), once for all callers; else the refresher replaces it as
+    /// soon as one may, and the answer says when. The gateway's own requests keep sending it
+    /// meanwhile, since the claim is only the client's word (the upstream's 401 drops it). A
+    /// token no longer current changes nothing. The answer is the current lease, never of a
+    /// refused token. A fixed token reported is not leased until a reload changes it.
     pub(crate) async fn renew_rejected(
         self: &Arc<Self>,
         token: &Secret,
     ) -> Result<Lease, TokenError> {
-        if !self.is_fixed() && self.is_current(token).await {
-            if let Some(wait) = self.fetch_allowed_in() {
-                return Err(TokenError::KeptTooRecent {
-                    interval: self.cfg.min_refresh_interval,
-                    retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                });
+        if self.fixed().as_ref() == Some(token) {
+            self.refuse_fixed(token);
+        } else if let Some(expires_ms) = self.current_expiry(token).await {
+            self.state
+                .lock()
+                .expect("token state")
+                .mark_refused(token, until(Some(expires_ms)));
+            if let Some(shared) = &self.shared {
+                shared.mark_refused(&self.account, token, expires_ms).await;
             }
-            self.invalidate(token).await;
-            self.get().await?;
+            // The refresher replaces it if this report cannot (the gate is closed).
+            self.wake.notify_one();
+            let _ = self.in_flight(Need::Refresh).await;
         }
         self.lease().await
     }
 
-    /// The held token's lease, unless none is held or its planned refresh is already due.
+    /// The held token's lease, unless none is held, it was refused, or its planned refresh is
+    /// already due.
     fn current_lease(&self) -> Option<Lease> {
         let state = self.state.lock().expect("token state");
         let h = state.held.as_ref()?;
+        if state.is_refused(&h.token) {
+            return None;
+        }
         let now = Instant::now();
         let until = h.usable_until().min(self.planned_refresh(&state, now));
         (until > now).then(|| Lease {
@@ -502,45 +644,53 @@ impl TokenBroker {
         })
     }
 
-    /// Whether `token` is the one in use: held here or, in shared mode, the fleet's.
-    async fn is_current(&self, token: &Secret) -> bool {
+    /// When `token` expires (epoch ms) if it is the one in use: held here or, in shared mode,
+    /// the fleet's; `None` when it is neither.
+    async fn current_expiry(&self, token: &Secret) -> Option<u64> {
         let held = self.state.lock().expect("token state").held.clone();
-        if held.is_some_and(|h| &h.token == token) {
-            return true;
+        if let Some(h) = held.filter(|h| &h.token == token) {
+            let left = h.expires_at.saturating_duration_since(Instant::now());
+            return Some(crate::fleet::now_ms() + left.as_millis() as u64);
         }
-        match &self.shared {
-            Some(shared) => matches!(
-                shared.read(&self.account).await,
-                Ok(Some(t)) if &t.token == token
-            ),
-            None => false,
+        match self.shared.as_ref()?.read(&self.account, None).await {
+            Ok((Some(t), _)) if &t.token == token => Some(t.expires_ms),
+            _ => None,
         }
-    }
-
-    /// How long until this replica may send `getToken` again; `None` when it may now.
-    fn fetch_allowed_in(&self) -> Option<Duration> {
-        let state = self.state.lock().expect("token state");
-        let next = state.last_sent? + self.cfg.min_refresh_interval;
-        let now = Instant::now();
-        (next > now).then(|| next - now)
     }
 
     /// Shared mode: takes the fleet's token when it differs from the held one (another replica
-    /// replaced it, after a rejection say). Redis failing or empty leaves the held token.
-    async fn follow_fleet(&self) {
+    /// replaced it, after a rejection say) and is not refused, and learns which of the two the
+    /// fleet knows refused. False when the held token must not be leased: the fleet's is
+    /// another one, refused, so the held one is older still. Redis failing or empty leaves the
+    /// held token.
+    async fn follow_fleet(&self) -> bool {
         let Some(shared) = &self.shared else {
-            return;
+            return true;
         };
-        let Ok(Some(t)) = shared.read(&self.account).await else {
-            return;
+        let held = self.state.lock().expect("token state").held.clone();
+        let Ok((fleet, held_refused)) = shared
+            .read(&self.account, held.as_ref().map(|h| &h.token))
+            .await
+        else {
+            return true;
         };
-        let same = {
-            let state = self.state.lock().expect("token state");
-            state.held.as_ref().is_some_and(|h| h.token == t.token)
+        let mut state = self.state.lock().expect("token state");
+        if held_refused && let Some(h) = &held {
+            state.mark_refused(&h.token, h.expires_at);
+        }
+        let Some(t) = fleet else {
+            return true;
         };
+        let same = held.as_ref().is_some_and(|h| h.token == t.token);
+        if t.refused {
+            state.mark_refused(&t.token, until(Some(t.expires_ms)));
+            return same;
+        }
+        drop(state);
         if !same {
             self.adopt(t, false);
         }
+        true
     }
 
     fn backing_off(&self) -> Option<TokenError> {
@@ -560,7 +710,7 @@ impl TokenBroker {
     /// refresh), and holds it here.
     async fn adopt_shared(&self, need_fresh: bool) -> Option<Secret> {
         let shared = self.shared.as_ref()?;
-        let t = shared.read(&self.account).await.ok()??;
+        let t = shared.read(&self.account, None).await.ok()?.0?;
         self.adopt(t, need_fresh)
     }
 
@@ -571,7 +721,7 @@ impl TokenBroker {
         let margin = (t.lifetime / 20).min(Duration::from_secs(2));
         let due = left <= self.refresh_ahead(t.lifetime);
         let mut state = self.state.lock().expect("token state");
-        if left <= margin || (need_fresh && due) || state.rejected.as_ref() == Some(&t.token) {
+        if left <= margin || (need_fresh && due) || t.refused || state.is_refused(&t.token) {
             return None;
         }
         state.held = Some(Held {
@@ -586,8 +736,9 @@ impl TokenBroker {
 
     /// A new token: in shared mode the refresh lock decides which replica calls `getToken`, and
     /// the others wait for its token (or fetch on their own once the lock's holder is gone, or
-    /// while Redis fails). The caller holds `fetching`.
-    async fn obtain(&self) -> Result<Secret, TokenError> {
+    /// while Redis fails). `renewing`: new credentials, whose token is wanted rather than the
+    /// fleet's. The caller holds `fetching`.
+    async fn obtain(&self, renewing: bool) -> Result<Secret, TokenError> {
         let Some(shared) = &self.shared else {
             return self.fetch().await;
         };
@@ -597,7 +748,7 @@ impl TokenBroker {
                 Err(_) => return self.fetch().await,
                 Ok(Some(fence)) => {
                     // Someone may have shared a token just before the lock came free.
-                    if let Some(t) = self.adopt_shared(true).await {
+                    if !renewing && let Some(t) = self.adopt_shared(true).await {
                         shared.unlock(&self.account, &fence).await;
                         return Ok(t);
                     }
@@ -610,6 +761,7 @@ impl TokenBroker {
                                 token: h.token,
                                 expires_ms: crate::fleet::now_ms() + left.as_millis() as u64,
                                 lifetime: h.lifetime,
+                                refused: false,
                             };
                             shared.publish(&self.account, &t, &fence).await;
                         }
@@ -620,7 +772,7 @@ impl TokenBroker {
                 Ok(None) if Instant::now() >= deadline => return self.fetch().await,
                 Ok(None) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    if let Some(t) = self.adopt_shared(true).await {
+                    if !renewing && let Some(t) = self.adopt_shared(true).await {
                         return Ok(t);
                     }
                 }
@@ -629,10 +781,12 @@ impl TokenBroker {
     }
 
     /// One `getToken` call, unless one went out less than `min_refresh_interval` ago (here, or in
-    /// shared mode anywhere in the fleet): then an error at once. The caller holds `fetching`.
+    /// shared mode anywhere in the fleet): then an error at once. The first with new credentials
+    /// goes at once: the interval guards against a loop, which a reload is not. The caller holds
+    /// `fetching`.
     async fn fetch(&self) -> Result<Secret, TokenError> {
-        let Source::Exchange { uuid, secret } = self.source.lock().expect("token source").clone()
-        else {
+        let (source, generation) = self.source.lock().expect("token source").clone();
+        let Source::Exchange { uuid, secret } = source else {
             // A reload made the token fixed while this caller waited: it is held.
             return self.valid_now().ok_or(TokenError::NotHeld);
         };
@@ -645,20 +799,29 @@ impl TokenBroker {
                 .inc();
             TokenError::Throttled { interval }
         };
+        // Taken before the fleet's gate, so that this replica's own interval never ends after it.
         let sent_at = Instant::now();
-        {
-            let mut state = self.state.lock().expect("token state");
-            if state.last_sent.is_some_and(|t| sent_at < t + interval) {
+        let renewing = {
+            let state = self.state.lock().expect("token state");
+            let renewing = state.sent_gen != generation;
+            if !renewing && state.last_sent.is_some_and(|t| sent_at < t + interval) {
                 return Err(too_soon());
             }
-            state.last_sent = Some(sent_at);
-        }
+            renewing
+        };
         // The fleet's gate; without Redis this replica's own is enough.
         if let Some(shared) = &self.shared
             && !interval.is_zero()
-            && let Ok(false) = shared.gate(&self.account, interval).await
+            && let Ok(Some(wait)) = shared.gate(&self.account, interval, renewing).await
         {
+            // The refresher comes back when it opens.
+            self.state.lock().expect("token state").not_before = Some(Instant::now() + wait);
             return Err(too_soon());
+        }
+        {
+            let mut state = self.state.lock().expect("token state");
+            state.last_sent = Some(sent_at);
+            state.sent_gen = generation;
         }
         let result = self
             .exchange(&self.client, &self.base_url, uuid, secret)
@@ -698,7 +861,10 @@ impl TokenBroker {
                 let detail: String = detail.chars().take(200).collect();
                 let detail = detail.escape_debug().to_string();
                 tracing::warn!(account = %self.account, error = %e, upstream = %detail, retry_in = ?backoff, "getToken failed");
-                state.failing = Some((e.clone(), Instant::now() + backoff));
+                // A failure of credentials a reload has replaced holds nothing back.
+                if self.source_gen() == generation {
+                    state.failing = Some((e.clone(), Instant::now() + backoff));
+                }
                 Err(e)
             }
         }

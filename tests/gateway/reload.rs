@@ -236,6 +236,65 @@ async fn a_rotated_secret_file_makes_readyz_ready_after_a_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn new_credentials_are_tried_at_once_whatever_min_refresh_interval_says() {
+    const OLD: &str = "rotated-away-secret-6f7a8b";
+    const NEW: &str = "rotated-in-secret-9c0d1e";
+    const NEWER: &str = "rotated-again-secret-2f3a4b";
+    let sim = Sim::start(SimConfig {
+        secret: NEW.into(),
+        ..sim_config()
+    })
+    .await;
+    let secret_file = temp_file("secret", &format!("{OLD}\n"));
+    // The production bound and more: one getToken per minute. The failure with the old secret
+    // must not hold the new one back that long, nor a held token keep it waiting for its refresh.
+    let toml = format!(
+        "[admin]\nkey_sha256 = \"{}\"\n[token]\nmin_refresh_interval = \"60s\"\n",
+        hex::encode(Sha256::digest(ADMIN_KEY.as_bytes()))
+    );
+    let gw = Bin::serve(
+        &toml,
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET_FILE", secret_file.to_str().unwrap()),
+        ],
+    );
+    let body = readyz_until(&gw.admin_url, 503).await;
+    assert!(body.contains("no token"), "{body}");
+
+    std::fs::write(&secret_file, format!("{NEW}\n")).unwrap();
+    let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "ready with the new secret",
+        Duration::from_secs(10),
+        || async { readyz(&gw.admin_url).await.0 == 200 },
+    )
+    .await;
+
+    // With a good token held, a change is tried at once too: a getToken with the newer secret
+    // reaches the upstream with no request asking for one (it refuses it; the token held stays).
+    std::fs::write(&secret_file, format!("{NEWER}\n")).unwrap();
+    let (status, body) = reload_over_http(&gw, ADMIN_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "a getToken with the newer secret",
+        Duration::from_secs(10),
+        || async {
+            sim.requests()
+                .await
+                .iter()
+                .any(|r| r["path"] == "/v1/auth/getToken" && r["body"].to_string().contains(NEWER))
+        },
+    )
+    .await;
+    let (status, body) = send_json(http().get(format!("{}{DISK}/memoryTotal/0", gw.url))).await;
+    assert_eq!((status, &body["code"]), (200, &Value::from(0)), "{body}");
+    assert_eq!(sim.calls("getToken").await, 3, "one per secret");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_token_file_is_used_at_once() {
     let sim = Sim::start(sim_config()).await;
     let first = sim.token().await;

@@ -87,6 +87,17 @@ fn refused(v: &Value, headers: &HeaderMap) -> i64 {
     v["code"].as_i64().expect("a code")
 }
 
+/// A 503's `Retry-After`, which every 503 of the lease endpoints carries, in seconds.
+fn retry_after(headers: &HeaderMap, v: &Value) -> u64 {
+    headers
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("a 503 with Retry-After: {v}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Whether the simulator accepts `token` (its own 401 otherwise).
 async fn works(sim: &Sim, token: &str) -> bool {
     let v = send_json(
@@ -223,10 +234,61 @@ async fn without_clients_nobody_leases_and_a_fixed_token_leases_for_a_minute() {
         (sent + 59_000..=now_ms() + 60_000).contains(&expires),
         "{v}"
     );
-    // A fixed token cannot be replaced: a report of it answers the same lease, no getToken.
+    // A fixed token cannot be replaced: once reported refused it is not leased as if good, but
+    // 503 with Retry-After until a reload changes it, and no getToken.
     let (s, h, v) = report(&gw.url, LESSEE, &json!({"token": fixed}).to_string()).await;
-    assert_eq!(leased(s, &h, &v), fixed);
+    assert_eq!((s, refused(&v, &h)), (503, 503), "{v}");
+    assert_eq!(retry_after(&h, &v), 60, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("FINOVY_TOKEN"), "{v}");
+    let (s, h, v) = lease(&gw.url, LESSEE).await;
+    assert_eq!((s, refused(&v, &h)), (503, 503), "{v}");
+    assert_eq!(retry_after(&h, &v), 60, "{v}");
     assert_eq!(sim.calls("getToken").await, fetched, "none by the gateway");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_token_the_upstream_refused_is_leased_again_only_once_replaced() {
+    let sim = Sim::start(sim_config()).await;
+    let first = sim.token().await;
+    let token_file = temp_file("token", &first);
+    let gw = Bin::serve(
+        &client_entry("lessee", LESSEE, "token_lease = true"),
+        &sim.url,
+        &[("FINOVY_TOKEN_FILE", token_file.to_str().unwrap())],
+    );
+    let (s, h, v) = lease(&gw.url, LESSEE).await;
+    assert_eq!(leased(s, &h, &v), first);
+    // The upstream forgets it: the gateway's own request sees the refusal (passed on as is).
+    sim.revoke_tokens().await;
+    let (_, _, v) = answer(
+        http()
+            .get(format!("{}{DISK}/memoryTotal/0", gw.url))
+            .bearer_auth(LESSEE),
+    )
+    .await;
+    assert_ne!(v["code"], 0, "{v}");
+    let (s, h, v) = lease(&gw.url, LESSEE).await;
+    assert_eq!(
+        (s, refused(&v, &h)),
+        (503, 503),
+        "not leased as if good: {v}"
+    );
+    assert_eq!(retry_after(&h, &v), 60, "{v}");
+    // Replaced in its file and reloaded: leased again.
+    let second = sim.token().await;
+    std::fs::write(&token_file, format!("{second}\n")).unwrap();
+    gw.hangup();
+    let fresh = eventually_some(
+        "the new fixed token leased",
+        Duration::from_secs(20),
+        || async {
+            let (s, h, v) = lease(&gw.url, LESSEE).await;
+            (s == 200).then(|| leased(s, &h, &v))
+        },
+    )
+    .await;
+    assert_eq!(fresh, second);
+    assert_eq!(sim.calls("getToken").await, 2, "only the test's own");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,26 +433,27 @@ async fn a_rejected_token_is_replaced_once_however_many_report_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_report_within_min_refresh_interval_keeps_the_token() {
+async fn a_report_within_min_refresh_interval_is_not_leased_and_replaced_once_allowed() {
     let sim = Sim::start(sim_config()).await;
-    // The production bound: at most one getToken per 30 s.
-    let toml = format!("{}[token]\nmin_refresh_interval = \"30s\"\n", clients());
+    // One getToken per 2 s at most: the startup one holds the replacement back.
+    let toml = format!("{}[token]\nmin_refresh_interval = \"2s\"\n", clients());
     let gw = Gw::start(&toml, &sim.url, demo_env()).await;
     let (s, h, v) = lease(&gw.url, LESSEE).await;
     let token = leased(s, &h, &v);
-    // The claim is the client's word, and no getToken may go yet: the token stays.
+    // No getToken may go yet: 503, with when to ask again.
     let (s, h, v) = report(&gw.url, LESSEE, &json!({ "token": token }).to_string()).await;
     assert_eq!((s, refused(&v, &h)), (503, 503), "{v}");
-    assert!(
-        v["msg"].as_str().unwrap().contains("report it again in"),
-        "{v}"
-    );
+    assert!((1..=2).contains(&retry_after(&h, &v)), "{v}");
     assert!(!v["msg"].as_str().unwrap().contains(&token), "{v}");
+    // Nobody leases it meanwhile, whatever they report.
     let (s, h, v) = lease(&gw.url, SECOND).await;
-    assert_eq!(leased(s, &h, &v), token);
-    // A token that is not the current one is no reason to wait: the current lease at once.
+    assert_eq!((s, refused(&v, &h)), (503, 503), "{v}");
+    assert!((1..=2).contains(&retry_after(&h, &v)), "{v}");
     let (s, h, v) = report(&gw.url, SECOND, r#"{"token":"an-older-token"}"#).await;
-    assert_eq!(leased(s, &h, &v), token);
+    assert_eq!((s, refused(&v, &h)), (503, 503), "{v}");
+    assert!((1..=2).contains(&retry_after(&h, &v)), "{v}");
+    // The claim is the client's word: the gateway's own requests keep sending the token until
+    // the upstream refuses it (here it does not), and they ask for no getToken.
     let (s, _, v) = answer(
         http()
             .get(format!("{}{DISK}/memoryTotal/0", gw.url))
@@ -398,7 +461,20 @@ async fn a_report_within_min_refresh_interval_keeps_the_token() {
     )
     .await;
     assert_eq!((s, v["code"].as_i64()), (200, Some(0)), "{v}");
-    assert_eq!(sim.calls("getToken").await, 1);
+    let seen = sim.requests().await.pop().unwrap();
+    assert_eq!(seen["headers"]["finovy-access-token"], token.as_str());
+    // With nothing asking for a token, the replacement is fetched once the interval allows.
+    eventually(
+        "the refresher replaces the refused token",
+        Duration::from_secs(10),
+        || async { sim.calls("getToken").await == 2 },
+    )
+    .await;
+    let (s, h, v) = lease(&gw.url, THIRD).await;
+    let fresh = leased(s, &h, &v);
+    assert_ne!(fresh, token);
+    assert!(works(&sim, &fresh).await);
+    assert_eq!(sim.calls("getToken").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
