@@ -97,6 +97,7 @@ impl Gateway {
             return Err(StartError::Refused(blockers));
         }
         let metrics = Arc::new(Metrics::new());
+        metrics.export_known(&settings);
         let fleet = match &settings.redis {
             Some(cfg) => {
                 Some(Fleet::new(cfg, metrics.clone()).map_err(|e| StartError::Refused(vec![e]))?)
