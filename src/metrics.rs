@@ -21,6 +21,9 @@ pub struct Metrics {
     pub(crate) cache_lookups: IntCounterVec,
     pub(crate) cache_entries: IntGauge,
     pub(crate) cache_bytes: IntGauge,
+    /// Idempotency and de-duplication records held in this process's memory, and their bytes.
+    pub(crate) records: IntGauge,
+    pub(crate) records_bytes: IntGauge,
     pub(crate) cache_invalidations: IntCounterVec,
     pub(crate) rate_limited: IntCounterVec,
     pub(crate) dedup: IntCounterVec,
@@ -112,6 +115,15 @@ impl Metrics {
             cache_bytes: gauge(
                 "finovy_gateway_cache_bytes",
                 "Bytes held by the cache (estimated).",
+            ),
+            records: gauge(
+                "finovy_gateway_records",
+                "Idempotency and de-duplication records held in memory (0 in shared mode, where \
+                 Redis holds them).",
+            ),
+            records_bytes: gauge(
+                "finovy_gateway_records_bytes",
+                "Bytes held by the records in memory, as records_max_bytes counts them (estimated).",
             ),
             cache_invalidations: counter(
                 "finovy_gateway_cache_invalidations_total",
