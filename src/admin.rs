@@ -28,6 +28,7 @@ use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
 use crate::listener::Connections;
 use crate::metrics::Metrics;
+use crate::protect::records::RecordStore;
 use crate::reload::{ReloadError, Reloader, Swap};
 use crate::routes::RouteTable;
 use crate::store::Invalidation;
@@ -41,6 +42,7 @@ pub(crate) struct AdminState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) accounts: Vec<Arc<AccountHandle>>,
     pub(crate) cache: Arc<Cache>,
+    pub(crate) records: Arc<dyn RecordStore>,
     /// Swapped by a reload, like the settings it guards.
     pub(crate) admin_key_sha256: Arc<Swap<Option<[u8; 32]>>>,
     pub(crate) reloader: Arc<Reloader>,
@@ -122,6 +124,10 @@ async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Respo
         (&Method::GET, "/metrics") => {
             update_token_gauge(state);
             state.cache.update_gauges();
+            if let Some((records, bytes)) = state.records.usage() {
+                state.metrics.records.set(records as i64);
+                state.metrics.records_bytes.set(bytes as i64);
+            }
             let mut resp = http::Response::new(Bytes::from(state.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -7,6 +7,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::config::Settings;
+
 pub struct Metrics {
     registry: Registry,
     pub(crate) requests: IntCounterVec,
@@ -19,6 +21,9 @@ pub struct Metrics {
     pub(crate) cache_lookups: IntCounterVec,
     pub(crate) cache_entries: IntGauge,
     pub(crate) cache_bytes: IntGauge,
+    /// Idempotency and de-duplication records held in this process's memory, and their bytes.
+    pub(crate) records: IntGauge,
+    pub(crate) records_bytes: IntGauge,
     pub(crate) cache_invalidations: IntCounterVec,
     pub(crate) rate_limited: IntCounterVec,
     pub(crate) dedup: IntCounterVec,
@@ -112,6 +117,15 @@ impl Metrics {
             cache_bytes: gauge(
                 "finovy_gateway_cache_bytes",
                 "Bytes held by the cache (estimated).",
+            ),
+            records: gauge(
+                "finovy_gateway_records",
+                "Idempotency and de-duplication records held in memory (0 in shared mode, where \
+                 Redis holds them).",
+            ),
+            records_bytes: gauge(
+                "finovy_gateway_records_bytes",
+                "Bytes held by the records in memory, as records_max_bytes counts them (estimated).",
             ),
             cache_invalidations: counter(
                 "finovy_gateway_cache_invalidations_total",
@@ -222,6 +236,54 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m
+    }
+
+    /// Exports at 0 every series of the counters whose label values the configuration defines
+    /// (routes it caches or protects, caps it sets, clients it lets lease, Redis when it has one),
+    /// so a dashboard or an alert on a fresh deployment reads 0 rather than no data. Called at
+    /// start and after each reload; a series once exported stays, as counters do.
+    pub(crate) fn export_known(&self, settings: &Settings) {
+        for route in settings.cache.routes.keys() {
+            for result in ["hit", "stale", "miss", "coalesced", "bypass"] {
+                self.cache_lookups
+                    .with_label_values(&[route.as_str(), result]);
+            }
+            for reason in ["mutation", "purge", "no_cache", "gone"] {
+                self.cache_invalidations
+                    .with_label_values(&[route.as_str(), reason]);
+            }
+        }
+        for route in settings.create.routes.keys() {
+            for result in ["joined", "replayed", "conflict", "mismatch", "reconciled"] {
+                self.dedup.with_label_values(&[route.as_str(), result]);
+            }
+            for scope in ["tenant", "client", "upstream"] {
+                self.rate_limited
+                    .with_label_values(&[route.as_str(), scope]);
+            }
+        }
+        let budget = &settings.create.budget;
+        for (scope, caps) in [("account", &budget.account), ("client", &budget.client)] {
+            let set = [
+                ("creates_per_hour", caps.creates_per_hour),
+                ("creates_per_day", caps.creates_per_day),
+                ("gb_per_day", caps.gb_per_day),
+            ];
+            for (cap, _) in set.into_iter().filter(|(_, limit)| *limit > 0) {
+                self.budget_refused.with_label_values(&[scope, cap]);
+            }
+        }
+        if settings.redis.is_some() {
+            for op in crate::fleet::OPS {
+                self.redis_errors.with_label_values(&[op]);
+            }
+        }
+        for outcome in ["ok", "error", "throttled"] {
+            self.token_refreshes.with_label_values(&[outcome]);
+        }
+        for client in settings.clients.iter().filter(|c| c.token_lease) {
+            self.token_leases.with_label_values(&[&client.name]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -279,6 +279,8 @@ impl Reloader {
                 a.credentials = n.credentials.clone();
             }
         }
+        // Routes, caps and clients the reload brought in are exported at 0 like those at start.
+        self.metrics.export_known(&applied);
         *current = applied;
         Applied {
             restart_needed,

@@ -59,6 +59,8 @@ pub(crate) struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) accounts: Vec<Arc<AccountHandle>>,
     pub(crate) cache: Arc<Cache>,
+    /// The idempotency and de-duplication records, for their gauges.
+    pub(crate) records: Arc<dyn RecordStore>,
     /// Creates that run to their end whoever waits: the drain waits for them.
     pub(crate) work: TaskTracker,
     /// Shared mode: the fleet's Redis, and the cache store that listens for invalidations.
@@ -97,6 +99,7 @@ impl Gateway {
             return Err(StartError::Refused(blockers));
         }
         let metrics = Arc::new(Metrics::new());
+        metrics.export_known(&settings);
         let fleet = match &settings.redis {
             Some(cfg) => {
                 Some(Fleet::new(cfg, metrics.clone()).map_err(|e| StartError::Refused(vec![e]))?)
@@ -187,7 +190,7 @@ impl Gateway {
         let budget = Arc::new(Budget::new(settings.create.budget.clone(), ledger));
         let protection = Protection {
             dedup: DedupLayer::new(
-                records,
+                records.clone(),
                 execution_limit(&settings),
                 create.clone(),
                 metrics.clone(),
@@ -222,6 +225,7 @@ impl Gateway {
             metrics,
             accounts,
             cache,
+            records,
             work,
             fleet,
             two_level,
@@ -364,6 +368,7 @@ impl Server {
             metrics: gateway.metrics.clone(),
             accounts: gateway.accounts.clone(),
             cache: gateway.cache.clone(),
+            records: gateway.records.clone(),
             admin_key_sha256: gateway.reloader.admin_key.clone(),
             reloader: gateway.reloader.clone(),
             draining: draining.clone(),

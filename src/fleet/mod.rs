@@ -129,6 +129,31 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {ARGV[1], 0}
 ";
 
+/// Every `op` label of `finovy_gateway_redis_errors_total`: the operations [`Fleet::run`] is
+/// given, and the invalidation subscription's.
+pub(crate) const OPS: &[&str] = &[
+    "budget",
+    "cache_get",
+    "cache_invalidate",
+    "cache_lock",
+    "cache_put",
+    "marker",
+    "ping",
+    "rate_limit",
+    "record_begin",
+    "record_get",
+    "record_hold",
+    "record_holds_other",
+    "record_release",
+    "record_remove",
+    "record_renew",
+    "record_set",
+    "subscribe",
+    "token",
+    "token_gate",
+    "token_lock",
+];
+
 /// How long commands rest after a failure before Redis is tried again.
 const REST: Duration = Duration::from_millis(250);
 
@@ -348,7 +373,8 @@ impl Fleet {
         self.timeout
     }
 
-    /// Runs one Redis operation under the command timeout; a failure is counted under `op`.
+    /// Runs one Redis operation under the command timeout; a failure is counted under `op` (one
+    /// of [`OPS`]).
     pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
@@ -462,4 +488,30 @@ pub fn now_ms() -> u64 {
 /// Whole milliseconds for `PX`, at least 1.
 pub(crate) fn px(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every operation this module names when it calls Redis is one of [`super::OPS`], so its
+    /// error counter is exported at 0 from the start.
+    #[test]
+    fn every_operation_called_is_one_of_the_exported_ops() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/fleet");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            // The code, without the tests (this one names the calls it looks for).
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for call in [".run(", ".set_nx("] {
+                for rest in code.split(call).skip(1) {
+                    if let Some(literal) = rest.trim_start().strip_prefix('"') {
+                        let op = literal.split('"').next().unwrap_or_default();
+                        assert!(super::OPS.contains(&op), "{op:?} is not in OPS");
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 10, "only {seen} operations found");
+    }
 }

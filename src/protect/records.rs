@@ -157,6 +157,11 @@ pub trait RecordStore: Send + Sync + 'static {
     fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>>;
     /// Whether `owner` holds a live key other than `key`.
     fn holds_other(&self, owner: &str, key: &str) -> BoxFuture<Stored<bool>>;
+    /// Records held in this process's memory and their bytes (as `records_max_bytes` counts
+    /// them); `None` where another process (Redis) holds them.
+    fn usage(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// After the shared store lost its data (Redis restarted empty, flushed): how long creates
     /// that find no record are still refused, since they may be retries of lost ones.
     fn lost_data(&self) -> BoxFuture<Stored<Option<Duration>>> {
@@ -379,6 +384,11 @@ impl RecordStore for MemoryRecords {
     fn holds_other(&self, owner: &str, key: &str) -> BoxFuture<Stored<bool>> {
         let now = crate::fleet::now_ms();
         ready(Ok(self.owners.holds_other(owner, key, now)))
+    }
+
+    fn usage(&self) -> Option<(u64, u64)> {
+        self.records.run_pending_tasks();
+        Some((self.records.entry_count(), self.records.weighted_size()))
     }
 }
 

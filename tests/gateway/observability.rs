@@ -642,3 +642,117 @@ fn metric_names_and_anchors_are_read_as_prometheus_and_github_do() {
     assert!(names.contains("finovy_gateway_d_bucket"));
     assert_eq!(encode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_whose_labels_the_configuration_defines_are_exported_at_0_from_the_start() {
+    let redis = RedisServer::start();
+    let sim = Sim::start(sim_config()).await;
+    let base = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-zero:\"\ntimeout = \"2s\"\n\
+         [create.budget.client]\ngb_per_day = 1000\n{}",
+        redis.url(),
+        client_entry("leaser", CLIENT_KEY, "token_lease = true"),
+    );
+    let env = demo_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gw = Bin::serve(&base, &sim.url, &env);
+    let text = metrics_at(&gw.admin_url).await;
+    let zero = |counter: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            metric_opt(&text, counter, labels),
+            Some(0.0),
+            "{counter}{labels:?} at 0 in:\n{text}"
+        );
+    };
+    for result in ["hit", "stale", "miss", "coalesced", "bypass"] {
+        zero(
+            "finovy_gateway_cache_lookups_total",
+            &[("route", "disk.info"), ("result", result)],
+        );
+    }
+    zero(
+        "finovy_gateway_cache_invalidations_total",
+        &[("route", "disk.info"), ("reason", "mutation")],
+    );
+    for route in ["disk.create", "host.create_quantity", "host.create_rent"] {
+        for result in ["joined", "replayed", "conflict", "mismatch", "reconciled"] {
+            zero(
+                "finovy_gateway_dedup_total",
+                &[("route", route), ("result", result)],
+            );
+        }
+        for scope in ["tenant", "client", "upstream"] {
+            zero(
+                "finovy_gateway_rate_limited_total",
+                &[("route", route), ("scope", scope)],
+            );
+        }
+    }
+    zero(
+        "finovy_gateway_budget_refused_total",
+        &[("scope", "client"), ("cap", "gb_per_day")],
+    );
+    for op in [
+        "record_begin",
+        "cache_get",
+        "rate_limit",
+        "token",
+        "subscribe",
+    ] {
+        zero("finovy_gateway_redis_errors_total", &[("op", op)]);
+    }
+    zero(
+        "finovy_gateway_token_refreshes_total",
+        &[("outcome", "error")],
+    );
+    zero("finovy_gateway_token_leases_total", &[("client", "leaser")]);
+    // Only what the configuration defines: a route it does not cache, a cap it does not set.
+    for (counter, labels) in [
+        ("finovy_gateway_cache_lookups_total", ("route", "disk.list")),
+        ("finovy_gateway_budget_refused_total", ("scope", "account")),
+        (
+            "finovy_gateway_budget_refused_total",
+            ("cap", "creates_per_day"),
+        ),
+    ] {
+        assert_eq!(
+            metric_opt(&text, counter, &[labels]),
+            None,
+            "{counter} {labels:?}"
+        );
+    }
+
+    // A reload that caches another route and sets another cap exports those too.
+    std::fs::write(
+        &gw.config,
+        format!(
+            "{base}[create.budget.account]\ncreates_per_day = 10\n\
+             [cache.routes.\"disk.list\"]\nttl = \"5s\"\n{LOOSE_TOKENS}"
+        ),
+    )
+    .unwrap();
+    gw.hangup();
+    eventually("the reload counted", Duration::from_secs(20), || async {
+        gw.metric("finovy_gateway_config_reloads_total", &[("result", "ok")])
+            .await
+            >= 1.0
+    })
+    .await;
+    let text = metrics_at(&gw.admin_url).await;
+    for (counter, labels) in [
+        (
+            "finovy_gateway_cache_lookups_total",
+            [("route", "disk.list"), ("result", "miss")],
+        ),
+        (
+            "finovy_gateway_budget_refused_total",
+            [("scope", "account"), ("cap", "creates_per_day")],
+        ),
+    ] {
+        assert_eq!(
+            metric_opt(&text, counter, &labels),
+            Some(0.0),
+            "{counter}{labels:?} after the reload in:\n{text}"
+        );
+    }
+}
