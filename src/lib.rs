@@ -9,6 +9,7 @@ pub(crate) mod config_error;
 pub mod duration;
 pub(crate) mod envelope;
 pub(crate) mod error;
+pub(crate) mod fd_limit;
 pub mod fleet;
 pub(crate) mod layers;
 pub(crate) mod listener;

@@ -473,3 +473,61 @@ async fn http2_floods_are_cut_off_and_cost_little() {
     // Through it all, other clients are served, and no flood left a request behind upstream.
     assert_eq!(ok(&bin).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_file_descriptors_the_accept_errors_are_not_logged_in_a_flood() {
+    let sim = Sim::start(sim_config()).await;
+    let bin = Bin::serve(
+        "",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    assert_eq!(readyz(&bin.admin_url).await.0, 200);
+    // Leave the process ten descriptors more than it holds now.
+    let pid = bin.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={0}:{0}", open + 10);
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .expect("prlimit");
+    assert!(status.success());
+    // Sockets that connect and send nothing: the kernel queues them, accept runs out.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(
+            TcpStream::connect(bin.url.trim_start_matches("http://"))
+                .await
+                .unwrap(),
+        );
+    }
+    bin.wait_for_log("accept failed", 1).await;
+    // Over the next two seconds (40 lines at the old 50 ms pace), at most one more line.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = bin
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(lines <= 2, "{lines} lines:\n{}", bin.log_text());
+    // Once the silent sockets go (the handshake timeout, or their peers), it serves again.
+    drop(silent);
+    eventually(
+        "the gateway serves again",
+        Duration::from_secs(20),
+        || async {
+            http()
+                .get(format!("{}{TOTAL}", bin.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+}
