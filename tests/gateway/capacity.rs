@@ -493,7 +493,7 @@ async fn both_listeners_ping_idle_h2_peers() {
         demo_env(),
     )
     .await;
-    for url in [&gw.url, &gw.admin_url] {
+    for (name, url) in [("data", &gw.url), ("admin", &gw.admin_url)] {
         let mut s = connect(url).await;
         s.write_all(H2_PREFACE).await.unwrap();
         let mut got = Vec::new();
@@ -516,9 +516,9 @@ async fn both_listeners_ping_idle_h2_peers() {
         while !pinged(&got) {
             let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
                 .await
-                .unwrap_or_else(|_| panic!("{url}: no PING within 3 s: {:?}", h2_frames(&got)))
+                .unwrap_or_else(|_| panic!("{name}: no PING within 3 s: {:?}", h2_frames(&got)))
                 .unwrap();
-            assert!(n > 0, "{url}: closed before a PING");
+            assert!(n > 0, "{name}: closed before a PING");
             got.extend_from_slice(&buf[..n]);
         }
     }
