@@ -248,18 +248,16 @@ impl Connections {
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            let place = tokio::select! {
+            let (place, activity) = tokio::select! {
                 () = shutdown.as_mut() => return None,
                 p = self.take_place(source) => p,
             };
-            return Some((
-                stream,
-                Slot {
-                    peer,
-                    activity: place.1,
-                    place: place.0,
-                },
-            ));
+            let slot = Slot {
+                peer,
+                activity,
+                place,
+            };
+            return Some((stream, slot));
         }
     }
 
@@ -355,7 +353,9 @@ impl Connections {
                             deadline = deadline.min(Instant::now() + EVICT_GRACE);
                         }
                     }
-                    () = tokio::time::sleep_until(handshake_deadline), if handshaking && state == Closing::Open => {
+                    () = tokio::time::sleep_until(handshake_deadline),
+                        if handshaking && state == Closing::Open =>
+                    {
                         handshaking = false;
                         if !activity.served.load(Ordering::Acquire) {
                             closes.handshake_timeout.inc();
