@@ -531,3 +531,49 @@ async fn out_of_file_descriptors_the_accept_errors_are_not_logged_in_a_flood() {
     )
     .await;
 }
+
+#[test]
+fn at_start_the_open_file_limit_is_raised_and_a_short_one_is_named() {
+    use std::io::{BufRead, BufReader};
+    let config = temp_file("gateway.toml", "");
+    // Soft 512, hard 2048: raised to 2048, still under the defaults' needs (10,000 connections).
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=512:2048")
+        .arg(env!("CARGO_BIN_EXE_finovy-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .env("FINOVY_TOKEN", "fixed")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit runs the gateway");
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("admin listening") || line.contains("gateway listening") {
+            break;
+        }
+    }
+    // prlimit runs the gateway in its own process: its limits are the gateway's.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(),
+        ["2048", "2048"],
+        "{files}"
+    );
+    assert!(
+        log.contains("open-file limit (2048)") && log.contains("server.max_connections"),
+        "{log}"
+    );
+}
