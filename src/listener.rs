@@ -47,8 +47,8 @@ use crate::tls::ServerTls;
 /// explicit): past it the connection is closed.
 const H2_MAX_PENDING_RESETS: usize = 20;
 
-/// How long the listener waits for the connection it closed at the cap to be gone before it
-/// closes another (one that a request reached meanwhile finishes that request first).
+/// How often the listener looks again while it waits for room at the cap: for the connection it
+/// closed to be gone, or, when all are busy, for one to become idle.
 const EVICT_WAIT: Duration = Duration::from_millis(100);
 /// A connection closed at the cap that has not gone within this is dropped (an h2 peer that
 /// does not answer the goodbye, an HTTP/1 head that does not finish).
@@ -173,11 +173,12 @@ fn source_of(ip: IpAddr) -> IpAddr {
 }
 
 /// The connection that has been idle longest with no request in flight, not already closing.
-fn longest_idle(conns: &HashMap<u64, Arc<Activity>>) -> Option<&Arc<Activity>> {
+fn longest_idle(conns: &HashMap<u64, Arc<Activity>>) -> Option<(u64, &Arc<Activity>)> {
     conns
-        .values()
-        .filter(|a| a.in_flight.load(Ordering::Acquire) == 0 && !a.evicted.load(Ordering::Acquire))
-        .min_by_key(|a| a.idle_since_ms() + a.born_ms)
+        .iter()
+        .filter(|(_, a)| a.idle() && !a.evicted.load(Ordering::Acquire))
+        .min_by_key(|(_, a)| a.idle_since_ms() + a.born_ms)
+        .map(|(id, a)| (*id, a))
 }
 
 impl Connections {
@@ -271,6 +272,8 @@ impl Connections {
     /// closed to make it, and when every one is busy this waits until one is not.
     async fn take_place(&self, source: IpAddr) -> (Place, Arc<Activity>) {
         let mut count = self.shared.count.subscribe();
+        // The connection closed to make room, while it is still going.
+        let mut closing: Option<u64> = None;
         loop {
             {
                 let mut open = self.shared.lock();
@@ -290,10 +293,14 @@ impl Connections {
                     };
                     return (place, activity);
                 }
-                if let Some(victim) = longest_idle(&open.conns) {
+                // One at a time, unless the one closing got a request meanwhile (it finishes that
+                // first), so that a slow goodbye does not cost more connections.
+                let going = closing.is_some_and(|id| open.conns.get(&id).is_some_and(|a| a.idle()));
+                if !going && let Some((id, victim)) = longest_idle(&open.conns) {
                     victim.evicted.store(true, Ordering::Release);
                     victim.evict.notify_one();
                     self.closes.idle_at_cap.inc();
+                    closing = Some(id);
                 }
             }
             let _ = tokio::time::timeout(EVICT_WAIT, count.wait_for(|n| *n < self.max)).await;
@@ -562,6 +569,11 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.served.store(true, Ordering::Release);
         Busy(self.clone())
+    }
+
+    /// No request in flight.
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
     }
 
     fn idle_since_ms(&self) -> u64 {

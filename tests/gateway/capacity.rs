@@ -325,14 +325,19 @@ async fn healthz_answers_beside_more_idle_admin_sockets_than_its_cap() {
         "/healthz beside 128 idle admin sockets: {:?}",
         started.elapsed()
     );
-    // Each socket past the cap, and the probe, took the place of an idle one.
+    // Each socket past the cap, and the probe, took the place of an idle one (or of one that
+    // the handshake timeout closed first, on a slow machine).
     let text = gw.metrics().await;
-    let evicted = metric(
-        &text,
-        "finovy_gateway_connections_closed_total",
-        &[("listener", "admin"), ("reason", "idle_at_cap")],
-    );
-    assert!(evicted >= 65.0, "{evicted}");
+    let closed = |reason| {
+        metric(
+            &text,
+            "finovy_gateway_connections_closed_total",
+            &[("listener", "admin"), ("reason", reason)],
+        )
+    };
+    let evicted = closed("idle_at_cap");
+    assert!(evicted + closed("handshake_timeout") >= 65.0, "{evicted}");
+    assert!(evicted >= 1.0, "{evicted}");
     // Known label values are exported from the start.
     for reason in ["idle_at_cap", "handshake_timeout", "per_ip_cap"] {
         assert_eq!(
