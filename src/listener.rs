@@ -177,7 +177,8 @@ fn longest_idle(conns: &HashMap<u64, Arc<Activity>>) -> Option<(u64, &Arc<Activi
     conns
         .iter()
         .filter(|(_, a)| a.idle() && !a.evicted.load(Ordering::Acquire))
-        .min_by_key(|(_, a)| a.idle_since_ms() + a.born_ms)
+        // Ties (within a microsecond) go to the older connection.
+        .min_by_key(|(id, a)| (a.born_us + a.idle_since_us(), **id))
         .map(|(id, a)| (*id, a))
 }
 
@@ -524,10 +525,10 @@ enum Closing {
 /// What a connection is doing: requests in flight, and when the last one ended.
 pub(crate) struct Activity {
     born: Instant,
-    /// `born` in milliseconds after the process's first connection, to compare connections.
-    born_ms: u64,
+    /// `born` in microseconds after the process's first connection, to compare connections.
+    born_us: u64,
     in_flight: AtomicUsize,
-    /// Milliseconds after `born` when the connection last became idle.
+    /// Microseconds after `born` when the connection last became idle.
     idle_since: AtomicU64,
     /// Whether a request head has arrived (the handshake timeout no longer applies).
     served: AtomicBool,
@@ -541,8 +542,8 @@ pub(crate) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let ms = self.0.born.elapsed().as_millis() as u64;
-        self.0.idle_since.store(ms, Ordering::Release);
+        let us = self.0.born.elapsed().as_micros() as u64;
+        self.0.idle_since.store(us, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -553,9 +554,9 @@ impl Activity {
         let born = Instant::now();
         Activity {
             born,
-            born_ms: born
+            born_us: born
                 .duration_since(*EPOCH.get_or_init(Instant::now))
-                .as_millis() as u64,
+                .as_micros() as u64,
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             served: AtomicBool::new(false),
@@ -576,7 +577,7 @@ impl Activity {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    fn idle_since_ms(&self) -> u64 {
+    fn idle_since_us(&self) -> u64 {
         self.idle_since.load(Ordering::Acquire)
     }
 
@@ -585,7 +586,7 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Instant::now() + idle;
         }
-        let since = self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        let since = self.born + Duration::from_micros(self.idle_since.load(Ordering::Acquire));
         since + idle
     }
 }
