@@ -13,8 +13,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::cache::Cache;
@@ -26,7 +24,7 @@ use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
 use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
-use crate::listener::Connections;
+use crate::listener::{self, Connections};
 use crate::metrics::Metrics;
 use crate::protect::records::RecordStore;
 use crate::reload::{ReloadError, Reloader, Swap};
@@ -54,11 +52,11 @@ pub(crate) struct AdminState {
 }
 
 /// Open admin connections at most: probes and scrapers need few, and a flood of them must not
-/// take the process's file descriptors.
-const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// take the process's file descriptors. At the cap a new one takes the longest-idle one's place.
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
 
-/// Serves the admin listener until `shutdown`, with the data plane's head-read and idle timeouts
-/// and its own small connection cap, so that a client stalling here is let go as it is there.
+/// Serves the admin listener until `shutdown`, built as the data plane's (the same HTTP settings,
+/// timeouts and per-address cap) with its own small connection cap.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
@@ -69,18 +67,8 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "admin listening");
     }
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(cfg.max_header_bytes)
-        .header_read_timeout(cfg.request_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_bytes as u32)
-        .max_concurrent_streams(cfg.h2_max_concurrent_streams);
-    let connections = Connections::new(ADMIN_MAX_CONNECTIONS, cfg.idle_timeout);
+    let builder = listener::http_builder(&cfg);
+    let connections = Connections::new("admin", ADMIN_MAX_CONNECTIONS, &cfg, &state.metrics);
     tokio::pin!(shutdown);
     while let Some((stream, slot)) = connections.accept(&listener, shutdown.as_mut()).await {
         let state = state.clone();
@@ -94,14 +82,7 @@ pub(crate) async fn serve(
                 Ok::<_, Infallible>(resp)
             }
         });
-        connections.serve_http(
-            slot,
-            stream,
-            &builder,
-            svc,
-            tls.as_deref(),
-            cfg.request_timeout,
-        );
+        connections.serve_http(slot, stream, &builder, svc, tls.as_deref());
     }
     // Idle probe connections close now; one mid-request finishes on its own.
     connections.close_all_later();

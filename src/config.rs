@@ -84,8 +84,13 @@ pub struct ServerConfig {
     /// [`Settings::max_inflight_per_client`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_inflight_per_client: Option<usize>,
-    /// Open data-plane connections; more wait in the listen backlog until one closes.
+    /// Open data-plane connections; at the cap a new one takes the place of the longest-idle one.
     pub(crate) max_connections: usize,
+    /// One source address's (an IPv6 /64's) share of the open connections, on either listener.
+    pub(crate) max_connections_per_ip: usize,
+    /// A connection must complete its TLS handshake and its first request head within this.
+    #[serde(with = "duration")]
+    pub(crate) handshake_timeout: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/1 and h2).
     #[serde(with = "duration")]
     pub(crate) idle_timeout: Duration,
@@ -119,6 +124,8 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(10),
             max_inflight_per_client: None,
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             h2_max_concurrent_streams: 100,
             h2_keep_alive_interval: Duration::from_secs(20),
@@ -669,6 +676,11 @@ impl Settings {
         check_nonzero("server.request_timeout", server.request_timeout)?;
         check_nonzero("server.body_timeout", server.body_timeout)?;
         check_nonzero("server.idle_timeout", server.idle_timeout)?;
+        check_nonzero("server.handshake_timeout", server.handshake_timeout)?;
+        check_positive(
+            "server.max_connections_per_ip",
+            server.max_connections_per_ip,
+        )?;
         check_nonzero(
             "server.h2_keep_alive_interval",
             server.h2_keep_alive_interval,

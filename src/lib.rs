@@ -10,6 +10,7 @@ pub mod duration;
 pub(crate) mod envelope;
 pub(crate) mod error;
 pub(crate) mod files;
+pub(crate) mod fd_limit;
 pub mod fleet;
 pub(crate) mod layers;
 pub(crate) mod listener;

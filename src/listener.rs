@@ -1,91 +1,317 @@
-//! Accepted connections, for the data plane and the admin listener alike: at most `max` open at
-//! once (a permit is taken before `accept`, so more wait in the kernel's listen backlog rather
-//! than in our memory), each closed once it has had no request in flight for `idle_timeout`
-//! (HTTP/1 and h2 alike, and a connection that never sends a byte; one that does not go within
-//! another `idle_timeout` is dropped), and all of them closed
-//! gracefully on shutdown: what is in flight finishes, then [`Connections::close_all`] returns.
+//! Accepted connections, for the data plane and the admin listener alike: one HTTP setup
+//! ([`http_builder`]) and one way of keeping connections ([`Connections`]), so that the two
+//! cannot drift apart.
+//!
+//! - At most `max` open at once. At the cap, a new connection takes the place of the open one
+//!   that has been idle longest with no request in flight (as nginx reuses idle keep-alive
+//!   connections when it runs out), so idle or silent sockets cannot shut anyone out; only when
+//!   every connection has a request in flight do new ones wait in the kernel's listen backlog.
+//! - At most `max_connections_per_ip` from one source address (an IPv6 /64): past it a new
+//!   connection is closed at once, so one host cannot take every place.
+//! - A connection that has not completed its TLS handshake and its first request head within
+//!   `handshake_timeout` is closed.
+//! - A connection with no request in flight for `idle_timeout` is closed (HTTP/1 and h2 alike;
+//!   one that does not go within another `idle_timeout` is dropped).
+//! - On shutdown all are closed gracefully: what is in flight finishes, then
+//!   [`Connections::close_all`] returns.
+//!
+//! Every close the gateway decides is counted in `finovy_gateway_connections_closed_total`.
+//! Accept errors (out of file descriptors, most often) back off and are logged at most once per
+//! [`ACCEPT_LOG_EVERY`].
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::{IntCounter, IntGauge};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::tls::ServerTls;
+
+/// Streams an h2 client may reset before the server has accepted them (hyper's default, kept
+/// explicit): past it the connection is closed.
+const H2_MAX_PENDING_RESETS: usize = 20;
+
+/// How often the listener looks again while it waits for room at the cap: for the connection it
+/// closed to be gone, or, when all are busy, for one to become idle.
+const EVICT_WAIT: Duration = Duration::from_millis(100);
+/// A connection closed at the cap that has not gone within this is dropped (an h2 peer that
+/// does not answer the goodbye, an HTTP/1 head that does not finish).
+const EVICT_GRACE: Duration = Duration::from_secs(1);
+
+/// At most one log line per this long about failing accepts.
+pub(crate) const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The pause after a failed accept doubles from the first to the last.
+const ACCEPT_PAUSE_FIRST: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The HTTP/1.1 and h2 settings of both listeners, from `[server]`.
+pub(crate) fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(cfg.max_header_bytes)
+        // Counted from when the connection waits for a head: covers a slow head and an idle
+        // kept-alive connection alike.
+        .header_read_timeout(cfg.request_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+        // Pings find dead peers, whose streams would otherwise stay open.
+        .keep_alive_interval(cfg.h2_keep_alive_interval)
+        .keep_alive_timeout(cfg.h2_keep_alive_timeout)
+        // Rapid reset (CVE-2023-44487): streams a client opens and cancels at once.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS);
+    builder
+}
 
 /// The open connections of one listener.
 pub(crate) struct Connections {
-    permits: Arc<Semaphore>,
-    max: u32,
+    shared: Arc<Shared>,
+    max: usize,
+    per_source: usize,
     idle_timeout: Duration,
+    handshake_timeout: Duration,
     closing: watch::Sender<bool>,
+    closes: Closes,
+    accept_errors: Mutex<AcceptErrors>,
+}
+
+/// What the connections' tasks and the listener share.
+struct Shared {
+    open: Mutex<Open>,
+    /// How many are open, to wait on (always `open.conns.len()`).
+    count: watch::Sender<usize>,
+    gauge: IntGauge,
+}
+
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    conns: HashMap<u64, Arc<Activity>>,
+    /// Open connections by source address (see [`source_of`]).
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// One listener's counters of `finovy_gateway_connections_closed_total`, by reason.
+#[derive(Clone)]
+struct Closes {
+    idle_at_cap: IntCounter,
+    handshake_timeout: IntCounter,
+    per_ip_cap: IntCounter,
+    idle_timeout: IntCounter,
 }
 
 /// An accepted connection's place among the open ones, and what it is doing.
 pub(crate) struct Slot {
     pub(crate) peer: SocketAddr,
     pub(crate) activity: Arc<Activity>,
-    permit: OwnedSemaphorePermit,
+    place: Place,
+}
+
+/// A connection's entry among the open ones; dropping it frees the place.
+struct Place {
+    id: u64,
+    source: IpAddr,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.shared.lock();
+        open.conns.remove(&self.id);
+        if let Entry::Occupied(mut n) = open.per_source.entry(self.source) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+        let n = open.conns.len();
+        self.shared.count.send_replace(n);
+        self.shared.gauge.set(n as i64);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The address a connection counts against for `max_connections_per_ip`: an IPv4 address as it
+/// is, an IPv6 one by its /64 (a single host commonly holds a whole /64), an IPv4-mapped one as
+/// its IPv4 address.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The connection that has been idle longest with no request in flight, not already closing.
+fn longest_idle(conns: &HashMap<u64, Arc<Activity>>) -> Option<(u64, &Arc<Activity>)> {
+    conns
+        .iter()
+        .filter(|(_, a)| a.idle() && !a.evicted.load(Ordering::Acquire))
+        // Ties (within a microsecond) go to the older connection.
+        .min_by_key(|(id, a)| (a.born_us + a.idle_since_us(), **id))
+        .map(|(id, a)| (*id, a))
 }
 
 impl Connections {
-    /// `max` is at most 1,000,000 (the config checks it).
-    pub(crate) fn new(max: usize, idle_timeout: Duration) -> Connections {
+    /// The connections of `listener` (`data` or `admin`, as in the metrics): at most `max` open
+    /// (at most 1,000,000: the config checks it), with `cfg`'s per-address cap and timeouts.
+    pub(crate) fn new(
+        listener: &str,
+        max: usize,
+        cfg: &ServerConfig,
+        metrics: &Metrics,
+    ) -> Connections {
+        let closed = |reason: &str| {
+            metrics
+                .connections_closed
+                .with_label_values(&[listener, reason])
+        };
         Connections {
-            permits: Arc::new(Semaphore::new(max)),
-            max: max as u32,
-            idle_timeout,
+            shared: Arc::new(Shared {
+                open: Mutex::new(Open::default()),
+                count: watch::channel(0).0,
+                gauge: metrics.connections_open.with_label_values(&[listener]),
+            }),
+            max,
+            per_source: cfg.max_connections_per_ip,
+            idle_timeout: cfg.idle_timeout,
+            handshake_timeout: cfg.handshake_timeout,
             closing: watch::channel(false).0,
+            closes: Closes {
+                idle_at_cap: closed("idle_at_cap"),
+                handshake_timeout: closed("handshake_timeout"),
+                per_ip_cap: closed("per_ip_cap"),
+                idle_timeout: closed("idle_timeout"),
+            },
+            accept_errors: Mutex::new(AcceptErrors::default()),
         }
     }
 
-    /// The next connection, once fewer than `max` are open; `None` once `shutdown` resolves.
+    /// The next connection, with its place among the open ones; `None` once `shutdown`
+    /// resolves.
     pub(crate) async fn accept(
         &self,
         listener: &TcpListener,
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Option<(TcpStream, Slot)> {
-        let permit = tokio::select! {
-            () = shutdown.as_mut() => return None,
-            p = self.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
         loop {
             let accepted = tokio::select! {
                 () = shutdown.as_mut() => return None,
                 a = listener.accept() => a,
             };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let slot = Slot {
-                        peer,
-                        activity: Arc::new(Activity::new()),
-                        permit,
-                    };
-                    return Some((stream, slot));
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    self.errors().succeeded();
+                    a
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let pause = self.errors().failed(&e);
+                    tokio::select! {
+                        () = shutdown.as_mut() => return None,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
+            let source = source_of(peer.ip());
+            let from_source = self.shared.lock().per_source.get(&source).copied();
+            if from_source.unwrap_or(0) >= self.per_source {
+                self.closes.per_ip_cap.inc();
+                tracing::debug!(%peer, "closing a connection over max_connections_per_ip");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let (place, activity) = tokio::select! {
+                () = shutdown.as_mut() => return None,
+                p = self.take_place(source) => p,
+            };
+            let slot = Slot {
+                peer,
+                activity,
+                place,
+            };
+            return Some((stream, slot));
+        }
+    }
+
+    fn errors(&self) -> MutexGuard<'_, AcceptErrors> {
+        self.accept_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a connection from `source`; at the cap, the longest-idle connection is
+    /// closed to make it, and when every one is busy this waits until one is not.
+    async fn take_place(&self, source: IpAddr) -> (Place, Arc<Activity>) {
+        let mut count = self.shared.count.subscribe();
+        // The connection closed to make room, while it is still going.
+        let mut closing: Option<u64> = None;
+        loop {
+            {
+                let mut open = self.shared.lock();
+                if open.conns.len() < self.max {
+                    let id = open.next_id;
+                    open.next_id += 1;
+                    let activity = Arc::new(Activity::new());
+                    open.conns.insert(id, activity.clone());
+                    *open.per_source.entry(source).or_default() += 1;
+                    let n = open.conns.len();
+                    self.shared.count.send_replace(n);
+                    self.shared.gauge.set(n as i64);
+                    let place = Place {
+                        id,
+                        source,
+                        shared: self.shared.clone(),
+                    };
+                    return (place, activity);
+                }
+                // One at a time, unless the one closing got a request meanwhile (it finishes that
+                // first), so that a slow goodbye does not cost more connections.
+                let going = closing.is_some_and(|id| open.conns.get(&id).is_some_and(|a| a.idle()));
+                if !going && let Some((id, victim)) = longest_idle(&open.conns) {
+                    victim.evicted.store(true, Ordering::Release);
+                    victim.evict.notify_one();
+                    self.closes.idle_at_cap.inc();
+                    closing = Some(id);
                 }
             }
+            let _ = tokio::time::timeout(EVICT_WAIT, count.wait_for(|n| *n < self.max)).await;
         }
     }
 
     /// Runs `conn` (a hyper connection on `slot`'s stream) in its own task until it ends, closing
-    /// it with `graceful` when it has been idle too long or when every connection is closed.
+    /// it with `graceful` when it has been idle too long, when the listener needs its place for
+    /// a new connection, or when every connection is closed; dropping it when it has no request
+    /// head within the handshake timeout.
     pub(crate) fn spawn<C, E>(&self, slot: Slot, conn: C, graceful: fn(Pin<&mut C>))
     where
         C: Future<Output = Result<(), E>> + Send + 'static,
@@ -94,15 +320,18 @@ impl Connections {
         let Slot {
             peer,
             activity,
-            permit,
+            place,
         } = slot;
         let idle = self.idle_timeout;
+        let handshake_deadline = activity.born + self.handshake_timeout;
+        let closes = self.closes.clone();
         let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _place = place;
             tokio::pin!(conn);
             let mut deadline = activity.idle_deadline(idle);
             let mut state = Closing::Open;
+            let mut handshaking = true;
             loop {
                 tokio::select! {
                     ended = conn.as_mut() => {
@@ -116,6 +345,32 @@ impl Connections {
                         state = Closing::Draining;
                         graceful(conn.as_mut());
                     }
+                    () = activity.evict.notified(), if state != Closing::Draining => {
+                        tracing::debug!(%peer, "closing the longest-idle connection for a new one");
+                        // Gracefully, so that an answer still being written is not cut off (an
+                        // idle HTTP/1 connection closes at once, h2 says GOAWAY); dropped if it
+                        // has not gone within EVICT_GRACE.
+                        if state == Closing::Open {
+                            graceful(conn.as_mut());
+                        }
+                        if activity.in_flight.load(Ordering::Acquire) > 0 {
+                            // A request reached it after it was chosen: that one finishes.
+                            state = Closing::Draining;
+                        } else {
+                            state = Closing::Idle;
+                            deadline = deadline.min(Instant::now() + EVICT_GRACE);
+                        }
+                    }
+                    () = tokio::time::sleep_until(handshake_deadline),
+                        if handshaking && state == Closing::Open =>
+                    {
+                        handshaking = false;
+                        if !activity.served.load(Ordering::Acquire) {
+                            closes.handshake_timeout.inc();
+                            tracing::debug!(%peer, "no request head within the handshake timeout; closing");
+                            return;
+                        }
+                    }
                     () = tokio::time::sleep_until(deadline), if state != Closing::Draining => {
                         if state == Closing::Idle {
                             // A peer that does not complete the goodbye (an h2 client that
@@ -126,6 +381,7 @@ impl Connections {
                         deadline = activity.idle_deadline(idle);
                         if deadline <= Instant::now() {
                             tracing::debug!(%peer, "closing an idle connection");
+                            closes.idle_timeout.inc();
                             state = Closing::Idle;
                             graceful(conn.as_mut());
                             deadline = Instant::now() + idle;
@@ -137,14 +393,13 @@ impl Connections {
     }
 
     /// As [`Connections::spawn`], for a TLS listener: the handshake runs in the connection's own
-    /// task (a slow one holds no accept), within `handshake_timeout`, and then `serve` makes the
-    /// connection. A connection closed while still in its handshake is dropped.
+    /// task (a slow one holds no accept), within the handshake timeout, and then `serve` makes
+    /// the connection. A connection closed while still in its handshake is dropped.
     pub(crate) fn spawn_tls<C, E>(
         &self,
         slot: Slot,
         stream: TcpStream,
         acceptor: TlsAcceptor,
-        handshake_timeout: Duration,
         serve: impl FnOnce(TlsStream<TcpStream>) -> C + Send + 'static,
         graceful: fn(Pin<&mut C>),
     ) where
@@ -153,10 +408,9 @@ impl Connections {
     {
         let peer = slot.peer;
         let handshake = async move {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => Ok(serve(tls)),
-                Ok(Err(e)) => Err(format!("TLS handshake with {peer} failed: {e}").into()),
-                Err(_) => Err(format!("TLS handshake with {peer} timed out").into()),
+            match acceptor.accept(stream).await {
+                Ok(tls) => Ok(serve(tls)),
+                Err(e) => Err(format!("TLS handshake with {peer} failed: {e}").into()),
             }
         };
         let conn = TlsConnection {
@@ -167,7 +421,7 @@ impl Connections {
     }
 
     /// Serves HTTP/1.1 and h2 on an accepted connection with `builder` and `svc`, over TLS when
-    /// the listener has it (the handshake bounded by `handshake_timeout`).
+    /// the listener has it.
     pub(crate) fn serve_http<S, B>(
         &self,
         slot: Slot,
@@ -175,7 +429,6 @@ impl Connections {
         builder: &auto::Builder<TokioExecutor>,
         svc: S,
         tls: Option<&ServerTls>,
-        handshake_timeout: Duration,
     ) where
         S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
             + Send
@@ -198,7 +451,6 @@ impl Connections {
                     slot,
                     stream,
                     tls.acceptor(),
-                    handshake_timeout,
                     serve,
                     auto::Connection::graceful_shutdown,
                 );
@@ -215,7 +467,7 @@ impl Connections {
     /// Closes every connection gracefully and waits until all are gone.
     pub(crate) async fn close_all(&self) {
         self.close_all_later();
-        let _ = self.permits.acquire_many(self.max).await;
+        let _ = self.shared.count.subscribe().wait_for(|n| *n == 0).await;
     }
 
     /// Closes every connection gracefully, without waiting.
@@ -224,11 +476,47 @@ impl Connections {
     }
 }
 
+/// Failed accepts in a row: most often the process is out of file descriptors (EMFILE, ENFILE),
+/// which a retry at once would only meet again, hundreds of times a second.
+#[derive(Default)]
+struct AcceptErrors {
+    pause: Duration,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// How long to pause after this failure; logs it unless a line went out lately.
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.pause = (self.pause * 2).clamp(ACCEPT_PAUSE_FIRST, ACCEPT_PAUSE_MAX);
+        if self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY)
+        {
+            tracing::warn!(
+                error = %e,
+                failures_not_logged = self.unlogged,
+                "accept failed; backing off (out of file descriptors? see the open-file limit and max_connections)"
+            );
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        self.pause
+    }
+
+    fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+}
+
 /// Where a connection is in its closing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Closing {
     Open,
-    /// Closed gracefully for being idle; dropped if it is not gone one idle timeout later.
+    /// Closed gracefully for being idle (or at the cap); dropped if it is not gone one idle
+    /// timeout (`EVICT_GRACE`) later.
     Idle,
     /// Closed gracefully by the drain.
     Draining,
@@ -237,9 +525,16 @@ enum Closing {
 /// What a connection is doing: requests in flight, and when the last one ended.
 pub(crate) struct Activity {
     born: Instant,
+    /// `born` in microseconds after the process's first connection, to compare connections.
+    born_us: u64,
     in_flight: AtomicUsize,
-    /// Milliseconds after `born` when the connection last became idle.
+    /// Microseconds after `born` when the connection last became idle.
     idle_since: AtomicU64,
+    /// Whether a request head has arrived (the handshake timeout no longer applies).
+    served: AtomicBool,
+    /// Set when the listener takes this connection's place for a new one; `evict` wakes it.
+    evicted: AtomicBool,
+    evict: Notify,
 }
 
 /// A request in flight on its connection, counted until dropped.
@@ -247,25 +542,43 @@ pub(crate) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let ms = self.0.born.elapsed().as_millis() as u64;
-        self.0.idle_since.store(ms, Ordering::Release);
+        let us = self.0.born.elapsed().as_micros() as u64;
+        self.0.idle_since.store(us, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Activity {
     fn new() -> Activity {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let born = Instant::now();
         Activity {
-            born: Instant::now(),
+            born,
+            born_us: born
+                .duration_since(*EPOCH.get_or_init(Instant::now))
+                .as_micros() as u64,
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
         }
     }
 
     /// Counts a request in flight until the guard is dropped.
     pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         Busy(self.clone())
+    }
+
+    /// No request in flight.
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn idle_since_us(&self) -> u64 {
+        self.idle_since.load(Ordering::Acquire)
     }
 
     /// When the connection will have been idle for `idle` (later than now while busy).
@@ -273,7 +586,7 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Instant::now() + idle;
         }
-        let since = self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        let since = self.born + Duration::from_micros(self.idle_since.load(Ordering::Acquire));
         since + idle
     }
 }

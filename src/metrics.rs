@@ -41,7 +41,21 @@ pub struct Metrics {
     pub(crate) config_reloads: IntCounterVec,
     /// When the configuration last loaded or reloaded successfully (Unix seconds).
     pub(crate) config_last_reload_success: Gauge,
+    /// Connections the gateway closed before their peer did, by listener and reason.
+    pub(crate) connections_closed: IntCounterVec,
+    /// Open connections, by listener.
+    pub(crate) connections_open: IntGaugeVec,
 }
+
+/// The listeners, as named in the connection metrics.
+pub(crate) const LISTENERS: [&str; 2] = ["data", "admin"];
+/// Why the gateway closed a connection (`finovy_gateway_connections_closed_total`'s `reason`).
+pub(crate) const CLOSE_REASONS: [&str; 4] = [
+    "idle_at_cap",
+    "handshake_timeout",
+    "per_ip_cap",
+    "idle_timeout",
+];
 
 /// Buckets from 1 ms to 30 s: a cache hit is sub-millisecond, a slow upstream several seconds.
 const BUCKETS: &[f64] = &[
@@ -221,8 +235,34 @@ impl Metrics {
                     .expect("registered once");
                 g
             },
+            connections_closed: counter(
+                "finovy_gateway_connections_closed_total",
+                "Connections closed by the gateway, by listener (data, admin) and reason \
+                 (idle_at_cap, handshake_timeout, per_ip_cap, idle_timeout).",
+                &["listener", "reason"],
+            ),
+            connections_open: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "finovy_gateway_connections_open",
+                        "Open connections, by listener (data, admin).",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             registry,
         };
+        for listener in LISTENERS {
+            m.connections_open.with_label_values(&[listener]);
+            for reason in CLOSE_REASONS {
+                m.connections_closed.with_label_values(&[listener, reason]);
+            }
+        }
         // Both results exported from the start, so an alert on errors sees 0 before the first.
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);

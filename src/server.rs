@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +28,7 @@ use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
-use crate::listener::Connections;
+use crate::listener::{self, Connections};
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
@@ -268,10 +266,6 @@ pub(crate) fn authenticator(
     Ok(Authenticator::new(clients, anonymous, anonymous_routes))
 }
 
-/// Streams an h2 client may reset before the server has accepted them (hyper's default, kept
-/// explicit): past it the connection is closed.
-const H2_MAX_PENDING_RESETS: usize = 20;
-
 /// A gateway with its listeners bound (port 0 allowed), ready to run.
 pub struct Server {
     gateway: Gateway,
@@ -304,6 +298,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 impl Server {
     pub async fn bind(settings: Settings) -> Result<Server, StartError> {
         let gateway = Gateway::new(settings)?;
+        crate::fd_limit::raise(&gateway.settings);
         let listener = bind(gateway.settings.server.listen).await?;
         let admin_listener = bind(gateway.settings.server.admin_listen).await?;
         let tls = ListenerTls {
@@ -385,25 +380,13 @@ impl Server {
             stopped(),
         ));
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .max_buf_size(server_cfg.max_header_bytes)
-            // Counted from when the connection waits for a head: covers a slow head and an idle
-            // kept-alive connection alike.
-            .header_read_timeout(server_cfg.request_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(server_cfg.max_header_bytes as u32)
-            .max_concurrent_streams(server_cfg.h2_max_concurrent_streams)
-            // Pings find dead peers, whose streams would otherwise stay open.
-            .keep_alive_interval(server_cfg.h2_keep_alive_interval)
-            .keep_alive_timeout(server_cfg.h2_keep_alive_timeout)
-            // Rapid reset (CVE-2023-44487): streams a client opens and cancels at once.
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS);
-        let connections = Connections::new(server_cfg.max_connections, server_cfg.idle_timeout);
+        let builder = listener::http_builder(&server_cfg);
+        let connections = Connections::new(
+            "data",
+            server_cfg.max_connections,
+            &server_cfg,
+            &gateway.metrics,
+        );
         // Registered before the listening line, so a SIGHUP sent once it is out never kills.
         #[cfg(unix)]
         if gateway.reloader.source.get().is_some() {
@@ -429,14 +412,7 @@ impl Server {
                     Ok::<_, std::convert::Infallible>(resp.map(Full::new))
                 }
             });
-            connections.serve_http(
-                slot,
-                stream,
-                &builder,
-                svc,
-                tls.listen.as_deref(),
-                server_cfg.request_timeout,
-            );
+            connections.serve_http(slot, stream, &builder, svc, tls.listen.as_deref());
         }
 
         drop(listener);

@@ -234,33 +234,170 @@ async fn one_client_cannot_take_every_slot() {
     assert_eq!(status, 200);
 }
 
+/// One kept-alive HTTP/1.1 connection to `url`, served once (so surely accepted), then idle.
+async fn served_once(url: &str) -> TcpStream {
+    let mut s = connect(url).await;
+    s.write_all(format!("GET {DISK}/memoryTotal/0 HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut s).await.0, 200);
+    s
+}
+
+/// The gateway's count of connections it closed on `listener` for `reason`.
+async fn closed(gw: &Gw, listener: &str, reason: &str) -> f64 {
+    gw.metric(
+        "finovy_gateway_connections_closed_total",
+        &[("listener", listener), ("reason", reason)],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn connections_over_max_connections_wait_until_one_closes() {
+async fn at_max_connections_a_new_connection_takes_the_longest_idle_ones_place() {
     let sim = Sim::start(sim_config()).await;
-    let gw = Gw::start("[server]\nmax_connections = 2\n", &sim.url, demo_env()).await;
+    let gw = Gw::start(
+        "[server]\nmax_connections = 2\nidle_timeout = \"60s\"\nrequest_timeout = \"60s\"\n",
+        &sim.url,
+        demo_env(),
+    )
+    .await;
     let request = format!("GET {DISK}/memoryTotal/0 HTTP/1.1\r\nHost: gw\r\n\r\n").into_bytes();
-    // Two kept-alive connections, each served once, so both are surely accepted.
-    let mut first = connect(&gw.url).await;
-    let mut second = connect(&gw.url).await;
-    for s in [&mut first, &mut second] {
-        s.write_all(&request).await.unwrap();
-        assert_eq!(read_answer(s).await.0, 200);
-    }
-    // A third connects (the kernel's backlog takes it) but is not served...
+    // Every place taken by a kept-alive connection with nothing in flight.
+    let mut first = served_once(&gw.url).await;
+    let mut second = served_once(&gw.url).await;
+    // A third is served at once (not after the idle timeout), in the place of the first.
+    let started = Instant::now();
     let mut third = connect(&gw.url).await;
     third.write_all(&request).await.unwrap();
+    assert_eq!(read_answer(&mut third).await.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, bytes) = until_closed(&mut first, Duration::from_secs(5)).await;
+    assert!(bytes.is_empty(), "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(closed(&gw, "data", "idle_at_cap").await, 1.0);
+
+    // A connection with a request in flight keeps its place: with both busy, a fourth waits...
+    sim.fault("slow", "1500ms").await;
+    for s in [&mut second, &mut third] {
+        s.write_all(&request).await.unwrap();
+    }
+    gw.wait_inflight(2).await;
+    let mut fourth = connect(&gw.url).await;
+    fourth.write_all(&request).await.unwrap();
     let mut buf = [0u8; 64];
     assert!(
-        tokio::time::timeout(Duration::from_millis(700), third.read(&mut buf))
+        tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf))
             .await
             .is_err(),
-        "a third connection was served while two were open"
+        "a fourth connection was served while both were busy"
     );
-    // ...until one of the two closes.
-    drop(first);
-    assert_eq!(read_answer(&mut third).await.0, 200);
-    second.write_all(&request).await.unwrap();
+    // ...both busy ones are answered, and then the fourth takes the place of one.
     assert_eq!(read_answer(&mut second).await.0, 200);
+    assert_eq!(read_answer(&mut third).await.0, 200);
+    assert_eq!(read_answer(&mut fourth).await.0, 200);
+    // The first metrics read above took an admin place, not a data one; the fourth took one.
+    assert_eq!(closed(&gw, "data", "idle_at_cap").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_answers_beside_more_idle_admin_sockets_than_its_cap() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start("", &sim.url, demo_env()).await;
+    // Twice the admin cap (64) of sockets that connect and never send a byte.
+    let mut silent = Vec::new();
+    for _ in 0..128 {
+        silent.push(connect(&gw.admin_url).await);
+    }
+    let started = Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        http().get(format!("{}/healthz", gw.admin_url)).send(),
+    )
+    .await
+    .expect("/healthz answers beside idle sockets")
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    eprintln!(
+        "/healthz beside 128 idle admin sockets: {:?}",
+        started.elapsed()
+    );
+    // Each socket past the cap, and the probe, took the place of an idle one (or of one that
+    // the handshake timeout closed first, on a slow machine).
+    let text = gw.metrics().await;
+    let closed = |reason| {
+        metric(
+            &text,
+            "finovy_gateway_connections_closed_total",
+            &[("listener", "admin"), ("reason", reason)],
+        )
+    };
+    let evicted = closed("idle_at_cap");
+    assert!(evicted + closed("handshake_timeout") >= 65.0, "{evicted}");
+    assert!(evicted >= 1.0, "{evicted}");
+    // Known label values are exported from the start.
+    for reason in ["idle_at_cap", "handshake_timeout", "per_ip_cap"] {
+        assert_eq!(
+            metric_opt(
+                &text,
+                "finovy_gateway_connections_closed_total",
+                &[("listener", "data"), ("reason", reason)]
+            ),
+            Some(0.0),
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_take_every_connection() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        "[server]\nmax_connections_per_ip = 3\nidle_timeout = \"60s\"\n",
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(served_once(&gw.url).await);
+    }
+    // A fourth from the same address is closed unanswered...
+    let mut fourth = connect(&gw.url).await;
+    let _ = fourth
+        .write_all(format!("GET {DISK}/memoryTotal/0 HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .await;
+    let (_, bytes) = until_closed(&mut fourth, Duration::from_secs(5)).await;
+    assert!(bytes.is_empty(), "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(closed(&gw, "data", "per_ip_cap").await, 1.0);
+    // ...while another address (loopback's 127.0.0.2) is served.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let addr = gw.url.trim_start_matches("http://").parse().unwrap();
+    let mut other = socket.connect(addr).await.unwrap();
+    other
+        .write_all(format!("GET {DISK}/memoryTotal/0 HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut other).await.0, 200);
+    // Once one of the first address's connections goes, it may open another.
+    drop(held.pop());
+    eventually(
+        "the first address has room again",
+        Duration::from_secs(10),
+        || async {
+            let mut s = connect(&gw.url).await;
+            let req = format!(
+                "GET {DISK}/memoryTotal/0 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(req.as_bytes()).await;
+            status_of(&until_closed(&mut s, Duration::from_secs(5)).await.1) == 200
+        },
+    )
+    .await;
 }
 
 /// The client connection preface of h2 (prior knowledge) and an empty SETTINGS frame.
@@ -350,6 +487,46 @@ async fn h2_announces_its_stream_and_header_limits() {
     };
     assert_eq!(param(0x3), Some(7), "SETTINGS_MAX_CONCURRENT_STREAMS");
     assert_eq!(param(0x6), Some(9000), "SETTINGS_MAX_HEADER_LIST_SIZE");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_listeners_ping_idle_h2_peers() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start(
+        "[server]\nh2_keep_alive_interval = \"300ms\"\nidle_timeout = \"60s\"\n",
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    for (name, url) in [("data", &gw.url), ("admin", &gw.admin_url)] {
+        let mut s = connect(url).await;
+        s.write_all(H2_PREFACE).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        // A PING that is not an acknowledgement (flags 0), well before the handshake timeout.
+        let pinged = |got: &[u8]| {
+            let mut rest = got;
+            while rest.len() >= 9 {
+                let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+                if rest.len() < 9 + len {
+                    break;
+                }
+                if rest[3] == 0x6 && rest[4] & 1 == 0 {
+                    return true;
+                }
+                rest = &rest[9 + len..];
+            }
+            false
+        };
+        while !pinged(&got) {
+            let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no PING within 3 s: {:?}", h2_frames(&got)))
+                .unwrap();
+            assert!(n > 0, "{name}: closed before a PING");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

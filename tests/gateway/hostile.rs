@@ -473,3 +473,107 @@ async fn http2_floods_are_cut_off_and_cost_little() {
     // Through it all, other clients are served, and no flood left a request behind upstream.
     assert_eq!(ok(&bin).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_file_descriptors_the_accept_errors_are_not_logged_in_a_flood() {
+    let sim = Sim::start(sim_config()).await;
+    let bin = Bin::serve(
+        "",
+        &sim.url,
+        &[
+            ("FINOVY_UUID", "demo-uuid"),
+            ("FINOVY_SECRET", "demo-secret"),
+        ],
+    );
+    assert_eq!(readyz(&bin.admin_url).await.0, 200);
+    // Leave the process ten descriptors more than it holds now.
+    let pid = bin.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={0}:{0}", open + 10);
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .expect("prlimit");
+    assert!(status.success());
+    // Sockets that connect and send nothing: the kernel queues them, accept runs out.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(
+            TcpStream::connect(bin.url.trim_start_matches("http://"))
+                .await
+                .unwrap(),
+        );
+    }
+    bin.wait_for_log("accept failed", 1).await;
+    // Over the next two seconds (40 lines at the old 50 ms pace), at most one more line.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = bin
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(lines <= 2, "{lines} lines:\n{}", bin.log_text());
+    // Once the silent sockets go (the handshake timeout, or their peers), it serves again.
+    drop(silent);
+    eventually(
+        "the gateway serves again",
+        Duration::from_secs(20),
+        || async {
+            http()
+                .get(format!("{}{TOTAL}", bin.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+}
+
+#[test]
+fn at_start_the_open_file_limit_is_raised_and_a_short_one_is_named() {
+    use std::io::{BufRead, BufReader};
+    let config = temp_file("gateway.toml", "");
+    // Soft 512, hard 2048: raised to 2048, still under the defaults' needs (10,000 connections).
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=512:2048")
+        .arg(env!("CARGO_BIN_EXE_finovy-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .env("FINOVY_TOKEN", "fixed")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit runs the gateway");
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("admin listening") || line.contains("gateway listening") {
+            break;
+        }
+    }
+    // prlimit runs the gateway in its own process: its limits are the gateway's.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(),
+        ["2048", "2048"],
+        "{files}"
+    );
+    assert!(
+        log.contains("open-file limit (2048)") && log.contains("server.max_connections"),
+        "{log}"
+    );
+}

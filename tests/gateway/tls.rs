@@ -341,7 +341,8 @@ async fn a_silent_handshake_holds_no_accept_and_is_let_go() {
     let sim = Sim::start(sim_config()).await;
     let ca = TestCa::new("slow");
     let leaf = ca.server();
-    let toml = tls_toml(&leaf, None).replace("[server]\n", "[server]\nrequest_timeout = \"1s\"\n");
+    let toml =
+        tls_toml(&leaf, None).replace("[server]\n", "[server]\nhandshake_timeout = \"1s\"\n");
     let gw = TlsGw::start(&toml, &sim).await;
 
     // A peer that connects and never sends its ClientHello.
@@ -474,5 +475,54 @@ async fn a_half_rotated_certificate_is_kept_and_the_rest_of_the_reload_applies()
         get(&client, &healthz).await.unwrap().0,
         200,
         "old certificate"
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pre_handshake_sockets_make_way_and_are_closed_after_the_handshake_timeout() {
+    let sim = Sim::start(sim_config()).await;
+    let (server_ca, client_ca) = (TestCa::new("cap-server"), TestCa::new("cap-clients"));
+    let leaf = server_ca.server();
+    let toml = tls_toml(&leaf, Some(&client_ca)).replace(
+        "[server]\n",
+        "[server]\nmax_connections = 4\nrequest_timeout = \"60s\"\nhandshake_timeout = \"4s\"\n",
+    );
+    let gw = TlsGw::start(&toml, &sim).await;
+    // Every place taken by sockets that sent a TLS record header (a 200-byte handshake record
+    // announced) and nothing more.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8]).await.unwrap();
+        stalled.push(s);
+    }
+    // A client with its certificate (mTLS) is served at once, in the place of one of them.
+    let client = client_ca.client();
+    let trusted = tls_client(&server_ca, Some(&client), &[b"h2", b"http/1.1"]);
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(&trusted, &gw.url(IMAGE)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The others are closed once the handshake timeout has passed.
+    for s in &mut stalled {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "closed: {read:?}");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    let metrics = format!("https://localhost:{}/metrics", gw.admin_addr.port());
+    let (_, _, text) = get(&trusted, &metrics).await.unwrap();
+    let closed = |reason: &str| {
+        super::harness::metric(
+            &text,
+            "finovy_gateway_connections_closed_total",
+            &[("listener", "data"), ("reason", reason)],
+        )
+    };
+    assert_eq!(
+        (closed("idle_at_cap"), closed("handshake_timeout")),
+        (1.0, 3.0)
     );
 }

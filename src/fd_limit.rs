@@ -1,0 +1,73 @@
+//! The open-file limit: every connection, upstream call and file read takes a descriptor, and a
+//! process out of them can accept nothing, probes included. At start the soft limit is raised to
+//! the hard limit, and a limit below what the configuration may use is warned about.
+
+use crate::admin::ADMIN_MAX_CONNECTIONS;
+use crate::config::Settings;
+
+/// Descriptors besides connections: listeners, Redis, log and credential files, the runtime.
+const RESERVE: u64 = 128;
+
+/// Raises the soft open-file limit to the hard one; warns when it is below what `settings` may
+/// use.
+pub(crate) fn raise(settings: &Settings) {
+    let limit = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
+                Ok(()) => {
+                    tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+                    hard
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+                    soft
+                }
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-file limit");
+            return;
+        }
+    };
+    if let Some(warning) = shortfall(limit, needed(settings)) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// Descriptors `settings` may use at once: every data-plane and admin connection, an upstream
+/// connection per request in flight plus the idle ones each account's pool keeps, and a reserve.
+fn needed(settings: &Settings) -> u64 {
+    let server = &settings.server;
+    let upstream =
+        server.max_concurrency + settings.upstream.pool_max_idle_per_host * settings.accounts.len();
+    (server.max_connections + ADMIN_MAX_CONNECTIONS + upstream) as u64 + RESERVE
+}
+
+fn shortfall(limit: u64, needed: u64) -> Option<String> {
+    (limit < needed).then(|| {
+        format!(
+            "the open-file limit ({limit}) is below what this configuration may use ({needed}: \
+             server.max_connections, the admin listener's 64, an upstream connection per \
+             server.max_concurrency and the pools' idle ones, and {RESERVE} more); past it \
+             connections are refused (accept fails with EMFILE): raise the hard limit \
+             (ulimit -Hn, LimitNOFILE=, the container runtime's nofile) or lower \
+             server.max_connections"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_below_the_configured_needs_is_named() {
+        assert_eq!(shortfall(20_000, 12_000), None);
+        let w = shortfall(1024, 11_500).unwrap();
+        assert!(
+            w.contains("(1024)") && w.contains("(11500") && w.contains("server.max_connections"),
+            "{w}"
+        );
+    }
+}
