@@ -475,6 +475,8 @@ async fn a_half_rotated_certificate_is_kept_and_the_rest_of_the_reload_applies()
         get(&client, &healthz).await.unwrap().0,
         200,
         "old certificate"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pre_handshake_sockets_make_way_and_are_closed_after_the_handshake_timeout() {

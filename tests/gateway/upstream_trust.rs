@@ -249,48 +249,35 @@ async fn a_refused_get_token_message_goes_to_the_log_not_to_clients() {
     assert!(!log.contains(SECRET), "the secret reached the log:\n{log}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_name_cannot_forge_an_access_line() {
+/// A client name is letters, digits, `.`, `_` and `-` only, so none can forge an access line (or a
+/// record key): one holding a line break, a quote and a fake field stops `serve` before it
+/// listens, and the error shows the name escaped on one line.
+#[test]
+fn a_client_name_that_could_forge_an_access_line_is_refused_at_start() {
     const KEY: &str = "fgw_client_key_forger_000000001";
-    let sim = Sim::start(sim_config()).await;
-    // A name holding a line break, a quote and a fake field.
     let toml = client_entry(
         "svc\\\" status=200 forged=\\\"yes\\n2026-01-01T00:00:00.000000Z  INFO finovy_gateway::access: request forged=1",
         KEY,
         "",
     );
-    let gw = Bin::serve(
-        &toml,
-        &sim.url,
-        &[
-            ("FINOVY_UUID", "demo-uuid"),
-            ("FINOVY_SECRET", "demo-secret"),
-        ],
-    );
-    let n = 3;
-    for _ in 0..n {
-        let (status, v) = send_json(
-            http()
-                .get(format!("{}{DISK}/memoryTotal/0", gw.url))
-                .header("Authorization", format!("Bearer {KEY}")),
-        )
-        .await;
-        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
-    }
-    let log = gw.wait_for_log("finovy_gateway::access", n).await;
-    let access: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("finovy_gateway::access"))
-        .collect();
-    assert_eq!(access.len(), n, "one line per request:\n{log}");
-    for line in access {
-        assert!(line.contains(" status=200 "), "{line}");
-        assert!(
-            line.contains(r#"client="svc\" status=200 forged=\"yes\n2026"#),
-            "the name is one quoted, escaped field: {line}"
-        );
-    }
-    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
+    let out = super::harness::binary()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(super::harness::temp_file("forger.toml", &toml))
+        .env("FINOVY_UUID", "demo-uuid")
+        .env("FINOVY_SECRET", "demo-secret")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served with a forging name:\n{err}");
+    assert!(err.contains("clients[0].name"), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with("2026-01-01")), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -291,7 +291,9 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
     })
     .await;
     let heard_before = heard().await;
-    sim.fault("slow", "800ms").await;
+    // Long enough that A's refresh (stored the moment it returns, a legitimate hit for B) is still
+    // on its way when B asks below, on a loaded machine too (800 ms lost that race under load).
+    sim.fault("slow", "3s").await;
     // B's fill of X is in flight...
     let (b_url, x2) = (b.url.clone(), x.clone());
     let early = tokio::spawn(async move { info(&http(), &b_url, &x2).await });
