@@ -7,7 +7,9 @@
 //!   connections when it runs out), so idle or silent sockets cannot shut anyone out; only when
 //!   every connection has a request in flight do new ones wait in the kernel's listen backlog.
 //! - At most `max_connections_per_ip` from one source address (an IPv6 /64): past it a new
-//!   connection is closed at once, so one host cannot take every place.
+//!   connection takes the place of that address's own longest-idle connection (a client's pool
+//!   that grew in a burst keeps working), and is closed at once when every one of that address's
+//!   connections has a request in flight, so one host cannot take every place.
 //! - A connection that has not completed its TLS handshake and its first request head within
 //!   `handshake_timeout` is closed.
 //! - A connection with no request in flight for `idle_timeout` is closed (HTTP/1 and h2 alike;
@@ -172,10 +174,15 @@ fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The connection that has been idle longest with no request in flight, not already closing.
-fn longest_idle(conns: &HashMap<u64, Arc<Activity>>) -> Option<(u64, &Arc<Activity>)> {
+/// The connection that has been idle longest with no request in flight, not already closing;
+/// only among those from `source` when it is given.
+fn longest_idle(
+    conns: &HashMap<u64, Arc<Activity>>,
+    source: Option<IpAddr>,
+) -> Option<(u64, &Arc<Activity>)> {
     conns
         .iter()
+        .filter(|(_, a)| source.is_none_or(|s| a.source == s))
         .filter(|(_, a)| a.idle() && !a.evicted.load(Ordering::Acquire))
         // Ties (within a microsecond) go to the older connection.
         .min_by_key(|(id, a)| (a.born_us + a.idle_since_us(), **id))
@@ -243,8 +250,7 @@ impl Connections {
                 }
             };
             let source = source_of(peer.ip());
-            let from_source = self.shared.lock().per_source.get(&source).copied();
-            if from_source.unwrap_or(0) >= self.per_source {
+            if !self.make_room_for(source) {
                 self.closes.per_ip_cap.inc();
                 tracing::debug!(%peer, "closing a connection over max_connections_per_ip");
                 continue;
@@ -261,6 +267,23 @@ impl Connections {
             };
             return Some((stream, slot));
         }
+    }
+
+    /// Whether a new connection from `source` may stay: under its per-address cap, or at the cap
+    /// with one of its own idle, which is then closed to make room (counted as `per_ip_cap`). The
+    /// address may hold one more than its cap while that one says goodbye.
+    fn make_room_for(&self, source: IpAddr) -> bool {
+        let open = self.shared.lock();
+        if open.per_source.get(&source).copied().unwrap_or(0) < self.per_source {
+            return true;
+        }
+        let Some((_, victim)) = longest_idle(&open.conns, Some(source)) else {
+            return false;
+        };
+        victim.evicted.store(true, Ordering::Release);
+        victim.evict.notify_one();
+        self.closes.per_ip_cap.inc();
+        true
     }
 
     fn errors(&self) -> MutexGuard<'_, AcceptErrors> {
@@ -281,7 +304,7 @@ impl Connections {
                 if open.conns.len() < self.max {
                     let id = open.next_id;
                     open.next_id += 1;
-                    let activity = Arc::new(Activity::new());
+                    let activity = Arc::new(Activity::new(source));
                     open.conns.insert(id, activity.clone());
                     *open.per_source.entry(source).or_default() += 1;
                     let n = open.conns.len();
@@ -297,7 +320,7 @@ impl Connections {
                 // One at a time, unless the one closing got a request meanwhile (it finishes that
                 // first), so that a slow goodbye does not cost more connections.
                 let going = closing.is_some_and(|id| open.conns.get(&id).is_some_and(|a| a.idle()));
-                if !going && let Some((id, victim)) = longest_idle(&open.conns) {
+                if !going && let Some((id, victim)) = longest_idle(&open.conns, None) {
                     victim.evicted.store(true, Ordering::Release);
                     victim.evict.notify_one();
                     self.closes.idle_at_cap.inc();
@@ -524,6 +547,8 @@ enum Closing {
 
 /// What a connection is doing: requests in flight, and when the last one ended.
 pub(crate) struct Activity {
+    /// The address it counts against (see [`source_of`]).
+    source: IpAddr,
     born: Instant,
     /// `born` in microseconds after the process's first connection, to compare connections.
     born_us: u64,
@@ -549,10 +574,11 @@ impl Drop for Busy {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(source: IpAddr) -> Activity {
         static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         let born = Instant::now();
         Activity {
+            source,
             born,
             born_us: born
                 .duration_since(*EPOCH.get_or_init(Instant::now))

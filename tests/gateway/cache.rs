@@ -99,7 +99,12 @@ async fn concurrent_cold_requests_collapse_into_one_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_disks_with_twenty_pollers_each_make_fifty_calls() {
     let sim = Sim::start(sim_config()).await;
-    let gw = Gw::start(&info_policy("ttl = \"60s\""), &sim.url, demo_env()).await;
+    // A thousand pollers in flight at once from one address: past the per-address cap.
+    let toml = format!(
+        "[server]\nmax_connections_per_ip = 2000\n{}",
+        info_policy("ttl = \"60s\"")
+    );
+    let gw = Gw::start(&toml, &sim.url, demo_env()).await;
     let mut ids = Vec::new();
     for _ in 0..50 {
         ids.push(create_disk(&gw, json!({"area": 1, "memory": 20, "isMount": 0})).await);

@@ -7,7 +7,16 @@ use super::*;
 async fn three_replicas_polling_one_disk_make_one_upstream_call() {
     let sim = Sim::start(sim_config()).await;
     let redis = RedisServer::start();
-    let toml = config(&redis, "fgw-poll:", "", &info_policy("ttl = \"30s\""));
+    // 300 polls in flight at once per replica from one address: past the per-address cap.
+    let toml = config(
+        &redis,
+        "fgw-poll:",
+        "",
+        &format!(
+            "[server]\nmax_connections_per_ip = 1000\n{}",
+            info_policy("ttl = \"30s\"")
+        ),
+    );
     let gws = replicas::<3>(&toml, &sim.url, demo_env()).await;
     let id = create_disk(&gws[0]).await;
     // Every poll arrives while the first fill is still upstream, so only the fleet-wide fill lock
