@@ -277,8 +277,18 @@ async fn dev(
     result
 }
 
+/// Writes `text` to standard output. A reader that went away (`| head`) is not an error of
+/// ours: `print!` would panic on the broken pipe.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 fn print_dev_banner(gw: SocketAddr, admin: SocketAddr, sim: SocketAddr, key: &str) {
-    println!(
+    out(&format!(
         r#"
 finovy-gateway dev: the gateway in front of the built-in upstream simulator (demo credentials,
 state in memory). Ctrl-C stops both.
@@ -299,8 +309,9 @@ Try:
   curl -s http://{gw}/v1/PveMachineHardDisk/open/memoryTotal/0 -H "Authorization: Bearer $FGW_KEY"
   curl -s http://{sim}/_sim/stats
   curl -s http://{admin}/metrics | grep finovy_gateway_requests_total
+
 "#
-    );
+    ));
 }
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
@@ -311,15 +322,16 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         .and_then(|file| Settings::resolve(file, &Overrides::default(), &config::process_env));
     match settings {
         Ok(s) => {
-            println!(
-                "# effective settings from {} (secrets masked)",
-                shown.display()
+            let mut text = format!(
+                "# effective settings from {} (secrets masked)\n{}",
+                shown.display(),
+                s.to_masked_toml()
             );
-            print!("{}", s.to_masked_toml());
             for b in s.serve_blockers() {
-                println!("# warning: serve would refuse to start: {b}");
+                text.push_str(&format!("# warning: serve would refuse to start: {b}\n"));
             }
-            println!("# config is valid");
+            text.push_str("# config is valid\n");
+            out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -339,9 +351,11 @@ fn keygen(name: &str) -> ExitCode {
     }
     let key = new_key();
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
-    println!("# Give this key to the service {name:?}; it is shown once and stored nowhere:");
-    println!("#   {key}");
-    println!("# Add this to the gateway's config:");
-    println!("[[clients]]\nname = {name:?}\nkey_sha256 = \"{digest}\"");
+    out(&format!(
+        "# Give this key to the service {name:?}; it is shown once and stored nowhere:\n\
+         #   {key}\n\
+         # Add this to the gateway's config:\n\
+         [[clients]]\nname = {name:?}\nkey_sha256 = \"{digest}\"\n"
+    ));
     ExitCode::SUCCESS
 }

@@ -399,6 +399,28 @@ fn check_config_refuses_names_outside_letters_digits_dot_underscore_dash() {
     );
 }
 
+/// A reader that goes away (`keygen | head -1`, `check-config | head`) ends the output quietly:
+/// no panic on the broken pipe, exit 0.
+#[test]
+fn output_into_a_closed_pipe_is_not_a_crash() {
+    for args in [
+        vec!["keygen", "--name", "svc"],
+        vec!["check-config", "--config", "config/gateway.toml"],
+    ] {
+        let mut child = binary()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}\n{err}", out.status);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn keygen_prints_a_key_whose_digest_it_configures() {
     let out = binary()
