@@ -300,9 +300,7 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
     })
     .await;
     let heard_before = heard().await;
-    // Long enough that A's refresh (stored the moment it returns, a legitimate hit for B) is still
-    // on its way when B asks below, on a loaded machine too (800 ms lost that race under load).
-    sim.fault("slow", "3s").await;
+    sim.fault("slow", "800ms").await;
     // B's fill of X is in flight...
     let (b_url, x2) = (b.url.clone(), x.clone());
     let early = tokio::spawn(async move { info(&http(), &b_url, &x2).await });
@@ -319,15 +317,21 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
         heard().await > heard_before
     })
     .await;
-    // A request on B after that does not join the fill B began before it.
-    let calls = sim.calls("info").await;
+    // A request on B after that does not join the fill B began before it (that would answer
+    // "collapsed"). It waits on the fleet's fill lock, which B's detached fill holds until its
+    // call returns, and then either fills on its own (a call of its own) or finds A's refresh
+    // stored first (a hit on an entry fetched after the invalidation): the two calls return
+    // within moments of each other, and either order is right.
     let (status, h, v) = info(&http(), &b.url, &x).await;
     assert_eq!((status, v["data"]["id"].as_str()), (200, Some(x.as_str())));
+    let own_call = cache_status(&h).contains("fwd=miss");
     assert!(
-        cache_status(&h).contains("fwd=miss") && !cache_status(&h).contains("collapsed"),
+        (own_call || cache_status(&h).contains("hit")) && !cache_status(&h).contains("collapsed"),
         "{h:?}"
     );
-    assert_eq!(sim.calls("info").await, calls + 1, "a call of its own");
     assert_eq!(early.await.unwrap().0, 200);
     assert_eq!(refresh.await.unwrap().0, 200);
+    // B's early fill and A's refresh, and B's own call when it made one.
+    let expected = if own_call { 3 } else { 2 };
+    assert_eq!(sim.calls("info").await, expected, "{h:?}");
 }
