@@ -283,8 +283,11 @@ async fn every_validation_rule_is_checked_before_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_is_smoothed_to_the_upstreams_pace_and_the_rest_refused() {
+    // The gateway's slots are 250 ms apart; the simulator refuses creates closer than 100 ms, so
+    // a slot's call may be late by up to 150 ms on a loaded machine (50 ms was too little: one
+    // call in 7 was refused as too frequent under a load of 15).
     let sim = Sim::start(SimConfig {
-        create_min_interval: Duration::from_millis(200),
+        create_min_interval: Duration::from_millis(100),
         ..sim_config()
     })
     .await;
