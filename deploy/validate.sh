@@ -67,7 +67,7 @@ for dir in $KUSTOMIZATIONS; do
     echo "== kubectl kustomize $dir"
     kubectl kustomize "$dir" > "$out/$name.yaml"
     python3 - "$out/$name.yaml" <<'PY'
-import sys, yaml
+import re, sys, yaml
 errors = []
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 for d in docs:
@@ -79,6 +79,14 @@ for d in docs:
         ports = [p.get("targetPort") for p in spec.get("ports", [])]
         if spec.get("clusterIP") != "None" and ("admin" in ports or 9090 in ports):
             errors.append(f"Service {name} publishes the admin port at a cluster address")
+    # Without Redis every replica keeps its own records: a rollout that overlaps two pods lets
+    # a retried create buy again on the new one.
+    if kind == "Deployment" and name == "finovy-gateway":
+        env = {e["name"] for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+        toml = " ".join(m.get("data", {}).get("gateway.toml", "") for m in docs if m["kind"] == "ConfigMap")
+        in_memory = not re.search(r"^\[redis\]", toml, re.M) and "FGW_REDIS_URL" not in env
+        if in_memory and d["spec"].get("strategy", {}).get("type") != "Recreate":
+            errors.append(f"Deployment {name} keeps state in memory but does not roll with Recreate")
     pod = d.get("spec", {}).get("template", {}).get("spec", {})
     for c in pod.get("containers", []) + pod.get("initContainers", []):
         image = c["image"]
@@ -90,6 +98,11 @@ if errors:
     sys.exit("\n".join(errors))
 PY
 done
+
+echo "== the fleet's [redis] password_file is where its Secret is mounted"
+grep -q '^password_file = "/var/run/secrets/finovy-redis/password"' deploy/k8s/overlays/fleet/gateway.toml \
+    && grep -q 'mountPath: /var/run/secrets/finovy-redis$' deploy/k8s/overlays/fleet/redis-password.patch.yaml \
+    || { echo "deploy/k8s/overlays/fleet: password_file and the Secret's mountPath disagree" >&2; exit 1; }
 
 echo "== kubernetes-validate --strict, Kubernetes $K8S_VERSIONS"
 for dir in deploy/k8s/overlays/single deploy/k8s/overlays/fleet; do
