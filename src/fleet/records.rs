@@ -197,10 +197,6 @@ impl RecordStore for RedisRecords {
         })
     }
 
-    fn may_evict(&self) -> Option<String> {
-        self.0.fleet.eviction.refusing()
-    }
-
     fn get(&self, key: &str) -> BoxFuture<Stored<Option<Record>>> {
         let (rkey, key) = (self.key(key), key.to_string());
         let this = self.0.clone();

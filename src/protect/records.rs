@@ -167,11 +167,6 @@ pub trait RecordStore: Send + Sync + 'static {
     fn lost_data(&self) -> BoxFuture<Stored<Option<Duration>>> {
         Box::pin(std::future::ready(Ok(None)))
     }
-    /// While the shared store may drop records by itself (Redis's `maxmemory-policy`, named):
-    /// creates are refused, since a retry whose record was dropped would buy again.
-    fn may_evict(&self) -> Option<String> {
-        None
-    }
 }
 
 /// A new in-flight record, started now, whose executor holds it for `lease`.

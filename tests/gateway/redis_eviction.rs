@@ -108,6 +108,14 @@ async fn a_record_evicted_under_another_tenants_load_never_buys_twice() {
         &create(&gw.url, Some(&fresh_key()), DISK20).await,
         "volatile-ttl",
     );
+    // A record still there is answered as ever: its replay buys nothing.
+    let (status, h, again) = create(&gw.url, Some(&key), DISK20).await;
+    assert_eq!(
+        (status, again["data"].as_str()),
+        (200, Some(disk.as_str())),
+        "{again}"
+    );
+    assert_eq!(h["idempotent-replayed"], "true");
     config_set(&redis, "maxmemory", &(used + 512 * 1024).to_string()).await;
     let filler = "x".repeat(16 * 1024);
     let mut n = 0;

@@ -381,15 +381,15 @@ impl Ctx {
         )
     }
 
-    /// After a loss of Redis's data: how long creates that find no record are still refused. A
-    /// store that may evict records refuses every create.
+    /// After a loss of Redis's data: how long creates that find no record are still refused.
+    /// (A store that may evict records refuses those in the record's begin: a record that is
+    /// still there is answered as ever.)
     async fn lost_data(&self) -> Result<Option<Duration>, Resp> {
-        let records = &self.shared.records;
-        let lost = records.lost_data().await.map_err(|_| self.records_down())?;
-        if let Some(policy) = records.may_evict() {
-            return Err(self.unvouched(&Begin::MayEvict(policy)));
-        }
-        Ok(lost)
+        self.shared
+            .records
+            .lost_data()
+            .await
+            .map_err(|_| self.records_down())
     }
 
     /// The refusal of a create whose record's absence proves nothing ([`Begin::Lost`],
