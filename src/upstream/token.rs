@@ -415,6 +415,9 @@ impl TokenBroker {
                 // Started before the state is let go: whoever finds the token gone also finds
                 // its replacement under way (a lease waits for it instead of answering "none").
                 drop(self.start(Need::Valid));
+                // Held back by min_refresh_interval, that fetch fails: the refresher fetches the
+                // replacement as soon as one may go, whether or not a request asks.
+                self.wake.notify_one();
             }
         }
         if let (Some(shared), Some(ms)) = (&self.shared, expires_ms) {
