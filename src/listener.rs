@@ -376,13 +376,14 @@ impl Connections {
                         if state == Closing::Open {
                             graceful(conn.as_mut());
                         }
-                        if activity.in_flight.load(Ordering::Acquire) > 0 {
-                            // A request reached it after it was chosen: that one finishes.
-                            state = Closing::Draining;
+                        state = Closing::Idle;
+                        deadline = if activity.idle() {
+                            deadline.min(Instant::now() + EVICT_GRACE)
                         } else {
-                            state = Closing::Idle;
-                            deadline = deadline.min(Instant::now() + EVICT_GRACE);
-                        }
+                            // A request reached it after it was chosen: that one finishes, and
+                            // the connection goes one idle timeout after, like any idle one.
+                            activity.idle_deadline(idle)
+                        };
                     }
                     () = tokio::time::sleep_until(handshake_deadline),
                         if handshaking && state == Closing::Open =>
@@ -396,8 +397,14 @@ impl Connections {
                     }
                     () = tokio::time::sleep_until(deadline), if state != Closing::Draining => {
                         if state == Closing::Idle {
+                            if !activity.idle() {
+                                // Still answering a request (bounded by request_timeout).
+                                deadline = activity.idle_deadline(idle);
+                                continue;
+                            }
                             // A peer that does not complete the goodbye (an h2 client that
-                            // never answers the closing PING) is dropped.
+                            // never answers the closing PING, a reader that stopped reading) is
+                            // dropped.
                             tracing::debug!(%peer, "an idle connection did not close; dropping it");
                             return;
                         }
