@@ -11,25 +11,19 @@ const RESERVE: u64 = 128;
 /// Raises the soft open-file limit to the hard one; warns when it is below what `settings` may
 /// use.
 pub(crate) fn raise(settings: &Settings) {
-    let limit = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
-                Ok(()) => {
-                    tracing::debug!(from = soft, to = hard, "raised the open-file limit");
-                    hard
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
-                    soft
-                }
+    // The soft limit raised as far as the hard one allows (the crate knows each platform's
+    // ceiling); the limit in force either way.
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+                Ok((soft, _)) => soft,
+                Err(_) => return,
             }
         }
-        Ok((soft, _)) => soft,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the open-file limit");
-            return;
-        }
     };
+    tracing::debug!(limit, "open-file limit");
     if let Some(warning) = shortfall(limit, needed(settings)) {
         tracing::warn!("{warning}");
     }
@@ -48,7 +42,7 @@ fn shortfall(limit: u64, needed: u64) -> Option<String> {
     (limit < needed).then(|| {
         format!(
             "the open-file limit ({limit}) is below what this configuration may use ({needed}: \
-             server.max_connections, the admin listener's 64, an upstream connection per \
+             server.max_connections, the admin listener's {ADMIN_MAX_CONNECTIONS}, an upstream connection per \
              server.max_concurrency and the pools' idle ones, and {RESERVE} more); past it \
              connections are refused (accept fails with EMFILE): raise the hard limit \
              (ulimit -Hn, LimitNOFILE=, the container runtime's nofile) or lower \

@@ -160,7 +160,8 @@ impl Reloader {
         }
         if self.reading.swap(true, Ordering::AcqRel) {
             return Err(ReloadError::Stuck(
-                "a reload is still reading its files (one of them has not answered); nothing changed"
+                "another reload is still reading its files (still running, or one of its files has \
+                 not answered); nothing changed: try again"
                     .into(),
             ));
         }
