@@ -379,12 +379,7 @@ async fn one_address_cannot_take_every_connection() {
     for s in [&mut second, &mut third, &mut fourth] {
         s.write_all(req.as_bytes()).await.unwrap();
     }
-    eventually(
-        "three requests in flight",
-        Duration::from_secs(5),
-        || async { gw.metric("finovy_gateway_inflight_requests", &[]).await >= 3.0 },
-    )
-    .await;
+    gw.wait_inflight(3).await;
     let mut fifth = connect(&gw.url).await;
     let _ = fifth.write_all(req.as_bytes()).await;
     let (_, bytes) = until_closed(&mut fifth, Duration::from_secs(5)).await;
