@@ -405,6 +405,14 @@ impl TokenBroker {
             self.refuse_fixed(token);
             return;
         }
+        {
+            // A flood of 401s on one token: the first marks it and starts the replacement; the
+            // rest find it marked and no longer held, and have nothing to do (no Redis call).
+            let state = self.state.lock().expect("token state");
+            if state.is_refused(token) && !state.held.as_ref().is_some_and(|h| &h.token == token) {
+                return;
+            }
+        }
         let expires_ms = self.current_expiry(token).await;
         {
             let mut state = self.state.lock().expect("token state");
