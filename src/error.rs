@@ -72,8 +72,12 @@ pub(crate) enum GatewayError {
     RequestTimeout,
     #[error("no upstream token: {0}")]
     NoToken(crate::upstream::token::TokenError),
-    #[error("upstream unreachable or answered badly: {0}")]
-    UpstreamUnavailable(String),
+    #[error("upstream unreachable or answered badly: {msg}")]
+    UpstreamUnavailable {
+        msg: String,
+        /// The request had been sent: the upstream may have carried it out.
+        sent: bool,
+    },
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
     #[error(
@@ -241,7 +245,7 @@ impl GatewayError {
             | E::RejectionsTooFast { .. } => (StatusCode::TOO_MANY_REQUESTS, TOO_FREQUENT),
             E::StillRunning(_) | E::CannotReconcile(_) => (StatusCode::CONFLICT, 1005),
             E::IdempotencyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, 1003),
-            E::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, 503),
+            E::UpstreamUnavailable { .. } => (StatusCode::BAD_GATEWAY, 503),
             E::RequestTimeout | E::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, 503),
             E::Overloaded | E::NoToken(_) | E::SharedStateDown(_) | E::ClientOverloaded(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 503)
@@ -251,6 +255,15 @@ impl GatewayError {
             }
             E::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, 1005),
         }
+    }
+
+    /// Whether the upstream call broke after the request was sent (timeout, reset, an answer
+    /// that is not JSON): the upstream may have carried it out.
+    pub(crate) fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamTimeout | GatewayError::UpstreamUnavailable { sent: true, .. }
+        )
     }
 
     /// The `Retry-After` this answer carries, in seconds.
@@ -329,7 +342,13 @@ mod tests {
                 E::NoToken(crate::upstream::token::TokenError::NotHeld),
                 "no upstream token",
             ),
-            (E::UpstreamUnavailable("x".into()), "upstream unreachable"),
+            (
+                E::UpstreamUnavailable {
+                    msg: "x".into(),
+                    sent: false,
+                },
+                "upstream unreachable",
+            ),
             (E::UpstreamTimeout, "upstream or whole request timed out"),
             (
                 E::SharedStateDown("disk.create"),

@@ -3,6 +3,7 @@
 //! and benchmarks run exactly the gateway that ships.
 
 pub(crate) mod admin;
+pub(crate) mod admitted;
 pub(crate) mod cache;
 pub mod config;
 pub(crate) mod config_error;

@@ -17,10 +17,10 @@ use http::{Method, Request, StatusCode};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tower::{Layer, Service};
 
+use crate::admitted::{AccountName, ClientName};
 use crate::config::LogFormat;
 use crate::envelope::EnvelopeHead;
 use crate::layers::request_id::X_REQUEST_ID;
-use crate::layers::{AccountName, ClientName};
 use crate::metrics::Metrics;
 use crate::routes::{GatewayRoute, Route, RouteTable};
 use crate::svc::{Resp, RespFuture};

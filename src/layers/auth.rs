@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
+use crate::admitted::{Caller, ClientName, RequestId};
 use crate::error::GatewayError;
-use crate::layers::{Caller, ClientName, RequestId};
 use crate::reload::Swap;
 use crate::routes::{GatewayRoute, Route, RouteMatch, check_query};
 use crate::svc::{Resp, RespFuture};

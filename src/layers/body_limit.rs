@@ -16,8 +16,8 @@ use http::{HeaderValue, Request, Version, header};
 use http_body_util::{BodyExt, Limited};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::admitted::RequestId;
 use crate::error::GatewayError;
-use crate::layers::RequestId;
 use crate::svc::{BoxError, Req, Resp, RespFuture};
 
 #[derive(Clone)]

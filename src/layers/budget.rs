@@ -9,9 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tower::{Layer, Service, ServiceExt};
 
+use crate::admitted::{Caller, OutcomeUnknown, RequestId};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
-use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
 use crate::protect::policy::spends_money;

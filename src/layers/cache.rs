@@ -23,6 +23,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::admitted::Caller;
+use crate::admitted::RequestId;
 use crate::cache::entry::{Answer, Entry, Freshness};
 use crate::cache::hit_values;
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
@@ -30,8 +32,6 @@ use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled, invalidated_by};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
-use crate::layers::Caller;
-use crate::layers::RequestId;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::Role;
 use crate::svc::{Req, Resp, RespFuture};
@@ -284,8 +284,11 @@ where
         return from_entry(&entry, &params, Instant::now());
     }
     let Some(answer) = answer else {
-        return GatewayError::UpstreamUnavailable("the upstream call was lost".into())
-            .into_response(request_id.as_str());
+        return GatewayError::UpstreamUnavailable {
+            msg: "the upstream call was lost".into(),
+            sent: false,
+        }
+        .into_response(request_id.as_str());
     };
     let result = match (no_cache, role) {
         (true, _) => "bypass",

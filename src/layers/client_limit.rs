@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 use http::Request;
 use tower::{Layer, Service};
 
+use crate::admitted::{Caller, RequestId};
 use crate::error::GatewayError;
-use crate::layers::{Caller, RequestId};
 use crate::svc::{Resp, RespFuture};
 
 /// The in-flight counts, one per caller name: those known at start, and a client a reload added

@@ -18,9 +18,9 @@ use http::{HeaderValue, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::admitted::{Caller, RequestId};
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, RateLimitHeaders};
-use crate::layers::{Caller, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use rand::Rng;
 use tower::{Layer, Service};
 
-use crate::layers::RequestId;
+use crate::admitted::RequestId;
 use crate::svc::{Resp, RespFuture};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

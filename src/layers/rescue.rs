@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use tower::{Layer, Service};
 
+use crate::admitted::RequestId;
 use crate::error::GatewayError;
-use crate::layers::RequestId;
 use crate::svc::{BoxError, Resp, RespFuture};
 
 #[derive(Clone, Default)]

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use http::Request;
 use tower::{Layer, Service};
 
+use crate::admitted::RequestId;
 use crate::error::GatewayError;
-use crate::layers::RequestId;
 use crate::routes::{GatewayRoute, Route, RouteTable};
 use crate::svc::{Resp, RespFuture};
 

@@ -10,10 +10,10 @@ use std::task::{Context, Poll};
 use http::StatusCode;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::admitted::Caller;
+use crate::admitted::{RequestId, UpstreamToken};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
-use crate::layers::Caller;
-use crate::layers::{RequestId, UpstreamToken};
 use crate::svc::{Req, Resp, RespFuture, duplicate};
 
 #[derive(Clone, Default)]

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::admitted::{AccountName, Caller, RequestId};
 use crate::error::{GatewayError, retry_secs};
-use crate::layers::{AccountName, Caller, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, MemoryLimiter, Scope};
 use crate::protect::policy::Rate;

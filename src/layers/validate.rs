@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{HeaderValue, header};
 use tower::{Layer, Service};
 
+use crate::admitted::RequestId;
 use crate::error::GatewayError;
-use crate::layers::RequestId;
 use crate::protect::policy::spends_money;
 use crate::protect::validate::{self, Invalid, Order};
 use crate::routes::RouteMatch;

@@ -80,7 +80,10 @@ impl From<UpstreamError> for GatewayError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::Timeout(_) => GatewayError::UpstreamTimeout,
-            other => GatewayError::UpstreamUnavailable(other.to_string()),
+            other => GatewayError::UpstreamUnavailable {
+                sent: other.outcome_unknown(),
+                msg: other.to_string(),
+            },
         }
     }
 }

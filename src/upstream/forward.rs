@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tower::Service;
 
-use crate::layers::Caller;
-use crate::layers::{OutcomeUnknown, RequestId, UpstreamToken};
+use crate::admitted::Caller;
+use crate::admitted::{OutcomeUnknown, RequestId, UpstreamToken};
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::UpstreamClient;
@@ -125,8 +125,9 @@ async fn forward(client: &UpstreamClient, req: Req) -> Resp {
             resp
         }
         Err(e) => {
-            let unknown = e.outcome_unknown();
-            let mut resp = crate::error::GatewayError::from(e).into_response(request_id.as_str());
+            let err = crate::error::GatewayError::from(e);
+            let unknown = err.outcome_unknown();
+            let mut resp = err.into_response(request_id.as_str());
             if unknown {
                 resp.extensions_mut().insert(OutcomeUnknown);
             }

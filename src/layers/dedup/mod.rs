@@ -46,10 +46,10 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::admitted::{Caller, OutcomeUnknown, RequestId};
 use crate::cache::entry::Answer;
 use crate::error::{GatewayError, SearchFailed, StillRunning};
 use crate::fleet::now_ms;
-use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
 use crate::protect::records::{Begin, Record, RecordStore, State, in_flight, marker};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 
+use crate::admitted::{OutcomeUnknown, RequestId};
 use crate::error::GatewayError;
-use crate::layers::{OutcomeUnknown, RequestId};
 use crate::routes::Route;
 use crate::svc::{Req, Resp, RespFuture};
 

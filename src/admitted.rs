@@ -1,0 +1,129 @@
+//! What the edge learns about a request, as typed values that travel with it: its id, the route
+//! it matched and who is calling ([`Admitted`]), built once by authentication. Below the
+//! concurrency slot the pipeline switch splits it by route kind: a route's request and its facts
+//! travel together as a [`Call`], so no layer
+//! looks anything up again, and none can find it missing.
+//!
+//! This is a leaf: it names what the layers hand each other and imports no layer.
+
+#![allow(dead_code)] // The pipeline types are wired up step by step.
+
+use std::sync::Arc;
+
+use crate::protect::validate::Order;
+use crate::routes::{GatewayRoute, Route, RouteMatch};
+use crate::secret::Secret;
+use crate::svc::Req;
+use crate::upstream::AccountHandle;
+
+/// The request's id (`X-Request-Id`, kept or generated); the `traceId` of the gateway's own errors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    /// The request's id, set by the request-id layer (empty before it).
+    pub(crate) fn of<B>(req: &http::Request<B>) -> RequestId {
+        req.extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The authenticated client's name, on the answer for the access log (never its key).
+#[derive(Debug, Clone)]
+pub(crate) struct ClientName(pub Arc<str>);
+
+/// The account an answer concerns, on answers whose access line names it (a token lease).
+#[derive(Debug, Clone)]
+pub(crate) struct AccountName(pub Arc<str>);
+
+/// Who is calling: the client's name and the upstream account it uses.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) client: Arc<str>,
+    pub(crate) account: Arc<AccountHandle>,
+}
+
+/// What a request is to the gateway once classified: one of the table's routes, or one of the
+/// gateway's own endpoints.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    Route(RouteMatch),
+    Own(GatewayRoute),
+}
+
+impl Target {
+    /// The `route` metric label.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Target::Route(m) => m.route.as_str(),
+            Target::Own(own) => own.as_str(),
+        }
+    }
+}
+
+/// What authentication established: the request's id, what it is, and who sends it. Handed down
+/// with the request until the pipeline switch splits it by route kind.
+#[derive(Debug, Clone)]
+pub(crate) struct Admitted {
+    pub(crate) id: RequestId,
+    pub(crate) target: Target,
+    pub(crate) caller: Caller,
+}
+
+/// A request on its way to a slot: its [`Admitted`] beside it, the body not yet read (`B` is
+/// hyper's body) or read (`Bytes`).
+pub(crate) struct AdmittedRequest<B> {
+    pub(crate) admitted: Admitted,
+    pub(crate) req: http::Request<B>,
+}
+
+/// A route's request below the slot: everything a pipeline needs, typed.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub(crate) id: RequestId,
+    pub(crate) route: RouteMatch,
+    pub(crate) caller: Caller,
+    pub(crate) req: Req,
+}
+
+impl Call {
+    pub(crate) fn route(&self) -> Route {
+        self.route.route
+    }
+}
+
+/// A request to one of the gateway's own endpoints below the slot.
+pub(crate) struct OwnCall {
+    pub(crate) id: RequestId,
+    pub(crate) own: GatewayRoute,
+    pub(crate) caller: Caller,
+    pub(crate) req: Req,
+}
+
+/// A create whose body was checked: the order it is (what is sent upstream, byte for byte).
+#[derive(Debug, Clone)]
+pub(crate) struct Spend {
+    pub(crate) call: Call,
+    pub(crate) order: Order,
+}
+
+/// A call with the upstream token it is sent with (the token layer's work, the forwarder's input).
+pub(crate) struct Outbound {
+    pub(crate) call: Call,
+    pub(crate) token: Secret,
+}
+
+/// Marks an answer made because the upstream call broke after the request was sent (timeout,
+/// reset, not JSON): the upstream may have carried it out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutcomeUnknown;
+
+/// The upstream token to send with this request, set by the token layer.
+#[derive(Clone)]
+pub(crate) struct UpstreamToken(pub Secret);
