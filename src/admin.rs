@@ -19,6 +19,7 @@ use crate::cache::Cache;
 use crate::cache::Reason;
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
 use crate::config::{DEFAULT_ACCOUNT, ServerConfig};
+use crate::envelope::success_response;
 use crate::error::GatewayError;
 use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
@@ -98,8 +99,21 @@ fn json(status: StatusCode, value: serde_json::Value) -> http::Response<Bytes> {
     resp
 }
 
+/// Every answer of the admin listener; its refusals are rendered here, once, with a new id as
+/// their `traceId`.
 async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Response<Bytes> {
-    match (req.method(), req.uri().path()) {
+    let id = generate();
+    route(state, req, &id)
+        .await
+        .unwrap_or_else(|e| e.into_response(&id))
+}
+
+async fn route(
+    state: &AdminState,
+    req: http::Request<Incoming>,
+    id: &str,
+) -> Result<http::Response<Bytes>, GatewayError> {
+    Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(state).await,
         (&Method::GET, "/metrics") => {
@@ -116,9 +130,9 @@ async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Respo
             );
             resp
         }
-        (_, p) if p.starts_with("/admin/") => admin(state, req).await,
-        _ => GatewayError::NotAdmin.into_response(&generate()),
-    }
+        (_, p) if p.starts_with("/admin/") => admin(state, req, id).await?,
+        _ => return Err(GatewayError::NotAdmin),
+    })
 }
 
 /// 200 when this replica can serve as well as its peers: not draining, and no account's
@@ -228,58 +242,58 @@ fn update_token_gauge(state: &AdminState) {
     state.metrics.token_expires_in.set(soonest);
 }
 
-/// `/admin/*`: 404 when no admin key is configured, 401 without the right key.
-async fn admin(state: &AdminState, req: http::Request<Incoming>) -> http::Response<Bytes> {
-    let id = generate();
-    let Some(expected) = *state.admin_key_sha256.load() else {
-        return GatewayError::AdminDisabled.into_response(&id);
-    };
+/// `/admin/*`: 404 when no admin key is configured, 401 without the right key. Refusals are
+/// values, rendered once by [`handle`].
+async fn admin(
+    state: &AdminState,
+    req: http::Request<Incoming>,
+    id: &str,
+) -> Result<http::Response<Bytes>, GatewayError> {
+    let expected = (*state.admin_key_sha256.load()).ok_or(GatewayError::AdminDisabled)?;
     let authorised =
         matches!(bearer_key(req.headers()), Ok(Some(key)) if key_matches(key, &expected));
     if !authorised {
-        return GatewayError::AdminUnauthorized.into_response(&id);
+        return Err(GatewayError::AdminUnauthorized);
     }
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/cache/purge") => {
-            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    let msg = "could not read the body".to_string();
-                    return GatewayError::BadRequest { code: 1007, msg }.into_response(&id);
-                }
-            };
-            match purge_target(&body, &state.routes) {
-                Ok(what) => {
-                    let shown = format!("{what:?}");
-                    state.cache.invalidate(what, Reason::Purge).await;
-                    json(
-                        StatusCode::OK,
-                        serde_json::json!({"code": 0, "success": true, "msg": "purged", "data": {"purged": shown}, "traceId": id}),
-                    )
-                }
-                Err(msg) => GatewayError::BadRequest { code: 1007, msg }.into_response(&id),
-            }
+            let body = Limited::new(req.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map_err(|_| GatewayError::BadRequest {
+                    code: 1007,
+                    msg: "could not read the body".to_string(),
+                })?
+                .to_bytes();
+            let what = purge_target(&body, &state.routes)
+                .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })?;
+            let shown = format!("{what:?}");
+            state.cache.invalidate(what, Reason::Purge).await;
+            Ok(success_response(
+                "purged",
+                serde_json::json!({"purged": shown}),
+                id,
+            ))
         }
-        (&Method::POST, "/admin/reload") => match state.reloader.reload("POST /admin/reload").await
-        {
-            Ok(applied) => json(
-                StatusCode::OK,
-                serde_json::json!({"code": 0, "success": true, "msg": "reloaded",
-                    "data": {"restart_needed": applied.restart_needed, "kept": applied.kept},
-                    "traceId": id}),
-            ),
-            Err(e @ ReloadError::Stuck(_)) => {
-                GatewayError::ReloadStuck(e.to_string()).into_response(&id)
-            }
-            Err(e @ ReloadError::Unavailable) => {
-                GatewayError::ReloadUnavailable(e.to_string()).into_response(&id)
-            }
-            // The running settings stay; the message names the key that did not check.
-            Err(e @ ReloadError::Invalid(_)) => {
-                GatewayError::ConfigInvalid(e.to_string()).into_response(&id)
-            }
-        },
-        _ => GatewayError::NoAdminEndpoint.into_response(&id),
+        (&Method::POST, "/admin/reload") => {
+            let applied =
+                state
+                    .reloader
+                    .reload("POST /admin/reload")
+                    .await
+                    .map_err(|e| match e {
+                        ReloadError::Stuck(_) => GatewayError::ReloadStuck(e.to_string()),
+                        ReloadError::Unavailable => GatewayError::ReloadUnavailable(e.to_string()),
+                        // The running settings stay; the message names the key that did not check.
+                        ReloadError::Invalid(_) => GatewayError::ConfigInvalid(e.to_string()),
+                    })?;
+            Ok(success_response(
+                "reloaded",
+                serde_json::json!({"restart_needed": applied.restart_needed, "kept": applied.kept}),
+                id,
+            ))
+        }
+        _ => Err(GatewayError::NoAdminEndpoint),
     }
 }
 

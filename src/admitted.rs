@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::cache::key::CacheKey;
 use crate::protect::validate::Order;
 use crate::routes::{GatewayRoute, Route, RouteMatch};
 use crate::secret::Secret;
@@ -74,6 +75,18 @@ pub(crate) struct Admitted {
     pub(crate) id: RequestId,
     pub(crate) target: Target,
     pub(crate) caller: Caller,
+    /// The cache key, when the cache-hit layer already built it for a miss.
+    pub(crate) cache_key: Option<CacheKey>,
+}
+
+/// What the cache-hit layer learned of a request it could not answer, handed down with it so
+/// that admission and the cache need not learn it again: the route, a caller that may call it
+/// (query checked), and the entry's key.
+#[derive(Clone)]
+pub(crate) struct HeadStart {
+    pub(crate) matched: RouteMatch,
+    pub(crate) caller: Caller,
+    pub(crate) key: CacheKey,
 }
 
 /// A request on its way to a slot: its [`Admitted`] beside it, the body not yet read (`B` is
@@ -89,6 +102,8 @@ pub(crate) struct Call {
     pub(crate) id: RequestId,
     pub(crate) route: RouteMatch,
     pub(crate) caller: Caller,
+    /// Set when admission was handed it (see [`HeadStart`]).
+    pub(crate) cache_key: Option<CacheKey>,
     pub(crate) req: Req,
 }
 

@@ -266,6 +266,25 @@ impl GatewayError {
         )
     }
 
+    /// Whether the request's body was abandoned midway, so the connection cannot be reused.
+    pub(crate) fn abandons_body(&self) -> bool {
+        matches!(self, GatewayError::BodyTimeout(_))
+    }
+
+    /// The error of a tower middleware (load shedding, the request timeout) as the gateway's: a
+    /// timeout is 504, anything else says the gateway is overloaded. The gateway's own errors pass
+    /// through the middleware boxed, and come out as they went in.
+    pub(crate) fn from_tower(e: crate::svc::BoxError) -> GatewayError {
+        match e.downcast::<GatewayError>() {
+            Ok(own) => *own,
+            Err(e) if e.is::<tower::timeout::error::Elapsed>() => GatewayError::RequestTimeout,
+            Err(e) => {
+                tracing::warn!(error = %e, "request rescued");
+                GatewayError::Overloaded
+            }
+        }
+    }
+
     /// The `Retry-After` this answer carries, in seconds.
     fn retry_after(&self) -> Option<u64> {
         use GatewayError as E;

@@ -42,21 +42,10 @@ pub(crate) mod svc {
     /// Every answer is a complete body: upstream answers are small JSON envelopes.
     pub(crate) type Resp = http::Response<Bytes>;
     pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-    /// What a layer's service returns: errors are already rendered into envelope answers.
+    /// What an edge service returns: every error already rendered into an envelope answer.
     pub(crate) type RespFuture = BoxFuture<Result<Resp, Infallible>>;
-    /// The innermost part of the stack (after the body is read), boxed so stacks stay nameable.
-    pub(crate) type GatewayService = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
+    /// What a pipeline's service returns: an answer, or a refusal still to be rendered (once, by
+    /// admission: see `layers::admit`).
+    pub(crate) type GatewayFuture = BoxFuture<Result<Resp, crate::error::GatewayError>>;
     pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-    /// A second copy of a request (for a retry, or a call that outlives its caller). Bodies are
-    /// `Bytes`, so this copies no payload.
-    pub(crate) fn duplicate(req: &Req) -> Req {
-        let mut copy = Req::new(req.body().clone());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        copy
-    }
 }

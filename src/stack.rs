@@ -1,5 +1,6 @@
 //! The one function that builds the data plane's tower stack. Read top to bottom, it is the path
-//! a request takes.
+//! a request takes: the edge every request crosses, then, below the concurrency slot, one short
+//! pipeline per kind of route (see [`crate::layers::switch`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,25 +10,29 @@ use http::Request;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
+use crate::admitted::Spend;
 use crate::cache::Cache;
 use crate::config::Settings;
+use crate::error::GatewayError;
 use crate::layers::access_log::{AccessLogLayer, Recorder};
-use crate::layers::auth::{AuthLayer, SharedAuthenticator};
+use crate::layers::admit::AdmitLayer;
+use crate::layers::auth::SharedAuthenticator;
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::cache::CachingLayer;
 use crate::layers::cache_hit::{CacheHit, CacheHitLayer};
 use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::dedup::DedupLayer;
+use crate::layers::dedup_bridge::{Bridged, CallService, SpendService};
+use crate::layers::invalidate::InvalidateLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::SetRequestIdLayer;
-use crate::layers::rescue::RescueLayer;
-use crate::layers::route::ClassifyLayer;
+use crate::layers::switch::{OwnPipeline, Pipelines, RoutePipeline};
 use crate::layers::token::TokenLayer;
-use crate::layers::token_lease::TokenLeaseLayer;
+use crate::layers::token_lease::TokenLease;
 use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
-use crate::svc::{BoxError, GatewayService, Resp};
+use crate::svc::{BoxError, Resp};
 use crate::upstream::UpstreamClient;
 use crate::upstream::forward::Forward;
 
@@ -45,6 +50,65 @@ pub(crate) type StackService<B> = BoxCloneSyncService<Request<B>, Resp, Infallib
 /// The data plane: the whole stack, fresh hits answered by its outermost layer.
 pub(crate) type Edge<B> = CacheHit<StackService<B>>;
 
+/// The pipelines below the concurrency slot, one per kind of route.
+fn pipelines(
+    metrics: &Arc<Metrics>,
+    cache: &Arc<Cache>,
+    protection: Protection,
+    client: UpstreamClient,
+) -> Pipelines {
+    // Every pipeline ends the same way: the account's upstream token (one retry with a fresh
+    // token when the upstream says 401), then the upstream call with only allow-listed headers.
+    let upstream: CallService = CallService::new(
+        ServiceBuilder::new()
+            .layer(TokenLayer)
+            .service(Forward::new(client)),
+    );
+    // The gateway's own endpoints (`/_gateway/token`): answered here, never forwarded.
+    let own = OwnPipeline::new(TokenLease::new(metrics.clone()));
+    let read = RoutePipeline::new(
+        ServiceBuilder::new()
+            // Answered from the account's entries when the route is cached.
+            .layer(CachingLayer::new(cache.clone()))
+            .service(upstream.clone()),
+    );
+    // What a create is once checked: its spending guard's caps (429 before anything is spent),
+    // then the rate the upstream accepts (wait for a slot, else 429), then the upstream.
+    let spend_rest = SpendService::new(
+        ServiceBuilder::new()
+            .layer(protection.budget)
+            .layer(protection.rate_limit)
+            .map_request(|spend: Spend| spend.call)
+            .service(upstream.clone()),
+    );
+    // One purchase per intent (Idempotency-Key replay, identical creates collapsed); identical
+    // mutations in flight sent once.
+    let protect = Bridged::new(&protection.dedup, spend_rest, upstream.clone());
+    let mutation = RoutePipeline::new(
+        ServiceBuilder::new()
+            // A success drops the cached entries it made wrong.
+            .layer(InvalidateLayer::new(cache.clone()))
+            .service(tower::util::BoxCloneSyncService::<
+                crate::admitted::Call,
+                _,
+                _,
+            >::new(protect.clone())),
+    );
+    let spend = RoutePipeline::new(
+        ServiceBuilder::new()
+            .layer(InvalidateLayer::new(cache.clone()))
+            // A bad body is refused before anything is spent (400); what is checked is sent.
+            .layer(ValidateLayer)
+            .service(protect),
+    );
+    Pipelines {
+        own,
+        read,
+        mutation,
+        spend,
+    }
+}
+
 pub(crate) fn build<B>(
     settings: &Settings,
     metrics: Arc<Metrics>,
@@ -61,32 +125,14 @@ where
     let routes = settings.routes.clone();
     // Counts and logs every answer, the hits' and the stack's alike.
     let recorder = Arc::new(Recorder::new(metrics.clone(), &routes));
-    // After the body is read and a concurrency slot taken: plain `Req` → `Resp` services.
-    let inner = GatewayService::new(
-        ServiceBuilder::new()
-            // The gateway's own endpoints (`/_gateway/token`): answered here, never forwarded.
-            .layer(TokenLeaseLayer::new(metrics.clone()))
-            // Cached routes answered from the account's entries; mutations drop what they change.
-            .layer(CachingLayer::new(cache.clone()))
-            // Creates with a bad body are refused before anything is spent (400).
-            .layer(ValidateLayer)
-            // One purchase per intent: Idempotency-Key replay, identical creates collapsed.
-            .layer(protection.dedup)
-            // The spending guard's caps (off unless configured): 429 before anything is spent.
-            .layer(protection.budget)
-            // Creates within the rate the upstream accepts: wait for a slot, else 429.
-            .layer(protection.rate_limit)
-            // The account's upstream token; one retry with a fresh token when the upstream says 401.
-            .layer(TokenLayer)
-            // The upstream call itself, with only allow-listed headers.
-            .service(Forward::new(client)),
-    );
     let per_client = ClientLimitLayer::new(
         auth.load().caller_names(),
         settings.max_inflight_per_client(),
     );
+    let pipelines = pipelines(&metrics, &cache, protection, client);
     ServiceBuilder::new()
-        // A fresh hit, the bulk of the traffic, is answered here at once; the rest goes on down.
+        // A fresh hit, the bulk of the traffic, is answered here at once; the rest goes on down,
+        // with what this layer learned of it.
         .layer(CacheHitLayer::new(
             auth.clone(),
             cache,
@@ -98,23 +144,21 @@ where
         .layer(AccessLogLayer::new(recorder))
         // Before anything can fail, so every error envelope carries the request's id.
         .layer(SetRequestIdLayer)
-        // Classify once; unknown routes (404) end here.
-        .layer(ClassifyLayer(routes))
-        // Who is calling (401), as which account, and may they call this route (403); then
-        // its query (400 for an undeclared parameter): from the head alone, so a caller
-        // without a key never holds a slot or a body buffer, nor learns a route's parameters.
-        .layer(AuthLayer::new(auth))
+        // What the request is (404), who calls (401), may they (403), with which query (400):
+        // from the head alone, so a caller without a key never holds a slot or a body buffer.
+        // Every refusal from here down is rendered here, once.
+        .layer(AdmitLayer::new(routes, auth))
         // One client's share of the requests in flight (503 with Retry-After beyond it).
         .layer(per_client)
         // Read the body within `body_timeout` (408) up to the limit (413), before a slot is
         // taken: a slow upload holds no concurrency slot. Every layer below sees it whole.
         .layer(BodyLimitLayer::new(cfg.max_body_bytes, cfg.body_timeout))
-        // Overload and timeout errors of the tower layers below become 503/504 envelopes.
-        .layer(RescueLayer)
+        // Overload and timeout errors of the tower layers below become the gateway's (503/504).
+        .map_err(GatewayError::from_tower)
         // Answer 503 at once when `max_concurrency` requests are in flight, rather than queueing.
         .load_shed()
         .concurrency_limit(cfg.max_concurrency)
         // The request's work once its body is here: cache, protection, the upstream call.
         .timeout(cfg.request_timeout)
-        .service(inner)
+        .service(pipelines)
 }

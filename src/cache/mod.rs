@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::reload::Swap;
 use crate::routes::Route;
@@ -43,8 +44,11 @@ use policy::{CachePolicy, CacheSettings};
 /// The result of a fill, shared by everyone who waited for it.
 #[derive(Debug)]
 pub(crate) enum Filled {
-    /// The upstream's answer, and whether it was stored.
-    Fetched { answer: Answer, stored: bool },
+    /// The upstream's answer (or why there is none), and whether it was stored.
+    Fetched {
+        answer: Result<Answer, GatewayError>,
+        stored: bool,
+    },
     /// A fresh entry was stored between the caller's lookup and the fill: no call was needed.
     Found(Arc<Entry>),
 }
@@ -155,7 +159,7 @@ impl Cache {
         fetch: F,
     ) -> Flight<Arc<Filled>>
     where
-        F: Future<Output = Answer> + Send + 'static,
+        F: Future<Output = Result<Answer, GatewayError>> + Send + 'static,
     {
         let cache = self.clone();
         self.flights
@@ -184,10 +188,11 @@ impl Cache {
                 let answer = fetch.await;
                 let policy = policies
                     .get(&key.route)
-                    .filter(|_| answer.is_storable() && !detached.is_set());
+                    .filter(|_| answer.as_ref().is_ok_and(Answer::is_storable))
+                    .filter(|_| !detached.is_set());
                 let mut stored = false;
-                if let Some(policy) = policy {
-                    let entry = Entry::new(key.route, &answer, policy, Instant::now());
+                if let (Some(policy), Ok(answer)) = (policy, &answer) {
+                    let entry = Entry::new(key.route, answer, policy, Instant::now());
                     stored = cache
                         .store
                         .put_filled(key.clone(), Arc::new(entry), ticket)
@@ -200,7 +205,7 @@ impl Cache {
                     }
                 } else {
                     cache.store.release_fill(&key, ticket).await;
-                    if answer.is_gone() {
+                    if answer.as_ref().is_ok_and(Answer::is_gone) {
                         cache.flights.detach_key(&key);
                         cache.record_invalidation(key.route.as_str(), Reason::Gone);
                         cache.store.drop_if_held(key).await;

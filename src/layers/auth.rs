@@ -1,33 +1,25 @@
-//! Client authentication (CONTRACT.md, "Clients"): a bearer key in `Authorization`, or the key in
+//! Client authentication (CONTRACT.md, "Clients"), used by admission ([`crate::layers::admit`])
+//! and the cache-hit fast path alike: a bearer key in `Authorization`, or the key in
 //! `Finovy-Access-Token` for code written against the upstream (`Authorization` decides when both
 //! are sent). Keys are compared as SHA-256 digests in constant time against every client, so the
-//! time taken says nothing about which digest came close. Both headers are removed here: nothing a
-//! client sends as a credential goes further. The client's account and name are handed on in the
-//! request's extensions; a client's `routes` allow-list is enforced here (403, code 1001), and
+//! time taken says nothing about which digest came close. The client's account and name become the
+//! request's [`Caller`]; a client's `routes` allow-list is enforced here (403, code 1001), and
 //! with `[[clients]]` configured an anonymous caller gets only `[auth] anonymous_routes` (401
 //! otherwise: a key would help). The gateway's token lease (`/_gateway/token`) is granted by a
 //! client's `token_lease` instead of its `routes` (403, code 1001, without it); a caller without
 //! a key never gets it (401).
-//!
-//! It works on the request head alone, in front of the body read and the concurrency limit, so
-//! a caller without a valid key never holds a slot or a buffer; when it refuses a request whose
-//! body is still coming, the HTTP/1 connection is closed rather than drained.
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{HeaderMap, HeaderValue, Request, Version, header};
+use http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tower::{Layer, Service};
 
-use crate::admitted::{Caller, ClientName, RequestId};
+use crate::admitted::{Caller, Target};
 use crate::error::GatewayError;
 use crate::reload::Swap;
-use crate::routes::{GatewayRoute, Route, RouteMatch, check_query};
-use crate::svc::{Resp, RespFuture};
+use crate::routes::Route;
 use crate::upstream::AccountHandle;
 use crate::upstream::forward::TOKEN_HEADER;
 
@@ -204,119 +196,24 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates the request, strips its credentials and hands the caller on. A known
-    /// client is named in `known` before its route is checked, so that a refusal's access line
-    /// names it too.
-    fn authorize<B>(
+    /// Who may call `target`: the caller, or why not. A known client is named in `known` before
+    /// its route is checked, so that a refusal's access line names it too.
+    pub(crate) fn admit(
         &self,
-        req: &mut Request<B>,
+        headers: &HeaderMap,
+        target: &Target,
         known: &mut Option<Arc<str>>,
-    ) -> Result<Arc<str>, GatewayError> {
-        let who = self.identify(req.headers())?;
+    ) -> Result<Caller, GatewayError> {
+        let who = self.identify(headers)?;
         if who.entry.is_some() {
             *known = Some(who.name.clone());
         }
-        let caller = if req.extensions().get::<GatewayRoute>().is_some() {
-            Self::may_lease(who)?
-        } else {
-            let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-            self.may_call(who, route)?
-        };
-        req.headers_mut().remove(header::AUTHORIZATION);
-        req.headers_mut().remove(TOKEN_HEADER);
-        let name = caller.client.clone();
-        req.extensions_mut().insert(caller);
-        Ok(name)
+        match target {
+            Target::Own(_) => Self::may_lease(who),
+            Target::Route(m) => self.may_call(who, Some(m.route)),
+        }
     }
 }
 
 /// The authenticator as reloads swap it: each request reads the current one once.
 pub(crate) type SharedAuthenticator = Arc<Swap<Authenticator>>;
-
-#[derive(Clone)]
-pub(crate) struct AuthLayer {
-    auth: SharedAuthenticator,
-}
-
-impl AuthLayer {
-    pub(crate) fn new(auth: SharedAuthenticator) -> Self {
-        AuthLayer { auth }
-    }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            auth: self.auth.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct Auth<S> {
-    inner: S,
-    auth: SharedAuthenticator,
-}
-
-impl<S, B> Service<Request<B>> for Auth<S>
-where
-    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-    B: http_body::Body + Send + 'static,
-{
-    type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> RespFuture {
-        // Known once the key is checked, so that a refusal's access line names its caller.
-        let mut known = None;
-        let checked = self
-            .auth
-            .with(|a| a.authorize(&mut req, &mut known))
-            .and_then(|name| {
-                known = Some(name.clone());
-                // The query is checked for a known caller only: nobody learns a route's parameters
-                // before showing a key.
-                let query = req.uri().query();
-                let checked = match (req.extensions().get::<RouteMatch>(), req.extensions().get()) {
-                    (Some(m), _) => check_query(m.route, query),
-                    (None, Some(own)) => GatewayRoute::check_query(*own, query),
-                    (None, None) => Ok(()),
-                };
-                checked
-                    .map(|()| name)
-                    .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })
-            });
-        match checked {
-            Ok(name) => {
-                let fut = self.inner.call(req);
-                Box::pin(async move {
-                    let mut resp = fut.await?;
-                    resp.extensions_mut().insert(ClientName(name));
-                    Ok(resp)
-                })
-            }
-            Err(e) => {
-                let id = RequestId::of(&req);
-                let mut resp = e.into_response(id.as_str());
-                if let Some(name) = known {
-                    resp.extensions_mut().insert(ClientName(name));
-                }
-                // A body still coming is not read for a refused request: the HTTP/1 connection
-                // ends with this answer instead of waiting for (or draining) it.
-                if !req.body().is_end_stream() && req.version() <= Version::HTTP_11 {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Box::pin(async move { Ok(resp) })
-            }
-        }
-    }
-}

@@ -7,18 +7,17 @@
 //! slot is taken only once the body is here: a slow upload holds no slot, only its client's
 //! in-flight share (see [`crate::layers::client_limit`]).
 
-use std::convert::Infallible;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Version, header};
+use http::{Request, header};
 use http_body_util::{BodyExt, Limited};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admitted::RequestId;
+use crate::admitted::AdmittedRequest;
 use crate::error::GatewayError;
-use crate::svc::{BoxError, Req, Resp, RespFuture};
+use crate::svc::{BoxError, GatewayFuture, Resp};
 
 #[derive(Clone)]
 pub(crate) struct BodyLimitLayer {
@@ -50,64 +49,61 @@ pub(crate) struct BodyLimit<S> {
     timeout: Duration,
 }
 
-impl<S, B> Service<Request<B>> for BodyLimit<S>
+impl<S, B> Service<AdmittedRequest<B>> for BodyLimit<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S: Service<AdmittedRequest<Bytes>, Response = Resp, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
     /// Always ready: the layers below are asked only once the body is read (see the module doc).
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> RespFuture {
+    fn call(&mut self, entry: AdmittedRequest<B>) -> Self::Future {
         let inner = self.inner.clone();
+        let AdmittedRequest { admitted, req } = entry;
         if req.body().is_end_stream() {
             // No body (a GET): nothing to read or wait for.
             let (parts, _) = req.into_parts();
-            return Box::pin(inner.oneshot(Request::from_parts(parts, Bytes::new())));
+            let req = Request::from_parts(parts, Bytes::new());
+            return Box::pin(inner.oneshot(AdmittedRequest { admitted, req }));
         }
         let (limit, timeout) = (self.limit, self.timeout);
         Box::pin(async move {
-            let id = RequestId::of(&req);
             let declared = req
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > limit as u64) {
-                return Ok(GatewayError::PayloadTooLarge { limit }.into_response(id.as_str()));
+                return Err(GatewayError::PayloadTooLarge { limit });
             }
             let (parts, body) = req.into_parts();
             let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
             let bytes = match read {
                 Ok(Ok(collected)) => collected.to_bytes(),
                 Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Ok(GatewayError::PayloadTooLarge { limit }.into_response(id.as_str()));
+                    return Err(GatewayError::PayloadTooLarge { limit });
                 }
                 Ok(Err(e)) => {
                     let msg = format!("could not read the request body: {e}");
-                    return Ok(
-                        GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str())
-                    );
+                    return Err(GatewayError::BadRequest { code: 1007, msg });
                 }
-                Err(_) => {
-                    let mut resp = GatewayError::BodyTimeout(timeout).into_response(id.as_str());
-                    // The rest of the body may still come: the connection ends with this answer.
-                    if parts.version <= Version::HTTP_11 {
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    return Ok(resp);
-                }
+                // The rest of the body may still come: the answer closes the connection (see
+                // `GatewayError::abandons_body`).
+                Err(_) => return Err(GatewayError::BodyTimeout(timeout)),
             };
-            inner.oneshot(Request::from_parts(parts, bytes)).await
+            let req = Request::from_parts(parts, bytes);
+            inner.oneshot(AdmittedRequest { admitted, req }).await
         })
     }
 }

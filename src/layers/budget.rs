@@ -2,22 +2,18 @@
 //! answered 429 with code 220025, a message naming the cap, and `Retry-After` until it resets,
 //! before it reaches the upstream. A create that bought nothing gives its admission back.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admitted::{Caller, OutcomeUnknown, RequestId};
+use crate::admitted::Spend;
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
-use crate::protect::policy::spends_money;
-use crate::protect::validate::Order;
-use crate::routes::RouteMatch;
-use crate::svc::{Req, Resp, RespFuture};
+use crate::svc::{GatewayFuture, Resp};
 
 #[derive(Clone)]
 pub(crate) struct BudgetGuardLayer {
@@ -48,67 +44,55 @@ pub(crate) struct BudgetGuard<S> {
 }
 
 /// Whether the create may have bought something (a success, or an unknown outcome).
-fn may_have_spent(resp: &Resp) -> bool {
-    resp.extensions().get::<OutcomeUnknown>().is_some()
-        || resp
+fn may_have_spent(result: &Result<Resp, GatewayError>) -> bool {
+    match result {
+        Ok(resp) => resp
             .extensions()
             .get::<EnvelopeHead>()
-            .is_some_and(EnvelopeHead::is_success)
+            .is_some_and(EnvelopeHead::is_success),
+        Err(e) => e.outcome_unknown(),
+    }
 }
 
-impl<S> Service<Req> for BudgetGuard<S>
+impl<S> Service<Spend> for BudgetGuard<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Spend, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> RespFuture {
-        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-        if !self.layer.budget.enabled() || !route.is_some_and(spends_money) {
-            return Box::pin(self.inner.call(req));
+    fn call(&mut self, spend: Spend) -> Self::Future {
+        if !self.layer.budget.enabled() {
+            return Box::pin(self.inner.call(spend));
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let Some(account) = req.extensions().get::<Caller>().map(|c| c.account.clone()) else {
-                return inner.oneshot(req).await;
-            };
-            let client = req
-                .extensions()
-                .get::<Caller>()
-                .map_or("-".into(), |c| c.client.to_string());
+            let route = spend.call.route().as_str();
+            let account = spend.call.caller.account.name.clone();
+            let client = spend.call.caller.client.to_string();
             // The validated order, which is what the upstream receives (the validate layer sent
             // it in place of the client's body): one disk of its size, or one host (no GB).
-            let gb = req
-                .extensions()
-                .get::<Order>()
-                .and_then(Order::disk)
-                .map_or(0, |o| o.memory_gb.max(0) as u64);
+            let gb = spend.order.disk().map_or(0, |o| o.memory_gb.max(0) as u64);
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let id = RequestId::of(&req);
-            let route = req
-                .extensions()
-                .get::<RouteMatch>()
-                .map_or("create", |m| m.route.as_str());
-            match layer.budget.admit(&account.name, &client, gb, now).await {
-                Err(_) => Ok(GatewayError::SharedStateDown(route).into_response(id.as_str())),
+            match layer.budget.admit(&account, &client, gb, now).await {
+                Err(_) => Err(GatewayError::SharedStateDown(route)),
                 Ok(Ok(admission)) => {
-                    let resp = inner.oneshot(req).await?;
-                    if !may_have_spent(&resp) {
+                    let result = inner.oneshot(spend).await;
+                    if !may_have_spent(&result) {
                         // A refund lost to a Redis failure only makes the guard stricter.
                         let _ = layer.budget.refund(admission).await;
                     }
-                    Ok(resp)
+                    result
                 }
                 Ok(Err(over)) => {
                     layer
@@ -116,14 +100,13 @@ where
                         .budget_refused
                         .with_label_values(&[over.scope, over.cap])
                         .inc();
-                    let err = GatewayError::SpendingCap {
+                    Err(GatewayError::SpendingCap {
                         cap: over.cap,
                         limit: over.limit,
                         scope: over.scope,
                         who: over.who,
                         retry_after: over.resets_in.as_secs().max(1),
-                    };
-                    Ok(err.into_response(id.as_str()))
+                    })
                 }
             }
         })

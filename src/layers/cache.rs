@@ -1,5 +1,6 @@
-//! The cache layer: answers cached routes from [`crate::cache::Cache`] and drops entries that a
-//! mutation through the gateway makes wrong.
+//! The read pipeline's cache: answers a read route from [`crate::cache::Cache`] when the config
+//! caches it (a route it does not cache goes straight on). Entries a mutation makes wrong are
+//! dropped by [`crate::layers::invalidate`].
 //!
 //! For a cached route: a fresh entry is a *hit*; an entry past its TTL but within
 //! stale-while-revalidate is answered at once while one background fill refreshes it; otherwise the
@@ -12,29 +13,24 @@
 //!
 //! Most fresh hits never get here: [`crate::layers::cache_hit`], the stack's outermost layer,
 //! answers them.
-//!
-//! For a mutation: the request passes through, and a success drops the entries it changed.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admitted::Caller;
-use crate::admitted::RequestId;
+use crate::admitted::Call;
 use crate::cache::entry::{Answer, Entry, Freshness};
 use crate::cache::hit_values;
-use crate::cache::key::{CacheKey, body_keyed, canonical_json};
+use crate::cache::key::{CacheKey, canonical_json};
 use crate::cache::stored::HIT_HEADERS;
-use crate::cache::{Cache, Filled, invalidated_by};
-use crate::envelope::EnvelopeHead;
+use crate::cache::{Cache, Filled};
 use crate::error::GatewayError;
-use crate::routes::{Route, RouteMatch};
+use crate::routes::RouteMatch;
 use crate::single_flight::Role;
-use crate::svc::{Req, Resp, RespFuture};
+use crate::svc::{GatewayFuture, Resp};
 use crate::upstream::AccountHandle;
 
 /// The cache's name in `Cache-Status`.
@@ -67,38 +63,18 @@ pub(crate) struct Caching<S> {
     cache: Arc<Cache>,
 }
 
-/// What the request is to the cache (`None` from [`plan`]: not cached, and changes nothing cached).
-enum Plan {
-    /// A mutation: after a success, drop what it changed.
-    Mutation { route: Route, id: Option<String> },
-    /// A cached route, with its key.
-    Cached { key: CacheKey, no_cache: bool },
-}
-
-fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
-    let m = req.extensions().get::<RouteMatch>()?;
-    if !invalidated_by(m.route).is_empty() {
-        // Disk mutations name their disk in the body; host ones in the path.
-        let id = m
-            .param
-            .as_deref()
-            .map(str::to_string)
-            .or_else(|| body_id(req.body()));
-        return Some(Plan::Mutation { route: m.route, id });
+/// The entry's key of a call to a cached route; `None` for a body that is not JSON (the upstream
+/// will say so, uncached).
+fn key_of_call(call: &mut Call) -> Option<CacheKey> {
+    if let Some(key) = call.cache_key.take() {
+        return Some(key);
     }
-    if !cache.caches(m.route) {
-        return None;
+    let account = &call.caller.account;
+    if call.route().body_keyed() {
+        let body = canonical_json(call.req.body())?;
+        return Some(CacheKey::new(account.name.clone(), call.route(), body));
     }
-    let key = if body_keyed(m.route) {
-        // Not JSON: the upstream will say so, uncached.
-        CacheKey::new(account.name.clone(), m.route, canonical_json(req.body())?)
-    } else {
-        key_of(account, m, req.uri().query())
-    };
-    Some(Plan::Cached {
-        key,
-        no_cache: no_cache(req.headers()),
-    })
+    Some(key_of(account, &call.route, call.req.uri().query()))
 }
 
 /// The key of a request to a route keyed by its path parameter and query.
@@ -123,24 +99,6 @@ pub(crate) fn no_cache(headers: &HeaderMap) -> bool {
             v.split(',')
                 .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
         })
-}
-
-/// The `id` field of a JSON body, as text.
-fn body_id(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match v.get("id")? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn succeeded(resp: &Resp) -> bool {
-    resp.status() == StatusCode::OK
-        && resp
-            .extensions()
-            .get::<EnvelopeHead>()
-            .is_some_and(EnvelopeHead::is_success)
 }
 
 /// An answer with `Cache-Status` and `Age` set.
@@ -189,58 +147,49 @@ pub(crate) fn bare_hit(entry: &Entry, now: Instant) -> Resp {
     resp
 }
 
-impl<S> Service<Req> for Caching<S>
+impl<S> Service<Call> for Caching<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Call, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> RespFuture {
-        let Some(account) = req.extensions().get::<Caller>().map(|c| c.account.clone()) else {
-            return Box::pin(self.inner.call(req));
+    fn call(&mut self, mut call: Call) -> Self::Future {
+        let key = if self.cache.caches(call.route()) {
+            key_of_call(&mut call)
+        } else {
+            None
         };
-        let Some(plan) = plan(&self.cache, &req, &account) else {
-            return Box::pin(self.inner.call(req));
+        let Some(key) = key else {
+            return Box::pin(self.inner.call(call));
         };
+        let no_cache = no_cache(call.req.headers());
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();
-        Box::pin(async move {
-            match plan {
-                Plan::Mutation { route, id } => {
-                    let resp = inner.oneshot(req).await?;
-                    if succeeded(&resp) {
-                        cache
-                            .after_mutation(&account.name, route, id.as_deref())
-                            .await;
-                    }
-                    Ok(resp)
-                }
-                Plan::Cached { key, no_cache } => {
-                    Ok(cached(&cache, inner, req, key, no_cache).await)
-                }
-            }
-        })
+        Box::pin(async move { cached(&cache, inner, call, key, no_cache).await })
     }
 }
 
-async fn cached<S>(cache: &Arc<Cache>, inner: S, req: Req, key: CacheKey, no_cache: bool) -> Resp
+async fn cached<S>(
+    cache: &Arc<Cache>,
+    inner: S,
+    call: Call,
+    key: CacheKey,
+    no_cache: bool,
+) -> Result<Resp, GatewayError>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Send + 'static,
+    S: Service<Call, Response = Resp, Error = GatewayError> + Send + 'static,
     S::Future: Send,
 {
     let route = key.route;
-    let request_id = RequestId::of(&req);
-    let fetch = async move {
-        Answer::from_response(inner.oneshot(req).await.unwrap_or_else(|e| match e {}))
-    };
+    let fetch = async move { inner.oneshot(call).await.map(Answer::from_response) };
 
     // A refresh drops the stored entry in its fill (see `Cache::fill`), not here: here it would
     // detach the fill in flight, and every refresh would make a call of its own.
@@ -254,13 +203,13 @@ where
     match (&stored_entry, freshness) {
         (Some(entry), Some(Freshness::Fresh(_))) => {
             cache.record_lookup(route, "hit");
-            return hit(entry, now);
+            return Ok(hit(entry, now));
         }
         (Some(entry), Some(Freshness::Revalidate)) => {
             cache.record_lookup(route, "stale");
             // One background refresh per key; this request does not wait for it.
             drop(cache.fill(key, false, fetch));
-            return from_entry(entry, "fwd=stale; detail=revalidating", now);
+            return Ok(from_entry(entry, "fwd=stale; detail=revalidating", now));
         }
         _ => {}
     }
@@ -271,24 +220,36 @@ where
     let (answer, stored) = match filled.as_deref() {
         Some(Filled::Found(entry)) => {
             cache.record_lookup(route, "hit");
-            return hit(entry, Instant::now());
+            return Ok(hit(entry, Instant::now()));
         }
         Some(Filled::Fetched { answer, stored }) => (Some(answer), *stored),
         None => (None, false),
     };
     // The upstream failed (or the call was lost): a stale entry within stale-if-error stands in.
-    if let Some(entry) = stored_entry.filter(|_| answer.is_none_or(Answer::is_failure)) {
+    let failed = match answer {
+        None | Some(Err(_)) => true,
+        Some(Ok(a)) => a.is_failure(),
+    };
+    if let Some(entry) = stored_entry.filter(|_| failed) {
         cache.record_lookup(route, "stale");
-        let fwd_status = answer.map_or(502, |a| a.status.as_u16());
+        let fwd_status = match answer {
+            Some(Ok(a)) => a.status.as_u16(),
+            Some(Err(e)) => e.status_and_code().0.as_u16(),
+            None => 502,
+        };
         let params = format!("fwd=stale; fwd-status={fwd_status}; detail=stale-if-error");
-        return from_entry(&entry, &params, Instant::now());
+        return Ok(from_entry(&entry, &params, Instant::now()));
     }
-    let Some(answer) = answer else {
-        return GatewayError::UpstreamUnavailable {
-            msg: "the upstream call was lost".into(),
-            sent: false,
+    let answer = match answer {
+        Some(Ok(answer)) => answer,
+        // Each waiter's own refusal, with its own request id.
+        Some(Err(e)) => return Err(e.clone()),
+        None => {
+            return Err(GatewayError::UpstreamUnavailable {
+                msg: "the upstream call was lost".into(),
+                sent: false,
+            });
         }
-        .into_response(request_id.as_str());
     };
     let result = match (no_cache, role) {
         (true, _) => "bypass",
@@ -311,5 +272,5 @@ where
     if role == Role::Joined {
         status.push_str("; collapsed");
     }
-    respond(answer, status, 0)
+    Ok(respond(answer, status, 0))
 }

@@ -1,7 +1,8 @@
 //! The stack's outermost layer: fresh cache hits, the bulk of the gateway's traffic, answered at
 //! once. A bodiless request to a cached route whose entry this replica holds fresh in memory gets
 //! its answer here, synchronously (the future is a ready one); everything else, a miss included,
-//! goes down the stack below as if this layer did not exist.
+//! goes down the stack below, with what this layer learned of it ([`HeadStart`]: route, caller,
+//! key) so that admission and the cache do not learn it again.
 //!
 //! For a hit it does what the layers below would, with their own functions: the request id
 //! ([`request_id::pick`]), the route ([`RouteTable::classify`]), the caller
@@ -23,8 +24,8 @@ use prometheus::IntCounter;
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::admitted::HeadStart;
 use crate::cache::Cache;
-use crate::cache::key::body_keyed;
 use crate::layers::access_log::{Line, Recorder, method_label};
 use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
@@ -95,32 +96,43 @@ impl Shared {
         })
     }
 
-    /// The answer to `req` when it is a fresh hit; `None` sends it down the stack.
-    fn answer<B: http_body::Body>(&self, req: &Request<B>) -> Option<Resp> {
+    /// The answer to `req` when it is a fresh hit; `Err` sends it down the stack, with what this
+    /// layer learned of it when it got as far as the cache.
+    fn answer<B: http_body::Body>(&self, req: &Request<B>) -> Result<Resp, Option<HeadStart>> {
         // One clock read serves the entry's age and the answer's duration: tokio's clock is the
         // system's monotonic one except in tests, where it is paused and the duration reads 0.
         let started = tokio::time::Instant::now();
         // A body is read (with its limit) by the stack; cached routes that matter have none.
         if !req.body().is_end_stream() {
-            return None;
+            return Err(None);
         }
-        let matched = self.routes.classify(req.method(), req.uri().path())?;
+        let matched = self
+            .routes
+            .classify(req.method(), req.uri().path())
+            .ok_or(None)?;
         let route = matched.route;
-        if body_keyed(route) || !self.cache.caches(route) || no_cache(req.headers()) {
-            return None;
+        if route.body_keyed() || !self.cache.caches(route) || no_cache(req.headers()) {
+            return Err(None);
         }
         // An undeclared query parameter is the stack's 400, never a hit.
-        check_query(route, req.uri().query()).ok()?;
+        check_query(route, req.uri().query()).map_err(|_| None)?;
         let caller = self
             .auth
             .with(|a| a.caller(req.headers(), Some(route)))
-            .ok()?;
+            .map_err(|_| None)?;
         let key = key_of(&caller.account, &matched, req.uri().query());
-        let entry = self.cache.peek_fresh(&key)?;
-        // Only 200s are stored; the check keeps the metric's status label true by construction.
-        if entry.answer.status != StatusCode::OK {
-            return None;
-        }
+        let fresh = self
+            .cache
+            .peek_fresh(&key)
+            // Only 200s are stored; the check keeps the metric's status label true by construction.
+            .filter(|entry| entry.answer.status == StatusCode::OK);
+        let Some(entry) = fresh else {
+            return Err(Some(HeadStart {
+                matched,
+                caller,
+                key,
+            }));
+        };
 
         let in_flight = self.recorder.in_flight();
         let mut resp = bare_hit(&entry, started);
@@ -145,21 +157,26 @@ impl Shared {
         };
         self.recorder.finish(Some(route), StatusCode::OK, &line);
         resp.headers_mut().insert(X_REQUEST_ID, id);
-        Some(resp)
+        Ok(resp)
     }
 }
 
 impl<S: Clone> CacheHit<S> {
     /// Answers `req`, from `&self`: the server calls this once per request without cloning the
     /// service, and [`Service::call`] is this.
-    pub(crate) fn serve<B>(&self, req: Request<B>) -> CacheHitFuture<S, Request<B>>
+    pub(crate) fn serve<B>(&self, mut req: Request<B>) -> CacheHitFuture<S, Request<B>>
     where
         B: http_body::Body,
         S: Service<Request<B>, Response = Resp, Error = Infallible>,
     {
         match self.shared.answer(&req) {
-            Some(resp) => Either::Left(ready(Ok(resp))),
-            None => Either::Right(self.inner.clone().oneshot(req)),
+            Ok(resp) => Either::Left(ready(Ok(resp))),
+            Err(head) => {
+                if let Some(head) = head {
+                    req.extensions_mut().insert(head);
+                }
+                Either::Right(self.inner.clone().oneshot(req))
+            }
         }
     }
 }

@@ -6,17 +6,15 @@
 //! included; a guard gives the count back on drop.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
-use http::Request;
 use tower::{Layer, Service};
 
-use crate::admitted::{Caller, RequestId};
+use crate::admitted::AdmittedRequest;
 use crate::error::GatewayError;
-use crate::svc::{Resp, RespFuture};
+use crate::svc::{GatewayFuture, Resp};
 
 /// The in-flight counts, one per caller name: those known at start, and a client a reload added
 /// gets its own on its first request (names come only from the configuration, so they are few).
@@ -74,7 +72,7 @@ impl Drop for Held {
 
 impl Counts {
     /// A place for `client`, or `None` when it already has `limit` requests in flight.
-    fn take(&self, client: &Arc<str>) -> Option<Option<Held>> {
+    fn take(&self, client: &Arc<str>) -> Option<Held> {
         let known = self
             .index
             .read()
@@ -93,43 +91,33 @@ impl Counts {
         };
         let before = slot.fetch_add(1, Ordering::AcqRel);
         let held = Held { slot };
-        (before < self.limit).then_some(Some(held))
+        (before < self.limit).then_some(held)
     }
 }
 
-impl<S, B> Service<Request<B>> for ClientLimit<S>
+impl<S, B> Service<AdmittedRequest<B>> for ClientLimit<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<AdmittedRequest<B>, Response = Resp, Error = GatewayError>,
+    S::Future: Send + 'static,
 {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> RespFuture {
-        let taken = match req.extensions().get::<Caller>() {
-            Some(caller) => self.counts.take(&caller.client),
-            None => Some(None),
+    fn call(&mut self, req: AdmittedRequest<B>) -> Self::Future {
+        let Some(held) = self.counts.take(&req.admitted.caller.client) else {
+            let err = GatewayError::ClientOverloaded(self.counts.limit);
+            return Box::pin(std::future::ready(Err(err)));
         };
-        match taken {
-            Some(held) => {
-                let fut = self.inner.call(req);
-                Box::pin(async move {
-                    let resp = fut.await;
-                    drop(held);
-                    resp
-                })
-            }
-            None => {
-                let id = RequestId::of(&req);
-                let err = GatewayError::ClientOverloaded(self.counts.limit);
-                Box::pin(async move { Ok(err.into_response(id.as_str())) })
-            }
-        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await;
+            drop(held);
+            resp
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! never through shared global state.
 
 pub(crate) mod access_log;
+pub(crate) mod admit;
 pub(crate) mod auth;
 pub(crate) mod body_limit;
 pub(crate) mod budget;
@@ -10,10 +11,11 @@ pub(crate) mod cache;
 pub(crate) mod cache_hit;
 pub(crate) mod client_limit;
 pub(crate) mod dedup;
+pub(crate) mod dedup_bridge;
+pub(crate) mod invalidate;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
-pub(crate) mod rescue;
-pub(crate) mod route;
+pub(crate) mod switch;
 pub(crate) mod token;
 pub(crate) mod token_lease;
 pub(crate) mod validate;

@@ -9,7 +9,6 @@
 //! within `max_wait` (else the create is refused at once), and a `Retry-After` passed back to the
 //! client never says more than `max_wait`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,15 +17,14 @@ use http::{HeaderValue, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admitted::{Caller, RequestId};
+use crate::admitted::Spend;
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, RateLimitHeaders};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
 use crate::reload::Swap;
-use crate::routes::RouteMatch;
-use crate::svc::{Req, Resp, RespFuture, duplicate};
+use crate::svc::{GatewayFuture, Resp};
 
 /// The upstream's "too frequent, try later" code.
 pub(crate) use crate::error::TOO_FREQUENT;
@@ -135,39 +133,35 @@ fn too_frequent(resp: &Resp) -> bool {
         .is_some_and(|h| h.code == Some(TOO_FREQUENT))
 }
 
-impl<S> Service<Req> for RateLimit<S>
+impl<S> Service<Spend> for RateLimit<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Spend, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> RespFuture {
-        let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
+    fn call(&mut self, spend: Spend) -> Self::Future {
+        let route = spend.call.route();
         let settings = self.layer.settings.load();
-        if !route.is_some_and(|r| settings.routes.contains_key(&r)) {
-            return Box::pin(self.inner.call(req));
+        // A spend route without a `[create.routes]` policy is not limited.
+        if !settings.routes.contains_key(&route) {
+            return Box::pin(self.inner.call(spend));
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-            let policy = route.and_then(|r| settings.routes.get(&r));
-            let (Some(route), Some(policy), Some(account)) = (
-                route,
-                policy,
-                req.extensions().get::<Caller>().map(|c| c.account.clone()),
-            ) else {
-                return inner.oneshot(req).await;
+            let Some(policy) = settings.routes.get(&route) else {
+                return inner.oneshot(spend).await;
             };
-            let client = req.extensions().get::<Caller>().map(|c| c.client.clone());
+            let account = spend.call.caller.account.clone();
+            let client = Some(spend.call.caller.client.clone());
             let mut limits = vec![Limit {
                 account: account.name.to_string(),
                 key: format!("{}|{}", account.name, route.as_str()),
@@ -186,10 +180,7 @@ where
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let Ok(decision) = layer.limiter.reserve(limits.clone(), left).await else {
-                    let id = RequestId::of(&req);
-                    return Ok(
-                        GatewayError::SharedStateDown(route.as_str()).into_response(id.as_str())
-                    );
+                    return Err(GatewayError::SharedStateDown(route.as_str()));
                 };
                 match decision {
                     Decision::Refused {
@@ -202,7 +193,6 @@ where
                             .rate_limited
                             .with_label_values(&[route.as_str(), scope.as_str()])
                             .inc();
-                        let id = RequestId::of(&req);
                         let rate = standing.iter().find(|s| s.scope == scope).map(|s| s.rate);
                         let err = GatewayError::RateLimited {
                             route: route.as_str(),
@@ -216,14 +206,14 @@ where
                             retry_after: secs_ceil(retry_after).max(1),
                             headers: Box::new(ratelimit_headers(&standing)),
                         };
-                        return Ok(err.into_response(id.as_str()));
+                        return Err(err);
                     }
                     Decision::Granted { wait, standing } => {
                         // Even a zero sleep would wait for the timer's next tick (a millisecond).
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
                         }
-                        let mut resp = inner.clone().oneshot(duplicate(&req)).await?;
+                        let mut resp = inner.clone().oneshot(spend.clone()).await?;
                         if too_frequent(&resp) {
                             let told = upstream_retry_after(&resp);
                             // When the upstream asks for a pause, the retry waits for it, if it
@@ -243,7 +233,6 @@ where
                                 .rate_limited
                                 .with_label_values(&[route.as_str(), "upstream"])
                                 .inc();
-                            let id = RequestId::of(&req);
                             let told = told.map_or(0, |d| secs_ceil(d.min(policy.max_wait)));
                             let wait = secs_ceil(policy.rate.interval()).max(told).max(1);
                             let err = GatewayError::UpstreamTooFrequent {
@@ -252,7 +241,7 @@ where
                                 retry_after: wait,
                                 headers: Box::new(ratelimit_headers(&standing)),
                             };
-                            return Ok(err.into_response(id.as_str()));
+                            return Err(err);
                         }
                         clamp_retry_after(&mut resp, policy.max_wait);
                         set_headers(&mut resp, &standing);

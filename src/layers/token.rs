@@ -3,18 +3,15 @@
 //! one is obtained (once for all requests that saw the same rejection) and the request is sent once
 //! more. A 401 means the upstream did nothing, so even a create is safe to send again.
 
-use std::convert::Infallible;
-
 use std::task::{Context, Poll};
 
 use http::StatusCode;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admitted::Caller;
-use crate::admitted::{RequestId, UpstreamToken};
+use crate::admitted::{Call, Outbound};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
-use crate::svc::{Req, Resp, RespFuture, duplicate};
+use crate::svc::{GatewayFuture, Resp};
 
 #[derive(Clone, Default)]
 pub(crate) struct TokenLayer;
@@ -40,44 +37,45 @@ fn rejected(resp: &Resp) -> bool {
             .is_some_and(|h| h.code == Some(401))
 }
 
-impl<S> Service<Req> for Token<S>
+impl<S> Service<Call> for Token<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Outbound, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Req) -> RespFuture {
+    fn call(&mut self, call: Call) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let id = RequestId::of(&req);
-            let Some(account) = req.extensions().get::<Caller>().map(|c| c.account.clone()) else {
-                return Ok(GatewayError::Unauthorized.into_response(id.as_str()));
-            };
-            let token = match account.broker.get().await {
-                Ok(t) => t,
-                Err(e) => return Ok(GatewayError::NoToken(e).into_response(id.as_str())),
-            };
-            let mut retry = duplicate(&req);
-            req.extensions_mut().insert(UpstreamToken(token.clone()));
-            let resp = inner.clone().oneshot(req).await?;
+            let account = call.caller.account.clone();
+            let broker = &account.broker;
+            let token = broker.get().await.map_err(GatewayError::NoToken)?;
+            let retry = call.clone();
+            let resp = inner
+                .clone()
+                .oneshot(Outbound {
+                    call,
+                    token: token.clone(),
+                })
+                .await?;
             if !rejected(&resp) {
                 return Ok(resp);
             }
-            account.broker.invalidate(&token).await;
-            let fresh = match account.broker.get().await {
-                Ok(t) => t,
-                Err(e) => return Ok(GatewayError::NoToken(e).into_response(id.as_str())),
-            };
-            retry.extensions_mut().insert(UpstreamToken(fresh));
-            inner.oneshot(retry).await
+            broker.invalidate(&token).await;
+            let fresh = broker.get().await.map_err(GatewayError::NoToken)?;
+            inner
+                .oneshot(Outbound {
+                    call: retry,
+                    token: fresh,
+                })
+                .await
         })
     }
 }

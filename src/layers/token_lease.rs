@@ -10,34 +10,33 @@
 //!   [`REJECTIONS_PER_CLIENT`] per client (this replica's count): beyond it 429, code 220025,
 //!   with `Retry-After`.
 //!
-//! The route layer classifies these paths ([`GatewayRoute`]); the auth layer admits only clients
-//! whose entry has `token_lease = true`. They go through the access log, request id, auth, the
-//! client's share, the body limit and the concurrency limit like any request, and end here: never
-//! forwarded, never cached. Each lease is counted in `finovy_gateway_token_leases_total{client}`
+//! Admission classifies these paths ([`GatewayRoute`]) and admits only clients whose entry has
+//! `token_lease = true`. They go through the access log, request id, admission, the client's
+//! share, the body limit and the concurrency limit like any request, and the pipeline switch
+//! sends them here, the whole of their pipeline: never forwarded, never cached. Each lease is counted in `finovy_gateway_token_leases_total{client}`
 //! and its access line names the account; the token itself is in the answer's body only.
 //!
 //! [`TokenBroker::lease`]: crate::upstream::TokenBroker::lease
 //! [`TokenBroker::renew_rejected`]: crate::upstream::TokenBroker::renew_rejected
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, header};
 use serde::Deserialize;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 
-use crate::admitted::{AccountName, Caller, RequestId};
+use crate::admitted::{Caller, OwnCall};
+use crate::envelope::success_response;
 use crate::error::{GatewayError, retry_secs};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, MemoryLimiter, Scope};
 use crate::protect::policy::Rate;
 use crate::routes::GatewayRoute;
 use crate::secret::Secret;
-use crate::svc::{Req, Resp, RespFuture};
+use crate::svc::{GatewayFuture, Resp};
 use crate::upstream::token::Lease;
 
 /// How often one client may report a rejected token: each report may cost a `getToken`, and a
@@ -48,60 +47,35 @@ pub(crate) const REJECTIONS_PER_CLIENT: Rate = Rate {
     burst: 2,
 };
 
+/// The gateway's own endpoints: the whole of their pipeline.
 #[derive(Clone)]
-pub(crate) struct TokenLeaseLayer {
+pub(crate) struct TokenLease {
     metrics: Arc<Metrics>,
     /// Rejection reports per client, on this replica.
     rejections: Arc<MemoryLimiter>,
 }
 
-impl TokenLeaseLayer {
+impl TokenLease {
     pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        TokenLeaseLayer {
+        TokenLease {
             metrics,
             rejections: Arc::new(MemoryLimiter::new()),
         }
     }
 }
 
-impl<S> Layer<S> for TokenLeaseLayer {
-    type Service = TokenLease<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        TokenLease {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct TokenLease<S> {
-    inner: S,
-    layer: TokenLeaseLayer,
-}
-
-impl<S> Service<Req> for TokenLease<S>
-where
-    S: Service<Req, Response = Resp, Error = Infallible>,
-    S::Future: Send + 'static,
-{
+impl Service<OwnCall> for TokenLease {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Req) -> RespFuture {
-        match req.extensions().get::<GatewayRoute>().copied() {
-            // Everything else is a route of the table, for the layers below.
-            None => Box::pin(self.inner.call(req)),
-            Some(own) => {
-                let layer = self.layer.clone();
-                Box::pin(async move { Ok(layer.answer(own, req).await) })
-            }
-        }
+    fn call(&mut self, call: OwnCall) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.answer(call).await })
     }
 }
 
@@ -129,71 +103,43 @@ fn reported_token(body: &[u8]) -> Result<Secret, String> {
 
 /// The lease in the upstream's success envelope, never stored by anyone on the way.
 fn lease_response(lease: &Lease, account: &str, request_id: &str) -> Resp {
-    let body = serde_json::json!({
-        "code": 0,
-        "success": true,
-        "msg": "success",
-        "data": {
-            "token": lease.token.expose(),
-            "expiresAt": lease.expires_ms,
-            "account": account,
-        },
-        "traceId": request_id,
+    let data = serde_json::json!({
+        "token": lease.token.expose(),
+        "expiresAt": lease.expires_ms,
+        "account": account,
     });
-    let mut resp = Resp::new(Bytes::from(body.to_string()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let mut resp = success_response("success", data, request_id);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-impl TokenLeaseLayer {
-    async fn answer(&self, own: GatewayRoute, req: Req) -> Resp {
-        let id = RequestId::of(&req);
-        // The auth layer admits only clients granted the lease; without it nothing is leased.
-        let Some(caller) = req.extensions().get::<Caller>().cloned() else {
-            return GatewayError::Unauthorized.into_response(id.as_str());
-        };
+impl TokenLease {
+    async fn answer(&self, call: OwnCall) -> Result<Resp, GatewayError> {
+        let OwnCall {
+            id,
+            own,
+            caller,
+            req,
+        } = call;
         let broker = &caller.account.broker;
         let leased = match own {
             GatewayRoute::TokenLease => broker.lease().await,
             GatewayRoute::TokenRejected => {
-                let token = match reported_token(req.body()) {
-                    Ok(t) => t,
-                    Err(msg) => {
-                        return Self::named(
-                            GatewayError::BadRequest { code: 1007, msg }.into_response(id.as_str()),
-                            &caller,
-                        );
-                    }
-                };
+                let token = reported_token(req.body())
+                    .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })?;
                 if let Some(wait) = self.rejection_refused(&caller) {
-                    return Self::named(too_frequent(wait, id.as_str()), &caller);
+                    return Err(too_frequent(wait));
                 }
                 broker.renew_rejected(&token).await
             }
         };
-        let resp = match leased {
-            Ok(lease) => {
-                self.metrics
-                    .token_leases
-                    .with_label_values(&[&caller.client])
-                    .inc();
-                lease_response(&lease, &caller.account.name, id.as_str())
-            }
-            Err(e) => GatewayError::NoToken(e).into_response(id.as_str()),
-        };
-        Self::named(resp, &caller)
-    }
-
-    /// Puts the caller's account on the answer, for its access line.
-    fn named(mut resp: Resp, caller: &Caller) -> Resp {
-        resp.extensions_mut()
-            .insert(AccountName(caller.account.name.clone()));
-        resp
+        let lease = leased.map_err(GatewayError::NoToken)?;
+        self.metrics
+            .token_leases
+            .with_label_values(&[&caller.client])
+            .inc();
+        Ok(lease_response(&lease, &caller.account.name, id.as_str()))
     }
 
     /// `Some(wait)` when this client reported rejections faster than [`REJECTIONS_PER_CLIENT`].
@@ -215,14 +161,13 @@ impl TokenLeaseLayer {
 }
 
 /// 429 with code 220025, the gateway's answer to anything coming too fast, and `Retry-After`.
-fn too_frequent(wait: Duration, request_id: &str) -> Resp {
+fn too_frequent(wait: Duration) -> GatewayError {
     GatewayError::RejectionsTooFast {
         count: REJECTIONS_PER_CLIENT.count,
         period: REJECTIONS_PER_CLIENT.period,
         burst: REJECTIONS_PER_CLIENT.burst,
         retry_after: retry_secs(wait),
     }
-    .into_response(request_id)
 }
 
 #[cfg(test)]

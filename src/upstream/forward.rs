@@ -3,17 +3,15 @@
 //! goes upstream, so nothing a client sends (its key, cookies, forwarding headers) leaks through;
 //! the upstream token comes from the token layer, never from the client.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tower::Service;
 
-use crate::admitted::Caller;
-use crate::admitted::{OutcomeUnknown, RequestId, UpstreamToken};
-use crate::routes::RouteMatch;
-use crate::svc::{Req, Resp, RespFuture};
+use crate::admitted::Outbound;
+use crate::error::GatewayError;
+use crate::svc::{GatewayFuture, Resp};
 use crate::upstream::UpstreamClient;
 
 /// The upstream's token header.
@@ -59,81 +57,53 @@ impl Forward {
     }
 }
 
-impl Service<Req> for Forward {
+impl Service<Outbound> for Forward {
     type Response = Resp;
-    type Error = Infallible;
-    type Future = RespFuture;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Req) -> RespFuture {
+    fn call(&mut self, out: Outbound) -> Self::Future {
         let client = self.client.clone();
-        Box::pin(async move { Ok(forward(&client, req).await) })
+        Box::pin(async move { forward(&client, out).await })
     }
 }
 
-async fn forward(client: &UpstreamClient, req: Req) -> Resp {
-    let request_id = RequestId::of(&req);
-    let (Some(route), Some(account)) = (
-        req.extensions().get::<RouteMatch>().map(|m| m.route),
-        req.extensions().get::<Caller>().map(|c| c.account.clone()),
-    ) else {
-        // The stack classifies and authenticates before this service; reaching here without
-        // both is a wiring bug, answered rather than panicked on.
-        return crate::error::GatewayError::NotFound("unclassified request".into())
-            .into_response(request_id.as_str());
-    };
-    let (parts, body) = req.into_parts();
+/// Sends the call to its account's upstream with the token; an upstream that broke is an error
+/// value that says whether the request had been sent ([`GatewayError::outcome_unknown`]).
+async fn forward(client: &UpstreamClient, out: Outbound) -> Result<Resp, GatewayError> {
+    let Outbound { call, token } = out;
+    let route = call.route();
+    let (parts, body) = call.req.into_parts();
     let path_and_query = parts
         .uri
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
-    let uri = format!("{}{}", account.base_url, path_and_query);
-
+    let uri = format!("{}{}", call.caller.account.base_url, path_and_query);
     let mut builder = http::Request::builder().method(parts.method).uri(uri);
     let headers = builder
         .headers_mut()
         .expect("builder is valid until body()");
     copy_allowed(&parts.headers, headers);
-    if let Some(UpstreamToken(token)) = parts.extensions.get::<UpstreamToken>()
-        && let Ok(mut v) = HeaderValue::from_str(token.expose())
-    {
+    if let Ok(mut v) = HeaderValue::from_str(token.expose()) {
         v.set_sensitive(true);
         headers.insert(TOKEN_HEADER, v);
     }
-    let upstream_req = match builder.body(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return crate::error::GatewayError::BadRequest {
-                code: 1007,
-                msg: format!("cannot forward this request: {e}"),
-            }
-            .into_response(request_id.as_str());
-        }
-    };
-
-    match client.send(route.as_str(), upstream_req).await {
-        Ok(answer) => {
-            let mut resp = Resp::new(answer.body);
-            *resp.status_mut() = answer.parts.status;
-            let mut headers = answer.parts.headers;
-            strip_hop_by_hop(&mut headers);
-            *resp.headers_mut() = headers;
-            resp.extensions_mut().insert(answer.head);
-            resp
-        }
-        Err(e) => {
-            let err = crate::error::GatewayError::from(e);
-            let unknown = err.outcome_unknown();
-            let mut resp = err.into_response(request_id.as_str());
-            if unknown {
-                resp.extensions_mut().insert(OutcomeUnknown);
-            }
-            resp
-        }
-    }
+    let upstream_req = builder.body(body).map_err(|e| GatewayError::BadRequest {
+        code: 1007,
+        msg: format!("cannot forward this request: {e}"),
+    })?;
+    let answer = client.send(route.as_str(), upstream_req).await?;
+    let mut resp = Resp::new(answer.body);
+    *resp.status_mut() = answer.parts.status;
+    let mut headers = answer.parts.headers;
+    strip_hop_by_hop(&mut headers);
+    *resp.headers_mut() = headers;
+    resp.extensions_mut().insert(answer.head);
+    Ok(resp)
 }
 
 /// Drops the answer headers that never reach a client: the fixed list, and every field the

@@ -1,0 +1,73 @@
+//! The pipeline switch: below the concurrency slot, each request goes down the pipeline built for
+//! its route's kind (as linkerd switches per route), so no layer in a pipeline ever meets a
+//! request that is not its own. Here the admitted request becomes the pipeline's typed value: a
+//! [`Call`] for the table's routes, an [`OwnCall`] for the gateway's own endpoints.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use crate::admitted::{AdmittedRequest, Call, OwnCall, Target};
+use crate::error::GatewayError;
+use crate::routes::Kind;
+use crate::svc::{GatewayFuture, Resp};
+
+/// A pipeline for the table's routes of one kind.
+pub(crate) type RoutePipeline = BoxCloneSyncService<Call, Resp, GatewayError>;
+/// The gateway's own endpoints.
+pub(crate) type OwnPipeline = BoxCloneSyncService<OwnCall, Resp, GatewayError>;
+
+/// One pipeline per kind of route.
+#[derive(Clone)]
+pub(crate) struct Pipelines {
+    /// `/_gateway/...`: the token lease.
+    pub(crate) own: OwnPipeline,
+    /// Reads: cache → token → forward.
+    pub(crate) read: RoutePipeline,
+    /// Mutations: invalidate → collapse → token → forward.
+    pub(crate) mutation: RoutePipeline,
+    /// Spends: invalidate → validate → de-duplicate → budget → rate limit → token → forward.
+    pub(crate) spend: RoutePipeline,
+}
+
+impl Service<AdmittedRequest<Bytes>> for Pipelines {
+    type Response = Resp;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
+
+    /// Always ready: each pipeline is driven by its own call (pipelines hold no slots of their own).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, entry: AdmittedRequest<Bytes>) -> Self::Future {
+        let AdmittedRequest { admitted, req } = entry;
+        let route = match admitted.target {
+            Target::Own(own) => {
+                let call = OwnCall {
+                    id: admitted.id,
+                    own,
+                    caller: admitted.caller,
+                    req,
+                };
+                return Box::pin(self.own.clone().oneshot(call));
+            }
+            Target::Route(route) => route,
+        };
+        let pipeline = match route.route.kind() {
+            Kind::Read => &self.read,
+            Kind::Mutation => &self.mutation,
+            Kind::Spend => &self.spend,
+        };
+        let call = Call {
+            id: admitted.id,
+            route,
+            caller: admitted.caller,
+            cache_key: admitted.cache_key,
+            req,
+        };
+        Box::pin(pipeline.clone().oneshot(call))
+    }
+}
