@@ -14,9 +14,8 @@ use crate::error::GatewayError;
 use crate::layers::{Caller, OutcomeUnknown, RequestId};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
-use crate::protect::policy::spends_money;
 use crate::protect::validate::Order;
-use crate::routes::RouteMatch;
+use crate::routes::{Route, RouteMatch};
 use crate::svc::{Req, Resp, RespFuture};
 
 #[derive(Clone)]
@@ -71,7 +70,7 @@ where
 
     fn call(&mut self, req: Req) -> RespFuture {
         let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
-        if !self.layer.budget.enabled() || !route.is_some_and(spends_money) {
+        if !self.layer.budget.enabled() || !route.is_some_and(Route::spends_money) {
             return Box::pin(self.inner.call(req));
         }
         let clone = self.inner.clone();

@@ -25,9 +25,9 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::cache::entry::{Answer, Entry, Freshness};
 use crate::cache::hit_values;
-use crate::cache::key::{CacheKey, body_keyed, canonical_json};
+use crate::cache::key::{CacheKey, canonical_json};
 use crate::cache::stored::HIT_HEADERS;
-use crate::cache::{Cache, Filled, invalidated_by};
+use crate::cache::{Cache, Filled};
 use crate::envelope::EnvelopeHead;
 use crate::error::GatewayError;
 use crate::layers::Caller;
@@ -77,7 +77,7 @@ enum Plan {
 
 fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
     let m = req.extensions().get::<RouteMatch>()?;
-    if !invalidated_by(m.route).is_empty() {
+    if !m.route.invalidates().is_empty() {
         // Disk mutations name their disk in the body; host ones in the path.
         let id = m
             .param
@@ -89,7 +89,7 @@ fn plan(cache: &Cache, req: &Req, account: &AccountHandle) -> Option<Plan> {
     if !cache.caches(m.route) {
         return None;
     }
-    let key = if body_keyed(m.route) {
+    let key = if m.route.body_keyed() {
         // Not JSON: the upstream will say so, uncached.
         CacheKey::new(account.name.clone(), m.route, canonical_json(req.body())?)
     } else {

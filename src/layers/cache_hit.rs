@@ -24,7 +24,6 @@ use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::cache::Cache;
-use crate::cache::key::body_keyed;
 use crate::layers::access_log::{Line, Recorder, method_label};
 use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
@@ -106,7 +105,7 @@ impl Shared {
         }
         let matched = self.routes.classify(req.method(), req.uri().path())?;
         let route = matched.route;
-        if body_keyed(route) || !self.cache.caches(route) || no_cache(req.headers()) {
+        if route.body_keyed() || !self.cache.caches(route) || no_cache(req.headers()) {
             return None;
         }
         // An undeclared query parameter is the stack's 400, never a hit.

@@ -14,7 +14,6 @@ use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::layers::RequestId;
-use crate::protect::policy::spends_money;
 use crate::protect::validate::{self, Invalid, Order};
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture};
@@ -39,7 +38,7 @@ fn order_of(req: &Req) -> Result<Option<Order>, Invalid> {
     let Some(route) = req.extensions().get::<RouteMatch>().map(|m| m.route) else {
         return Ok(None);
     };
-    if !spends_money(route) {
+    if !route.spends_money() {
         return Ok(None);
     }
     // No query can carry part of an order: creates declare no query parameters, so the route
