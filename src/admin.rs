@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::cache::Reason;
-use crate::cache::key::{CacheKey, body_keyed, canonical_json};
+use crate::cache::key::{CacheKey, canonical_json};
 use crate::config::{DEFAULT_ACCOUNT, ServerConfig};
 use crate::envelope::success_response;
 use crate::error::GatewayError;
@@ -325,7 +325,7 @@ fn purge_target(body: &[u8], routes: &RouteTable) -> Result<Invalidation, String
         (true, None, None, None) => Ok(Invalidation::All),
         (false, Some(route), account, Some(id)) => {
             // A body-keyed route's entry is named by the request's JSON body, in canonical form.
-            let id = if body_keyed(route) {
+            let id = if route.body_keyed() {
                 canonical_json(id.as_bytes()).ok_or_else(|| {
                     format!("the id of a {route} entry is its request's JSON body: {USAGE}")
                 })?

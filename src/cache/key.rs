@@ -145,11 +145,6 @@ pub(crate) fn canonical_query(route: Route, query: Option<&str>) -> Option<Strin
     (!out.is_empty()).then_some(out)
 }
 
-/// Whether a route's requests are told apart by their JSON body (a POST that only reads).
-pub(crate) fn body_keyed(route: Route) -> bool {
-    route.body_keyed()
-}
-
 /// The canonical form of a JSON body: keys sorted, no whitespace. `None` when it is not JSON.
 /// An empty body is `{}`, as the upstream reads it.
 pub(crate) fn canonical_json(body: &[u8]) -> Option<String> {

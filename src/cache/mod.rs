@@ -87,11 +87,6 @@ impl Reason {
 
 pub(crate) use crate::routes::Stale;
 
-/// The invalidation rules: what each mutation changes (the route table says).
-pub(crate) fn invalidated_by(route: Route) -> &'static [Stale] {
-    route.invalidates()
-}
-
 fn label(what: &Invalidation) -> &'static str {
     match what {
         Invalidation::Key(k) => k.route.as_str(),
@@ -264,7 +259,7 @@ impl Cache {
 
     /// Drops what a successful mutation of `route` (naming `id`, when it names one) made wrong.
     pub(crate) async fn after_mutation(&self, account: &str, route: Route, id: Option<&str>) {
-        for stale in invalidated_by(route) {
+        for stale in route.invalidates() {
             let what = match (stale, id) {
                 (Stale::SameId(r), Some(id)) => Invalidation::Key(CacheKey::new(account, *r, id)),
                 // Without the id we cannot tell which entry: drop the route's entries of this account.

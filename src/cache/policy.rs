@@ -107,11 +107,6 @@ fn durations<S: serde::Serializer>(
     map.end()
 }
 
-/// Routes that only read, and so may be cached (the route table says which).
-pub(crate) fn cacheable(route: Route) -> bool {
-    route.cacheable()
-}
-
 /// Built-in policy: `disk.info` on (5s, 5s stale-while-revalidate, 5m stale-if-error, 1s while a
 /// disk is mounting or being destroyed), every other cacheable route off with the same timings.
 fn builtin(route: Route) -> (bool, CachePolicy) {
@@ -194,7 +189,7 @@ impl CacheConfig {
             let route = table
                 .by_name(name)
                 .ok_or_else(|| table.unknown(key.clone(), name))?;
-            if !cacheable(route) {
+            if !route.cacheable() {
                 return Err(invalid(
                     key,
                     "this route changes state and cannot be cached",
@@ -202,7 +197,7 @@ impl CacheConfig {
             }
         }
         let mut routes = BTreeMap::new();
-        for route in table.iter().filter(|r| cacheable(*r)) {
+        for route in table.iter().filter(|r| r.cacheable()) {
             let (mut enabled, mut policy) = builtin(route);
             if let (Caching::Table(c), Some(source)) = (route.caching(), route.source()) {
                 apply(

@@ -113,11 +113,6 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 ";
 
-/// Routes whose answers never leave the replica (the route table says which).
-fn local_only(route: Route) -> bool {
-    route.local_only()
-}
-
 pub(crate) struct TwoLevel(Arc<Inner>);
 
 struct Inner {
@@ -390,7 +385,7 @@ impl Inner {
         let routes = |route: Option<Route>| -> Vec<Route> {
             match route {
                 Some(r) => vec![r],
-                None => self.routes.iter().filter(|r| !local_only(*r)).collect(),
+                None => self.routes.iter().filter(|r| !r.local_only()).collect(),
             }
         };
         let (accounts, routes): (Vec<Arc<str>>, Vec<Route>) = match what {
@@ -420,7 +415,7 @@ impl Inner {
 impl CacheStore for TwoLevel {
     fn get(&self, key: &CacheKey) -> BoxFuture<Option<Arc<Entry>>> {
         let l1 = self.0.l1.peek(key);
-        if local_only(key.route)
+        if key.route.local_only()
             || l1
                 .as_ref()
                 .is_some_and(|e| e.is_fresh(tokio::time::Instant::now()))
@@ -450,7 +445,7 @@ impl CacheStore for TwoLevel {
         let this = self.0.clone();
         Box::pin(async move {
             this.l1.put(key.clone(), entry.clone()).await;
-            if local_only(key.route) {
+            if key.route.local_only() {
                 return;
             }
             // Without a claim (a forced refresh, or Redis was down at the claim): no epoch to check.
@@ -486,7 +481,7 @@ impl CacheStore for TwoLevel {
     }
 
     fn drop_if_held(&self, key: CacheKey) -> BoxFuture<()> {
-        if local_only(key.route) {
+        if key.route.local_only() {
             // Never in Redis, but other replicas may hold it in L1: they must hear of it.
             return self.invalidate(Invalidation::Key(key));
         }
@@ -523,7 +518,7 @@ impl CacheStore for TwoLevel {
     }
 
     fn claim_fill(&self, key: &CacheKey) -> BoxFuture<Claim> {
-        if local_only(key.route) {
+        if key.route.local_only() {
             return Box::pin(std::future::ready(Claim::Claimed(Ticket::default())));
         }
         let (this, key) = (self.0.clone(), key.clone());
@@ -556,7 +551,7 @@ impl CacheStore for TwoLevel {
     }
 
     fn observe(&self, key: &CacheKey) -> BoxFuture<Ticket> {
-        if local_only(key.route) {
+        if key.route.local_only() {
             return Box::pin(std::future::ready(Ticket::default()));
         }
         let (this, key) = (self.0.clone(), key.clone());

@@ -132,16 +132,6 @@ pub(crate) struct CreateSettings {
     pub(crate) records_max_bytes: u64,
 }
 
-/// Routes that spend money (the route table says which).
-pub(crate) fn spends_money(route: Route) -> bool {
-    route.spends_money()
-}
-
-/// Mutations that only get in-flight de-duplication.
-pub(crate) fn collapses_in_flight(route: Route) -> bool {
-    route.collapses_in_flight()
-}
-
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -175,7 +165,7 @@ impl CreateConfig {
             let route = table
                 .by_name(name)
                 .ok_or_else(|| table.unknown(key.clone(), name))?;
-            if !spends_money(route) {
+            if !route.spends_money() {
                 return Err(invalid(
                     key,
                     "only disk.create, host.create_quantity and host.create_rent have a create policy",
@@ -183,7 +173,7 @@ impl CreateConfig {
             }
         }
         let mut routes = BTreeMap::new();
-        for route in table.iter().filter(|r| spends_money(*r)) {
+        for route in table.iter().filter(|r| r.spends_money()) {
             let c = self.routes.get(route.as_str()).cloned().unwrap_or_default();
             let key = |field: &str| format!("create.routes.{:?}.{field}", route.as_str());
             let dur = |field: &str,

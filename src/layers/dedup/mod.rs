@@ -51,7 +51,7 @@ use crate::cache::entry::Answer;
 use crate::error::{GatewayError, SearchFailed, StillRunning};
 use crate::fleet::now_ms;
 use crate::metrics::Metrics;
-use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
+use crate::protect::policy::{CreatePolicy, CreateSettings};
 use crate::protect::records::{Begin, Record, RecordStore, State, in_flight, marker};
 use crate::protect::validate::DiskOrder;
 use crate::reload::Swap;
@@ -177,7 +177,7 @@ where
         let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
         let settings = self.shared.settings.load();
         let applies =
-            route.is_some_and(|r| settings.routes.contains_key(&r) || collapses_in_flight(r));
+            route.is_some_and(|r| settings.routes.contains_key(&r) || r.collapses_in_flight());
         if !applies {
             return Box::pin(self.inner.call(req));
         }
@@ -218,7 +218,7 @@ where
                     Err(msg) => Ok(GatewayError::BadRequest { code: 1007, msg }
                         .into_response(ctx.request_id.as_str())),
                 }
-            } else if collapses_in_flight(m.route) {
+            } else if m.route.collapses_in_flight() {
                 let rkey = RecordKey::in_flight(&ctx.account, &fingerprint);
                 let (role, outcome) = ctx.execute(inner, req, rkey, None).await;
                 Ok(ctx.answer(role, &outcome, false))
@@ -356,7 +356,7 @@ impl Ctx {
             // The task died: we cannot know whether the upstream was reached.
             return self.unknown_answer(keyed);
         };
-        if outcome.unknown && crate::protect::policy::spends_money(self.route) {
+        if outcome.unknown && self.route.spends_money() {
             return self.unknown_answer(keyed);
         }
         match role {
