@@ -5,7 +5,8 @@
 pub(crate) mod admin;
 pub(crate) mod cache;
 pub mod config;
-pub(crate) mod config_error;
+/// The old path of [`config::ConfigError`], kept while modules still name it.
+pub(crate) use config::error as config_error;
 pub mod duration;
 pub(crate) mod envelope;
 pub(crate) mod error;
