@@ -24,6 +24,7 @@ pub mod server;
 pub mod sim;
 pub(crate) mod single_flight;
 pub(crate) mod stack;
+pub(crate) mod startup_error;
 pub(crate) mod store;
 pub mod telemetry;
 pub mod tls;
