@@ -1,13 +1,15 @@
 //! Typed settings: the TOML file, then the environment, then command-line flags.
 //!
-//! Everything is parsed once, at start, into the types below; unknown keys and bad values are errors
-//! that name the key. Secrets (upstream uuid, secret and token) live in [`Secret`](crate::secret::Secret),
-//! whose `Debug` and `Serialize` print a mask, so `check-config` and logs can never show them.
+//! Everything is parsed once, at start, into the types below; unknown keys and bad values are
+//! errors that name the key. Secrets (upstream uuid, secret and token) live in
+//! [`Secret`](crate::secret::Secret), whose `Debug` and `Serialize` print a mask, so
+//! `check-config` and logs can never show them.
 //!
-//! One file per section of the file: each section's type has `validate(&self)` when its keys are
-//! only checked, or `resolve(..)` when they become something else (a digest, TLS files, accounts),
-//! beside the type; [`Settings::resolve`] calls every one of them, in one list. `[cache]`,
-//! `[create]` and `[[routes]]` follow the same shape in their own modules.
+//! One file per section of the config file. A section whose keys are only checked has
+//! `validate(&self)`; one that becomes something else (a digest, TLS files, accounts, clients)
+//! has `resolve(..)`, as `[cache]` and `[create]` have in their own modules; `[[routes]]` is
+//! built into the route table. [`Settings::resolve`] calls each of them, in one list whose order
+//! is the order errors are found in.
 
 use std::collections::BTreeSet;
 use std::fmt;
