@@ -38,17 +38,26 @@ fn needed(settings: &Settings) -> u64 {
     (server.max_connections + ADMIN_MAX_CONNECTIONS + upstream) as u64 + RESERVE
 }
 
-fn shortfall(limit: u64, needed: u64) -> Option<String> {
-    (limit < needed).then(|| {
-        format!(
-            "the open-file limit ({limit}) is below what this configuration may use ({needed}: \
-             server.max_connections, the admin listener's {ADMIN_MAX_CONNECTIONS}, an upstream connection per \
-             server.max_concurrency and the pools' idle ones, and {RESERVE} more); past it \
-             connections are refused (accept fails with EMFILE): raise the hard limit \
-             (ulimit -Hn, LimitNOFILE=, the container runtime's nofile) or lower \
-             server.max_connections"
-        )
-    })
+/// The open-file limit is below what the configuration may use: a warning at start, not an
+/// error (a gateway that is never that busy runs fine), and it says how to fix it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the open-file limit ({limit}) is below what this configuration may use ({needed}: \
+     server.max_connections, the admin listener's {admin}, an upstream connection per \
+     server.max_concurrency and the pools' idle ones, and {reserve} more); past it \
+     connections are refused (accept fails with EMFILE): raise the hard limit \
+     (ulimit -Hn, LimitNOFILE=, the container runtime's nofile) or lower \
+     server.max_connections",
+    admin = ADMIN_MAX_CONNECTIONS,
+    reserve = RESERVE
+)]
+struct Shortfall {
+    limit: u64,
+    needed: u64,
+}
+
+fn shortfall(limit: u64, needed: u64) -> Option<Shortfall> {
+    (limit < needed).then_some(Shortfall { limit, needed })
 }
 
 #[cfg(test)]
@@ -58,7 +67,7 @@ mod tests {
     #[test]
     fn a_limit_below_the_configured_needs_is_named() {
         assert_eq!(shortfall(20_000, 12_000), None);
-        let w = shortfall(1024, 11_500).unwrap();
+        let w = shortfall(1024, 11_500).unwrap().to_string();
         assert!(
             w.contains("(1024)") && w.contains("(11500") && w.contains("server.max_connections"),
             "{w}"

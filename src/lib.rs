@@ -6,7 +6,8 @@ pub(crate) mod admin;
 pub(crate) mod admitted;
 pub(crate) mod cache;
 pub mod config;
-pub(crate) mod config_error;
+/// The old path of [`config::ConfigError`], kept while modules still name it.
+pub(crate) use config::error as config_error;
 pub mod duration;
 pub(crate) mod envelope;
 pub(crate) mod error;
@@ -24,6 +25,7 @@ pub mod server;
 pub mod sim;
 pub(crate) mod single_flight;
 pub(crate) mod stack;
+pub(crate) mod startup_error;
 pub(crate) mod store;
 pub mod telemetry;
 pub mod tls;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use finovy_gateway::config::{self, FileConfig, LogFormat, Overrides, Settings};
 use finovy_gateway::reload::Source;
-use finovy_gateway::server::{Server, shutdown_signal};
+use finovy_gateway::server::{Server, StartError, shutdown_signal};
 use finovy_gateway::sim::{SimConfig, Simulator};
 use finovy_gateway::telemetry;
 
@@ -189,27 +189,28 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-async fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<(), String> {
-    let file = FileConfig::load(path.as_deref()).map_err(|e| e.to_string())?;
-    let settings =
-        Settings::resolve(file, &overrides, &config::process_env).map_err(|e| e.to_string())?;
+async fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<(), StartError> {
+    let file = FileConfig::load(path.as_deref())?;
+    let settings = Settings::resolve(file, &overrides, &config::process_env)?;
     let _log = telemetry::init(settings.log.format, &settings.log.level);
     let server = Server::bind(settings)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .with_reload(Source { path, overrides });
     server
         .run(shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(StartError::Serve)
 }
 
-async fn sim(listen: SocketAddr, cfg: SimConfig) -> Result<(), String> {
+async fn sim(listen: SocketAddr, cfg: SimConfig) -> Result<(), StartError> {
     let sim = Simulator::bind(listen, cfg)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
     tracing::info!(listen = %sim.local_addr(), "simulator listening");
-    sim.run(shutdown_signal()).await.map_err(|e| e.to_string())
+    sim.run(shutdown_signal()).await.map_err(StartError::Serve)
 }
 
 /// A fresh client key: 192 random bits, hex, with a prefix that makes it recognisable in a leak scan.
@@ -222,14 +223,13 @@ async fn dev(
     admin_listen: SocketAddr,
     sim_listen: SocketAddr,
     log_format: LogFormat,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let _log = telemetry::init(log_format, "info");
     let sim = Simulator::bind(sim_listen, SimConfig::default())
         .await
-        .map_err(|e| {
-            format!(
-                "cannot start the simulator on {sim_listen}: {e} (try --sim-listen 127.0.0.1:0)"
-            )
+        .map_err(|source| StartError::Simulator {
+            addr: sim_listen,
+            source,
         })?;
     let sim_addr = sim.local_addr();
     let key = new_key();
@@ -251,11 +251,10 @@ async fn dev(
         config::ENV_SECRET => Some(secret.clone()),
         _ => None,
     };
-    let settings =
-        Settings::resolve(file, &Overrides::default(), &env).map_err(|e| e.to_string())?;
+    let settings = Settings::resolve(file, &Overrides::default(), &env)?;
     let server = Server::bind(settings)
         .await
-        .map_err(|e| format!("{e} (try --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)"))?;
+        .map_err(|e| StartError::Dev(Box::new(e)))?;
     let gw = server.local_addr();
     let admin = server.admin_addr();
     print_dev_banner(gw, admin, sim_addr, &key);
@@ -271,7 +270,7 @@ async fn dev(
     let result = server
         .run(shutdown_signal())
         .await
-        .map_err(|e| e.to_string());
+        .map_err(StartError::Serve);
     let _ = stop_tx.send(true);
     let _ = sim_task.await;
     result

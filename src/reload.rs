@@ -77,7 +77,7 @@ pub(crate) struct Applied {
 type TlsReread = (
     &'static str,
     Arc<crate::tls::ServerTls>,
-    Result<Arc<rustls::ServerConfig>, String>,
+    Result<Arc<rustls::ServerConfig>, crate::tls::TlsError>,
 );
 
 /// Everything a reload read, built before anything is swapped.

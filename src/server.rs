@@ -36,20 +36,10 @@ use crate::protect::records::{MemoryRecords, RecordStore};
 use crate::reload::{Reloader, Source, Swap};
 use crate::stack::Protection;
 use crate::stack::{self, Edge};
+pub use crate::startup_error::StartError;
 use crate::store::{CacheStore, MemoryStore};
 use crate::tls::ServerTls;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot start: {}", .0.join("; "))]
-    Refused(Vec<String>),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
 
 /// Everything a running gateway holds, built from validated settings.
 pub(crate) struct Gateway {
@@ -99,9 +89,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         metrics.export_known(&settings);
         let fleet = match &settings.redis {
-            Some(cfg) => {
-                Some(Fleet::new(cfg, metrics.clone()).map_err(|e| StartError::Refused(vec![e]))?)
-            }
+            Some(cfg) => Some(Fleet::new(cfg, metrics.clone()).map_err(StartError::Redis)?),
             None => None,
         };
         if let Some(f) = &fleet {
@@ -125,7 +113,7 @@ impl Gateway {
             &settings.accounts,
             metrics.clone(),
         )
-        .map_err(|e| StartError::Refused(vec![e]))?;
+        .map_err(StartError::Upstream)?;
         let mut accounts = Vec::new();
         for a in &settings.accounts {
             let broker = TokenBroker::new(
@@ -136,9 +124,7 @@ impl Gateway {
                 settings.token.clone(),
                 metrics.clone(),
             )
-            .ok_or_else(|| {
-                StartError::Refused(vec![format!("account {:?} has no credentials", a.name)])
-            })?;
+            .ok_or_else(|| StartError::NoCredentials(a.name.clone()))?;
             let broker = match &token_store {
                 Some(store) => broker.with_shared(store.clone()),
                 None => broker,
@@ -150,7 +136,7 @@ impl Gateway {
             }));
         }
         let auth = Arc::new(Swap::new(
-            authenticator(&settings, &accounts).map_err(|e| StartError::Refused(vec![e]))?,
+            authenticator(&settings, &accounts).map_err(StartError::Clients)?,
         ));
         // Where state lives: this replica's memory, or the fleet's Redis.
         let two_level = fleet.clone().map(|f| {
@@ -286,7 +272,7 @@ fn load_tls(files: &Option<crate::tls::TlsFiles>) -> Result<Option<Arc<ServerTls
         .clone()
         .map(ServerTls::load)
         .transpose()
-        .map_err(|e| StartError::Refused(vec![e]))
+        .map_err(StartError::Tls)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

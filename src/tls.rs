@@ -26,6 +26,47 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Why a PEM file, or the certificate and key together, cannot be used; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read a private key from {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("cannot read certificates from {path}: {source}")]
+    Certificates {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} holds an unusable CA certificate: {source}")]
+    Ca {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot use {path} as client CA: {source}")]
+    ClientCa {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The crypto provider offers no protocol version rustls accepts.
+    #[error(transparent)]
+    Protocols(rustls::Error),
+    #[error("{cert} and {key} do not make a usable certificate: {source}")]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+}
+
 /// A listener's TLS, reloadable.
 pub struct ServerTls {
     files: TlsFiles,
@@ -34,7 +75,7 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Reads the files; an error names the file and what is wrong with it.
-    pub fn load(files: TlsFiles) -> Result<Arc<ServerTls>, String> {
+    pub fn load(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
         let config = build(&files)?;
         Ok(Arc::new(ServerTls {
             files,
@@ -43,15 +84,15 @@ impl ServerTls {
     }
 
     /// Reads the files again and uses them for the connections accepted from now on. On error
-    /// nothing changes.
+    /// nothing changes, and the error comes as text, as this method has always given it.
     pub fn reload(&self) -> Result<(), String> {
-        let config = self.prepare()?;
+        let config = self.prepare().map_err(|e| e.to_string())?;
         self.install(config);
         Ok(())
     }
 
     /// Reads the files again into a config for [`ServerTls::install`]; nothing changes yet.
-    pub fn prepare(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub fn prepare(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         build(&self.files).map(Arc::new)
     }
 
@@ -75,65 +116,76 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     let chain = read_certs(&files.cert)?;
     let key = read(&files.key).and_then(|pem| {
-        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-            format!(
-                "cannot read a private key from {}: {e}",
-                files.key.display()
-            )
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Key {
+            path: files.key.clone(),
+            source,
         })
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(TlsError::Protocols)?;
     let builder = match &files.client_ca {
         Some(ca) => {
             let roots = roots_from(ca, RootCertStore::empty())?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
-                .map_err(|e| format!("cannot use {} as client CA: {e}", ca.display()))?;
+                .map_err(|source| TlsError::ClientCa {
+                    path: ca.clone(),
+                    source,
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        format!(
-            "{} and {} do not make a usable certificate: {e}",
-            files.cert.display(),
-            files.key.display()
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::Pair {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
     // h2 when the client offers it; the connection builder serves whichever was negotiated.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
 /// A PEM file, by the rules of [`crate::files`] (a regular file of at most 64 KiB).
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    crate::files::read_limited(path, crate::files::SMALL_FILE_MAX)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    crate::files::read_limited(path, crate::files::SMALL_FILE_MAX).map_err(|source| {
+        TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Every certificate of a PEM file; none is an error.
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+        .map_err(|source| TlsError::Certificates {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
 
 /// `roots` with the CA certificates of a PEM file added.
-pub(crate) fn roots_from(path: &Path, mut roots: RootCertStore) -> Result<RootCertStore, String> {
+pub(crate) fn roots_from(path: &Path, mut roots: RootCertStore) -> Result<RootCertStore, TlsError> {
     for cert in read_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{} holds an unusable CA certificate: {e}", path.display()))?;
+        roots.add(cert).map_err(|source| TlsError::Ca {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     Ok(roots)
 }
@@ -143,7 +195,8 @@ pub(crate) fn upstream_roots(ca_file: Option<&Path>) -> Result<RootCertStore, St
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     match ca_file {
-        Some(path) => roots_from(path, roots),
+        // The upstream client takes its errors as text.
+        Some(path) => roots_from(path, roots).map_err(|e| e.to_string()),
         None => Ok(roots),
     }
 }

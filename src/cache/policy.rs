@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config_error::ConfigError;
+use crate::config::ConfigError;
 use crate::duration;
 use crate::routes::{Caching, Route, RouteTable};
 

@@ -1,6 +1,6 @@
 //! What is wrong with a configuration: the file cannot be read or parsed, or a key's value is
 //! invalid. A leaf module, so that the policy modules and the route table (which check their own
-//! keys) and `config.rs` (which calls them) need not import each other.
+//! keys) and the config sections (which call them) need not import each other.
 
 use std::path::PathBuf;
 
