@@ -7,7 +7,6 @@ pub(crate) mod admitted;
 pub(crate) mod cache;
 pub mod config;
 /// The old path of [`config::ConfigError`], kept while modules still name it.
-pub(crate) use config::error as config_error;
 pub mod duration;
 pub(crate) mod envelope;
 pub(crate) mod error;

@@ -11,7 +11,7 @@ use super::route::{RouteSpec, Verb, is_param};
 use super::table::{COMPILED, RESERVED};
 use super::{Caching, KeySource, Kind, Route, RouteTable};
 use crate::cache::policy::RoutePolicyConfig;
-use crate::config_error::ConfigError;
+use crate::config::ConfigError;
 
 /// A `[[routes]]` entry as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -7,7 +7,7 @@ use http::Method;
 
 use super::route::{RouteSpec, Verb};
 use super::{Caching, KeySource, Kind, Route, SpendBody, Stale};
-use crate::config_error::ConfigError;
+use crate::config::ConfigError;
 
 /// A compiled route's spec with the facts most routes share; the statics below set the rest.
 const fn spec(
