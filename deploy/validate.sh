@@ -2,8 +2,8 @@
 # Static checks of deploy/, as CI runs them (.ci/run calls this script):
 # - every kustomization renders (`kubectl kustomize`), names its image with a tag (never
 #   `latest`), applies no Secret, and publishes the admin port in no Service with a cluster address;
-# - the rendered manifests pass `kubernetes-validate --strict` for each Kubernetes version the
-#   README names (the Prometheus Operator objects, whose schemas are not Kubernetes', are checked
+# - the rendered manifests pass `kubernetes-validate --strict` for each Kubernetes version
+#   docs/deploying.md names (the Prometheus Operator objects, whose schemas are not Kubernetes', are checked
 #   by promtool and by the diff below instead);
 # - deploy/k8s/monitoring/prometheusrule.yaml is deploy/prometheus/alerts.yaml wrapped, and its
 #   rules pass `promtool check rules`;
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Kubernetes versions the README names (first and last minor supported).
+# The Kubernetes versions docs/deploying.md names (first and last minor supported).
 K8S_VERSIONS="1.26.0 1.27.0 1.28.0 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0"
 KUSTOMIZATIONS="deploy/k8s/overlays/single deploy/k8s/overlays/fleet deploy/k8s/monitoring"
 RULE=deploy/k8s/monitoring/prometheusrule.yaml

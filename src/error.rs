@@ -328,7 +328,7 @@ impl GatewayError {
 mod tests {
     use super::*;
 
-    /// One of each variant, with the words of the README's error table row it answers.
+    /// One of each variant, with the words of the error table row (docs/clients.md) it answers.
     fn every_variant() -> Vec<(GatewayError, &'static str)> {
         use GatewayError as E;
         let d = Duration::from_secs(1);
@@ -495,19 +495,19 @@ mod tests {
         ]
     }
 
-    /// The README's error table: each situation with the (HTTP, code) answers it allows. A cell
+    /// The error table of docs/clients.md: each situation with the (HTTP, code) answers it allows. A cell
     /// "403; 429" pairs with "1001; 220025" in order; otherwise every code goes with the one status.
     fn table() -> Vec<(String, Vec<(u16, i64)>)> {
-        let readme = include_str!("../README.md");
-        let start = readme
+        let doc = include_str!("../docs/clients.md");
+        let start = doc
             .find("| situation | HTTP | code |")
-            .expect("the README has the error table");
+            .expect("docs/clients.md has the error table");
         let numbers = |c: &str| -> Vec<i64> {
             c.split(|ch: char| !ch.is_ascii_digit())
                 .filter_map(|n| n.parse().ok())
                 .collect()
         };
-        readme[start..]
+        doc[start..]
             .lines()
             .skip(2)
             .take_while(|l| l.starts_with('|'))

@@ -20,8 +20,8 @@
 //! refuses creates as well.
 //!
 //! Every command runs under `[redis] timeout`, so a dead Redis costs a request that long at most.
-//! The connection reconnects by itself; until it does, each part falls back as README.md's
-//! "Shared mode" says (cache and token: the replica's own; creates: refused unless opted out).
+//! The connection reconnects by itself; until it does, each part falls back as docs/shared-mode.md
+//! says (cache and token: the replica's own; creates: refused unless opted out).
 
 pub(crate) mod cache;
 pub(crate) mod codec;

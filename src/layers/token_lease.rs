@@ -1,4 +1,4 @@
-//! The token lease (CONTRACT.md, "Clients"; README.md, "Token lease"): the gateway's own endpoints
+//! The token lease (CONTRACT.md, "Clients"; docs/clients.md, "The token lease"): the gateway's own endpoints
 //! for a service that must call the upstream itself, for an API the gateway does not route.
 //!
 //! - `GET /_gateway/token` answers, in the upstream's envelope with `Cache-Control: no-store`,

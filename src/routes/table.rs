@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(table.by_name("disk.nope"), None);
     }
 
-    /// Every compiled route's facts, as README's tables state them.
+    /// Every compiled route's facts, as the tables of docs/ state them.
     #[test]
     fn compiled_facts() {
         let row = |r: Route| {

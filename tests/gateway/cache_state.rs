@@ -30,7 +30,7 @@ async fn redis_memory(redis: &RedisServer) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_ids_leave_redis_as_it_was() {
-    // FGW_UNKNOWN_IDS=10000 measures the figure of the README; a few hundred prove the point.
+    // FGW_UNKNOWN_IDS=10000 measures the figure of docs/shared-mode.md; a few hundred prove the point.
     let n: usize = std::env::var("FGW_UNKNOWN_IDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -237,7 +237,7 @@ async fn the_environment_proxy_serves_https_upstreams_outside_no_proxy() {
     let direct = Gw::start(&toml, &upstream, env.clone()).await;
     assert_eq!(image(&direct).await.0, 200);
     env.pop();
-    // The other spellings README lists: host:port, *.name (the name itself included).
+    // The other spellings docs/operating.md lists: host:port, *.name (the name itself included).
     let port = front.port();
     let by_name = format!("https://localhost:{port}");
     for (no_proxy, upstream) in [

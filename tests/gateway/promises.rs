@@ -1,4 +1,4 @@
-//! README promises that no other module holds: what each mutation drops from the cache, the short
+//! Promises of the docs (docs/) that no other module holds: what each mutation drops from the cache, the short
 //! life of a disk being destroyed, purges by account and across accounts, the de-dup window's end,
 //! the JSON log format, and the admin listener's plain endpoints.
 
@@ -432,7 +432,7 @@ async fn redis_failures_on_the_token_path_are_counted_under_their_own_operation(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_metric_label_the_readme_names_is_counted() {
+async fn every_metric_label_the_docs_name_is_counted() {
     const ADMIN: &str = "admin-key-for-tests-0003";
     let sim = Sim::start(sim_config()).await;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ADMIN.as_bytes()));

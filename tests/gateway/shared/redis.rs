@@ -217,7 +217,7 @@ async fn every_shared_key_lives_under_the_prefix_and_expires() {
         .await
         .expect("the entry is still there");
     eprintln!("MEMORY USAGE {entry} = {bytes} bytes");
-    // README: "a disk.info entry costs about 600 bytes in Redis", so 100,000 take about 60 MB.
+    // docs/shared-mode.md: "a disk.info entry costs about 600 bytes in Redis", so 100,000 take about 60 MB.
     assert!((400..=800).contains(&bytes), "{entry}: {bytes} bytes");
 }
 
