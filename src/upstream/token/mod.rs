@@ -48,6 +48,8 @@ mod error;
 mod refresh;
 mod shared;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use error::TokenError;
 use refresh::Need;

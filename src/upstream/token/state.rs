@@ -279,3 +279,152 @@ impl State {
         self.not_before = Some(until);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The transitions alone, with no broker and no upstream: what each leaves behind.
+
+    use super::*;
+
+    fn held(token: &str, expires_at: Instant) -> Held {
+        Held {
+            token: Secret::new(token),
+            expires_at,
+            lifetime: Duration::from_secs(30 * 60),
+        }
+    }
+
+    fn failure(retry_at: Instant) -> Failure {
+        Failure {
+            error: TokenError::Refused { code: Some(500) },
+            retry_at,
+        }
+    }
+
+    fn name(state: &State) -> &'static str {
+        match state.phase {
+            Phase::Empty => "empty",
+            Phase::Held(_) => "held",
+            Phase::Failing(_) => "failing",
+            Phase::Retrying(..) => "retrying",
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_keeps_a_held_token_and_a_success_clears_it() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.failed(Some(failure(now + Duration::from_secs(1))));
+        assert_eq!(name(&state), "failing");
+        state.obtained(held("a", now + Duration::from_secs(1800)));
+        assert_eq!((name(&state), state.failures()), ("held", 0));
+        state.failed(Some(failure(now + Duration::from_secs(1))));
+        state.failed(Some(failure(now + Duration::from_secs(2))));
+        assert_eq!((name(&state), state.failures()), ("retrying", 2));
+        // The token is still sent, and reported, while it lasts.
+        assert_eq!(state.valid(now), Some(Secret::new("a")));
+        assert!(matches!(state.status(now), TokenStatus::Held { .. }));
+        assert_eq!(
+            state.failure().unwrap().retry_at,
+            now + Duration::from_secs(2)
+        );
+        // Past its expiry the failure is what is reported.
+        let later = now + Duration::from_secs(1800);
+        assert!(state.valid(later).is_none());
+        assert!(matches!(state.status(later), TokenStatus::Failing(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_of_replaced_credentials_counts_but_holds_nothing_back() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.failed(None);
+        assert_eq!((name(&state), state.failures()), ("empty", 1));
+        assert!(state.backing_off(now).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_clears_the_failure_and_keeps_the_token() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.obtained(held("a", now + Duration::from_secs(1800)));
+        state.failed(Some(failure(now + Duration::from_secs(1))));
+        state.reloaded();
+        assert_eq!((name(&state), state.failures()), ("held", 0));
+
+        let mut state = State::default();
+        state.failed(Some(failure(now + Duration::from_secs(1))));
+        state.reloaded();
+        assert_eq!((name(&state), state.failures()), ("empty", 0));
+        assert!(state.backing_off(now).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upstream_s_401_drops_the_token_and_keeps_the_failure() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.obtained(held("a", now + Duration::from_secs(1800)));
+        state.dropped();
+        assert_eq!(name(&state), "empty");
+
+        state.obtained(held("a", now + Duration::from_secs(1800)));
+        state.failed(Some(failure(now + Duration::from_secs(1))));
+        state.dropped();
+        assert_eq!(name(&state), "failing");
+        assert!(state.backing_off(now).is_some());
+        assert!(state.backing_off(now + Duration::from_secs(1)).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_planned_refresh_of_each_phase() {
+        let cfg = TokenConfig::default();
+        let now = Instant::now();
+        let expires_at = now + Duration::from_secs(1800);
+        let mut state = State::default();
+        // Empty, never sent: at once.
+        assert_eq!(state.planned_refresh(&cfg, 0, now), now);
+        // Held: `refresh_before` ahead of expiry.
+        state.sending(now, 0);
+        state.obtained(held("a", expires_at));
+        let ahead = expires_at - cfg.refresh_before;
+        assert_eq!(state.planned_refresh(&cfg, 0, now), ahead);
+        assert_eq!(state.leasable(&cfg, 0, now).unwrap().1, ahead);
+        // Marked refused: at once, but not before min_refresh_interval since the last getToken.
+        state.mark_refused(&Secret::new("a"), expires_at, now);
+        let next = now + cfg.min_refresh_interval;
+        assert_eq!(state.planned_refresh(&cfg, 0, now), next);
+        assert!(state.leasable(&cfg, 0, now).is_none());
+        assert!(state.too_soon(now, cfg.min_refresh_interval, 0));
+        // New credentials: at once, whatever the interval says.
+        assert_eq!(state.planned_refresh(&cfg, 1, now), now);
+        assert!(!state.too_soon(now, cfg.min_refresh_interval, 1));
+        // Failing: at the retry, or the interval's end if later.
+        state.failed(Some(failure(now + Duration::from_secs(60))));
+        assert_eq!(
+            state.planned_refresh(&cfg, 0, now),
+            now + Duration::from_secs(60)
+        );
+        // The fleet's gate closed longer.
+        state.gate_closed(now + Duration::from_secs(90));
+        assert_eq!(
+            state.planned_refresh(&cfg, 0, now),
+            now + Duration::from_secs(90)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_tokens_are_remembered_until_they_expire_a_few_at_most() {
+        let now = Instant::now();
+        let mut state = State::default();
+        let until = now + Duration::from_secs(10);
+        for i in 0..=REFUSED_KEPT {
+            state.mark_refused(&Secret::new(format!("t{i}")), until, now);
+        }
+        assert!(
+            !state.is_refused(&Secret::new("t0"), now),
+            "the oldest goes"
+        );
+        assert!(state.is_refused(&Secret::new(format!("t{REFUSED_KEPT}")), now));
+        assert!(!state.is_refused(&Secret::new("t1"), until));
+    }
+}

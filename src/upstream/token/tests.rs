@@ -18,7 +18,6 @@ use crate::secret::Secret;
 use crate::sim::{SimConfig, Simulator};
 use crate::upstream::UpstreamClient;
 
-const MIN: Duration = Duration::from_secs(60);
 /// The simulator's tokens live this long; with the default `refresh_before` (5m), the broker
 /// plans their refresh 25 minutes in.
 const TTL: Duration = Duration::from_secs(30 * 60);
@@ -27,14 +26,16 @@ const REFRESH_AT: Duration = Duration::from_secs(25 * 60);
 const INTERVAL: Duration = Duration::from_secs(5);
 
 /// Keeps the paused clock still while I/O is under way (see the module doc); let go when dropped.
-struct Frozen(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+struct Frozen {
+    _release: std::sync::mpsc::Sender<()>,
+}
 
 fn freeze() -> Frozen {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     tokio::task::spawn_blocking(move || {
         let _ = rx.recv();
     });
-    Frozen(tx)
+    Frozen { _release: tx }
 }
 
 /// The simulator on a loopback port, and a client for it.
@@ -171,6 +172,14 @@ fn phase(broker: &TokenBroker) -> &'static str {
     }
 }
 
+/// The error of an answer that must not be a lease (`Lease` shows no `Debug`).
+fn no_lease(answer: Result<super::Lease, TokenError>) -> TokenError {
+    match answer {
+        Ok(_) => panic!("a lease where none may be had"),
+        Err(e) => e,
+    }
+}
+
 fn expires_in(broker: &TokenBroker) -> Duration {
     match broker.status() {
         TokenStatus::Held { expires_in } => expires_in,
@@ -202,7 +211,10 @@ async fn a_fresh_token_is_fetched_once_then_held() {
     let lease = broker.lease().await.unwrap();
     assert_eq!(lease.token, token);
     let left = lease.expires_ms - crate::fleet::now_ms();
-    assert!(left.abs_diff(REFRESH_AT.as_millis() as u64) < 1000, "{left}");
+    assert!(
+        left.abs_diff(REFRESH_AT.as_millis() as u64) < 1000,
+        "{left}"
+    );
     assert_eq!(up.get_token_calls().await, 1);
 }
 
@@ -267,13 +279,19 @@ async fn a_refusal_is_backed_off_then_throttled_without_calling_the_upstream() {
     let broker = up.broker(&wrong());
 
     let err = broker.get().await.unwrap_err();
-    assert!(matches!(err, TokenError::Refused { code: Some(401) }), "{err}");
+    assert!(
+        matches!(err, TokenError::Refused { code: Some(401) }),
+        "{err}"
+    );
     assert!(err.is_refusal());
     assert_eq!(phase(&broker), "failing");
     assert!(failing(&broker).is_refusal());
     // Within the backoff (retry_min, 500ms at most): the same error, no call.
     let err = broker.get().await.unwrap_err();
-    assert!(matches!(err, TokenError::Refused { code: Some(401) }), "{err}");
+    assert!(
+        matches!(err, TokenError::Refused { code: Some(401) }),
+        "{err}"
+    );
     assert_eq!(up.get_token_calls().await, 1);
 
     // Past the backoff, within min_refresh_interval: throttled, still no call.
@@ -286,7 +304,10 @@ async fn a_refusal_is_backed_off_then_throttled_without_calling_the_upstream() {
     // Past the interval: the next try goes, and fails again.
     advance(INTERVAL).await;
     let err = broker.get().await.unwrap_err();
-    assert!(matches!(err, TokenError::Refused { code: Some(401) }), "{err}");
+    assert!(
+        matches!(err, TokenError::Refused { code: Some(401) }),
+        "{err}"
+    );
     assert_eq!(phase(&broker), "failing");
     assert_eq!(broker.state().failures(), 2);
     assert_eq!(up.get_token_calls().await, 2);
@@ -308,7 +329,7 @@ async fn a_token_the_upstream_refused_is_replaced_once_the_interval_allows() {
     settle(|| up.refreshes("throttled") >= 1).await;
     let err = broker.get().await.unwrap_err();
     assert!(matches!(err, TokenError::Throttled { .. }), "{err}");
-    let err = broker.lease().await.unwrap_err();
+    let err = no_lease(broker.lease().await);
     assert!(matches!(err, TokenError::NotHeld), "{err}");
     // More 401s on the same token change nothing.
     broker.invalidate(&first).await;
@@ -334,7 +355,7 @@ async fn a_token_reported_refused_is_not_leased_and_is_replaced() {
     let first = broker.get().await.unwrap();
 
     // Within min_refresh_interval: no lease, and the answer says when to ask again.
-    let err = broker.renew_rejected(&first).await.unwrap_err();
+    let err = no_lease(broker.renew_rejected(&first).await);
     let TokenError::Replacing { retry_after, .. } = err else {
         panic!("{err}");
     };
