@@ -12,6 +12,8 @@
 //! redis-server util-linux`).
 //! Run with: `cargo bench --bench cache_hits` (`FGW_BENCH_SECS` per run, default 5;
 //! `FGW_BENCH_ROUNDS`, default 3: every server runs once per round, in rotating order).
+//! `FGW_BENCH_BEFORE=<path of another finovy-gateway binary>` adds that build as one more server
+//! in the same rounds (say, the last release's), and its ratio to this one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -444,6 +446,21 @@ fn main() {
     assert!(pong, "redis-server did not answer PING");
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let (shared_proc, shared) = gateway(&["--redis", &redis_url], "gateway-shared.log");
+    // Another build of the gateway, for a before/after in the same rounds.
+    let before = std::env::var("FGW_BENCH_BEFORE").ok().map(|path| {
+        let args = [
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+        ];
+        start_pinned(&path, &args, "gateway listening", &dir.join("gateway-before.log"))
+    });
     let self_exe = std::env::current_exe().unwrap();
     let (base_proc, base) = start_pinned(
         self_exe.to_str().unwrap(),
@@ -483,7 +500,11 @@ fn main() {
         }
         for id in &ids {
             // Both nginx servers share one cache zone, so warming one warms both.
-            for addr in [&gw, &quiet_gw, &shared, &nginx_addr] {
+            let before_addr = before.as_ref().map(|(_, a)| a);
+            for addr in [&gw, &quiet_gw, &shared, &nginx_addr]
+                .into_iter()
+                .chain(before_addr)
+            {
                 let r = client
                     .get(format!("http://{addr}{PATH}{id}"))
                     .send()
@@ -494,7 +515,7 @@ fn main() {
         }
     });
 
-    let targets = [
+    let mut targets = vec![
         (
             "baseline (hyper + moka)",
             format!("http://{base}"),
@@ -522,6 +543,13 @@ fn main() {
             quiet_proc.0.id(),
         ),
     ];
+    if let Some((proc, addr)) = &before {
+        targets.push((
+            "finovy-gateway, before",
+            format!("http://{addr}"),
+            proc.0.id(),
+        ));
+    }
     // Rounds, each running every server once, in an order that rotates: this machine's speed
     // drifts over a minute, so ratios are taken within a round and their median reported.
     let mut runs: Vec<Vec<Result_>> = targets.iter().map(|_| Vec::new()).collect();
@@ -574,5 +602,9 @@ fn main() {
     ratio("gateway / baseline", 3, 0);
     ratio("gateway, access log off / baseline", 5, 0);
     ratio("shared mode / single replica", 4, 3);
+    if before.is_some() {
+        ratio("gateway / before", 3, 6);
+        ratio("before / baseline", 6, 0);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

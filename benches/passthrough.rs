@@ -4,7 +4,9 @@
 //! (distinct bodies, rate limit far above the load, so no create waits: the cost of validation,
 //! de-duplication records and the limiter themselves).
 //!
-//! Run with: `cargo bench --bench passthrough` (`FGW_BENCH_N=20000` for more requests).
+//! Run with: `cargo bench --bench passthrough` (`FGW_BENCH_N=20000` for more requests;
+//! `FGW_BENCH_GATEWAY=<path>` measures another build of the gateway, say the last release's, against
+//! the same simulator build, for a before/after).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,9 +15,15 @@ mod common;
 
 use common::{Proc, demo_token, start as start_process};
 
-/// Starts the gateway binary with `args`; its address from its `<marker> listen=` line.
+/// Starts the gateway binary with `args` (`FGW_BENCH_GATEWAY`'s build for `serve`); its address
+/// from its `<marker> listen=` line.
 fn start(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_finovy-gateway"));
+    let built = env!("CARGO_BIN_EXE_finovy-gateway").to_string();
+    let bin = match std::env::var("FGW_BENCH_GATEWAY") {
+        Ok(other) if args.first() == Some(&"serve") => other,
+        _ => built,
+    };
+    let mut cmd = Command::new(bin);
     cmd.args(args);
     start_process(cmd, marker, None)
 }
