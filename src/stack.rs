@@ -18,6 +18,7 @@ use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::cache::CachingLayer;
 use crate::layers::cache_hit::{CacheHit, CacheHitLayer};
 use crate::layers::client_limit::ClientLimitLayer;
+use crate::layers::collapse::CollapseLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::SetRequestIdLayer;
@@ -34,6 +35,7 @@ use crate::upstream::forward::Forward;
 /// The create-protection layers, built around their state by the server.
 pub(crate) struct Protection {
     pub(crate) dedup: DedupLayer,
+    pub(crate) collapse: CollapseLayer,
     pub(crate) budget: BudgetGuardLayer,
     pub(crate) rate_limit: RateLimitLayer,
 }
@@ -72,6 +74,8 @@ where
             .layer(ValidateLayer)
             // One purchase per intent: Idempotency-Key replay, identical creates collapsed.
             .layer(protection.dedup)
+            // Identical mounts, unmounts and power changes in flight go upstream once.
+            .layer(protection.collapse)
             // The spending guard's caps (off unless configured): 429 before anything is spent.
             .layer(protection.budget)
             // Creates within the rate the upstream accepts: wait for a slot, else 429.

@@ -9,6 +9,7 @@ pub(crate) mod budget;
 pub(crate) mod cache;
 pub(crate) mod cache_hit;
 pub(crate) mod client_limit;
+pub(crate) mod collapse;
 pub(crate) mod dedup;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
