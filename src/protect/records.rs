@@ -6,7 +6,7 @@
 //!   failed without doing anything, so a retry may run again);
 //! - *done*: a final answer, replayed to repeats until the record expires;
 //! - *unknown*: the request went upstream and no answer came back (timeout, reset, garbage): the
-//!   purchase may exist. A repeat reconciles (see the dedup layer) or is refused; never re-sent blindly.
+//!   purchase may exist. A repeat reconciles (see `crate::protect::create`) or is refused; never re-sent blindly.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
