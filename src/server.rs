@@ -26,6 +26,7 @@ use crate::fleet::records::RedisRecords;
 use crate::fleet::token::TokenStore;
 use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::layers::budget::BudgetGuardLayer;
+use crate::layers::collapse::CollapseLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::listener::{self, Connections};
@@ -180,6 +181,7 @@ impl Gateway {
                 metrics.clone(),
                 work.clone(),
             ),
+            collapse: CollapseLayer::new(metrics.clone(), work.clone()),
             budget: BudgetGuardLayer::new(budget.clone(), metrics.clone()),
             rate_limit: RateLimitLayer::new(limiter, create.clone(), metrics.clone()),
         };

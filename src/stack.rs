@@ -22,8 +22,8 @@ use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::cache::CachingLayer;
 use crate::layers::cache_hit::{CacheHit, CacheHitLayer};
 use crate::layers::client_limit::ClientLimitLayer;
-use crate::layers::dedup::DedupLayer;
-use crate::layers::dedup_bridge::{Bridged, CallService, SpendService};
+use crate::layers::collapse::CollapseLayer;
+use crate::layers::dedup::{DedupLayer, Plain};
 use crate::layers::invalidate::InvalidateLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::SetRequestIdLayer;
@@ -39,6 +39,7 @@ use crate::upstream::forward::Forward;
 /// The create-protection layers, built around their state by the server.
 pub(crate) struct Protection {
     pub(crate) dedup: DedupLayer,
+    pub(crate) collapse: CollapseLayer,
     pub(crate) budget: BudgetGuardLayer,
     pub(crate) rate_limit: RateLimitLayer,
 }
@@ -59,7 +60,7 @@ fn pipelines(
 ) -> Pipelines {
     // Every pipeline ends the same way: the account's upstream token (one retry with a fresh
     // token when the upstream says 401), then the upstream call with only allow-listed headers.
-    let upstream: CallService = CallService::new(
+    let upstream = Plain::new(
         ServiceBuilder::new()
             .layer(TokenLayer)
             .service(Forward::new(client)),
@@ -72,34 +73,28 @@ fn pipelines(
             .layer(CachingLayer::new(cache.clone()))
             .service(upstream.clone()),
     );
-    // What a create is once checked: its spending guard's caps (429 before anything is spent),
-    // then the rate the upstream accepts (wait for a slot, else 429), then the upstream.
-    let spend_rest = SpendService::new(
-        ServiceBuilder::new()
-            .layer(protection.budget)
-            .layer(protection.rate_limit)
-            .map_request(|spend: Spend| spend.call)
-            .service(upstream.clone()),
-    );
-    // One purchase per intent (Idempotency-Key replay, identical creates collapsed); identical
-    // mutations in flight sent once.
-    let protect = Bridged::new(&protection.dedup, spend_rest, upstream.clone());
     let mutation = RoutePipeline::new(
         ServiceBuilder::new()
             // A success drops the cached entries it made wrong.
             .layer(InvalidateLayer::new(cache.clone()))
-            .service(tower::util::BoxCloneSyncService::<
-                crate::admitted::Call,
-                _,
-                _,
-            >::new(protect.clone())),
+            // Identical mutations in flight are sent once (mount, unmount, power).
+            .layer(protection.collapse)
+            .service(upstream.clone()),
     );
     let spend = RoutePipeline::new(
         ServiceBuilder::new()
             .layer(InvalidateLayer::new(cache.clone()))
             // A bad body is refused before anything is spent (400); what is checked is sent.
             .layer(ValidateLayer)
-            .service(protect),
+            // One purchase per intent: Idempotency-Key replay, identical creates collapsed. Its
+            // own calls (a reconciliation's disk list) go straight to the upstream.
+            .layer(protection.dedup.with_plain(upstream.clone()))
+            // The spending guard's caps (off unless configured): 429 before anything is spent.
+            .layer(protection.budget)
+            // Creates within the rate the upstream accepts: wait for a slot, else 429.
+            .layer(protection.rate_limit)
+            .map_request(|spend: Spend| spend.call)
+            .service(upstream),
     );
     Pipelines {
         own,

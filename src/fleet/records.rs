@@ -12,6 +12,12 @@
 //! it is still that same in-flight record), and each client's live records are counted in a
 //! sorted set per client (member: the record's key, score: its expiry), pruned on every create.
 //!
+//! A lock (settling an unknown outcome) is a key of its own holding its holder's random token,
+//! taken with `SET NX PX` (after the same marker and eviction checks as a record's begin) and
+//! released by a compare-and-delete script, so that a holder whose lock expired never frees the
+//! next holder's. It lives under the record key space (`rec`), where the marker record it
+//! replaces lived, so replicas of either version see one another's.
+//!
 //! While Redis fails, the operation fails (creates are refused: without the shared record a
 //! duplicate purchase cannot be ruled out), unless `creates_when_down = "local"` gave this store
 //! the replica's own records to fall back to.
@@ -21,7 +27,9 @@ use std::time::Duration;
 
 use crate::fleet::codec::{decode_record, encode_record};
 use crate::fleet::{Fleet, StoreError, now_ms, px};
-use crate::protect::records::{Begin, Hold, MemoryRecords, Record, RecordStore, Stored, marker};
+use crate::protect::records::{
+    Begin, Hold, Lock, LockToken, MemoryRecords, Record, RecordStore, Stored, marker,
+};
 use crate::svc::BoxFuture;
 
 /// `{'found', value}` for an existing record. Otherwise, unless `ARGV[4]` is `1` (eviction
@@ -80,6 +88,27 @@ if n > 0 then return 1 end
 return 0
 ";
 
+/// `{'taken'}` while `KEYS[1]` exists. Otherwise the checks of [`BEGIN`] (`ARGV[4]`, `KEYS[2]`,
+/// `ARGV[3]`: `{'may-evict', policy}`, `{'lost'}`), then `SET KEYS[1] ARGV[1] NX PX ARGV[2]`:
+/// `{'held'}`.
+const LOCK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'taken', false} end
+if ARGV[4] ~= '1' then
+  local info = redis.pcall('INFO', 'memory')
+  local policy = type(info) == 'string' and string.match(info, 'maxmemory_policy:(%S+)') or 'unknown'
+  if policy ~= 'noeviction' then return {'may-evict', policy} end
+end
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then return {'lost', false} end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'held', false} end
+return {'taken', false}
+";
+
+/// Deletes `KEYS[1]` only while it holds the token `ARGV[1]`: 1 when deleted.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 pub struct RedisRecords(Arc<Inner>);
 
 /// Redis's answer, or, when Redis failed and creates fall back to this replica, `local`'s.
@@ -101,6 +130,8 @@ struct Inner {
     renew: redis::Script,
     hold: redis::Script,
     holds_other: redis::Script,
+    lock: redis::Script,
+    unlock: redis::Script,
     local: Option<MemoryRecords>,
 }
 
@@ -112,6 +143,8 @@ impl RedisRecords {
             renew: redis::Script::new(RENEW),
             hold: redis::Script::new(HOLD),
             holds_other: redis::Script::new(HOLDS_OTHER),
+            lock: redis::Script::new(LOCK),
+            unlock: redis::Script::new(UNLOCK),
             local: fall_back_to_local.then(MemoryRecords::default),
         }))
     }
@@ -183,6 +216,57 @@ impl Inner {
         }
         Err(StoreError::Unexpected(
             "record begin: the fleet marker changed twice".into(),
+        ))
+    }
+}
+
+impl Inner {
+    /// [`RecordStore::try_lock`] on Redis: as [`Inner::begin`], with a lock for a record.
+    async fn try_lock(&self, lkey: &str, ttl: Duration) -> Stored<Lock> {
+        let fleet = &self.fleet;
+        let cluster = fleet.is_cluster();
+        let token = LockToken::new();
+        for _ in 0..2 {
+            if cluster {
+                fleet.check_marker().await?;
+                if let Some(left) = fleet.refusing_new_creates() {
+                    return Ok(Lock::Lost(left));
+                }
+            }
+            let mut inv = self.lock.key(lkey);
+            if !cluster {
+                inv.key(fleet.marker_key());
+            }
+            inv.arg(&token.0)
+                .arg(px(ttl))
+                .arg(fleet.marker_seen())
+                .arg(u8::from(fleet.eviction.allowed()));
+            let (what, found): (String, Option<Vec<u8>>) = fleet
+                .run("record_lock", |mut c| async move {
+                    inv.invoke_async(&mut c).await
+                })
+                .await?;
+            match (what.as_str(), found) {
+                ("held", _) => return Ok(Lock::Held(token)),
+                ("taken", _) => return Ok(Lock::Taken),
+                ("may-evict", Some(policy)) => {
+                    let policy = String::from_utf8_lossy(&policy).into_owned();
+                    fleet.eviction.saw(&policy);
+                    return Ok(Lock::MayEvict(policy));
+                }
+                ("lost", _) => {
+                    fleet.check_marker().await?;
+                    if let Some(left) = fleet.refusing_new_creates() {
+                        return Ok(Lock::Lost(left));
+                    }
+                }
+                (other, _) => {
+                    return Err(StoreError::Unexpected(format!("record lock: {other}")));
+                }
+            }
+        }
+        Err(StoreError::Unexpected(
+            "record lock: the fleet marker changed twice".into(),
         ))
     }
 }
@@ -296,6 +380,36 @@ impl RecordStore for RedisRecords {
                 frees_at_ms => Hold::Full { frees_at_ms },
             });
             or_local(held, &this.local, |l| l.hold(&owner, &key, until_ms, max)).await
+        })
+    }
+
+    fn try_lock(&self, key: &str, ttl: Duration) -> BoxFuture<Stored<Lock>> {
+        let (lkey, key) = (self.key(key), key.to_string());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let locked = this.try_lock(&lkey, ttl).await;
+            or_local(locked, &this.local, |l| l.try_lock(&key, ttl)).await
+        })
+    }
+
+    fn unlock(&self, key: &str, token: &LockToken) -> BoxFuture<Stored<bool>> {
+        let (lkey, key, token) = (self.key(key), key.to_string(), token.clone());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let mut inv = this.unlock.key(&lkey);
+            inv.arg(&token.0);
+            let done: Result<i64, _> = this
+                .fleet
+                .run("record_unlock", |mut c| async move {
+                    inv.invoke_async(&mut c).await
+                })
+                .await;
+            match (done, &this.local) {
+                (Ok(n), _) => Ok(n == 1),
+                // A lock taken here while Redis was away is released here.
+                (Err(_), Some(local)) => local.unlock(&key, &token).await,
+                (Err(e), None) => Err(e),
+            }
         })
     }
 

@@ -36,7 +36,7 @@ use crate::upstream::forward::TOKEN_HEADER;
 /// `traceId` and its headers ([`GatewayError::into_response`]), and `Connection: close` when the
 /// request's body may still be coming on an HTTP/1 connection (`body_unread`) or the error says
 /// the body was abandoned midway.
-pub(crate) fn render(
+fn render(
     err: GatewayError,
     request_id: &str,
     version: Version,

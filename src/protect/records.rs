@@ -6,7 +6,7 @@
 //!   failed without doing anything, so a retry may run again);
 //! - *done*: a final answer, replayed to repeats until the record expires;
 //! - *unknown*: the request went upstream and no answer came back (timeout, reset, garbage): the
-//!   purchase may exist. A repeat reconciles (see the dedup layer) or is refused; never re-sent blindly.
+//!   purchase may exist. A repeat reconciles (see `crate::protect::create`) or is refused; never re-sent blindly.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -138,6 +138,31 @@ pub enum Hold {
 
 pub(crate) type Stored<T> = Result<T, StoreError>;
 
+/// Proof of holding a lock taken with [`RecordStore::try_lock`]: only its holder can release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockToken(pub(crate) String);
+
+impl LockToken {
+    /// A token no other holder has (128 random bits).
+    pub(crate) fn new() -> LockToken {
+        LockToken(format!("{:032x}", rand::random::<u128>()))
+    }
+}
+
+/// The outcome of [`RecordStore::try_lock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lock {
+    /// The caller holds the lock until it unlocks or the lock expires.
+    Held(LockToken),
+    /// Another holder has it, until that one unlocks or its lock expires (it died).
+    Taken,
+    /// Not taken: the store lost its data a moment ago (as [`Begin::Lost`]), so a holder's lock
+    /// may have gone with it.
+    Lost(Duration),
+    /// Not taken: the store may drop keys by itself (as [`Begin::MayEvict`]), the lock among them.
+    MayEvict(String),
+}
+
 pub trait RecordStore: Send + Sync + 'static {
     /// Writes `record` (in flight, started now) for `key` unless one exists, atomically; unless
     /// the store cannot vouch that none existed ([`Begin::Lost`], [`Begin::MayEvict`]).
@@ -153,6 +178,12 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Counts `key` among the live records of `owner` until `until_ms` (a key it already holds
     /// only has its time moved), unless the owner already holds `max` others.
     fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64) -> BoxFuture<Stored<Hold>>;
+    /// Takes the lock `key` for `ttl` unless another holder has it, atomically. The expiry
+    /// bounds a holder that dies: its lock goes after `ttl` without it.
+    fn try_lock(&self, key: &str, ttl: Duration) -> BoxFuture<Stored<Lock>>;
+    /// Releases the lock `key` if `token` still holds it: a lock that expired and was taken by
+    /// another since is left alone. Whether it was released.
+    fn unlock(&self, key: &str, token: &LockToken) -> BoxFuture<Stored<bool>>;
     /// `key` no longer counts for `owner`.
     fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>>;
     /// Whether `owner` holds a live key other than `key`.
@@ -182,7 +213,7 @@ pub fn in_flight(fingerprint: &str, ttl: Duration, lease: Duration) -> Record {
     }
 }
 
-/// A record that only marks a key as taken (a disk's claim, a settle guard): its state is never
+/// A record that only marks a key as taken (a disk's claim): its state is never
 /// read, so it needs no lease.
 pub(crate) fn marker(what: &str, ttl: Duration) -> Record {
     Record {
@@ -212,6 +243,7 @@ pub(crate) const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub(crate) struct MemoryRecords {
     records: Cache<String, Record>,
     owners: Owners,
+    locks: Locks,
 }
 
 struct ByTtl;
@@ -249,7 +281,40 @@ impl MemoryRecords {
                 .expire_after(ByTtl)
                 .build(),
             owners: Owners::default(),
+            locks: Locks::default(),
         }
+    }
+}
+
+/// Locks held in this process, each with its holder's token and its expiry on tokio's clock (so
+/// that tests with paused time can let a dead holder's lock lapse). Few: one per settlement.
+#[derive(Default)]
+pub(crate) struct Locks(Mutex<HashMap<String, (LockToken, tokio::time::Instant)>>);
+
+impl Locks {
+    pub(crate) fn try_lock(&self, key: &str, ttl: Duration) -> Lock {
+        let now = tokio::time::Instant::now();
+        let mut locks = self.0.lock().expect("record locks");
+        // The expired go here, so that the table holds only live locks.
+        locks.retain(|_, (_, until)| *until > now);
+        if locks.contains_key(key) {
+            return Lock::Taken;
+        }
+        let token = LockToken::new();
+        locks.insert(key.to_string(), (token.clone(), now + ttl));
+        Lock::Held(token)
+    }
+
+    pub(crate) fn unlock(&self, key: &str, token: &LockToken) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut locks = self.0.lock().expect("record locks");
+        let held = locks
+            .get(key)
+            .is_some_and(|(t, until)| t == token && *until > now);
+        if held {
+            locks.remove(key);
+        }
+        held
     }
 }
 
@@ -371,6 +436,14 @@ impl RecordStore for MemoryRecords {
         ready(Ok(self.owners.hold(owner, key, until_ms, max, now)))
     }
 
+    fn try_lock(&self, key: &str, ttl: Duration) -> BoxFuture<Stored<Lock>> {
+        ready(Ok(self.locks.try_lock(key, ttl)))
+    }
+
+    fn unlock(&self, key: &str, token: &LockToken) -> BoxFuture<Stored<bool>> {
+        ready(Ok(self.locks.unlock(key, token)))
+    }
+
     fn release(&self, owner: &str, key: &str) -> BoxFuture<Stored<()>> {
         self.owners.release(owner, key);
         ready(Ok(()))
@@ -475,6 +548,42 @@ mod tests {
         }
         r.set("k", other).await.unwrap();
         assert!(!r.renew("k", later).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_has_one_holder_until_it_unlocks() {
+        let r = MemoryRecords::default();
+        let ttl = Duration::from_secs(30);
+        let Ok(Lock::Held(token)) = r.try_lock("l", ttl).await else {
+            panic!("a free lock is taken");
+        };
+        assert_eq!(r.try_lock("l", ttl).await.unwrap(), Lock::Taken);
+        // Another key is another lock.
+        assert!(matches!(r.try_lock("m", ttl).await, Ok(Lock::Held(_))));
+        // A stranger's token releases nothing.
+        assert!(!r.unlock("l", &LockToken::new()).await.unwrap());
+        assert_eq!(r.try_lock("l", ttl).await.unwrap(), Lock::Taken);
+        assert!(r.unlock("l", &token).await.unwrap());
+        assert!(matches!(r.try_lock("l", ttl).await, Ok(Lock::Held(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_holders_lock_expires_and_its_late_unlock_frees_nothing() {
+        let r = MemoryRecords::default();
+        let ttl = Duration::from_secs(30);
+        let Ok(Lock::Held(dead)) = r.try_lock("l", ttl).await else {
+            panic!("a free lock is taken");
+        };
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert_eq!(r.try_lock("l", ttl).await.unwrap(), Lock::Taken);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let Ok(Lock::Held(next)) = r.try_lock("l", ttl).await else {
+            panic!("an expired lock is taken anew");
+        };
+        // The first holder wakes up and unlocks: the second one's lock stays.
+        assert!(!r.unlock("l", &dead).await.unwrap());
+        assert_eq!(r.try_lock("l", ttl).await.unwrap(), Lock::Taken);
+        assert!(r.unlock("l", &next).await.unwrap());
     }
 
     #[test]

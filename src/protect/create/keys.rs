@@ -12,7 +12,6 @@ use crate::cache::key::canonical_json;
 use crate::protect::policy::DedupScope;
 use crate::protect::validate::Order;
 use crate::routes::{Route, RouteMatch};
-use crate::svc::Req;
 
 pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -21,7 +20,7 @@ const MAX_KEY_LEN: usize = 255;
 
 /// The key of one record in a [`RecordStore`](crate::protect::records::RecordStore).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct RecordKey(String);
+pub(crate) struct RecordKey(String);
 
 impl RecordKey {
     /// A create under an `Idempotency-Key`, scoped to its client and route.
@@ -39,7 +38,7 @@ impl RecordKey {
     }
 
     /// A mutation that only collapses while in flight (mount, unmount, power).
-    pub(super) fn in_flight(account: &str, fingerprint: &str) -> Self {
+    pub(crate) fn in_flight(account: &str, fingerprint: &str) -> Self {
         RecordKey(format!("inflight|{account}|{fingerprint}"))
     }
 
@@ -65,7 +64,7 @@ impl RecordKey {
         RecordKey(format!("{account}|{client}"))
     }
 
-    pub(super) fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -79,12 +78,11 @@ impl fmt::Display for RecordKey {
 /// The request's identity: a SHA-256 digest (hex) of its route, path parameter and canonical
 /// body. A create's canonical body is its validated order's ([`Order::body`]), so key order,
 /// whitespace and `"0"` for `0` do not make two intents of one; other mutations use their
-/// canonical JSON. Records and their keys hold this digest, never a body.
-pub(super) fn fingerprint(m: &RouteMatch, req: &Req) -> String {
-    let body = match req.extensions().get::<Order>() {
+/// canonical JSON (of `body`). Records and their keys hold this digest, never a body.
+pub(crate) fn fingerprint(m: &RouteMatch, order: Option<&Order>, body: &[u8]) -> String {
+    let body = match order {
         Some(order) => order.body(),
-        None => canonical_json(req.body())
-            .unwrap_or_else(|| String::from_utf8_lossy(req.body()).into_owned()),
+        None => canonical_json(body).unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
     };
     let mut digest = Sha256::new();
     // Route names and path parameters never contain `|`.

@@ -20,26 +20,48 @@ use super::reconcile::created_disk;
 /// What became of one execution, shared with everyone who waited for it.
 #[derive(Debug)]
 pub(super) struct Outcome {
-    pub(crate) answer: Answer,
+    /// What came back from below, or why nothing was called (a refusal about the record, or
+    /// the execution cut off at its limit).
+    pub(crate) answer: Result<Answer, GatewayError>,
     /// Sent upstream, no answer: the purchase may exist.
     pub(crate) unknown: bool,
     /// Answered from a record another execution wrote (not run here).
     pub(crate) replayed: bool,
+    /// Made from the record (a replay, or a refusal about it): the record stays as it is.
+    pub(crate) from_record: bool,
 }
 
 impl Outcome {
+    /// What came back from below, the upstream's answer or one the gateway made below.
+    #[cfg(test)]
+    pub(super) fn answered(answer: Answer, unknown: bool) -> Outcome {
+        Outcome {
+            answer: Ok(answer),
+            unknown,
+            replayed: false,
+            from_record: false,
+        }
+    }
+
     /// A final answer: the upstream decided (success or a business error). Not a failure that did
     /// nothing (5xx, connection refused, no token, rate-limited) and not an unknown outcome.
     pub(super) fn is_final(&self) -> bool {
+        let Ok(answer) = &self.answer else {
+            return false;
+        };
         !self.unknown
-            && !self.answer.is_failure()
-            && self.answer.status != StatusCode::TOO_MANY_REQUESTS
-            && self.answer.status != StatusCode::UNAUTHORIZED
-            && self
-                .answer
+            && !answer.is_failure()
+            && answer.status != StatusCode::TOO_MANY_REQUESTS
+            && answer.status != StatusCode::UNAUTHORIZED
+            && answer
                 .head
                 .as_ref()
                 .is_some_and(|h| h.code != Some(TOO_FREQUENT) && h.code != Some(401))
+    }
+
+    /// The disk a successful disk create made.
+    fn created_disk(&self) -> Option<String> {
+        self.answer.as_ref().ok().and_then(created_disk)
     }
 }
 
@@ -71,7 +93,7 @@ pub(super) async fn record_outcome(
 ) -> bool {
     let mut claimed = true;
     if route.settles_by_disk_list()
-        && let Some(disk) = created_disk(&outcome.answer)
+        && let Some(disk) = outcome.created_disk()
     {
         let claim = RecordKey::claim(account, &disk);
         let mark = marker("claimed", keep.unknown_ttl);
@@ -96,8 +118,8 @@ pub(super) async fn record_outcome(
         let until = now_ms() + ttl.as_millis() as u64;
         records.hold(owner, rkey, until, u64::MAX)
     };
-    let kept = if outcome.is_final() {
-        let done = State::Done(Arc::new(outcome.answer.compacted()));
+    let kept = if let (true, Ok(answer)) = (outcome.is_final(), &outcome.answer) {
+        let done = State::Done(Arc::new(answer.compacted()));
         let _ = hold(keep.final_ttl).await;
         records.set(rkey, record(done, keep.final_ttl)).await
     } else if outcome.unknown {
@@ -565,11 +587,7 @@ mod tests {
                 .hold(keep.owner.as_str(), rkey.as_str(), now_ms() + 1000, 10)
                 .await
                 .unwrap();
-            let outcome = Outcome {
-                answer,
-                unknown,
-                replayed: false,
-            };
+            let outcome = Outcome::answered(answer, unknown);
             let claimed =
                 record_outcome(&records, &keep, Route::DiskCreate, "a", 7, &outcome).await;
             assert!(claimed);
@@ -590,11 +608,7 @@ mod tests {
     async fn the_disk_a_create_made_is_claimed_at_once() {
         let records = MemoryRecords::default();
         let rkey = RecordKey::idempotent("a", "c", Route::DiskCreate, "k");
-        let outcome = Outcome {
-            answer: answer(StatusCode::OK, r#"{"code":0,"data":"d9"}"#),
-            unknown: false,
-            replayed: false,
-        };
+        let outcome = Outcome::answered(answer(StatusCode::OK, r#"{"code":0,"data":"d9"}"#), false);
         assert!(record_outcome(&records, &keep(&rkey), Route::DiskCreate, "a", 1, &outcome).await);
         let claim = RecordKey::claim("a", "d9");
         assert!(matches!(

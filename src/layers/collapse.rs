@@ -1,0 +1,132 @@
+//! The in-flight collapse of mutations that do not spend (mount, unmount, power: routes whose
+//! `collapses_in_flight()` is true and that have no create policy): identical requests (same
+//! route, path parameter and canonical body, in one account) in flight at once are sent upstream
+//! once, and every caller gets its answer; the joiners' carry `Idempotent-Replayed: true`. The
+//! call runs in a task of its own to its end, even if every caller goes away. Nothing is kept
+//! after it: a repeat once it ended runs again. Spends are [`super::dedup`]'s.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tokio_util::task::TaskTracker;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::admitted::Call;
+use crate::cache::entry::Answer;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::protect::create::{REPLAYED, RecordKey, fingerprint};
+use crate::routes::Route;
+use crate::single_flight::{Role, SingleFlight};
+use crate::svc::{GatewayFuture, Resp};
+
+/// What one collapsed call got: the upstream's answer, or why there is none.
+type Outcome = Result<Answer, GatewayError>;
+
+#[derive(Clone)]
+pub(crate) struct CollapseLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    flights: SingleFlight<RecordKey, Arc<Outcome>>,
+    metrics: Arc<Metrics>,
+    work: TaskTracker,
+}
+
+impl CollapseLayer {
+    pub(crate) fn new(metrics: Arc<Metrics>, work: TaskTracker) -> Self {
+        CollapseLayer {
+            shared: Arc::new(Shared {
+                flights: SingleFlight::new(),
+                metrics,
+                work,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for CollapseLayer {
+    type Service = Collapse<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Collapse {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Collapse<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Service<Call> for Collapse<S>
+where
+    S: Service<Call, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: Call) -> GatewayFuture {
+        let route = call.route();
+        // A configured mutation is not known to be idempotent: each goes on its own.
+        if !route.collapses_in_flight() {
+            return Box::pin(self.inner.call(call));
+        }
+        let print = fingerprint(&call.route, None, call.req.body());
+        let rkey = RecordKey::in_flight(&call.caller.account.name, &print);
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let guard = shared.work.token();
+            let flight = shared.flights.join_or_start(rkey, move || async move {
+                let _guard = guard;
+                Arc::new(inner.oneshot(call).await.map(Answer::from_response))
+            });
+            let role = flight.role;
+            answer(&shared, route, role, flight.wait().await.as_deref())
+        })
+    }
+}
+
+/// The answer for one caller of a collapsed call.
+fn answer(
+    shared: &Shared,
+    route: Route,
+    role: Role,
+    outcome: Option<&Outcome>,
+) -> Result<Resp, GatewayError> {
+    // No outcome: the task died, and we cannot know whether the upstream was reached.
+    let Some(outcome) = outcome else {
+        return Err(GatewayError::OutcomeUnknown {
+            route: route.as_str(),
+            keyed: false,
+        });
+    };
+    // Each caller's own refusal, with its own request id.
+    let answer = outcome.as_ref().map_err(Clone::clone)?;
+    Ok(match role {
+        Role::Leader => answer.to_response(),
+        Role::Joined => {
+            shared
+                .metrics
+                .dedup
+                .with_label_values(&[route.as_str(), "joined"])
+                .inc();
+            let mut resp = answer.to_response();
+            resp.headers_mut()
+                .insert(REPLAYED, HeaderValue::from_static("true"));
+            resp
+        }
+    })
+}

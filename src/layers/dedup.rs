@@ -1,0 +1,209 @@
+//! One purchase per intent, for the routes that spend money (CONTRACT.md: `Idempotency-Key`,
+//! `Idempotent-Replayed`, the 409, 422, 503 and 504 rows of code 1005 and 1003): the spend
+//! pipeline's layer around [`crate::protect::create`]'s flow. It builds the spend's [`Intent`]
+//! (the flow's prologue) from the typed [`Spend`], and hands it to the flow with the rest of the
+//! pipeline below. A spend route without a create policy goes straight on.
+//!
+//! The flow keeps whole answers in its records, to replay them exactly, so it runs over requests
+//! whose facts ride in their extensions and answers that are already rendered: [`Below`] is that
+//! boundary, the one place under admission where an error value becomes an answer, because the
+//! answer is what is recorded (and replayed, its `traceId` the first request's).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::admitted::{Call, Caller, OutcomeUnknown, RequestId, Spend};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::protect::create::{Flow, Intent, Parts};
+use crate::protect::policy::CreateSettings;
+use crate::protect::records::RecordStore;
+use crate::protect::validate::{DiskOrder, Order};
+use crate::reload::Swap;
+use crate::routes::RouteMatch;
+use crate::svc::{BoxFuture, GatewayFuture, Req, Resp};
+
+/// The token and the forwarder: where the flow's own calls (a reconciliation's disk list) go.
+pub(crate) type Plain = BoxCloneSyncService<Call, Resp, GatewayError>;
+
+#[derive(Clone)]
+pub(crate) struct DedupLayer {
+    flow: Arc<Flow>,
+    /// Swapped by a reload; a create keeps the settings it started with (its [`Intent`]).
+    settings: Arc<Swap<CreateSettings>>,
+    plain: Option<Plain>,
+}
+
+impl DedupLayer {
+    pub(crate) fn new(
+        records: Arc<dyn RecordStore>,
+        limit: Duration,
+        settings: Arc<Swap<CreateSettings>>,
+        metrics: Arc<Metrics>,
+        work: TaskTracker,
+    ) -> Self {
+        // Fixed at start: records already leased were written with it.
+        let lease = settings.load().lease;
+        DedupLayer {
+            flow: Arc::new(Flow::new(records, limit, lease, metrics, work)),
+            settings,
+            plain: None,
+        }
+    }
+
+    /// Where the flow's own upstream calls go (the stack sets it when it builds the pipelines).
+    pub(crate) fn with_plain(mut self, plain: Plain) -> Self {
+        self.plain = Some(plain);
+        self
+    }
+}
+
+impl<S> Layer<S> for DedupLayer {
+    type Service = Dedup<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Dedup {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Dedup<S> {
+    inner: S,
+    layer: DedupLayer,
+}
+
+impl<S> Service<Spend> for Dedup<S>
+where
+    S: Service<Spend, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = GatewayError;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, spend: Spend) -> GatewayFuture {
+        let settings = self.layer.settings.load();
+        let call = &spend.call;
+        let intent = Intent::new(
+            &Parts {
+                route: &call.route,
+                account: &call.caller.account.name,
+                client: &call.caller.client,
+                request_id: call.id.clone(),
+                order: Some(&spend.order),
+                disk: spend.order.disk(),
+                headers: call.req.headers(),
+                body: call.req.body(),
+            },
+            &settings,
+        );
+        let (Some(intent), Some(plain)) = (intent, self.layer.plain.clone()) else {
+            return Box::pin(self.inner.call(spend));
+        };
+        let below = Below {
+            spend: self.inner.clone(),
+            plain,
+        };
+        let flow = self.layer.flow.clone();
+        Box::pin(async move {
+            let intent = intent?;
+            let req = into_req(spend.call, Some(spend.order));
+            flow.run(below, req, &intent).await
+        })
+    }
+}
+
+/// A call's facts as the request's extensions, for the flow.
+fn into_req(call: Call, order: Option<Order>) -> Req {
+    let Call {
+        id,
+        route,
+        caller,
+        cache_key: _,
+        mut req,
+    } = call;
+    let ext = req.extensions_mut();
+    ext.insert(id);
+    ext.insert(route);
+    ext.insert(caller);
+    if let Some(order) = order {
+        if let Some(disk) = order.disk() {
+            ext.insert(disk.clone());
+        }
+        ext.insert(order);
+    }
+    req
+}
+
+/// The facts back out of the extensions of a request the flow sends down.
+fn from_req(mut req: Req) -> Option<(Call, Option<Order>)> {
+    let ext = req.extensions_mut();
+    let id = ext.remove::<RequestId>()?;
+    let route = ext.remove::<RouteMatch>()?;
+    let caller = ext.remove::<Caller>()?;
+    ext.remove::<DiskOrder>();
+    let order = ext.remove::<Order>();
+    let call = Call {
+        id,
+        route,
+        caller,
+        cache_key: None,
+        req,
+    };
+    Some((call, order))
+}
+
+/// Below the flow: the create goes on down the spend pipeline, the flow's own calls to the token
+/// and the forwarder. The answer is rendered here since the flow records it; an upstream call
+/// that broke after sending is marked [`OutcomeUnknown`] for it.
+#[derive(Clone)]
+struct Below<S> {
+    spend: S,
+    plain: Plain,
+}
+
+impl<S> Service<Req> for Below<S>
+where
+    S: Service<Spend, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Resp, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let id = RequestId::of(&req);
+            let result = match from_req(req) {
+                Some((call, Some(order))) => this.spend.oneshot(Spend { call, order }).await,
+                Some((call, None)) => this.plain.oneshot(call).await,
+                None => Err(GatewayError::NotFound("unclassified request".into())),
+            };
+            Ok(result.unwrap_or_else(|e| {
+                let unknown = e.outcome_unknown();
+                let mut resp = e.into_response(id.as_str());
+                if unknown {
+                    resp.extensions_mut().insert(OutcomeUnknown);
+                }
+                resp
+            }))
+        })
+    }
+}
