@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,75 +14,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use super::harness::{Sim, demo_env, sim_config, temp_file};
-
-/// A certificate authority made for one test.
-pub(crate) struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    /// Its certificate, as a PEM file.
-    pub file: PathBuf,
-}
-
-/// A certificate and its key, as PEM files.
-pub(crate) struct Leaf {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TestCa {
-    pub(crate) fn new(name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let file = temp_file(&format!("{name}-ca.pem"), &issuer.pem());
-        TestCa { issuer, file }
-    }
-
-    /// A server certificate for `localhost` and 127.0.0.1.
-    pub(crate) fn server(&self) -> Leaf {
-        self.leaf(ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    /// A client certificate.
-    pub(crate) fn client(&self) -> Leaf {
-        self.leaf(ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    fn leaf(&self, usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "leaf");
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: temp_file("cert.pem", &cert.pem()),
-            key: temp_file("key.pem", &key.serialize_pem()),
-        }
-    }
-
-    /// Rewrites `leaf`'s files with a new server certificate signed by this CA.
-    pub(crate) fn reissue_into(&self, leaf: &Leaf) {
-        let fresh = self.server();
-        std::fs::copy(&fresh.cert, &leaf.cert).unwrap();
-        std::fs::copy(&fresh.key, &leaf.key).unwrap();
-    }
-}
+use crate::harness::{Leaf, Sim, TestCa, demo_env, sim_config, temp_file};
 
 /// A TLS client trusting `ca`, presenting `identity` when given, offering `alpn`.
 pub(crate) fn tls_client(
@@ -370,7 +306,7 @@ async fn sighup_reloads_the_certificates_of_both_listeners() {
     let sim = Sim::start(sim_config()).await;
     let (old_ca, new_ca) = (TestCa::new("old-hup"), TestCa::new("new-hup"));
     let leaf = old_ca.server();
-    let gw = super::harness::Bin::serve(
+    let gw = crate::harness::Bin::serve(
         &tls_toml(&leaf, None),
         &sim.url,
         &[
@@ -417,12 +353,12 @@ async fn a_half_rotated_certificate_is_kept_and_the_rest_of_the_reload_applies()
             hex::encode(Sha256::digest(ADMIN_KEY.as_bytes())),
             leaf.cert.display(),
             leaf.key.display(),
-            super::harness::LOOSE_TOKENS
+            crate::harness::LOOSE_TOKENS
         )
     };
-    let stays = super::harness::client_entry("stays", STAYS, "");
-    let goes = super::harness::client_entry("goes", GOES, "");
-    let gw = super::harness::Bin::serve(
+    let stays = crate::harness::client_entry("stays", STAYS, "");
+    let goes = crate::harness::client_entry("goes", GOES, "");
+    let gw = crate::harness::Bin::serve(
         &config(&format!("{stays}{goes}")),
         &sim.url,
         &[
@@ -434,7 +370,7 @@ async fn a_half_rotated_certificate_is_kept_and_the_rest_of_the_reload_applies()
     let status_of = |key: &'static str| {
         let data = data.clone();
         async move {
-            super::harness::http()
+            crate::harness::http()
                 .get(data)
                 .bearer_auth(key)
                 .send()
@@ -517,7 +453,7 @@ async fn pre_handshake_sockets_make_way_and_are_closed_after_the_handshake_timeo
     let metrics = format!("https://localhost:{}/metrics", gw.admin_addr.port());
     let (_, _, text) = get(&trusted, &metrics).await.unwrap();
     let closed = |reason: &str| {
-        super::harness::metric(
+        crate::harness::metric(
             &text,
             "finovy_gateway_connections_closed_total",
             &[("listener", "data"), ("reason", reason)],

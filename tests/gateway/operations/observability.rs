@@ -16,8 +16,8 @@ use finovy_gateway::sim::seed::HOST_AREA0;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -10,8 +10,8 @@ use finovy_gateway::sim::SimConfig;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 fn disk_body(memory: u64) -> String {
     format!(r#"{{"area":0,"memory":{memory},"isMount":0}}"#)

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 const PREFIX: &str = "fgw-reset:";
 const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
@@ -143,7 +143,7 @@ async fn a_flushall_is_noticed_by_every_replica_and_creates_without_a_record_wai
     let flushed = Instant::now();
     assert_eq!(
         redis.command(&["FLUSHALL"]).await,
-        crate::redis_harness::Resp::Simple("OK".into())
+        crate::harness::redis::Resp::Simple("OK".into())
     );
     // Both replicas notice, though only one of them writes the new marker.
     wait_resets(&a, 1).await;
@@ -272,7 +272,7 @@ async fn a_retry_at_once_after_a_flushall_never_buys_twice() {
 
     assert_eq!(
         redis.command(&["FLUSHALL"]).await,
-        crate::redis_harness::Resp::Simple("OK".into())
+        crate::harness::redis::Resp::Simple("OK".into())
     );
     // No wait for the marker check: each retry goes out as soon as the FLUSHALL is answered.
     let retries = [

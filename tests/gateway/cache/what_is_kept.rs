@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 /// Invalidation messages this replica has heard from the others.
 async fn heard(gw: &Gw) -> f64 {

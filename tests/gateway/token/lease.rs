@@ -12,8 +12,8 @@ use finovy_gateway::sim::SimConfig;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 const LESSEE: &str = "key-of-the-lessee-0000000000";
 const SECOND: &str = "key-of-another-lessee-000000";

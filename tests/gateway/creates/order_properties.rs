@@ -1,81 +1,21 @@
-//! Properties over arbitrary input, for the parts that read what others write: route matching, the
-//! create validator and its canonical form, and the config loader. None may panic, whatever the
-//! input; a classified path is exactly a route's own path; a create's canonical body is a fixed
-//! point (validating it gives back the same order, and so the same body); and every way of
-//! writing one order is that order. Case counts stay modest: the suite runs on small machines.
+//! The create validator over arbitrary input: it never panics, whatever the bytes; a create's
+//! canonical body is a fixed point (validating it gives back the same order, and so the same
+//! body); every way of writing one order is that order; and a refusal is short and names what it
+//! refused. Case counts stay modest: the suite runs on small machines.
 
-use std::collections::HashMap;
-use std::path::Path;
-
-use finovy_gateway::config::{FileConfig, Overrides, Settings};
 use finovy_gateway::protect::validate::{self, DiskOrder, HostOrder, Order};
-use finovy_gateway::routes::{self, Route};
-use http::Method;
+use finovy_gateway::routes::Route;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::Value;
+
+use crate::harness::property_cases;
 
 const SPEND_ROUTES: [Route; 3] = [
     Route::DiskCreate,
     Route::HostCreateQuantity,
     Route::HostCreateRent,
 ];
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        // A failure prints its minimal input; nothing is written into the source tree.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-fn methods() -> impl Strategy<Value = Method> {
-    select(vec![
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::PATCH,
-        Method::HEAD,
-        Method::OPTIONS,
-    ])
-}
-
-/// Requests near the table (a route's own method and path with an odd parameter, or one of its
-/// prefixes and heads with an odd tail) as well as anything at all.
-fn requests() -> impl Strategy<Value = (Method, String)> {
-    let route = select(Route::all().collect::<Vec<_>>());
-    // Parameters that are valid, nearly valid (a dot, a space), or ways out of the table.
-    let odd = || {
-        prop_oneof![
-            "[A-Za-z0-9_-]{1,16}",
-            "[A-Za-z0-9_. -]{1,16}",
-            "[A-Za-z0-9_./%\\\\-]{0,24}",
-            select(vec!["..", ".", "%2F", "%2e%2e", "a/b", "a\\b", ""]).prop_map(str::to_string),
-        ]
-    };
-    let own = (route, odd(), any::<bool>()).prop_map(|(r, tail, slash)| {
-        let path = r.example_path(&tail);
-        let path = if slash { format!("{path}/") } else { path };
-        (r.method().clone(), path)
-    });
-    let prefixes = select(vec![
-        "/v1/PveMachineHardDisk/open/",
-        "/v1/pve/open/",
-        "/v1/auth/",
-        "/v1/pve/open",
-        "//v1/pve/open/",
-        "",
-    ]);
-    let heads = select(vec![
-        "info", "create", "getList", "operate", "mypage", "", "INFO",
-    ]);
-    let near = (methods(), prefixes, heads, odd())
-        .prop_map(|(m, p, h, tail)| (m, format!("{p}{h}/{tail}")));
-    let anything = (methods(), any::<String>());
-    prop_oneof![2 => own, 1 => near, 1 => anything]
-}
 
 /// A JSON value of any kind a client might send for a field.
 fn values() -> impl Strategy<Value = String> {
@@ -182,34 +122,7 @@ fn ids() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config(512))]
-
-    #[test]
-    fn classify_never_panics_and_matches_only_a_routes_own_path(
-        (method, path) in requests(),
-    ) {
-        if let Some(m) = routes::classify(&method, &path) {
-            prop_assert_eq!(m.route.method(), &method);
-            let param = m.param.as_deref().unwrap_or("");
-            prop_assert_eq!(m.route.example_path(param), path.clone());
-            prop_assert!(param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
-        }
-    }
-
-    #[test]
-    fn every_route_classifies_its_own_paths(
-        route in select(Route::all().collect::<Vec<_>>()),
-        param in "[A-Za-z0-9_-]{1,128}",
-    ) {
-        let path = route.example_path(&param);
-        let m = routes::classify(route.method(), &path);
-        prop_assert!(m.is_some(), "{}", path);
-        let m = m.unwrap();
-        prop_assert_eq!(m.route, route);
-        if let Some(p) = m.param {
-            prop_assert_eq!(&*p, param.as_str());
-        }
-    }
+    #![proptest_config(property_cases(512))]
 
     #[test]
     fn the_validator_never_panics_on_bytes(
@@ -353,142 +266,5 @@ proptest! {
         let order = Order::Host(HostOrder { package_id, image_id, period });
         prop_assert_eq!(validate::check(route, body.as_bytes()), Ok(Some(order.clone())), "{}", body);
         assert_canonical(route, &order)?;
-    }
-}
-
-/// Config text from known sections and keys (and others), with values of every TOML kind.
-fn config_texts() -> impl Strategy<Value = String> {
-    let sections = select(vec![
-        "server",
-        "upstream",
-        "auth",
-        "token",
-        "log",
-        "admin",
-        "cache",
-        "cache.routes.\"disk.info\"",
-        "cache.routes.\"disk.lst\"",
-        "create.routes.\"disk.create\"",
-        "create.routes.\"host.create_rent\"",
-        "create.routes.\"disk.info\"",
-        "create.budget.account",
-        "redis",
-        "[clients]",
-        "[accounts]",
-    ]);
-    let keys = select(vec![
-        "listen",
-        "admin_listen",
-        "max_body_bytes",
-        "max_concurrency",
-        "request_timeout",
-        "base_url",
-        "timeout",
-        "allow_anonymous",
-        "level",
-        "format",
-        "key_sha256",
-        "ttl",
-        "enabled",
-        "rate",
-        "burst",
-        "client_rate",
-        "max_wait",
-        "dedup_window",
-        "idempotency_ttl",
-        "dedup_scope",
-        "gb_per_day",
-        "url",
-        "prefix",
-        "name",
-        "account",
-        "routes",
-        "uuid_env",
-        "nonsense",
-    ]);
-    let value = prop_oneof![
-        any::<i64>().prop_map(|n| n.to_string()),
-        any::<bool>().prop_map(|b| b.to_string()),
-        select(vec![
-            "\"client\"",
-            "\"account\"",
-            "\"Client\"",
-            "\"1/1s\"",
-            "\"0/1s\"",
-            "\"5/0s\"",
-            "\"250ms\"",
-            "\"0s\"",
-            "\"10m\"",
-            "\"soon\"",
-            "\"127.0.0.1:0\"",
-            "\"[::1]:80\"",
-            "\"http://127.0.0.1:1\"",
-            "\"ftp://x\"",
-            "\"redis://127.0.0.1:1\"",
-            "\"info\"",
-            "\"json\"",
-            "[\"disk.info\"]",
-            "[\"no.such\"]",
-            "\"default\"",
-        ])
-        .prop_map(str::to_string),
-        "\\PC{0,16}".prop_map(|s| Value::from(s).to_string()),
-    ];
-    let table = (sections, prop::collection::vec((keys, value), 0..4));
-    prop::collection::vec(table, 0..5).prop_map(|tables| {
-        let mut text = String::new();
-        for (section, entries) in tables {
-            text.push_str(&format!("[{section}]\n"));
-            for (k, v) in entries {
-                text.push_str(&format!("{k} = {v}\n"));
-            }
-        }
-        text
-    })
-}
-
-fn load(text: &str) -> Result<Settings, String> {
-    let file = FileConfig::parse(text, Path::new("prop.toml")).map_err(|e| e.to_string())?;
-    let env: HashMap<&str, &str> = [("FINOVY_UUID", "u"), ("FINOVY_SECRET", "s")].into();
-    let lookup = move |name: &str| env.get(name).map(ToString::to_string);
-    Settings::resolve(file, &Overrides::default(), &lookup).map_err(|e| e.to_string())
-}
-
-proptest! {
-    #![proptest_config(config(256))]
-
-    #[test]
-    fn the_config_loader_never_panics(text in prop_oneof![config_texts(), "\\PC{0,64}"]) {
-        match load(&text) {
-            // What check-config prints can always be rendered.
-            Ok(settings) => {
-                let shown = settings.to_masked_toml();
-                prop_assert!(!shown.contains("cannot render"), "{}", shown);
-            }
-            Err(e) => prop_assert!(!e.is_empty()),
-        }
-    }
-
-    #[test]
-    fn dedup_scope_is_checked_and_named(scope in prop_oneof![
-        select(vec!["client", "account"]).prop_map(str::to_string),
-        "\\PC{0,10}",
-    ]) {
-        let text = format!(
-            "[create.routes.\"disk.create\"]\ndedup_scope = {}\n",
-            Value::from(scope.as_str())
-        );
-        match load(&text) {
-            Ok(s) => {
-                prop_assert!(scope == "client" || scope == "account", "{}", scope);
-                let shown = s.to_masked_toml();
-                let expected = format!("dedup_scope = \"{scope}\"");
-                prop_assert!(shown.contains(&expected), "{}", shown);
-            }
-            Err(e) => {
-                prop_assert!(scope != "client" && scope != "account", "{}", e);
-                prop_assert!(e.contains("create.routes.\"disk.create\".dedup_scope"), "{}", e);
-            }
-        }
     }
 }

@@ -375,7 +375,7 @@ async fn sighup_changes_the_log_level() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_shared_mode_each_replica_reloads_its_own_file() {
-    let redis = crate::redis_harness::RedisServer::start();
+    let redis = crate::harness::redis::RedisServer::start();
     let sim = Sim::start(sim_config()).await;
     let shared = format!("[redis]\nurl = \"{}\"\n", redis.url());
     let env = [

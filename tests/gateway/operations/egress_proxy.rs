@@ -11,11 +11,11 @@ use finovy_gateway::config::{FileConfig, Overrides, Settings};
 use finovy_gateway::tls::{ServerTls, TlsFiles};
 use serde_json::Value;
 
-use super::harness::{
+use crate::harness::TestCa;
+use crate::harness::{
     DISK, FAST_CREATES, Gw, Sim, client_entry, demo_env, eventually, http, send_json, sim_config,
     temp_file,
 };
-use super::tls::TestCa;
 
 const IMAGE: &str = "/v1/pve/open/image";
 

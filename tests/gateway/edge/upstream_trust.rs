@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use finovy_gateway::sim::SimConfig;
 use serde_json::{Value, json};
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 /// Sets a simulator fault with the given fields.
 async fn fault(sim: &Sim, body: Value) {
@@ -260,7 +260,7 @@ fn a_client_name_that_could_forge_an_access_line_is_refused_at_start() {
         KEY,
         "",
     );
-    let out = super::harness::binary()
+    let out = crate::harness::binary()
         .args([
             "serve",
             "--listen",
@@ -269,7 +269,7 @@ fn a_client_name_that_could_forge_an_access_line_is_refused_at_start() {
             "127.0.0.1:0",
             "--config",
         ])
-        .arg(super::harness::temp_file("forger.toml", &toml))
+        .arg(crate::harness::temp_file("forger.toml", &toml))
         .env("FINOVY_UUID", "demo-uuid")
         .env("FINOVY_SECRET", "demo-secret")
         .output()

@@ -7,8 +7,8 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
 

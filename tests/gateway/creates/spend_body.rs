@@ -11,8 +11,8 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::harness::redis::{RedisServer, Resp};
 use crate::harness::*;
-use crate::redis_harness::{RedisServer, Resp};
 
 const CREATE: &str = "/v1/PveMachineHardDisk/open/create";
 const QUANTITY: &str = "/v1/pve/open/createquantity";

@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::harness::redis::{RedisServer, Resp};
 use crate::harness::*;
-use crate::redis_harness::{RedisServer, Resp};
 
 const PREFIX: &str = "fgw-evict:";
 const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;

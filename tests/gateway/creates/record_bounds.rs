@@ -7,8 +7,8 @@
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 const KEY_A: &str = "fgw_bounds_client_a";
 const KEY_B: &str = "fgw_bounds_client_b";

@@ -1,11 +1,12 @@
-//! The spending guard in shared mode gives back what a refused create was charged, whatever its
-//! size: a host create weighs 0 GB, and its refund must not fail in Redis (a failure there made
-//! the replica treat Redis as down and refuse the next creates with 503).
+//! The spending guard in shared mode: a cap holds for the fleet, not per replica, and a refused
+//! create is given back what it was charged, whatever its size: a host create weighs 0 GB, and its
+//! refund must not fail in Redis (a failure there made the replica treat Redis as down and refuse
+//! the next creates with 503).
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
-use crate::redis_harness::RedisServer;
 
 async fn create(gw: &Gw, path: &str, body: &str) -> (u16, Value) {
     send_json(
@@ -56,4 +57,35 @@ async fn a_refused_host_create_is_refunded_without_a_redis_error() {
         let charged = redis.command(&["HGET", &key, "c"]).await.text();
         assert_eq!(charged.as_deref(), Some("2"), "{key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spending_cap_holds_for_the_fleet_in_shared_mode() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-budget:\"\ntimeout = \"1s\"\n{FAST_CREATES}[create.budget.account]\ncreates_per_day = 2\n",
+        redis.url()
+    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
+    let create = |gw: &Gw, memory: u32| {
+        send_json(
+            http()
+                .post(format!("{}{DISK}/create", gw.url))
+                .header("Idempotency-Key", fresh_key())
+                .json(&json!({"area": 0, "memory": memory, "isMount": 0})),
+        )
+    };
+    assert_eq!(create(&a, 20).await.1["code"], 0);
+    assert_eq!(create(&b, 21).await.1["code"], 0);
+    // The third, on either replica, passes the account's cap of two.
+    for gw in [&a, &b] {
+        let (status, v) = create(gw, 22).await;
+        assert_eq!((status, v["code"].as_i64()), (429, Some(220025)), "{v}");
+        assert!(
+            v["msg"].as_str().unwrap().contains("creates_per_day"),
+            "{v}"
+        );
+    }
+    assert_eq!(sim.calls("create").await, 2, "refused before the upstream");
 }
