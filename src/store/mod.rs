@@ -1,6 +1,8 @@
 //! Where shared state lives, behind small traits so that the in-memory store of one replica and a
 //! shared store for a fleet are interchangeable without touching the layers that use them.
 
+#[cfg(test)]
+mod conformance;
 pub(crate) mod memory;
 
 use std::sync::Arc;

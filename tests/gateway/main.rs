@@ -1,39 +1,20 @@
 //! The gateway's end-to-end tests, and the simulator's: real HTTP over loopback, the simulator as
-//! the witness of what reached it. One test binary, one module per capability.
+//! the witness of what reached it. One test binary (it builds once), one folder per capability.
+//!
+//! - `harness`: starting the pieces, sending, reading metrics, waiting; a real `redis-server`;
+//! - `edge`: authentication, request limits, capacity, forwarding, TLS, hostile callers;
+//! - `cache`: fills, freshness, hits and invalidation;
+//! - `creates`: purchases never made twice, their rates, budgets, records and bodies;
+//! - `token`: the upstream token and its lease to clients;
+//! - `shared`: a fleet of replicas sharing state through Redis;
+//! - `operations`: the real binary, reloads, readiness, logs, metrics, egress and faults;
+//! - `simulator`: the upstream simulator itself.
 
-mod anonymous;
-mod auth;
 mod cache;
-mod cache_state;
-mod capacity;
-mod config_routes;
-mod crash;
-mod create;
-mod dedup_parts;
-mod egress;
-mod faults;
-mod forwarding;
+mod creates;
+mod edge;
 mod harness;
-mod hits;
-mod hostile;
-mod limits;
-mod memory_bound;
-mod observability;
-mod process;
-mod promises;
-mod properties;
-mod query;
-mod readiness;
-mod record_bounds;
-mod redis_eviction;
-mod redis_harness;
-mod redis_reset;
-mod reload;
+mod operations;
 mod shared;
-mod shared_budget;
 mod simulator;
-mod spend_body;
-mod tls;
 mod token;
-mod token_lease;
-mod upstream_trust;

@@ -1,5 +1,6 @@
 //! Shared mode, the cache: one fill per entry for the fleet, invalidations that reach every
-//! replica, fill locks that free themselves, and fills detached by another replica's mutation.
+//! replica, fill locks that free themselves, fills detached by another replica's mutation, and a
+//! replica that lost its subscription forgetting what it may have missed.
 
 use super::*;
 
@@ -334,4 +335,53 @@ async fn another_replicas_invalidation_detaches_this_replicas_fill() {
     // B's early fill and A's refresh, and B's own call when it made one.
     let expected = if own_call { 3 } else { 2 };
     assert_eq!(sim.calls("info").await, expected, "{h:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_resubscribes_clears_what_it_may_have_missed() {
+    let sim = Sim::start(sim_config()).await;
+    let mut redis = RedisServer::start();
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-resub:\"\ntimeout = \"1s\"\n{}",
+        redis.url(),
+        info_policy("ttl = \"60s\"")
+    );
+    let [a, b] = replicas::<2>(&toml, &sim.url, demo_env()).await;
+    let id = new_disk_info_url(&a.url)
+        .await
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let on_b = format!("{}{DISK}/info/{id}", b.url);
+    get(&on_b, &[]).await;
+    assert!(is_hit(&on_b).await, "B holds the entry in its memory");
+    // While Redis is away, the disk is mounted behind the gateway's back: no message can say so.
+    redis.kill();
+    let token = sim.token().await;
+    let (_, v) = send_json(
+        http()
+            .post(format!("{}{DISK}/pveCreate", sim.url))
+            .header("Finovy-Access-Token", &token)
+            .json(&json!({"id": id, "pveId": HOST_AREA0})),
+    )
+    .await;
+    assert_eq!(v["code"], 0, "{v}");
+    redis.restart();
+    // Once B listens again it cannot know what it missed, so it forgets its entries.
+    eventually("B listens again", Duration::from_secs(15), || async {
+        readyz(&b.admin_url).await.1["redis"] == "ok"
+    })
+    .await;
+    let (status, h, v) = get(&on_b, &[]).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!cache_status(&h).contains("hit"), "{h:?}");
+    assert_eq!(v["data"]["pveId"], HOST_AREA0, "the mount is seen: {v}");
+}
+
+/// GETs `url` and says whether the answer came from the cache.
+async fn is_hit(url: &str) -> bool {
+    let (status, h, v) = get(url, &[]).await;
+    assert_eq!(status, 200, "{url}: {v}");
+    cache_status(&h).contains("hit")
 }

@@ -1,11 +1,27 @@
 //! Shared mode end to end: several replicas in front of one simulator, sharing state through one
 //! real Redis. The fleet behaves like one gateway (one fill per entry, one purchase per intent, one
 //! rate, one token), survives Redis going away and coming back, and leaves nothing in Redis that
-//! never expires. The simulator's counters are the witness of what reached the upstream.
+//! never expires. The simulator's counters are the witness of what reached the upstream. What
+//! every file here uses (configs naming the test Redis, requests, killing a replica) is below.
+//!
+//! - `budget`: a spending cap holds for the fleet; a refused create's refund never fails in Redis;
+//! - `cache`: one fill per entry for the fleet, invalidations reaching every replica;
+//! - `creates`: one purchase per intent across replicas, one create rate for the fleet;
+//! - `host_password`: host passwords never reach Redis;
+//! - `redis`: Redis down and back, key hygiene, URL sources, Cluster, Sentinel and TLS;
+//! - `redis_eviction`: an evicting `maxmemory-policy` refuses creates unless allowed;
+//! - `redis_failures`: commands rest after a timeout; token-path failures counted by operation;
+//! - `redis_reset`: Redis losing its data is noticed, and creates wait out the grace window;
+//! - `token`: one `getToken` for the fleet.
 
+mod budget;
 mod cache;
 mod creates;
+mod host_password;
 mod redis;
+mod redis_eviction;
+mod redis_failures;
+mod redis_reset;
 mod token;
 
 pub(super) use std::sync::Arc;
@@ -17,8 +33,8 @@ pub(super) use finovy_gateway::sim::seed::HOST_AREA0;
 pub(super) use reqwest::header::HeaderMap;
 pub(super) use serde_json::{Value, json};
 
+pub(super) use crate::harness::redis::{RedisCluster, RedisServer};
 pub(super) use crate::harness::*;
-pub(super) use crate::redis_harness::{RedisCluster, RedisServer};
 
 pub(super) const DISK20: &str = r#"{"area":0,"memory":20,"isMount":0}"#;
 
