@@ -27,9 +27,10 @@ use crate::layers::request_id::generate;
 use crate::listener::{self, Connections};
 use crate::metrics::Metrics;
 use crate::protect::records::RecordStore;
-use crate::reload::{ReloadError, Reloader, Swap};
+use crate::reload::{ReloadError, Reloader};
 use crate::routes::RouteTable;
 use crate::store::Invalidation;
+use crate::swap::Swap;
 use crate::upstream::AccountHandle;
 use crate::upstream::token::TokenStatus;
 

@@ -25,6 +25,7 @@ pub mod sim;
 pub(crate) mod single_flight;
 pub(crate) mod stack;
 pub(crate) mod store;
+pub(crate) mod swap;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod upstream;

@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::Cache;
@@ -25,33 +25,8 @@ use crate::layers::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
 use crate::protect::policy::CreateSettings;
+use crate::swap::Swap;
 use crate::upstream::AccountHandle;
-
-/// A value swapped whole at run time; readers take the current `Arc` (one uncontended read lock).
-pub(crate) struct Swap<T>(RwLock<Arc<T>>);
-
-impl<T> Swap<T> {
-    pub(crate) fn new(value: T) -> Swap<T> {
-        Swap(RwLock::new(Arc::new(value)))
-    }
-
-    /// The current value, kept by the caller for as long as it needs it.
-    pub(crate) fn load(&self) -> Arc<T> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Runs `f` on the current value without taking an `Arc` (the cache-hit path).
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub(crate) fn store(&self, value: T) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
-    }
-}
 
 /// Where the settings come from again: the config file (`None`: `config/gateway.toml` when
 /// present) and the command-line flags, which keep overriding the file.
@@ -330,18 +305,4 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<String> {
     // Requests are classified by the table built at start.
     check("routes", !old.routes.routes_alike(&new.routes));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_swap_keeps_what_a_reader_took() {
-        let s = Swap::new(1);
-        let taken = s.load();
-        s.store(2);
-        assert_eq!((*taken, *s.load()), (1, 2));
-        assert_eq!(s.with(|v| *v + 1), 3);
-    }
 }

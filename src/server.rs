@@ -33,10 +33,11 @@ use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
-use crate::reload::{Reloader, Source, Swap};
+use crate::reload::{Reloader, Source};
 use crate::stack::Protection;
 use crate::stack::{self, Edge};
 use crate::store::{CacheStore, MemoryStore};
+use crate::swap::Swap;
 use crate::tls::ServerTls;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
 

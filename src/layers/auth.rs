@@ -25,9 +25,9 @@ use tower::{Layer, Service};
 
 use crate::admitted::{Caller, ClientName, RequestId};
 use crate::error::GatewayError;
-use crate::reload::Swap;
 use crate::routes::{GatewayRoute, Route, RouteMatch, check_query};
 use crate::svc::{Resp, RespFuture};
+use crate::swap::Swap;
 use crate::upstream::AccountHandle;
 use crate::upstream::forward::TOKEN_HEADER;
 

@@ -25,8 +25,9 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::Caller;
 use crate::admitted::RequestId;
-use crate::cache::entry::{Answer, Entry, Freshness};
-use crate::cache::hit_values;
+use crate::cache::answer::Answer;
+use crate::cache::entry::{Entry, Freshness};
+use crate::cache::hit_values::{self, CACHE_NAME};
 use crate::cache::key::{CacheKey, body_keyed, canonical_json};
 use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled, invalidated_by};
@@ -36,9 +37,6 @@ use crate::routes::{Route, RouteMatch};
 use crate::single_flight::Role;
 use crate::svc::{Req, Resp, RespFuture};
 use crate::upstream::AccountHandle;
-
-/// The cache's name in `Cache-Status`.
-pub(crate) const CACHE_NAME: &str = "finovy-gateway";
 
 #[derive(Clone)]
 pub(crate) struct CachingLayer {

@@ -24,9 +24,9 @@ use crate::error::{GatewayError, RateLimitHeaders};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
-use crate::reload::Swap;
 use crate::routes::RouteMatch;
 use crate::svc::{Req, Resp, RespFuture, duplicate};
+use crate::swap::Swap;
 
 /// The upstream's "too frequent, try later" code.
 pub(crate) use crate::error::TOO_FREQUENT;

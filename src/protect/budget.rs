@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::protect::policy::BudgetConfig;
 use crate::protect::records::Stored;
-use crate::reload::Swap;
 use crate::svc::BoxFuture;
+use crate::swap::Swap;
 
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use crate::cache::entry::{ARC_HEADER, Answer, malloc_size};
+use crate::cache::answer::Answer;
+use crate::cache::size::{ARC_HEADER, malloc_size};
 use crate::fleet::StoreError;
 use crate::store::memory::MOKA_PER_ENTRY;
 use crate::svc::BoxFuture;

@@ -47,17 +47,17 @@ use http::{HeaderName, HeaderValue};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::{Caller, OutcomeUnknown, RequestId};
-use crate::cache::entry::Answer;
+use crate::cache::answer::Answer;
 use crate::error::{GatewayError, SearchFailed, StillRunning};
 use crate::fleet::now_ms;
 use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
 use crate::protect::records::{Begin, Record, RecordStore, State, in_flight, marker};
 use crate::protect::validate::DiskOrder;
-use crate::reload::Swap;
 use crate::routes::{Route, RouteMatch};
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp, RespFuture};
+use crate::swap::Swap;
 use tokio_util::task::TaskTracker;
 
 use keys::{RecordKey, fingerprint, idempotency_key};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::cache::entry::Answer;
+use crate::cache::answer::Answer;
 use crate::error::{GatewayError, TOO_FREQUENT, retry_secs};
 use crate::fleet::now_ms;
 use crate::protect::records::{Begin, Hold, Record, RecordStore, State, in_flight, marker};
