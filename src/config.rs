@@ -416,6 +416,9 @@ fn default_account_name() -> String {
 
 pub const DEFAULT_ACCOUNT: &str = "default";
 
+/// The name anonymous calls carry in the access log.
+pub(crate) const ANONYMOUS: &str = "anonymous";
+
 /// Whether `name` may name a client or an account: letters, digits, `.`, `_` and `-`, at least
 /// one. Record keys join names with `|` (`idem|account|client|route|key`), so a name holding
 /// one could reach another client's records.
@@ -1294,7 +1297,7 @@ fn resolve_clients(
         let key = format!("clients[{i}]");
         check_name(format!("{key}.name"), &c.name)?;
         // Callers without a key go by this name: records, budgets and logs would mix.
-        if c.name == crate::layers::auth::ANONYMOUS {
+        if c.name == ANONYMOUS {
             return Err(invalid(
                 format!("{key}.name"),
                 "\"anonymous\" names the callers without a key; choose another name",

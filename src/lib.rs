@@ -5,6 +5,7 @@
 pub(crate) mod admin;
 pub(crate) mod admitted;
 pub(crate) mod cache;
+pub(crate) mod clock;
 pub mod config;
 pub(crate) mod config_error;
 pub mod duration;

@@ -17,11 +17,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::cache::Cache;
+use crate::clock::now_secs_f64;
 use crate::config::{EnvLookup, FileConfig, Overrides, Settings};
-use crate::layers::auth::Authenticator;
+use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
 use crate::protect::policy::CreateSettings;
@@ -74,7 +75,7 @@ pub(crate) struct Reloader {
     pub(crate) admin_key: Arc<Swap<Option<[u8; 32]>>>,
     pub(crate) metrics: Arc<Metrics>,
     /// The listeners' TLS: certificates are read again with the rest.
-    pub(crate) tls: OnceLock<crate::server::ListenerTls>,
+    pub(crate) tls: OnceLock<crate::tls::ListenerTls>,
     /// Set while a reload's files are being read, and until that read returns.
     pub(crate) reading: AtomicBool,
 }
@@ -91,10 +92,37 @@ pub(crate) enum ReloadError {
     Stuck(String),
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// Who may call, as which account, from validated settings and the running accounts (`Err` when
+/// a client names an account this process does not run: accounts change only with a restart).
+pub(crate) fn authenticator(
+    settings: &Settings,
+    accounts: &[Arc<AccountHandle>],
+) -> Result<Authenticator, String> {
+    let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
+    let mut clients = Vec::new();
+    for c in &settings.clients {
+        let account = find(&c.account).ok_or_else(|| {
+            format!(
+                "client {:?} names account {:?}, which this process does not run (new accounts need a restart)",
+                c.name, c.account
+            )
+        })?;
+        clients.push(ClientEntry {
+            name: c.name.as_str().into(),
+            key_sha256: c.key_sha256,
+            account,
+            routes: c.routes.clone(),
+            token_lease: c.token_lease,
+        });
+    }
+    let anonymous = settings
+        .anonymous_allowed()
+        .then(|| find(crate::config::DEFAULT_ACCOUNT))
+        .flatten();
+    // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
+    let anonymous_routes =
+        (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
+    Ok(Authenticator::new(clients, anonymous, anonymous_routes))
 }
 
 /// Whether two sections differ, compared as their serialised (masked) form.
@@ -117,7 +145,7 @@ impl Reloader {
             .inc();
         match &result {
             Ok(applied) => {
-                self.metrics.config_last_reload_success.set(unix_now());
+                self.metrics.config_last_reload_success.set(now_secs_f64());
                 tracing::info!(trigger, restart_needed = ?applied.restart_needed, kept = ?applied.kept, "configuration reloaded");
             }
             Err(e) => {
@@ -176,8 +204,7 @@ impl Reloader {
         }
         tracing_subscriber::EnvFilter::try_new(&new.log.level)
             .map_err(|e| ReloadError::Invalid(format!("log.level: {e}")))?;
-        let auth =
-            crate::server::authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
+        let auth = authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
         let mut tls = Vec::new();
         if let Some(listeners) = self.tls.get() {
             for (name, listener) in [("server", &listeners.listen), ("admin", &listeners.admin)] {

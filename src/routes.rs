@@ -23,7 +23,7 @@ use std::sync::Arc;
 use http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::policy::RoutePolicyConfig;
+use crate::cache::written::RoutePolicyConfig;
 use crate::config_error::ConfigError;
 
 /// What a route does upstream.

@@ -24,7 +24,6 @@ use crate::fleet::ledger::RedisLedger;
 use crate::fleet::limiter::RedisLimiter;
 use crate::fleet::records::RedisRecords;
 use crate::fleet::token::TokenStore;
-use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
@@ -33,11 +32,14 @@ use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
-use crate::reload::{Reloader, Source};
+use crate::reload::{self, Reloader, Source};
 use crate::stack::Protection;
 use crate::stack::{self, Edge};
-use crate::store::{CacheStore, MemoryStore};
+use crate::store::CacheStore;
+use crate::store::memory::MemoryStore;
 use crate::swap::Swap;
+// Re-exported where it was first public: the listeners' TLS lives with the rest of TLS.
+pub use crate::tls::ListenerTls;
 use crate::tls::ServerTls;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
 
@@ -151,7 +153,8 @@ impl Gateway {
             }));
         }
         let auth = Arc::new(Swap::new(
-            authenticator(&settings, &accounts).map_err(|e| StartError::Refused(vec![e]))?,
+            reload::authenticator(&settings, &accounts)
+                .map_err(|e| StartError::Refused(vec![e]))?,
         ));
         // Where state lives: this replica's memory, or the fleet's Redis.
         let two_level = fleet.clone().map(|f| {
@@ -234,52 +237,12 @@ impl Gateway {
     }
 }
 
-/// Who may call, as which account, from validated settings and the running accounts (`Err` when
-/// a client names an account this process does not run: accounts change only with a restart).
-pub(crate) fn authenticator(
-    settings: &Settings,
-    accounts: &[Arc<AccountHandle>],
-) -> Result<Authenticator, String> {
-    let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
-    let mut clients = Vec::new();
-    for c in &settings.clients {
-        let account = find(&c.account).ok_or_else(|| {
-            format!(
-                "client {:?} names account {:?}, which this process does not run (new accounts need a restart)",
-                c.name, c.account
-            )
-        })?;
-        clients.push(ClientEntry {
-            name: c.name.as_str().into(),
-            key_sha256: c.key_sha256,
-            account,
-            routes: c.routes.clone(),
-            token_lease: c.token_lease,
-        });
-    }
-    let anonymous = settings
-        .anonymous_allowed()
-        .then(|| find(crate::config::DEFAULT_ACCOUNT))
-        .flatten();
-    // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
-    let anonymous_routes =
-        (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
-    Ok(Authenticator::new(clients, anonymous, anonymous_routes))
-}
-
 /// A gateway with its listeners bound (port 0 allowed), ready to run.
 pub struct Server {
     gateway: Gateway,
     listener: TcpListener,
     admin_listener: TcpListener,
     tls: ListenerTls,
-}
-
-/// The listeners' TLS, when configured; [`ServerTls::reload`] rereads a listener's files.
-#[derive(Clone, Default)]
-pub struct ListenerTls {
-    pub listen: Option<Arc<ServerTls>>,
-    pub admin: Option<Arc<ServerTls>>,
 }
 
 fn load_tls(files: &Option<crate::tls::TlsFiles>) -> Result<Option<Arc<ServerTls>>, StartError> {

@@ -1,6 +1,6 @@
 //! The response cache: which routes are cached and how (`policy`), what identifies an entry
 //! (`key`), the upstream's answer (`answer`), an entry's freshness (`entry`) and compact form
-//! (`stored`), what they weigh in memory (`size`), and [`Cache`], which ties a store to single-flight
+//! (`stored`), what they weigh in memory (`size`), a route's policy as written (`written`), and [`Cache`], which ties a store to single-flight
 //! fills and invalidation. It knows keys, answers and durations; the HTTP side is
 //! [`crate::layers::cache`].
 //!
@@ -27,6 +27,7 @@ pub(crate) mod key;
 pub(crate) mod policy;
 pub(crate) mod size;
 pub(crate) mod stored;
+pub(crate) mod written;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use crate::admitted::{Caller, ClientName, RequestId};
+use crate::config::ANONYMOUS;
 use crate::error::GatewayError;
 use crate::routes::{GatewayRoute, Route, RouteMatch, check_query};
 use crate::svc::{Resp, RespFuture};
@@ -78,9 +79,6 @@ pub(crate) fn key_matches(key: &[u8], digest: &[u8; 32]) -> bool {
     let presented: [u8; 32] = Sha256::digest(key).into();
     bool::from(presented.ct_eq(digest))
 }
-
-/// The name anonymous calls carry in the access log.
-pub(crate) const ANONYMOUS: &str = "anonymous";
 
 impl Authenticator {
     pub(crate) fn new(

@@ -31,7 +31,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::admitted::{AccountName, Caller, RequestId};
-use crate::error::{GatewayError, retry_secs};
+use crate::clock::retry_secs;
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, MemoryLimiter, Scope};
 use crate::protect::policy::Rate;

@@ -1,6 +1,7 @@
 //! Where shared state lives, behind small traits so that the in-memory store of one replica and a
 //! shared store for a fleet are interchangeable without touching the layers that use them.
 
+pub(crate) mod error;
 pub(crate) mod memory;
 
 use std::sync::Arc;
@@ -9,8 +10,6 @@ use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::routes::Route;
 use crate::svc::BoxFuture;
-
-pub(crate) use memory::MemoryStore;
 
 /// What to drop from the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,7 +41,7 @@ use crate::fleet::token::{SharedToken, TokenStore};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::single_flight::{Flight, SingleFlight};
-use crate::upstream::UpstreamClient;
+use crate::upstream::client::UpstreamClient;
 
 /// What a caller sees when no token can be had. None of them holds a credential or the
 /// upstream's own message (that goes to the log only).
@@ -94,7 +94,7 @@ impl TokenError {
     pub(crate) fn retry_after(&self) -> u64 {
         match self {
             TokenError::Replacing { retry_after, .. } => *retry_after,
-            TokenError::Throttled { interval } => crate::error::retry_secs(*interval),
+            TokenError::Throttled { interval } => crate::clock::retry_secs(*interval),
             TokenError::FixedRefused => FIXED_LEASE.as_secs(),
             _ => 1,
         }
@@ -124,7 +124,7 @@ const FIXED_REFUSED: Duration = Duration::from_secs(365 * 24 * 3600);
 /// When a token expiring at `expires_ms` (epoch ms) is past; unknown: a default lifetime hence.
 fn until(expires_ms: Option<u64>) -> Instant {
     let left = expires_ms.map_or(DEFAULT_LIFETIME, |ms| {
-        Duration::from_millis(ms.saturating_sub(crate::fleet::now_ms()))
+        Duration::from_millis(ms.saturating_sub(crate::clock::now_ms()))
     });
     Instant::now() + left
 }
@@ -566,7 +566,7 @@ impl TokenBroker {
             }
             return Ok(Lease {
                 token,
-                expires_ms: crate::fleet::now_ms() + FIXED_LEASE.as_millis() as u64,
+                expires_ms: crate::clock::now_ms() + FIXED_LEASE.as_millis() as u64,
             });
         }
         if !self.follow_fleet().await {
@@ -603,7 +603,7 @@ impl TokenBroker {
             let wait = self.next_fetch(&state, now) - now;
             return TokenError::Replacing {
                 interval: self.cfg.min_refresh_interval,
-                retry_after: crate::error::retry_secs(wait),
+                retry_after: crate::clock::retry_secs(wait),
             };
         }
         drop(state);
@@ -651,7 +651,7 @@ impl TokenBroker {
         let until = h.usable_until().min(self.planned_refresh(&state, now));
         (until > now).then(|| Lease {
             token: h.token.clone(),
-            expires_ms: crate::fleet::now_ms() + (until - now).as_millis() as u64,
+            expires_ms: crate::clock::now_ms() + (until - now).as_millis() as u64,
         })
     }
 
@@ -661,7 +661,7 @@ impl TokenBroker {
         let held = self.state.lock().expect("token state").held.clone();
         if let Some(h) = held.filter(|h| &h.token == token) {
             let left = h.expires_at.saturating_duration_since(Instant::now());
-            return Some(crate::fleet::now_ms() + left.as_millis() as u64);
+            return Some(crate::clock::now_ms() + left.as_millis() as u64);
         }
         match self.shared.as_ref()?.read(&self.account, None).await {
             Ok((Some(t), _)) if &t.token == token => Some(t.expires_ms),
@@ -727,7 +727,7 @@ impl TokenBroker {
 
     /// Holds the fleet's token `t` when it is usable (see [`TokenBroker::adopt_shared`]).
     fn adopt(&self, t: SharedToken, need_fresh: bool) -> Option<Secret> {
-        let now_ms = crate::fleet::now_ms();
+        let now_ms = crate::clock::now_ms();
         let left = Duration::from_millis(t.expires_ms.checked_sub(now_ms)?);
         let margin = (t.lifetime / 20).min(Duration::from_secs(2));
         let due = left <= self.refresh_ahead(t.lifetime);
@@ -770,7 +770,7 @@ impl TokenBroker {
                             let left = h.expires_at.saturating_duration_since(Instant::now());
                             let t = SharedToken {
                                 token: h.token,
-                                expires_ms: crate::fleet::now_ms() + left.as_millis() as u64,
+                                expires_ms: crate::clock::now_ms() + left.as_millis() as u64,
                                 lifetime: h.lifetime,
                                 refused: false,
                             };

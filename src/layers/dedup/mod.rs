@@ -48,8 +48,8 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::{Caller, OutcomeUnknown, RequestId};
 use crate::cache::answer::Answer;
+use crate::clock::now_ms;
 use crate::error::{GatewayError, SearchFailed, StillRunning};
-use crate::fleet::now_ms;
 use crate::metrics::Metrics;
 use crate::protect::policy::{CreatePolicy, CreateSettings, collapses_in_flight};
 use crate::protect::records::{Begin, Record, RecordStore, State, in_flight, marker};
