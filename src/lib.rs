@@ -21,6 +21,7 @@ pub mod protect;
 pub mod reload;
 pub mod routes;
 pub(crate) mod secret;
+pub(crate) mod serve;
 pub mod server;
 pub mod sim;
 pub(crate) mod single_flight;

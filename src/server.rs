@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,12 +26,12 @@ use crate::fleet::token::TokenStore;
 use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
-use crate::listener::{self, Connections};
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
 use crate::reload::{self, Reloader, Source};
+use crate::serve::{self, Plane};
 use crate::stack::Protection;
 use crate::stack::{self, Edge};
 use crate::store::CacheStore;
@@ -344,13 +343,6 @@ impl Server {
             stopped(),
         ));
 
-        let builder = listener::http_builder(&server_cfg);
-        let connections = Connections::new(
-            "data",
-            server_cfg.max_connections,
-            &server_cfg,
-            &gateway.metrics,
-        );
         // Registered before the listening line, so a SIGHUP sent once it is out never kills.
         #[cfg(unix)]
         if gateway.reloader.source.get().is_some() {
@@ -363,23 +355,24 @@ impl Server {
         }
         tracing::info!(listen = %listener.local_addr()?, "gateway listening");
 
-        tokio::pin!(shutdown);
-        while let Some((stream, slot)) = connections.accept(&listener, shutdown.as_mut()).await {
-            let edge = gateway.edge.clone();
-            let activity = slot.activity.clone();
-            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let busy = activity.begin();
-                let answer = edge.serve(req);
-                async move {
-                    let resp = answer.await?;
-                    drop(busy);
-                    Ok::<_, std::convert::Infallible>(resp.map(Full::new))
-                }
-            });
-            connections.serve_http(slot, stream, &builder, svc, tls.listen.as_deref());
-        }
+        let plane = Plane {
+            name: "data",
+            max_connections: server_cfg.max_connections,
+            tls: tls.listen.as_deref(),
+        };
+        let edge = gateway.edge.clone();
+        let answer = move |req| edge.serve(req);
+        // Returns with the listener closed.
+        let connections = serve::serve(
+            listener,
+            plane,
+            &server_cfg,
+            &gateway.metrics,
+            answer,
+            shutdown,
+        )
+        .await;
 
-        drop(listener);
         draining.store(true, Ordering::SeqCst);
         tracing::info!("draining in-flight requests");
         let drained = async {
