@@ -459,7 +459,12 @@ fn main() {
             "--upstream",
             &upstream,
         ];
-        start_pinned(&path, &args, "gateway listening", &dir.join("gateway-before.log"))
+        start_pinned(
+            &path,
+            &args,
+            "gateway listening",
+            &dir.join("gateway-before.log"),
+        )
     });
     let self_exe = std::env::current_exe().unwrap();
     let (base_proc, base) = start_pinned(

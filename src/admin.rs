@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
@@ -25,12 +25,13 @@ use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
 use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
-use crate::listener::{self, Connections};
 use crate::metrics::Metrics;
 use crate::protect::records::RecordStore;
-use crate::reload::{ReloadError, Reloader, Swap};
+use crate::reload::{ReloadError, Reloader};
 use crate::routes::RouteTable;
+use crate::serve::{self, Plane};
 use crate::store::Invalidation;
+use crate::swap::Swap;
 use crate::upstream::AccountHandle;
 use crate::upstream::token::TokenStatus;
 
@@ -56,8 +57,8 @@ pub(crate) struct AdminState {
 /// take the process's file descriptors. At the cap a new one takes the longest-idle one's place.
 pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
 
-/// Serves the admin listener until `shutdown`, built as the data plane's (the same HTTP settings,
-/// timeouts and per-address cap) with its own small connection cap.
+/// Serves the admin listener until `shutdown`, as the data plane's is served (the same HTTP
+/// settings, timeouts and per-address cap), with its own small connection cap.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
@@ -68,23 +69,17 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "admin listening");
     }
-    let builder = listener::http_builder(&cfg);
-    let connections = Connections::new("admin", ADMIN_MAX_CONNECTIONS, &cfg, &state.metrics);
-    tokio::pin!(shutdown);
-    while let Some((stream, slot)) = connections.accept(&listener, shutdown.as_mut()).await {
+    let plane = Plane {
+        name: "admin",
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        tls: tls.as_deref(),
+    };
+    let metrics = state.metrics.clone();
+    let answer = move |req| {
         let state = state.clone();
-        let activity = slot.activity.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            let busy = activity.begin();
-            async move {
-                let resp = handle(&state, req).await.map(Full::new);
-                drop(busy);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        connections.serve_http(slot, stream, &builder, svc, tls.as_deref());
-    }
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    };
+    let connections = serve::serve(listener, plane, &cfg, &metrics, answer, shutdown).await;
     // Idle probe connections close now; one mid-request finishes on its own.
     connections.close_all_later();
 }

@@ -9,7 +9,12 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
 use crate::envelope::error_response;
-use crate::svc::Resp;
+use crate::svc::{BoxFuture, Resp};
+
+/// What a pipeline's service returns: an answer, or a refusal still to be rendered (once, by
+/// admission: see `layers::admit`).
+pub(crate) type GatewayFuture = BoxFuture<Result<Resp, GatewayError>>;
+use crate::upstream::client::UpstreamError;
 
 /// The upstream's "too frequent, try later" code, which the gateway's own 429s share.
 pub(crate) const TOO_FREQUENT: i64 = 220025;
@@ -217,9 +222,18 @@ pub(crate) enum GatewayError {
 /// What a client over its in-flight share is told to wait, in seconds.
 pub(crate) const CLIENT_OVERLOADED_RETRY_AFTER: &str = "1";
 
-/// Whole seconds to wait, rounded up, at least one: what `Retry-After` says.
-pub(crate) fn retry_secs(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+/// An upstream call that failed: a timeout is told apart; anything else says whether the request
+/// had been sent.
+impl From<UpstreamError> for GatewayError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout(_) => GatewayError::UpstreamTimeout,
+            other => GatewayError::UpstreamUnavailable {
+                sent: other.outcome_unknown(),
+                msg: other.to_string(),
+            },
+        }
+    }
 }
 
 impl GatewayError {
@@ -588,12 +602,5 @@ mod tests {
         assert_eq!(resp.headers()["retry-after"], "30");
         assert_eq!(resp.headers()["ratelimit-policy"], "\"tenant\";q=2;w=60");
         assert_eq!(resp.headers()["ratelimit"], "\"tenant\";r=0;t=30");
-    }
-
-    #[test]
-    fn retry_secs_rounds_up_to_at_least_one() {
-        assert_eq!(retry_secs(Duration::ZERO), 1);
-        assert_eq!(retry_secs(Duration::from_millis(1500)), 2);
-        assert_eq!(retry_secs(Duration::from_secs(3)), 3);
     }
 }

@@ -5,6 +5,7 @@
 pub(crate) mod admin;
 pub(crate) mod admitted;
 pub(crate) mod cache;
+pub(crate) mod clock;
 pub mod config;
 /// The old path of [`config::ConfigError`], kept while modules still name it.
 pub mod duration;
@@ -20,12 +21,14 @@ pub mod protect;
 pub mod reload;
 pub mod routes;
 pub(crate) mod secret;
+pub(crate) mod serve;
 pub mod server;
 pub mod sim;
 pub(crate) mod single_flight;
 pub(crate) mod stack;
 pub(crate) mod startup_error;
 pub(crate) mod store;
+pub(crate) mod swap;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod upstream;
@@ -45,8 +48,5 @@ pub(crate) mod svc {
     pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
     /// What an edge service returns: every error already rendered into an envelope answer.
     pub(crate) type RespFuture = BoxFuture<Result<Resp, Infallible>>;
-    /// What a pipeline's service returns: an answer, or a refusal still to be rendered (once, by
-    /// admission: see `layers::admit`).
-    pub(crate) type GatewayFuture = BoxFuture<Result<Resp, crate::error::GatewayError>>;
     pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 }

@@ -1,5 +1,5 @@
-//! Accepted connections, for the data plane and the admin listener alike: one HTTP setup
-//! ([`http_builder`]) and one way of keeping connections ([`Connections`]), so that the two
+//! Accepted connections, for the data plane and the admin listener alike: one way of keeping
+//! connections ([`Connections`]), which [`crate::serve::serve`] runs for both, so that the two
 //! cannot drift apart.
 //!
 //! - At most `max` open at once. At the cap, a new connection takes the place of the open one
@@ -32,7 +32,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus::{IntCounter, IntGauge};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,10 +44,6 @@ use tokio_rustls::server::TlsStream;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
-
-/// Streams an h2 client may reset before the server has accepted them (hyper's default, kept
-/// explicit): past it the connection is closed.
-const H2_MAX_PENDING_RESETS: usize = 20;
 
 /// How often the listener looks again while it waits for room at the cap: for the connection it
 /// closed to be gone, or, when all are busy, for one to become idle.
@@ -61,29 +57,6 @@ pub(crate) const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The pause after a failed accept doubles from the first to the last.
 const ACCEPT_PAUSE_FIRST: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
-
-/// The HTTP/1.1 and h2 settings of both listeners, from `[server]`.
-pub(crate) fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(cfg.max_header_bytes)
-        // Counted from when the connection waits for a head: covers a slow head and an idle
-        // kept-alive connection alike.
-        .header_read_timeout(cfg.request_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_bytes as u32)
-        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-        // Pings find dead peers, whose streams would otherwise stay open.
-        .keep_alive_interval(cfg.h2_keep_alive_interval)
-        .keep_alive_timeout(cfg.h2_keep_alive_timeout)
-        // Rapid reset (CVE-2023-44487): streams a client opens and cancels at once.
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS);
-    builder
-}
 
 /// The open connections of one listener.
 pub(crate) struct Connections {

@@ -9,6 +9,31 @@ use prometheus::{
 
 use crate::config::Settings;
 
+/// Every `op` label of `finovy_gateway_redis_errors_total`: the operations [`crate::fleet::Fleet::run`] is
+/// given, and the invalidation subscription's.
+pub(crate) const REDIS_OPS: &[&str] = &[
+    "budget",
+    "cache_get",
+    "cache_invalidate",
+    "cache_lock",
+    "cache_put",
+    "marker",
+    "ping",
+    "rate_limit",
+    "record_begin",
+    "record_get",
+    "record_hold",
+    "record_holds_other",
+    "record_release",
+    "record_remove",
+    "record_renew",
+    "record_set",
+    "subscribe",
+    "token",
+    "token_gate",
+    "token_lock",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub(crate) requests: IntCounterVec,
@@ -267,11 +292,8 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
         }
-        m.config_last_reload_success.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
+        m.config_last_reload_success
+            .set(crate::clock::now_secs_f64());
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -314,7 +336,7 @@ impl Metrics {
             }
         }
         if settings.redis.is_some() {
-            for op in crate::fleet::OPS {
+            for op in REDIS_OPS {
                 self.redis_errors.with_label_values(&[op]);
             }
         }

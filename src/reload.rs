@@ -16,42 +16,18 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use crate::cache::Cache;
+use crate::clock::now_secs_f64;
 use crate::config::{EnvLookup, FileConfig, Overrides, Settings};
-use crate::layers::auth::Authenticator;
+use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
 use crate::protect::policy::CreateSettings;
+use crate::swap::Swap;
 use crate::upstream::AccountHandle;
-
-/// A value swapped whole at run time; readers take the current `Arc` (one uncontended read lock).
-pub(crate) struct Swap<T>(RwLock<Arc<T>>);
-
-impl<T> Swap<T> {
-    pub(crate) fn new(value: T) -> Swap<T> {
-        Swap(RwLock::new(Arc::new(value)))
-    }
-
-    /// The current value, kept by the caller for as long as it needs it.
-    pub(crate) fn load(&self) -> Arc<T> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Runs `f` on the current value without taking an `Arc` (the cache-hit path).
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub(crate) fn store(&self, value: T) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
-    }
-}
 
 /// Where the settings come from again: the config file (`None`: `config/gateway.toml` when
 /// present) and the command-line flags, which keep overriding the file.
@@ -99,7 +75,7 @@ pub(crate) struct Reloader {
     pub(crate) admin_key: Arc<Swap<Option<[u8; 32]>>>,
     pub(crate) metrics: Arc<Metrics>,
     /// The listeners' TLS: certificates are read again with the rest.
-    pub(crate) tls: OnceLock<crate::server::ListenerTls>,
+    pub(crate) tls: OnceLock<crate::tls::ListenerTls>,
     /// Set while a reload's files are being read, and until that read returns.
     pub(crate) reading: AtomicBool,
 }
@@ -116,10 +92,37 @@ pub(crate) enum ReloadError {
     Stuck(String),
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// Who may call, as which account, from validated settings and the running accounts (`Err` when
+/// a client names an account this process does not run: accounts change only with a restart).
+pub(crate) fn authenticator(
+    settings: &Settings,
+    accounts: &[Arc<AccountHandle>],
+) -> Result<Authenticator, String> {
+    let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
+    let mut clients = Vec::new();
+    for c in &settings.clients {
+        let account = find(&c.account).ok_or_else(|| {
+            format!(
+                "client {:?} names account {:?}, which this process does not run (new accounts need a restart)",
+                c.name, c.account
+            )
+        })?;
+        clients.push(ClientEntry {
+            name: c.name.as_str().into(),
+            key_sha256: c.key_sha256,
+            account,
+            routes: c.routes.clone(),
+            token_lease: c.token_lease,
+        });
+    }
+    let anonymous = settings
+        .anonymous_allowed()
+        .then(|| find(crate::config::DEFAULT_ACCOUNT))
+        .flatten();
+    // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
+    let anonymous_routes =
+        (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
+    Ok(Authenticator::new(clients, anonymous, anonymous_routes))
 }
 
 /// Whether two sections differ, compared as their serialised (masked) form.
@@ -142,7 +145,7 @@ impl Reloader {
             .inc();
         match &result {
             Ok(applied) => {
-                self.metrics.config_last_reload_success.set(unix_now());
+                self.metrics.config_last_reload_success.set(now_secs_f64());
                 tracing::info!(trigger, restart_needed = ?applied.restart_needed, kept = ?applied.kept, "configuration reloaded");
             }
             Err(e) => {
@@ -201,8 +204,7 @@ impl Reloader {
         }
         tracing_subscriber::EnvFilter::try_new(&new.log.level)
             .map_err(|e| ReloadError::Invalid(format!("log.level: {e}")))?;
-        let auth =
-            crate::server::authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
+        let auth = authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
         let mut tls = Vec::new();
         if let Some(listeners) = self.tls.get() {
             for (name, listener) in [("server", &listeners.listen), ("admin", &listeners.admin)] {
@@ -330,18 +332,4 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<String> {
     // Requests are classified by the table built at start.
     check("routes", !old.routes.routes_alike(&new.routes));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_swap_keeps_what_a_reader_took() {
-        let s = Swap::new(1);
-        let taken = s.load();
-        s.store(2);
-        assert_eq!((*taken, *s.load()), (1, 2));
-        assert_eq!(s.with(|v| *v + 1), 3);
-    }
 }

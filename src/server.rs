@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,21 +23,24 @@ use crate::fleet::ledger::RedisLedger;
 use crate::fleet::limiter::RedisLimiter;
 use crate::fleet::records::RedisRecords;
 use crate::fleet::token::TokenStore;
-use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::collapse::CollapseLayer;
 use crate::layers::dedup::DedupLayer;
 use crate::layers::rate_limit::RateLimitLayer;
-use crate::listener::{self, Connections};
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
-use crate::reload::{Reloader, Source, Swap};
+use crate::reload::{self, Reloader, Source};
+use crate::serve::{self, Plane};
 use crate::stack::Protection;
 use crate::stack::{self, Edge};
 pub use crate::startup_error::StartError;
-use crate::store::{CacheStore, MemoryStore};
+use crate::store::CacheStore;
+use crate::store::memory::MemoryStore;
+use crate::swap::Swap;
+// Re-exported where it was first public: the listeners' TLS lives with the rest of TLS.
+pub use crate::tls::ListenerTls;
 use crate::tls::ServerTls;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
 
@@ -137,7 +139,7 @@ impl Gateway {
             }));
         }
         let auth = Arc::new(Swap::new(
-            authenticator(&settings, &accounts).map_err(StartError::Clients)?,
+            reload::authenticator(&settings, &accounts).map_err(StartError::Clients)?,
         ));
         // Where state lives: this replica's memory, or the fleet's Redis.
         let two_level = fleet.clone().map(|f| {
@@ -221,52 +223,12 @@ impl Gateway {
     }
 }
 
-/// Who may call, as which account, from validated settings and the running accounts (`Err` when
-/// a client names an account this process does not run: accounts change only with a restart).
-pub(crate) fn authenticator(
-    settings: &Settings,
-    accounts: &[Arc<AccountHandle>],
-) -> Result<Authenticator, String> {
-    let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
-    let mut clients = Vec::new();
-    for c in &settings.clients {
-        let account = find(&c.account).ok_or_else(|| {
-            format!(
-                "client {:?} names account {:?}, which this process does not run (new accounts need a restart)",
-                c.name, c.account
-            )
-        })?;
-        clients.push(ClientEntry {
-            name: c.name.as_str().into(),
-            key_sha256: c.key_sha256,
-            account,
-            routes: c.routes.clone(),
-            token_lease: c.token_lease,
-        });
-    }
-    let anonymous = settings
-        .anonymous_allowed()
-        .then(|| find(crate::config::DEFAULT_ACCOUNT))
-        .flatten();
-    // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
-    let anonymous_routes =
-        (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
-    Ok(Authenticator::new(clients, anonymous, anonymous_routes))
-}
-
 /// A gateway with its listeners bound (port 0 allowed), ready to run.
 pub struct Server {
     gateway: Gateway,
     listener: TcpListener,
     admin_listener: TcpListener,
     tls: ListenerTls,
-}
-
-/// The listeners' TLS, when configured; [`ServerTls::reload`] rereads a listener's files.
-#[derive(Clone, Default)]
-pub struct ListenerTls {
-    pub listen: Option<Arc<ServerTls>>,
-    pub admin: Option<Arc<ServerTls>>,
 }
 
 fn load_tls(files: &Option<crate::tls::TlsFiles>) -> Result<Option<Arc<ServerTls>>, StartError> {
@@ -368,13 +330,6 @@ impl Server {
             stopped(),
         ));
 
-        let builder = listener::http_builder(&server_cfg);
-        let connections = Connections::new(
-            "data",
-            server_cfg.max_connections,
-            &server_cfg,
-            &gateway.metrics,
-        );
         // Registered before the listening line, so a SIGHUP sent once it is out never kills.
         #[cfg(unix)]
         if gateway.reloader.source.get().is_some() {
@@ -387,23 +342,24 @@ impl Server {
         }
         tracing::info!(listen = %listener.local_addr()?, "gateway listening");
 
-        tokio::pin!(shutdown);
-        while let Some((stream, slot)) = connections.accept(&listener, shutdown.as_mut()).await {
-            let edge = gateway.edge.clone();
-            let activity = slot.activity.clone();
-            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let busy = activity.begin();
-                let answer = edge.serve(req);
-                async move {
-                    let resp = answer.await?;
-                    drop(busy);
-                    Ok::<_, std::convert::Infallible>(resp.map(Full::new))
-                }
-            });
-            connections.serve_http(slot, stream, &builder, svc, tls.listen.as_deref());
-        }
+        let plane = Plane {
+            name: "data",
+            max_connections: server_cfg.max_connections,
+            tls: tls.listen.as_deref(),
+        };
+        let edge = gateway.edge.clone();
+        let answer = move |req| edge.serve(req);
+        // Returns with the listener closed.
+        let connections = serve::serve(
+            listener,
+            plane,
+            &server_cfg,
+            &gateway.metrics,
+            answer,
+            shutdown,
+        )
+        .await;
 
-        drop(listener);
         draining.store(true, Ordering::SeqCst);
         tracing::info!("draining in-flight requests");
         let drained = async {

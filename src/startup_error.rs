@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]

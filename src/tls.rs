@@ -200,3 +200,10 @@ pub(crate) fn upstream_roots(ca_file: Option<&Path>) -> Result<RootCertStore, St
         None => Ok(roots),
     }
 }
+
+/// The listeners' TLS, when configured; [`ServerTls::reload`] rereads a listener's files.
+#[derive(Clone, Default)]
+pub struct ListenerTls {
+    pub listen: Option<Arc<ServerTls>>,
+    pub admin: Option<Arc<ServerTls>>,
+}

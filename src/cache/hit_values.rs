@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 
 use http::HeaderValue;
 
+/// The cache's name in `Cache-Status`.
+pub(crate) const CACHE_NAME: &str = "finovy-gateway";
+
 /// Seconds covered by the tables: TTLs up to an hour.
 const SLOTS: usize = 3600;
 
@@ -17,7 +20,7 @@ static AGE: [OnceLock<HeaderValue>; SLOTS] = [const { OnceLock::new() }; SLOTS];
 /// `Cache-Status` of a hit with `ttl` seconds of freshness left.
 pub(crate) fn cache_status_hit(ttl: i64) -> HeaderValue {
     value(&CACHE_STATUS, ttl, || {
-        format!("{}; hit; ttl={ttl}", crate::layers::cache::CACHE_NAME)
+        format!("{CACHE_NAME}; hit; ttl={ttl}")
     })
 }
 

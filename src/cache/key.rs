@@ -31,7 +31,7 @@ impl CacheKey {
     /// by the store) and an id too long to be kept inside it. The account's name is one string
     /// shared by all its keys.
     pub(crate) fn weight(&self) -> usize {
-        use crate::cache::entry::{ARC_HEADER, malloc_size};
+        use crate::cache::size::{ARC_HEADER, malloc_size};
         let id = match &self.id.0 {
             Repr::Inline(..) => 0,
             Repr::Shared(id) => malloc_size(id.len() + ARC_HEADER),

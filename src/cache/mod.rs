@@ -1,5 +1,6 @@
 //! The response cache: which routes are cached and how (`policy`), what identifies an entry
-//! (`key`), an entry's freshness (`entry`), and [`Cache`], which ties a store to single-flight
+//! (`key`), the upstream's answer (`answer`), an entry's freshness (`entry`) and compact form
+//! (`stored`), what they weigh in memory (`size`), a route's policy as written (`written`), and [`Cache`], which ties a store to single-flight
 //! fills and invalidation. It knows keys, answers and durations; the HTTP side is
 //! [`crate::layers::cache`].
 //!
@@ -19,11 +20,14 @@
 //! as current as a call of the request's own, and a client that always sends `no-cache` cannot
 //! multiply upstream calls. A refresh that starts a fill drops the stored entry first.
 
+pub(crate) mod answer;
 pub(crate) mod entry;
 pub(crate) mod hit_values;
 pub(crate) mod key;
 pub(crate) mod policy;
+pub(crate) mod size;
 pub(crate) mod stored;
+pub(crate) mod written;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,11 +37,12 @@ use tokio::time::Instant;
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::reload::Swap;
 use crate::routes::Route;
 use crate::single_flight::{Flight, SingleFlight};
 use crate::store::{CacheStore, Claim, Invalidation, Ticket, Usage};
-use entry::{Answer, Entry};
+use crate::swap::Swap;
+use answer::Answer;
+use entry::Entry;
 use key::CacheKey;
 use policy::{CachePolicy, CacheSettings};
 

@@ -12,15 +12,13 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::cache::entry::{ARC_HEADER, Answer, malloc_size};
+use crate::cache::answer::Answer;
+use crate::cache::size::{ARC_HEADER, BYTES_SHARED, malloc_size};
 use crate::envelope::EnvelopeHead;
 use crate::svc::Resp;
 
 /// The headers the gateway adds to a cached answer: `Cache-Status`, `Age` and `X-Request-Id`.
 pub(crate) const HIT_HEADERS: usize = 3;
-
-/// The control block `Bytes` allocates once a buffer is shared.
-pub(crate) const BYTES_SHARED: usize = 24;
 
 #[derive(Debug)]
 pub(crate) struct StoredAnswer {
@@ -205,7 +203,7 @@ mod tests {
 
     #[test]
     fn it_keeps_nothing_of_the_buffer_it_was_read_into() {
-        let (buffer, answer) = crate::cache::entry::read_into_one_buffer();
+        let (buffer, answer) = crate::cache::answer::read_into_one_buffer();
         let stored = StoredAnswer::new(&answer);
         let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
         assert!(!within(stored.body().as_ptr()), "the body is its own");

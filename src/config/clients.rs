@@ -11,6 +11,9 @@ use super::error::{ConfigError, invalid};
 use super::mask::hex_digest;
 use crate::routes::{Route, RouteTable};
 
+/// The name anonymous calls carry in the access log (and that no client may take).
+pub(crate) const ANONYMOUS: &str = "anonymous";
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
@@ -49,7 +52,7 @@ pub(super) fn resolve(
         let key = format!("clients[{i}]");
         check_name(format!("{key}.name"), &c.name)?;
         // Callers without a key go by this name: records, budgets and logs would mix.
-        if c.name == crate::layers::auth::ANONYMOUS {
+        if c.name == ANONYMOUS {
             return Err(invalid(
                 format!("{key}.name"),
                 "\"anonymous\" names the callers without a key; choose another name",

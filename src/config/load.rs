@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::ConfigError;
-use super::{DEFAULT_CONFIG_PATH, FileConfig};
+use super::file::{DEFAULT_CONFIG_PATH, FileConfig};
 
 /// ` at line L, column C (table.key)` for a byte offset into a config file's text: the key is
 /// what stands before `=` on that line, under the last table header above it.

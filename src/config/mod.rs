@@ -12,15 +12,13 @@
 //! is the order errors are found in.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::cache::policy::{CacheConfig, CacheSettings};
-use crate::protect::policy::{CreateConfig, CreateSettings};
-use crate::routes::{Route, RouteConfig, RouteTable};
+use crate::cache::policy::CacheSettings;
+use crate::protect::policy::CreateSettings;
+use crate::routes::{Route, RouteTable};
 use crate::tls::TlsFiles;
 
 mod accounts;
@@ -30,9 +28,11 @@ mod check;
 mod clients;
 mod env;
 pub(crate) mod error;
+mod file;
 mod load;
 mod log;
 mod mask;
+mod overrides;
 mod redis;
 mod server;
 mod tls;
@@ -40,49 +40,23 @@ mod token;
 mod upstream;
 
 pub use accounts::DEFAULT_ACCOUNT;
-pub(crate) use accounts::{Account, AccountConfig, Credentials};
-pub(crate) use admin::AdminConfig;
+pub(crate) use accounts::{Account, Credentials};
 pub(crate) use auth::AuthConfig;
 pub use check::is_name;
-pub(crate) use clients::Client;
 pub use clients::ClientConfig;
+pub(crate) use clients::{ANONYMOUS, Client};
 pub(crate) use env::EnvLookup;
 pub use env::{ENV_SECRET, ENV_UUID, process_env};
 pub(crate) use error::ConfigError;
+pub use file::{DEFAULT_CONFIG_PATH, FileConfig};
 pub use log::{LogConfig, LogFormat};
-use mask::{mask_opt, mask_url};
+use mask::mask_opt;
+pub use overrides::Overrides;
 pub use redis::{CreatesWhenDown, RedisConfig};
 pub use server::ServerConfig;
 pub(crate) use token::TokenConfig;
 pub(crate) use upstream::Egress;
 pub use upstream::UpstreamConfig;
-
-pub(crate) use crate::duration;
-
-/// Where `serve` and `check-config` look when no `--config` is given.
-pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
-
-// === the file's shape ===
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FileConfig {
-    pub server: ServerConfig,
-    pub upstream: UpstreamConfig,
-    pub(crate) auth: AuthConfig,
-    pub(crate) token: TokenConfig,
-    pub(crate) log: LogConfig,
-    pub(crate) admin: AdminConfig,
-    pub(crate) cache: CacheConfig,
-    pub(crate) create: CreateConfig,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) redis: Option<RedisConfig>,
-    pub clients: Vec<ClientConfig>,
-    pub(crate) accounts: Vec<AccountConfig>,
-    /// Upstream endpoints added by configuration (`[[routes]]`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(crate) routes: Vec<RouteConfig>,
-}
 
 // === the resolved settings ===
 
@@ -116,28 +90,6 @@ pub struct Settings {
     pub(crate) listen_tls: Option<TlsFiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) admin_tls: Option<TlsFiles>,
-}
-
-/// Command-line values that override the file.
-#[derive(Clone, Default)]
-pub struct Overrides {
-    pub listen: Option<SocketAddr>,
-    pub admin_listen: Option<SocketAddr>,
-    pub upstream: Option<String>,
-    pub redis: Option<String>,
-    pub log_format: Option<LogFormat>,
-}
-
-impl fmt::Debug for Overrides {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Overrides")
-            .field("listen", &self.listen)
-            .field("admin_listen", &self.admin_listen)
-            .field("upstream", &self.upstream)
-            .field("redis", &self.redis.as_deref().map(mask_url))
-            .field("log_format", &self.log_format)
-            .finish()
-    }
 }
 
 impl Settings {

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Overrides;
 use super::check::check_nonzero;
-use super::duration;
 use super::env::{CredentialSource, ENV_REDIS_PASSWORD_FILE, ENV_REDIS_URL, EnvLookup};
 use super::error::{ConfigError, invalid};
 use super::mask::{mask_url, mask_url_password};
+use super::overrides::Overrides;
+use crate::duration;
 
 /// Shared mode: replicas share the token, the cache, the create limits and records through Redis.
 #[derive(Clone, Deserialize, Serialize)]

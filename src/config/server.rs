@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::check::{check_nonzero, check_positive};
-use super::duration;
 use super::error::{ConfigError, invalid};
+use crate::duration;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

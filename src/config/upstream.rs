@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::check::{check_base_url, check_nonzero, check_positive};
-use super::duration;
 use super::env::EnvLookup;
 use super::error::{ConfigError, invalid};
 use super::mask::mask_url;
+use crate::duration;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -25,11 +25,14 @@ use futures_util::StreamExt;
 
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
+use crate::clock::now_us;
 use crate::fleet::codec::{decode_entry, encode_entry};
-use crate::fleet::{Fleet, StoreError, UNLOCK, fence, px};
+use crate::fleet::{Fleet, UNLOCK, fence, px};
 use crate::metrics::Metrics;
 use crate::routes::{Route, RouteTable};
-use crate::store::{CacheStore, Claim, Invalidation, MemoryStore, RemoteHook, Ticket, Usage};
+use crate::store::error::StoreError;
+use crate::store::memory::MemoryStore;
+use crate::store::{CacheStore, Claim, Invalidation, RemoteHook, Ticket, Usage};
 use crate::svc::BoxFuture;
 
 /// How long the epoch and generation counters outlive their last change (and every entry).
@@ -138,13 +141,6 @@ struct Inner {
     l1_seq: AtomicU64,
     /// Told of other replicas' invalidations (see [`CacheStore::on_remote_invalidation`]).
     remote_hook: std::sync::OnceLock<RemoteHook>,
-}
-
-/// Microseconds since the Unix epoch: when an invalidation was sent, to measure its lag.
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// An invalidation as a pub/sub message: `origin \t sent_us \t kind \t account \t route \t id`.

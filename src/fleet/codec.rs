@@ -10,9 +10,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
-use crate::cache::entry::{Answer, Entry};
+use crate::cache::answer::Answer;
+use crate::cache::entry::Entry;
+use crate::clock::now_ms;
 use crate::envelope::EnvelopeHead;
-use crate::fleet::now_ms;
 use crate::protect::records::{Record, State};
 
 const VERSION: u8 = 1;

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::fleet::{Fleet, StoreError, px};
+use crate::fleet::{Fleet, px};
 use crate::protect::budget::{Charge, Ledger, MemoryLedger, Over};
-use crate::protect::records::Stored;
+use crate::store::error::StoreError;
+use crate::store::error::Stored;
 use crate::svc::BoxFuture;
 
 /// KEYS: the windows. ARGV: per window gb, max_creates, max_gb, ttl_ms (0 = no cap).

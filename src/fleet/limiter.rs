@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::fleet::Fleet;
 use crate::protect::gcra::{Decision, Limit, MemoryLimiter, RateLimiter, standing, tolerance};
-use crate::protect::records::Stored;
+use crate::store::error::Stored;
 use crate::svc::BoxFuture;
 
 /// KEYS: one per limit. ARGV: max_wait, then interval and tolerance per limit (microseconds).
@@ -111,7 +111,7 @@ impl RateLimiter for RedisLimiter {
                 .await;
             match (out, &this.local) {
                 (Ok(out), _) => decision(&limits, max_wait, &out).ok_or_else(|| {
-                    crate::fleet::StoreError::Unexpected("the rate script's answer".into())
+                    crate::store::error::StoreError::Unexpected("the rate script's answer".into())
                 }),
                 (Err(_), Some(local)) => local.reserve(limits, max_wait).await,
                 (Err(e), None) => Err(e),

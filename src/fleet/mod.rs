@@ -40,40 +40,12 @@ use std::time::Duration;
 
 use conn::{Conn, Connector};
 
+// Re-exported where it was first public: the shared clock now lives in its own leaf.
+pub use crate::clock::now_ms;
 use crate::config::RedisConfig;
+// Re-exported where it was first public: store errors now live in their own leaf.
 use crate::metrics::Metrics;
-
-/// A shared-state operation that did not complete: Redis refused, was unreachable, or too slow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The connection or the command failed (the client's own words).
-    #[error("shared state unavailable: {0}")]
-    Redis(String),
-    #[error("shared state unavailable: no answer within {}", humantime::format_duration(*.0))]
-    Timeout(Duration),
-    /// Commands fail at once for a moment after a failure, which this carries.
-    #[error("shared state unavailable: {0}")]
-    Resting(Box<StoreError>),
-    /// A script or command answered what it never answers.
-    #[error("shared state unavailable: unexpected answer: {0}")]
-    Unexpected(String),
-    #[error("shared state unavailable: cache invalidations: {0}")]
-    Subscription(&'static str),
-}
-
-impl StoreError {
-    /// What went wrong, without the common prefix (for `/readyz` and the log).
-    pub(crate) fn detail(&self) -> String {
-        match self {
-            StoreError::Redis(e) | StoreError::Unexpected(e) => e.clone(),
-            StoreError::Timeout(t) => {
-                format!("no answer within {}", humantime::format_duration(*t))
-            }
-            StoreError::Resting(e) => e.detail(),
-            StoreError::Subscription(e) => (*e).to_string(),
-        }
-    }
-}
+pub use crate::store::error::StoreError;
 
 /// The fleet's Redis: one multiplexed connection per replica (re-established by itself), and the
 /// health it last showed.
@@ -128,31 +100,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {ARGV[1], 0}
 ";
-
-/// Every `op` label of `finovy_gateway_redis_errors_total`: the operations [`Fleet::run`] is
-/// given, and the invalidation subscription's.
-pub(crate) const OPS: &[&str] = &[
-    "budget",
-    "cache_get",
-    "cache_invalidate",
-    "cache_lock",
-    "cache_put",
-    "marker",
-    "ping",
-    "rate_limit",
-    "record_begin",
-    "record_get",
-    "record_hold",
-    "record_holds_other",
-    "record_release",
-    "record_remove",
-    "record_renew",
-    "record_set",
-    "subscribe",
-    "token",
-    "token_gate",
-    "token_lock",
-];
 
 /// How long commands rest after a failure before Redis is tried again.
 const REST: Duration = Duration::from_millis(250);
@@ -374,7 +321,7 @@ impl Fleet {
     }
 
     /// Runs one Redis operation under the command timeout; a failure is counted under `op` (one
-    /// of [`OPS`]).
+    /// of [`crate::metrics::REDIS_OPS`]).
     pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
@@ -478,13 +425,6 @@ end
 return 0
 ";
 
-/// Milliseconds since the Unix epoch: the clock replicas share (entries and records carry it).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Whole milliseconds for `PX`, at least 1.
 pub(crate) fn px(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
@@ -492,7 +432,9 @@ pub(crate) fn px(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    /// Every operation this module names when it calls Redis is one of [`super::OPS`], so its
+    use crate::metrics::REDIS_OPS;
+
+    /// Every operation this module names when it calls Redis is one of [`REDIS_OPS`], so its
     /// error counter is exported at 0 from the start.
     #[test]
     fn every_operation_called_is_one_of_the_exported_ops() {
@@ -506,7 +448,7 @@ mod tests {
                 for rest in code.split(call).skip(1) {
                     if let Some(literal) = rest.trim_start().strip_prefix('"') {
                         let op = literal.split('"').next().unwrap_or_default();
-                        assert!(super::OPS.contains(&op), "{op:?} is not in OPS");
+                        assert!(REDIS_OPS.contains(&op), "{op:?} is not in REDIS_OPS");
                         seen += 1;
                     }
                 }

@@ -25,11 +25,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::now_ms;
 use crate::fleet::codec::{decode_record, encode_record};
-use crate::fleet::{Fleet, StoreError, now_ms, px};
+use crate::fleet::{Fleet, px};
 use crate::protect::records::{
-    Begin, Hold, Lock, LockToken, MemoryRecords, Record, RecordStore, Stored, marker,
+    Begin, Hold, Lock, LockToken, MemoryRecords, Record, RecordStore, marker,
 };
+use crate::store::error::{StoreError, Stored};
 use crate::svc::BoxFuture;
 
 /// `{'found', value}` for an existing record. Otherwise, unless `ARGV[4]` is `1` (eviction

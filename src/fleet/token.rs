@@ -11,8 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fleet::{Fleet, StoreError, UNLOCK, fence, now_ms, px};
+use crate::clock::now_ms;
+use crate::fleet::{Fleet, UNLOCK, fence, px};
 use crate::secret::Secret;
+use crate::store::error::StoreError;
 
 /// Writes the token if the lock is still ours, then frees the lock.
 const PUBLISH: &str = r"

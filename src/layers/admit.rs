@@ -36,12 +36,7 @@ use crate::upstream::forward::TOKEN_HEADER;
 /// `traceId` and its headers ([`GatewayError::into_response`]), and `Connection: close` when the
 /// request's body may still be coming on an HTTP/1 connection (`body_unread`) or the error says
 /// the body was abandoned midway.
-fn render(
-    err: GatewayError,
-    request_id: &str,
-    version: Version,
-    body_unread: bool,
-) -> Resp {
+fn render(err: GatewayError, request_id: &str, version: Version, body_unread: bool) -> Resp {
     let closes = body_unread || err.abandons_body();
     let mut resp = err.into_response(request_id);
     if closes && version <= Version::HTTP_11 {

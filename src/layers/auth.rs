@@ -17,9 +17,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::admitted::{Caller, Target};
+use crate::config::ANONYMOUS;
 use crate::error::GatewayError;
-use crate::reload::Swap;
 use crate::routes::Route;
+use crate::swap::Swap;
 use crate::upstream::AccountHandle;
 use crate::upstream::forward::TOKEN_HEADER;
 
@@ -70,9 +71,6 @@ pub(crate) fn key_matches(key: &[u8], digest: &[u8; 32]) -> bool {
     let presented: [u8; 32] = Sha256::digest(key).into();
     bool::from(presented.ct_eq(digest))
 }
-
-/// The name anonymous calls carry in the access log.
-pub(crate) const ANONYMOUS: &str = "anonymous";
 
 impl Authenticator {
     pub(crate) fn new(

@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Limited};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::AdmittedRequest;
-use crate::error::GatewayError;
-use crate::svc::{BoxError, GatewayFuture, Resp};
+use crate::error::{GatewayError, GatewayFuture};
+use crate::svc::{BoxError, Resp};
 
 #[derive(Clone)]
 pub(crate) struct BodyLimitLayer {

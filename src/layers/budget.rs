@@ -10,10 +10,10 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::Spend;
 use crate::envelope::EnvelopeHead;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
-use crate::svc::{GatewayFuture, Resp};
+use crate::svc::Resp;
 
 #[derive(Clone)]
 pub(crate) struct BudgetGuardLayer {

@@ -22,19 +22,17 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::Call;
-use crate::cache::entry::{Answer, Entry, Freshness};
-use crate::cache::hit_values;
+use crate::cache::answer::Answer;
+use crate::cache::entry::{Entry, Freshness};
+use crate::cache::hit_values::{self, CACHE_NAME};
 use crate::cache::key::{CacheKey, canonical_json};
 use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, GatewayFuture};
 use crate::routes::RouteMatch;
 use crate::single_flight::Role;
-use crate::svc::{GatewayFuture, Resp};
+use crate::svc::Resp;
 use crate::upstream::AccountHandle;
-
-/// The cache's name in `Cache-Status`.
-pub(crate) const CACHE_NAME: &str = "finovy-gateway";
 
 #[derive(Clone)]
 pub(crate) struct CachingLayer {

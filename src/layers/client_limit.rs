@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use crate::admitted::AdmittedRequest;
-use crate::error::GatewayError;
-use crate::svc::{GatewayFuture, Resp};
+use crate::error::{GatewayError, GatewayFuture};
+use crate::svc::Resp;
 
 /// The in-flight counts, one per caller name: those known at start, and a client a reload added
 /// gets its own on its first request (names come only from the configuration, so they are few).

@@ -13,13 +13,13 @@ use tokio_util::task::TaskTracker;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::Call;
-use crate::cache::entry::Answer;
-use crate::error::GatewayError;
+use crate::cache::answer::Answer;
+use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
 use crate::protect::create::{REPLAYED, RecordKey, fingerprint};
 use crate::routes::Route;
 use crate::single_flight::{Role, SingleFlight};
-use crate::svc::{GatewayFuture, Resp};
+use crate::svc::Resp;
 
 /// What one collapsed call got: the upstream's answer, or why there is none.
 type Outcome = Result<Answer, GatewayError>;

@@ -19,15 +19,15 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::{Call, Caller, OutcomeUnknown, RequestId, Spend};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
 use crate::protect::create::{Flow, Intent, Parts};
 use crate::protect::policy::CreateSettings;
 use crate::protect::records::RecordStore;
 use crate::protect::validate::{DiskOrder, Order};
-use crate::reload::Swap;
 use crate::routes::RouteMatch;
-use crate::svc::{BoxFuture, GatewayFuture, Req, Resp};
+use crate::svc::{BoxFuture, Req, Resp};
+use crate::swap::Swap;
 
 /// The token and the forwarder: where the flow's own calls (a reconciliation's disk list) go.
 pub(crate) type Plain = BoxCloneSyncService<Call, Resp, GatewayError>;

@@ -12,8 +12,8 @@ use tower::{Layer, Service, ServiceExt};
 use crate::admitted::Call;
 use crate::cache::Cache;
 use crate::envelope::EnvelopeHead;
-use crate::error::GatewayError;
-use crate::svc::{GatewayFuture, Resp};
+use crate::error::{GatewayError, GatewayFuture};
+use crate::svc::Resp;
 
 #[derive(Clone)]
 pub(crate) struct InvalidateLayer {

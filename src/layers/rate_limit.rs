@@ -19,12 +19,12 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::Spend;
 use crate::envelope::EnvelopeHead;
-use crate::error::{GatewayError, RateLimitHeaders};
+use crate::error::{GatewayError, GatewayFuture, RateLimitHeaders};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
-use crate::reload::Swap;
-use crate::svc::{GatewayFuture, Resp};
+use crate::svc::Resp;
+use crate::swap::Swap;
 
 /// The upstream's "too frequent, try later" code.
 pub(crate) use crate::error::TOO_FREQUENT;

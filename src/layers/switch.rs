@@ -10,9 +10,9 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::admitted::{AdmittedRequest, Call, OwnCall, Target};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, GatewayFuture};
 use crate::routes::Kind;
-use crate::svc::{GatewayFuture, Resp};
+use crate::svc::Resp;
 
 /// A pipeline for the table's routes of one kind.
 pub(crate) type RoutePipeline = BoxCloneSyncService<Call, Resp, GatewayError>;

@@ -10,8 +10,8 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::{Call, Outbound};
 use crate::envelope::EnvelopeHead;
-use crate::error::GatewayError;
-use crate::svc::{GatewayFuture, Resp};
+use crate::error::{GatewayError, GatewayFuture};
+use crate::svc::Resp;
 
 #[derive(Clone, Default)]
 pub(crate) struct TokenLayer;

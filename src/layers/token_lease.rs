@@ -29,14 +29,15 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::admitted::{Caller, OwnCall};
+use crate::clock::retry_secs;
 use crate::envelope::success_response;
-use crate::error::{GatewayError, retry_secs};
+use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, MemoryLimiter, Scope};
 use crate::protect::policy::Rate;
 use crate::routes::GatewayRoute;
 use crate::secret::Secret;
-use crate::svc::{GatewayFuture, Resp};
+use crate::svc::Resp;
 use crate::upstream::token::Lease;
 
 /// How often one client may report a rejected token: each report may cost a `getToken`, and a

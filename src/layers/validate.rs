@@ -12,9 +12,8 @@ use http::{HeaderValue, header};
 use tower::{Layer, Service};
 
 use crate::admitted::{Call, Spend};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, GatewayFuture};
 use crate::protect::validate::{self, Invalid, Order};
-use crate::svc::GatewayFuture;
 use crate::svc::Resp;
 
 #[derive(Clone, Default)]

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::clock::now_secs;
 use crate::protect::policy::BudgetConfig;
-use crate::protect::records::Stored;
-use crate::reload::Swap;
+use crate::store::error::Stored;
 use crate::svc::BoxFuture;
+use crate::swap::Swap;
 
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
@@ -54,12 +55,6 @@ struct Spent {
 #[derive(Default)]
 pub(crate) struct MemoryLedger {
     spent: Mutex<HashMap<String, Spent>>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl MemoryLedger {

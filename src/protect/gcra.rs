@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::protect::policy::Rate;
-use crate::protect::records::Stored;
+use crate::store::error::Stored;
 use crate::svc::BoxFuture;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use crate::cache::entry::{ARC_HEADER, Answer, malloc_size};
-use crate::fleet::StoreError;
+use crate::cache::answer::Answer;
+use crate::cache::size::{ARC_HEADER, malloc_size};
+use crate::store::error::Stored;
 use crate::store::memory::MOKA_PER_ENTRY;
 use crate::svc::BoxFuture;
 
@@ -136,8 +137,6 @@ pub enum Hold {
     },
 }
 
-pub(crate) type Stored<T> = Result<T, StoreError>;
-
 /// Proof of holding a lock taken with [`RecordStore::try_lock`]: only its holder can release it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockToken(pub(crate) String);
@@ -202,7 +201,7 @@ pub trait RecordStore: Send + Sync + 'static {
 
 /// A new in-flight record, started now, whose executor holds it for `lease`.
 pub fn in_flight(fingerprint: &str, ttl: Duration, lease: Duration) -> Record {
-    let now = crate::fleet::now_ms();
+    let now = crate::clock::now_ms();
     Record {
         fingerprint: fingerprint.into(),
         state: State::InFlight {
@@ -219,7 +218,7 @@ pub(crate) fn marker(what: &str, ttl: Duration) -> Record {
     Record {
         fingerprint: what.into(),
         state: State::InFlight {
-            started_ms: crate::fleet::now_ms(),
+            started_ms: crate::clock::now_ms(),
             lease_until_ms: None,
         },
         ttl,
@@ -432,7 +431,7 @@ impl RecordStore for MemoryRecords {
     }
 
     fn hold(&self, owner: &str, key: &str, until_ms: u64, max: u64) -> BoxFuture<Stored<Hold>> {
-        let now = crate::fleet::now_ms();
+        let now = crate::clock::now_ms();
         ready(Ok(self.owners.hold(owner, key, until_ms, max, now)))
     }
 
@@ -450,7 +449,7 @@ impl RecordStore for MemoryRecords {
     }
 
     fn holds_other(&self, owner: &str, key: &str) -> BoxFuture<Stored<bool>> {
-        let now = crate::fleet::now_ms();
+        let now = crate::clock::now_ms();
         ready(Ok(self.owners.holds_other(owner, key, now)))
     }
 
@@ -520,11 +519,11 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let first = in_flight("f", ttl, LEASE);
         r.begin("k", first.clone()).await.unwrap();
-        let later = first.renewed(crate::fleet::now_ms() + 60_000).unwrap();
+        let later = first.renewed(crate::clock::now_ms() + 60_000).unwrap();
         assert!(r.renew("k", later.clone()).await.unwrap());
         let got = r.get("k").await.unwrap().unwrap();
         assert!(matches!(
-            got.settled_state(ttl, crate::fleet::now_ms() + 30_000),
+            got.settled_state(ttl, crate::clock::now_ms() + 30_000),
             State::InFlight { .. }
         ));
         // Finished: the heartbeat finds another record and leaves it.

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::route::{Caching, KeySource, Kind, Route};
 use super::route::{RouteSpec, Verb, is_param};
+use super::table::RouteTable;
 use super::table::{COMPILED, RESERVED};
-use super::{Caching, KeySource, Kind, Route, RouteTable};
-use crate::cache::policy::RoutePolicyConfig;
-use crate::config::ConfigError;
+use crate::cache::written::RoutePolicyConfig;
+use crate::config::error::ConfigError;
 
 /// A `[[routes]]` entry as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

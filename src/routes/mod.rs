@@ -30,5 +30,5 @@ pub use table::{RouteMatch, classify};
 pub(crate) use configured::{RouteConfig, no_configured, serialize_configured};
 pub(crate) use own::GatewayRoute;
 pub(crate) use query::check_query;
-pub(crate) use route::{Caching, KeySource, Kind, SpendBody, Stale};
+pub(crate) use route::{Caching, Kind, SpendBody, Stale};
 pub(crate) use table::RouteTable;

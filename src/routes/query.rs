@@ -1,7 +1,7 @@
 //! A route's query parameters: a request may send only those its route declares, each at most
 //! once, as sent (nothing is decoded). Cache keys are built from these only.
 
-use super::Route;
+use super::route::Route;
 
 /// The longest parameter name shown back in an error.
 const MAX_SHOWN: usize = 64;

@@ -6,7 +6,7 @@
 use http::Method;
 use serde::Serialize;
 
-use crate::cache::policy::RoutePolicyConfig;
+use crate::cache::written::RoutePolicyConfig;
 
 /// What a route does upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

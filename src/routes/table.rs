@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use http::Method;
 
+use super::route::{Caching, KeySource, Kind, Route, SpendBody, Stale};
 use super::route::{RouteSpec, Verb};
-use super::{Caching, KeySource, Kind, Route, SpendBody, Stale};
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 /// A compiled route's spec with the facts most routes share; the statics below set the rest.
 const fn spec(

@@ -186,7 +186,7 @@ impl CacheStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::Answer;
+    use crate::cache::answer::Answer;
     use crate::cache::policy::CachePolicy;
     use crate::routes::Route;
     use bytes::Bytes;

@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub(crate) mod error;
 pub(crate) mod memory;
 
 use std::sync::Arc;
@@ -11,8 +12,6 @@ use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::routes::Route;
 use crate::svc::BoxFuture;
-
-pub(crate) use memory::MemoryStore;
 
 /// What to drop from the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]

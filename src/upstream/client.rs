@@ -28,7 +28,6 @@ use tokio::net::TcpStream;
 
 use crate::config::{Account, Egress, UpstreamConfig};
 use crate::envelope::EnvelopeHead;
-use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::upstream::no_proxy::NoProxy;
 
@@ -76,21 +75,9 @@ impl UpstreamError {
     }
 }
 
-impl From<UpstreamError> for GatewayError {
-    fn from(e: UpstreamError) -> Self {
-        match e {
-            UpstreamError::Timeout(_) => GatewayError::UpstreamTimeout,
-            other => GatewayError::UpstreamUnavailable {
-                sent: other.outcome_unknown(),
-                msg: other.to_string(),
-            },
-        }
-    }
-}
-
 /// A complete upstream answer.
 #[derive(Debug)]
-pub(crate) struct Answer {
+pub(crate) struct UpstreamAnswer {
     pub(crate) parts: http::response::Parts,
     pub(crate) body: Bytes,
     pub(crate) head: EnvelopeHead,
@@ -143,7 +130,7 @@ impl UpstreamClient {
         &self,
         route: &str,
         req: http::Request<Bytes>,
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<UpstreamAnswer, UpstreamError> {
         let started = Instant::now();
         let mut req = req.map(Full::new);
         // Set once the request has a connection, just before it is written.
@@ -169,7 +156,10 @@ impl UpstreamClient {
         result
     }
 
-    async fn exchange(&self, req: http::Request<Full<Bytes>>) -> Result<Answer, UpstreamError> {
+    async fn exchange(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<UpstreamAnswer, UpstreamError> {
         let pool = self
             .by_origin
             .iter()
@@ -205,7 +195,7 @@ impl UpstreamClient {
         };
         let head =
             EnvelopeHead::parse(&body).ok_or(UpstreamError::NotJson(parts.status.as_u16()))?;
-        Ok(Answer { parts, body, head })
+        Ok(UpstreamAnswer { parts, body, head })
     }
 }
 

@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tower::Service;
 
 use crate::admitted::Outbound;
-use crate::error::GatewayError;
-use crate::svc::{GatewayFuture, Resp};
+use crate::error::{GatewayError, GatewayFuture};
+use crate::svc::Resp;
 use crate::upstream::UpstreamClient;
 
 /// The upstream's token header.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tower::Service;
 
+use crate::clock::now_ms;
 use crate::error::{GatewayError, StillRunning};
-use crate::fleet::now_ms;
 use crate::protect::records::{Begin, Record, State, in_flight};
 use crate::svc::{Req, Resp};
 

@@ -43,6 +43,7 @@ mod keyed;
 mod keys;
 mod protocol;
 mod reconcile;
+mod replay;
 mod services;
 mod settle;
 mod unkeyed;
@@ -53,14 +54,13 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::admitted::OutcomeUnknown;
-use crate::cache::entry::Answer;
+use crate::cache::answer::Answer;
+use crate::clock::now_ms;
 use crate::error::GatewayError;
-use crate::fleet::now_ms;
 use crate::metrics::Metrics;
 use crate::protect::records::{Begin, RecordStore};
 use crate::routes::Route;
@@ -71,9 +71,9 @@ pub(crate) use intent::{Intent, Keying, Parts};
 pub(crate) use keys::{RecordKey, fingerprint};
 
 use protocol::{Keep, Outcome, record_outcome, records_lost, while_making};
+pub(crate) use replay::REPLAYED;
+use replay::{FromRecord, Replayed, replay};
 use services::{Bounded, Stopped};
-
-pub(crate) const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Time for an execution that reached its limit to write its outcome.
 const LEASE_SLACK: Duration = Duration::from_secs(2);
@@ -92,24 +92,6 @@ pub(crate) struct Flow {
     flights: SingleFlight<RecordKey, Arc<Outcome>>,
     metrics: Arc<Metrics>,
     work: TaskTracker,
-}
-
-/// Marks an answer made from a record (a replay): the record stays as it is.
-#[derive(Debug, Clone, Copy)]
-struct FromRecord;
-
-/// Marks a replay of a record another execution wrote: the explicit flag an [`Outcome`] carries.
-#[derive(Debug, Clone, Copy)]
-struct Replayed;
-
-/// A stored answer, replayed.
-fn replay(answer: &Answer) -> Resp {
-    let mut resp = answer.to_response();
-    resp.headers_mut()
-        .insert(REPLAYED, HeaderValue::from_static("true"));
-    resp.extensions_mut().insert(FromRecord);
-    resp.extensions_mut().insert(Replayed);
-    resp
 }
 
 /// The refusal while the shared records cannot be read or written.

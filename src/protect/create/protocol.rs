@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::cache::entry::Answer;
-use crate::error::{GatewayError, TOO_FREQUENT, retry_secs};
-use crate::fleet::now_ms;
+use crate::cache::answer::Answer;
+use crate::clock::{now_ms, retry_secs};
+use crate::error::{GatewayError, TOO_FREQUENT};
 use crate::protect::records::{Begin, Hold, Record, RecordStore, State, in_flight, marker};
 use crate::routes::Route;
 

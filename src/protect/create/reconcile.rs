@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 
-use crate::cache::entry::Answer;
+use crate::cache::answer::Answer;
 use crate::envelope::EnvelopeHead;
 use crate::protect::validate::DiskOrder;
 use crate::routes::{Route, RouteMatch};

@@ -14,7 +14,7 @@ use crate::routes::Route;
 use crate::svc::{BoxFuture, Req, Resp};
 
 use super::protocol::{Claim, Claimed, with_lease};
-use super::replay;
+use super::replay::replay;
 
 /// Why an execution ended without an answer from below.
 #[derive(Debug)]

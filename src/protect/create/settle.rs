@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 
-use crate::cache::entry::Answer;
+use crate::cache::answer::Answer;
+use crate::clock::now_ms;
 use crate::error::{GatewayError, SearchFailed, StillRunning};
-use crate::fleet::now_ms;
 use crate::protect::records::{Begin, Lock, Record, State, in_flight, marker};
 use crate::svc::{Req, Resp};
 

@@ -399,7 +399,7 @@ async fn unknown_create(flow: &Flow, up: &Upstream, records: &MemoryRecords, i: 
 
 fn listed_disk(id: &str, memory_gb: i64) -> Value {
     json!({"id": id, "area": 0, "memory": memory_gb, "pveId": null,
-           "createTime": crate::fleet::now_ms()})
+           "createTime": crate::clock::now_ms()})
 }
 
 #[tokio::test(start_paused = true)]

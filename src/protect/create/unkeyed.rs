@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tower::Service;
 
+use crate::clock::now_ms;
 use crate::error::GatewayError;
-use crate::fleet::now_ms;
 use crate::protect::records::State;
 use crate::svc::{Req, Resp};
 
@@ -93,7 +93,7 @@ impl Flow {
             return o
                 .answer
                 .as_ref()
-                .map(crate::cache::entry::Answer::to_response)
+                .map(crate::cache::answer::Answer::to_response)
                 .map_err(Clone::clone);
         }
         self.answer(intent, role, outcome.as_deref(), false)

@@ -10,7 +10,8 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use super::{ACCOUNTS, Stores};
-use crate::cache::entry::{Answer, Entry};
+use crate::cache::answer::Answer;
+use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::routes::Route;
 use crate::store::{CacheStore, Claim, Invalidation};

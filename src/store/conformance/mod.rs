@@ -30,7 +30,8 @@ use crate::protect::budget::{Ledger, MemoryLedger};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
 use crate::routes::RouteTable;
-use crate::store::{CacheStore, MemoryStore};
+use crate::store::CacheStore;
+use crate::store::memory::MemoryStore;
 use redis_server::RedisServer;
 
 /// The accounts a test's cache entries belong to (a shared cache drops across the accounts it

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use super::Stores;
-use crate::cache::entry::Answer;
-use crate::fleet::now_ms;
+use crate::cache::answer::Answer;
+use crate::clock::now_ms;
 use crate::protect::records::{Begin, Hold, Record, RecordStore, State, in_flight};
 
 const TTL: Duration = Duration::from_secs(60);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::FIXED_LEASE;
+use super::source::FIXED_LEASE;
 
 /// What a caller sees when no token can be had. None of them holds a credential or the
 /// upstream's own message (that goes to the log only).
@@ -56,7 +56,7 @@ impl TokenError {
     pub(crate) fn retry_after(&self) -> u64 {
         match self {
             TokenError::Replacing { retry_after, .. } => *retry_after,
-            TokenError::Throttled { interval } => crate::error::retry_secs(*interval),
+            TokenError::Throttled { interval } => crate::clock::retry_secs(*interval),
             TokenError::FixedRefused => FIXED_LEASE.as_secs(),
             _ => 1,
         }

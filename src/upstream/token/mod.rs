@@ -42,36 +42,25 @@ use crate::fleet::token::TokenStore;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::single_flight::SingleFlight;
-use crate::upstream::UpstreamClient;
+use crate::upstream::client::UpstreamClient;
 
 mod error;
 mod refresh;
 mod shared;
+mod source;
 mod state;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use error::TokenError;
-use refresh::Need;
-use state::State;
-
-/// The route label of `getToken` calls in the upstream metrics.
-pub(crate) const TOKEN_ROUTE: &str = "auth.token";
-
-/// When the upstream does not say how long a token lives: its documented 30 minutes.
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 60);
-
-/// How long a lease of a fixed token lasts: its expiry is not known, and whoever keeps it may
-/// replace it, so a client asks again this often.
-pub(crate) const FIXED_LEASE: Duration = Duration::from_secs(60);
-
-/// How long a refused fixed token stays refused: until a reload replaces it.
-const FIXED_REFUSED: Duration = Duration::from_secs(365 * 24 * 3600);
+use source::{DEFAULT_LIFETIME, FIXED_LEASE, FIXED_REFUSED, Source};
+pub(crate) use state::TokenStatus;
+use state::{Need, State};
 
 /// When a token expiring at `expires_ms` (epoch ms) is past; unknown: a default lifetime hence.
 fn until(expires_ms: Option<u64>) -> Instant {
     let left = expires_ms.map_or(DEFAULT_LIFETIME, |ms| {
-        Duration::from_millis(ms.saturating_sub(crate::fleet::now_ms()))
+        Duration::from_millis(ms.saturating_sub(crate::clock::now_ms()))
     });
     Instant::now() + left
 }
@@ -83,38 +72,6 @@ pub(crate) struct Lease {
     /// Epoch milliseconds; never later than the moment the broker plans to replace the token
     /// (nor than its expiry, less the margin the gateway keeps for itself).
     pub(crate) expires_ms: u64,
-}
-
-/// What `/readyz` and the metrics report.
-#[derive(Debug, Clone)]
-pub(crate) enum TokenStatus {
-    Fixed,
-    Held {
-        expires_in: Duration,
-    },
-    /// The last `getToken` failed, for this reason ([`TokenError::is_refusal`] tells whose).
-    Failing(TokenError),
-    None,
-}
-
-/// The account's credentials, as the last (re)load read them.
-#[derive(Clone, PartialEq)]
-enum Source {
-    Exchange { uuid: Secret, secret: Secret },
-    Fixed(Secret),
-}
-
-impl Source {
-    fn of(credentials: &Credentials) -> Option<Source> {
-        match credentials {
-            Credentials::Exchange { uuid, secret } => Some(Source::Exchange {
-                uuid: uuid.clone(),
-                secret: secret.clone(),
-            }),
-            Credentials::Fixed { token } => Some(Source::Fixed(token.clone())),
-            Credentials::Missing { .. } => None,
-        }
-    }
 }
 
 pub(crate) struct TokenBroker {
@@ -305,7 +262,7 @@ impl TokenBroker {
             }
             return Ok(Lease {
                 token,
-                expires_ms: crate::fleet::now_ms() + FIXED_LEASE.as_millis() as u64,
+                expires_ms: crate::clock::now_ms() + FIXED_LEASE.as_millis() as u64,
             });
         }
         if !self.follow_fleet().await {
@@ -338,7 +295,7 @@ impl TokenBroker {
             let wait = state.next_fetch(interval, now) - now;
             return TokenError::Replacing {
                 interval,
-                retry_after: crate::error::retry_secs(wait),
+                retry_after: crate::clock::retry_secs(wait),
             };
         }
         state.backing_off(now).unwrap_or(TokenError::NotHeld)
@@ -379,7 +336,7 @@ impl TokenBroker {
         let (token, until) = self.state().leasable(&self.cfg, generation, now)?;
         Some(Lease {
             token,
-            expires_ms: crate::fleet::now_ms() + (until - now).as_millis() as u64,
+            expires_ms: crate::clock::now_ms() + (until - now).as_millis() as u64,
         })
     }
 }

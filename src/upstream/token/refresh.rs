@@ -11,18 +11,14 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::TokenBroker;
+use super::error::TokenError;
+use super::source::{DEFAULT_LIFETIME, Source, TOKEN_ROUTE};
+use super::state::Need;
 use super::state::{Failure, Held};
-use super::{DEFAULT_LIFETIME, Source, TOKEN_ROUTE, TokenBroker, TokenError};
 use crate::secret::Secret;
 use crate::single_flight::Flight;
-use crate::upstream::UpstreamClient;
-
-/// What a flight of the broker is for: a token now ([`TokenBroker::get`]), or the planned refresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Need {
-    Valid,
-    Refresh,
-}
+use crate::upstream::client::UpstreamClient;
 
 /// A failed exchange: what callers may see, and what only the log gets (the upstream's `msg`).
 struct Refused {

@@ -19,7 +19,7 @@ impl TokenBroker {
         let held = self.state().held().cloned();
         if let Some(h) = held.filter(|h| &h.token == token) {
             let left = h.expires_at.saturating_duration_since(Instant::now());
-            return Some(crate::fleet::now_ms() + left.as_millis() as u64);
+            return Some(crate::clock::now_ms() + left.as_millis() as u64);
         }
         match self.shared.as_ref()?.read(&self.account, None).await {
             Ok((Some(t), _)) if &t.token == token => Some(t.expires_ms),
@@ -72,7 +72,7 @@ impl TokenBroker {
 
     /// Holds the fleet's token `t` when it is usable (see [`TokenBroker::adopt_shared`]).
     fn adopt(&self, t: SharedToken, need_fresh: bool) -> Option<Secret> {
-        let now_ms = crate::fleet::now_ms();
+        let now_ms = crate::clock::now_ms();
         let left = Duration::from_millis(t.expires_ms.checked_sub(now_ms)?);
         let margin = (t.lifetime / 20).min(Duration::from_secs(2));
         let due = left <= refresh_ahead(&self.cfg, t.lifetime);
@@ -114,7 +114,7 @@ impl TokenBroker {
                             let left = h.expires_at.saturating_duration_since(Instant::now());
                             let t = SharedToken {
                                 token: h.token,
-                                expires_ms: crate::fleet::now_ms() + left.as_millis() as u64,
+                                expires_ms: crate::clock::now_ms() + left.as_millis() as u64,
                                 lifetime: h.lifetime,
                                 refused: false,
                             };

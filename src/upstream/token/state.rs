@@ -7,9 +7,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{TokenError, TokenStatus};
+use super::error::TokenError;
 use crate::config::TokenConfig;
 use crate::secret::Secret;
+
+/// What `/readyz` and the metrics report.
+#[derive(Debug, Clone)]
+pub(crate) enum TokenStatus {
+    Fixed,
+    Held {
+        expires_in: Duration,
+    },
+    /// The last `getToken` failed, for this reason ([`TokenError::is_refusal`] tells whose).
+    Failing(TokenError),
+    None,
+}
 
 /// How many refused tokens a broker remembers: one per `getToken` at most, so a few is plenty.
 const REFUSED_KEPT: usize = 8;
@@ -278,6 +290,13 @@ impl State {
     pub(super) fn gate_closed(&mut self, until: Instant) {
         self.not_before = Some(until);
     }
+}
+
+/// What a flight of the broker is for: a token now ([`TokenBroker::get`]), or the planned refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Need {
+    Valid,
+    Refresh,
 }
 
 #[cfg(test)]

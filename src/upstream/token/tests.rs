@@ -210,7 +210,7 @@ async fn a_fresh_token_is_fetched_once_then_held() {
     // The lease ends when the broker plans to replace the token.
     let lease = broker.lease().await.unwrap();
     assert_eq!(lease.token, token);
-    let left = lease.expires_ms - crate::fleet::now_ms();
+    let left = lease.expires_ms - crate::clock::now_ms();
     assert!(
         left.abs_diff(REFRESH_AT.as_millis() as u64) < 1000,
         "{left}"
@@ -485,7 +485,7 @@ async fn a_fixed_token_is_held_until_a_reload_replaces_it() {
     assert!(matches!(broker.status(), TokenStatus::Fixed));
     assert_eq!(broker.get().await.unwrap(), Secret::new("fixed-1"));
     let lease = broker.lease().await.unwrap();
-    let left = lease.expires_ms - crate::fleet::now_ms();
+    let left = lease.expires_ms - crate::clock::now_ms();
     assert!(left <= FIXED_LEASE.as_millis() as u64);
 
     // Refused: still sent by the gateway, never leased, until a reload replaces it.
