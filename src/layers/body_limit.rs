@@ -187,9 +187,8 @@ mod tests {
     async fn a_stalled_body_times_out_after_body_timeout() {
         let (svc, log) = limited::<UnsyncBoxBody<Bytes, Infallible>>();
         let started = Instant::now();
-        let got = svc
-            .oneshot(admitted(Method::POST, testing::streamed(&["{\"a"], true)))
-            .await;
+        let body = testing::streamed(&["{\"a"], true);
+        let got = testing::within("body_limit", svc.oneshot(admitted(Method::POST, body))).await;
         assert!(
             matches!(got, Err(GatewayError::BodyTimeout(t)) if t == TIMEOUT),
             "body_limit: a stalled body did not time out: {got:?}"

@@ -133,6 +133,7 @@ mod tests {
     use crate::layers::testing::{self, Log};
 
     const LIMIT: usize = 2;
+    const NAME: &str = "client_limit";
 
     /// The layer (limit 2, clients `alpha` and `beta`) around an inner service that answers once
     /// `gate` gives it a permit, logging each caller it saw.
@@ -181,10 +182,8 @@ mod tests {
         for _ in 0..LIMIT {
             held.push(tokio::spawn(svc.clone().oneshot(request("alpha"))));
         }
-        while log.len() < LIMIT {
-            tokio::task::yield_now().await;
-        }
-        let over = svc.clone().oneshot(request("alpha")).await;
+        testing::until(NAME, || log.len() == LIMIT).await;
+        let over = testing::within(NAME, svc.clone().oneshot(request("alpha"))).await;
         assert!(
             matches!(over, Err(GatewayError::ClientOverloaded(LIMIT))),
             "client_limit: the limit-th+1 request was not refused: {over:?}"
@@ -195,9 +194,7 @@ mod tests {
             "client_limit: a refused request reached the inner"
         );
         let other = tokio::spawn(svc.clone().oneshot(request("beta")));
-        while log.len() < LIMIT + 1 {
-            tokio::task::yield_now().await;
-        }
+        testing::until(NAME, || log.len() == LIMIT + 1).await;
         assert_eq!(
             &*log.all()[LIMIT],
             "beta",
@@ -205,9 +202,9 @@ mod tests {
         );
         gate.add_permits(LIMIT + 1);
         for h in held {
-            assert!(h.await.unwrap().is_ok());
+            assert!(testing::within(NAME, h).await.unwrap().is_ok());
         }
-        assert!(other.await.unwrap().is_ok());
+        assert!(testing::within(NAME, other).await.unwrap().is_ok());
     }
 
     #[tokio::test]
@@ -218,7 +215,7 @@ mod tests {
         let rounds = 2 * LIMIT + 1;
         gate.add_permits(rounds);
         for _ in 0..rounds {
-            let answer = svc.clone().oneshot(request("alpha")).await;
+            let answer = testing::within(NAME, svc.clone().oneshot(request("alpha"))).await;
             assert!(
                 answer.is_ok(),
                 "client_limit: a finished request kept its count"
@@ -236,11 +233,11 @@ mod tests {
         for _ in 0..LIMIT {
             cancelled.push(svc.ready().await.unwrap().call(request("alpha")));
         }
-        let over = svc.clone().oneshot(request("alpha")).await;
+        let over = testing::within(NAME, svc.clone().oneshot(request("alpha"))).await;
         assert!(matches!(over, Err(GatewayError::ClientOverloaded(_))));
         drop(cancelled);
         gate.add_permits(1);
-        let after = svc.clone().oneshot(request("alpha")).await;
+        let after = testing::within(NAME, svc.clone().oneshot(request("alpha"))).await;
         assert!(
             after.is_ok(),
             "client_limit: a cancelled request kept its count: {after:?}"

@@ -4,7 +4,9 @@
 //! forwarder hands them up; a body that arrives in chunks or stalls.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
@@ -184,9 +186,9 @@ pub(crate) fn streamed(chunks: &[&'static str], stalls: bool) -> UnsyncBoxBody<B
 /// stale-if-error) and nothing else.
 pub(crate) fn memory_cache() -> Arc<Cache> {
     let policy = CachePolicy {
-        ttl: std::time::Duration::from_secs(5),
-        stale_while_revalidate: std::time::Duration::from_secs(5),
-        stale_if_error: std::time::Duration::from_secs(300),
+        ttl: Duration::from_secs(5),
+        stale_while_revalidate: Duration::from_secs(5),
+        stale_if_error: Duration::from_secs(300),
         status_ttl: std::collections::BTreeMap::new(),
     };
     let settings = CacheSettings {
@@ -231,4 +233,26 @@ impl<T: Clone> Log<T> {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+/// How long a test waits for a layer before it calls the layer stuck.
+const STUCK: Duration = Duration::from_secs(5);
+
+/// `fut`'s output, or a panic naming `layer` when it is still pending after 5 s (of tokio's
+/// clock: paused, that is virtual time): a layer that hangs fails its test instead of stalling
+/// the run.
+pub(crate) async fn within<F: Future>(layer: &str, fut: F) -> F::Output {
+    tokio::time::timeout(STUCK, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{layer}: still pending after {STUCK:?}"))
+}
+
+/// Waits until `done` holds, or panics naming `layer` after 5 s.
+pub(crate) async fn until(layer: &str, mut done: impl FnMut() -> bool) {
+    within(layer, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
 }
