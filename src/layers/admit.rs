@@ -210,3 +210,280 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bytes::Bytes;
+    use http::{Method, StatusCode};
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{BodyExt, Empty};
+    use sha2::{Digest, Sha256};
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::admitted::Caller;
+    use crate::cache::key::CacheKey;
+    use crate::error::RateLimitHeaders;
+    use crate::layers::auth::{Authenticator, ClientEntry};
+    use crate::layers::testing::{self, Log, REQUEST_ID, code_of, header};
+    use crate::reload::Swap;
+    use crate::routes::{Route, classify};
+
+    type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+    /// What the inner service saw of one request.
+    #[derive(Clone, Debug)]
+    struct Seen {
+        client: Arc<str>,
+        route: &'static str,
+        credentials: bool,
+        cache_key: bool,
+    }
+
+    const INFO: &str = "/v1/PveMachineHardDisk/open/info/d1";
+
+    fn client(name: &str, key: &str, routes: Option<&[Route]>) -> ClientEntry {
+        ClientEntry {
+            name: name.into(),
+            key_sha256: Sha256::digest(key.as_bytes()).into(),
+            account: testing::account("acct"),
+            routes: routes.map(|r| r.iter().copied().collect::<BTreeSet<_>>()),
+            token_lease: false,
+        }
+    }
+
+    /// Admission over `alpha` (key `key-a`, every route) and `beta` (key `key-b`, `disk.list`
+    /// only), no anonymous callers, around an inner service that answers `inner`.
+    fn admit(
+        inner: fn() -> Result<Resp, GatewayError>,
+    ) -> (
+        impl Service<Request<Body>, Response = Resp, Error = Infallible>,
+        Log<Seen>,
+    ) {
+        let auth = Authenticator::new(
+            vec![
+                client("alpha", "key-a", None),
+                client("beta", "key-b", Some(&[Route::DiskList])),
+            ],
+            None,
+            None,
+        );
+        let layer = AdmitLayer::new(Arc::default(), Arc::new(Swap::new(auth)));
+        let log = Log::default();
+        let seen = log.clone();
+        let svc = layer.layer(service_fn(move |entry: AdmittedRequest<Body>| {
+            let headers = entry.req.headers();
+            seen.push(Seen {
+                client: entry.admitted.caller.client.clone(),
+                route: entry.admitted.target.label(),
+                credentials: headers.contains_key(header::AUTHORIZATION)
+                    || headers.contains_key(TOKEN_HEADER),
+                cache_key: entry.admitted.cache_key.is_some(),
+            });
+            std::future::ready(inner())
+        }));
+        (svc, log)
+    }
+
+    fn empty() -> Body {
+        Empty::new().boxed_unsync()
+    }
+
+    fn get(uri: &str, key: Option<&str>) -> Request<Body> {
+        let mut req = testing::request(Method::GET, uri, empty());
+        if let Some(key) = key {
+            let v = HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
+            req.headers_mut().insert(header::AUTHORIZATION, v);
+        }
+        req
+    }
+
+    async fn answer(
+        svc: impl Service<Request<Body>, Response = Resp, Error = Infallible>,
+        req: Request<Body>,
+    ) -> Resp {
+        svc.oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_route_is_404_before_authentication() {
+        let (svc, log) = admit(|| Ok(testing::ok()));
+        let resp = answer(svc, get("/v1/nothing/here", None)).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "admit: not 404");
+        assert_eq!(code_of(&resp), 404);
+        assert_eq!(
+            log.len(),
+            0,
+            "admit: an unknown route reached the inner service"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_key_is_401() {
+        let (svc, log) = admit(|| Ok(testing::ok()));
+        let resp = answer(svc, get(INFO, None)).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "admit: not 401");
+        assert_eq!(code_of(&resp), 401);
+        assert_eq!(resp.extensions().get::<Route>(), Some(&Route::DiskInfo));
+        assert_eq!(
+            log.len(),
+            0,
+            "admit: a keyless request reached the inner service"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_outside_its_allow_list_is_403_and_named_in_the_access_stamp() {
+        let (svc, log) = admit(|| Ok(testing::ok()));
+        let resp = answer(svc, get(INFO, Some("key-b"))).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "admit: not 403");
+        assert_eq!(code_of(&resp), 1001);
+        let named = resp.extensions().get::<ClientName>().map(|c| &*c.0);
+        assert_eq!(
+            named,
+            Some("beta"),
+            "admit: the refusal's stamp lacks the client"
+        );
+        assert_eq!(log.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_undeclared_query_parameter_is_400() {
+        let (svc, log) = admit(|| Ok(testing::ok()));
+        let resp = answer(svc, get(&format!("{INFO}?sneaky=1"), Some("key-a"))).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "admit: not 400");
+        assert_eq!(code_of(&resp), 1007);
+        let body = String::from_utf8_lossy(resp.body()).into_owned();
+        assert!(
+            body.contains("sneaky"),
+            "admit: the parameter is not named: {body}"
+        );
+        assert_eq!(log.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn credentials_are_stripped_before_the_inner_service() {
+        let (svc, log) = admit(|| Ok(testing::ok()));
+        let mut req = get(INFO, Some("key-a"));
+        req.headers_mut()
+            .insert(TOKEN_HEADER, HeaderValue::from_static("also-a-credential"));
+        let resp = answer(svc, req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let seen = log.all();
+        assert_eq!(
+            seen.len(),
+            1,
+            "admit: the inner service was not called once"
+        );
+        assert_eq!(&*seen[0].client, "alpha");
+        assert_eq!(seen[0].route, "disk.info");
+        assert!(!seen[0].credentials, "admit: a credential header went on");
+        let named = resp.extensions().get::<ClientName>().map(|c| &*c.0);
+        assert_eq!(
+            named,
+            Some("alpha"),
+            "admit: the answer's stamp lacks the client"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_a_body_still_coming_closes_an_http1_connection() {
+        let create = "/v1/PveMachineHardDisk/open/create";
+        let coming = || testing::streamed(&["{\"area\":"], true);
+        let (svc, _) = admit(|| Ok(testing::ok()));
+        let resp = answer(svc, testing::request(Method::POST, create, coming())).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&resp, "connection"),
+            "close",
+            "admit: HTTP/1.1 kept open"
+        );
+
+        // Nothing left to read, or HTTP/2 (a stream, not the connection): kept open.
+        let (svc, _) = admit(|| Ok(testing::ok()));
+        let resp = answer(svc, testing::request(Method::POST, create, empty())).await;
+        assert_eq!(
+            header(&resp, "connection"),
+            "",
+            "admit: closed without a body"
+        );
+        let (svc, _) = admit(|| Ok(testing::ok()));
+        let mut req = testing::request(Method::POST, create, coming());
+        *req.version_mut() = Version::HTTP_2;
+        let resp = answer(svc, req).await;
+        assert_eq!(
+            header(&resp, "connection"),
+            "",
+            "admit: closed an HTTP/2 answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_inner_error_is_rendered_once_with_the_request_id_and_retry_after() {
+        let (svc, log) = admit(|| {
+            Err(GatewayError::RateLimited {
+                route: "disk.info",
+                scope: "account",
+                count: 1,
+                period: std::time::Duration::from_secs(1),
+                retry_after: 3,
+                headers: Box::<RateLimitHeaders>::default(),
+            })
+        });
+        let resp = answer(svc, get(INFO, Some("key-a"))).await;
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            resp.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "admit: not rendered"
+        );
+        let body: serde_json::Value = serde_json::from_slice(resp.body())
+            .expect("admit: the answer is not one JSON envelope");
+        assert_eq!(body["code"], 220_025);
+        assert_eq!(
+            body["traceId"], REQUEST_ID,
+            "admit: traceId is not the request id"
+        );
+        let retry: Vec<_> = resp.headers().get_all(header::RETRY_AFTER).iter().collect();
+        assert_eq!(retry, ["3"], "admit: Retry-After missing or repeated");
+        assert_eq!(header(&resp, "connection"), "", "admit: the body was read");
+        let named = resp.extensions().get::<ClientName>().map(|c| &*c.0);
+        assert_eq!(named, Some("alpha"));
+    }
+
+    #[tokio::test]
+    async fn a_head_start_is_used_and_credentials_still_stripped() {
+        let (svc, log) = admit(|| Ok(testing::ok()));
+        // A caller the authenticator does not know, and a key it would refuse: only the head
+        // start can admit this request.
+        let account = testing::account("acct");
+        let mut req = get(INFO, Some("not-a-key"));
+        req.extensions_mut().insert(HeadStart {
+            matched: classify(&Method::GET, INFO).unwrap(),
+            caller: Caller {
+                client: "gamma".into(),
+                account: account.clone(),
+            },
+            key: CacheKey::new(account.name.clone(), Route::DiskInfo, "d1"),
+        });
+        let resp = answer(svc, req).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "admit: the head start was not used"
+        );
+        let seen = log.all();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            &*seen[0].client, "gamma",
+            "admit: the inner did not see its caller"
+        );
+        assert!(
+            seen[0].cache_key,
+            "admit: the head start's cache key was lost"
+        );
+        assert!(!seen[0].credentials, "admit: a credential header went on");
+    }
+}

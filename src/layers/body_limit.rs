@@ -107,3 +107,120 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::Method;
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{Empty, Full};
+    use tokio::time::Instant;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::layers::testing::{self, Log};
+
+    const LIMIT: usize = 16;
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const CREATE: &str = "/v1/PveMachineHardDisk/open/create";
+
+    /// The layer (16 bytes, 2 s) around an inner service that logs the body it got.
+    fn limited<B>() -> (
+        impl Service<AdmittedRequest<B>, Response = Resp, Error = GatewayError>,
+        Log<Bytes>,
+    )
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let log = Log::default();
+        let seen = log.clone();
+        let svc = BodyLimitLayer::new(LIMIT, TIMEOUT).layer(service_fn(
+            move |entry: AdmittedRequest<Bytes>| {
+                seen.push(entry.req.into_body());
+                std::future::ready(Ok::<_, GatewayError>(testing::ok()))
+            },
+        ));
+        (svc, log)
+    }
+
+    fn admitted<B>(method: Method, body: B) -> AdmittedRequest<B> {
+        let caller = testing::caller("alpha", &testing::account("acct"));
+        let uri = if method == Method::GET {
+            "/v1/PveMachineHardDisk/open/info/d1"
+        } else {
+            CREATE
+        };
+        testing::admitted(&caller, testing::request(method, uri, body))
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_unread() {
+        let (svc, log) = limited();
+        let mut entry = admitted(Method::POST, Full::new(Bytes::from_static(b"{}")));
+        entry
+            .req
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, (LIMIT + 1).into());
+        let got = svc.oneshot(entry).await;
+        assert!(
+            matches!(got, Err(GatewayError::PayloadTooLarge { limit: LIMIT })),
+            "body_limit: a declared oversize body was not refused: {got:?}"
+        );
+        assert_eq!(log.len(), 0, "body_limit: the inner service was called");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_over_the_limit_is_refused() {
+        let (svc, log) = limited();
+        let body = testing::streamed(&["0123456789", "0123456789"], false);
+        let got = svc.oneshot(admitted(Method::POST, body)).await;
+        assert!(
+            matches!(got, Err(GatewayError::PayloadTooLarge { limit: LIMIT })),
+            "body_limit: a streamed oversize body was not refused: {got:?}"
+        );
+        assert_eq!(log.len(), 0, "body_limit: the inner service was called");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out_after_body_timeout() {
+        let (svc, log) = limited::<UnsyncBoxBody<Bytes, Infallible>>();
+        let started = Instant::now();
+        let body = testing::streamed(&["{\"a"], true);
+        let got = testing::within("body_limit", svc.oneshot(admitted(Method::POST, body))).await;
+        assert!(
+            matches!(got, Err(GatewayError::BodyTimeout(t)) if t == TIMEOUT),
+            "body_limit: a stalled body did not time out: {got:?}"
+        );
+        assert_eq!(
+            started.elapsed(),
+            TIMEOUT,
+            "body_limit: not after body_timeout"
+        );
+        assert_eq!(log.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_get_passes_with_an_empty_body() {
+        let (svc, log) = limited();
+        let got = svc
+            .oneshot(admitted(Method::GET, Empty::<Bytes>::new()))
+            .await;
+        assert!(got.is_ok(), "body_limit: a GET was refused: {got:?}");
+        assert_eq!(log.all(), [Bytes::new()]);
+    }
+
+    #[tokio::test]
+    async fn the_inner_service_sees_the_whole_body() {
+        let (svc, log) = limited();
+        let body = testing::streamed(&["{\"memory\":", "20}"], false);
+        let got = svc.oneshot(admitted(Method::POST, body)).await;
+        assert!(got.is_ok(), "body_limit: a small body was refused: {got:?}");
+        assert_eq!(
+            log.all(),
+            [Bytes::from_static(b"{\"memory\":20}")],
+            "body_limit: the inner service did not get the whole body"
+        );
+    }
+}

@@ -272,3 +272,189 @@ where
     }
     Ok(respond(answer, status, 0))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http::StatusCode;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::admitted::Caller;
+    use crate::layers::testing::{self, Log, header};
+
+    /// One scripted answer of the inner service: an upstream answer (HTTP status, envelope code),
+    /// or an error value.
+    type Scripted = Result<(StatusCode, i64), GatewayError>;
+
+    /// The layer over a fresh in-memory cache (`disk.info` cached) around an inner service that
+    /// logs the path it was asked for, takes 10 ms, and answers `answers[n]` to its n-th call
+    /// (a success past the end).
+    fn cached(
+        answers: Vec<Scripted>,
+    ) -> (
+        impl Service<Call, Response = Resp, Error = GatewayError, Future = GatewayFuture> + Clone,
+        Log<String>,
+    ) {
+        let log = Log::default();
+        let seen = log.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let answers: Arc<[Scripted]> = answers.into();
+        let svc =
+            CachingLayer::new(testing::memory_cache()).layer(service_fn(move |call: Call| {
+                seen.push(call.req.uri().path().to_owned());
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                let scripted = answers.get(n).cloned().unwrap_or(Ok((StatusCode::OK, 0)));
+                async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    scripted.map(|(status, code)| testing::answer(status, code))
+                }
+            }));
+        (svc, log)
+    }
+
+    fn alpha() -> Caller {
+        testing::caller("alpha", &testing::account("acct"))
+    }
+
+    fn cache_status(resp: &Resp) -> &str {
+        header(resp, "cache-status")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_calls_inner_once_and_stores_then_a_hit_does_not() {
+        let (svc, log) = cached(Vec::new());
+        let miss = svc
+            .clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await;
+        let miss = miss.unwrap();
+        assert_eq!(
+            log.len(),
+            1,
+            "cache: a miss did not call the inner service once"
+        );
+        assert_eq!(
+            cache_status(&miss),
+            "finovy-gateway; fwd=miss; fwd-status=200; stored",
+            "cache: the miss was not stored"
+        );
+        let hit = svc
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await
+            .unwrap();
+        assert_eq!(log.len(), 1, "cache: a hit called the inner service");
+        assert!(
+            cache_status(&hit).starts_with("finovy-gateway; hit; ttl="),
+            "cache: not a hit: {}",
+            cache_status(&hit)
+        );
+        assert_eq!(
+            hit.body(),
+            miss.body(),
+            "cache: the hit is not the stored answer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_make_one_inner_call() {
+        let (svc, log) = cached(Vec::new());
+        let (a, b) = tokio::join!(
+            svc.clone().oneshot(testing::disk_info(&alpha(), "d1")),
+            svc.clone().oneshot(testing::disk_info(&alpha(), "d1")),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(log.len(), 1, "cache: concurrent misses were not coalesced");
+        assert_eq!(a.body(), b.body());
+        assert!(
+            cache_status(&b).ends_with("; collapsed"),
+            "cache: the second miss did not join the first: {}",
+            cache_status(&b)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inner_error_within_stale_if_error_answers_the_stale_entry() {
+        let failed = GatewayError::UpstreamUnavailable {
+            msg: "reset".into(),
+            sent: false,
+        };
+        let (svc, log) = cached(vec![
+            Ok((StatusCode::OK, 0)),
+            Err(failed.clone()),
+            Err(failed),
+        ]);
+        let stored = svc
+            .clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await;
+        let stored = stored.unwrap();
+        // Past the TTL (5 s) and stale-while-revalidate (5 s), within stale-if-error (5 min).
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let stale = svc
+            .clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await;
+        let stale = stale.expect("cache: the error was passed up despite a stale entry");
+        assert_eq!(
+            log.len(),
+            2,
+            "cache: the stale entry was answered without trying"
+        );
+        assert_eq!(stale.body(), stored.body());
+        assert!(
+            cache_status(&stale).contains("detail=stale-if-error"),
+            "cache: {}",
+            cache_status(&stale)
+        );
+        // Past stale-if-error too: the error itself.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let gone = svc.oneshot(testing::disk_info(&alpha(), "d1")).await;
+        assert!(
+            matches!(gone, Err(GatewayError::UpstreamUnavailable { .. })),
+            "cache: an entry past stale-if-error stood in: {gone:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_cache_goes_to_the_inner_service() {
+        let (svc, log) = cached(Vec::new());
+        svc.clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await
+            .unwrap();
+        let mut call = testing::disk_info(&alpha(), "d1");
+        call.req
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let fresh = svc.oneshot(call).await.unwrap();
+        assert_eq!(log.len(), 2, "cache: no-cache was answered from the cache");
+        assert!(
+            cache_status(&fresh).contains("fwd=request"),
+            "cache: {}",
+            cache_status(&fresh)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_it_does_not_cache_goes_straight_on() {
+        let (svc, log) = cached(Vec::new());
+        for _ in 0..2 {
+            let caller = alpha();
+            let call = testing::call(&caller, http::Method::GET, "/v1/pve/open/image", "");
+            let resp = svc.clone().oneshot(call).await.unwrap();
+            assert_eq!(
+                cache_status(&resp),
+                "",
+                "cache: an uncached route got Cache-Status"
+            );
+        }
+        assert_eq!(
+            log.len(),
+            2,
+            "cache: an uncached route was answered from the cache"
+        );
+    }
+}

@@ -100,7 +100,95 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::Method;
+    use tower::service_fn;
+
     use super::*;
+    use crate::admitted::Caller;
+    use crate::layers::cache::CachingLayer;
+    use crate::layers::testing::{self, Log};
+
+    /// One scripted answer of the mutation's inner service.
+    type Scripted = Result<(StatusCode, i64), GatewayError>;
+
+    /// A read pipeline (the cache around an inner service that logs its calls) and a mutation
+    /// pipeline (this layer around an inner service that answers `answers[n]` to its n-th call),
+    /// over one in-memory cache.
+    fn pipelines(
+        answers: Vec<Scripted>,
+    ) -> (
+        impl Service<Call, Response = Resp, Error = GatewayError> + Clone,
+        Log<String>,
+        impl Service<Call, Response = Resp, Error = GatewayError> + Clone,
+    ) {
+        let cache = testing::memory_cache();
+        let log = Log::default();
+        let seen = log.clone();
+        let read = CachingLayer::new(cache.clone()).layer(service_fn(move |call: Call| {
+            seen.push(call.req.uri().path().to_owned());
+            std::future::ready(Ok::<_, GatewayError>(testing::ok()))
+        }));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let answers: Arc<[Scripted]> = answers.into();
+        let mutate = InvalidateLayer::new(cache).layer(service_fn(move |_: Call| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let scripted = answers.get(n).cloned().unwrap_or(Ok((StatusCode::OK, 0)));
+            std::future::ready(scripted.map(|(status, code)| testing::answer(status, code)))
+        }));
+        (read, log, mutate)
+    }
+
+    fn alpha() -> Caller {
+        testing::caller("alpha", &testing::account("acct"))
+    }
+
+    /// `disk.update_status` of disk `d1`, which makes its `disk.info` entry wrong.
+    fn update_d1() -> Call {
+        let body = r#"{"id":"d1","status":2}"#;
+        let uri = "/v1/PveMachineHardDisk/open/updateStatus";
+        testing::call(&alpha(), Method::PUT, uri, body)
+    }
+
+    async fn read_d1(read: &(impl Service<Call, Response = Resp, Error = GatewayError> + Clone)) {
+        let got = read
+            .clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await;
+        assert!(got.is_ok(), "invalidate: a read failed: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_successful_mutation_drops_the_entry() {
+        let (read, log, mutate) = pipelines(Vec::new());
+        read_d1(&read).await;
+        read_d1(&read).await;
+        assert_eq!(log.len(), 1, "invalidate: the entry was not stored");
+        mutate.oneshot(update_d1()).await.unwrap();
+        read_d1(&read).await;
+        assert_eq!(
+            log.len(),
+            2,
+            "invalidate: a success left the entry in place"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_mutation_drops_nothing() {
+        let failures = vec![
+            Ok((StatusCode::OK, 220_001)),
+            Ok((StatusCode::INTERNAL_SERVER_ERROR, 500)),
+            Err(GatewayError::UpstreamTimeout),
+        ];
+        let (read, log, mutate) = pipelines(failures);
+        read_d1(&read).await;
+        for n in 0..3 {
+            let _ = mutate.clone().oneshot(update_d1()).await;
+            read_d1(&read).await;
+            assert_eq!(log.len(), 1, "invalidate: failure {n} dropped the entry");
+        }
+    }
 
     #[test]
     fn the_id_comes_from_a_string_or_a_number() {

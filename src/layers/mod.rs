@@ -16,6 +16,8 @@ pub(crate) mod invalidate;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
 pub(crate) mod switch;
+#[cfg(test)]
+pub(crate) mod testing;
 pub(crate) mod token;
 pub(crate) mod token_lease;
 pub(crate) mod validate;

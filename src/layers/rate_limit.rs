@@ -252,3 +252,219 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::StatusCode;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::layers::testing::{self, Log, header};
+    use crate::protect::gcra::MemoryLimiter;
+    use crate::protect::policy::{CreateConfig, Rate};
+    use crate::routes::{Route, RouteTable};
+
+    fn rate(count: u32, secs: u64, burst: u32) -> Rate {
+        Rate {
+            count,
+            period: Duration::from_secs(secs),
+            burst,
+        }
+    }
+
+    /// The default create settings, with `disk.create`'s rate, client rate and `max_wait` set
+    /// (`None`: no policy for it).
+    fn settings(policy: Option<(Rate, Option<Rate>, Duration)>) -> CreateSettings {
+        let mut settings = CreateConfig::default()
+            .resolve(&RouteTable::default())
+            .expect("the default create settings");
+        match policy {
+            Some((rate, client_rate, max_wait)) => {
+                let p = settings.routes.get_mut(&Route::DiskCreate).unwrap();
+                p.rate = rate;
+                p.client_rate = client_rate;
+                p.max_wait = max_wait;
+            }
+            None => {
+                settings.routes.remove(&Route::DiskCreate);
+            }
+        }
+        settings
+    }
+
+    /// The layer with the in-memory limiter around an inner service that logs when it was
+    /// called and answers `answers[n]` (a code) to its n-th call, 0 past the end.
+    fn limited(
+        settings: CreateSettings,
+        answers: &'static [i64],
+    ) -> (
+        impl Service<Spend, Response = Resp, Error = GatewayError, Future = GatewayFuture> + Clone,
+        Log<Instant>,
+    ) {
+        let layer = RateLimitLayer::new(
+            Arc::new(MemoryLimiter::new()),
+            Arc::new(Swap::new(settings)),
+            Arc::new(Metrics::new()),
+        );
+        let log = Log::default();
+        let seen = log.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer.layer(service_fn(move |_: Spend| {
+            seen.push(Instant::now());
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let code = answers.get(n).copied().unwrap_or(0);
+            std::future::ready(Ok::<_, GatewayError>(testing::answer(StatusCode::OK, code)))
+        }));
+        (svc, log)
+    }
+
+    fn spend(client: &str) -> Spend {
+        testing::spend(&testing::caller(client, &testing::account("acct")))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_goes_at_once_and_the_next_waits_for_its_slot() {
+        let (svc, log) = limited(
+            settings(Some((rate(1, 1, 2), None, Duration::from_secs(5)))),
+            &[],
+        );
+        let start = Instant::now();
+        let (a, b, c) = tokio::join!(
+            svc.clone().oneshot(spend("alpha")),
+            svc.clone().oneshot(spend("alpha")),
+            svc.clone().oneshot(spend("alpha")),
+        );
+        for got in [&a, &b, &c] {
+            assert!(got.is_ok(), "rate_limit: refused within max_wait: {got:?}");
+        }
+        let at: Vec<_> = log.all().iter().map(|t| *t - start).collect();
+        assert_eq!(
+            at,
+            [Duration::ZERO, Duration::ZERO, Duration::from_secs(1)],
+            "rate_limit: the burst or the next slot is wrong"
+        );
+        let a = a.unwrap();
+        assert!(
+            header(&a, "ratelimit-policy").contains("q=1;w=1"),
+            "rate_limit: no RateLimit-Policy on a success"
+        );
+        assert!(header(&a, "ratelimit").starts_with("\"tenant\";r="));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_max_wait_the_create_is_refused_with_retry_after_and_ratelimit_headers() {
+        let (svc, log) = limited(
+            settings(Some((rate(1, 1, 1), None, Duration::from_secs(2)))),
+            &[],
+        );
+        let start = Instant::now();
+        let (a, b, c, d) = tokio::join!(
+            svc.clone().oneshot(spend("alpha")),
+            svc.clone().oneshot(spend("alpha")),
+            svc.clone().oneshot(spend("alpha")),
+            svc.clone().oneshot(spend("alpha")),
+        );
+        assert!(
+            a.is_ok() && b.is_ok() && c.is_ok(),
+            "rate_limit: refused within max_wait"
+        );
+        let last = log.all().last().map(|t| *t - start);
+        assert_eq!(
+            last,
+            Some(Duration::from_secs(2)),
+            "rate_limit: waited past max_wait"
+        );
+        let Err(
+            err @ GatewayError::RateLimited {
+                scope: "account", ..
+            },
+        ) = d
+        else {
+            panic!("rate_limit: the fourth create was not refused: {d:?}");
+        };
+        assert_eq!(
+            log.len(),
+            3,
+            "rate_limit: a refused create reached the inner"
+        );
+        let resp = err.into_response(testing::REQUEST_ID);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&resp, "retry-after"), "1");
+        assert!(header(&resp, "ratelimit-policy").contains("\"tenant\";q=1;w=1"));
+        assert!(header(&resp, "ratelimit").contains("\"tenant\";r=0"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_client_rate_holds_back_one_client_alone() {
+        let (svc, log) = limited(
+            settings(Some((
+                rate(100, 1, 100),
+                Some(rate(1, 1, 1)),
+                Duration::ZERO,
+            ))),
+            &[],
+        );
+        assert!(svc.clone().oneshot(spend("alpha")).await.is_ok());
+        let again = svc.clone().oneshot(spend("alpha")).await;
+        assert!(
+            matches!(
+                again,
+                Err(GatewayError::RateLimited {
+                    scope: "client",
+                    ..
+                })
+            ),
+            "rate_limit: the client rate did not refuse: {again:?}"
+        );
+        let other = svc.clone().oneshot(spend("beta")).await;
+        assert!(
+            other.is_ok(),
+            "rate_limit: another client was held back: {other:?}"
+        );
+        assert_eq!(log.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_too_frequent_is_retried_at_the_next_slot_unseen() {
+        let (svc, log) = limited(
+            settings(Some((rate(1, 1, 1), None, Duration::from_secs(5)))),
+            &[TOO_FREQUENT],
+        );
+        let start = Instant::now();
+        let resp = svc.oneshot(spend("alpha")).await;
+        let resp = resp.expect("rate_limit: the retried create failed");
+        assert_eq!(
+            resp.extensions().get::<EnvelopeHead>().and_then(|h| h.code),
+            Some(0),
+            "rate_limit: the upstream's 220025 reached the client"
+        );
+        let at: Vec<_> = log.all().iter().map(|t| *t - start).collect();
+        assert_eq!(
+            at,
+            [Duration::ZERO, Duration::from_secs(1)],
+            "rate_limit: not retried once, at the next slot"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_without_a_policy_passes_straight_through() {
+        let (svc, log) = limited(settings(None), &[]);
+        let start = Instant::now();
+        for _ in 0..5 {
+            let resp = svc.clone().oneshot(spend("alpha")).await.unwrap();
+            assert_eq!(
+                header(&resp, "ratelimit"),
+                "",
+                "rate_limit: an unlimited route got headers"
+            );
+        }
+        assert_eq!(log.len(), 5);
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "rate_limit: an unlimited route waited"
+        );
+    }
+}
