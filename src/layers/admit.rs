@@ -228,8 +228,8 @@ mod tests {
     use crate::error::RateLimitHeaders;
     use crate::layers::auth::{Authenticator, ClientEntry};
     use crate::layers::testing::{self, Log, REQUEST_ID, code_of, header};
-    use crate::reload::Swap;
     use crate::routes::{Route, classify};
+    use crate::swap::Swap;
 
     type Body = UnsyncBoxBody<Bytes, Infallible>;
 

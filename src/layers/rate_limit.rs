@@ -148,18 +148,15 @@ where
 
     fn call(&mut self, spend: Spend) -> Self::Future {
         let route = spend.call.route();
-        let settings = self.layer.settings.load();
-        // A spend route without a `[create.routes]` policy is not limited.
-        if !settings.routes.contains_key(&route) {
+        // A spend route without a `[create.routes]` policy is not limited. A create keeps the
+        // policy it started with, whatever a reload does meanwhile.
+        let Some(policy) = self.layer.settings.load().routes.get(&route).cloned() else {
             return Box::pin(self.inner.call(spend));
-        }
+        };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let Some(policy) = settings.routes.get(&route) else {
-                return inner.oneshot(spend).await;
-            };
             let account = spend.call.caller.account.clone();
             let client = Some(spend.call.caller.client.clone());
             let mut limits = vec![Limit {
