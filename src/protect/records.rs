@@ -392,7 +392,12 @@ fn ready<T: Send + 'static>(v: T) -> BoxFuture<T> {
 
 impl RecordStore for MemoryRecords {
     fn begin(&self, key: &str, record: Record) -> BoxFuture<Stored<Begin>> {
-        let entry = self.records.entry(key.to_string()).or_insert(record);
+        // `or_insert_with`, not `or_insert`: only the former coalesces concurrent calls so that
+        // exactly one of them sees a fresh entry (moka-rs/moka#545); two would both start.
+        let entry = self
+            .records
+            .entry(key.to_string())
+            .or_insert_with(|| record);
         let begin = if entry.is_fresh() {
             Begin::Started
         } else {
