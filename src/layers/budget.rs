@@ -112,3 +112,144 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::StatusCode;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::layers::testing::{self, within};
+    use crate::protect::budget::MemoryLedger;
+    use crate::protect::policy::{BudgetConfig, Caps};
+
+    /// A guard allowing `per_day` creates a day to each client (0: no cap, the guard off).
+    fn guard(per_day: u64) -> (BudgetGuardLayer, Arc<Metrics>) {
+        let caps = BudgetConfig {
+            account: Caps::default(),
+            client: Caps {
+                creates_per_day: per_day,
+                ..Caps::default()
+            },
+        };
+        let budget = Arc::new(Budget::new(caps, Arc::new(MemoryLedger::default())));
+        let metrics = Arc::new(Metrics::new());
+        (BudgetGuardLayer::new(budget, metrics.clone()), metrics)
+    }
+
+    /// An inner service that counts its calls and answers with what `answer` makes.
+    fn inner(
+        calls: &Arc<AtomicUsize>,
+        answer: fn() -> Result<Resp, GatewayError>,
+    ) -> impl Service<Spend, Response = Resp, Error = GatewayError, Future: Send> + Clone + Send + use<>
+    {
+        let calls = calls.clone();
+        service_fn(move |_: Spend| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(answer())
+        })
+    }
+
+    // Answers of the fake inner service, so of its result type.
+    #[allow(clippy::unnecessary_wraps)]
+    fn refused() -> Result<Resp, GatewayError> {
+        Ok(testing::answer(StatusCode::OK, 220_025))
+    }
+
+    #[allow(clippy::unnecessary_wraps)]
+    fn bought() -> Result<Resp, GatewayError> {
+        Ok(testing::ok())
+    }
+
+    fn unknown() -> Result<Resp, GatewayError> {
+        Err(GatewayError::UpstreamTimeout)
+    }
+
+    async fn send<S>(svc: &S, caller: &crate::admitted::Caller) -> Result<Resp, GatewayError>
+    where
+        S: Service<Spend, Response = Resp, Error = GatewayError> + Clone,
+    {
+        within("budget", svc.clone().oneshot(testing::spend(caller))).await
+    }
+
+    #[tokio::test]
+    async fn a_create_over_the_cap_is_refused_before_the_inner_service() {
+        let (layer, metrics) = guard(2);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer.layer(inner(&calls, bought));
+        let caller = testing::caller("svc", &testing::account("default"));
+        for _ in 0..2 {
+            assert!(send(&svc, &caller).await.is_ok());
+        }
+        let err = send(&svc, &caller).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GatewayError::SpendingCap {
+                    cap: "creates_per_day",
+                    limit: 2,
+                    scope: "client",
+                    retry_after,
+                    ..
+                } if retry_after >= 1
+            ),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the third never went on");
+        let refused = metrics
+            .budget_refused
+            .with_label_values(&["client", "creates_per_day"])
+            .get();
+        assert_eq!(refused, 1);
+        let other = testing::caller("other", &testing::account("default"));
+        assert!(
+            send(&svc, &other).await.is_ok(),
+            "another client has its own cap"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_that_bought_nothing_gives_its_admission_back() {
+        let (layer, _) = guard(1);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let caller = testing::caller("svc", &testing::account("default"));
+        // The upstream refused it (220025): nothing was bought, the cap is not spent.
+        let refusing = layer.clone().layer(inner(&calls, refused));
+        for _ in 0..3 {
+            assert!(send(&refusing, &caller).await.is_ok());
+        }
+        let buying = layer.layer(inner(&calls, bought));
+        assert!(send(&buying, &caller).await.is_ok(), "the cap is whole");
+        assert!(send(&buying, &caller).await.is_err(), "and now spent");
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_create_of_unknown_outcome_keeps_its_admission() {
+        let (layer, _) = guard(1);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let caller = testing::caller("svc", &testing::account("default"));
+        let timing_out = layer.clone().layer(inner(&calls, unknown));
+        let err = send(&timing_out, &caller).await.unwrap_err();
+        assert!(err.outcome_unknown(), "{err:?}");
+        // It may have bought a disk: it counts.
+        let buying = layer.layer(inner(&calls, bought));
+        let err = send(&buying, &caller).await.unwrap_err();
+        assert!(matches!(err, GatewayError::SpendingCap { .. }), "{err:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn without_caps_the_guard_passes_everything() {
+        let (layer, _) = guard(0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer.layer(inner(&calls, bought));
+        let caller = testing::caller("svc", &testing::account("default"));
+        for _ in 0..5 {
+            assert!(send(&svc, &caller).await.is_ok());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+}
