@@ -89,3 +89,87 @@ where
         Box::pin(self.inner.call(Spend { call, order }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::layers::testing::{self, Log, within};
+
+    /// A create of `body`, sent as `content_type` (none when `None`), with a stale length.
+    fn create(body: &str, content_type: Option<&str>) -> Call {
+        let caller = testing::caller("svc", &testing::account("default"));
+        let mut call = testing::call(
+            &caller,
+            Method::POST,
+            "/v1/PveMachineHardDisk/open/create",
+            body,
+        );
+        let headers = call.req.headers_mut();
+        if let Some(t) = content_type {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(t).unwrap());
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        call
+    }
+
+    /// Runs `call` through the layer; what the inner service saw.
+    async fn run(call: Call) -> (Result<Resp, GatewayError>, Vec<Spend>) {
+        let seen = Log::default();
+        let log = seen.clone();
+        let svc = ValidateLayer.layer(service_fn(move |spend: Spend| {
+            log.push(spend);
+            std::future::ready(Ok::<_, GatewayError>(testing::ok()))
+        }));
+        let result = within("validate", svc.oneshot(call)).await;
+        (result, seen.all())
+    }
+
+    #[tokio::test]
+    async fn a_valid_create_goes_on_as_its_canonical_order() {
+        let sent = r#"{ "isMount": 0, "memory": 20, "area": 0 }"#;
+        let (result, seen) = run(create(sent, Some("application/json; charset=utf-8"))).await;
+        assert!(result.is_ok());
+        let [spend] = seen.as_slice() else {
+            panic!("one call: {}", seen.len())
+        };
+        let body = std::str::from_utf8(spend.call.req.body()).unwrap();
+        assert_eq!(body, spend.order.body(), "what was checked is what is sent");
+        assert_ne!(body, sent, "the client's bytes stop here");
+        let headers = spend.call.req.headers();
+        assert!(headers.get(header::CONTENT_LENGTH).is_none(), "{headers:?}");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(spend.order.disk().map(|d| d.memory_gb), Some(20));
+    }
+
+    #[tokio::test]
+    async fn a_bad_body_is_refused_before_the_inner_service() {
+        let (result, seen) = run(create(
+            r#"{"area":0,"memory":20}"#,
+            Some("application/json"),
+        ))
+        .await;
+        let err = result.unwrap_err();
+        assert!(matches!(err, GatewayError::BadRequest { .. }), "{err:?}");
+        assert!(seen.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_not_sent_as_json_is_refused() {
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/json; charset=latin1"),
+        ] {
+            let (result, seen) = run(create(testing::DISK_CREATE_BODY, content_type)).await;
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, GatewayError::BadRequest { code: 1007, msg } if msg.contains("Content-Type")),
+                "{content_type:?}: {err:?}"
+            );
+            assert!(seen.is_empty(), "{content_type:?}");
+        }
+    }
+}
