@@ -324,6 +324,57 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_stale_entry_is_answered_at_once_while_one_refresh_runs() {
+        let (svc, log) = cached(Vec::new());
+        let first = svc
+            .clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await;
+        assert!(first.is_ok());
+        // Past the 5 s TTL, within the 5 s of stale-while-revalidate.
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let stale = svc
+            .clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await
+            .unwrap();
+        assert!(
+            cache_status(&stale).contains("fwd=stale; detail=revalidating"),
+            "cache: a stale entry was not answered as revalidating: {}",
+            cache_status(&stale)
+        );
+        assert_eq!(header(&stale, "age"), "7");
+        // The refresh runs in the background, once, whoever asks meanwhile.
+        let again = svc
+            .clone()
+            .oneshot(testing::disk_info(&alpha(), "d1"))
+            .await
+            .unwrap();
+        assert!(cache_status(&again).contains("revalidating"));
+        testing::until("cache", || log.len() == 2).await;
+        // The refresh lands (the inner service takes 10 ms); until then answers stay stale.
+        let mut fresh = stale;
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            tokio::task::yield_now().await;
+            fresh = svc
+                .clone()
+                .oneshot(testing::disk_info(&alpha(), "d1"))
+                .await
+                .unwrap();
+            if cache_status(&fresh).contains("hit") {
+                break;
+            }
+        }
+        assert!(
+            cache_status(&fresh).contains("hit"),
+            "cache: the refresh did not store a fresh entry: {}",
+            cache_status(&fresh)
+        );
+        assert_eq!(log.len(), 2, "cache: one refresh, not one per stale answer");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_miss_calls_inner_once_and_stores_then_a_hit_does_not() {
         let (svc, log) = cached(Vec::new());
         let miss = svc
