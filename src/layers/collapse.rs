@@ -130,3 +130,115 @@ fn answer(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http::{Method, StatusCode};
+    use tower::service_fn;
+
+    use super::*;
+    use crate::layers::testing::{self, header, within};
+
+    const MOUNT: &str = "/v1/PveMachineHardDisk/open/pveCreate";
+
+    /// The layer around an inner service that counts its calls, takes 50 ms and answers `ok`
+    /// (a success) or a timeout after sending.
+    fn collapsing(
+        ok: bool,
+    ) -> (
+        impl Service<Call, Response = Resp, Error = GatewayError, Future = GatewayFuture> + Clone,
+        Arc<AtomicUsize>,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let layer = CollapseLayer::new(Arc::new(Metrics::new()), TaskTracker::new());
+        let svc = layer.layer(service_fn(move |_: Call| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if ok {
+                    Ok(testing::answer(StatusCode::OK, 0))
+                } else {
+                    Err(GatewayError::UpstreamTimeout)
+                }
+            }
+        }));
+        (svc, calls)
+    }
+
+    fn mount(disk: &str) -> Call {
+        let caller = testing::caller("svc", &testing::account("default"));
+        let body = format!(r#"{{"id":"{disk}","pveId":"h1"}}"#);
+        testing::call(&caller, Method::POST, MOUNT, &body)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_mutations_in_flight_are_sent_once() {
+        let (svc, calls) = collapsing(true);
+        let (a, b) = within("collapse", async {
+            tokio::join!(
+                svc.clone().oneshot(mount("d1")),
+                svc.clone().oneshot(mount("d1"))
+            )
+        })
+        .await;
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "collapse: sent twice");
+        let replayed = [&a, &b]
+            .iter()
+            .filter(|r| header(r, "idempotent-replayed") == "true")
+            .count();
+        assert_eq!(
+            replayed, 1,
+            "collapse: the joiner's answer is marked replayed"
+        );
+        assert_eq!(testing::code_of(&a), 0);
+        assert_eq!(testing::code_of(&b), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn different_mutations_and_later_repeats_each_go_upstream() {
+        let (svc, calls) = collapsing(true);
+        let (a, b) = within("collapse", async {
+            tokio::join!(
+                svc.clone().oneshot(mount("d1")),
+                svc.clone().oneshot(mount("d2"))
+            )
+        })
+        .await;
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "collapse: two disks are two calls"
+        );
+        let again = within("collapse", svc.clone().oneshot(mount("d1"))).await;
+        assert!(again.is_ok());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "collapse: nothing is kept once it ended"
+        );
+        assert_eq!(header(&again.unwrap(), "idempotent-replayed"), "");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_caller_of_a_failed_mutation_gets_the_error() {
+        let (svc, calls) = collapsing(false);
+        let (a, b) = within("collapse", async {
+            tokio::join!(
+                svc.clone().oneshot(mount("d1")),
+                svc.clone().oneshot(mount("d1"))
+            )
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        for result in [a, b] {
+            let err = result.unwrap_err();
+            assert!(err.outcome_unknown(), "{err:?}");
+        }
+    }
+}
