@@ -207,3 +207,134 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderValue, StatusCode};
+    use tower::service_fn;
+
+    use super::*;
+    use crate::layers::testing::{self, Log, header, within};
+    use crate::protect::policy::CreateConfig;
+    use crate::protect::records::MemoryRecords;
+    use crate::routes::{Route, RouteTable};
+
+    /// The layer (default create settings, or none for `disk.create` when `policy` is false)
+    /// around an inner service that logs the spends it got and answers a success; its own calls
+    /// go to a plain service that logs the calls it got.
+    fn dedup(
+        policy: bool,
+    ) -> (
+        impl Service<Spend, Response = Resp, Error = GatewayError, Future = GatewayFuture> + Clone,
+        Log<Spend>,
+        Log<Call>,
+    ) {
+        let mut settings = CreateConfig::default()
+            .resolve(&RouteTable::default())
+            .expect("the default create settings");
+        if !policy {
+            settings.routes.remove(&Route::DiskCreate);
+        }
+        let (spends, calls) = (Log::default(), Log::default());
+        let (seen_spends, seen_calls) = (spends.clone(), calls.clone());
+        let plain = Plain::new(service_fn(move |call: Call| {
+            seen_calls.push(call);
+            std::future::ready(Ok::<_, GatewayError>(testing::ok()))
+        }));
+        let layer = DedupLayer::new(
+            Arc::new(MemoryRecords::default()),
+            Duration::from_secs(30),
+            Arc::new(Swap::new(settings)),
+            Arc::new(Metrics::new()),
+            TaskTracker::new(),
+        )
+        .with_plain(plain);
+        let svc = layer.layer(service_fn(move |spend: Spend| {
+            seen_spends.push(spend);
+            std::future::ready(Ok::<_, GatewayError>(testing::answer(StatusCode::OK, 0)))
+        }));
+        (svc, spends, calls)
+    }
+
+    fn keyed(key: &str) -> Spend {
+        let mut spend = testing::spend(&testing::caller("svc", &testing::account("default")));
+        spend
+            .call
+            .req
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+        spend
+    }
+
+    #[tokio::test]
+    async fn a_repeat_under_one_key_is_replayed_and_sent_once() {
+        let (svc, spends, calls) = dedup(true);
+        let first = within("dedup", svc.clone().oneshot(keyed("k1")))
+            .await
+            .unwrap();
+        let again = within("dedup", svc.clone().oneshot(keyed("k1")))
+            .await
+            .unwrap();
+        assert_eq!(spends.len(), 1, "dedup: a repeat was sent again");
+        assert_eq!(header(&first, "idempotent-replayed"), "");
+        assert_eq!(header(&again, "idempotent-replayed"), "true");
+        assert_eq!(
+            first.body(),
+            again.body(),
+            "dedup: the replay is the first answer"
+        );
+        assert_eq!(calls.len(), 0, "nothing to look up");
+        // What went down is the spend itself, its facts and its order intact.
+        let all = spends.all();
+        let [sent] = all.as_slice() else {
+            panic!("one spend, not {}", all.len())
+        };
+        assert_eq!(sent.call.route.route, Route::DiskCreate);
+        assert_eq!(&*sent.call.caller.client, "svc");
+        assert_eq!(sent.call.id.as_str(), testing::REQUEST_ID);
+        assert_eq!(sent.order.disk().map(|d| d.memory_gb), Some(20));
+    }
+
+    #[tokio::test]
+    async fn a_bad_key_is_refused_and_nothing_is_sent() {
+        let (svc, spends, _) = dedup(true);
+        let err = within("dedup", svc.oneshot(keyed(&"k".repeat(300))))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, GatewayError::BadRequest { code: 1007, .. }),
+            "{err:?}"
+        );
+        assert_eq!(spends.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_route_without_a_create_policy_goes_straight_on() {
+        let (svc, spends, _) = dedup(false);
+        for _ in 0..2 {
+            let resp = within("dedup", svc.clone().oneshot(keyed("k1")))
+                .await
+                .unwrap();
+            assert_eq!(header(&resp, "idempotent-replayed"), "");
+        }
+        assert_eq!(spends.len(), 2, "dedup: no policy, no records");
+    }
+
+    #[test]
+    fn a_calls_facts_survive_the_trip_through_the_extensions() {
+        let spend = keyed("k1");
+        let (call, order) = (spend.call.clone(), spend.order.clone());
+        let (back, back_order) = from_req(into_req(call, Some(order))).expect("facts");
+        assert_eq!(back.id, spend.call.id);
+        assert_eq!(back.route, spend.call.route);
+        assert_eq!(back.caller.client, spend.call.caller.client);
+        assert_eq!(back.req.body(), spend.call.req.body());
+        assert_eq!(back_order.map(|o| o.body()), Some(spend.order.body()));
+        let (plain, none) = from_req(into_req(spend.call, None)).expect("facts");
+        assert!(none.is_none() && plain.req.extensions().get::<Order>().is_none());
+        assert!(
+            from_req(Req::new(bytes::Bytes::new())).is_none(),
+            "no facts, no call"
+        );
+    }
+}
