@@ -263,6 +263,52 @@ mod tests {
     use crate::protect::policy::{CreateConfig, Rate};
     use crate::routes::{Route, RouteTable};
 
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(secs_ceil(Duration::ZERO), 0);
+        assert_eq!(secs_ceil(Duration::from_millis(1)), 1);
+        assert_eq!(secs_ceil(Duration::from_millis(1500)), 2);
+        assert_eq!(secs_ceil(Duration::from_secs(2)), 2);
+    }
+
+    fn with_retry_after(value: Option<&str>) -> Resp {
+        let mut resp = testing::answer(StatusCode::OK, TOO_FREQUENT);
+        if let Some(v) = value {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+        }
+        resp
+    }
+
+    #[test]
+    fn the_upstreams_retry_after_is_seconds_or_longer_than_anyone_waits() {
+        assert_eq!(upstream_retry_after(&with_retry_after(None)), None);
+        assert_eq!(
+            upstream_retry_after(&with_retry_after(Some(" 3 "))),
+            Some(Duration::from_secs(3))
+        );
+        for odd in ["Wed, 21 Oct 2026 07:28:00 GMT", "soon", "-1"] {
+            assert_eq!(
+                upstream_retry_after(&with_retry_after(Some(odd))),
+                Some(Duration::MAX),
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_retry_after_passed_back_never_says_more_than_max_wait() {
+        let max_wait = Duration::from_millis(1500);
+        for (told, said) in [(Some("60"), "2"), (Some("0"), "1"), (Some("date"), "2")] {
+            let mut resp = with_retry_after(told);
+            clamp_retry_after(&mut resp, max_wait);
+            assert_eq!(header(&resp, "retry-after"), said, "{told:?}");
+        }
+        let mut none = with_retry_after(None);
+        clamp_retry_after(&mut none, max_wait);
+        assert!(none.headers().get(header::RETRY_AFTER).is_none());
+    }
+
     fn rate(count: u32, secs: u64, burst: u32) -> Rate {
         Rate {
             count,
