@@ -16,7 +16,7 @@ use super::intent::Parts;
 use super::*;
 use crate::admitted::{OutcomeUnknown, RequestId};
 use crate::envelope::EnvelopeHead;
-use crate::error::StillRunning;
+use crate::error::{SearchFailed, StillRunning};
 use crate::protect::policy::{BudgetConfig, CreatePolicy, CreateSettings, DedupScope, Rate};
 use crate::protect::records::{Lock, MemoryRecords, State};
 use crate::protect::validate::{DiskOrder, Order};
@@ -45,6 +45,8 @@ struct Upstream {
     listed: Arc<Mutex<Vec<Value>>>,
     /// How long a create takes.
     delay: Duration,
+    /// How long a page of the disk list takes.
+    list_delay: Duration,
 }
 
 impl Upstream {
@@ -55,6 +57,7 @@ impl Upstream {
             replies: Arc::new(Mutex::new(replies.to_vec())),
             listed: Arc::default(),
             delay: Duration::from_millis(100),
+            list_delay: Duration::ZERO,
         }
     }
 
@@ -81,6 +84,7 @@ impl Upstream {
         let route = req.extensions().get::<RouteMatch>().map(|m| m.route);
         if route == Some(Route::DiskList) {
             self.lists.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.list_delay).await;
             let disks = self.listed.lock().unwrap().clone();
             let page = json!({"code": 0, "data": {"totalCounts": disks.len(), "data": disks}});
             return envelope(StatusCode::OK, &page);
@@ -418,6 +422,30 @@ async fn a_retry_of_an_unknown_outcome_finds_the_disk_it_made() {
     let again = run(&flow, &up, &i).await.unwrap();
     assert_eq!(disk_of(&again), "disk-9");
     assert_eq!((up.creates(), up.lists()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_search_for_the_disk_that_takes_too_long_is_refused_and_settles_nothing() {
+    let (flow, records) = flow();
+    let mut up = Upstream::new(&[Reply::Unknown, Reply::Made("never")]);
+    let i = intent(Some("k"), 20);
+    unknown_create(&flow, &up, &records, &i).await;
+    *up.listed.lock().unwrap() = vec![listed_disk("disk-9", 20)];
+    // The search must end within half the settle lock's life, so no second retry can take the
+    // lock and settle the record too: a list that takes the lock's whole life is cut off.
+    up.list_delay = flow.max_age;
+    let started = tokio::time::Instant::now();
+    let err = run(&flow, &up, &i).await.unwrap_err();
+    assert!(
+        matches!(err, GatewayError::SearchFailed(SearchFailed::TookTooLong)),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), flow.max_age / 2);
+    assert_eq!(up.creates(), 1, "nothing was bought again");
+    assert!(matches!(
+        state(&records, &i).await,
+        Some(State::Unknown { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
