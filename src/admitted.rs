@@ -1,12 +1,10 @@
 //! What the edge learns about a request, as typed values that travel with it: its id, the route
 //! it matched and who is calling ([`Admitted`]), built once by authentication. Below the
 //! concurrency slot the pipeline switch splits it by route kind: a route's request and its facts
-//! travel together as a [`Call`], so no layer
-//! looks anything up again, and none can find it missing.
+//! travel together as a [`Call`], so no layer looks anything up again, and none can find it
+//! missing.
 //!
 //! This is a leaf: it names what the layers hand each other and imports no layer.
-
-#![allow(dead_code)] // The pipeline types are wired up step by step.
 
 use std::sync::Arc;
 
@@ -56,16 +54,6 @@ pub(crate) struct Caller {
 pub(crate) enum Target {
     Route(RouteMatch),
     Own(GatewayRoute),
-}
-
-impl Target {
-    /// The `route` metric label.
-    pub(crate) fn label(&self) -> &'static str {
-        match self {
-            Target::Route(m) => m.route.as_str(),
-            Target::Own(own) => own.as_str(),
-        }
-    }
 }
 
 /// What authentication established: the request's id, what it is, and who sends it. Handed down
@@ -138,7 +126,3 @@ pub(crate) struct Outbound {
 /// reset, not JSON): the upstream may have carried it out.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OutcomeUnknown;
-
-/// The upstream token to send with this request, set by the token layer.
-#[derive(Clone)]
-pub(crate) struct UpstreamToken(pub Secret);

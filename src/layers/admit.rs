@@ -277,7 +277,10 @@ mod tests {
             let headers = entry.req.headers();
             seen.push(Seen {
                 client: entry.admitted.caller.client.clone(),
-                route: entry.admitted.target.label(),
+                route: match &entry.admitted.target {
+                    Target::Route(m) => m.route.as_str(),
+                    Target::Own(own) => own.as_str(),
+                },
                 credentials: headers.contains_key(header::AUTHORIZATION)
                     || headers.contains_key(TOKEN_HEADER),
                 cache_key: entry.admitted.cache_key.is_some(),
