@@ -36,7 +36,12 @@ pub(crate) fn now_secs_f64() -> f64 {
 
 /// Whole seconds to wait, rounded up, at least one: what `Retry-After` says.
 pub(crate) fn retry_secs(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+    secs_ceil(wait).max(1)
+}
+
+/// Whole seconds, rounded up (0 stays 0): what the `RateLimit` headers say.
+pub(crate) fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::admitted::Spend;
+use crate::clock::{retry_secs, secs_ceil};
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture, RateLimitHeaders};
 use crate::metrics::Metrics;
@@ -65,10 +66,6 @@ impl<S> Layer<S> for RateLimitLayer {
 pub(crate) struct RateLimit<S> {
     inner: S,
     layer: RateLimitLayer,
-}
-
-fn secs_ceil(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured fields).
@@ -121,7 +118,7 @@ fn upstream_retry_after(resp: &Resp) -> Option<Duration> {
 /// Caps an upstream `Retry-After` passed back to the client at `max_wait` (at least 1 s).
 fn clamp_retry_after(resp: &mut Resp, max_wait: Duration) {
     if let Some(told) = upstream_retry_after(resp) {
-        let secs = secs_ceil(told.min(max_wait)).max(1);
+        let secs = retry_secs(told.min(max_wait));
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
@@ -200,7 +197,7 @@ where
                             },
                             count: rate.map_or(0, |r| r.count),
                             period: rate.map_or(Duration::ZERO, |r| r.period),
-                            retry_after: secs_ceil(retry_after).max(1),
+                            retry_after: retry_secs(retry_after),
                             headers: Box::new(ratelimit_headers(&standing)),
                         };
                         return Err(err);
