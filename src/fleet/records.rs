@@ -160,116 +160,108 @@ impl RedisRecords {
     }
 }
 
+/// What a guarded script answered: its own word and value, or one of the guards'.
+enum Guarded {
+    Said(String, Option<Vec<u8>>),
+    /// The fleet's data was lost a moment ago: new creates are refused for this long.
+    Lost(Duration),
+    /// Redis may evict keys under this `maxmemory-policy`.
+    MayEvict(String),
+}
+
 impl Inner {
-    /// [`RecordStore::begin`] on Redis.
-    async fn begin(&self, rkey: &str, record: &Record) -> Stored<Begin> {
+    /// Runs `script` on `key` (with `value` and `ttl`) under the fleet's guards: the marker (in a
+    /// Redis Cluster read just before, elsewhere in the same script) and the eviction policy. At
+    /// most one loss is noticed per call: a replica that had not read the marker yet reads it and
+    /// runs again; a second change within one call is an answer Redis never gives.
+    async fn guarded(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Stored<Guarded> {
         let fleet = &self.fleet;
         let cluster = fleet.is_cluster();
-        let value = encode_record(record);
-        // At most one loss noticed per begin: a replica that had not read the marker yet reads
-        // it and begins again; a second change within one begin is an answer Redis never gives.
         for _ in 0..2 {
             if cluster {
                 fleet.check_marker().await?;
                 if let Some(left) = fleet.refusing_new_creates() {
-                    return Ok(Begin::Lost(left));
+                    return Ok(Guarded::Lost(left));
                 }
             }
-            let mut inv = self.begin.key(rkey);
+            let mut inv = script.key(key);
             if !cluster {
                 inv.key(fleet.marker_key());
             }
-            inv.arg(&value)
-                .arg(px(record.ttl))
+            inv.arg(value)
+                .arg(px(ttl))
                 .arg(fleet.marker_seen())
                 .arg(u8::from(fleet.eviction.allowed()));
             let (what, found): (String, Option<Vec<u8>>) = fleet
-                .run("record_begin", |mut c| async move {
-                    inv.invoke_async(&mut c).await
-                })
+                .run(op, |mut c| async move { inv.invoke_async(&mut c).await })
                 .await?;
             match (what.as_str(), found) {
-                ("started", _) => return Ok(Begin::Started),
-                // An undecodable record (another version) is kept, never overwritten: a purchase
-                // may stand behind it.
-                ("found", Some(b)) => {
-                    return Ok(decode_record(&b).map_or(
-                        Begin::Exists(marker(&record.fingerprint, record.ttl)),
-                        Begin::Exists,
-                    ));
-                }
                 ("may-evict", Some(policy)) => {
                     let policy = String::from_utf8_lossy(&policy).into_owned();
                     fleet.eviction.saw(&policy);
-                    return Ok(Begin::MayEvict(policy));
+                    return Ok(Guarded::MayEvict(policy));
                 }
                 // The marker is gone or changed: noticed here as every second, and unless this
                 // replica only now read it for the first time, a loss within the grace window.
                 ("lost", _) => {
                     fleet.check_marker().await?;
                     if let Some(left) = fleet.refusing_new_creates() {
-                        return Ok(Begin::Lost(left));
+                        return Ok(Guarded::Lost(left));
                     }
                 }
-                (other, _) => {
-                    return Err(StoreError::Unexpected(format!("record begin: {other}")));
-                }
+                (_, found) => return Ok(Guarded::Said(what, found)),
             }
         }
-        Err(StoreError::Unexpected(
-            "record begin: the fleet marker changed twice".into(),
-        ))
+        Err(StoreError::Unexpected(format!(
+            "{}: the fleet marker changed twice",
+            op.replace('_', " ")
+        )))
     }
-}
 
-impl Inner {
+    /// [`RecordStore::begin`] on Redis.
+    async fn begin(&self, rkey: &str, record: &Record) -> Stored<Begin> {
+        let value = encode_record(record);
+        match self
+            .guarded("record_begin", &self.begin, rkey, &value, record.ttl)
+            .await?
+        {
+            Guarded::Lost(left) => Ok(Begin::Lost(left)),
+            Guarded::MayEvict(policy) => Ok(Begin::MayEvict(policy)),
+            Guarded::Said(what, found) => match (what.as_str(), found) {
+                ("started", _) => Ok(Begin::Started),
+                // An undecodable record (another version) is kept, never overwritten: a purchase
+                // may stand behind it.
+                ("found", Some(b)) => Ok(decode_record(&b).map_or(
+                    Begin::Exists(marker(&record.fingerprint, record.ttl)),
+                    Begin::Exists,
+                )),
+                (other, _) => Err(StoreError::Unexpected(format!("record begin: {other}"))),
+            },
+        }
+    }
+
     /// [`RecordStore::try_lock`] on Redis: as [`Inner::begin`], with a lock for a record.
     async fn try_lock(&self, lkey: &str, ttl: Duration) -> Stored<Lock> {
-        let fleet = &self.fleet;
-        let cluster = fleet.is_cluster();
         let token = LockToken::new();
-        for _ in 0..2 {
-            if cluster {
-                fleet.check_marker().await?;
-                if let Some(left) = fleet.refusing_new_creates() {
-                    return Ok(Lock::Lost(left));
-                }
-            }
-            let mut inv = self.lock.key(lkey);
-            if !cluster {
-                inv.key(fleet.marker_key());
-            }
-            inv.arg(&token.0)
-                .arg(px(ttl))
-                .arg(fleet.marker_seen())
-                .arg(u8::from(fleet.eviction.allowed()));
-            let (what, found): (String, Option<Vec<u8>>) = fleet
-                .run("record_lock", |mut c| async move {
-                    inv.invoke_async(&mut c).await
-                })
-                .await?;
-            match (what.as_str(), found) {
-                ("held", _) => return Ok(Lock::Held(token)),
-                ("taken", _) => return Ok(Lock::Taken),
-                ("may-evict", Some(policy)) => {
-                    let policy = String::from_utf8_lossy(&policy).into_owned();
-                    fleet.eviction.saw(&policy);
-                    return Ok(Lock::MayEvict(policy));
-                }
-                ("lost", _) => {
-                    fleet.check_marker().await?;
-                    if let Some(left) = fleet.refusing_new_creates() {
-                        return Ok(Lock::Lost(left));
-                    }
-                }
-                (other, _) => {
-                    return Err(StoreError::Unexpected(format!("record lock: {other}")));
-                }
-            }
+        match self
+            .guarded("record_lock", &self.lock, lkey, token.0.as_bytes(), ttl)
+            .await?
+        {
+            Guarded::Lost(left) => Ok(Lock::Lost(left)),
+            Guarded::MayEvict(policy) => Ok(Lock::MayEvict(policy)),
+            Guarded::Said(what, _) => match what.as_str() {
+                "held" => Ok(Lock::Held(token)),
+                "taken" => Ok(Lock::Taken),
+                other => Err(StoreError::Unexpected(format!("record lock: {other}"))),
+            },
         }
-        Err(StoreError::Unexpected(
-            "record lock: the fleet marker changed twice".into(),
-        ))
     }
 }
 
