@@ -6,8 +6,8 @@
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tower::Service;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
 
 use crate::admitted::{AdmittedRequest, Call, OwnCall, Target};
 use crate::error::{GatewayError, GatewayFuture};
@@ -37,8 +37,13 @@ impl Service<AdmittedRequest<Bytes>> for Pipelines {
     type Error = GatewayError;
     type Future = GatewayFuture;
 
-    /// Always ready: each pipeline is driven by its own call (pipelines hold no slots of their own).
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+    /// Ready when every pipeline is (each always is: none holds a slot of its own), so that
+    /// `call` can hand the request to its pipeline without cloning that pipeline.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        std::task::ready!(self.own.poll_ready(cx))?;
+        std::task::ready!(self.read.poll_ready(cx))?;
+        std::task::ready!(self.mutation.poll_ready(cx))?;
+        std::task::ready!(self.spend.poll_ready(cx))?;
         Poll::Ready(Ok(()))
     }
 
@@ -52,14 +57,14 @@ impl Service<AdmittedRequest<Bytes>> for Pipelines {
                     caller: admitted.caller,
                     req,
                 };
-                return Box::pin(self.own.clone().oneshot(call));
+                return self.own.call(call);
             }
             Target::Route(route) => route,
         };
         let pipeline = match route.route.kind() {
-            Kind::Read => &self.read,
-            Kind::Mutation => &self.mutation,
-            Kind::Spend => &self.spend,
+            Kind::Read => &mut self.read,
+            Kind::Mutation => &mut self.mutation,
+            Kind::Spend => &mut self.spend,
         };
         let call = Call {
             id: admitted.id,
@@ -68,6 +73,6 @@ impl Service<AdmittedRequest<Bytes>> for Pipelines {
             cache_key: admitted.cache_key,
             req,
         };
-        Box::pin(pipeline.clone().oneshot(call))
+        pipeline.call(call)
     }
 }
