@@ -15,6 +15,7 @@ pub(crate) mod fd_limit;
 pub(crate) mod files;
 pub mod fleet;
 pub(crate) mod layers;
+pub(crate) mod ledger;
 pub(crate) mod listener;
 pub mod metrics;
 pub mod protect;

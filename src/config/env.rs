@@ -16,6 +16,9 @@ pub(crate) const ENV_TOKEN_FILE: &str = "FINOVY_TOKEN_FILE";
 pub(crate) const ENV_REDIS_URL: &str = "FGW_REDIS_URL";
 /// A file holding the Redis password (a mounted Secret), put into `[redis] url` at load.
 pub(crate) const ENV_REDIS_PASSWORD_FILE: &str = "FGW_REDIS_PASSWORD_FILE";
+/// The purchase ledger's PostgreSQL URL, or a file holding it (its password inside).
+pub(crate) const ENV_LEDGER_URL: &str = "FGW_LEDGER_URL";
+pub(crate) const ENV_LEDGER_URL_FILE: &str = "FGW_LEDGER_URL_FILE";
 
 /// Reads the environment; a trait-free function pointer so tests can pass their own.
 pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;

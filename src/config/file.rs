@@ -7,6 +7,7 @@ use super::accounts::AccountConfig;
 use super::admin::AdminConfig;
 use super::auth::AuthConfig;
 use super::clients::ClientConfig;
+use super::ledger::LedgerConfig;
 use super::log::LogConfig;
 use super::redis::RedisConfig;
 use super::server::ServerConfig;
@@ -30,6 +31,7 @@ pub struct FileConfig {
     pub(crate) admin: AdminConfig,
     pub(crate) cache: CacheConfig,
     pub(crate) create: CreateConfig,
+    pub(crate) ledger: LedgerConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,

@@ -29,6 +29,7 @@ mod clients;
 mod env;
 pub(crate) mod error;
 mod file;
+mod ledger;
 mod load;
 mod log;
 mod mask;
@@ -49,6 +50,7 @@ pub(crate) use env::EnvLookup;
 pub use env::{ENV_SECRET, ENV_UUID, process_env};
 pub(crate) use error::ConfigError;
 pub use file::{DEFAULT_CONFIG_PATH, FileConfig};
+pub(crate) use ledger::{LedgerConfig, OnFailure};
 pub use log::{LogConfig, LogFormat};
 use mask::mask_opt;
 pub use overrides::Overrides;
@@ -70,6 +72,7 @@ pub struct Settings {
     pub log: LogConfig,
     pub(crate) cache: CacheSettings,
     pub(crate) create: CreateSettings,
+    pub(crate) ledger: LedgerConfig,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "mask_opt")]
     pub(crate) admin_key_sha256: Option<[u8; 32]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,6 +162,7 @@ impl Settings {
         let routes = Arc::new(RouteTable::with_configured(&file.routes)?);
         let cache = file.cache.resolve(&routes)?;
         let create = file.create.resolve(&routes)?;
+        let ledger = file.ledger.resolve(env)?;
         let accounts = accounts::resolve(&file.accounts, &upstream, env)?;
         let clients = clients::resolve(&file.clients, &accounts, &routes)?;
         let anonymous_routes = file.auth.resolve(&routes)?;
@@ -171,6 +175,7 @@ impl Settings {
             log,
             cache,
             create,
+            ledger,
             admin_key_sha256,
             redis,
             accounts,
