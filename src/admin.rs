@@ -51,6 +51,8 @@ pub(crate) struct AdminState {
     pub(crate) two_level: Option<Arc<TwoLevel>>,
     /// The routes this process runs, for purges that name one.
     pub(crate) routes: Arc<RouteTable>,
+    /// The purchase ledger (`/admin/purchases`, `/admin/spend`).
+    pub(crate) ledger: crate::ledger::Ledger,
 }
 
 /// Open admin connections at most: probes and scrapers need few, and a flood of them must not

@@ -126,3 +126,24 @@ pub(crate) struct Outbound {
 /// reset, not JSON): the upstream may have carried it out.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OutcomeUnknown;
+
+/// The ledger entry a spend opened (a request extension), and the answer's header naming the entry
+/// that carried the purchase out (replays and joins name the original's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PurchaseId(pub Arc<str>);
+
+/// The header of [`PurchaseId`] on spend answers.
+pub(crate) const PURCHASE_ID: http::HeaderName =
+    http::HeaderName::from_static("finovy-purchase-id");
+
+/// How the create flow answered a spend when it did not simply carry it out (an answer's
+/// extension, read by the ledger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlowAnswer {
+    /// Joined to an identical execution in flight: its answer.
+    Joined,
+    /// An unknown outcome settled to the disk it made.
+    Reconciled,
+    /// An unknown outcome found not made: this request carried the purchase out again.
+    RetriedUnknown,
+}

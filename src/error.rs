@@ -201,6 +201,11 @@ pub(crate) enum GatewayError {
         if *keyed { "retry with the same Idempotency-Key" } else { "retry the same request" }
     )]
     OutcomeUnknown { route: &'static str, keyed: bool },
+    #[error(
+        "the purchase ledger is unavailable, so this {0} is refused: every purchase is recorded \
+         before it is made; nothing was sent upstream, retry shortly"
+    )]
+    LedgerDown(&'static str),
 
     // The admin listener's own errors.
     #[error("not an admin endpoint")]
@@ -264,7 +269,7 @@ impl GatewayError {
             E::Overloaded | E::NoToken(_) | E::SharedStateDown(_) | E::ClientOverloaded(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 503)
             }
-            E::RecordsLost { .. } | E::MayEvict { .. } | E::SearchFailed(_) => {
+            E::RecordsLost { .. } | E::MayEvict { .. } | E::SearchFailed(_) | E::LedgerDown(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 1005)
             }
             E::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, 1005),
@@ -309,7 +314,7 @@ impl GatewayError {
             | E::RecordsFull { retry_after, .. }
             | E::RejectionsTooFast { retry_after, .. }
             | E::RecordsLost { retry_after, .. } => Some(*retry_after),
-            E::StillRunning(_) | E::Overloaded => Some(1),
+            E::StillRunning(_) | E::Overloaded | E::LedgerDown(_) => Some(1),
             E::NoToken(e) => Some(e.retry_after()),
             _ => None,
         }
@@ -492,6 +497,10 @@ mod tests {
                     keyed: true,
                 },
                 "create sent upstream, no answer",
+            ),
+            (
+                E::LedgerDown("disk.create"),
+                "purchase ledger cannot be written",
             ),
             (E::NotAdmin, "admin: endpoint disabled or unknown"),
             (E::AdminDisabled, "admin: endpoint disabled or unknown"),

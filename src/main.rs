@@ -233,7 +233,17 @@ async fn dev(
         })?;
     let sim_addr = sim.local_addr();
     let key = new_key();
-    let mut file = FileConfig::default();
+    let admin_key = new_key();
+    // The ledger in a folder of its own for this run; the admin key to read it with.
+    let ledger = std::env::temp_dir()
+        .join(format!("finovy-gateway-dev-{}", std::process::id()))
+        .join("ledger.sqlite");
+    let dev_toml = format!(
+        "[admin]\nkey_sha256 = \"{}\"\n[ledger]\npath = {:?}\n",
+        hex::encode(Sha256::digest(admin_key.as_bytes())),
+        ledger.display().to_string()
+    );
+    let mut file = FileConfig::parse(&dev_toml, std::path::Path::new("dev"))?;
     file.server.listen = listen;
     file.server.admin_listen = admin_listen;
     file.upstream.base_url = format!("http://{sim_addr}");
@@ -257,7 +267,14 @@ async fn dev(
         .map_err(|e| StartError::Dev(Box::new(e)))?;
     let gw = server.local_addr();
     let admin = server.admin_addr();
-    print_dev_banner(gw, admin, sim_addr, &key);
+    print_dev_banner(&Banner {
+        gw,
+        admin,
+        sim: sim_addr,
+        key: &key,
+        admin_key: &admin_key,
+        ledger: &ledger,
+    });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sim_stop = {
@@ -286,7 +303,26 @@ fn out(text: &str) {
         .and_then(|()| stdout.flush());
 }
 
-fn print_dev_banner(gw: SocketAddr, admin: SocketAddr, sim: SocketAddr, key: &str) {
+/// What `dev` prints at start.
+struct Banner<'a> {
+    gw: SocketAddr,
+    admin: SocketAddr,
+    sim: SocketAddr,
+    key: &'a str,
+    admin_key: &'a str,
+    ledger: &'a std::path::Path,
+}
+
+fn print_dev_banner(b: &Banner<'_>) {
+    let Banner {
+        gw,
+        admin,
+        sim,
+        key,
+        admin_key,
+        ..
+    } = b;
+    let ledger = b.ledger.display();
     out(&format!(
         r#"
 finovy-gateway dev: the gateway in front of the built-in upstream simulator (demo credentials,
@@ -296,6 +332,8 @@ state in memory). Ctrl-C stops both.
   admin      http://{admin}  (/metrics /healthz /readyz)
   simulator  http://{sim}  (/_sim/stats /_sim/fault /_sim/reset)
   client key {key}   (client "demo"; new at every start)
+  admin key  {admin_key}   (new at every start)
+  ledger     {ledger}   (every purchase; this run's own file)
 
 Try:
   export FGW_KEY={key}
@@ -308,6 +346,7 @@ Try:
   curl -s http://{gw}/v1/PveMachineHardDisk/open/memoryTotal/0 -H "Authorization: Bearer $FGW_KEY"
   curl -s http://{sim}/_sim/stats
   curl -s http://{admin}/metrics | grep finovy_gateway_requests_total
+  curl -s http://{admin}/admin/purchases -H "Authorization: Bearer {admin_key}"
 
 "#
     ));

@@ -72,6 +72,10 @@ pub struct Metrics {
     pub(crate) connections_closed: IntCounterVec,
     /// Open connections, by listener.
     pub(crate) connections_open: IntGaugeVec,
+    /// Purchase-ledger writes by result (`ok`, `error`), their time, and entries still open.
+    pub(crate) ledger_writes: IntCounterVec,
+    pub(crate) ledger_write_seconds: Histogram,
+    pub(crate) ledger_open_entries: IntGauge,
 }
 
 /// The listeners, as named in the connection metrics.
@@ -282,6 +286,29 @@ impl Metrics {
                     .expect("registered once");
                 g
             },
+            ledger_writes: counter(
+                "finovy_gateway_ledger_writes_total",
+                "Purchase-ledger writes (an entry opened, settled, priced), by result (ok, error).",
+                &["result"],
+            ),
+            ledger_write_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "finovy_gateway_ledger_write_seconds",
+                        "Time of one purchase-ledger write.",
+                    )
+                    .buckets(BUCKETS.to_vec()),
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
+            ledger_open_entries: gauge(
+                "finovy_gateway_ledger_open_entries",
+                "Purchase-ledger entries with no final outcome yet.",
+            ),
             registry,
         };
         for listener in LISTENERS {
@@ -307,6 +334,9 @@ impl Metrics {
     /// so a dashboard or an alert on a fresh deployment reads 0 rather than no data. Called at
     /// start and after each reload; a series once exported stays, as counters do.
     pub(crate) fn export_known(&self, settings: &Settings) {
+        for result in ["ok", "error"] {
+            self.ledger_writes.with_label_values(&[result]);
+        }
         for route in settings.cache.routes.keys() {
             for result in ["hit", "stale", "miss", "coalesced", "bypass"] {
                 self.cache_lookups

@@ -26,6 +26,7 @@ use crate::fleet::token::TokenStore;
 use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::collapse::CollapseLayer;
 use crate::layers::dedup::DedupLayer;
+use crate::layers::ledger::{Books, LedgerLayer, LedgerPriors};
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, Ledger, MemoryLedger};
@@ -54,6 +55,8 @@ pub(crate) struct Gateway {
     pub(crate) records: Arc<dyn RecordStore>,
     /// Creates that run to their end whoever waits: the drain waits for them.
     pub(crate) work: TaskTracker,
+    /// The purchase ledger and how this replica writes to it.
+    pub(crate) books: Arc<Books>,
     /// Shared mode: the fleet's Redis, and the cache store that listens for invalidations.
     pub(crate) fleet: Option<Arc<Fleet>>,
     two_level: Option<Arc<TwoLevel>>,
@@ -70,6 +73,17 @@ struct Stores {
     limiter: Arc<dyn RateLimiter>,
 }
 
+/// This replica's name in the ledger: its host name (a pod's name) and data-plane port.
+fn replica_name(settings: &Settings) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}:{}", settings.server.listen.port())
+}
+
 /// The longest a create's execution may run: the rate-limit wait, then a token fetch, the upstream
 /// call, and after a rejected token one more of each. Past it the outcome counts as unknown.
 fn execution_limit(settings: &Settings) -> Duration {
@@ -84,7 +98,7 @@ fn execution_limit(settings: &Settings) -> Duration {
 }
 
 impl Gateway {
-    pub(crate) fn new(settings: Settings) -> Result<Gateway, StartError> {
+    pub(crate) async fn new(settings: Settings) -> Result<Gateway, StartError> {
         let blockers = settings.serve_blockers();
         if !blockers.is_empty() {
             return Err(StartError::Refused(blockers));
@@ -175,14 +189,36 @@ impl Gateway {
         let work = TaskTracker::new();
         let create = Arc::new(Swap::new(settings.create.clone()));
         let budget = Arc::new(Budget::new(settings.create.budget.clone(), ledger));
+        // Opened once everything else checked, so a gateway refused at start leaves no file.
+        let purchases = crate::ledger::open(&settings.ledger)
+            .await
+            .map_err(|e| StartError::Ledger(e.to_string()))?;
+        if settings.redis.is_some() && !settings.ledger.is_shared() {
+            tracing::warn!(
+                path = %settings.ledger.path.display(),
+                "shared mode with a local purchase ledger: it holds only this replica's purchases; \
+                 set [ledger] url to the fleet's PostgreSQL"
+            );
+        }
+        let books = Arc::new(Books {
+            ledger: purchases,
+            on_failure: settings.ledger.on_failure,
+            replica: replica_name(&settings).into(),
+            metrics: metrics.clone(),
+            work: work.clone(),
+            timeout: settings.ledger.timeout,
+            max_open: execution_limit(&settings) + settings.create.lease,
+        });
         let protection = Protection {
+            ledger: LedgerLayer::new(books.clone()),
             dedup: DedupLayer::new(
                 records.clone(),
                 execution_limit(&settings),
                 create.clone(),
                 metrics.clone(),
                 work.clone(),
-            ),
+            )
+            .with_priors(Arc::new(LedgerPriors(books.clone()))),
             collapse: CollapseLayer::new(metrics.clone(), work.clone()),
             budget: BudgetGuardLayer::new(budget.clone(), metrics.clone()),
             rate_limit: RateLimitLayer::new(limiter, create.clone(), metrics.clone()),
@@ -215,6 +251,7 @@ impl Gateway {
             cache,
             records,
             work,
+            books,
             fleet,
             two_level,
             edge,
@@ -247,7 +284,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 impl Server {
     pub async fn bind(settings: Settings) -> Result<Server, StartError> {
-        let gateway = Gateway::new(settings)?;
+        let gateway = Gateway::new(settings).await?;
         crate::fd_limit::raise(&gateway.settings);
         let listener = bind(gateway.settings.server.listen).await?;
         let admin_listener = bind(gateway.settings.server.admin_listen).await?;
@@ -308,6 +345,11 @@ impl Server {
         if let Some(fleet) = &gateway.fleet {
             tokio::spawn(fleet.clone().watch_primary(stopped()));
         }
+        tokio::spawn(crate::layers::ledger::sweep(
+            gateway.books.clone(),
+            gateway.settings.ledger.retention,
+            stopped(),
+        ));
         let draining = Arc::new(AtomicBool::new(false));
         let admin_state = Arc::new(AdminState {
             metrics: gateway.metrics.clone(),
@@ -320,6 +362,7 @@ impl Server {
             fleet: gateway.fleet.clone(),
             two_level: gateway.two_level.clone(),
             routes: gateway.settings.routes.clone(),
+            ledger: gateway.books.ledger.clone(),
         });
         let server_cfg = gateway.settings.server.clone();
         let admin_task = tokio::spawn(admin::serve(

@@ -25,6 +25,7 @@ use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::collapse::CollapseLayer;
 use crate::layers::dedup::{DedupLayer, Plain};
 use crate::layers::invalidate::InvalidateLayer;
+use crate::layers::ledger::LedgerLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::SetRequestIdLayer;
 use crate::layers::switch::{OwnPipeline, Pipelines, RoutePipeline};
@@ -38,6 +39,7 @@ use crate::upstream::forward::Forward;
 
 /// The create-protection layers, built around their state by the server.
 pub(crate) struct Protection {
+    pub(crate) ledger: LedgerLayer,
     pub(crate) dedup: DedupLayer,
     pub(crate) collapse: CollapseLayer,
     pub(crate) budget: BudgetGuardLayer,
@@ -86,6 +88,10 @@ fn pipelines(
             .layer(InvalidateLayer::new(cache.clone()))
             // A bad body is refused before anything is spent (400); what is checked is sent.
             .layer(ValidateLayer)
+            // Every spend on record before anything is sent: an entry opens here and settles
+            // with the outcome (503 when it cannot be written). A bought disk's price is read
+            // through the read pipeline.
+            .layer(protection.ledger.with_read(read.clone()))
             // One purchase per intent: Idempotency-Key replay, identical creates collapsed. Its
             // own calls (a reconciliation's disk list) go straight to the upstream.
             .layer(protection.dedup.with_plain(upstream.clone()))

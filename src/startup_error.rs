@@ -19,6 +19,9 @@ pub enum StartError {
     /// Shared mode: the Redis client could not be set up from `[redis]`.
     #[error("cannot start: {0}")]
     Redis(String),
+    /// The purchase ledger (its SQLite file, or a PostgreSQL URL that does not parse).
+    #[error("cannot start: the purchase ledger: {0}")]
+    Ledger(String),
     /// The upstream client (its proxy, its trusted CAs) could not be built.
     #[error("cannot start: {0}")]
     Upstream(String),

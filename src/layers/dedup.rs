@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::admitted::{Call, Caller, OutcomeUnknown, RequestId, Spend};
+use crate::admitted::{Call, Caller, OutcomeUnknown, PURCHASE_ID, PurchaseId, RequestId, Spend};
 use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
 use crate::protect::create::{Flow, Intent, Parts};
@@ -55,6 +55,14 @@ impl DedupLayer {
             settings,
             plain: None,
         }
+    }
+
+    /// Where a keyed create whose record is gone finds its earlier request (the ledger).
+    pub(crate) fn with_priors(mut self, priors: Arc<dyn crate::protect::create::Priors>) -> Self {
+        let flow = Arc::try_unwrap(self.flow)
+            .unwrap_or_else(|_| unreachable!("set while the layer is built, before any clone"));
+        self.flow = Arc::new(flow.with_priors(Some(priors)));
+        self
     }
 
     /// Where the flow's own upstream calls go (the stack sets it when it builds the pipelines).
@@ -102,6 +110,11 @@ where
                 account: &call.caller.account.name,
                 client: &call.caller.client,
                 request_id: call.id.clone(),
+                purchase: call
+                    .req
+                    .extensions()
+                    .get::<PurchaseId>()
+                    .map(|p| p.0.clone()),
                 order: Some(&spend.order),
                 disk: spend.order.disk(),
                 headers: call.req.headers(),
@@ -191,19 +204,28 @@ where
         let this = self.clone();
         Box::pin(async move {
             let id = RequestId::of(&req);
+            let purchase = req.extensions().get::<PurchaseId>().cloned();
             let result = match from_req(req) {
                 Some((call, Some(order))) => this.spend.oneshot(Spend { call, order }).await,
                 Some((call, None)) => this.plain.oneshot(call).await,
                 None => Err(GatewayError::NotFound("unclassified request".into())),
             };
-            Ok(result.unwrap_or_else(|e| {
+            let mut resp = result.unwrap_or_else(|e| {
                 let unknown = e.outcome_unknown();
                 let mut resp = e.into_response(id.as_str());
                 if unknown {
                     resp.extensions_mut().insert(OutcomeUnknown);
                 }
                 resp
-            }))
+            });
+            // The entry that carried it out, recorded with the answer: a replay or a join of it
+            // names the same entry.
+            if let Some(PurchaseId(p)) = purchase
+                && let Ok(v) = http::HeaderValue::from_str(&p)
+            {
+                resp.headers_mut().insert(PURCHASE_ID, v);
+            }
+            Ok(resp)
         })
     }
 }

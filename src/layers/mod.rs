@@ -13,6 +13,7 @@ pub(crate) mod client_limit;
 pub(crate) mod collapse;
 pub(crate) mod dedup;
 pub(crate) mod invalidate;
+pub(crate) mod ledger;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
 pub(crate) mod switch;

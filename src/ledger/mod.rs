@@ -8,6 +8,7 @@
 //! spend pipeline's layer (`crate::layers::ledger`) decides what is written.
 
 pub(crate) mod entry;
+mod open;
 mod read;
 mod write;
 
@@ -19,6 +20,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor, SqlSafeStr};
 
 pub(crate) use entry::{Entry, NewEntry, Outcome, Prior, Settlement, StoredAnswer, new_id};
+pub(crate) use open::open;
 pub(crate) use read::{Filter, Page, SpendRow};
 
 /// Why the ledger could not be read or written.
@@ -75,6 +77,18 @@ impl Ledger {
         max_connections: u32,
         timeout: Duration,
     ) -> Result<Ledger, LedgerError> {
+        let ledger = Ledger::lazy(url, max_connections, timeout)?;
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// A pool for `url` that connects when first used: a database that is down at start does not
+    /// stop the gateway (creates are refused until it answers; see [`Ledger::migrate`]).
+    pub(crate) fn lazy(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Ledger, LedgerError> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -100,10 +114,15 @@ impl Ledger {
                     Ok(())
                 })
             })
-            .connect(url)
-            .await?;
-        migrator().run(&pool).await?;
+            .connect_lazy(url)?;
         Ok(Ledger { pool, backend })
+    }
+
+    /// Applies the migrations not yet applied. On PostgreSQL they run under an advisory lock: of
+    /// replicas starting together, one applies them and the others wait, then find them done.
+    pub(crate) async fn migrate(&self) -> Result<(), LedgerError> {
+        migrator().run(&self.pool).await?;
+        Ok(())
     }
 
     /// An embedded SQLite file at `path` (created, with its folder, when missing).

@@ -18,6 +18,11 @@ use super::keys::{RecordKey, fingerprint, idempotency_key};
 pub(crate) struct Intent {
     pub(crate) route: Route,
     pub(crate) account: String,
+    pub(crate) client: String,
+    /// The `Idempotency-Key`, as sent, of a keyed spend.
+    pub(crate) key: Option<String>,
+    /// The ledger entry this request opened, if the ledger holds it.
+    pub(crate) purchase: Option<std::sync::Arc<str>>,
     pub(crate) request_id: RequestId,
     /// The request's identity (see [`fingerprint`]).
     pub(crate) fingerprint: String,
@@ -47,6 +52,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) account: &'a str,
     pub(crate) client: &'a str,
     pub(crate) request_id: RequestId,
+    pub(crate) purchase: Option<std::sync::Arc<str>>,
     pub(crate) order: Option<&'a Order>,
     pub(crate) disk: Option<&'a DiskOrder>,
     pub(crate) headers: &'a HeaderMap,
@@ -64,19 +70,25 @@ impl Intent {
         let policy = settings.routes.get(&m.route)?.clone();
         let (account, client) = (parts.account, parts.client);
         let fingerprint = fingerprint(m, parts.order, parts.body);
-        let keying = match idempotency_key(parts.headers) {
-            Ok(Some(key)) => Keying::Keyed(RecordKey::idempotent(account, client, m.route, &key)),
-            Ok(None) => Keying::Unkeyed(RecordKey::dedup(
+        let key = match idempotency_key(parts.headers) {
+            Ok(key) => key,
+            Err(msg) => return Some(Err(GatewayError::BadRequest { code: 1007, msg })),
+        };
+        let keying = match &key {
+            Some(key) => Keying::Keyed(RecordKey::idempotent(account, client, m.route, key)),
+            None => Keying::Unkeyed(RecordKey::dedup(
                 account,
                 client,
                 policy.dedup_scope,
                 &fingerprint,
             )),
-            Err(msg) => return Some(Err(GatewayError::BadRequest { code: 1007, msg })),
         };
         Some(Ok(Intent {
             route: m.route,
             account: account.to_string(),
+            client: client.to_string(),
+            key,
+            purchase: parts.purchase.clone(),
             request_id: parts.request_id.clone(),
             fingerprint,
             keying,

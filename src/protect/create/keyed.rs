@@ -15,7 +15,7 @@ use crate::svc::{Req, Resp};
 
 use super::protocol::{self, Keep, records_lost};
 use super::settle::{Settled, Unknown};
-use super::{Flow, Intent, RecordKey, records_down, replay, unvouched};
+use super::{Flow, Intent, RecordKey, records_down, replay, retried_unknown, unvouched};
 
 impl Flow {
     /// The keyed flow, `lost` the records-lost grace left (see [`Flow::run`]).
@@ -36,16 +36,25 @@ impl Flow {
         let fingerprint = &intent.fingerprint;
         let started = in_flight(fingerprint, policy.idempotency_ttl, self.lease);
         let mut leased = Some(started.clone());
+        // Whether an unknown outcome was found not made, and this request makes it again.
+        let mut retried = false;
         let begun = match lost {
             // Only a record that survived may be answered; none is made meanwhile.
             Some(left) => match records.get(rkey.as_str()).await {
                 Err(_) => return Err(records_down(route)),
-                Ok(None) => return Err(records_lost(route, left)),
+                // The ledger may still know the key: its answer stands in for the record.
+                Ok(None) => match self.prior(intent).await {
+                    Some(r) => {
+                        let _ = records.set(rkey.as_str(), r.clone()).await;
+                        Ok(Begin::Exists(r))
+                    }
+                    None => return Err(records_lost(route, left)),
+                },
                 Ok(Some(r)) => Ok(Begin::Exists(r)),
             },
             None => records.begin(rkey.as_str(), started).await,
         };
-        let record = match begun {
+        let mut record = match begun {
             Err(_) => return Err(records_down(route)),
             Ok(Begin::Started) => None,
             Ok(Begin::Exists(r)) => Some(r),
@@ -53,6 +62,14 @@ impl Flow {
                 return Err(unvouched(route, &unvouched_begin));
             }
         };
+        if record.is_none()
+            && let Some(prior) = self.prior(intent).await
+        {
+            // A new record, but the ledger knows the key from before the records were lost: the
+            // earlier request's record takes the place of the one just begun.
+            let _ = records.set(rkey.as_str(), prior.clone()).await;
+            record = Some(prior);
+        }
         if record.is_none() {
             let (max, ttl) = (intent.max_records, policy.idempotency_ttl);
             let owner = &intent.owner;
@@ -89,7 +106,10 @@ impl Flow {
                         .await?
                     {
                         Settled::Answer(resp) => return Ok(resp),
-                        Settled::NotMade(reopened) => leased = reopened,
+                        Settled::NotMade(reopened) => {
+                            leased = reopened;
+                            retried = true;
+                        }
                     }
                 }
             }
@@ -118,5 +138,6 @@ impl Flow {
             let _ = self.records.set(rkey.as_str(), unknown).await;
         }
         self.answer(intent, role, outcome.as_deref(), true)
+            .map(|resp| retried_unknown(resp, retried))
     }
 }

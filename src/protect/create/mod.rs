@@ -41,6 +41,7 @@
 mod intent;
 mod keyed;
 mod keys;
+mod prior;
 mod protocol;
 mod reconcile;
 mod replay;
@@ -57,7 +58,7 @@ use std::time::Duration;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
-use crate::admitted::OutcomeUnknown;
+use crate::admitted::{FlowAnswer, OutcomeUnknown};
 use crate::cache::answer::Answer;
 use crate::clock::now_ms;
 use crate::error::GatewayError;
@@ -69,6 +70,7 @@ use crate::svc::{Req, Resp};
 
 pub(crate) use intent::{Intent, Keying, Parts};
 pub(crate) use keys::{RecordKey, fingerprint};
+pub(crate) use prior::Priors;
 
 use protocol::{Keep, Outcome, record_outcome, records_lost, while_making};
 pub(crate) use replay::REPLAYED;
@@ -90,6 +92,8 @@ pub(crate) struct Flow {
     /// How long an in-flight record stays claimed without its replica renewing it.
     lease: Duration,
     flights: SingleFlight<RecordKey, Arc<Outcome>>,
+    /// The purchase ledger, asked when a keyed create finds no record.
+    priors: Option<Arc<dyn Priors>>,
     metrics: Arc<Metrics>,
     work: TaskTracker,
 }
@@ -112,6 +116,15 @@ fn unvouched(route: Route, begun: &Begin) -> GatewayError {
     }
 }
 
+/// Marks the answer of a request that carried out again a purchase whose unknown outcome was
+/// found not made (the ledger settles the original as failed).
+fn retried_unknown(mut resp: Resp, retried: bool) -> Resp {
+    if retried {
+        resp.extensions_mut().insert(FlowAnswer::RetriedUnknown);
+    }
+    resp
+}
+
 /// What an execution's service must be: answers from below, or why it stopped.
 trait Execution: Service<Req, Response = Resp, Error = Stopped> + Send + 'static {}
 impl<S: Service<Req, Response = Resp, Error = Stopped> + Send + 'static> Execution for S {}
@@ -132,8 +145,23 @@ impl Flow {
             max_age: limit + LEASE_SLACK,
             lease,
             flights: SingleFlight::new(),
+            priors: None,
             metrics,
             work,
+        }
+    }
+
+    /// Where a keyed create whose record is gone finds its earlier request (the ledger).
+    pub(crate) fn with_priors(mut self, priors: Option<Arc<dyn Priors>>) -> Flow {
+        self.priors = priors;
+        self
+    }
+
+    /// The record an earlier request under this keyed intent's key left, from the ledger.
+    async fn prior(&self, intent: &Intent) -> Option<crate::protect::records::Record> {
+        match &self.priors {
+            Some(p) => p.find(intent).await,
+            None => None,
         }
     }
 
@@ -299,7 +327,11 @@ impl Flow {
                 .map_err(Clone::clone),
             Role::Joined => {
                 self.count(intent, "joined");
-                outcome.answer.as_ref().map(replay).map_err(Clone::clone)
+                outcome.answer.as_ref().map_err(Clone::clone).map(|answer| {
+                    let mut resp = replay(answer);
+                    resp.extensions_mut().insert(FlowAnswer::Joined);
+                    resp
+                })
             }
         }
     }

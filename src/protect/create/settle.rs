@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 
+use crate::admitted::FlowAnswer;
 use crate::cache::answer::Answer;
 use crate::clock::now_ms;
 use crate::error::{GatewayError, SearchFailed, StillRunning};
@@ -141,7 +142,9 @@ impl Flow {
                         .remove(RecordKey::claim(&intent.account, &disk).as_str())
                         .await;
                 }
-                Ok(Settled::Answer(replay(&answer)))
+                let mut resp = replay(&answer);
+                resp.extensions_mut().insert(FlowAnswer::Reconciled);
+                Ok(Settled::Answer(resp))
             }
             Reconciled::NotMade => {
                 // Reopened: keyed, this request makes it under the same record; key-less, the

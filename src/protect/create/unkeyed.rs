@@ -16,7 +16,7 @@ use crate::svc::{Req, Resp};
 use super::protocol::{Claim, Keep, records_lost};
 use super::services::ClaimFirst;
 use super::settle::{Settled, Unknown};
-use super::{Flow, Intent, RecordKey, records_down, replay};
+use super::{Flow, Intent, RecordKey, records_down, replay, retried_unknown};
 
 impl Flow {
     /// The key-less flow, `lost` the records-lost grace left (see [`Flow::run`]).
@@ -39,6 +39,8 @@ impl Flow {
         if let (None, Some(left)) = (&record, lost) {
             return Err(records_lost(route, left));
         }
+        // Whether an unknown outcome was found not made, and this request makes it again.
+        let mut retried = false;
         if let Some(record) = record {
             match record.settled_state(self.max_age, now_ms()) {
                 State::Done(answer) => {
@@ -57,6 +59,7 @@ impl Flow {
                     if let Settled::Answer(resp) = settled.await? {
                         return Ok(resp);
                     }
+                    retried = true;
                 }
                 // Being carried out here or on another replica: join it below.
                 State::InFlight { .. } => {}
@@ -97,5 +100,6 @@ impl Flow {
                 .map_err(Clone::clone);
         }
         self.answer(intent, role, outcome.as_deref(), false)
+            .map(|resp| retried_unknown(resp, retried))
     }
 }

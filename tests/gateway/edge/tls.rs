@@ -96,7 +96,8 @@ struct TlsGw {
 
 impl TlsGw {
     async fn start(toml: &str, sim: &Sim) -> TlsGw {
-        let file = FileConfig::parse(toml, std::path::Path::new("test.toml")).unwrap();
+        let (toml, _) = crate::harness::with_ledger(toml);
+        let file = FileConfig::parse(&toml, std::path::Path::new("test.toml")).unwrap();
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),

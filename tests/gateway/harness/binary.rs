@@ -23,6 +23,22 @@ pub(crate) fn temp_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `toml` with a `[ledger]` section writing to a fresh SQLite file under the temporary
+/// directory, unless it has its own; and that file's folder, to remove when done.
+pub(crate) fn with_ledger(toml: &str) -> (String, Option<PathBuf>) {
+    if toml.contains("[ledger]") {
+        return (toml.to_string(), None);
+    }
+    let dir = temp_file("ledger", "");
+    let _ = std::fs::remove_file(&dir);
+    let path = dir.join("ledger.sqlite");
+    let text = format!(
+        "{toml}\n[ledger]\npath = {:?}\n",
+        path.display().to_string()
+    );
+    (text, Some(dir))
+}
+
 pub(crate) fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_finovy-gateway"))
 }
@@ -65,8 +81,9 @@ impl Bin {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Bin {
+        let (toml, _) = with_ledger(toml);
         let config = if toml.contains("[token]") {
-            temp_file("gateway.toml", toml)
+            temp_file("gateway.toml", &toml)
         } else {
             temp_file("gateway.toml", &format!("{toml}\n{LOOSE_TOKENS}"))
         };

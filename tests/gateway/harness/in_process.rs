@@ -185,6 +185,8 @@ pub(crate) struct Gw {
     pub admin_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The folder of this gateway's own SQLite ledger, removed when it is dropped.
+    ledger_dir: Option<std::path::PathBuf>,
 }
 
 impl Gw {
@@ -220,6 +222,7 @@ impl Gw {
         } else {
             format!("{toml}\n{LOOSE_TOKENS}")
         };
+        let (toml, ledger_dir) = super::binary::with_ledger(&toml);
         let file = FileConfig::parse(&toml, std::path::Path::new("test.toml"))
             .expect("test config parses");
         let overrides = Overrides {
@@ -243,6 +246,7 @@ impl Gw {
             admin_url,
             stop: Some(tx),
             task: Some(task),
+            ledger_dir,
         }
     }
 
@@ -288,6 +292,9 @@ impl Drop for Gw {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        if let Some(dir) = self.ledger_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
