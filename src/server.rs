@@ -74,14 +74,14 @@ struct Stores {
 }
 
 /// This replica's name in the ledger: its host name (a pod's name) and data-plane port.
-fn replica_name(settings: &Settings) -> String {
+fn replica_name(port: u16) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "gateway".into());
-    format!("{host}:{}", settings.server.listen.port())
+    format!("{host}:{port}")
 }
 
 /// The longest a create's execution may run: the rate-limit wait, then a token fetch, the upstream
@@ -98,7 +98,8 @@ fn execution_limit(settings: &Settings) -> Duration {
 }
 
 impl Gateway {
-    pub(crate) async fn new(settings: Settings) -> Result<Gateway, StartError> {
+    /// `port`: the data plane's, which names this replica in the ledger.
+    pub(crate) async fn new(settings: Settings, port: u16) -> Result<Gateway, StartError> {
         let blockers = settings.serve_blockers();
         if !blockers.is_empty() {
             return Err(StartError::Refused(blockers));
@@ -203,11 +204,14 @@ impl Gateway {
         let books = Arc::new(Books {
             ledger: purchases,
             on_failure: settings.ledger.on_failure,
-            replica: replica_name(&settings).into(),
+            replica: replica_name(port).into(),
             metrics: metrics.clone(),
             work: work.clone(),
             timeout: settings.ledger.timeout,
             max_open: execution_limit(&settings) + settings.create.lease,
+            record_amount: settings.ledger.record_amount,
+            started_ms: crate::clock::now_ms(),
+            shared: settings.redis.is_some(),
         });
         let protection = Protection {
             ledger: LedgerLayer::new(books.clone()),
@@ -284,10 +288,15 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 impl Server {
     pub async fn bind(settings: Settings) -> Result<Server, StartError> {
-        let gateway = Gateway::new(settings).await?;
-        crate::fd_limit::raise(&gateway.settings);
-        let listener = bind(gateway.settings.server.listen).await?;
-        let admin_listener = bind(gateway.settings.server.admin_listen).await?;
+        let blockers = settings.serve_blockers();
+        if !blockers.is_empty() {
+            return Err(StartError::Refused(blockers));
+        }
+        crate::fd_limit::raise(&settings);
+        let listener = bind(settings.server.listen).await?;
+        let admin_listener = bind(settings.server.admin_listen).await?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        let gateway = Gateway::new(settings, port).await?;
         let tls = ListenerTls {
             listen: load_tls(&gateway.settings.listen_tls)?,
             admin: load_tls(&gateway.settings.admin_tls)?,

@@ -35,6 +35,9 @@ pub(crate) struct LedgerConfig {
     /// Longest wait for a connection from the pool; past it the write counts as failed.
     #[serde(with = "duration")]
     pub(crate) timeout: Duration,
+    /// Whether a bought disk's price is read (its info, through the cache: one upstream call at
+    /// most) and recorded with its entry.
+    pub(crate) record_amount: bool,
 }
 
 fn mask_opt_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -53,6 +56,7 @@ impl fmt::Debug for LedgerConfig {
             .field("retention", &self.retention)
             .field("on_failure", &self.on_failure)
             .field("timeout", &self.timeout)
+            .field("record_amount", &self.record_amount)
             .finish()
     }
 }
@@ -75,6 +79,7 @@ impl Default for LedgerConfig {
             retention: Duration::from_secs(400 * 86_400),
             on_failure: OnFailure::Refuse,
             timeout: Duration::from_secs(2),
+            record_amount: true,
         }
     }
 }

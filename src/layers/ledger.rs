@@ -50,6 +50,27 @@ pub(crate) struct Books {
     /// An entry open longer than this belongs to a replica that stopped (its execution limit,
     /// plus the records' lease): it reads as unknown.
     pub(crate) max_open: Duration,
+    /// Whether a bought disk's price is read and recorded (`[ledger] record_amount`).
+    pub(crate) record_amount: bool,
+    /// When this process started (epoch ms): an entry this replica left open before it was
+    /// written by a process that is gone.
+    pub(crate) started_ms: u64,
+    /// Whether replicas share their records (Redis).
+    pub(crate) shared: bool,
+}
+
+impl Books {
+    /// Whether an open entry may still be running somewhere, so that only the records can tell:
+    /// in a fleet, a young one (another replica may be carrying it out); on a single replica, one
+    /// this process opened (a request racing this one under the same key). One a single replica
+    /// opened before it started again was left by a process that is gone.
+    fn may_be_running(&self, at_ms: u64, now_ms: u64) -> bool {
+        if self.shared {
+            now_ms.saturating_sub(at_ms) < self.max_open.as_millis() as u64
+        } else {
+            at_ms >= self.started_ms
+        }
+    }
 }
 
 impl Books {
@@ -99,9 +120,9 @@ impl LedgerLayer {
         LedgerLayer { books, read: None }
     }
 
-    /// Reads a bought disk's price through `read`.
+    /// Reads a bought disk's price through `read` (when the books say so).
     pub(crate) fn with_read(mut self, read: RoutePipeline) -> LedgerLayer {
-        self.read = Some(read);
+        self.read = self.books.record_amount.then_some(read);
         self
     }
 }
@@ -452,9 +473,7 @@ impl Priors for LedgerPriors {
                 }
                 // Still open and young: it may be running right now, elsewhere; the records
                 // decide (this is no loss of them).
-                (Outcome::Open, _)
-                    if now.saturating_sub(at) < books.max_open.as_millis() as u64 =>
-                {
+                (Outcome::Open, _) if books.may_be_running(at, now) => {
                     return None;
                 }
                 _ => State::Unknown { sent_at_ms: at },
@@ -494,6 +513,21 @@ pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Fut
     let every = (books.max_open / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut next_retention = Instant::now();
     tokio::pin!(stop);
+    // What this replica left open before it started again was never settled: unknown, at once.
+    match books
+        .ledger
+        .mark_unknown_of(&books.replica, books.started_ms, now_ms())
+        .await
+    {
+        Ok(n) if n > 0 => {
+            tracing::warn!(
+                entries = n,
+                "ledger: entries this replica left open when it stopped are now unknown"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "ledger: cannot read the entries left open"),
+    }
     loop {
         let now = now_ms();
         let before = now.saturating_sub(books.max_open.as_millis() as u64);

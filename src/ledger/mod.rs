@@ -110,6 +110,9 @@ impl Ledger {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        // 256 KiB of page cache per connection: the ledger's memory stays
+                        // small and bounded, whatever the file grows to.
+                        conn.execute("PRAGMA cache_size = -256").await?;
                     }
                     Ok(())
                 })
@@ -136,7 +139,8 @@ impl Ledger {
             })?;
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        Ledger::connect(&url, 4, timeout).await
+        // Writes to one file take turns anyway; a second connection serves reads meanwhile.
+        Ledger::connect(&url, 2, timeout).await
     }
 
     pub(crate) fn backend(&self) -> Backend {

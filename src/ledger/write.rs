@@ -92,6 +92,29 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
+    /// Entries still open that `replica` opened before `before_ms`, when it started again: the
+    /// process that wrote them is gone, so what they bought is unknown.
+    pub(crate) async fn mark_unknown_of(
+        &self,
+        replica: &str,
+        before_ms: u64,
+        now_ms: u64,
+    ) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE purchases SET outcome = $1, settled_at = $2, \
+             reason = COALESCE(reason, $3) WHERE outcome = $4 AND replica = $5 AND at < $6",
+        )
+        .bind(Outcome::Unknown.as_str())
+        .bind(now_ms as i64)
+        .bind("left open: the replica restarted before the outcome was written")
+        .bind(Outcome::Open.as_str())
+        .bind(replica)
+        .bind(before_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Removes the entries that arrived before `before_ms` (retention).
     pub(crate) async fn remove_before(&self, before_ms: u64) -> Result<u64, LedgerError> {
         let done = sqlx::query("DELETE FROM purchases WHERE at < $1")

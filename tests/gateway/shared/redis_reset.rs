@@ -217,13 +217,21 @@ async fn a_redis_restarted_empty_is_noticed_before_the_next_create() {
 
     redis.restart();
     // The retry whose record was lost is never bought again: refused while Redis is away (503,
-    // code 503), then refused as possibly lost (code 1005) once it is back.
+    // code 503); once it is back, a key-less repeat is refused as possibly lost (code 1005), and
+    // the keyed retry is answered from the purchase ledger, which kept its key.
     let answer = eventually_some("Redis comes back", Duration::from_secs(30), || async {
-        let answer = create(&gw, Some(&key), DISK20).await;
+        let answer = create(&gw, None, DISK20).await;
         (answer.2["code"] != 503).then_some(answer)
     })
     .await;
     assert_refused(&answer);
+    let (status, headers, replayed) = create(&gw, Some(&key), DISK20).await;
+    assert_eq!(
+        (status, &replayed["data"]),
+        (200, &first["data"]),
+        "{replayed}"
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(sim.calls("create").await, 1);
     assert_eq!(resets(&gw).await, 1);
     let (status, ready) = readyz(gw.admin_url()).await;
