@@ -514,11 +514,16 @@ pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Fut
     let mut next_retention = Instant::now();
     tokio::pin!(stop);
     // What this replica left open before it started again was never settled: unknown, at once.
-    match books
-        .ledger
-        .mark_unknown_of(&books.replica, books.started_ms, now_ms())
-        .await
-    {
+    // A single replica's own ledger holds only its own entries, whatever its name was then.
+    let left_open = if books.shared {
+        books
+            .ledger
+            .mark_unknown_of(&books.replica, books.started_ms, now_ms())
+            .await
+    } else {
+        books.ledger.mark_unknown(books.started_ms, now_ms()).await
+    };
+    match left_open {
         Ok(n) if n > 0 => {
             tracing::warn!(
                 entries = n,

@@ -3,6 +3,7 @@
 //!
 //! - `create_protection`: idempotency keys, de-dup, rates, budgets, reconciliation of unknown outcomes;
 //! - `dedup_window`: an identical create after `dedup_window` buys again;
+//! - `ledger`: every spend on record once, through restarts, crashes and lost records;
 //! - `order_properties`: the create validator over arbitrary input (proptest);
 //! - `record_bounds`: each client's bound on live records, for one replica and for the fleet;
 //! - `replay_from_another_replica`: a create carried out elsewhere is replayed here from its record;
@@ -11,6 +12,7 @@
 
 mod create_protection;
 mod dedup_window;
+mod ledger;
 mod order_properties;
 mod record_bounds;
 mod replay_from_another_replica;
