@@ -116,6 +116,8 @@ async fn route(
         (&Method::GET, "/metrics") => {
             update_token_gauge(state);
             state.cache.update_gauges();
+            // Read from the counters at each scrape: fleet-wide, and 0 once a window has rolled.
+            state.reloader.budget.export_gauges(&state.metrics).await;
             if let Some((records, bytes)) = state.records.usage() {
                 state.metrics.records.set(records as i64);
                 state.metrics.records_bytes.set(bytes as i64);

@@ -253,6 +253,7 @@ async fn dev(
         account: config::DEFAULT_ACCOUNT.into(),
         routes: None,
         token_lease: false,
+        budget: None,
     });
     let defaults = SimConfig::default();
     let (uuid, secret) = (defaults.uuid.clone(), defaults.secret.clone());

@@ -55,6 +55,13 @@ pub struct Metrics {
     pub(crate) rate_limited: IntCounterVec,
     pub(crate) dedup: IntCounterVec,
     pub(crate) budget_refused: IntCounterVec,
+    /// Soft thresholds (`[create.budget] warn_at`) reached, by scope and cap.
+    pub(crate) budget_warnings: IntCounterVec,
+    /// What each set cap has used in its window, and its limit, by scope, name and cap.
+    budget_used: IntGaugeVec,
+    budget_limit: IntGaugeVec,
+    /// The label sets of the two above now exported, to drop those whose cap is no longer set.
+    budget_series: std::sync::Mutex<std::collections::BTreeSet<[String; 3]>>,
     pub(crate) redis_errors: IntCounterVec,
     /// Times Redis was found without its data (the fleet marker gone).
     pub(crate) redis_resets: IntCounter,
@@ -116,6 +123,13 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(g.clone()))
                 .expect("registered once");
@@ -193,6 +207,25 @@ impl Metrics {
                 "Creates refused by the spending guard, by scope (account, client) and cap.",
                 &["scope", "cap"],
             ),
+            budget_warnings: counter(
+                "finovy_gateway_budget_warnings_total",
+                "Spending caps whose use reached [create.budget] warn_at of their limit, once per \
+                 window and cap, by scope (account, client) and cap.",
+                &["scope", "cap"],
+            ),
+            budget_used: gauge_vec(
+                "finovy_gateway_budget_used",
+                "What each set spending cap has used in its current window (creates, or GB), by \
+                 scope (account, client), name (the account or client) and cap; fleet-wide in \
+                 shared mode, read when scraped.",
+                &["scope", "name", "cap"],
+            ),
+            budget_limit: gauge_vec(
+                "finovy_gateway_budget_limit",
+                "The limit of each set spending cap, by scope, name and cap.",
+                &["scope", "name", "cap"],
+            ),
+            budget_series: std::sync::Mutex::default(),
             redis_errors: counter(
                 "finovy_gateway_redis_errors_total",
                 "Shared-state (Redis) operations that failed or timed out, by operation.",
@@ -357,14 +390,16 @@ impl Metrics {
             }
         }
         let budget = &settings.create.budget;
-        for (scope, caps) in [("account", &budget.account), ("client", &budget.client)] {
-            let set = [
-                ("creates_per_hour", caps.creates_per_hour),
-                ("creates_per_day", caps.creates_per_day),
-                ("gb_per_day", caps.gb_per_day),
-            ];
-            for (cap, _) in set.into_iter().filter(|(_, limit)| *limit > 0) {
-                self.budget_refused.with_label_values(&[scope, cap]);
+        let client_caps =
+            std::iter::once(budget.client).chain(budget.clients.values().map(|c| c.1));
+        let scopes = std::iter::once(("account", budget.account))
+            .chain(client_caps.map(|caps| ("client", caps)));
+        for (scope, caps) in scopes {
+            for cap in caps.set() {
+                self.budget_refused.with_label_values(&[scope, cap.name]);
+                if budget.warn_at.is_some() {
+                    self.budget_warnings.with_label_values(&[scope, cap.name]);
+                }
             }
         }
         if settings.redis.is_some() {
@@ -378,6 +413,31 @@ impl Metrics {
         for client in settings.clients.iter().filter(|c| c.token_lease) {
             self.token_leases.with_label_values(&[&client.name]);
         }
+    }
+
+    /// Sets the budget gauges to `uses` (every set cap's use), dropping the series of caps no
+    /// longer set.
+    pub(crate) fn set_budget_gauges(&self, uses: &[crate::protect::budget::CapUse]) {
+        let mut series = self.budget_series.lock().expect("budget series");
+        let now: std::collections::BTreeSet<[String; 3]> = uses
+            .iter()
+            .map(|u| [u.scope.to_string(), u.who.clone(), u.cap.to_string()])
+            .collect();
+        for gone in series.difference(&now) {
+            let labels = [gone[0].as_str(), gone[1].as_str(), gone[2].as_str()];
+            let _ = self.budget_used.remove_label_values(&labels);
+            let _ = self.budget_limit.remove_label_values(&labels);
+        }
+        for u in uses {
+            let labels = [u.scope, u.who.as_str(), u.cap];
+            self.budget_used
+                .with_label_values(&labels)
+                .set(u.used as i64);
+            self.budget_limit
+                .with_label_values(&labels)
+                .set(u.limit as i64);
+        }
+        *series = now;
     }
 
     /// The Prometheus text exposition of every metric.

@@ -19,9 +19,9 @@ use crate::config::CreatesWhenDown;
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
-use crate::fleet::ledger::RedisLedger;
 use crate::fleet::limiter::RedisLimiter;
 use crate::fleet::records::RedisRecords;
+use crate::fleet::tally::RedisTally;
 use crate::fleet::token::TokenStore;
 use crate::layers::budget::BudgetGuardLayer;
 use crate::layers::collapse::CollapseLayer;
@@ -29,7 +29,8 @@ use crate::layers::dedup::DedupLayer;
 use crate::layers::ledger::{Books, LedgerLayer, LedgerPriors};
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::metrics::Metrics;
-use crate::protect::budget::{Budget, Ledger, MemoryLedger};
+use crate::protect::budget::Budget;
+use crate::protect::budget::tally::{MemoryTally, Tally};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
 use crate::reload::{self, Reloader, Source};
@@ -69,7 +70,7 @@ pub(crate) struct Gateway {
 struct Stores {
     store: Arc<dyn CacheStore>,
     records: Arc<dyn RecordStore>,
-    ledger: Arc<dyn Ledger>,
+    tally: Arc<dyn Tally>,
     limiter: Arc<dyn RateLimiter>,
 }
 
@@ -170,26 +171,26 @@ impl Gateway {
         let Stores {
             store,
             records,
-            ledger,
+            tally,
             limiter,
         } = match (&fleet, &two_level) {
             (Some(f), Some(two)) => Stores {
                 store: two.clone(),
                 records: Arc::new(RedisRecords::new(f.clone(), fall_back)),
-                ledger: Arc::new(RedisLedger::new(f.clone(), fall_back)),
+                tally: Arc::new(RedisTally::new(f.clone(), fall_back)),
                 limiter: Arc::new(RedisLimiter::new(f.clone(), fall_back)),
             },
             _ => Stores {
                 store: Arc::new(MemoryStore::new(settings.cache.max_bytes)),
                 records: Arc::new(MemoryRecords::new(settings.create.records_max_bytes)),
-                ledger: Arc::new(MemoryLedger::default()),
+                tally: Arc::new(MemoryTally::default()),
                 limiter: Arc::new(MemoryLimiter::new()),
             },
         };
         let cache = Arc::new(Cache::new(&settings.cache, store, metrics.clone()));
         let work = TaskTracker::new();
         let create = Arc::new(Swap::new(settings.create.clone()));
-        let budget = Arc::new(Budget::new(settings.create.budget.clone(), ledger));
+        let budget = Arc::new(Budget::new(settings.create.budget.clone(), tally));
         // Opened once everything else checked, so a gateway refused at start leaves no file.
         let purchases = crate::ledger::open(&settings.ledger)
             .await

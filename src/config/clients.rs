@@ -1,5 +1,5 @@
 //! `[[clients]]`: the callers with a key (its SHA-256 digest only), the account each calls as, the
-//! routes each may use, and whether it may lease the account's token.
+//! routes each may use, whether it may lease the account's token, and its own spending caps.
 
 use std::collections::BTreeSet;
 
@@ -27,6 +27,27 @@ pub struct ClientConfig {
     /// May lease the account's upstream token at `GET /_gateway/token`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub token_lease: bool,
+    /// This client's own caps (`budget = { creates_per_day = 5 }`), in place of
+    /// `[create.budget.client]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<ClientBudget>,
+}
+
+/// A client's own spending caps: each key set here replaces the same key of
+/// `[create.budget.client]` for this client alone (0 lifts that cap); a key not set keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates_per_hour: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gb_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gb_per_month: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +60,8 @@ pub(crate) struct Client {
     pub(crate) routes: Option<BTreeSet<Route>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) token_lease: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) budget: Option<ClientBudget>,
 }
 
 /// `[[clients]]` as clients: names and keys unique, each naming a known account and known routes.
@@ -88,6 +111,7 @@ pub(super) fn resolve(
             account: c.account.clone(),
             routes,
             token_lease: c.token_lease,
+            budget: c.budget,
         });
     }
     Ok(clients)
@@ -108,5 +132,39 @@ mod tests {
             e.contains("clients[0].routes") && e.contains("disk.nope"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_client_budget_applies_to_that_client_alone() {
+        let client = |name: &str, digit: &str, budget: &str| {
+            format!(
+                "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{budget}",
+                digit.repeat(64)
+            )
+        };
+        let text = format!(
+            "[create.budget.client]\ncreates_per_day = 10\ngb_per_day = 100\n{}{}",
+            client(
+                "a",
+                "0",
+                "budget = { creates_per_day = 5, gb_per_month = 900 }\n"
+            ),
+            client("b", "1", "")
+        );
+        let s = resolve(&text).unwrap();
+        let a = s.create.budget.client_caps("a");
+        assert_eq!(
+            (a.creates_per_day, a.gb_per_day, a.gb_per_month),
+            (5, 100, 900)
+        );
+        assert_eq!(s.create.budget.client_caps("b"), s.create.budget.client);
+        assert!(
+            s.to_masked_toml().contains("budget"),
+            "check-config shows it"
+        );
+        let e = resolve(&client("a", "0", "budget = { creates_per_week = 1 }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("creates_per_week"), "{e}");
     }
 }

@@ -44,8 +44,8 @@ pub use accounts::DEFAULT_ACCOUNT;
 pub(crate) use accounts::{Account, Credentials};
 pub(crate) use auth::AuthConfig;
 pub use check::is_name;
-pub use clients::ClientConfig;
 pub(crate) use clients::{ANONYMOUS, Client};
+pub use clients::{ClientBudget, ClientConfig};
 pub(crate) use env::EnvLookup;
 pub use env::{ENV_SECRET, ENV_UUID, process_env};
 pub(crate) use error::ConfigError;
@@ -161,10 +161,11 @@ impl Settings {
         )?;
         let routes = Arc::new(RouteTable::with_configured(&file.routes)?);
         let cache = file.cache.resolve(&routes)?;
-        let create = file.create.resolve(&routes)?;
+        let mut create = file.create.resolve(&routes)?;
         let ledger = file.ledger.resolve(env)?;
         let accounts = accounts::resolve(&file.accounts, &upstream, env)?;
         let clients = clients::resolve(&file.clients, &accounts, &routes)?;
+        create.budget.know(&accounts, &clients);
         let anonymous_routes = file.auth.resolve(&routes)?;
 
         Ok(Settings {

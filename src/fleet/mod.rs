@@ -4,7 +4,7 @@
 //! file beside the memory version it stands in for:
 //! - `records`: idempotency and de-dup records ([`crate::protect::records::RecordStore`]);
 //! - `limiter`: the GCRA create limit ([`crate::protect::gcra::RateLimiter`]);
-//! - `ledger`: the spending guard's counters ([`crate::protect::budget::Ledger`]);
+//! - `tally`: the spending guard's counters ([`crate::protect::budget::tally::Tally`]);
 //! - `cache`: the two-level cache store ([`crate::store::CacheStore`]);
 //! - `token`: the account's upstream token, one for the fleet;
 //! - `codec`: how answers, entries and records are written into Redis values.
@@ -27,9 +27,9 @@ pub(crate) mod cache;
 pub(crate) mod codec;
 pub(crate) mod conn;
 pub(crate) mod eviction;
-pub(crate) mod ledger;
 pub(crate) mod limiter;
 pub mod records;
+pub(crate) mod tally;
 pub(crate) mod token;
 
 use std::future::Future;

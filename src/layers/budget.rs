@@ -1,6 +1,8 @@
 //! The spending guard on the data plane (see [`crate::protect::budget`]): a create over a cap is
 //! answered 429 with code 220025, a message naming the cap, and `Retry-After` until it resets,
-//! before it reaches the upstream. A create that bought nothing gives its admission back.
+//! before it reaches the upstream. A create that bought nothing gives its admission back. What the
+//! guard reports (a soft threshold reached, a cap spent) is raised in [`raise`]: logged, counted,
+//! and the one place an alert sink (the `budget.threshold` and `budget.exhausted` webhooks) hooks.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,7 +14,7 @@ use crate::admitted::Spend;
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
-use crate::protect::budget::Budget;
+use crate::protect::budget::{Budget, BudgetEvent};
 use crate::svc::Resp;
 
 #[derive(Clone)]
@@ -41,6 +43,34 @@ impl<S> Layer<S> for BudgetGuardLayer {
 pub(crate) struct BudgetGuard<S> {
     inner: S,
     layer: BudgetGuardLayer,
+}
+
+/// Reports what the guard has to say: a threshold as a warning, once per window and cap (the
+/// counters see to that), and counted; a spent cap is counted (its answer says the rest).
+pub(crate) fn raise(metrics: &Metrics, event: &BudgetEvent) {
+    match event {
+        BudgetEvent::Threshold { cap, used } => {
+            tracing::warn!(
+                scope = cap.scope,
+                name = %cap.who,
+                cap = cap.cap,
+                used,
+                limit = cap.limit,
+                resets_in_s = cap.resets_in.as_secs(),
+                "a spending cap reached its warning threshold (create.budget.warn_at)"
+            );
+            metrics
+                .budget_warnings
+                .with_label_values(&[cap.scope, cap.cap])
+                .inc();
+        }
+        BudgetEvent::Exhausted(cap) => {
+            metrics
+                .budget_refused
+                .with_label_values(&[cap.scope, cap.cap])
+                .inc();
+        }
+    }
 }
 
 /// Whether the create may have bought something (a success, or an unknown outcome).
@@ -87,6 +117,9 @@ where
             match layer.budget.admit(&account, &client, gb, now).await {
                 Err(_) => Err(GatewayError::SharedStateDown(route)),
                 Ok(Ok(admission)) => {
+                    for event in &admission.events {
+                        raise(&layer.metrics, event);
+                    }
                     let result = inner.oneshot(spend).await;
                     if !may_have_spent(&result) {
                         // A refund lost to a Redis failure only makes the guard stricter.
@@ -95,17 +128,16 @@ where
                     result
                 }
                 Ok(Err(over)) => {
-                    layer
-                        .metrics
-                        .budget_refused
-                        .with_label_values(&[over.scope, over.cap])
-                        .inc();
+                    let retry_after = over.resets_in.as_secs().max(1);
+                    let (cap, limit, scope) = (over.cap, over.limit, over.scope);
+                    let who = over.who.clone();
+                    raise(&layer.metrics, &BudgetEvent::Exhausted(over));
                     Err(GatewayError::SpendingCap {
-                        cap: over.cap,
-                        limit: over.limit,
-                        scope: over.scope,
-                        who: over.who,
-                        retry_after: over.resets_in.as_secs().max(1),
+                        cap,
+                        limit,
+                        scope,
+                        who,
+                        retry_after,
                     })
                 }
             }
@@ -122,19 +154,22 @@ mod tests {
 
     use super::*;
     use crate::layers::testing::{self, within};
-    use crate::protect::budget::MemoryLedger;
-    use crate::protect::policy::{BudgetConfig, Caps};
+    use crate::protect::budget::settings::{BudgetSettings, Caps};
+    use crate::protect::budget::tally::MemoryTally;
 
     /// A guard allowing `per_day` creates a day to each client (0: no cap, the guard off).
     fn guard(per_day: u64) -> (BudgetGuardLayer, Arc<Metrics>) {
-        let caps = BudgetConfig {
-            account: Caps::default(),
+        guard_with(BudgetSettings {
             client: Caps {
                 creates_per_day: per_day,
                 ..Caps::default()
             },
-        };
-        let budget = Arc::new(Budget::new(caps, Arc::new(MemoryLedger::default())));
+            ..BudgetSettings::default()
+        })
+    }
+
+    fn guard_with(settings: BudgetSettings) -> (BudgetGuardLayer, Arc<Metrics>) {
+        let budget = Arc::new(Budget::new(settings, Arc::new(MemoryTally::default())));
         let metrics = Arc::new(Metrics::new());
         (BudgetGuardLayer::new(budget, metrics.clone()), metrics)
     }
@@ -251,5 +286,41 @@ mod tests {
             assert!(send(&svc, &caller).await.is_ok());
         }
         assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn reaching_warn_at_counts_once_per_window() {
+        let (layer, metrics) = guard_with(BudgetSettings {
+            warn_at: Some(0.5),
+            client: Caps {
+                creates_per_day: 4,
+                ..Caps::default()
+            },
+            ..BudgetSettings::default()
+        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer.layer(inner(&calls, bought));
+        let caller = testing::caller("svc", &testing::account("default"));
+        let warned = || {
+            metrics
+                .budget_warnings
+                .with_label_values(&["client", "creates_per_day"])
+                .get()
+        };
+        assert!(send(&svc, &caller).await.is_ok());
+        assert_eq!(warned(), 0);
+        for _ in 0..2 {
+            assert!(send(&svc, &caller).await.is_ok());
+            assert_eq!(
+                warned(),
+                1,
+                "the second reached 2 of 4; the third adds nothing"
+            );
+        }
+        let other = testing::caller("other", &testing::account("default"));
+        for _ in 0..2 {
+            assert!(send(&svc, &other).await.is_ok());
+        }
+        assert_eq!(warned(), 2, "another client's cap has its own threshold");
     }
 }

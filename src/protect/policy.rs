@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::error::ConfigError;
 use crate::duration;
+use crate::protect::budget::settings::{BudgetConfig, BudgetSettings};
 use crate::routes::{Route, RouteTable};
 
 /// The `[create]` section as written.
@@ -43,32 +44,6 @@ pub(crate) struct CreatePolicyConfig {
     pub(crate) idempotency_ttl: Option<String>,
     /// Whose identical key-less creates collapse: `"client"` (default) or `"account"`.
     pub(crate) dedup_scope: Option<String>,
-}
-
-/// `[create.budget]`: caps on spending, off unless set. `account` caps count every client of an
-/// account together; `client` caps count each client alone.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct BudgetConfig {
-    pub(crate) account: Caps,
-    pub(crate) client: Caps,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct Caps {
-    /// Creates (of any protected route) per clock hour (UTC); 0 = no cap.
-    pub(crate) creates_per_hour: u64,
-    /// Creates per day (UTC); 0 = no cap.
-    pub(crate) creates_per_day: u64,
-    /// Gigabytes of disk created per day (UTC); 0 = no cap.
-    pub(crate) gb_per_day: u64,
-}
-
-impl Caps {
-    pub(crate) fn any(&self) -> bool {
-        self.creates_per_hour > 0 || self.creates_per_day > 0 || self.gb_per_day > 0
-    }
 }
 
 /// A GCRA rate: `count` events per `period`, with `burst` allowed at once.
@@ -125,7 +100,7 @@ pub(crate) struct CreatePolicy {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct CreateSettings {
     pub(crate) routes: BTreeMap<Route, CreatePolicy>,
-    pub(crate) budget: BudgetConfig,
+    pub(crate) budget: BudgetSettings,
     #[serde(with = "duration")]
     pub(crate) lease: Duration,
     pub(crate) max_records_per_client: u64,
@@ -240,7 +215,7 @@ impl CreateConfig {
         }
         Ok(CreateSettings {
             routes,
-            budget: self.budget.clone(),
+            budget: self.budget.resolve()?,
             lease,
             max_records_per_client,
             records_max_bytes,

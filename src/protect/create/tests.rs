@@ -17,7 +17,8 @@ use super::*;
 use crate::admitted::{OutcomeUnknown, RequestId};
 use crate::envelope::EnvelopeHead;
 use crate::error::{SearchFailed, StillRunning};
-use crate::protect::policy::{BudgetConfig, CreatePolicy, CreateSettings, DedupScope, Rate};
+use crate::protect::budget::settings::BudgetSettings;
+use crate::protect::policy::{CreatePolicy, CreateSettings, DedupScope, Rate};
 use crate::protect::records::{Lock, MemoryRecords, State};
 use crate::protect::validate::{DiskOrder, Order};
 use crate::routes::RouteMatch;
@@ -138,7 +139,7 @@ fn settings(max_records: u64) -> CreateSettings {
     };
     CreateSettings {
         routes: BTreeMap::from([(Route::DiskCreate, policy)]),
-        budget: BudgetConfig::default(),
+        budget: BudgetSettings::default(),
         lease: LEASE,
         max_records_per_client: max_records,
         records_max_bytes: 1 << 20,

@@ -10,7 +10,7 @@
 //! - `records`: [`crate::protect::records::RecordStore`] (idempotency and de-dup records);
 //! - `cache`: [`crate::store::CacheStore`] (cache entries and fill claims);
 //! - `limiter`: [`crate::protect::gcra::RateLimiter`] (the create rate);
-//! - `ledger`: [`crate::protect::budget::Ledger`] (the spending guard's counters);
+//! - `tally`: [`crate::protect::budget::tally::Tally`] (the spending guard's counters);
 //! - `redis_server`: the `redis-server` child process.
 
 mod redis_server;
@@ -22,11 +22,11 @@ use std::time::Duration;
 use crate::config::RedisConfig;
 use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
-use crate::fleet::ledger::RedisLedger;
 use crate::fleet::limiter::RedisLimiter;
 use crate::fleet::records::RedisRecords;
+use crate::fleet::tally::RedisTally;
 use crate::metrics::Metrics;
-use crate::protect::budget::{Ledger, MemoryLedger};
+use crate::protect::budget::tally::{MemoryTally, Tally};
 use crate::protect::gcra::{MemoryLimiter, RateLimiter};
 use crate::protect::records::{MemoryRecords, RecordStore};
 use crate::routes::RouteTable;
@@ -46,7 +46,7 @@ enum Stores {
     Memory {
         records: Arc<MemoryRecords>,
         limiter: Arc<MemoryLimiter>,
-        ledger: Arc<MemoryLedger>,
+        tally: Arc<MemoryTally>,
         cache: Arc<MemoryStore>,
     },
     Redis {
@@ -60,7 +60,7 @@ impl Stores {
         Stores::Memory {
             records: Arc::new(MemoryRecords::default()),
             limiter: Arc::new(MemoryLimiter::new()),
-            ledger: Arc::new(MemoryLedger::default()),
+            tally: Arc::new(MemoryTally::default()),
             cache: Arc::new(MemoryStore::new(CACHE_BYTES)),
         }
     }
@@ -105,11 +105,11 @@ impl Stores {
         }
     }
 
-    fn ledger(&self) -> Arc<dyn Ledger> {
+    fn tally(&self) -> Arc<dyn Tally> {
         match self {
-            Stores::Memory { ledger, .. } => ledger.clone(),
+            Stores::Memory { tally, .. } => tally.clone(),
             Stores::Redis { server, prefix } => {
-                Arc::new(RedisLedger::new(Self::fleet(server, prefix).0, false))
+                Arc::new(RedisTally::new(Self::fleet(server, prefix).0, false))
             }
         }
     }
@@ -152,6 +152,6 @@ macro_rules! conformance {
 }
 
 mod cache;
-mod ledger;
 mod limiter;
 mod records;
+mod tally;

@@ -1,6 +1,7 @@
 //! Creates (purchases) end to end: never bought twice, within the upstream's rate and the spending
 //! caps, and checked before they leave the gateway. The simulator's counters witness every purchase.
 //!
+//! - `budgets`: month caps in a zone, a client's own caps, warn_at, the budget gauges;
 //! - `create_protection`: idempotency keys, de-dup, rates, budgets, reconciliation of unknown outcomes;
 //! - `dedup_window`: an identical create after `dedup_window` buys again;
 //! - `ledger`: every spend on record once, through restarts, crashes and lost records;
@@ -10,6 +11,7 @@
 //! - `replica_crash`: a killed replica's purchases settle within their lease, a live one renews it;
 //! - `spend_body`: what is checked is what is sent, and variants of one order are one intent.
 
+mod budgets;
 mod create_protection;
 mod dedup_window;
 mod ledger;
