@@ -158,7 +158,6 @@ pub(crate) struct Prior {
     pub(crate) id: String,
     pub(crate) at_ms: i64,
     pub(crate) fingerprint: String,
-    pub(crate) replica: String,
     pub(crate) outcome: Outcome,
     pub(crate) answer: Option<StoredAnswer>,
 }

@@ -41,11 +41,10 @@ pub(crate) enum Backend {
     Postgres,
 }
 
-/// The ledger's database, and what kind it is.
+/// The ledger's database.
 #[derive(Clone)]
 pub(crate) struct Ledger {
     pool: AnyPool,
-    backend: Backend,
 }
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
@@ -118,7 +117,7 @@ impl Ledger {
                 })
             })
             .connect_lazy(url)?;
-        Ok(Ledger { pool, backend })
+        Ok(Ledger { pool })
     }
 
     /// Applies the migrations not yet applied. On PostgreSQL they run under an advisory lock: of
@@ -138,19 +137,27 @@ impl Ledger {
                 LedgerError::Invalid(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let url = format!("sqlite://{}?mode=rwc", url_path(path)?);
         // Writes to one file take turns anyway; a second connection serves reads meanwhile.
         Ledger::connect(&url, 2, timeout).await
     }
+}
 
-    pub(crate) fn backend(&self) -> Backend {
-        self.backend
+/// A file path as a URL's path: percent-encoded but for `/` and the unreserved characters, so a
+/// folder named with a space, `?` or `#` is still that folder.
+fn url_path(path: &std::path::Path) -> Result<String, LedgerError> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| LedgerError::Invalid(format!("{} is not UTF-8", path.display())))?;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
-
-    /// Closes the pool: pending writes finish, new ones fail.
-    pub(crate) async fn close(&self) {
-        self.pool.close().await;
-    }
+    Ok(out)
 }
 
 #[cfg(test)]

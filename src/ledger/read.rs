@@ -182,7 +182,7 @@ impl Ledger {
         since_ms: u64,
     ) -> Result<Option<Prior>, LedgerError> {
         let row = sqlx::query(
-            "SELECT id, at, fingerprint, outcome, replica, answer_status, answer_body FROM purchases \
+            "SELECT id, at, fingerprint, outcome, answer_status, answer_body FROM purchases \
              WHERE client = $1 AND route = $2 AND idempotency_key = $3 AND at >= $4 \
              AND outcome IN ('bought', 'reconciled', 'open', 'unknown') ORDER BY id LIMIT 1",
         )
@@ -200,7 +200,6 @@ impl Ledger {
             id: row.try_get("id")?,
             at_ms: row.try_get("at")?,
             fingerprint: row.try_get("fingerprint")?,
-            replica: row.try_get("replica")?,
             outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Unknown),
             answer: status.zip(body).map(|(status, body)| StoredAnswer {
                 status: status as u16,
