@@ -74,21 +74,27 @@ fn parameters(o: &Options) -> Result<params::Listing, String> {
     params::listing(&pairs).map_err(|e| format!("--{e}"))
 }
 
-/// Opens the ledger the config names; a SQLite file that is not there is an error, not created.
-async fn open(path: Option<&std::path::Path>) -> Result<Ledger, String> {
+/// Connections the command holds: it reads one page at a time.
+const CONNECTIONS: u32 = 1;
+
+/// Opens the ledger the config names, to read: a SQLite file read-only (one that is not there
+/// is an error, not created), PostgreSQL as it is; no migrations are applied by a reader.
+fn open(path: Option<&std::path::Path>) -> Result<Ledger, String> {
     let file = FileConfig::load(path).map_err(|e| e.to_string())?;
     let settings = Settings::resolve(file, &Overrides::default(), &config::process_env)
         .map_err(|e| format!("invalid config: {e}"))?;
     let cfg = &settings.ledger;
-    if cfg.url.is_none() && !cfg.path.is_file() {
-        return Err(format!(
-            "no ledger at {} ([ledger] path): the gateway creates it when it first starts",
-            cfg.path.display()
-        ));
-    }
-    crate::ledger::open(cfg)
-        .await
-        .map_err(|e| format!("cannot open the ledger: {e}"))
+    let url = match &cfg.url {
+        Some(url) => url.clone(),
+        None if cfg.path.is_file() => format!("sqlite://{}?mode=ro", cfg.path.display()),
+        None => {
+            return Err(format!(
+                "no ledger at {} ([ledger] path): the gateway creates it when it first starts",
+                cfg.path.display()
+            ));
+        }
+    };
+    Ledger::lazy(&url, CONNECTIONS, cfg.timeout).map_err(|e| format!("cannot open the ledger: {e}"))
 }
 
 async fn print(o: Options) -> Result<(), String> {
@@ -96,7 +102,7 @@ async fn print(o: Options) -> Result<(), String> {
     if o.limit == Some(0) {
         return Err("--limit: expected at least 1".into());
     }
-    let ledger = open(o.config.as_deref()).await?;
+    let ledger = open(o.config.as_deref())?;
     let result = write_all(&ledger, &listing, o.limit, o.format).await;
     ledger.close().await;
     match result {

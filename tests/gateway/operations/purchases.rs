@@ -59,7 +59,7 @@ async fn purchases_made_through_the_gateway_are_read_by_the_admin_api_and_the_cl
         ledger.display().to_string(),
         client_entry("ops", KEY, "")
     );
-    let gw = replica_process(&toml, &sim.url).await;
+    let mut gw = replica_process(&toml, &sim.url).await;
 
     // Bought with a key, the same key again (a replay), and bought without one.
     let create = |key: Option<&'static str>, memory: u32| {
@@ -202,6 +202,14 @@ async fn purchases_made_through_the_gateway_are_read_by_the_admin_api_and_the_cl
     assert!(out.contains(&ids[0]) && out.contains(&plain_disk), "{out}");
     let (ok, _, err) = cli(&gw.config, &["--since", "last week"]);
     assert!(!ok && err.contains("--since"), "{err}");
+
+    // And once the gateway has stopped (its write-ahead log folded into the file).
+    gw.terminate();
+    assert_eq!(gw.wait_exit(), Some(0));
+    let (ok, out, err) = cli(&gw.config, &["--format", "json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{out}");
 
     // A ledger file that is not there is an error, and is not created.
     let missing = dir.join("elsewhere").join("none.sqlite");
