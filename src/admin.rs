@@ -1,5 +1,6 @@
 //! The admin listener (CONTRACT.md, "Admin"): `/metrics`, `/healthz`, `/readyz`, and `/admin/*`
-//! (`/admin/cache/purge`, `/admin/reload`) guarded by `[admin] key_sha256` (disabled when unset).
+//! (`/admin/cache/purge`, `/admin/reload`, the ledger's `/admin/purchases` and `/admin/spend`
+//! from `crate::purchases`) guarded by `[admin] key_sha256` (disabled when unset).
 //! Kept apart from the data plane so that it can be exposed to the cluster's probes and scrapers
 //! only.
 
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::cache::Cache;
 use crate::cache::Reason;
 use crate::cache::key::{CacheKey, canonical_json};
+use crate::clock::now_ms;
 use crate::config::{DEFAULT_ACCOUNT, ServerConfig};
 use crate::envelope::success_response;
 use crate::error::GatewayError;
@@ -27,6 +29,7 @@ use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::generate;
 use crate::metrics::Metrics;
 use crate::protect::records::RecordStore;
+use crate::purchases;
 use crate::reload::{ReloadError, Reloader};
 use crate::routes::RouteTable;
 use crate::serve::{self, Plane};
@@ -292,9 +295,21 @@ async fn admin(
                 id,
             ))
         }
+        (&Method::GET, "/admin/purchases") => {
+            purchases::list(&state.ledger, req.uri().query(), req.headers(), id).await
+        }
+        (&Method::GET, p) if p.starts_with(PURCHASE) => {
+            purchases::one(&state.ledger, &p[PURCHASE.len()..], req.uri().query(), id).await
+        }
+        (&Method::GET, "/admin/spend") => {
+            purchases::spend(&state.ledger, req.uri().query(), now_ms(), id).await
+        }
         _ => Err(GatewayError::NoAdminEndpoint),
     }
 }
+
+/// The prefix of `GET /admin/purchases/{id}`.
+const PURCHASE: &str = "/admin/purchases/";
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

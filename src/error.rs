@@ -222,6 +222,10 @@ pub(crate) enum GatewayError {
     ConfigInvalid(String),
     #[error("{0}")]
     ReloadStuck(String),
+    #[error("no purchase {0} in the ledger")]
+    NoSuchPurchase(String),
+    #[error("the purchase ledger cannot be read: {0}; retry shortly")]
+    LedgerUnreadable(String),
 }
 
 /// What a client over its in-flight share is told to wait, in seconds.
@@ -251,7 +255,7 @@ impl GatewayError {
             E::NotFound(_) | E::NotAdmin | E::AdminDisabled | E::NoAdminEndpoint => {
                 (StatusCode::NOT_FOUND, 404)
             }
-            E::ReloadUnavailable(_) => (StatusCode::NOT_FOUND, 404),
+            E::ReloadUnavailable(_) | E::NoSuchPurchase(_) => (StatusCode::NOT_FOUND, 404),
             E::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
             E::ConfigInvalid(_) => (StatusCode::BAD_REQUEST, 1007),
             E::ReloadStuck(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
@@ -269,9 +273,11 @@ impl GatewayError {
             E::Overloaded | E::NoToken(_) | E::SharedStateDown(_) | E::ClientOverloaded(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 503)
             }
-            E::RecordsLost { .. } | E::MayEvict { .. } | E::SearchFailed(_) | E::LedgerDown(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, 1005)
-            }
+            E::RecordsLost { .. }
+            | E::MayEvict { .. }
+            | E::SearchFailed(_)
+            | E::LedgerDown(_)
+            | E::LedgerUnreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, 1005),
             E::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, 1005),
         }
     }
@@ -514,6 +520,11 @@ mod tests {
             (
                 E::ReloadStuck("x".into()),
                 "admin: reload whose files do not answer",
+            ),
+            (E::NoSuchPurchase("x".into()), "admin: a purchase id not in"),
+            (
+                E::LedgerUnreadable("x".into()),
+                "admin: the purchase ledger cannot be read",
             ),
         ]
     }

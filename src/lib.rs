@@ -19,6 +19,7 @@ pub(crate) mod ledger;
 pub(crate) mod listener;
 pub mod metrics;
 pub mod protect;
+pub mod purchases;
 pub mod reload;
 pub mod routes;
 pub(crate) mod secret;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use finovy_gateway::config::{self, FileConfig, LogFormat, Overrides, Settings};
+use finovy_gateway::purchases;
 use finovy_gateway::reload::Source;
 use finovy_gateway::server::{Server, StartError, shutdown_signal};
 use finovy_gateway::sim::{SimConfig, Simulator};
@@ -98,6 +99,47 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Print the purchase ledger's entries, newest first, read directly from its file or URL.
+    Purchases {
+        /// Config file naming the ledger (default: config/gateway.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Arrived at or after: RFC 3339, a date (midnight in --tz) or epoch milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Arrived before; as --since.
+        #[arg(long)]
+        until: Option<String>,
+        /// The IANA time zone of a plain date (default UTC).
+        #[arg(long)]
+        tz: Option<String>,
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        /// A route, e.g. disk.create.
+        #[arg(long)]
+        route: Option<String>,
+        /// bought, replayed, joined, refused, failed, unknown, reconciled or open.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// An Idempotency-Key.
+        #[arg(long)]
+        key: Option<String>,
+        /// At most this many entries (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// table, json (one array) or csv.
+        #[arg(long, value_enum, default_value = "table")]
+        format: PurchasesFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PurchasesFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -175,6 +217,39 @@ async fn run(command: Command) -> ExitCode {
                 mount_delay,
             };
             sim(listen, cfg).await
+        }
+        Command::Purchases {
+            config,
+            since,
+            until,
+            tz,
+            client,
+            account,
+            route,
+            outcome,
+            key,
+            limit,
+            format,
+        } => {
+            let format = match format {
+                PurchasesFormat::Table => purchases::Format::Table,
+                PurchasesFormat::Json => purchases::Format::Json,
+                PurchasesFormat::Csv => purchases::Format::Csv,
+            };
+            let opts = purchases::Options {
+                config,
+                since,
+                until,
+                tz,
+                client,
+                account,
+                route,
+                outcome,
+                key,
+                limit,
+                format,
+            };
+            return purchases::run(opts).await;
         }
         Command::CheckConfig { .. } | Command::Keygen { .. } => {
             unreachable!("handled without a runtime")

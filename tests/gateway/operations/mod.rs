@@ -9,6 +9,7 @@
 //! - `metric_labels`: every counter label the docs name is reached and counted;
 //! - `observability`: the alert rules and dashboard of `deploy/`, checked by a real Prometheus;
 //! - `process`: protected mode, secrets out of logs, SIGTERM drain, `check-config`, `dev`;
+//! - `purchases`: the purchase ledger read through the admin API and the `purchases` command;
 //! - `readiness`: `/readyz` through an upstream outage and refused credentials;
 //! - `reload`: SIGHUP and `POST /admin/reload` change settings without a restart;
 //! - `upstream_faults`: upstream failures become 502 and 504 envelopes, and recovery.
@@ -21,6 +22,7 @@ mod memory_bound;
 mod metric_labels;
 mod observability;
 mod process;
+mod purchases;
 mod readiness;
 mod reload;
 mod upstream_faults;
