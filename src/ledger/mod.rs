@@ -127,6 +127,11 @@ impl Ledger {
         Ok(())
     }
 
+    /// Closes the pool: writes under way finish, new ones fail.
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// An embedded SQLite file at `path` (created, with its folder, when missing).
     pub(crate) async fn sqlite(
         path: &std::path::Path,
