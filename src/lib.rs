@@ -16,6 +16,9 @@ pub(crate) mod files;
 pub mod fleet;
 pub(crate) mod layers;
 pub(crate) mod ledger;
+/// The ledger bench's way into the store (`benches/ledger.rs`); not an API.
+#[doc(hidden)]
+pub use ledger::bench as ledger_bench;
 pub(crate) mod listener;
 pub mod metrics;
 pub mod protect;

@@ -7,6 +7,8 @@
 //! This module is the store: writes ([`write`]), reads ([`read`]), and the types ([`entry`]). The
 //! spend pipeline's layer (`crate::layers::ledger`) decides what is written.
 
+#[doc(hidden)]
+pub mod bench;
 pub(crate) mod entry;
 mod read;
 mod write;

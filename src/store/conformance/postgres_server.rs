@@ -37,7 +37,7 @@ pub(crate) struct PgServer {
     port: u16,
     /// Run the programs as `postgres` (this process is root).
     as_postgres: bool,
-    /// `-c` settings beyond the usual ones (TLS).
+    /// `-c` settings after the usual ones (TLS, a bench's own).
     settings: Vec<(String, String)>,
     child: Option<Child>,
 }
@@ -51,16 +51,22 @@ pub(crate) struct TlsFiles<'a> {
 impl PgServer {
     /// A fresh cluster on a free loopback port, its database `fgw` made; waits until it is ready.
     pub(crate) fn start() -> PgServer {
-        blocking(|| Self::launch(None))
+        blocking(|| Self::launch(None, &[]))
+    }
+
+    /// [`PgServer::start`] with more `-c` settings, which win over the usual ones (a bench sets
+    /// `fsync = on` to measure what a production server does).
+    pub(crate) fn start_with(settings: &[(&str, &str)]) -> PgServer {
+        blocking(|| Self::launch(None, settings))
     }
 
     /// [`PgServer::start`] with TLS on (`ssl = on`, this certificate): clients may ask for it
     /// (`sslmode=require`); plain connections are still accepted.
     pub(crate) fn start_tls(tls: &TlsFiles<'_>) -> PgServer {
-        blocking(|| Self::launch(Some(tls)))
+        blocking(|| Self::launch(Some(tls), &[]))
     }
 
-    fn launch(tls: Option<&TlsFiles<'_>>) -> PgServer {
+    fn launch(tls: Option<&TlsFiles<'_>>, settings: &[(&str, &str)]) -> PgServer {
         static N: AtomicU64 = AtomicU64::new(0);
         let bin = find_bin();
         let dir = std::env::temp_dir().join(format!(
@@ -76,7 +82,10 @@ impl PgServer {
             dir,
             port: 0,
             as_postgres,
-            settings: Vec::new(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
             child: None,
         };
         if let Some(tls) = tls {
@@ -88,17 +97,13 @@ impl PgServer {
                     .arg("600")
                     .arg(server.dir.join("server.key")),
             );
-            server.settings = vec![
+            let cert = path_text(&server.dir.join("server.crt"));
+            let key = path_text(&server.dir.join("server.key"));
+            server.settings.extend([
                 ("ssl".into(), "on".into()),
-                (
-                    "ssl_cert_file".into(),
-                    path_text(&server.dir.join("server.crt")),
-                ),
-                (
-                    "ssl_key_file".into(),
-                    path_text(&server.dir.join("server.key")),
-                ),
-            ];
+                ("ssl_cert_file".into(), cert),
+                ("ssl_key_file".into(), key),
+            ]);
         }
         if as_postgres {
             run_ok(
