@@ -2,19 +2,15 @@
 //! drives it through these few calls: what a create writes, a bulk fill, and the admin listing's
 //! read. Not an API: hidden from the docs, kept only for the bench.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
 use sqlx::AssertSqlSafe;
 
-use super::{Filter, Ledger, NewEntry, Outcome, Settlement, StoredAnswer, new_id};
+use super::{Backend, Filter, Ledger, NewEntry, Outcome, Settlement, StoredAnswer, new_id};
 
-/// Rows per INSERT statement of [`BenchLedger::fill`]: 16 values each stays under SQLite's
-/// 32,766 and PostgreSQL's 65,535 parameters a statement.
-const ROWS_PER_INSERT: u64 = 1000;
-/// Statements per transaction of [`BenchLedger::fill`].
-const INSERTS_PER_TX: u64 = 20;
+/// Rows per statement (and transaction) of [`BenchLedger::fill`].
+const ROWS_PER_FILL: u64 = 100_000;
 
 /// A ledger, for the bench.
 pub struct BenchLedger(Ledger);
@@ -65,55 +61,37 @@ impl BenchLedger {
     }
 
     /// Writes `n` settled entries, one every 10 ms of arrival time from `start_ms`, spread over
-    /// `clients` clients (`client-0`, ...) in turn: multi-row INSERTs in large transactions.
+    /// `clients` clients (`client-0`, ...) in turn. The rows are made by the database itself (a
+    /// recursive count, in statements of [`ROWS_PER_FILL`] rows), so a million take seconds.
     pub async fn fill(&self, n: u64, clients: u64, start_ms: u64) -> Result<(), String> {
-        const COLUMNS: &str = "id, at, settled_at, account, client, route, order_json, gb, \
-            idempotency_key, fingerprint, request_id, traceparent, replica, outcome, \
-            resource_id, amount";
-        const PER_ROW: u64 = 16;
+        // The id as `new_id` makes it: 12 hex digits of milliseconds, 16 of (here) the row.
+        let hex = |expr: &str, width: u32| match self.0.backend {
+            Backend::Sqlite => format!("printf('%0{width}x', {expr})"),
+            Backend::Postgres => format!("lpad(to_hex(({expr})::bigint), {width}, '0')"),
+        };
         let mut done = 0;
         while done < n {
-            let mut tx = self.0.pool.begin().await.map_err(|e| e.to_string())?;
-            for _ in 0..INSERTS_PER_TX {
-                let rows = ROWS_PER_INSERT.min(n - done);
-                if rows == 0 {
-                    break;
-                }
-                let mut sql = format!("INSERT INTO purchases ({COLUMNS}) VALUES ");
-                for r in 0..rows {
-                    let base = r * PER_ROW;
-                    sql.push_str(if r == 0 { "(" } else { ", (" });
-                    for c in 1..=PER_ROW {
-                        let sep = if c == PER_ROW { ")" } else { ", " };
-                        let _ = write!(sql, "${}{sep}", base + c);
-                    }
-                }
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for i in done..done + rows {
-                    let at = (start_ms + i * 10) as i64;
-                    let id = new_id(at as u64);
-                    q = q
-                        .bind(id.clone())
-                        .bind(at)
-                        .bind(at + 1500)
-                        .bind("default")
-                        .bind(format!("client-{}", i % clients))
-                        .bind("disk.create")
-                        .bind(r#"{"area":0,"isMount":0,"memory":20}"#)
-                        .bind(20_i64)
-                        .bind(format!("key-{i}"))
-                        .bind(format!("{i:064x}"))
-                        .bind(format!("req-{i}"))
-                        .bind(Option::<String>::None)
-                        .bind("bench")
-                        .bind("bought")
-                        .bind(format!("disk-{id}"))
-                        .bind("0.40");
-                }
-                q.execute(&mut *tx).await.map_err(|e| e.to_string())?;
-                done += rows;
-            }
-            tx.commit().await.map_err(|e| e.to_string())?;
+            let rows = ROWS_PER_FILL.min(n - done);
+            let at = format!("({start_ms} + i * 10)");
+            let id = format!("{} || {}", hex(&at, 12), hex("i", 16));
+            let fingerprint = hex("i", 64);
+            let sql = format!(
+                "WITH RECURSIVE s(i) AS (SELECT {done} UNION ALL SELECT i + 1 FROM s \
+                 WHERE i < {last}) \
+                 INSERT INTO purchases (id, at, settled_at, account, client, route, order_json, \
+                 gb, idempotency_key, fingerprint, request_id, traceparent, replica, outcome, \
+                 resource_id, amount) \
+                 SELECT {id}, {at}, {at} + 1500, 'default', 'client-' || (i % {clients}), \
+                 'disk.create', '{{\"area\":0,\"isMount\":0,\"memory\":20}}', 20, \
+                 'key-' || i, {fingerprint}, 'req-' || i, NULL, 'bench', 'bought', \
+                 'disk-' || i, '0.40' FROM s",
+                last = done + rows - 1,
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&self.0.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            done += rows;
         }
         Ok(())
     }

@@ -295,8 +295,7 @@ impl PgServer {
             .arg(&self.dir)
             .args(["-c", "listen_addresses=127.0.0.1"])
             // Tests and benches: nothing here must outlive a power cut.
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=200"]);
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
         for (k, v) in &self.settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
