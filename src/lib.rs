@@ -15,7 +15,8 @@ pub(crate) mod fd_limit;
 pub(crate) mod files;
 pub mod fleet;
 pub(crate) mod layers;
-pub(crate) mod ledger;
+/// Public only for its bench's way in (`ledger::bench`); the store itself is the crate's.
+pub mod ledger;
 pub(crate) mod listener;
 pub mod metrics;
 pub mod protect;

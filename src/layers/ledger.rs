@@ -384,9 +384,10 @@ fn outcome_of(id: &str, resp: &Resp, flow: Option<FlowAnswer>, now: u64) -> Sett
 fn refusal(e: &GatewayError, now: u64) -> Settlement {
     use GatewayError as E;
     let outcome = match e {
-        E::OutcomeUnknown { .. } => Outcome::Unknown,
+        E::OutcomeUnknown { .. }
+        | E::UpstreamUnavailable { sent: true, .. }
+        | E::UpstreamTimeout => Outcome::Unknown,
         E::UpstreamUnavailable { sent: false, .. } | E::NoToken(_) => Outcome::Failed,
-        E::UpstreamUnavailable { sent: true, .. } | E::UpstreamTimeout => Outcome::Unknown,
         _ => Outcome::Refused,
     };
     let mut s = Settlement::new(outcome, now);
@@ -551,7 +552,7 @@ pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Fut
             let cut = now.saturating_sub(retention.as_millis() as u64);
             match books.ledger.remove_before(cut).await {
                 Ok(n) if n > 0 => {
-                    tracing::info!(entries = n, "ledger: removed entries past retention")
+                    tracing::info!(entries = n, "ledger: removed entries past retention");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "ledger: retention sweep failed"),

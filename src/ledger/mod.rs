@@ -7,163 +7,18 @@
 //! This module is the store: writes ([`write`]), reads ([`read`]), and the types ([`entry`]). The
 //! spend pipeline's layer (`crate::layers::ledger`) decides what is written.
 
+#[doc(hidden)]
+pub mod bench;
+mod db;
 pub(crate) mod entry;
 mod open;
 mod read;
 mod write;
 
-use std::borrow::Cow;
-use std::time::Duration;
-
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, SqlSafeStr};
-
-pub(crate) use entry::{Entry, NewEntry, Outcome, Prior, Settlement, StoredAnswer, new_id};
+pub(crate) use db::{Ledger, LedgerError};
+pub(crate) use entry::{Entry, NewEntry, Outcome, Settlement, StoredAnswer, new_id};
 pub(crate) use open::open;
 pub(crate) use read::{Filter, Page, SpendRow};
-
-/// Why the ledger could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum LedgerError {
-    #[error("ledger database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("ledger migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("ledger: {0}")]
-    Invalid(String),
-}
-
-/// Which database holds the ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// The ledger's database.
-#[derive(Clone)]
-pub(crate) struct Ledger {
-    pool: AnyPool,
-}
-
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "purchases",
-    include_str!("migrations/0001_purchases.sql"),
-)];
-
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, description, sql)| {
-            Migration::new(
-                *version,
-                Cow::Borrowed(*description),
-                MigrationType::Simple,
-                sql.into_sql_str(),
-                false,
-            )
-        })
-        .collect();
-    Migrator::with_migrations(migrations)
-}
-
-impl Ledger {
-    /// Connects to `url` (`sqlite://FILE` or `postgres://...`) and applies the migrations.
-    pub(crate) async fn connect(
-        url: &str,
-        max_connections: u32,
-        timeout: Duration,
-    ) -> Result<Ledger, LedgerError> {
-        let ledger = Ledger::lazy(url, max_connections, timeout)?;
-        ledger.migrate().await?;
-        Ok(ledger)
-    }
-
-    /// A pool for `url` that connects when first used: a database that is down at start does not
-    /// stop the gateway (creates are refused until it answers; see [`Ledger::migrate`]).
-    pub(crate) fn lazy(
-        url: &str,
-        max_connections: u32,
-        timeout: Duration,
-    ) -> Result<Ledger, LedgerError> {
-        install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres
-        } else {
-            return Err(LedgerError::Invalid(
-                "the ledger's URL must start with sqlite: or postgres://".into(),
-            ));
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(timeout)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL: readers never wait for the writer; FULL: a commit is on disk when
-                        // it returns, so an entry written before a purchase survives a power cut.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // 256 KiB of page cache per connection: the ledger's memory stays
-                        // small and bounded, whatever the file grows to.
-                        conn.execute("PRAGMA cache_size = -256").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy(url)?;
-        Ok(Ledger { pool })
-    }
-
-    /// Applies the migrations not yet applied. On PostgreSQL they run under an advisory lock: of
-    /// replicas starting together, one applies them and the others wait, then find them done.
-    pub(crate) async fn migrate(&self) -> Result<(), LedgerError> {
-        migrator().run(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Closes the pool: writes under way finish, new ones fail.
-    pub(crate) async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// An embedded SQLite file at `path` (created, with its folder, when missing).
-    pub(crate) async fn sqlite(
-        path: &std::path::Path,
-        timeout: Duration,
-    ) -> Result<Ledger, LedgerError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                LedgerError::Invalid(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let url = format!("sqlite://{}?mode=rwc", url_path(path)?);
-        // Writes to one file take turns anyway; a second connection serves reads meanwhile.
-        Ledger::connect(&url, 2, timeout).await
-    }
-}
-
-/// A file path as a URL's path: percent-encoded but for `/` and the unreserved characters, so a
-/// folder named with a space, `?` or `#` is still that folder.
-fn url_path(path: &std::path::Path) -> Result<String, LedgerError> {
-    let text = path
-        .to_str()
-        .ok_or_else(|| LedgerError::Invalid(format!("{} is not UTF-8", path.display())))?;
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(out)
-}
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::LedgerConfig;
 
-use super::{Ledger, LedgerError};
+use super::db::{Ledger, LedgerError};
 
 /// Connections to a shared PostgreSQL ledger, per replica.
 const POSTGRES_CONNECTIONS: u32 = 8;

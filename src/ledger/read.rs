@@ -4,7 +4,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Entry, Ledger, LedgerError, Outcome, Prior, StoredAnswer};
+use super::db::{Ledger, LedgerError};
+use super::entry::{Entry, Outcome, Prior, StoredAnswer};
 
 /// Which entries a listing holds; every field narrows it.
 #[derive(Debug, Clone, Default)]

@@ -1,7 +1,8 @@
 //! Writes: an entry opens before the upstream call, settles with its outcome, gains its amount
 //! once known; the sweep marks entries left open by a dead replica, retention removes old ones.
 
-use super::{Ledger, LedgerError, NewEntry, Outcome, Settlement};
+use super::db::{Ledger, LedgerError};
+use super::entry::{NewEntry, Outcome, Settlement};
 
 fn opt_u64(v: Option<u64>) -> Option<i64> {
     v.map(|v| v as i64)

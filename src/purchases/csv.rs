@@ -100,7 +100,6 @@ pub(crate) mod tests {
                     cell.push('"');
                 }
                 (true, '"') => in_quotes = false,
-                (true, c) => cell.push(c),
                 (false, '"') => in_quotes = true,
                 (false, ',') => row.push(std::mem::take(&mut cell)),
                 (false, '\r') => {}
@@ -108,7 +107,7 @@ pub(crate) mod tests {
                     row.push(std::mem::take(&mut cell));
                     rows.push(std::mem::take(&mut row));
                 }
-                (false, c) => cell.push(c),
+                (_, c) => cell.push(c),
             }
         }
         assert!(

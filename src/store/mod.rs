@@ -2,7 +2,7 @@
 //! shared store for a fleet are interchangeable without touching the layers that use them.
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub(crate) mod error;
 pub(crate) mod memory;
 

@@ -11,8 +11,11 @@
 //! - `cache`: [`crate::store::CacheStore`] (cache entries and fill claims);
 //! - `limiter`: [`crate::protect::gcra::RateLimiter`] (the create rate);
 //! - `tally`: [`crate::protect::budget::tally::Tally`] (the spending guard's counters);
-//! - `redis_server`: the `redis-server` child process.
+//! - `redis_server`: the `redis-server` child process;
+//! - `postgres_server`: a PostgreSQL server of its own, for the purchase ledger's tests
+//!   (`crate::ledger`), the end-to-end harness and the ledger bench.
 
+pub(crate) mod postgres_server;
 mod redis_server;
 
 use std::sync::Arc;

@@ -8,11 +8,14 @@
 //! - `requests`: [`answer`] and its shorthands, [`metric`], access lines, `/readyz`;
 //! - `wait`: [`eventually`], [`eventually_some`] and [`poll`];
 //! - `properties`: proptest settings for the property tests;
-//! - `redis`: a real `redis-server` and a bare RESP client (`crate::harness::redis`).
+//! - `redis`: a real `redis-server` and a bare RESP client (`crate::harness::redis`);
+//! - `postgres`: a real PostgreSQL server for the ledger, and its `[ledger]` table
+//!   (`crate::harness::postgres`).
 
 mod binary;
 mod certificates;
 mod in_process;
+pub(crate) mod postgres;
 mod properties;
 pub(crate) mod redis;
 mod requests;
