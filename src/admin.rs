@@ -120,7 +120,7 @@ async fn route(
             update_token_gauge(state);
             state.cache.update_gauges();
             // Read from the counters at each scrape: fleet-wide, and 0 once a window has rolled.
-            state.reloader.budget.export_gauges(&state.metrics).await;
+            export_budget_gauges(&state.reloader.budget, &state.metrics).await;
             if let Some((records, bytes)) = state.records.usage() {
                 state.metrics.records.set(records as i64);
                 state.metrics.records_bytes.set(bytes as i64);
@@ -135,6 +135,19 @@ async fn route(
         (_, p) if p.starts_with("/admin/") => admin(state, req, id).await?,
         _ => return Err(GatewayError::NotAdmin),
     })
+}
+
+/// Sets the budget gauges from what each set cap has used; a store that does not answer leaves
+/// them as they were (and is counted where every store error is).
+async fn export_budget_gauges(budget: &crate::protect::budget::Budget, metrics: &Metrics) {
+    if !budget.enabled() {
+        metrics.set_budget_gauges(&[]);
+        return;
+    }
+    match budget.gauges(crate::clock::now_secs()).await {
+        Ok(uses) => metrics.set_budget_gauges(&uses),
+        Err(e) => tracing::debug!(error = %e.detail(), "budget gauges not read"),
+    }
 }
 
 /// 200 when this replica can serve as well as its peers: not draining, and no account's

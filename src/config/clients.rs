@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::protect::budget::settings::ClientBudget;
 use serde::{Deserialize, Serialize};
 
 use super::accounts::{Account, default_account_name};
@@ -31,23 +32,6 @@ pub struct ClientConfig {
     /// `[create.budget.client]`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<ClientBudget>,
-}
-
-/// A client's own spending caps: each key set here replaces the same key of
-/// `[create.budget.client]` for this client alone (0 lifts that cap); a key not set keeps it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientBudget {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creates_per_hour: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creates_per_day: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creates_per_month: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gb_per_day: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gb_per_month: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -40,12 +40,13 @@ mod tls;
 mod token;
 mod upstream;
 
+pub use crate::protect::budget::settings::ClientBudget;
 pub use accounts::DEFAULT_ACCOUNT;
 pub(crate) use accounts::{Account, Credentials};
 pub(crate) use auth::AuthConfig;
 pub use check::is_name;
+pub use clients::ClientConfig;
 pub(crate) use clients::{ANONYMOUS, Client};
-pub use clients::{ClientBudget, ClientConfig};
 pub(crate) use env::EnvLookup;
 pub use env::{ENV_SECRET, ENV_UUID, process_env};
 pub(crate) use error::ConfigError;
@@ -165,7 +166,12 @@ impl Settings {
         let ledger = file.ledger.resolve(env)?;
         let accounts = accounts::resolve(&file.accounts, &upstream, env)?;
         let clients = clients::resolve(&file.clients, &accounts, &routes)?;
-        create.budget.know(&accounts, &clients);
+        create.budget.know_names(
+            accounts.iter().map(|a| a.name.clone()).collect(),
+            clients
+                .iter()
+                .map(|c| (c.name.clone(), c.account.clone(), c.budget)),
+        );
         let anonymous_routes = file.auth.resolve(&routes)?;
 
         Ok(Settings {

@@ -23,8 +23,6 @@ use settings::{BudgetSettings, Cap, Caps, Unit};
 use tally::{Charge, Crossed, Measure, Over, Tally};
 use window::{Period, window};
 
-use crate::clock::now_secs;
-use crate::metrics::Metrics;
 use crate::store::error::Stored;
 use crate::swap::Swap;
 
@@ -312,19 +310,6 @@ impl Budget {
             }
         }
         Ok(out)
-    }
-
-    /// Sets the metrics' budget gauges from [`Budget::gauges`] now; a store that does not answer
-    /// leaves them as they were (and is counted where every store error is).
-    pub(crate) async fn export_gauges(&self, metrics: &Metrics) {
-        if !self.enabled() {
-            metrics.set_budget_gauges(&[]);
-            return;
-        }
-        match self.gauges(now_secs()).await {
-            Ok(uses) => metrics.set_budget_gauges(&uses),
-            Err(e) => tracing::debug!(error = %e.detail(), "budget gauges not read"),
-        }
     }
 }
 

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use super::window::Period;
 use crate::config::error::ConfigError;
-use crate::config::{Account, Client, ClientBudget};
 
 /// `[create.budget]` as written: caps on spending, off unless set. `account` caps count every
 /// client of an account together; `client` caps count each client alone (a client's own
@@ -187,17 +186,8 @@ impl BudgetConfig {
 }
 
 impl BudgetSettings {
-    /// Learns the configured accounts and clients, each client's own caps applied.
-    pub(crate) fn know(&mut self, accounts: &[Account], clients: &[Client]) {
-        self.know_names(
-            accounts.iter().map(|a| a.name.clone()).collect(),
-            clients
-                .iter()
-                .map(|c| (c.name.clone(), c.account.clone(), c.budget)),
-        );
-    }
-
-    /// [`BudgetSettings::know`] from names: accounts, and (client, account, own caps).
+    /// Learns the configured accounts, and the clients (client, account, own caps), each client's
+    /// own caps applied.
     pub(crate) fn know_names(
         &mut self,
         accounts: Vec<String>,
@@ -305,4 +295,21 @@ mod tests {
         };
         assert_eq!(base.overridden(&off).gb_per_day, 0, "0 lifts a cap");
     }
+}
+
+/// A client's own spending caps: each key set here replaces the same key of
+/// `[create.budget.client]` for this client alone (0 lifts that cap); a key not set keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates_per_hour: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gb_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gb_per_month: Option<u64>,
 }

@@ -6,7 +6,7 @@
 
 use crate::svc::BoxFuture;
 
-use super::Intent;
+use super::intent::Intent;
 use crate::protect::records::Record;
 
 /// Where an earlier request under a key can be found when its record is gone.
