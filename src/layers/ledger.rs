@@ -208,10 +208,10 @@ where
             let work = books.work.clone();
             let task = work.spawn(async move {
                 let result = inner.oneshot(spend).await;
-                let (settlement, flow) = settlement(&id, &result, now_ms());
+                let (mut settlement, flow) = settlement(&id, &result, now_ms());
                 let bought = settlement.outcome() == Outcome::Bought;
                 let resource = settlement.resource_id.clone();
-                let related = related(&books, &entry, &settlement, flow, &id).await;
+                let related = related(&books, &entry, &mut settlement, flow, &id).await;
                 books.clone().settle(id.clone(), settlement).await;
                 for (other, s) in related {
                     books.clone().settle(other.into(), s).await;
@@ -241,11 +241,12 @@ where
 }
 
 /// Other entries this one's outcome settles: the unknown original a reconciliation found (it
-/// bought the disk), or the one it found not made (nothing bought).
+/// bought the disk, and this request is answered from it), or the one it found not made
+/// (nothing bought).
 async fn related(
     books: &Books,
     entry: &NewEntry,
-    own: &Settlement,
+    own: &mut Settlement,
     flow: Option<FlowAnswer>,
     id: &str,
 ) -> Vec<(String, Settlement)> {
@@ -267,6 +268,9 @@ async fn related(
             let mut s = Settlement::new(Outcome::Reconciled, own.settled_at_ms);
             s.resource_id.clone_from(&own.resource_id);
             s.reason = Some(format!("reconciled by {id}: the disk it made was found"));
+            own.outcome = Some(Outcome::Replayed);
+            own.bought_by = Some(original.clone());
+            own.reason = Some("answered by reconciling an earlier attempt".into());
             s
         }
         FlowAnswer::RetriedUnknown => {

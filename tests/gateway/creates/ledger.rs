@@ -261,8 +261,10 @@ async fn a_killed_replicas_purchase_goes_unknown_then_reconciled_by_its_retry() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bought_disks_price_is_recorded_as_the_upstream_states_it() {
     let sim = Sim::start(sim_config()).await;
+    let dir = ledger_dir();
+    let ledger = format!("record_amount = true\n{}\n", info_policy("ttl = \"60s\""));
     let gw = Gw::start(
-        &config(None, &format!("{}\n", info_policy("ttl = \"60s\""))),
+        &config(Some(&dir.join("ledger.sqlite")), &ledger),
         &sim.url,
         demo_env(),
     )
@@ -295,24 +297,16 @@ async fn a_bought_disks_price_is_recorded_as_the_upstream_states_it() {
         info["data"]["amount"].to_string()
     );
     assert_eq!(sim.calls("info").await, 1);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_of_any_kind_is_in_the_ledger_file() {
-    let cfg = SimConfig {
-        uuid: "ledger-uuid-3f9a1c".into(),
-        secret: "ledger-secret-77d0e2".into(),
-        ..sim_config()
-    };
-    let sim = Sim::start(cfg.clone()).await;
+    let sim = Sim::start(sim_config()).await;
     let dir = ledger_dir();
     let path = dir.join("ledger.sqlite");
-    let env = vec![
-        ("FINOVY_UUID", cfg.uuid.clone()),
-        ("FINOVY_SECRET", cfg.secret.clone()),
-    ];
-    let gw = Gw::start(&config(Some(&path), ""), &sim.url, env).await;
-    let token = sim.token().await;
+    let gw = Gw::start(&config(Some(&path), ""), &sim.url, demo_env()).await;
+    let defaults = SimConfig::default();
     for i in 0..3 {
         let (status, _, v) = create(
             &gw.url,
@@ -333,6 +327,13 @@ async fn no_secret_of_any_kind_is_in_the_ledger_file() {
     assert_eq!(status, 200, "{host}");
     settled(&gw.admin_url, 4).await;
     gw.stop().await;
+    // The token the gateway sent upstream.
+    let seen = sim.requests().await;
+    let token = seen
+        .iter()
+        .find_map(|r| r["headers"]["finovy-access-token"].as_str())
+        .expect("a token was sent")
+        .to_string();
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
@@ -340,8 +341,8 @@ async fn no_secret_of_any_kind_is_in_the_ledger_file() {
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("disk.create"), "the file holds the entries");
     for secret in [
-        cfg.uuid.as_str(),
-        cfg.secret.as_str(),
+        defaults.uuid.as_str(),
+        defaults.secret.as_str(),
         CLIENT,
         ADMIN,
         token.as_str(),

@@ -8,6 +8,7 @@
 //! - `cache`: one fill per entry for the fleet, invalidations reaching every replica;
 //! - `creates`: one purchase per intent across replicas, one create rate for the fleet;
 //! - `host_password`: host passwords never reach Redis;
+//! - `ledger`: one purchase ledger (PostgreSQL) for the fleet, down and back;
 //! - `redis`: Redis down and back, key hygiene, URL sources, Cluster, Sentinel and TLS;
 //! - `redis_eviction`: an evicting `maxmemory-policy` refuses creates unless allowed;
 //! - `redis_failures`: commands rest after a timeout; token-path failures counted by operation;
@@ -18,6 +19,7 @@ mod budget;
 mod cache;
 mod creates;
 mod host_password;
+mod ledger;
 mod redis;
 mod redis_eviction;
 mod redis_failures;
