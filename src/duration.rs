@@ -16,6 +16,12 @@ pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dura
     parse(&text).map_err(serde::de::Error::custom)
 }
 
+/// Whole days are written in days (`400d`), as a config would say them, not as humantime's
+/// calendar approximation (`1year 1month 4days 7h 26m 24s`).
 pub(crate) fn serialize<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    let secs = value.as_secs();
+    if secs >= 86_400 && secs % 86_400 == 0 && value.subsec_nanos() == 0 {
+        return s.serialize_str(&format!("{}d", secs / 86_400));
+    }
     s.serialize_str(&humantime::format_duration(*value).to_string())
 }
