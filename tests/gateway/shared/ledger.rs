@@ -111,6 +111,21 @@ async fn three_replicas_write_one_bought_entry_per_disk_the_upstream_made() {
         let by = e["boughtBy"].as_str().expect("a repeat names its buyer");
         assert!(bought.iter().any(|b| b["id"] == by), "{e}");
     }
+    // The table holds no credential, client key or token: every column of every row, as text.
+    let seen = sim.requests().await;
+    let token = seen
+        .iter()
+        .find_map(|r| r["headers"]["finovy-access-token"].as_str())
+        .expect("a token was sent")
+        .to_string();
+    let table = tokio::task::block_in_place(|| pg.sql("SELECT p::text FROM purchases p"));
+    assert!(table.contains("disk.create"), "{table}");
+    for secret in ["demo-uuid", "demo-secret", ADMIN, token.as_str(), "hostPw"] {
+        assert!(
+            !table.contains(secret),
+            "the ledger's table holds {secret:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
