@@ -33,6 +33,10 @@ use crate::protect::records::{Record, State};
 use crate::routes::Route;
 use crate::svc::{BoxFuture, Resp};
 
+/// How long an answer may wait for its entry's outcome to be written; past it the write goes on
+/// in the background.
+const QUICK: Duration = Duration::from_millis(250);
+
 /// Longest a stored answer may be: create answers are a small envelope around an id.
 const MAX_STORED_ANSWER: usize = 16 * 1024;
 
@@ -90,6 +94,16 @@ impl Books {
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics.ledger_writes.with_label_values(&[label]).inc();
         result
+    }
+
+    /// Writes `settlement` to entry `id` now if the ledger answers within [`QUICK`]; else in the
+    /// background, retrying until it lands.
+    async fn settle_soon(self: &Arc<Self>, id: Arc<str>, settlement: Settlement) {
+        let first = tokio::time::timeout(QUICK, self.write(self.ledger.settle(&id, &settlement)));
+        if !matches!(first.await, Ok(Ok(()))) {
+            let books = self.clone();
+            self.work.spawn(books.settle(id, settlement));
+        }
     }
 
     /// Writes `settlement` to entry `id`, retrying (backing off up to a minute) until it lands.
@@ -212,9 +226,11 @@ where
                 let bought = settlement.outcome() == Outcome::Bought;
                 let resource = settlement.resource_id.clone();
                 let related = related(&books, &entry, &mut settlement, flow, &id).await;
-                books.clone().settle(id.clone(), settlement).await;
+                // The answer never waits on a ledger that is down: one quick try, then in the
+                // background until it lands.
+                books.settle_soon(id.clone(), settlement).await;
                 for (other, s) in related {
-                    books.clone().settle(other.into(), s).await;
+                    books.settle_soon(other.into(), s).await;
                 }
                 if let (true, Some(disk), Some(read)) = (bought, resource, layer.read)
                     && route == Route::DiskCreate
@@ -254,11 +270,13 @@ async fn related(
         return Vec::new();
     };
     let since = entry.at_ms.saturating_sub(86_400_000 * 7);
-    let original = books
+    let find = books
         .ledger
-        .unsettled_original(&entry.account, &entry.fingerprint, since, id)
+        .unsettled_original(&entry.account, &entry.fingerprint, since, id);
+    let original = tokio::time::timeout(QUICK, find)
         .await
         .ok()
+        .and_then(Result::ok)
         .flatten();
     let Some(original) = original else {
         return Vec::new();

@@ -187,3 +187,37 @@ async fn on_failure_allow_lets_creates_through_while_the_ledger_is_down() {
     assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
     assert_eq!(sim.calls("create").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_that_cannot_be_written_is_written_once_the_ledger_is_back() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let mut pg = PgServer::start();
+    let gw = Gw::start(
+        &config(&redis, &pg, "timeout = \"500ms\""),
+        &sim.url,
+        demo_env(),
+    )
+    .await;
+    // The entry opens, the create reaches the upstream, and the ledger goes down before the
+    // answer comes back: the client gets its disk, and the outcome waits for the ledger.
+    sim.fault("slow", "2s").await;
+    let url = gw.url.clone();
+    let order = json!({"area": 0, "memory": 20, "isMount": 0});
+    let buying = tokio::spawn(async move { create(&url, Some(&fresh_key()), &order).await });
+    eventually(
+        "the create reaches the upstream",
+        Duration::from_secs(10),
+        || async { sim.calls("create").await == 1 },
+    )
+    .await;
+    tokio::task::block_in_place(|| pg.stop());
+    let (status, v) = buying.await.unwrap();
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    sim.fault("none", "0s").await;
+    tokio::task::block_in_place(|| pg.start_again());
+    let all = settled(&gw.admin_url, 1).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["outcome"], "bought", "{}", all[0]);
+    assert_eq!(all[0]["resourceId"], v["data"]);
+}
