@@ -20,7 +20,7 @@ pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dura
 /// calendar approximation (`1year 1month 4days 7h 26m 24s`).
 pub(crate) fn serialize<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
     let secs = value.as_secs();
-    if secs >= 86_400 && secs % 86_400 == 0 && value.subsec_nanos() == 0 {
+    if secs >= 86_400 && secs.is_multiple_of(86_400) && value.subsec_nanos() == 0 {
         return s.serialize_str(&format!("{}d", secs / 86_400));
     }
     s.serialize_str(&humantime::format_duration(*value).to_string())
