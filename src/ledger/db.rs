@@ -29,7 +29,10 @@ pub(crate) enum Backend {
 /// The ledger's database.
 #[derive(Clone)]
 pub(crate) struct Ledger {
+    /// Where entries open (every commit on disk when it returns), and migrations run.
     pub(super) pool: AnyPool,
+    /// Everything else: outcomes, prices, sweeps, reads.
+    pub(super) rest: AnyPool,
     pub(super) backend: Backend,
 }
 
@@ -84,26 +87,26 @@ impl Ledger {
                 "the ledger's URL must start with sqlite: or postgres://".into(),
             ));
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(timeout)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL: readers never wait for the writer; FULL: a commit is on disk when
-                        // it returns, so an entry written before a purchase survives a power cut.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // 256 KiB of page cache per connection: the ledger's memory stays
-                        // small and bounded, whatever the file grows to.
-                        conn.execute("PRAGMA cache_size = -256").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy(url)?;
-        Ok(Ledger { pool, backend })
+        // SQLite: an entry opens in a commit that is on disk when it returns (FULL), so it
+        // survives a power cut as well as a crash; what follows (outcomes, prices, reads) runs on
+        // connections that leave the sync to the next durable commit or checkpoint (NORMAL, which
+        // WAL keeps safe against a crash of the process): a lost outcome reads as open, then
+        // unknown, and its retry settles it. PostgreSQL: one pool, every commit durable.
+        // One SQLite file takes one write at a time: one connection opens entries.
+        let durable_connections = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => max_connections,
+        };
+        let durable = pool(backend, url, durable_connections, timeout, "FULL")?;
+        let rest = match backend {
+            Backend::Sqlite => pool(backend, url, max_connections, timeout, "NORMAL")?,
+            Backend::Postgres => durable.clone(),
+        };
+        Ok(Ledger {
+            pool: durable,
+            rest,
+            backend,
+        })
     }
 
     /// Applies the migrations not yet applied. On PostgreSQL they run under an advisory lock: of
@@ -116,6 +119,7 @@ impl Ledger {
     /// Closes the pool: writes under way finish, new ones fail.
     pub(crate) async fn close(&self) {
         self.pool.close().await;
+        self.rest.close().await;
     }
 
     /// An embedded SQLite file at `path` (created, with its folder, when missing).
@@ -132,6 +136,39 @@ impl Ledger {
         // Writes to one file take turns anyway; a second connection serves reads meanwhile.
         Ledger::connect(&url, 2, timeout).await
     }
+}
+
+/// A lazily connecting pool; on SQLite, each connection in WAL mode with `synchronous` as given,
+/// a short busy wait and 256 KiB of page cache (the ledger's memory stays small and bounded,
+/// whatever the file grows to).
+fn pool(
+    backend: Backend,
+    url: &str,
+    max_connections: u32,
+    timeout: Duration,
+    synchronous: &'static str,
+) -> Result<AnyPool, LedgerError> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    let sync = if synchronous == "FULL" {
+                        "PRAGMA synchronous = FULL"
+                    } else {
+                        "PRAGMA synchronous = NORMAL"
+                    };
+                    conn.execute(sync).await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA cache_size = -256").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy(url)?;
+    Ok(pool)
 }
 
 /// A file path as a URL's path: percent-encoded but for `/` and the unreserved characters, so a

@@ -141,7 +141,7 @@ impl Ledger {
                 Bound::Int(i) => q.bind(i),
             };
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&self.rest).await?;
         let mut entries = rows.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         let next = if entries.len() > limit as usize {
             entries.truncate(limit as usize);
@@ -157,7 +157,7 @@ impl Ledger {
         let sql = format!("SELECT {COLUMNS} FROM purchases WHERE id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.rest)
             .await?;
         Ok(row.as_ref().map(entry).transpose()?)
     }
@@ -167,7 +167,7 @@ impl Ledger {
         let sql = format!("SELECT {COLUMNS} FROM purchases WHERE bought_by = $1 ORDER BY id");
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.rest)
             .await?;
         Ok(rows.iter().map(entry).collect::<Result<Vec<_>, _>>()?)
     }
@@ -191,7 +191,7 @@ impl Ledger {
         .bind(route)
         .bind(key)
         .bind(since_ms as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.rest)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let outcome: String = row.try_get("outcome")?;
@@ -226,7 +226,7 @@ impl Ledger {
         .bind(fingerprint)
         .bind(since_ms as i64)
         .bind(before_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.rest)
         .await?;
         Ok(row.map(|r| r.try_get("id")).transpose()?)
     }
@@ -234,7 +234,7 @@ impl Ledger {
     /// How many entries have no final outcome (open).
     pub(crate) async fn open_count(&self) -> Result<i64, LedgerError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM purchases WHERE outcome = 'open'")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.rest)
             .await?;
         Ok(row.try_get("n")?)
     }
@@ -251,7 +251,7 @@ impl Ledger {
         )
         .bind(since_ms as i64)
         .bind(until_ms as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.rest)
         .await?;
         rows.iter()
             .map(|r| {

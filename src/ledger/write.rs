@@ -57,7 +57,7 @@ impl Ledger {
         .bind(status)
         .bind(body)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.rest)
         .await?;
         Ok(())
     }
@@ -67,7 +67,7 @@ impl Ledger {
         sqlx::query("UPDATE purchases SET amount = $1 WHERE id = $2")
             .bind(amount)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.rest)
             .await?;
         Ok(())
     }
@@ -88,7 +88,7 @@ impl Ledger {
         .bind("left open: the replica stopped before the outcome was written")
         .bind(Outcome::Open.as_str())
         .bind(before_ms as i64)
-        .execute(&self.pool)
+        .execute(&self.rest)
         .await?;
         Ok(done.rows_affected())
     }
@@ -111,7 +111,7 @@ impl Ledger {
         .bind(Outcome::Open.as_str())
         .bind(replica)
         .bind(before_ms as i64)
-        .execute(&self.pool)
+        .execute(&self.rest)
         .await?;
         Ok(done.rows_affected())
     }
@@ -120,7 +120,7 @@ impl Ledger {
     pub(crate) async fn remove_before(&self, before_ms: u64) -> Result<u64, LedgerError> {
         let done = sqlx::query("DELETE FROM purchases WHERE at < $1")
             .bind(before_ms as i64)
-            .execute(&self.pool)
+            .execute(&self.rest)
             .await?;
         Ok(done.rows_affected())
     }
