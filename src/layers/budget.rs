@@ -16,16 +16,35 @@ use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, BudgetEvent};
 use crate::svc::Resp;
+use crate::webhooks::{Event, Notifier};
 
 #[derive(Clone)]
 pub(crate) struct BudgetGuardLayer {
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
+    /// Where thresholds and spent caps are told (`budget.*` webhooks).
+    notify: Notifier,
 }
 
 impl BudgetGuardLayer {
     pub(crate) fn new(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
-        BudgetGuardLayer { budget, metrics }
+        BudgetGuardLayer {
+            budget,
+            metrics,
+            notify: Notifier::default(),
+        }
+    }
+
+    /// Tells `notify` what the guard reports.
+    pub(crate) fn with_notify(mut self, notify: Notifier) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    /// [`raise`], and the webhooks told.
+    fn report(&self, event: &BudgetEvent) {
+        raise(&self.metrics, event);
+        self.notify.send(Event::budget(event));
     }
 }
 
@@ -118,7 +137,7 @@ where
                 Err(_) => Err(GatewayError::SharedStateDown(route)),
                 Ok(Ok(admission)) => {
                     for event in &admission.events {
-                        raise(&layer.metrics, event);
+                        layer.report(event);
                     }
                     let result = inner.oneshot(spend).await;
                     if !may_have_spent(&result) {
@@ -131,7 +150,7 @@ where
                     let retry_after = over.resets_in.as_secs().max(1);
                     let (cap, limit, scope) = (over.cap, over.limit, over.scope);
                     let who = over.who.clone();
-                    raise(&layer.metrics, &BudgetEvent::Exhausted(over));
+                    layer.report(&BudgetEvent::Exhausted(over));
                     Err(GatewayError::SpendingCap {
                         cap,
                         limit,

@@ -32,6 +32,8 @@ use crate::protect::create::{Intent, Priors, fingerprint};
 use crate::protect::records::{Record, State};
 use crate::routes::Route;
 use crate::svc::{BoxFuture, Resp};
+use crate::webhooks::Notifier;
+use crate::webhooks::events::{Event, Purchase};
 
 /// Longest a stored answer may be: create answers are a small envelope around an id.
 const MAX_STORED_ANSWER: usize = 16 * 1024;
@@ -57,6 +59,8 @@ pub(crate) struct Books {
     pub(crate) started_ms: u64,
     /// Whether replicas share their records (Redis).
     pub(crate) shared: bool,
+    /// Where settled purchases are told (`purchase.*` webhooks).
+    pub(crate) notify: Notifier,
 }
 
 impl Books {
@@ -212,9 +216,36 @@ where
                 let bought = settlement.outcome() == Outcome::Bought;
                 let resource = settlement.resource_id.clone();
                 let related = related(&books, &entry, &mut settlement, flow, &id).await;
+                let told = books
+                    .notify
+                    .is_on()
+                    .then(|| {
+                        Event::purchase(&Purchase {
+                            id: &id,
+                            account: &entry.account,
+                            client: Some(&entry.client),
+                            route: &entry.route,
+                            settlement: &settlement,
+                        })
+                    })
+                    .flatten();
                 books.clone().settle(id.clone(), settlement).await;
+                if let Some(event) = told {
+                    books.notify.send(event);
+                }
                 for (other, s) in related {
+                    // The original is another request's entry: its client is not this one's.
+                    let told = Event::purchase(&Purchase {
+                        id: &other,
+                        account: &entry.account,
+                        client: None,
+                        route: &entry.route,
+                        settlement: &s,
+                    });
                     books.clone().settle(other.into(), s).await;
+                    if let Some(event) = told {
+                        books.notify.send(event);
+                    }
                 }
                 if let (true, Some(disk), Some(read)) = (bought, resource, layer.read)
                     && route == Route::DiskCreate
