@@ -543,6 +543,28 @@ fn stored_answer(id: &str, stored: &StoredAnswer) -> Answer {
     }
 }
 
+/// `purchase.unknown` for the entries the sweep marked: the replica whose update marked them
+/// tells, once.
+fn tell_unknown(books: &Books, swept: &[crate::ledger::Swept]) {
+    if !books.notify.is_on() {
+        return;
+    }
+    for e in swept {
+        let mut s = Settlement::new(Outcome::Unknown, now_ms());
+        s.reason.clone_from(&e.reason);
+        let event = Event::purchase(&Purchase {
+            id: &e.id,
+            account: &e.account,
+            client: Some(&e.client),
+            route: &e.route,
+            settlement: &s,
+        });
+        if let Some(event) = event {
+            books.notify.send(event);
+        }
+    }
+}
+
 /// Every while: entries left open by a replica that stopped read as unknown; entries past the
 /// retention go; the open-entries gauge follows.
 pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Future<Output = ()>) {
@@ -560,11 +582,12 @@ pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Fut
         books.ledger.mark_unknown(books.started_ms, now_ms()).await
     };
     match left_open {
-        Ok(n) if n > 0 => {
+        Ok(swept) if !swept.is_empty() => {
             tracing::warn!(
-                entries = n,
+                entries = swept.len(),
                 "ledger: entries this replica left open when it stopped are now unknown"
             );
+            tell_unknown(&books, &swept);
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "ledger: cannot read the entries left open"),
@@ -572,13 +595,14 @@ pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Fut
     loop {
         let now = now_ms();
         let before = now.saturating_sub(books.max_open.as_millis() as u64);
-        if let Ok(n) = books.ledger.mark_unknown(before, now).await
-            && n > 0
+        if let Ok(swept) = books.ledger.mark_unknown(before, now).await
+            && !swept.is_empty()
         {
             tracing::warn!(
-                entries = n,
+                entries = swept.len(),
                 "ledger: entries left open by a stopped replica are now unknown"
             );
+            tell_unknown(&books, &swept);
         }
         if let Ok(open) = books.ledger.open_count().await {
             books.metrics.ledger_open_entries.set(open);
