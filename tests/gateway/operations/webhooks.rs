@@ -403,3 +403,77 @@ async fn a_spending_caps_warning_threshold_is_told() {
     // Nothing else was asked for: no purchase events.
     assert!(receiver.accepted("purchase.bought").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_replicas_purchase_is_told_unknown_then_reconciled_in_order() {
+    let sim = Sim::start(sim_config()).await;
+    let receiver = Receiver::start().await;
+    let folder = ledger_folder();
+    let toml = format!(
+        "{LOOSE}{}[ledger]\npath = {:?}\nrecord_amount = false\n",
+        hook(
+            &receiver,
+            &["purchase.bought", "purchase.unknown", "purchase.reconciled"]
+        ),
+        folder.0.join("ledger.sqlite").display().to_string()
+    );
+    let env = [
+        ("FINOVY_UUID", "demo-uuid"),
+        ("FINOVY_SECRET", "demo-secret"),
+        ("HOOK_KEY", SECRET),
+    ];
+    let mut gw = Bin::serve(&toml, &sim.url, &env);
+    // The upstream makes the disk and holds its answer back: the process dies mid-purchase.
+    sim.fault("slow", "5s").await;
+    let key = fresh_key();
+    let order = json!({"area": 0, "memory": 50, "isMount": 0});
+    let url = gw.url.clone();
+    let (key2, order2) = (key.clone(), order.clone());
+    let lost = tokio::spawn(async move {
+        let _ = try_answer(
+            http()
+                .post(format!("{url}{DISK}/create"))
+                .header("Idempotency-Key", key2)
+                .json(&order2),
+        )
+        .await;
+    });
+    eventually(
+        "the create reaches the upstream",
+        Duration::from_secs(10),
+        || async { sim.calls("create").await == 1 },
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        gw.child.kill().expect("SIGKILL");
+        gw.child.wait().expect("it exits");
+    });
+    let _ = lost.await;
+    sim.fault("none", "0s").await;
+    let gw = Bin::serve(&toml, &sim.url, &env);
+    let unknown = receiver.wait_for("purchase.unknown", 1).await;
+    let entry = unknown[0].body["data"]["id"].as_str().unwrap().to_owned();
+    // The retry reconciles the original: told after its unknown, under the same entry id.
+    let (status, _, v) = answer(
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .header("Idempotency-Key", &key)
+            .json(&order),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let reconciled = receiver.wait_for("purchase.reconciled", 1).await;
+    assert_eq!(reconciled[0].body["data"]["id"], entry.as_str());
+    assert_eq!(reconciled[0].body["data"]["resourceId"], v["data"]);
+    let order_seen: Vec<String> = receiver
+        .seen
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .filter(|d| d.body["data"]["id"] == entry.as_str())
+        .map(|d| d.body["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order_seen, ["purchase.unknown", "purchase.reconciled"]);
+    assert!(receiver.accepted("purchase.bought").is_empty());
+}
