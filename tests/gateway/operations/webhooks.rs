@@ -2,7 +2,9 @@
 //! delivery's Standard Webhooks signature with its own HMAC-SHA256 code. Purchases made through
 //! the gateway are told with their ledger entry's id; a receiver that is down while the gateway
 //! restarts still gets every event, as signed, once it is back; two replicas on one PostgreSQL
-//! ledger deliver each event once; a spending cap's warning threshold is told.
+//! ledger deliver each event once; a killed replica's purchase is told unknown, then reconciled,
+//! in order; a spending cap's warning threshold, an account left without a token and a Redis
+//! found without its data are told.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -22,6 +24,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::harness::postgres::{PgServer, ledger_config};
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
 
 /// The receiver's key, as an operator writes it.
@@ -476,4 +479,51 @@ async fn a_killed_replicas_purchase_is_told_unknown_then_reconciled_in_order() {
         .collect();
     assert_eq!(order_seen, ["purchase.unknown", "purchase.reconciled"]);
     assert!(receiver.accepted("purchase.bought").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_without_a_token_for_too_long_is_told_once() {
+    let sim = Sim::start(sim_config()).await;
+    let receiver = Receiver::start().await;
+    let toml = format!(
+        "{}token_failing_after = \"1s\"\n",
+        hook(&receiver, &["token.failing"])
+    );
+    // Credentials the upstream refuses: no token, ever.
+    let env = vec![
+        ("FINOVY_UUID", "demo-uuid".to_owned()),
+        ("FINOVY_SECRET", "bad-secret-x9".to_owned()),
+        ("HOOK_KEY", SECRET.to_owned()),
+    ];
+    let _gw = Gw::start(&toml, &sim.url, env).await;
+    let got = receiver.wait_for("token.failing", 1).await;
+    assert_eq!(got.len(), 1, "told once while it lasts");
+    let data = &got[0].body["data"];
+    assert_eq!(data["account"], "default", "{data}");
+    assert!(data["since"].as_str().unwrap().ends_with('Z'), "{data}");
+    assert!(!got[0].body.to_string().contains("bad-secret-x9"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_found_without_its_data_is_told() {
+    let sim = Sim::start(sim_config()).await;
+    let redis = RedisServer::start();
+    let receiver = Receiver::start().await;
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"fgw-hooks:\"\n{}",
+        redis.url(),
+        hook(&receiver, &["redis.reset"])
+    );
+    let gw = Gw::start(&toml, &sim.url, env()).await;
+    eventually(
+        "the fleet marker is written",
+        Duration::from_secs(10),
+        || async { redis.get("fgw-hooks:fleet-marker").await.is_some() },
+    )
+    .await;
+    redis.command(&["FLUSHALL"]).await;
+    let got = receiver.wait_for("redis.reset", 1).await;
+    let replica = got[0].body["data"]["replica"].as_str().unwrap();
+    let port = gw.url.rsplit(':').next().unwrap();
+    assert!(replica.ends_with(&format!(":{port}")), "{replica}");
 }
