@@ -143,7 +143,7 @@ impl Serialize for SigningKey {
 }
 
 /// One receiver, validated.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Webhook {
     /// Checked `http(s)://`; it names the receiver in the outbox.
     #[serde(serialize_with = "serialize_masked_url")]

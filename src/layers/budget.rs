@@ -4,7 +4,8 @@
 //! guard reports (a soft threshold reached, a cap spent) is raised in [`raise`]: logged, counted,
 //! and the one place an alert sink (the `budget.threshold` and `budget.exhausted` webhooks) hooks.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,12 +19,17 @@ use crate::protect::budget::{Budget, BudgetEvent};
 use crate::svc::Resp;
 use crate::webhooks::{Event, Notifier};
 
+/// One cap of one account or client: its scope, whose, and which.
+type CapKey = (&'static str, String, &'static str);
+
 #[derive(Clone)]
 pub(crate) struct BudgetGuardLayer {
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
     /// Where thresholds and spent caps are told (`budget.*` webhooks).
     notify: Notifier,
+    /// Spent caps already told, until their windows reset (epoch seconds).
+    exhausted_told: Arc<Mutex<HashMap<CapKey, u64>>>,
 }
 
 impl BudgetGuardLayer {
@@ -32,6 +38,7 @@ impl BudgetGuardLayer {
             budget,
             metrics,
             notify: Notifier::default(),
+            exhausted_told: Arc::default(),
         }
     }
 
@@ -41,9 +48,24 @@ impl BudgetGuardLayer {
         self
     }
 
-    /// [`raise`], and the webhooks told.
+    /// [`raise`], and the webhooks told: a threshold as it comes (once per window and cap, for
+    /// the fleet); a spent cap once per window and cap on this replica, however many creates it
+    /// refuses meanwhile.
     fn report(&self, event: &BudgetEvent) {
         raise(&self.metrics, event);
+        if !self.notify.is_on() {
+            return;
+        }
+        if let BudgetEvent::Exhausted(cap) = event {
+            let now = crate::clock::now_secs();
+            let mut told = self.exhausted_told.lock().expect("exhausted caps told");
+            told.retain(|_, until| *until > now);
+            let key = (cap.scope, cap.who.clone(), cap.cap);
+            if told.contains_key(&key) {
+                return;
+            }
+            told.insert(key, now + cap.resets_in.as_secs().max(1));
+        }
         self.notify.send(Event::budget(event));
     }
 }

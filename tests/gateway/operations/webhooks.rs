@@ -387,12 +387,12 @@ async fn two_replicas_on_one_postgres_ledger_deliver_each_event_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_spending_caps_warning_threshold_is_told() {
+async fn a_spending_caps_threshold_and_exhaustion_are_told_once_each() {
     let sim = Sim::start(sim_config()).await;
     let receiver = Receiver::start().await;
     let toml = format!(
         "{LOOSE}[create.budget]\nwarn_at = 0.5\n[create.budget.account]\ncreates_per_day = 4\n{}",
-        hook(&receiver, &["budget.threshold"])
+        hook(&receiver, &["budget.threshold", "budget.exhausted"])
     );
     let gw = Gw::start(&toml, &sim.url, env()).await;
     buy(&gw.url, 20).await;
@@ -403,6 +403,32 @@ async fn a_spending_caps_warning_threshold_is_told() {
     assert_eq!(data["cap"], "creates_per_day", "{data}");
     assert_eq!(data["limit"], 4, "{data}");
     assert_eq!(data["used"], 2, "{data}");
+    buy(&gw.url, 40).await;
+    buy(&gw.url, 50).await;
+    // The cap is spent: every further create is refused, and told once for its window.
+    for gb in [60, 70, 80] {
+        let (status, v) = send_json(
+            http()
+                .post(format!("{}{DISK}/create", gw.url))
+                .header("Idempotency-Key", fresh_key())
+                .json(&json!({"area": 0, "memory": gb, "isMount": 0})),
+        )
+        .await;
+        assert_eq!((status, v["code"].as_i64()), (429, Some(220025)), "{v}");
+    }
+    let got = receiver.wait_for("budget.exhausted", 1).await;
+    let data = &got[0].body["data"];
+    assert_eq!(
+        (data["cap"].as_str(), data["limit"].as_u64()),
+        (Some("creates_per_day"), Some(4)),
+        "{data}"
+    );
+    eventually("the backlog empties", Duration::from_secs(10), || async {
+        gw.metric("finovy_gateway_webhook_backlog", &[]).await == 0.0
+    })
+    .await;
+    assert_eq!(receiver.accepted("budget.exhausted").len(), 1);
+    assert_eq!(receiver.accepted("budget.threshold").len(), 1);
     // Nothing else was asked for: no purchase events.
     assert!(receiver.accepted("purchase.bought").is_empty());
 }
