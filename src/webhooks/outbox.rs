@@ -183,3 +183,80 @@ pub(crate) async fn remove_done_before(pool: &AnyPool, before_ms: u64) -> Result
     .await?;
     Ok(done.rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ledger::Ledger;
+
+    /// A fresh SQLite ledger, removed with its folder when dropped.
+    struct Fresh(Ledger, std::path::PathBuf);
+
+    impl Drop for Fresh {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    async fn fresh() -> Fresh {
+        let dir = std::env::temp_dir().join(format!("fgw-outbox-{:016x}", rand::random::<u64>()));
+        let ledger = Ledger::sqlite(&dir.join("l.sqlite"), Duration::from_secs(2))
+            .await
+            .unwrap();
+        Fresh(ledger, dir)
+    }
+
+    fn row(id: &str, key: Option<&str>) -> NewRow {
+        NewRow {
+            id: id.into(),
+            webhook: "http://127.0.0.1:1/h".into(),
+            event: "purchase.bought",
+            body: "{}".into(),
+            created_at_ms: 1000,
+            ordering_key: key.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_is_held_by_one_claim_until_its_lease_ends() {
+        let f = fresh().await;
+        let pool = f.0.pool();
+        enqueue(pool, &[row("a", None)]).await.unwrap();
+        assert!(claim(pool, "a", 2000, 3000).await.unwrap());
+        assert!(!claim(pool, "a", 2500, 3500).await.unwrap(), "held");
+        assert!(due_rows(pool, 2500, 10).await.unwrap().is_empty());
+        assert!(
+            claim(pool, "a", 3001, 4000).await.unwrap(),
+            "the lease ran out"
+        );
+        delivered(pool, "a", 3100).await.unwrap();
+        assert!(!claim(pool, "a", 9000, 9500).await.unwrap(), "done");
+        assert_eq!(backlog(pool).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_purchases_later_event_waits_for_its_earlier_one() {
+        let f = fresh().await;
+        let pool = f.0.pool();
+        enqueue(
+            pool,
+            &[row("1", Some("p")), row("2", Some("p")), row("3", None)],
+        )
+        .await
+        .unwrap();
+        let ids = |rows: Vec<Due>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(due_rows(pool, 2000, 10).await.unwrap()), ["1", "3"]);
+        // A failed attempt keeps the later one waiting.
+        retry_at(pool, "1", 1, 5000).await.unwrap();
+        assert_eq!(ids(due_rows(pool, 2000, 10).await.unwrap()), ["3"]);
+        assert_eq!(backlog(pool).await.unwrap(), 3);
+        delivered(pool, "1", 5000).await.unwrap();
+        assert_eq!(ids(due_rows(pool, 5000, 10).await.unwrap()), ["2", "3"]);
+        // A dropped row no longer holds its successors back, nor counts as backlog.
+        dropped(pool, "2", 9, 6000).await.unwrap();
+        assert_eq!(backlog(pool).await.unwrap(), 1);
+        assert_eq!(remove_done_before(pool, 7000).await.unwrap(), 2);
+    }
+}
