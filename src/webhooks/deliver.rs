@@ -96,7 +96,12 @@ pub(crate) async fn run(notifier: Notifier, stop: CancellationToken) {
                 tracing::debug!(error = %e, "webhooks: removing old outbox rows failed");
             }
         }
-        let taken = take(&ledger, now).await;
+        // A database that does not answer does not hold the shutdown back (a row claimed
+        // meanwhile is free again once its lease ends).
+        let taken = tokio::select! {
+            () = stop.cancelled() => return,
+            taken = take(&ledger, now) => taken,
+        };
         if let Ok(n) = outbox::backlog(ledger.pool()).await {
             inner.metrics.webhook_backlog.set(n);
         }
