@@ -35,6 +35,7 @@ pub(crate) mod swap;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod upstream;
+pub(crate) mod webhooks;
 
 /// The types every layer speaks, named once.
 pub(crate) mod svc {

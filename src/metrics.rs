@@ -83,6 +83,10 @@ pub struct Metrics {
     pub(crate) ledger_writes: IntCounterVec,
     pub(crate) ledger_write_seconds: Histogram,
     pub(crate) ledger_open_entries: IntGauge,
+    /// Webhook delivery attempts by result (`delivered`, `failed`, `dropped`), and the outbox's
+    /// rows not yet delivered.
+    pub(crate) webhook_deliveries: IntCounterVec,
+    pub(crate) webhook_backlog: IntGauge,
 }
 
 /// The listeners, as named in the connection metrics.
@@ -342,6 +346,16 @@ impl Metrics {
                 "finovy_gateway_ledger_open_entries",
                 "Purchase-ledger entries with no final outcome yet.",
             ),
+            webhook_deliveries: counter(
+                "finovy_gateway_webhook_deliveries_total",
+                "Webhook delivery attempts, by result (delivered; failed: to be tried again; \
+                 dropped: given up after failing for too long).",
+                &["result"],
+            ),
+            webhook_backlog: gauge(
+                "finovy_gateway_webhook_backlog",
+                "Webhook events in the outbox not yet delivered (for the whole fleet).",
+            ),
             registry,
         };
         for listener in LISTENERS {
@@ -369,6 +383,11 @@ impl Metrics {
     pub(crate) fn export_known(&self, settings: &Settings) {
         for result in ["ok", "error"] {
             self.ledger_writes.with_label_values(&[result]);
+        }
+        if !settings.webhooks.is_empty() {
+            for result in ["delivered", "failed", "dropped"] {
+                self.webhook_deliveries.with_label_values(&[result]);
+            }
         }
         for route in settings.cache.routes.keys() {
             for result in ["hit", "stale", "miss", "coalesced", "bypass"] {

@@ -331,5 +331,7 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<String> {
     check("accounts", shape(old) != shape(new));
     // Requests are classified by the table built at start.
     check("routes", !old.routes.routes_alike(&new.routes));
+    // The notifier and its delivery worker are built at start.
+    check("webhooks", old.webhooks != new.webhooks);
     out
 }

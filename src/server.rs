@@ -45,6 +45,7 @@ use crate::swap::Swap;
 pub use crate::tls::ListenerTls;
 use crate::tls::ServerTls;
 use crate::upstream::{AccountHandle, TokenBroker, UpstreamClient};
+use crate::webhooks::Notifier;
 
 /// Everything a running gateway holds, built from validated settings.
 pub(crate) struct Gateway {
@@ -191,6 +192,7 @@ impl Gateway {
         let work = TaskTracker::new();
         let create = Arc::new(Swap::new(settings.create.clone()));
         let budget = Arc::new(Budget::new(settings.create.budget.clone(), tally));
+        let notify = Notifier::new(settings.webhooks.clone(), metrics.clone(), work.clone());
         // Opened once everything else checked, so a gateway refused at start leaves no file.
         let purchases = crate::ledger::open(&settings.ledger)
             .await
@@ -213,7 +215,12 @@ impl Gateway {
             record_amount: settings.ledger.record_amount,
             started_ms: crate::clock::now_ms(),
             shared: settings.redis.is_some(),
+            notify: notify.clone(),
         });
+        notify.attach(&books.ledger);
+        if let Some(f) = &fleet {
+            f.notify_resets(notify.clone(), books.replica.clone());
+        }
         let protection = Protection {
             ledger: LedgerLayer::new(books.clone()),
             dedup: DedupLayer::new(
@@ -225,7 +232,8 @@ impl Gateway {
             )
             .with_priors(Arc::new(LedgerPriors(books.clone()))),
             collapse: CollapseLayer::new(metrics.clone(), work.clone()),
-            budget: BudgetGuardLayer::new(budget.clone(), metrics.clone()),
+            budget: BudgetGuardLayer::new(budget.clone(), metrics.clone())
+                .with_notify(notify.clone()),
             rate_limit: RateLimitLayer::new(limiter, create.clone(), metrics.clone()),
         };
         let edge = Arc::new(stack::build(
@@ -360,6 +368,16 @@ impl Server {
             gateway.settings.ledger.retention,
             stopped(),
         ));
+        // Webhook deliveries: until the drain is over; a row cut off mid-attempt is let go.
+        let webhooks = tokio::spawn(crate::webhooks::deliver::run(
+            gateway.books.notify.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(crate::webhooks::watch::tokens(
+            gateway.books.notify.clone(),
+            gateway.accounts.clone(),
+            stop.clone(),
+        ));
         let draining = Arc::new(AtomicBool::new(false));
         let admin_state = Arc::new(AdminState {
             metrics: gateway.metrics.clone(),
@@ -429,6 +447,7 @@ impl Server {
         }
         stop.cancel();
         let _ = admin_task.await;
+        let _ = webhooks.await;
         tracing::info!("stopped");
         Ok(())
     }

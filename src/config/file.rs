@@ -13,6 +13,7 @@ use super::redis::RedisConfig;
 use super::server::ServerConfig;
 use super::token::TokenConfig;
 use super::upstream::UpstreamConfig;
+use super::webhooks::WebhookConfig;
 use crate::cache::policy::CacheConfig;
 use crate::protect::policy::CreateConfig;
 use crate::routes::RouteConfig;
@@ -39,4 +40,7 @@ pub struct FileConfig {
     /// Upstream endpoints added by configuration (`[[routes]]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) routes: Vec<RouteConfig>,
+    /// Receivers of the gateway's notifications (`[[webhooks]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) webhooks: Vec<WebhookConfig>,
 }

@@ -39,6 +39,7 @@ mod server;
 mod tls;
 mod token;
 mod upstream;
+mod webhooks;
 
 pub use crate::protect::budget::settings::ClientBudget;
 pub use accounts::DEFAULT_ACCOUNT;
@@ -60,6 +61,9 @@ pub use server::ServerConfig;
 pub(crate) use token::TokenConfig;
 pub(crate) use upstream::Egress;
 pub use upstream::UpstreamConfig;
+#[cfg(test)]
+pub(crate) use webhooks::test_key as webhooks_key;
+pub(crate) use webhooks::{EventKind, Webhook};
 
 // === the resolved settings ===
 
@@ -94,6 +98,9 @@ pub struct Settings {
     pub(crate) listen_tls: Option<TlsFiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) admin_tls: Option<TlsFiles>,
+    /// `[[webhooks]]`, their keys read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) webhooks: Vec<Webhook>,
 }
 
 impl Settings {
@@ -173,6 +180,7 @@ impl Settings {
                 .map(|c| (c.name.clone(), c.account.clone(), c.budget)),
         );
         let anonymous_routes = file.auth.resolve(&routes)?;
+        let webhooks = webhooks::resolve(&file.webhooks, env)?;
 
         Ok(Settings {
             server,
@@ -191,6 +199,7 @@ impl Settings {
             anonymous_routes,
             listen_tls,
             admin_tls,
+            webhooks,
         })
     }
 

@@ -74,6 +74,8 @@ pub struct Fleet {
     marker_script: redis::Script,
     /// Redis's `maxmemory-policy`, read with every marker check.
     pub(crate) eviction: eviction::Eviction,
+    /// Where a loss of Redis's data is told (`redis.reset` webhooks), and this replica's name.
+    notify: std::sync::OnceLock<(crate::webhooks::Notifier, Arc<str>)>,
 }
 
 #[derive(Default)]
@@ -144,6 +146,7 @@ impl Fleet {
                 cfg.allow_eviction_policy,
                 metrics.redis_eviction_unsafe.clone(),
             ),
+            notify: std::sync::OnceLock::new(),
             metrics,
         }))
     }
@@ -201,6 +204,11 @@ impl Fleet {
     pub(crate) fn set_reset_grace(&self, grace: Duration) {
         self.reset_grace_ms
             .store(grace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Tells `notify` when this replica (`replica`) finds Redis without its data.
+    pub(crate) fn notify_resets(&self, notify: crate::webhooks::Notifier, replica: Arc<str>) {
+        let _ = self.notify.set((notify, replica));
     }
 
     /// [`Fleet::check_marker`] when it was not checked since the last failure.
@@ -285,6 +293,9 @@ impl Fleet {
         };
         if lost {
             self.metrics.redis_resets.inc();
+            if let Some((notify, replica)) = self.notify.get() {
+                notify.send(crate::webhooks::Event::redis_reset(replica));
+            }
         }
         self.marker_checked.store(true, Ordering::SeqCst);
         Ok(())

@@ -4,7 +4,8 @@
 //! guard reports (a soft threshold reached, a cap spent) is raised in [`raise`]: logged, counted,
 //! and the one place an alert sink (the `budget.threshold` and `budget.exhausted` webhooks) hooks.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,16 +17,56 @@ use crate::error::{GatewayError, GatewayFuture};
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, BudgetEvent};
 use crate::svc::Resp;
+use crate::webhooks::{Event, Notifier};
+
+/// One cap of one account or client: its scope, whose, and which.
+type CapKey = (&'static str, String, &'static str);
 
 #[derive(Clone)]
 pub(crate) struct BudgetGuardLayer {
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
+    /// Where thresholds and spent caps are told (`budget.*` webhooks).
+    notify: Notifier,
+    /// Spent caps already told, until their windows reset (epoch seconds).
+    exhausted_told: Arc<Mutex<HashMap<CapKey, u64>>>,
 }
 
 impl BudgetGuardLayer {
     pub(crate) fn new(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
-        BudgetGuardLayer { budget, metrics }
+        BudgetGuardLayer {
+            budget,
+            metrics,
+            notify: Notifier::default(),
+            exhausted_told: Arc::default(),
+        }
+    }
+
+    /// Tells `notify` what the guard reports.
+    pub(crate) fn with_notify(mut self, notify: Notifier) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    /// [`raise`], and the webhooks told: a threshold as it comes (once per window and cap, for
+    /// the fleet); a spent cap once per window and cap on this replica, however many creates it
+    /// refuses meanwhile.
+    fn report(&self, event: &BudgetEvent) {
+        raise(&self.metrics, event);
+        if !self.notify.is_on() {
+            return;
+        }
+        if let BudgetEvent::Exhausted(cap) = event {
+            let now = crate::clock::now_secs();
+            let mut told = self.exhausted_told.lock().expect("exhausted caps told");
+            told.retain(|_, until| *until > now);
+            let key = (cap.scope, cap.who.clone(), cap.cap);
+            if told.contains_key(&key) {
+                return;
+            }
+            told.insert(key, now + cap.resets_in.as_secs().max(1));
+        }
+        self.notify.send(Event::budget(event));
     }
 }
 
@@ -118,7 +159,7 @@ where
                 Err(_) => Err(GatewayError::SharedStateDown(route)),
                 Ok(Ok(admission)) => {
                     for event in &admission.events {
-                        raise(&layer.metrics, event);
+                        layer.report(event);
                     }
                     let result = inner.oneshot(spend).await;
                     if !may_have_spent(&result) {
@@ -131,7 +172,7 @@ where
                     let retry_after = over.resets_in.as_secs().max(1);
                     let (cap, limit, scope) = (over.cap, over.limit, over.scope);
                     let who = over.who.clone();
-                    raise(&layer.metrics, &BudgetEvent::Exhausted(over));
+                    layer.report(&BudgetEvent::Exhausted(over));
                     Err(GatewayError::SpendingCap {
                         cap,
                         limit,

@@ -32,6 +32,8 @@ use crate::protect::create::{Intent, Priors, fingerprint};
 use crate::protect::records::{Record, State};
 use crate::routes::Route;
 use crate::svc::{BoxFuture, Resp};
+use crate::webhooks::Notifier;
+use crate::webhooks::events::{Event, Purchase};
 
 /// How long an answer may wait for its entry's outcome to be written; past it the write goes on
 /// in the background.
@@ -61,6 +63,8 @@ pub(crate) struct Books {
     pub(crate) started_ms: u64,
     /// Whether replicas share their records (Redis).
     pub(crate) shared: bool,
+    /// Where settled purchases are told (`purchase.*` webhooks).
+    pub(crate) notify: Notifier,
 }
 
 impl Books {
@@ -226,11 +230,38 @@ where
                 let bought = settlement.outcome() == Outcome::Bought;
                 let resource = settlement.resource_id.clone();
                 let related = related(&books, &entry, &mut settlement, flow, &id).await;
+                let told = books
+                    .notify
+                    .is_on()
+                    .then(|| {
+                        Event::purchase(&Purchase {
+                            id: &id,
+                            account: &entry.account,
+                            client: Some(&entry.client),
+                            route: &entry.route,
+                            settlement: &settlement,
+                        })
+                    })
+                    .flatten();
                 // The answer never waits on a ledger that is down: one quick try, then in the
                 // background until it lands.
                 books.settle_soon(id.clone(), settlement).await;
+                if let Some(event) = told {
+                    books.notify.send(event);
+                }
                 for (other, s) in related {
+                    // The original is another request's entry: its client is not this one's.
+                    let told = Event::purchase(&Purchase {
+                        id: &other,
+                        account: &entry.account,
+                        client: None,
+                        route: &entry.route,
+                        settlement: &s,
+                    });
                     books.settle_soon(other.into(), s).await;
+                    if let Some(event) = told {
+                        books.notify.send(event);
+                    }
                 }
                 if let (true, Some(disk), Some(read)) = (bought, resource, layer.read)
                     && route == Route::DiskCreate
@@ -530,6 +561,28 @@ fn stored_answer(id: &str, stored: &StoredAnswer) -> Answer {
     }
 }
 
+/// `purchase.unknown` for the entries the sweep marked: the replica whose update marked them
+/// tells, once.
+fn tell_unknown(books: &Books, swept: &[crate::ledger::Swept]) {
+    if !books.notify.is_on() {
+        return;
+    }
+    for e in swept {
+        let mut s = Settlement::new(Outcome::Unknown, now_ms());
+        s.reason.clone_from(&e.reason);
+        let event = Event::purchase(&Purchase {
+            id: &e.id,
+            account: &e.account,
+            client: Some(&e.client),
+            route: &e.route,
+            settlement: &s,
+        });
+        if let Some(event) = event {
+            books.notify.send(event);
+        }
+    }
+}
+
 /// Every while: entries left open by a replica that stopped read as unknown; entries past the
 /// retention go; the open-entries gauge follows.
 pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Future<Output = ()>) {
@@ -547,11 +600,12 @@ pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Fut
         books.ledger.mark_unknown(books.started_ms, now_ms()).await
     };
     match left_open {
-        Ok(n) if n > 0 => {
+        Ok(swept) if !swept.is_empty() => {
             tracing::warn!(
-                entries = n,
+                entries = swept.len(),
                 "ledger: entries this replica left open when it stopped are now unknown"
             );
+            tell_unknown(&books, &swept);
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "ledger: cannot read the entries left open"),
@@ -559,13 +613,14 @@ pub(crate) async fn sweep(books: Arc<Books>, retention: Duration, stop: impl Fut
     loop {
         let now = now_ms();
         let before = now.saturating_sub(books.max_open.as_millis() as u64);
-        if let Ok(n) = books.ledger.mark_unknown(before, now).await
-            && n > 0
+        if let Ok(swept) = books.ledger.mark_unknown(before, now).await
+            && !swept.is_empty()
         {
             tracing::warn!(
-                entries = n,
+                entries = swept.len(),
                 "ledger: entries left open by a stopped replica are now unknown"
             );
+            tell_unknown(&books, &swept);
         }
         if let Ok(open) = books.ledger.open_count().await {
             books.metrics.ledger_open_entries.set(open);

@@ -36,11 +36,18 @@ pub(crate) struct Ledger {
     pub(super) backend: Backend,
 }
 
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "purchases",
-    include_str!("migrations/0001_purchases.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "purchases",
+        include_str!("migrations/0001_purchases.sql"),
+    ),
+    (
+        2,
+        "webhook outbox",
+        include_str!("migrations/0002_outbox.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     let migrations = MIGRATIONS
@@ -114,6 +121,11 @@ impl Ledger {
     pub(crate) async fn migrate(&self) -> Result<(), LedgerError> {
         migrator().run(&self.pool).await?;
         Ok(())
+    }
+
+    /// The pool, for the tables that live beside the ledger (the webhook outbox).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Closes the pool: writes under way finish, new ones fail.

@@ -19,6 +19,7 @@ pub(crate) use db::{Ledger, LedgerError};
 pub(crate) use entry::{Entry, NewEntry, Outcome, Settlement, StoredAnswer, new_id};
 pub(crate) use open::open;
 pub(crate) use read::{Filter, Page, SpendRow};
+pub(crate) use write::Swept;
 
 #[cfg(test)]
 mod tests;

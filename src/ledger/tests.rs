@@ -203,7 +203,7 @@ async fn the_sweep_marks_old_open_entries_and_retention_removes_old_ones(l: &Led
     l.open(&new_entry(&new_id(5000), 5000, "a", None))
         .await
         .unwrap();
-    assert_eq!(l.mark_unknown(2000, 6000).await.unwrap(), 1);
+    assert_eq!(l.mark_unknown(2000, 6000).await.unwrap().len(), 1);
     assert_eq!(l.open_count().await.unwrap(), 1);
     let orig = l
         .unsettled_original("default", "fp", 0, &new_id(9000))
@@ -443,7 +443,7 @@ async fn every_filter_narrows_a_listing_and_pages_follow_the_cursor(l: &Ledger) 
 
 async fn counts_read_back_as_integers(l: &Ledger) {
     assert_eq!(l.open_count().await.unwrap(), 0);
-    assert_eq!(l.mark_unknown(NOW, NOW).await.unwrap(), 0);
+    assert_eq!(l.mark_unknown(NOW, NOW).await.unwrap().len(), 0);
     assert_eq!(l.remove_before(NOW).await.unwrap(), 0);
     for i in 0..3 {
         l.open(&new_entry(&new_id(NOW + i), NOW + i, "a", None))
@@ -451,7 +451,7 @@ async fn counts_read_back_as_integers(l: &Ledger) {
             .unwrap();
     }
     assert_eq!(l.open_count().await.unwrap(), 3);
-    assert_eq!(l.mark_unknown(NOW + 2, NOW + 10).await.unwrap(), 2);
+    assert_eq!(l.mark_unknown(NOW + 2, NOW + 10).await.unwrap().len(), 2);
     assert_eq!(l.open_count().await.unwrap(), 1);
     assert_eq!(l.remove_before(NOW + 3).await.unwrap(), 3);
     assert_eq!(l.open_count().await.unwrap(), 0);

@@ -1,8 +1,34 @@
 //! Writes: an entry opens before the upstream call, settles with its outcome, gains its amount
 //! once known; the sweep marks entries left open by a dead replica, retention removes old ones.
 
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
 use super::db::{Ledger, LedgerError};
 use super::entry::{NewEntry, Outcome, Settlement};
+
+/// An entry the sweep marked unknown: what a `purchase.unknown` notification says of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Swept {
+    pub(crate) id: String,
+    pub(crate) account: String,
+    pub(crate) client: String,
+    pub(crate) route: String,
+    pub(crate) reason: Option<String>,
+}
+
+fn swept(rows: &[AnyRow]) -> Result<Vec<Swept>, LedgerError> {
+    let one = |r: &AnyRow| -> Result<Swept, sqlx::Error> {
+        Ok(Swept {
+            id: r.try_get("id")?,
+            account: r.try_get("account")?,
+            client: r.try_get("client")?,
+            route: r.try_get("route")?,
+            reason: r.try_get("reason")?,
+        })
+    };
+    Ok(rows.iter().map(one).collect::<Result<_, _>>()?)
+}
 
 fn opt_u64(v: Option<u64>) -> Option<i64> {
     v.map(|v| v as i64)
@@ -78,19 +104,20 @@ impl Ledger {
         &self,
         before_ms: u64,
         now_ms: u64,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Vec<Swept>, LedgerError> {
         let done = sqlx::query(
             "UPDATE purchases SET outcome = $1, settled_at = $2, \
-             reason = COALESCE(reason, $3) WHERE outcome = $4 AND at < $5",
+             reason = COALESCE(reason, $3) WHERE outcome = $4 AND at < $5 \
+             RETURNING id, account, client, route, reason",
         )
         .bind(Outcome::Unknown.as_str())
         .bind(now_ms as i64)
         .bind("left open: the replica stopped before the outcome was written")
         .bind(Outcome::Open.as_str())
         .bind(before_ms as i64)
-        .execute(&self.rest)
+        .fetch_all(&self.rest)
         .await?;
-        Ok(done.rows_affected())
+        swept(&done)
     }
 
     /// Entries still open that `replica` opened before `before_ms`, when it started again: the
@@ -100,10 +127,11 @@ impl Ledger {
         replica: &str,
         before_ms: u64,
         now_ms: u64,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Vec<Swept>, LedgerError> {
         let done = sqlx::query(
             "UPDATE purchases SET outcome = $1, settled_at = $2, \
-             reason = COALESCE(reason, $3) WHERE outcome = $4 AND replica = $5 AND at < $6",
+             reason = COALESCE(reason, $3) WHERE outcome = $4 AND replica = $5 AND at < $6 \
+             RETURNING id, account, client, route, reason",
         )
         .bind(Outcome::Unknown.as_str())
         .bind(now_ms as i64)
@@ -111,9 +139,9 @@ impl Ledger {
         .bind(Outcome::Open.as_str())
         .bind(replica)
         .bind(before_ms as i64)
-        .execute(&self.rest)
+        .fetch_all(&self.rest)
         .await?;
-        Ok(done.rows_affected())
+        swept(&done)
     }
 
     /// Removes the entries that arrived before `before_ms` (retention).

@@ -12,7 +12,8 @@
 //! - `purchases`: the purchase ledger read through the admin API and the `purchases` command;
 //! - `readiness`: `/readyz` through an upstream outage and refused credentials;
 //! - `reload`: SIGHUP and `POST /admin/reload` change settings without a restart;
-//! - `upstream_faults`: upstream failures become 502 and 504 envelopes, and recovery.
+//! - `upstream_faults`: upstream failures become 502 and 504 envelopes, and recovery;
+//! - `webhooks`: notifications signed, delivered once per fleet, across a receiver outage.
 
 mod admin_endpoints;
 mod config_properties;
@@ -26,3 +27,4 @@ mod purchases;
 mod readiness;
 mod reload;
 mod upstream_faults;
+mod webhooks;
