@@ -535,7 +535,7 @@ async fn out_of_file_descriptors_the_accept_errors_are_not_logged_in_a_flood() {
 #[test]
 fn at_start_the_open_file_limit_is_raised_and_a_short_one_is_named() {
     use std::io::{BufRead, BufReader};
-    let config = temp_file("gateway.toml", "");
+    let config = temp_file("gateway.toml", &with_ledger("").0);
     // Soft 512, hard 2048: raised to 2048, still under the defaults' needs (10,000 connections).
     let mut child = std::process::Command::new("prlimit")
         .arg("--nofile=512:2048")
