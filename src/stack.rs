@@ -28,6 +28,7 @@ use crate::layers::invalidate::InvalidateLayer;
 use crate::layers::ledger::LedgerLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::SetRequestIdLayer;
+use crate::layers::server_timing::ServerTimingLayer;
 use crate::layers::switch::{OwnPipeline, Pipelines, RoutePipeline};
 use crate::layers::token::TokenLayer;
 use crate::layers::token_lease::TokenLease;
@@ -139,8 +140,11 @@ where
             cache,
             recorder.clone(),
             routes.clone(),
+            cfg.server_timing,
         ))
         .layer_fn(StackService::new)
+        // `Server-Timing` on every answer made below, when on: what the steps below add to it.
+        .option_layer(cfg.server_timing.then_some(ServerTimingLayer))
         // Every answer made below (our own errors too) is logged and counted.
         .layer(AccessLogLayer::new(recorder))
         // Before anything can fail, so every error envelope carries the request's id.

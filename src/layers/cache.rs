@@ -29,6 +29,7 @@ use crate::cache::key::{CacheKey, canonical_json};
 use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled};
 use crate::error::{GatewayError, GatewayFuture};
+use crate::layers::server_timing::{CacheOutcome, Timing};
 use crate::routes::RouteMatch;
 use crate::single_flight::Role;
 use crate::svc::Resp;
@@ -122,7 +123,7 @@ fn from_entry(entry: &Entry, params: &str, now: Instant) -> Resp {
 
 /// A hit, with the upstream's envelope head for the layers above.
 fn hit(entry: &Entry, now: Instant) -> Resp {
-    let mut resp = bare_hit(entry, now);
+    let mut resp = bare_hit(entry, now, 0);
     if let Some(head) = &entry.answer.head {
         resp.extensions_mut().insert(head.clone());
     }
@@ -131,9 +132,10 @@ fn hit(entry: &Entry, now: Instant) -> Resp {
 
 /// A hit without extensions: the stored headers in a map with room for the ones the gateway adds
 /// (`Cache-Status`, `Age`, and the `X-Request-Id` its caller sets), so none of them grows it; the
-/// values of the first two come from static tables. The entry keeps nothing of its hits.
-pub(crate) fn bare_hit(entry: &Entry, now: Instant) -> Resp {
-    let mut headers = entry.answer.header_map(HIT_HEADERS);
+/// values of the first two come from static tables; `room` more for what the caller adds
+/// (`Server-Timing`). The entry keeps nothing of its hits.
+pub(crate) fn bare_hit(entry: &Entry, now: Instant, room: usize) -> Resp {
+    let mut headers = entry.answer.header_map(HIT_HEADERS + room);
     headers.insert(
         CACHE_STATUS,
         hit_values::cache_status_hit(entry.ttl_secs(now)),
@@ -187,6 +189,12 @@ where
     S::Future: Send,
 {
     let route = key.route;
+    let timing = Timing::of(&call.req).cloned();
+    let mark = |outcome| {
+        if let Some(t) = &timing {
+            t.cache(outcome);
+        }
+    };
     let fetch = async move { inner.oneshot(call).await.map(Answer::from_response) };
 
     // A refresh drops the stored entry in its fill (see `Cache::fill`), not here: here it would
@@ -201,10 +209,12 @@ where
     match (&stored_entry, freshness) {
         (Some(entry), Some(Freshness::Fresh(_))) => {
             cache.record_lookup(route, "hit");
+            mark(CacheOutcome::Hit);
             return Ok(hit(entry, now));
         }
         (Some(entry), Some(Freshness::Revalidate)) => {
             cache.record_lookup(route, "stale");
+            mark(CacheOutcome::Stale);
             // One background refresh per key; this request does not wait for it.
             drop(cache.fill(key, false, fetch));
             return Ok(from_entry(entry, "fwd=stale; detail=revalidating", now));
@@ -214,10 +224,16 @@ where
 
     let flight = cache.fill(key, no_cache, fetch);
     let role = flight.role;
+    let waiting = Instant::now();
     let filled: Option<Arc<Filled>> = flight.wait().await;
+    // A leader's time in its fill is its upstream call's; a joined request waited for another's.
+    if let (Some(t), Role::Joined) = (&timing, role) {
+        t.waited(waiting.elapsed());
+    }
     let (answer, stored) = match filled.as_deref() {
         Some(Filled::Found(entry)) => {
             cache.record_lookup(route, "hit");
+            mark(CacheOutcome::Hit);
             return Ok(hit(entry, Instant::now()));
         }
         Some(Filled::Fetched { answer, stored }) => (Some(answer), *stored),
@@ -230,6 +246,7 @@ where
     };
     if let Some(entry) = stored_entry.filter(|_| failed) {
         cache.record_lookup(route, "stale");
+        mark(CacheOutcome::Stale);
         let fwd_status = match answer {
             Some(Ok(a)) => a.status.as_u16(),
             Some(Err(e)) => e.status_and_code().0.as_u16(),
@@ -238,6 +255,7 @@ where
         let params = format!("fwd=stale; fwd-status={fwd_status}; detail=stale-if-error");
         return Ok(from_entry(&entry, &params, Instant::now()));
     }
+    mark(CacheOutcome::Miss);
     let answer = match answer {
         Some(Ok(answer)) => answer,
         // Each waiter's own refusal, with its own request id.

@@ -30,6 +30,7 @@ use crate::layers::access_log::{Line, Recorder, method_label};
 use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
 use crate::layers::request_id::{self, X_REQUEST_ID};
+use crate::layers::server_timing::{self, SERVER_TIMING};
 use crate::routes::{Route, RouteTable, check_query};
 use crate::svc::Resp;
 
@@ -46,6 +47,8 @@ struct Shared {
     routes: Arc<RouteTable>,
     /// `cache_lookups{route, "hit"}` by route index, resolved on the route's first hit.
     lookups: Vec<OnceLock<IntCounter>>,
+    /// `[server] server_timing`: a hit's answer says `cache;desc=hit` and its time.
+    server_timing: bool,
 }
 
 impl CacheHitLayer {
@@ -54,6 +57,7 @@ impl CacheHitLayer {
         cache: Arc<Cache>,
         recorder: Arc<Recorder>,
         routes: Arc<RouteTable>,
+        server_timing: bool,
     ) -> CacheHitLayer {
         CacheHitLayer {
             shared: Arc::new(Shared {
@@ -62,6 +66,7 @@ impl CacheHitLayer {
                 recorder,
                 lookups: routes.iter().map(|_| OnceLock::new()).collect(),
                 routes,
+                server_timing,
             }),
         }
     }
@@ -135,7 +140,7 @@ impl Shared {
         };
 
         let in_flight = self.recorder.in_flight();
-        let mut resp = bare_hit(&entry, started);
+        let mut resp = bare_hit(&entry, started, usize::from(self.server_timing));
         let id = request_id::pick(req.headers());
         self.lookups_of(route).inc();
         drop(in_flight);
@@ -157,6 +162,10 @@ impl Shared {
         };
         self.recorder.finish(Some(route), StatusCode::OK, &line);
         resp.headers_mut().insert(X_REQUEST_ID, id);
+        if self.server_timing {
+            resp.headers_mut()
+                .insert(SERVER_TIMING, server_timing::hit(started.elapsed()));
+        }
         Ok(resp)
     }
 }

@@ -21,6 +21,7 @@ use crate::admitted::Spend;
 use crate::clock::{retry_secs, secs_ceil};
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture, RateLimitHeaders};
+use crate::layers::server_timing::Timing;
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
@@ -115,6 +116,13 @@ fn upstream_retry_after(resp: &Resp) -> Option<Duration> {
     )
 }
 
+/// Adds a wait for a slot to the request's `Server-Timing`.
+fn waited(spend: &Spend, since: Instant) {
+    if let Some(t) = Timing::of(&spend.call.req) {
+        t.waited(since.elapsed());
+    }
+}
+
 /// Caps an upstream `Retry-After` passed back to the client at `max_wait` (at least 1 s).
 fn clamp_retry_after(resp: &mut Resp, max_wait: Duration) {
     if let Some(told) = upstream_retry_after(resp) {
@@ -205,7 +213,9 @@ where
                     Decision::Granted { wait, standing } => {
                         // Even a zero sleep would wait for the timer's next tick (a millisecond).
                         if !wait.is_zero() {
+                            let slept = Instant::now();
                             tokio::time::sleep(wait).await;
+                            waited(&spend, slept);
                         }
                         let mut resp = inner.clone().oneshot(spend.clone()).await?;
                         if too_frequent(&resp) {
@@ -218,7 +228,9 @@ where
                                 // The upstream did nothing: try again at the next slot.
                                 tracing::debug!(route = %route, "upstream answered 220025; retrying at the next slot");
                                 if told.is_some() {
+                                    let slept = Instant::now();
                                     tokio::time::sleep_until(at).await;
+                                    waited(&spend, slept);
                                 }
                                 continue;
                             }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::admitted::Outbound;
 use crate::error::{GatewayError, GatewayFuture};
+use crate::layers::server_timing::Timing;
 use crate::svc::Resp;
 use crate::upstream::UpstreamClient;
 
@@ -96,7 +98,12 @@ async fn forward(client: &UpstreamClient, out: Outbound) -> Result<Resp, Gateway
         code: 1007,
         msg: format!("cannot forward this request: {e}"),
     })?;
-    let answer = client.send(route.as_str(), upstream_req).await?;
+    let sent = Instant::now();
+    let answer = client.send(route.as_str(), upstream_req).await;
+    if let Some(t) = parts.extensions.get::<Timing>() {
+        t.upstream(sent.elapsed());
+    }
+    let answer = answer?;
     let mut resp = Resp::new(answer.body);
     *resp.status_mut() = answer.parts.status;
     let mut headers = answer.parts.headers;

@@ -11,6 +11,7 @@
 //! - `process`: protected mode, secrets out of logs, SIGTERM drain, `check-config`, `dev`;
 //! - `readiness`: `/readyz` through an upstream outage and refused credentials;
 //! - `reload`: SIGHUP and `POST /admin/reload` change settings without a restart;
+//! - `server_timing`: `Server-Timing` on hits, misses, joined fills and waiting creates, or off;
 //! - `upstream_faults`: upstream failures become 502 and 504 envelopes, and recovery.
 
 mod admin_endpoints;
@@ -23,4 +24,5 @@ mod observability;
 mod process;
 mod readiness;
 mod reload;
+mod server_timing;
 mod upstream_faults;
