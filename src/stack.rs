@@ -32,6 +32,7 @@ use crate::layers::server_timing::ServerTimingLayer;
 use crate::layers::switch::{OwnPipeline, Pipelines, RoutePipeline};
 use crate::layers::token::TokenLayer;
 use crate::layers::token_lease::TokenLease;
+use crate::layers::trace::TraceLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
 use crate::svc::{BoxError, Resp};
@@ -143,6 +144,8 @@ where
             cfg.server_timing,
         ))
         .layer_fn(StackService::new)
+        // The request's span, its parent the caller's `traceparent`, when traces are exported.
+        .option_layer(crate::telemetry::traces_on().then_some(TraceLayer))
         // `Server-Timing` on every answer made below, when on: what the steps below add to it.
         .option_layer(cfg.server_timing.then_some(ServerTimingLayer))
         // Every answer made below (our own errors too) is logged and counted.

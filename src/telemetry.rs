@@ -7,18 +7,28 @@
 //! line appears within that interval.
 //! Nothing is dropped: a buffer past [`MAX_BUFFER`] (stderr not keeping up) is written by the
 //! logging thread itself, which slows it down instead.
+//!
+//! Traces ([`traces`]) go through the same subscriber, as a layer of their own, when
+//! `[telemetry]` names a collector ([`init_for`]).
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::{Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, Settings, TraceSettings};
+
+mod traces;
+
+pub(crate) use traces::{SPANS_DROPPED, TRACE_TARGET, on as traces_on};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const MAX_BUFFER: usize = 8 * 1024 * 1024;
@@ -133,10 +143,15 @@ pub(crate) fn access_sink() -> Option<&'static AccessSink> {
 pub struct LogGuard {
     writer: BufferedStderr,
     thread: Option<JoinHandle<()>>,
+    /// The trace exporter, when on: its last spans are sent before the log's last lines.
+    traces: Option<SdkTracerProvider>,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
+        if let Some(p) = self.traces.take() {
+            let _ = p.shutdown();
+        }
         *self
             .writer
             .0
@@ -178,7 +193,21 @@ fn spawn_flusher(writer: BufferedStderr) -> JoinHandle<()> {
         .expect("spawn the log writer thread")
 }
 
+/// Logging alone (the simulator, `dev`, `check-config`).
 pub fn init(format: LogFormat, level: &str) -> LogGuard {
+    init_with(format, level, None)
+}
+
+/// Logging, and traces when the settings name a collector (`[telemetry]`).
+pub fn init_for(settings: &Settings) -> LogGuard {
+    init_with(
+        settings.log.format,
+        &settings.log.level,
+        settings.traces.as_ref(),
+    )
+}
+
+fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> LogGuard {
     let from_env = EnvFilter::try_from_default_env().ok();
     let fixed = from_env.is_some();
     let filter = from_env
@@ -194,10 +223,25 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
         LogFormat::Human => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    // Each layer filters for itself: the log lines by the level, and never the trace spans; the
+    // exporter takes the trace spans alone.
+    let fmt = fmt
+        .with_filter(filter)
+        .with_filter(filter_fn(|m| m.target() != TRACE_TARGET));
+    let provider = traces.and_then(|t| match traces::provider(t) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("traces are off: the exporter did not start: {e}");
+            None
+        }
+    });
+    let otel = provider.as_ref().map(|p| {
+        traces::layer(p).with_filter(Targets::new().with_target(TRACE_TARGET, Level::TRACE))
+    });
     // A second init (several servers in one process) keeps the first subscriber.
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
+        .with(otel)
         .try_init();
     if installed.is_ok() {
         if !fixed {
@@ -210,5 +254,9 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
         });
     }
     let thread = Some(spawn_flusher(writer.clone()));
-    LogGuard { writer, thread }
+    LogGuard {
+        writer,
+        thread,
+        traces: provider,
+    }
 }

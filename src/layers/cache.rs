@@ -30,21 +30,32 @@ use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled};
 use crate::error::{GatewayError, GatewayFuture};
 use crate::layers::server_timing::{CacheOutcome, Timing};
+use crate::layers::trace::{RequestSpan, child_span};
 use crate::routes::RouteMatch;
 use crate::single_flight::Role;
 use crate::svc::Resp;
 use crate::upstream::AccountHandle;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Clone)]
 pub(crate) struct CachingLayer {
     cache: Arc<Cache>,
+    fills: Arc<FillSpans>,
 }
 
 impl CachingLayer {
     pub(crate) fn new(cache: Arc<Cache>) -> Self {
-        CachingLayer { cache }
+        CachingLayer {
+            cache,
+            fills: Arc::default(),
+        }
     }
 }
+
+/// With traces on: the span of each fill in flight, by key, so that the requests joined to it
+/// link their waits to it.
+type FillSpans = std::sync::Mutex<std::collections::HashMap<CacheKey, SpanContext>>;
 
 impl<S> Layer<S> for CachingLayer {
     type Service = Caching<S>;
@@ -52,6 +63,7 @@ impl<S> Layer<S> for CachingLayer {
         Caching {
             inner,
             cache: self.cache.clone(),
+            fills: self.fills.clone(),
         }
     }
 }
@@ -60,6 +72,7 @@ impl<S> Layer<S> for CachingLayer {
 pub(crate) struct Caching<S> {
     inner: S,
     cache: Arc<Cache>,
+    fills: Arc<FillSpans>,
 }
 
 /// The entry's key of a call to a cached route; `None` for a body that is not JSON (the upstream
@@ -173,12 +186,14 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();
-        Box::pin(async move { cached(&cache, inner, call, key, no_cache).await })
+        let fills = self.fills.clone();
+        Box::pin(async move { cached(&cache, &fills, inner, call, key, no_cache).await })
     }
 }
 
 async fn cached<S>(
     cache: &Arc<Cache>,
+    fills: &FillSpans,
     inner: S,
     call: Call,
     key: CacheKey,
@@ -190,9 +205,13 @@ where
 {
     let route = key.route;
     let timing = Timing::of(&call.req).cloned();
-    let mark = |outcome| {
+    let span = RequestSpan::of(&call.req).cloned();
+    let mark = |outcome: CacheOutcome| {
         if let Some(t) = &timing {
             t.cache(outcome);
+        }
+        if let Some(s) = &span {
+            s.record("cache", outcome.desc());
         }
     };
     let fetch = async move { inner.oneshot(call).await.map(Answer::from_response) };
@@ -222,10 +241,22 @@ where
         _ => {}
     }
 
+    // Kept only for a fill's span.
+    let traced = span.as_ref().map(|p| (p, key.clone()));
     let flight = cache.fill(key, no_cache, fetch);
     let role = flight.role;
     let waiting = Instant::now();
+    let fill_span = traced
+        .as_ref()
+        .map(|(p, key)| fill_span(fills, p, key, role));
     let filled: Option<Arc<Filled>> = flight.wait().await;
+    if let (Some((_, key)), Role::Leader) = (&traced, role) {
+        fills
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+    drop(fill_span);
     // A leader's time in its fill is its upstream call's; a joined request waited for another's.
     if let (Some(t), Role::Joined) = (&timing, role) {
         t.waited(waiting.elapsed());
@@ -289,6 +320,33 @@ where
         status.push_str("; collapsed");
     }
     Ok(respond(answer, status, 0))
+}
+
+/// The span of a fill this request leads (`cache.fill`, known to the joiners by its key) or
+/// waits for (`cache.wait`, linked to the fill's span).
+fn fill_span(
+    fills: &FillSpans,
+    parent: &tracing::Span,
+    key: &CacheKey,
+    role: Role,
+) -> tracing::Span {
+    let mut fills = fills
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match role {
+        Role::Leader => {
+            let span = child_span!(parent, "cache.fill");
+            fills.insert(key.clone(), span.context().span().span_context().clone());
+            span
+        }
+        Role::Joined => {
+            let span = child_span!(parent, "cache.wait");
+            if let Some(fill) = fills.get(key) {
+                span.add_link(fill.clone());
+            }
+            span
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
 use crate::layers::request_id::{self, X_REQUEST_ID};
 use crate::layers::server_timing::{self, SERVER_TIMING};
+use crate::layers::trace;
 use crate::routes::{Route, RouteTable, check_query};
 use crate::svc::Resp;
 
@@ -49,6 +50,8 @@ struct Shared {
     lookups: Vec<OnceLock<IntCounter>>,
     /// `[server] server_timing`: a hit's answer says `cache;desc=hit` and its time.
     server_timing: bool,
+    /// Whether this process exports traces: a hit makes its span.
+    traces: bool,
 }
 
 impl CacheHitLayer {
@@ -67,6 +70,7 @@ impl CacheHitLayer {
                 lookups: routes.iter().map(|_| OnceLock::new()).collect(),
                 routes,
                 server_timing,
+                traces: crate::telemetry::traces_on(),
             }),
         }
     }
@@ -162,6 +166,19 @@ impl Shared {
         };
         self.recorder.finish(Some(route), StatusCode::OK, &line);
         resp.headers_mut().insert(X_REQUEST_ID, id);
+        if self.traces {
+            trace::hit(
+                req.headers(),
+                route,
+                &caller.client,
+                &caller.account.name,
+                entry
+                    .answer
+                    .head
+                    .as_ref()
+                    .and_then(|h| h.trace_id.as_deref()),
+            );
+        }
         if self.server_timing {
             resp.headers_mut()
                 .insert(SERVER_TIMING, server_timing::hit(started.elapsed()));

@@ -22,4 +22,5 @@ pub(crate) mod switch;
 pub(crate) mod testing;
 pub(crate) mod token;
 pub(crate) mod token_lease;
+pub(crate) mod trace;
 pub(crate) mod validate;

@@ -22,6 +22,7 @@ use crate::clock::{retry_secs, secs_ceil};
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture, RateLimitHeaders};
 use crate::layers::server_timing::Timing;
+use crate::layers::trace::{RequestSpan, child_span};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
@@ -114,6 +115,11 @@ fn upstream_retry_after(resp: &Resp) -> Option<Duration> {
             .and_then(|t| t.trim().parse::<u64>().ok())
             .map_or(Duration::MAX, Duration::from_secs),
     )
+}
+
+/// The span of a wait for a slot, when traces are on.
+fn wait_span(spend: &Spend) -> Option<tracing::Span> {
+    RequestSpan::of(&spend.call.req).map(|p| child_span!(p, "rate_limit.wait"))
 }
 
 /// Adds a wait for a slot to the request's `Server-Timing`.
@@ -214,7 +220,9 @@ where
                         // Even a zero sleep would wait for the timer's next tick (a millisecond).
                         if !wait.is_zero() {
                             let slept = Instant::now();
+                            let span = wait_span(&spend);
                             tokio::time::sleep(wait).await;
+                            drop(span);
                             waited(&spend, slept);
                         }
                         let mut resp = inner.clone().oneshot(spend.clone()).await?;
@@ -229,7 +237,9 @@ where
                                 tracing::debug!(route = %route, "upstream answered 220025; retrying at the next slot");
                                 if told.is_some() {
                                     let slept = Instant::now();
+                                    let span = wait_span(&spend);
                                     tokio::time::sleep_until(at).await;
+                                    drop(span);
                                     waited(&spend, slept);
                                 }
                                 continue;

@@ -33,7 +33,7 @@ pub(crate) enum CacheOutcome {
 }
 
 impl CacheOutcome {
-    fn desc(self) -> &'static str {
+    pub(crate) fn desc(self) -> &'static str {
         match self {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
