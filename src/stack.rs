@@ -145,7 +145,7 @@ where
         ))
         .layer_fn(StackService::new)
         // The request's span, its parent the caller's `traceparent`, when traces are exported.
-        .option_layer(crate::telemetry::traces_on().then_some(TraceLayer))
+        .option_layer(crate::telemetry::traces_on().then(|| TraceLayer::new(routes.clone())))
         // `Server-Timing` on every answer made below, when on: what the steps below add to it.
         .option_layer(cfg.server_timing.then_some(ServerTimingLayer))
         // Every answer made below (our own errors too) is logged and counted.

@@ -214,6 +214,9 @@ where
             s.record("cache", outcome.desc());
         }
     };
+    if let Some(s) = &span {
+        s.record("account", &*call.caller.account.name);
+    }
     let fetch = async move { inner.oneshot(call).await.map(Answer::from_response) };
 
     // A refresh drops the stored entry in its fill (see `Cache::fill`), not here: here it would

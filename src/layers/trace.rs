@@ -8,6 +8,7 @@
 //! With traces off this layer is not in the stack and no request carries a [`RequestSpan`], so
 //! no step makes a span; a fresh hit asks one `bool` ([`hit`] is called only when on).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, Request};
@@ -23,7 +24,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::admitted::{AccountName, ClientName, FlowAnswer};
 use crate::envelope::EnvelopeHead;
 use crate::layers::access_log::method_label;
-use crate::routes::{GatewayRoute, Route};
+use crate::routes::{GatewayRoute, Route, RouteTable};
 use crate::svc::{Resp, RespFuture};
 use crate::telemetry::TRACE_TARGET;
 
@@ -56,16 +57,17 @@ impl RequestSpan {
     }
 }
 
-/// A new `request` span, the caller's `traceparent` its parent when it names a valid one.
-fn request_span(headers: &HeaderMap, method: &'static str) -> Span {
+/// A new `request` span named `METHOD route` (the name is fixed once the span starts), the
+/// caller's `traceparent` its parent when it names a valid one.
+fn request_span(headers: &HeaderMap, method: &'static str, route: Option<&'static str>) -> Span {
     let span = tracing::info_span!(
         target: TRACE_TARGET,
         "request",
-        otel.name = method,
+        otel.name = %SpanName(method, route),
+        http.route = route,
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method,
-        http.route = Empty,
         http.response.status_code = Empty,
         client = Empty,
         account = Empty,
@@ -86,10 +88,17 @@ pub(crate) fn inject(span: &Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
-/// Records the route on the request's span (its name becomes `METHOD route`).
-fn record_route(span: &Span, method: &'static str, route: &'static str) {
-    span.record("http.route", route);
-    span.record("otel.name", format!("{method} {route}"));
+/// `METHOD route`, or the method alone for a path no route matches (OpenTelemetry's HTTP server
+/// span name).
+struct SpanName(&'static str, Option<&'static str>);
+
+impl std::fmt::Display for SpanName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(route) => write!(f, "{} {route}", self.0),
+            None => f.write_str(self.0),
+        }
+    }
 }
 
 fn record_status(span: &Span, status: u16) {
@@ -109,8 +118,7 @@ pub(crate) fn hit(
     upstream_trace: Option<&str>,
 ) {
     let method = method_label(route.method());
-    let span = request_span(headers, method);
-    record_route(&span, method, route.as_str());
+    let span = request_span(headers, method, Some(route.as_str()));
     record_status(&span, 200);
     span.record("client", client);
     span.record("account", account);
@@ -121,14 +129,10 @@ pub(crate) fn hit(
 }
 
 /// What the answer says about the request, on its span.
-fn finish(span: &Span, method: &'static str, resp: &Resp) {
+fn finish(span: &Span, resp: &Resp) {
     let ext = resp.extensions();
-    let route = ext
-        .get::<Route>()
-        .map(|r| r.as_str())
-        .or_else(|| ext.get::<GatewayRoute>().map(|r| r.as_str()));
-    if let Some(route) = route {
-        record_route(span, method, route);
+    if let Some(own) = ext.get::<GatewayRoute>() {
+        span.record("http.route", own.as_str());
     }
     record_status(span, resp.status().as_u16());
     if let Some(c) = ext.get::<ClientName>() {
@@ -158,19 +162,33 @@ fn finish(span: &Span, method: &'static str, resp: &Resp) {
 // === impl TraceLayer ===
 
 /// Gives each request its span, and records its answer on it.
-#[derive(Clone, Copy)]
-pub(crate) struct TraceLayer;
+#[derive(Clone)]
+pub(crate) struct TraceLayer {
+    /// To name the span by its route from the start (the route is matched again, with traces on
+    /// only: the span's name cannot change once it started).
+    routes: Arc<RouteTable>,
+}
+
+impl TraceLayer {
+    pub(crate) fn new(routes: Arc<RouteTable>) -> TraceLayer {
+        TraceLayer { routes }
+    }
+}
 
 impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Trace { inner }
+        Trace {
+            inner,
+            routes: self.routes.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub(crate) struct Trace<S> {
     inner: S,
+    routes: Arc<RouteTable>,
 }
 
 impl<S, B> Service<Request<B>> for Trace<S>
@@ -188,12 +206,16 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> RespFuture {
         let method = method_label(req.method());
-        let span = request_span(req.headers(), method);
+        let route = self
+            .routes
+            .classify(req.method(), req.uri().path())
+            .map(|m| m.route.as_str());
+        let span = request_span(req.headers(), method, route);
         req.extensions_mut().insert(RequestSpan(span.clone()));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
-            finish(&span, method, &resp);
+            finish(&span, &resp);
             Ok(resp)
         })
     }

@@ -12,6 +12,7 @@
 //! - `readiness`: `/readyz` through an upstream outage and refused credentials;
 //! - `reload`: SIGHUP and `POST /admin/reload` change settings without a restart;
 //! - `server_timing`: `Server-Timing` on hits, misses, joined fills and waiting creates, or off;
+//! - `traces`: spans exported over OTLP to a collector the test runs, and one that is down;
 //! - `upstream_faults`: upstream failures become 502 and 504 envelopes, and recovery.
 
 mod admin_endpoints;
@@ -25,4 +26,5 @@ mod process;
 mod readiness;
 mod reload;
 mod server_timing;
+mod traces;
 mod upstream_faults;
