@@ -249,16 +249,8 @@ where
     let flight = cache.fill(key, no_cache, fetch);
     let role = flight.role;
     let waiting = Instant::now();
-    let fill_span = traced
-        .as_ref()
-        .map(|(p, key)| fill_span(fills, p, key, role));
+    let fill_span = traced.map(|(p, key)| FillSpan::start(fills, p, key, role));
     let filled: Option<Arc<Filled>> = flight.wait().await;
-    if let (Some((_, key)), Role::Leader) = (&traced, role) {
-        fills
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
-    }
     drop(fill_span);
     // A leader's time in its fill is its upstream call's; a joined request waited for another's.
     if let (Some(t), Role::Joined) = (&timing, role) {
@@ -326,28 +318,52 @@ where
 }
 
 /// The span of a fill this request leads (`cache.fill`, known to the joiners by its key) or
-/// waits for (`cache.wait`, linked to the fill's span).
-fn fill_span(
-    fills: &FillSpans,
-    parent: &tracing::Span,
-    key: &CacheKey,
-    role: Role,
-) -> tracing::Span {
-    let mut fills = fills
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match role {
-        Role::Leader => {
-            let span = child_span!(parent, "cache.fill");
-            fills.insert(key.clone(), span.context().span().span_context().clone());
-            span
-        }
-        Role::Joined => {
-            let span = child_span!(parent, "cache.wait");
-            if let Some(fill) = fills.get(key) {
-                span.add_link(fill.clone());
+/// waits for (`cache.wait`, linked to the fill's span). A leader's key is forgotten when it ends,
+/// the request cancelled included.
+struct FillSpan<'a> {
+    _span: tracing::Span,
+    leads: Option<(&'a FillSpans, CacheKey, SpanContext)>,
+}
+
+impl<'a> FillSpan<'a> {
+    fn start(fills: &'a FillSpans, parent: &tracing::Span, key: CacheKey, role: Role) -> Self {
+        let mut known = fills
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match role {
+            Role::Leader => {
+                let span = child_span!(parent, "cache.fill");
+                let cx = span.context().span().span_context().clone();
+                known.insert(key.clone(), cx.clone());
+                FillSpan {
+                    _span: span,
+                    leads: Some((fills, key, cx)),
+                }
             }
-            span
+            Role::Joined => {
+                let span = child_span!(parent, "cache.wait");
+                if let Some(fill) = known.get(&key) {
+                    span.add_link(fill.clone());
+                }
+                FillSpan {
+                    _span: span,
+                    leads: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FillSpan<'_> {
+    fn drop(&mut self) {
+        if let Some((fills, key, cx)) = self.leads.take() {
+            let mut known = fills
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A later fill of the key may have taken the place already.
+            if known.get(&key) == Some(&cx) {
+                known.remove(&key);
+            }
         }
     }
 }
