@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
-use tracing_subscriber::filter::{Targets, filter_fn};
+use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -128,7 +128,7 @@ pub(crate) fn set_level(level: &str) -> Result<(), String> {
     };
     handle.reload(filter).map_err(|e| e.to_string())?;
     if let Some(sink) = ACCESS_SINK.get() {
-        let on = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO);
+        let on = EnvFilter::try_new(level).is_ok_and(access_on);
         sink.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
@@ -207,12 +207,29 @@ pub fn init_for(settings: &Settings) -> LogGuard {
     )
 }
 
-fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> LogGuard {
-    let from_env = EnvFilter::try_from_default_env().ok();
-    let fixed = from_env.is_some();
-    let filter = from_env
+/// The filter the log lines go through: `RUST_LOG`, else the configured level, else `info`.
+fn active_filter(level: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .ok()
         .or_else(|| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
+/// Whether `filter` lets access lines through. Asked of the filter alone, in a subscriber of its
+/// own: the process's subscriber filters per layer (the log lines, the trace spans), and
+/// `enabled!` there answers for every layer together.
+fn access_on(filter: EnvFilter) -> bool {
+    let probe = tracing::Dispatch::new(tracing_subscriber::registry().with(filter));
+    tracing::dispatcher::with_default(
+        &probe,
+        || tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO),
+    )
+}
+
+fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> LogGuard {
+    let fixed =
+        std::env::var_os("RUST_LOG").is_some_and(|_| EnvFilter::try_from_default_env().is_ok());
+    let filter = active_filter(level);
     let (filter, handle) = reload::Layer::new(filter);
     let writer = BufferedStderr::default();
     let fmt = tracing_subscriber::fmt::layer()
@@ -225,9 +242,8 @@ fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> 
     };
     // Each layer filters for itself: the log lines by the level, and never the trace spans; the
     // exporter takes the trace spans alone.
-    let fmt = fmt
-        .with_filter(filter)
-        .with_filter(filter_fn(|m| m.target() != TRACE_TARGET));
+    // One filter, not two nested: a nested one is not asked by `enabled!`.
+    let fmt = fmt.with_filter(filter.and(filter_fn(|m| m.target() != TRACE_TARGET)));
     let provider = traces.and_then(|t| match traces::provider(t) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -250,7 +266,7 @@ fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> 
         let _ = ACCESS_SINK.set(AccessSink {
             writer: writer.clone(),
             format,
-            enabled: tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).into(),
+            enabled: access_on(active_filter(level)).into(),
         });
     }
     let thread = Some(spawn_flusher(writer.clone()));
