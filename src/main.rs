@@ -267,7 +267,7 @@ async fn run(command: Command) -> ExitCode {
 async fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<(), StartError> {
     let file = FileConfig::load(path.as_deref())?;
     let settings = Settings::resolve(file, &overrides, &config::process_env)?;
-    let _log = telemetry::init(settings.log.format, &settings.log.level);
+    let _log = telemetry::init_for(&settings);
     let server = Server::bind(settings)
         .await?
         .with_reload(Source { path, overrides });

@@ -358,6 +358,11 @@ impl Metrics {
             ),
             registry,
         };
+        // The trace exporter is one per process, and so is its drop counter: every gateway's
+        // registry shows it.
+        m.registry
+            .register(Box::new(crate::telemetry::SPANS_DROPPED.clone()))
+            .expect("registered once");
         for listener in LISTENERS {
             m.connections_open.with_label_values(&[listener]);
             for reason in CLOSE_REASONS {

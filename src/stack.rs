@@ -28,9 +28,11 @@ use crate::layers::invalidate::InvalidateLayer;
 use crate::layers::ledger::LedgerLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::SetRequestIdLayer;
+use crate::layers::server_timing::ServerTimingLayer;
 use crate::layers::switch::{OwnPipeline, Pipelines, RoutePipeline};
 use crate::layers::token::TokenLayer;
 use crate::layers::token_lease::TokenLease;
+use crate::layers::trace::TraceLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
 use crate::svc::{BoxError, Resp};
@@ -139,8 +141,13 @@ where
             cache,
             recorder.clone(),
             routes.clone(),
+            cfg.server_timing,
         ))
         .layer_fn(StackService::new)
+        // The request's span, its parent the caller's `traceparent`, when traces are exported.
+        .option_layer(crate::telemetry::traces_on().then(|| TraceLayer::new(routes.clone())))
+        // `Server-Timing` on every answer made below, when on: what the steps below add to it.
+        .option_layer(cfg.server_timing.then_some(ServerTimingLayer))
         // Every answer made below (our own errors too) is logged and counted.
         .layer(AccessLogLayer::new(recorder))
         // Before anything can fail, so every error envelope carries the request's id.

@@ -7,18 +7,28 @@
 //! line appears within that interval.
 //! Nothing is dropped: a buffer past [`MAX_BUFFER`] (stderr not keeping up) is written by the
 //! logging thread itself, which slows it down instead.
+//!
+//! Traces ([`traces`]) go through the same subscriber, as a layer of their own, when
+//! `[telemetry]` names a collector ([`init_for`]).
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, Settings, TraceSettings};
+
+mod traces;
+
+pub(crate) use traces::{SPANS_DROPPED, TRACE_TARGET, on as traces_on};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const MAX_BUFFER: usize = 8 * 1024 * 1024;
@@ -118,7 +128,7 @@ pub(crate) fn set_level(level: &str) -> Result<(), String> {
     };
     handle.reload(filter).map_err(|e| e.to_string())?;
     if let Some(sink) = ACCESS_SINK.get() {
-        let on = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO);
+        let on = EnvFilter::try_new(level).is_ok_and(access_on);
         sink.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
@@ -133,10 +143,15 @@ pub(crate) fn access_sink() -> Option<&'static AccessSink> {
 pub struct LogGuard {
     writer: BufferedStderr,
     thread: Option<JoinHandle<()>>,
+    /// The trace exporter, when on: its last spans are sent before the log's last lines.
+    traces: Option<SdkTracerProvider>,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
+        if let Some(p) = self.traces.take() {
+            let _ = p.shutdown();
+        }
         *self
             .writer
             .0
@@ -178,12 +193,43 @@ fn spawn_flusher(writer: BufferedStderr) -> JoinHandle<()> {
         .expect("spawn the log writer thread")
 }
 
+/// Logging alone (the simulator, `dev`, `check-config`).
 pub fn init(format: LogFormat, level: &str) -> LogGuard {
-    let from_env = EnvFilter::try_from_default_env().ok();
-    let fixed = from_env.is_some();
-    let filter = from_env
+    init_with(format, level, None)
+}
+
+/// Logging, and traces when the settings name a collector (`[telemetry]`).
+pub fn init_for(settings: &Settings) -> LogGuard {
+    init_with(
+        settings.log.format,
+        &settings.log.level,
+        settings.traces.as_ref(),
+    )
+}
+
+/// The filter the log lines go through: `RUST_LOG`, else the configured level, else `info`.
+fn active_filter(level: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .ok()
         .or_else(|| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
+/// Whether `filter` lets access lines through. Asked of the filter alone, in a subscriber of its
+/// own: the process's subscriber filters per layer (the log lines, the trace spans), and
+/// `enabled!` there answers for every layer together.
+fn access_on(filter: EnvFilter) -> bool {
+    let probe = tracing::Dispatch::new(tracing_subscriber::registry().with(filter));
+    tracing::dispatcher::with_default(
+        &probe,
+        || tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO),
+    )
+}
+
+fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> LogGuard {
+    let fixed =
+        std::env::var_os("RUST_LOG").is_some_and(|_| EnvFilter::try_from_default_env().is_ok());
+    let filter = active_filter(level);
     let (filter, handle) = reload::Layer::new(filter);
     let writer = BufferedStderr::default();
     let fmt = tracing_subscriber::fmt::layer()
@@ -194,10 +240,24 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
         LogFormat::Human => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    // Each layer filters for itself: the log lines by the level, and never the trace spans; the
+    // exporter takes the trace spans alone.
+    // One filter, not two nested: a nested one is not asked by `enabled!`.
+    let fmt = fmt.with_filter(filter.and(filter_fn(|m| m.target() != TRACE_TARGET)));
+    let provider = traces.and_then(|t| match traces::provider(t) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("traces are off: the exporter did not start: {e}");
+            None
+        }
+    });
+    let otel = provider.as_ref().map(|p| {
+        traces::layer(p).with_filter(Targets::new().with_target(TRACE_TARGET, Level::TRACE))
+    });
     // A second init (several servers in one process) keeps the first subscriber.
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
+        .with(otel)
         .try_init();
     if installed.is_ok() {
         if !fixed {
@@ -206,9 +266,13 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
         let _ = ACCESS_SINK.set(AccessSink {
             writer: writer.clone(),
             format,
-            enabled: tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).into(),
+            enabled: access_on(active_filter(level)).into(),
         });
     }
     let thread = Some(spawn_flusher(writer.clone()));
-    LogGuard { writer, thread }
+    LogGuard {
+        writer,
+        thread,
+        traces: provider,
+    }
 }

@@ -11,6 +11,7 @@ use super::ledger::LedgerConfig;
 use super::log::LogConfig;
 use super::redis::RedisConfig;
 use super::server::ServerConfig;
+use super::telemetry::TelemetryConfig;
 use super::token::TokenConfig;
 use super::upstream::UpstreamConfig;
 use super::webhooks::WebhookConfig;
@@ -33,6 +34,7 @@ pub struct FileConfig {
     pub(crate) cache: CacheConfig,
     pub(crate) create: CreateConfig,
     pub(crate) ledger: LedgerConfig,
+    pub(crate) telemetry: TelemetryConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,

@@ -36,6 +36,7 @@ mod mask;
 mod overrides;
 mod redis;
 mod server;
+mod telemetry;
 mod tls;
 mod token;
 mod upstream;
@@ -58,6 +59,7 @@ use mask::mask_opt;
 pub use overrides::Overrides;
 pub use redis::{CreatesWhenDown, RedisConfig};
 pub use server::ServerConfig;
+pub(crate) use telemetry::{Sampling, TraceSettings};
 pub(crate) use token::TokenConfig;
 pub(crate) use upstream::Egress;
 pub use upstream::UpstreamConfig;
@@ -78,6 +80,9 @@ pub struct Settings {
     pub(crate) cache: CacheSettings,
     pub(crate) create: CreateSettings,
     pub(crate) ledger: LedgerConfig,
+    /// `[telemetry]`: traces, when exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) traces: Option<TraceSettings>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "mask_opt")]
     pub(crate) admin_key_sha256: Option<[u8; 32]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,6 +176,7 @@ impl Settings {
         let cache = file.cache.resolve(&routes)?;
         let mut create = file.create.resolve(&routes)?;
         let ledger = file.ledger.resolve(env)?;
+        let traces = file.telemetry.resolve(env)?;
         let accounts = accounts::resolve(&file.accounts, &upstream, env)?;
         let clients = clients::resolve(&file.clients, &accounts, &routes)?;
         create.budget.know_names(
@@ -191,6 +197,7 @@ impl Settings {
             cache,
             create,
             ledger,
+            traces,
             admin_key_sha256,
             redis,
             accounts,

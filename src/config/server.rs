@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// With TLS: clients must present a certificate signed by a CA of this PEM file (mTLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tls_client_ca_file: Option<PathBuf>,
+    /// `Server-Timing` on the data plane's answers (cache, upstream, wait, total).
+    pub(crate) server_timing: bool,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +86,7 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
+            server_timing: true,
         }
     }
 }

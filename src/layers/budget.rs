@@ -14,6 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::admitted::Spend;
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture};
+use crate::layers::trace::{RequestSpan, child_span};
 use crate::metrics::Metrics;
 use crate::protect::budget::{Budget, BudgetEvent};
 use crate::svc::Resp;
@@ -155,7 +156,10 @@ where
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            match layer.budget.admit(&account, &client, gb, now).await {
+            let span = RequestSpan::of(&spend.call.req).map(|p| child_span!(p, "budget.admit"));
+            let admitted = layer.budget.admit(&account, &client, gb, now).await;
+            drop(span);
+            match admitted {
                 Err(_) => Err(GatewayError::SharedStateDown(route)),
                 Ok(Ok(admission)) => {
                     for event in &admission.events {

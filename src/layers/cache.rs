@@ -29,21 +29,33 @@ use crate::cache::key::{CacheKey, canonical_json};
 use crate::cache::stored::HIT_HEADERS;
 use crate::cache::{Cache, Filled};
 use crate::error::{GatewayError, GatewayFuture};
+use crate::layers::server_timing::{CacheOutcome, Timing};
+use crate::layers::trace::{RequestSpan, child_span};
 use crate::routes::RouteMatch;
 use crate::single_flight::Role;
 use crate::svc::Resp;
 use crate::upstream::AccountHandle;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Clone)]
 pub(crate) struct CachingLayer {
     cache: Arc<Cache>,
+    fills: Arc<FillSpans>,
 }
 
 impl CachingLayer {
     pub(crate) fn new(cache: Arc<Cache>) -> Self {
-        CachingLayer { cache }
+        CachingLayer {
+            cache,
+            fills: Arc::default(),
+        }
     }
 }
+
+/// With traces on: the span of each fill in flight, by key, so that the requests joined to it
+/// link their waits to it.
+type FillSpans = std::sync::Mutex<std::collections::HashMap<CacheKey, SpanContext>>;
 
 impl<S> Layer<S> for CachingLayer {
     type Service = Caching<S>;
@@ -51,6 +63,7 @@ impl<S> Layer<S> for CachingLayer {
         Caching {
             inner,
             cache: self.cache.clone(),
+            fills: self.fills.clone(),
         }
     }
 }
@@ -59,6 +72,7 @@ impl<S> Layer<S> for CachingLayer {
 pub(crate) struct Caching<S> {
     inner: S,
     cache: Arc<Cache>,
+    fills: Arc<FillSpans>,
 }
 
 /// The entry's key of a call to a cached route; `None` for a body that is not JSON (the upstream
@@ -122,7 +136,7 @@ fn from_entry(entry: &Entry, params: &str, now: Instant) -> Resp {
 
 /// A hit, with the upstream's envelope head for the layers above.
 fn hit(entry: &Entry, now: Instant) -> Resp {
-    let mut resp = bare_hit(entry, now);
+    let mut resp = bare_hit(entry, now, 0);
     if let Some(head) = &entry.answer.head {
         resp.extensions_mut().insert(head.clone());
     }
@@ -131,9 +145,10 @@ fn hit(entry: &Entry, now: Instant) -> Resp {
 
 /// A hit without extensions: the stored headers in a map with room for the ones the gateway adds
 /// (`Cache-Status`, `Age`, and the `X-Request-Id` its caller sets), so none of them grows it; the
-/// values of the first two come from static tables. The entry keeps nothing of its hits.
-pub(crate) fn bare_hit(entry: &Entry, now: Instant) -> Resp {
-    let mut headers = entry.answer.header_map(HIT_HEADERS);
+/// values of the first two come from static tables; `room` more for what the caller adds
+/// (`Server-Timing`). The entry keeps nothing of its hits.
+pub(crate) fn bare_hit(entry: &Entry, now: Instant, room: usize) -> Resp {
+    let mut headers = entry.answer.header_map(HIT_HEADERS + room);
     headers.insert(
         CACHE_STATUS,
         hit_values::cache_status_hit(entry.ttl_secs(now)),
@@ -171,12 +186,14 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();
-        Box::pin(async move { cached(&cache, inner, call, key, no_cache).await })
+        let fills = self.fills.clone();
+        Box::pin(async move { cached(&cache, &fills, inner, call, key, no_cache).await })
     }
 }
 
 async fn cached<S>(
     cache: &Arc<Cache>,
+    fills: &FillSpans,
     inner: S,
     call: Call,
     key: CacheKey,
@@ -187,6 +204,19 @@ where
     S::Future: Send,
 {
     let route = key.route;
+    let timing = Timing::of(&call.req).cloned();
+    let span = RequestSpan::of(&call.req).cloned();
+    let mark = |outcome: CacheOutcome| {
+        if let Some(t) = &timing {
+            t.cache(outcome);
+        }
+        if let Some(s) = &span {
+            s.record("cache", outcome.desc());
+        }
+    };
+    if let Some(s) = &span {
+        s.record("account", &*call.caller.account.name);
+    }
     let fetch = async move { inner.oneshot(call).await.map(Answer::from_response) };
 
     // A refresh drops the stored entry in its fill (see `Cache::fill`), not here: here it would
@@ -201,10 +231,12 @@ where
     match (&stored_entry, freshness) {
         (Some(entry), Some(Freshness::Fresh(_))) => {
             cache.record_lookup(route, "hit");
+            mark(CacheOutcome::Hit);
             return Ok(hit(entry, now));
         }
         (Some(entry), Some(Freshness::Revalidate)) => {
             cache.record_lookup(route, "stale");
+            mark(CacheOutcome::Stale);
             // One background refresh per key; this request does not wait for it.
             drop(cache.fill(key, false, fetch));
             return Ok(from_entry(entry, "fwd=stale; detail=revalidating", now));
@@ -212,12 +244,22 @@ where
         _ => {}
     }
 
+    // Kept only for a fill's span.
+    let traced = span.as_ref().map(|p| (p, key.clone()));
     let flight = cache.fill(key, no_cache, fetch);
     let role = flight.role;
+    let waiting = Instant::now();
+    let fill_span = traced.map(|(p, key)| FillSpan::start(fills, p, key, role));
     let filled: Option<Arc<Filled>> = flight.wait().await;
+    drop(fill_span);
+    // A leader's time in its fill is its upstream call's; a joined request waited for another's.
+    if let (Some(t), Role::Joined) = (&timing, role) {
+        t.waited(waiting.elapsed());
+    }
     let (answer, stored) = match filled.as_deref() {
         Some(Filled::Found(entry)) => {
             cache.record_lookup(route, "hit");
+            mark(CacheOutcome::Hit);
             return Ok(hit(entry, Instant::now()));
         }
         Some(Filled::Fetched { answer, stored }) => (Some(answer), *stored),
@@ -230,6 +272,7 @@ where
     };
     if let Some(entry) = stored_entry.filter(|_| failed) {
         cache.record_lookup(route, "stale");
+        mark(CacheOutcome::Stale);
         let fwd_status = match answer {
             Some(Ok(a)) => a.status.as_u16(),
             Some(Err(e)) => e.status_and_code().0.as_u16(),
@@ -238,6 +281,7 @@ where
         let params = format!("fwd=stale; fwd-status={fwd_status}; detail=stale-if-error");
         return Ok(from_entry(&entry, &params, Instant::now()));
     }
+    mark(CacheOutcome::Miss);
     let answer = match answer {
         Some(Ok(answer)) => answer,
         // Each waiter's own refusal, with its own request id.
@@ -271,6 +315,57 @@ where
         status.push_str("; collapsed");
     }
     Ok(respond(answer, status, 0))
+}
+
+/// The span of a fill this request leads (`cache.fill`, known to the joiners by its key) or
+/// waits for (`cache.wait`, linked to the fill's span). A leader's key is forgotten when it ends,
+/// the request cancelled included.
+struct FillSpan<'a> {
+    _span: tracing::Span,
+    leads: Option<(&'a FillSpans, CacheKey, SpanContext)>,
+}
+
+impl<'a> FillSpan<'a> {
+    fn start(fills: &'a FillSpans, parent: &tracing::Span, key: CacheKey, role: Role) -> Self {
+        let mut known = fills
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match role {
+            Role::Leader => {
+                let span = child_span!(parent, "cache.fill");
+                let cx = span.context().span().span_context().clone();
+                known.insert(key.clone(), cx.clone());
+                FillSpan {
+                    _span: span,
+                    leads: Some((fills, key, cx)),
+                }
+            }
+            Role::Joined => {
+                let span = child_span!(parent, "cache.wait");
+                if let Some(fill) = known.get(&key) {
+                    span.add_link(fill.clone());
+                }
+                FillSpan {
+                    _span: span,
+                    leads: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FillSpan<'_> {
+    fn drop(&mut self) {
+        if let Some((fills, key, cx)) = self.leads.take() {
+            let mut known = fills
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A later fill of the key may have taken the place already.
+            if known.get(&key) == Some(&cx) {
+                known.remove(&key);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ use crate::layers::access_log::{Line, Recorder, method_label};
 use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
 use crate::layers::request_id::{self, X_REQUEST_ID};
+use crate::layers::server_timing::{self, SERVER_TIMING};
+use crate::layers::trace;
 use crate::routes::{Route, RouteTable, check_query};
 use crate::svc::Resp;
 
@@ -46,6 +48,10 @@ struct Shared {
     routes: Arc<RouteTable>,
     /// `cache_lookups{route, "hit"}` by route index, resolved on the route's first hit.
     lookups: Vec<OnceLock<IntCounter>>,
+    /// `[server] server_timing`: a hit's answer says `cache;desc=hit` and its time.
+    server_timing: bool,
+    /// Whether this process exports traces: a hit makes its span.
+    traces: bool,
 }
 
 impl CacheHitLayer {
@@ -54,6 +60,7 @@ impl CacheHitLayer {
         cache: Arc<Cache>,
         recorder: Arc<Recorder>,
         routes: Arc<RouteTable>,
+        server_timing: bool,
     ) -> CacheHitLayer {
         CacheHitLayer {
             shared: Arc::new(Shared {
@@ -62,6 +69,8 @@ impl CacheHitLayer {
                 recorder,
                 lookups: routes.iter().map(|_| OnceLock::new()).collect(),
                 routes,
+                server_timing,
+                traces: crate::telemetry::traces_on(),
             }),
         }
     }
@@ -135,7 +144,7 @@ impl Shared {
         };
 
         let in_flight = self.recorder.in_flight();
-        let mut resp = bare_hit(&entry, started);
+        let mut resp = bare_hit(&entry, started, usize::from(self.server_timing));
         let id = request_id::pick(req.headers());
         self.lookups_of(route).inc();
         drop(in_flight);
@@ -157,6 +166,23 @@ impl Shared {
         };
         self.recorder.finish(Some(route), StatusCode::OK, &line);
         resp.headers_mut().insert(X_REQUEST_ID, id);
+        if self.traces {
+            trace::hit(
+                req.headers(),
+                route,
+                &caller.client,
+                &caller.account.name,
+                entry
+                    .answer
+                    .head
+                    .as_ref()
+                    .and_then(|h| h.trace_id.as_deref()),
+            );
+        }
+        if self.server_timing {
+            resp.headers_mut()
+                .insert(SERVER_TIMING, server_timing::hit(started.elapsed()));
+        }
         Ok(resp)
     }
 }

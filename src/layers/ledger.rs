@@ -26,6 +26,7 @@ use crate::config::OnFailure;
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture};
 use crate::layers::switch::RoutePipeline;
+use crate::layers::trace::{RequestSpan, child_span};
 use crate::ledger::{Ledger, LedgerError, NewEntry, Outcome, Settlement, StoredAnswer, new_id};
 use crate::metrics::Metrics;
 use crate::protect::create::{Intent, Priors, fingerprint};
@@ -209,7 +210,10 @@ where
             let id: Arc<str> = new_id(now_ms()).into();
             let mut entry = new_entry(&spend, &id);
             entry.replica = books.replica.to_string();
-            if let Err(e) = books.write(books.ledger.open(&entry)).await {
+            let span = RequestSpan::of(&spend.call.req).map(|p| child_span!(p, "ledger.write"));
+            let opened = books.write(books.ledger.open(&entry)).await;
+            drop(span);
+            if let Err(e) = opened {
                 tracing::error!(route = %route, error = %e, "ledger: cannot open an entry");
                 return match books.on_failure {
                     OnFailure::Refuse => Err(GatewayError::LedgerDown(route.as_str())),

@@ -16,9 +16,11 @@ pub(crate) mod invalidate;
 pub(crate) mod ledger;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
+pub(crate) mod server_timing;
 pub(crate) mod switch;
 #[cfg(test)]
 pub(crate) mod testing;
 pub(crate) mod token;
 pub(crate) mod token_lease;
+pub(crate) mod trace;
 pub(crate) mod validate;

@@ -21,6 +21,8 @@ use crate::admitted::Spend;
 use crate::clock::{retry_secs, secs_ceil};
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture, RateLimitHeaders};
+use crate::layers::server_timing::Timing;
+use crate::layers::trace::{RequestSpan, child_span};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
@@ -115,6 +117,18 @@ fn upstream_retry_after(resp: &Resp) -> Option<Duration> {
     )
 }
 
+/// The span of a wait for a slot, when traces are on.
+fn wait_span(spend: &Spend) -> Option<tracing::Span> {
+    RequestSpan::of(&spend.call.req).map(|p| child_span!(p, "rate_limit.wait"))
+}
+
+/// Adds a wait for a slot to the request's `Server-Timing`.
+fn waited(spend: &Spend, since: Instant) {
+    if let Some(t) = Timing::of(&spend.call.req) {
+        t.waited(since.elapsed());
+    }
+}
+
 /// Caps an upstream `Retry-After` passed back to the client at `max_wait` (at least 1 s).
 fn clamp_retry_after(resp: &mut Resp, max_wait: Duration) {
     if let Some(told) = upstream_retry_after(resp) {
@@ -205,7 +219,11 @@ where
                     Decision::Granted { wait, standing } => {
                         // Even a zero sleep would wait for the timer's next tick (a millisecond).
                         if !wait.is_zero() {
+                            let slept = Instant::now();
+                            let span = wait_span(&spend);
                             tokio::time::sleep(wait).await;
+                            drop(span);
+                            waited(&spend, slept);
                         }
                         let mut resp = inner.clone().oneshot(spend.clone()).await?;
                         if too_frequent(&resp) {
@@ -218,7 +236,11 @@ where
                                 // The upstream did nothing: try again at the next slot.
                                 tracing::debug!(route = %route, "upstream answered 220025; retrying at the next slot");
                                 if told.is_some() {
+                                    let slept = Instant::now();
+                                    let span = wait_span(&spend);
                                     tokio::time::sleep_until(at).await;
+                                    drop(span);
+                                    waited(&spend, slept);
                                 }
                                 continue;
                             }

@@ -11,6 +11,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::admitted::{Call, Outbound};
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture};
+use crate::layers::trace::{RequestSpan, child_span};
 use crate::svc::Resp;
 
 #[derive(Clone, Default)]
@@ -56,7 +57,9 @@ where
         Box::pin(async move {
             let account = call.caller.account.clone();
             let broker = &account.broker;
-            let token = broker.get().await.map_err(GatewayError::NoToken)?;
+            let token = waited(broker.get(), RequestSpan::of(&call.req))
+                .await
+                .map_err(GatewayError::NoToken)?;
             let retry = call.clone();
             let resp = inner
                 .clone()
@@ -78,6 +81,21 @@ where
                 .await
         })
     }
+}
+
+/// `get`'s result; when traces are on and the token is not there at once, the wait is a span of
+/// the request's (a token fetched, or a fetch in flight joined).
+async fn waited<T>(get: impl Future<Output = T>, parent: Option<&tracing::Span>) -> T {
+    let Some(parent) = parent else {
+        return get.await;
+    };
+    let mut get = std::pin::pin!(get);
+    let first = std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await;
+    if let Poll::Ready(v) = first {
+        return v;
+    }
+    let _span = child_span!(parent, "token.wait");
+    get.await
 }
 
 #[cfg(test)]

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::admitted::Outbound;
 use crate::error::{GatewayError, GatewayFuture};
+use crate::layers::server_timing::Timing;
+use crate::layers::trace::{self, RequestSpan};
 use crate::svc::Resp;
 use crate::upstream::UpstreamClient;
 
@@ -83,11 +86,16 @@ async fn forward(client: &UpstreamClient, out: Outbound) -> Result<Resp, Gateway
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
     let uri = format!("{}{}", call.caller.account.base_url, path_and_query);
+    let span = upstream_span(&parts, &call.caller.account, &uri);
     let mut builder = http::Request::builder().method(parts.method).uri(uri);
     let headers = builder
         .headers_mut()
         .expect("builder is valid until body()");
     copy_allowed(&parts.headers, headers);
+    if let Some(span) = &span {
+        // The upstream's parent is this call's span, not the caller's.
+        trace::inject(span, headers);
+    }
     if let Ok(mut v) = HeaderValue::from_str(token.expose()) {
         v.set_sensitive(true);
         headers.insert(TOKEN_HEADER, v);
@@ -96,7 +104,34 @@ async fn forward(client: &UpstreamClient, out: Outbound) -> Result<Resp, Gateway
         code: 1007,
         msg: format!("cannot forward this request: {e}"),
     })?;
-    let answer = client.send(route.as_str(), upstream_req).await?;
+    let sent = Instant::now();
+    let answer = client.send(route.as_str(), upstream_req).await;
+    if let Some(t) = parts.extensions.get::<Timing>() {
+        t.upstream(sent.elapsed());
+    }
+    if let Some(span) = &span {
+        match &answer {
+            Ok(a) => {
+                span.record("http.response.status_code", a.parts.status.as_u16());
+                if a.parts.status.is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            Err(e) => {
+                use crate::upstream::client::UpstreamError as E;
+                let kind = match e {
+                    E::Unreachable(_) => "unreachable",
+                    E::Broken(_) => "broken",
+                    E::Timeout(_) => "timeout",
+                    E::NotJson(_) => "not_json",
+                    E::TooLarge(_) => "too_large",
+                };
+                span.record("error.type", kind);
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+    let answer = answer?;
     let mut resp = Resp::new(answer.body);
     *resp.status_mut() = answer.parts.status;
     let mut headers = answer.parts.headers;
@@ -104,6 +139,50 @@ async fn forward(client: &UpstreamClient, out: Outbound) -> Result<Resp, Gateway
     *resp.headers_mut() = headers;
     resp.extensions_mut().insert(answer.head);
     Ok(resp)
+}
+
+/// The upstream call's span (OpenTelemetry's HTTP client conventions), a child of the request's,
+/// when traces are on. A call made for the gateway itself (a reconciliation's list) has no
+/// request span of its own and takes the current one. `url.full` leaves the query out: it may
+/// carry what a trace store should not.
+fn upstream_span(
+    parts: &http::request::Parts,
+    account: &crate::upstream::AccountHandle,
+    uri: &str,
+) -> Option<tracing::Span> {
+    let parent = match RequestSpan::of_parts(parts) {
+        Some(s) => s.clone(),
+        None if crate::telemetry::traces_on() => tracing::Span::current(),
+        None => return None,
+    };
+    parent.record("account", &*account.name);
+    let url = uri.split('?').next().unwrap_or(uri);
+    let parsed: Option<http::Uri> = url.parse().ok();
+    let host = parsed
+        .as_ref()
+        .and_then(http::Uri::host)
+        .unwrap_or_default();
+    let port = parsed.as_ref().map_or(0, |u| {
+        u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        })
+    });
+    let method = parts.method.as_str();
+    Some(trace::child_span!(
+        &parent,
+        "upstream",
+        otel.name = method,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        url.full = url,
+        server.address = host,
+        server.port = port,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    ))
 }
 
 /// Drops the answer headers that never reach a client: the fixed list, and every field the

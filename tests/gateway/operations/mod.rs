@@ -12,6 +12,8 @@
 //! - `purchases`: the purchase ledger read through the admin API and the `purchases` command;
 //! - `readiness`: `/readyz` through an upstream outage and refused credentials;
 //! - `reload`: SIGHUP and `POST /admin/reload` change settings without a restart;
+//! - `server_timing`: `Server-Timing` on hits, misses, joined fills and waiting creates, or off;
+//! - `traces`: spans exported over OTLP to a collector the test runs, and one that is down;
 //! - `upstream_faults`: upstream failures become 502 and 504 envelopes, and recovery;
 //! - `webhooks`: notifications signed, delivered once per fleet, across a receiver outage.
 
@@ -26,5 +28,7 @@ mod process;
 mod purchases;
 mod readiness;
 mod reload;
+mod server_timing;
+mod traces;
 mod upstream_faults;
 mod webhooks;
