@@ -28,7 +28,6 @@ use crate::layers::invalidate::InvalidateLayer;
 use crate::layers::ledger::LedgerLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::SetRequestIdLayer;
-use crate::layers::server_timing::ServerTimingLayer;
 use crate::layers::switch::{OwnPipeline, Pipelines, RoutePipeline};
 use crate::layers::token::TokenLayer;
 use crate::layers::token_lease::TokenLease;
@@ -36,6 +35,7 @@ use crate::layers::trace::TraceLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
 use crate::svc::{BoxError, Resp};
+use crate::telemetry::server_timing::ServerTimingLayer;
 use crate::upstream::UpstreamClient;
 use crate::upstream::forward::Forward;
 

@@ -26,6 +26,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::{LogFormat, Settings, TraceSettings};
 
+pub(crate) mod server_timing;
+pub(crate) mod span;
 mod traces;
 
 pub(crate) use traces::{SPANS_DROPPED, TRACE_TARGET, on as traces_on};

@@ -30,10 +30,10 @@ use crate::layers::access_log::{Line, Recorder, method_label};
 use crate::layers::auth::SharedAuthenticator;
 use crate::layers::cache::{bare_hit, key_of, no_cache};
 use crate::layers::request_id::{self, X_REQUEST_ID};
-use crate::layers::server_timing::{self, SERVER_TIMING};
 use crate::layers::trace;
 use crate::routes::{Route, RouteTable, check_query};
 use crate::svc::Resp;
+use crate::telemetry::server_timing::{self, SERVER_TIMING};
 
 #[derive(Clone)]
 pub(crate) struct CacheHitLayer {

@@ -16,7 +16,6 @@ pub(crate) mod invalidate;
 pub(crate) mod ledger;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
-pub(crate) mod server_timing;
 pub(crate) mod switch;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -21,13 +21,13 @@ use crate::admitted::Spend;
 use crate::clock::{retry_secs, secs_ceil};
 use crate::envelope::EnvelopeHead;
 use crate::error::{GatewayError, GatewayFuture, RateLimitHeaders};
-use crate::layers::server_timing::Timing;
 use crate::layers::trace::{RequestSpan, child_span};
 use crate::metrics::Metrics;
 use crate::protect::gcra::{Decision, Limit, RateLimiter, Scope, Standing};
 use crate::protect::policy::CreateSettings;
 use crate::svc::Resp;
 use crate::swap::Swap;
+use crate::telemetry::server_timing::Timing;
 
 /// The upstream's "too frequent, try later" code.
 pub(crate) use crate::error::TOO_FREQUENT;

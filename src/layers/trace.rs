@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, Request};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::{Layer, Service};
 use tracing::Span;
@@ -28,34 +28,7 @@ use crate::routes::{GatewayRoute, Route, RouteTable};
 use crate::svc::{Resp, RespFuture};
 use crate::telemetry::TRACE_TARGET;
 
-/// A child of `parent` (a [`Span`]) named `name`, with more fields as `tracing` takes them.
-macro_rules! child_span {
-    ($parent:expr, $name:literal $(, $($fields:tt)*)?) => {
-        tracing::info_span!(
-            target: $crate::telemetry::TRACE_TARGET,
-            parent: $parent,
-            $name
-            $(, $($fields)*)?
-        )
-    };
-}
-pub(crate) use child_span;
-
-/// The request's span, a request extension.
-#[derive(Clone)]
-pub(crate) struct RequestSpan(pub(crate) Span);
-
-impl RequestSpan {
-    /// The request's span, when traces are on.
-    pub(crate) fn of<B>(req: &Request<B>) -> Option<&Span> {
-        req.extensions().get::<RequestSpan>().map(|s| &s.0)
-    }
-
-    /// [`RequestSpan::of`] a request taken apart.
-    pub(crate) fn of_parts(parts: &http::request::Parts) -> Option<&Span> {
-        parts.extensions.get::<RequestSpan>().map(|s| &s.0)
-    }
-}
+pub(crate) use crate::telemetry::span::{RequestSpan, child_span};
 
 /// A new `request` span named `METHOD route` (the name is fixed once the span starts), the
 /// caller's `traceparent` its parent when it names a valid one.
@@ -80,12 +53,6 @@ fn request_span(headers: &HeaderMap, method: &'static str, route: Option<&'stati
         let _ = span.set_parent(parent);
     }
     span
-}
-
-/// Writes `span` as the upstream request's parent (`traceparent`); the caller's `tracestate`
-/// travels on, as the span's context carries it.
-pub(crate) fn inject(span: &Span, headers: &mut HeaderMap) {
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
 /// `METHOD route`, or the method alone for a path no route matches (OpenTelemetry's HTTP server

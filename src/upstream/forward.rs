@@ -12,9 +12,9 @@ use tower::Service;
 
 use crate::admitted::Outbound;
 use crate::error::{GatewayError, GatewayFuture};
-use crate::layers::server_timing::Timing;
-use crate::layers::trace::{self, RequestSpan};
 use crate::svc::Resp;
+use crate::telemetry::server_timing::Timing;
+use crate::telemetry::span::{self as trace, RequestSpan};
 use crate::upstream::UpstreamClient;
 
 /// The upstream's token header.
