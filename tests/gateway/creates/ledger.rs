@@ -30,8 +30,7 @@ fn config(path: Option<&std::path::Path>, extra: &str) -> String {
 
 /// A fresh folder for a ledger file that outlives one gateway.
 fn ledger_dir() -> std::path::PathBuf {
-    let dir = temp_file("ledger-dir", "");
-    std::fs::remove_file(&dir).unwrap();
+    let dir = fresh_dir("ledger-dir");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

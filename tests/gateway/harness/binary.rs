@@ -23,14 +23,28 @@ pub(crate) fn temp_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A folder path under the temporary directory that nothing holds yet (the process id and a
+/// counter are not enough: test processes' ids come round again, and a folder a killed one left
+/// would be in the way), not created.
+pub(crate) fn fresh_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!(
+        "fgw-test-{}-{nanos}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
 /// `toml` with a `[ledger]` section writing to a fresh SQLite file under the temporary
 /// directory, unless it has its own; and that file's folder, to remove when done.
 pub(crate) fn with_ledger(toml: &str) -> (String, Option<PathBuf>) {
     if toml.contains("[ledger]") {
         return (toml.to_string(), None);
     }
-    let dir = temp_file("ledger", "");
-    let _ = std::fs::remove_file(&dir);
+    let dir = fresh_dir("ledger");
     let path = dir.join("ledger.sqlite");
     // A bought disk's price read would be one more info call, and a cache entry, in tests that
     // count both: the ledger's own tests turn it on.

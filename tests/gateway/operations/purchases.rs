@@ -50,8 +50,7 @@ fn csv_first_column(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn purchases_made_through_the_gateway_are_read_by_the_admin_api_and_the_cli() {
     let sim = Sim::start(sim_config()).await;
-    let dir = temp_file("purchases", "");
-    std::fs::remove_file(&dir).unwrap();
+    let dir = fresh_dir("purchases");
     let ledger = dir.join("ledger.sqlite");
     let toml = format!(
         "[admin]\nkey_sha256 = \"{}\"\n[ledger]\npath = {:?}\n{FAST_CREATES}\n{}",

@@ -248,9 +248,7 @@ impl Drop for Folder {
 }
 
 fn ledger_folder() -> Folder {
-    let dir = temp_file("webhooks-ledger", "");
-    let _ = std::fs::remove_file(&dir);
-    Folder(dir)
+    Folder(fresh_dir("webhooks-ledger"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
