@@ -163,7 +163,7 @@ pub(crate) struct Recorded<S> {
 }
 
 /// The entry a spend opens: its order as sent, never anything else of its body or headers.
-fn new_entry(spend: &Spend, id: &str) -> NewEntry {
+fn new_entry(spend: &Spend, id: &str, replica: &str) -> NewEntry {
     let call = &spend.call;
     let headers = call.req.headers();
     let text = |name: &str| {
@@ -184,7 +184,7 @@ fn new_entry(spend: &Spend, id: &str) -> NewEntry {
         fingerprint: fingerprint(&call.route, Some(&spend.order), call.req.body()),
         request_id: call.id.as_str().to_owned(),
         traceparent: text("traceparent"),
-        replica: String::new(),
+        replica: replica.to_owned(),
     }
 }
 
@@ -208,8 +208,7 @@ where
             let books = layer.books.clone();
             let route = spend.call.route();
             let id: Arc<str> = new_id(now_ms()).into();
-            let mut entry = new_entry(&spend, &id);
-            entry.replica = books.replica.to_string();
+            let entry = new_entry(&spend, &id, &books.replica);
             let span = RequestSpan::of(&spend.call.req).map(|p| child_span!(p, "ledger.write"));
             let opened = books.write(books.ledger.open(&entry)).await;
             drop(span);
