@@ -132,6 +132,14 @@ async fn route(
             );
             resp
         }
+        // The console's page and files: served without the key (the page asks for it), but
+        // off like the rest of `/admin/*` where no key is set.
+        (&Method::GET, p) if p == "/console" || p.starts_with("/console/") => {
+            if state.admin_key_sha256.load().is_none() {
+                return Err(GatewayError::AdminDisabled);
+            }
+            crate::console::assets::asset(p).ok_or(GatewayError::NoAdminEndpoint)?
+        }
         (_, p) if p.starts_with("/admin/") => admin(state, req, id).await?,
         _ => return Err(GatewayError::NotAdmin),
     })

@@ -10,9 +10,11 @@
 //! - `properties`: proptest settings for the property tests;
 //! - `redis`: a real `redis-server` and a bare RESP client (`crate::harness::redis`);
 //! - `postgres`: a real PostgreSQL server for the ledger, and its `[ledger]` table
-//!   (`crate::harness::postgres`).
+//!   (`crate::harness::postgres`);
+//! - `browser`: a real headless Chromium driven over WebDriver (`crate::harness::browser`).
 
 mod binary;
+pub(crate) mod browser;
 mod certificates;
 mod in_process;
 pub(crate) mod postgres;
