@@ -153,8 +153,10 @@
 
   const formatters = new Map();
 
-  function formatter(zone) {
-    if (!formatters.has(zone)) {
+  // Dates in `zone`; `short` leaves the zone's name out (a table names it in its header).
+  function formatter(zone, short) {
+    const key = zone + (short ? ' short' : '');
+    if (!formatters.has(key)) {
       let f;
       try {
         f = new Intl.DateTimeFormat('en-GB', {
@@ -166,14 +168,14 @@
           minute: '2-digit',
           second: '2-digit',
           hourCycle: 'h23',
-          timeZoneName: 'short',
+          timeZoneName: short ? undefined : 'short',
         });
       } catch (_) {
         f = null;
       }
-      formatters.set(zone, f);
+      formatters.set(key, f);
     }
-    return formatters.get(zone);
+    return formatters.get(key);
   }
 
   function utc(ms) {
@@ -181,9 +183,9 @@
   }
 
   // A time in the console's zone, with UTC on hover.
-  function when(ms) {
+  function when(ms, short) {
     if (ms === null || ms === undefined) return { text: '—' };
-    const f = formatter(state.timezone);
+    const f = formatter(state.timezone, short);
     const text = f ? f.format(new Date(ms)) : utc(ms);
     return { time: ms, text, title: utc(ms) + ' (UTC)' };
   }
@@ -405,7 +407,9 @@
         return { text: UNKNOWN_TODO, cls: 'wrap todo' };
       case 'replayed':
       case 'joined':
-        return { text: e.boughtBy ? 'answered from entry ' + e.boughtBy : 'answered from an earlier purchase', cls: 'wrap' };
+        return e.boughtBy
+          ? { text: 'answered from entry ' + shortId(e.boughtBy), title: e.boughtBy, cls: 'wrap' }
+          : { text: 'answered from an earlier purchase', cls: 'wrap' };
       default: {
         const parts = [];
         if (e.upstreamCode !== null && e.upstreamCode !== undefined) parts.push('code ' + e.upstreamCode);
@@ -416,7 +420,12 @@
     }
   }
 
+  function shortId(id) {
+    return id && id.length > 12 ? id.slice(0, 10) + '…' : id || '';
+  }
+
   function renderPurchases(d) {
+    setText($('purchases-when'), `When (${state.timezone})`);
     const entries = d.entries || [];
     const p = state.purchases;
     p.next = d.next || null;
@@ -425,16 +434,16 @@
       entries,
       (e) => e.id,
       (e) => [
-        when(e.at),
+        when(e.at, true),
         badge(e.outcome),
         e.client || '—',
         e.account || '—',
         e.route || '',
-        { text: orderText(e.order), mono: true },
+        { text: orderText(e.order), mono: true, cls: 'order' },
         { text: e.resourceId || '', mono: true },
         { text: e.idempotencyKey || '', mono: true },
         note(e),
-        { text: e.id, mono: true, title: e.requestId ? 'request id ' + e.requestId : '' },
+        { text: shortId(e.id), mono: true, title: e.id + (e.requestId ? ', request id ' + e.requestId : '') },
       ],
       (e) => (e.outcome === 'unknown' ? 'needs-attention' : ''),
       'No purchase matches.',
@@ -557,7 +566,7 @@
       setAttr(bar, 'aria-valuenow', Math.min(c.used, c.limit));
       setAttr(bar, 'aria-valuetext', `${c.used} of ${c.limit}, ${shown}%`);
       // CSSOM, not a style attribute: allowed by the page's policy.
-      const width = Math.min(100, share * 100).toFixed(1) + '%';
+      const width = String(Math.round(Math.min(100, share * 100) * 10) / 10) + '%';
       const fillBar = li.querySelector('.bar-fill');
       if (fillBar.style.width !== width) fillBar.style.width = width;
       setClass(li, 'cap' + (share >= 1 ? ' full' : warnAt !== null && share >= warnAt ? ' warn' : ''));

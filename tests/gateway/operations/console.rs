@@ -279,7 +279,7 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     assert_eq!(clients, ["ci-runner", "ci-runner", "ops", "ops"]);
     assert!(rows[0].3.contains("creates_per_day"), "{:?}", rows[0]);
     assert!(
-        rows[1].3.is_empty() && rows[2].3.contains(&rows[3].0),
+        rows[1].3.is_empty() && rows[2].3.contains(&rows[3].0[..10]),
         "{rows:?}"
     );
     // A filter.
@@ -351,7 +351,7 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
             json!([]),
         )
         .await;
-    assert_eq!(bar, json!(["20.0%", "2", "10", "cap"]), "{bar}");
+    assert_eq!(bar, json!(["20%", "2", "10", "cap"]), "{bar}");
     until_text(
         &browser,
         "the client's full bar",
