@@ -19,9 +19,9 @@
     budgets: '/admin/budgets',
     clients: '/admin/clients',
   };
-  const UNKNOWN_TODO =
-    'The outcome is not known: a retry by the client with the same Idempotency-Key reconciles it; ' +
-    'without one, look for the disk in the upstream\'s disk list before buying again.';
+  // What to do about a purchase whose outcome is not known, with a key and without one.
+  const UNKNOWN_KEYED = 'Not known whether it was bought: a retry with the same Idempotency-Key reconciles it.';
+  const UNKNOWN_UNKEYED = 'Not known whether it was bought: look in the upstream\'s disk list before buying again.';
 
   const $ = (id) => document.getElementById(id);
 
@@ -404,7 +404,7 @@
   function note(e) {
     switch (e.outcome) {
       case 'unknown':
-        return { text: UNKNOWN_TODO, cls: 'wrap todo' };
+        return { text: e.idempotencyKey ? UNKNOWN_KEYED : UNKNOWN_UNKEYED, cls: 'wrap todo' };
       case 'replayed':
       case 'joined':
         return e.boughtBy
@@ -420,8 +420,9 @@
     }
   }
 
+  // Ids begin with their time, so entries made together share a prefix: the end tells them apart.
   function shortId(id) {
-    return id && id.length > 12 ? id.slice(0, 10) + '…' : id || '';
+    return id && id.length > 12 ? '…' + id.slice(-10) : id || '';
   }
 
   function renderPurchases(d) {

@@ -163,9 +163,9 @@ async fn confirm_after(browser: &Browser, css: &str) {
 async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     let sim = Sim::start(sim_config()).await;
     let toml = format!(
-        "[admin]\nkey_sha256 = \"{}\"\n{FAST_CREATES}{}\
+        "[admin]\nkey_sha256 = \"{}\"\n[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}{}\
          [create.budget]\ntimezone = \"Asia/Shanghai\"\nwarn_at = 0.8\n\
-         [create.budget.account]\ncreates_per_day = 10\n{}{}",
+         [create.budget.account]\ncreates_per_day = 15\n{}{}",
         hex::encode(Sha256::digest(ADMIN.as_bytes())),
         info_policy("ttl = \"60s\""),
         client_entry("ops", OPS, ""),
@@ -173,7 +173,9 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     );
     let gw = replica_process(&toml, &sim.url).await;
 
-    // Bought, the same key again (a replay), bought by another client, and refused by its cap.
+    // Bought, the same key again (a replay), bought by another client, refused by its cap, and
+    // one whose answer never came (the simulator makes the disk, then holds its answer past the
+    // gateway's upstream timeout): its outcome is unknown.
     let (status, bought) = create(&gw, OPS, Some("console-1"), 20).await;
     assert_eq!(status, 200, "{bought}");
     let disk = bought["data"].as_str().unwrap().to_string();
@@ -181,7 +183,11 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     assert_eq!(create(&gw, CI, None, 30).await.0, 200);
     let (status, refused) = create(&gw, CI, None, 40).await;
     assert_eq!(status, 429, "{refused}");
-    let entries = settled(&gw, 4).await;
+    sim.fault("slow", "1s").await;
+    let (status, unknown) = create(&gw, OPS, Some("console-2"), 50).await;
+    assert_eq!(status, 504, "{unknown}");
+    sim.fault("none", "0s").await;
+    let entries = settled(&gw, 5).await;
     let outcomes: Vec<(&str, &str)> = entries
         .iter()
         .map(|e| (e["id"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
@@ -237,7 +243,13 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     // Overview: today's purchases by outcome, the account's token, the time zone.
     until_text(&browser, "2 bought today", "[data-f=bought]", "t === '2'").await;
     until_text(&browser, "1 refused today", "[data-f=refused]", "t === '1'").await;
-    until_text(&browser, "0 unknown", "[data-f=unknown]", "t === '0'").await;
+    until_text(
+        &browser,
+        "1 unknown, marked",
+        "[data-f=unknown]",
+        "t === '1' && n.closest('li').classList.contains('nonzero')",
+    )
+    .await;
     until_text(
         &browser,
         "the time zone",
@@ -276,10 +288,19 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     let shown: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
     assert_eq!(shown, outcomes, "newest first, as the ledger lists them");
     let clients: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
-    assert_eq!(clients, ["ci-runner", "ci-runner", "ops", "ops"]);
-    assert!(rows[0].3.contains("creates_per_day"), "{:?}", rows[0]);
+    assert_eq!(clients, ["ops", "ci-runner", "ci-runner", "ops", "ops"]);
+    // The unknown one is marked, with what to do about it.
+    assert!(rows[0].3.contains("same Idempotency-Key"), "{:?}", rows[0]);
+    let marked = browser
+        .run(
+            "return Array.from(document.querySelectorAll('#purchase-rows tr.needs-attention'), (tr) => tr.dataset.key);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(marked, json!([rows[0].0]));
+    assert!(rows[1].3.contains("creates_per_day"), "{:?}", rows[1]);
     assert!(
-        rows[1].3.is_empty() && rows[2].3.contains(&rows[3].0[..10]),
+        rows[2].3.is_empty() && rows[3].3.contains(&rows[4].0[rows[4].0.len() - 10..]),
         "{rows:?}"
     );
     // A filter.
@@ -320,25 +341,26 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
         .filter(|l| !l.is_empty())
         .map(|l| l.split(',').next().unwrap())
         .collect();
-    assert_eq!(ids, ["id", rows[2].0.as_str()], "{csv}");
+    assert_eq!(ids, ["id", rows[3].0.as_str()], "{csv}");
     let _ = std::fs::remove_dir_all(&downloads);
     browser.click("#filters button[type=reset]").await;
     browser
         .until(
             "the whole table again",
-            "return document.querySelectorAll('#purchase-rows tr').length === 4;",
+            "return document.querySelectorAll('#purchase-rows tr').length === 5;",
         )
         .await;
     browser.screenshot(&dir.join("purchases.png")).await;
 
-    // Budgets: the account's cap 2 of 10, the client's 1 of 1.
+    // Budgets: the account's cap 3 of 15 (the unknown one reached the upstream), the client's 1
+    // of 1.
     browser.click("#tab-budgets").await;
     let account_cap = "[data-key='account/default/creates_per_day']";
     until_text(
         &browser,
         "the account's bar",
         &format!("{account_cap} .cap-share"),
-        "t === '2 of 10 (20%)'",
+        "t === '3 of 15 (20%)'",
     )
     .await;
     let bar = browser
@@ -351,7 +373,7 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
             json!([]),
         )
         .await;
-    assert_eq!(bar, json!(["20%", "2", "10", "cap"]), "{bar}");
+    assert_eq!(bar, json!(["20%", "3", "15", "cap"]), "{bar}");
     until_text(
         &browser,
         "the client's full bar",
@@ -389,8 +411,10 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     assert_eq!(ci[column("Creates")], "1", "{ci}");
     assert_eq!(ci[column("Refusals")], "1", "{ci}");
     assert_eq!(ci[column("budget")], "1", "{ci}");
-    assert_eq!(ops[column("Creates")], "2", "{ops}");
-    assert_eq!(ops[column("Refusals")], "0", "{ops}");
+    assert_eq!(ops[column("Creates")], "3", "{ops}");
+    // The unknown one's 504 is the gateway's own answer: a refusal of no named reason.
+    assert_eq!(ops[column("Refusals")], "1", "{ops}");
+    assert_eq!(ops[column("other")], "1", "{ops}");
     browser.screenshot(&dir.join("clients.png")).await;
 
     // Purge the disk's entry from the page: the next read goes to the upstream.
