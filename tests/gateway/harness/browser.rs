@@ -261,6 +261,20 @@ impl Browser {
         .await;
     }
 
+    /// Presses and releases `key` (a WebDriver key code, e.g. `\u{E00C}` for Escape) where the
+    /// focus is.
+    pub(crate) async fn press(&self, key: char) {
+        let key = key.to_string();
+        self.session_call(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key},
+            ]}]}),
+        )
+        .await;
+    }
+
     /// Writes what the viewport shows to `path` as PNG.
     pub(crate) async fn screenshot(&self, path: &Path) {
         let v = self.session_call("GET", "/screenshot", Value::Null).await;

@@ -303,6 +303,32 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
         rows[2].3.is_empty() && rows[3].3.contains(&rows[4].0[rows[4].0.len() - 10..]),
         "{rows:?}"
     );
+    // The next refresh changes nothing under the reader: the same rows (updated in place), the
+    // focus and a half-typed filter stay.
+    let before = browser
+        .run(
+            "window.__firstRow = document.querySelector('#purchase-rows tr'); \
+             const input = document.getElementById('f-client'); input.focus(); \
+             return document.getElementById('updated').textContent;",
+            json!([]),
+        )
+        .await;
+    browser.type_into("#f-client", "ops-half").await;
+    browser
+        .until(
+            "the next refresh",
+            &format!("return document.getElementById('updated').textContent !== {before};"),
+        )
+        .await;
+    let kept = browser
+        .run(
+            "return [window.__firstRow.isConnected, document.activeElement.id, \
+             document.getElementById('f-client').value, document.querySelectorAll('#purchase-rows tr').length];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(kept, json!([true, "f-client", "ops-half", 5]));
+    browser.type_into("#f-client", "").await;
     // A filter.
     browser
         .run(
@@ -440,6 +466,22 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
     // The gateway logged the action with the operator's request id.
     gw.wait_for_log(&purge_id, 1).await;
 
+    // The confirmation is a keyboard's too: it opens on Cancel, and Escape says no.
+    browser.click("#reload-button").await;
+    browser
+        .until(
+            "the reload's confirmation on Cancel",
+            "return document.getElementById('confirm').open && document.activeElement.id === 'confirm-cancel';",
+        )
+        .await;
+    browser.press('\u{E00C}').await;
+    browser
+        .until(
+            "the dialog closed, the focus back on its button",
+            "return !document.getElementById('confirm').open && document.activeElement.id === 'reload-button' \
+             && document.getElementById('reload-result').textContent === '';",
+        )
+        .await;
     // Reload from the page: what needed a restart and what was kept are shown (nothing here).
     confirm_after(&browser, "#reload-button").await;
     let reloaded = until_text(
