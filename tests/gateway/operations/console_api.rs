@@ -3,7 +3,7 @@
 //! creates (bought, refused by a budget, replayed), reads (hits and misses), token lease and
 //! refusals sent; the admin key guards them (401), they are off without one (404), and a query
 //! parameter is refused (400). Operator actions are logged with the request id the operator's tool
-//! sent. With two replicas sharing Redis, each says so, and budgets are the fleet's.
+//! sent; a reload that adds a client lists it. With two replicas sharing Redis, each says so, and budgets are the fleet's.
 
 use std::time::Duration;
 
@@ -209,6 +209,16 @@ async fn the_views_count_exactly_what_was_sent() {
     )
     .await;
     assert_eq!((status, &v["traceId"]), (200, &json!("console-purge-7f3a")));
+    // The reload adds a client: listed at 0, while the others keep their counts.
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        format!(
+            "{text}\n{}",
+            client_entry("late", "fgw_console_late_client_77aa", "")
+        ),
+    )
+    .unwrap();
     let (status, _, v) = answer(
         http()
             .post(format!("{}/admin/reload", gw.admin_url))
@@ -220,6 +230,14 @@ async fn the_views_count_exactly_what_was_sent() {
         (status, &v["traceId"]),
         (200, &json!("console-reload-9c1d"))
     );
+    let (_, v) = view(&gw.admin_url, "/admin/clients").await;
+    let counts: Vec<(&str, i64)> = v["data"]["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["requests"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(counts, [("ops", 10), ("idle", 0), ("late", 0)], "{v}");
     let (_, _, v) = answer(
         http()
             .post(format!("{}/admin/cache/purge", gw.admin_url))
