@@ -2,8 +2,9 @@
 //! binary: `GET /admin/overview`, `/admin/budgets` and `/admin/clients` count exactly the
 //! creates (bought, refused by a budget, replayed), reads (hits and misses), token lease and
 //! refusals sent; the admin key guards them (401), they are off without one (404), and a query
-//! parameter is refused (400); refused credentials show as a failing token with the reason. Operator actions are logged with the request id the operator's tool
-//! sent; a reload that adds a client lists it. With two replicas sharing Redis, each says so, and budgets are the fleet's.
+//! parameter is refused (400); refused credentials show as a failing token with the reason.
+//! Operator actions are logged with the request id the operator's tool sent; a reload that adds
+//! a client lists it. With two replicas sharing Redis, each says so, and budgets are the fleet's.
 
 use std::time::Duration;
 
