@@ -297,7 +297,12 @@ async fn admin(
                 .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })?;
             let shown = format!("{what:?}");
             state.cache.invalidate(what, Reason::Purge).await;
-            tracing::info!(action = "cache.purge", target = %shown, request_id = %id, "operator action");
+            tracing::info!(
+                action = "cache.purge",
+                target = %shown,
+                request_id = %id,
+                "operator action"
+            );
             Ok(success_response(
                 "purged",
                 serde_json::json!({"purged": shown}),
