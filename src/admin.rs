@@ -1,6 +1,7 @@
 //! The admin listener (CONTRACT.md, "Admin"): `/metrics`, `/healthz`, `/readyz`, and `/admin/*`
 //! (`/admin/cache/purge`, `/admin/reload`, the ledger's `/admin/purchases` and `/admin/spend`
-//! from `crate::purchases`) guarded by `[admin] key_sha256` (disabled when unset).
+//! from `crate::purchases`, the console's views from `crate::console`) guarded by `[admin]
+//! key_sha256` (disabled when unset), and the console's page (`/console`, off without that key).
 //! Kept apart from the data plane so that it can be exposed to the cluster's probes and scrapers
 //! only.
 
@@ -21,12 +22,13 @@ use crate::cache::Reason;
 use crate::cache::key::{CacheKey, canonical_json};
 use crate::clock::now_ms;
 use crate::config::{DEFAULT_ACCOUNT, ServerConfig};
+use crate::console::{self, Console};
 use crate::envelope::success_response;
 use crate::error::GatewayError;
 use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
 use crate::layers::auth::{bearer_key, key_matches};
-use crate::layers::request_id::generate;
+use crate::layers::request_id::pick;
 use crate::metrics::Metrics;
 use crate::protect::records::RecordStore;
 use crate::purchases;
@@ -56,6 +58,8 @@ pub(crate) struct AdminState {
     pub(crate) routes: Arc<RouteTable>,
     /// The purchase ledger (`/admin/purchases`, `/admin/spend`).
     pub(crate) ledger: crate::ledger::Ledger,
+    /// What the console's views read beside the rest (`/admin/overview` and the others).
+    pub(crate) console: Console,
 }
 
 /// Open admin connections at most: probes and scrapers need few, and a flood of them must not
@@ -99,10 +103,12 @@ fn json(status: StatusCode, value: serde_json::Value) -> http::Response<Bytes> {
     resp
 }
 
-/// Every answer of the admin listener; its refusals are rendered here, once, with a new id as
-/// their `traceId`.
+/// Every answer of the admin listener; its refusals are rendered here, once, with the request's
+/// id as their `traceId`: a sane incoming `X-Request-Id` (the data plane's rule), so that an
+/// operator's action and its log line carry the id the operator's tool sent; else a new one.
 async fn handle(state: &AdminState, req: http::Request<Incoming>) -> http::Response<Bytes> {
-    let id = generate();
+    let id = pick(req.headers());
+    let id = id.to_str().unwrap_or_default().to_owned();
     route(state, req, &id)
         .await
         .unwrap_or_else(|e| e.into_response(&id))
@@ -133,6 +139,13 @@ async fn route(
             resp
         }
         (_, p) if p.starts_with("/admin/") => admin(state, req, id).await?,
+        (&Method::GET, p) if p == "/console" || p.starts_with("/console/") => {
+            // The page asks for the key itself; where none is set there is no console.
+            if state.admin_key_sha256.load().is_none() {
+                return Err(GatewayError::AdminDisabled);
+            }
+            console::page(p).ok_or(GatewayError::NoAdminEndpoint)?
+        }
         _ => return Err(GatewayError::NotAdmin),
     })
 }
@@ -284,6 +297,12 @@ async fn admin(
                 .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })?;
             let shown = format!("{what:?}");
             state.cache.invalidate(what, Reason::Purge).await;
+            tracing::info!(
+                action = "cache.purge",
+                target = %shown,
+                request_id = %id,
+                "operator action"
+            );
             Ok(success_response(
                 "purged",
                 serde_json::json!({"purged": shown}),
@@ -291,17 +310,29 @@ async fn admin(
             ))
         }
         (&Method::POST, "/admin/reload") => {
-            let applied =
-                state
-                    .reloader
-                    .reload("POST /admin/reload")
-                    .await
-                    .map_err(|e| match e {
-                        ReloadError::Stuck(_) => GatewayError::ReloadStuck(e.to_string()),
-                        ReloadError::Unavailable => GatewayError::ReloadUnavailable(e.to_string()),
-                        // The running settings stay; the message names the key that did not check.
-                        ReloadError::Invalid(_) => GatewayError::ConfigInvalid(e.to_string()),
-                    })?;
+            let reloaded = state.reloader.reload("POST /admin/reload").await;
+            match &reloaded {
+                Ok(applied) => tracing::info!(
+                    action = "reload",
+                    result = "ok",
+                    restart_needed = ?applied.restart_needed,
+                    request_id = %id,
+                    "operator action"
+                ),
+                Err(e) => tracing::info!(
+                    action = "reload",
+                    result = "error",
+                    error = %e,
+                    request_id = %id,
+                    "operator action"
+                ),
+            }
+            let applied = reloaded.map_err(|e| match e {
+                ReloadError::Stuck(_) => GatewayError::ReloadStuck(e.to_string()),
+                ReloadError::Unavailable => GatewayError::ReloadUnavailable(e.to_string()),
+                // The running settings stay; the message names the key that did not check.
+                ReloadError::Invalid(_) => GatewayError::ConfigInvalid(e.to_string()),
+            })?;
             Ok(success_response(
                 "reloaded",
                 serde_json::json!({"restart_needed": applied.restart_needed, "kept": applied.kept}),
@@ -316,6 +347,9 @@ async fn admin(
         }
         (&Method::GET, "/admin/spend") => {
             purchases::spend(&state.ledger, req.uri().query(), now_ms(), id).await
+        }
+        (&Method::GET, p) if let Some(view) = console::View::at(p) => {
+            console::answer(state, view, req.uri().query(), id).await
         }
         _ => Err(GatewayError::NoAdminEndpoint),
     }

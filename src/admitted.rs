@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::cache::key::CacheKey;
+use crate::counters::ClientCounters;
 use crate::protect::validate::Order;
 use crate::routes::{GatewayRoute, Route, RouteMatch};
 use crate::secret::Secret;
@@ -46,6 +47,8 @@ pub(crate) struct AccountName(pub Arc<str>);
 pub(crate) struct Caller {
     pub(crate) client: Arc<str>,
     pub(crate) account: Arc<AccountHandle>,
+    /// The client's counts for the console, made with its entry: counting is one atomic add.
+    pub(crate) counts: Arc<ClientCounters>,
 }
 
 /// What a request is to the gateway once classified: one of the table's routes, or one of the

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
+use crate::counters::{Refusal, Refused};
 use crate::envelope::error_response;
 use crate::svc::{BoxFuture, Resp};
 
@@ -282,6 +283,48 @@ impl GatewayError {
         }
     }
 
+    /// The reason the console counts this refusal under (`GET /admin/clients`).
+    pub(crate) fn refusal(&self) -> Refusal {
+        use GatewayError as E;
+        match self {
+            E::RateLimited { .. }
+            | E::UpstreamTooFrequent { .. }
+            | E::RecordsFull { .. }
+            | E::RejectionsTooFast { .. } => Refusal::RateLimited,
+            E::SpendingCap { .. } => Refusal::Budget,
+            E::BadRequest { .. }
+            | E::PayloadTooLarge { .. }
+            | E::BodyTimeout(_)
+            | E::Forbidden(_)
+            | E::LeaseNotGranted
+            | E::Unauthorized
+            | E::NotFound(_) => Refusal::Invalid,
+            E::IdempotencyMismatch | E::StillRunning(_) | E::CannotReconcile(_) => {
+                Refusal::Conflict
+            }
+            E::Overloaded | E::ClientOverloaded(_) => Refusal::TooManyInflight,
+            E::LedgerDown(_) => Refusal::LedgerDown,
+            E::RequestTimeout
+            | E::NoToken(_)
+            | E::UpstreamUnavailable { .. }
+            | E::UpstreamTimeout
+            | E::SharedStateDown(_)
+            | E::SearchFailed(_)
+            | E::RecordsLost { .. }
+            | E::MayEvict { .. }
+            | E::OutcomeUnknown { .. }
+            | E::NotAdmin
+            | E::AdminDisabled
+            | E::AdminUnauthorized
+            | E::NoAdminEndpoint
+            | E::ReloadUnavailable(_)
+            | E::ConfigInvalid(_)
+            | E::ReloadStuck(_)
+            | E::NoSuchPurchase(_)
+            | E::LedgerUnreadable(_) => Refusal::Other,
+        }
+    }
+
     /// Whether the upstream call broke after the request was sent (timeout, reset, an answer
     /// that is not JSON): the upstream may have carried it out.
     pub(crate) fn outcome_unknown(&self) -> bool {
@@ -326,10 +369,16 @@ impl GatewayError {
         }
     }
 
-    /// The envelope answer; `request_id` becomes its `traceId`.
+    /// The envelope answer; `request_id` becomes its `traceId`. It carries what it refused and
+    /// why ([`Refused`]), for the per-client counts.
     pub(crate) fn into_response(self, request_id: &str) -> Resp {
         let (status, code) = self.status_and_code();
         let mut resp = error_response(status, code, &self.to_string(), request_id);
+        resp.extensions_mut().insert(Refused {
+            reason: self.refusal(),
+            // An `OutcomeUnknown` answer is a retry's: it was sent before, as was a broken call.
+            sent: self.outcome_unknown() || matches!(self, GatewayError::OutcomeUnknown { .. }),
+        });
         if let GatewayError::ClientOverloaded(_) = self {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -557,6 +606,43 @@ mod tests {
                 (cells[0].trim().to_string(), answers)
             })
             .collect()
+    }
+
+    #[test]
+    fn every_variant_is_counted_under_a_reason_and_the_answer_says_which() {
+        for (e, _) in every_variant() {
+            let reason = e.refusal();
+            let expected = match &e {
+                GatewayError::RateLimited { .. } | GatewayError::RecordsFull { .. } => {
+                    Some(Refusal::RateLimited)
+                }
+                GatewayError::SpendingCap { .. } => Some(Refusal::Budget),
+                GatewayError::IdempotencyMismatch | GatewayError::StillRunning(_) => {
+                    Some(Refusal::Conflict)
+                }
+                GatewayError::ClientOverloaded(_) | GatewayError::Overloaded => {
+                    Some(Refusal::TooManyInflight)
+                }
+                GatewayError::LedgerDown(_) => Some(Refusal::LedgerDown),
+                GatewayError::BadRequest { .. } => Some(Refusal::Invalid),
+                GatewayError::UpstreamTimeout => Some(Refusal::Other),
+                _ => None,
+            };
+            if let Some(expected) = expected {
+                assert_eq!(reason, expected, "{e:?}");
+            }
+            let sent = e.outcome_unknown();
+            let resp = e.into_response("id");
+            let refused = resp.extensions().get::<Refused>().copied().unwrap();
+            assert_eq!(
+                refused,
+                Refused {
+                    reason,
+                    sent: refused.sent
+                }
+            );
+            assert!(refused.sent || !sent);
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub(crate) mod admitted;
 pub(crate) mod cache;
 pub(crate) mod clock;
 pub mod config;
+pub(crate) mod console;
+pub(crate) mod counters;
 /// The old path of [`config::ConfigError`], kept while modules still name it.
 pub mod duration;
 pub(crate) mod envelope;

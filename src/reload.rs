@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::clock::now_secs_f64;
 use crate::config::{EnvLookup, FileConfig, Overrides, Settings};
+use crate::counters::ClientRegistry;
 use crate::layers::auth::{Authenticator, ClientEntry};
 use crate::metrics::Metrics;
 use crate::protect::budget::Budget;
@@ -69,6 +70,8 @@ pub(crate) struct Reloader {
     pub(crate) current: Mutex<Settings>,
     pub(crate) accounts: Vec<Arc<AccountHandle>>,
     pub(crate) auth: Arc<Swap<Authenticator>>,
+    /// Each client's counts for the console, kept across reloads.
+    pub(crate) client_counts: Arc<ClientRegistry>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) create: Arc<Swap<CreateSettings>>,
     pub(crate) budget: Arc<Budget>,
@@ -97,6 +100,7 @@ pub(crate) enum ReloadError {
 pub(crate) fn authenticator(
     settings: &Settings,
     accounts: &[Arc<AccountHandle>],
+    counts: &ClientRegistry,
 ) -> Result<Authenticator, String> {
     let find = |name: &str| accounts.iter().find(|a| &*a.name == name).cloned();
     let mut clients = Vec::new();
@@ -113,6 +117,7 @@ pub(crate) fn authenticator(
             account,
             routes: c.routes.clone(),
             token_lease: c.token_lease,
+            counts: counts.of(&c.name),
         });
     }
     let anonymous = settings
@@ -122,7 +127,8 @@ pub(crate) fn authenticator(
     // With clients configured, a caller without a key gets only `[auth] anonymous_routes`.
     let anonymous_routes =
         (!settings.clients.is_empty()).then(|| settings.anonymous_routes.clone());
-    Ok(Authenticator::new(clients, anonymous, anonymous_routes))
+    Ok(Authenticator::new(clients, anonymous, anonymous_routes)
+        .with_anonymous_counts(counts.of(crate::config::ANONYMOUS)))
 }
 
 /// Whether two sections differ, compared as their serialised (masked) form.
@@ -204,7 +210,8 @@ impl Reloader {
         }
         tracing_subscriber::EnvFilter::try_new(&new.log.level)
             .map_err(|e| ReloadError::Invalid(format!("log.level: {e}")))?;
-        let auth = authenticator(&new, &self.accounts).map_err(ReloadError::Invalid)?;
+        let auth = authenticator(&new, &self.accounts, &self.client_counts)
+            .map_err(ReloadError::Invalid)?;
         let mut tls = Vec::new();
         if let Some(listeners) = self.tls.get() {
             for (name, listener) in [("server", &listeners.listen), ("admin", &listeners.admin)] {

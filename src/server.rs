@@ -17,6 +17,7 @@ use crate::admin::{self, AdminState};
 use crate::cache::Cache;
 use crate::config::CreatesWhenDown;
 use crate::config::Settings;
+use crate::counters::ClientRegistry;
 use crate::fleet::Fleet;
 use crate::fleet::cache::TwoLevel;
 use crate::fleet::limiter::RedisLimiter;
@@ -155,8 +156,10 @@ impl Gateway {
                 broker: Arc::new(broker),
             }));
         }
+        let client_counts = Arc::new(ClientRegistry::default());
         let auth = Arc::new(Swap::new(
-            reload::authenticator(&settings, &accounts).map_err(StartError::Clients)?,
+            reload::authenticator(&settings, &accounts, &client_counts)
+                .map_err(StartError::Clients)?,
         ));
         // Where state lives: this replica's memory, or the fleet's Redis.
         let two_level = fleet.clone().map(|f| {
@@ -249,6 +252,7 @@ impl Gateway {
             current: Mutex::new(settings.clone()),
             accounts: accounts.clone(),
             auth,
+            client_counts,
             cache: cache.clone(),
             create,
             budget,
@@ -378,6 +382,13 @@ impl Server {
             gateway.accounts.clone(),
             stop.clone(),
         ));
+        // The console's cache hit ratio: a snapshot of the lookup counts every few seconds.
+        let console = crate::console::Console::new(&gateway.metrics, gateway.books.replica.clone());
+        tokio::spawn(crate::console::sample(
+            console.lookups.clone(),
+            gateway.metrics.clone(),
+            stopped(),
+        ));
         let draining = Arc::new(AtomicBool::new(false));
         let admin_state = Arc::new(AdminState {
             metrics: gateway.metrics.clone(),
@@ -391,6 +402,7 @@ impl Server {
             two_level: gateway.two_level.clone(),
             routes: gateway.settings.routes.clone(),
             ledger: gateway.books.ledger.clone(),
+            console,
         });
         let server_cfg = gateway.settings.server.clone();
         let admin_task = tokio::spawn(admin::serve(

@@ -26,9 +26,10 @@ use tower::{Layer, Service};
 use crate::admitted::{
     AccountName, Admitted, AdmittedRequest, ClientName, HeadStart, RequestId, Target,
 };
+use crate::counters::{ClientCounters, Counted, Refused};
 use crate::error::GatewayError;
 use crate::layers::auth::SharedAuthenticator;
-use crate::routes::{GatewayRoute, RouteTable, check_query};
+use crate::routes::{GatewayRoute, Kind, RouteTable, check_query};
 use crate::svc::{BoxFuture, Resp, RespFuture};
 use crate::upstream::forward::TOKEN_HEADER;
 
@@ -53,10 +54,19 @@ struct Stamp {
     client: Option<Arc<str>>,
     /// The account of a call to the gateway's own endpoints (a token lease names it).
     account: Option<Arc<str>>,
+    /// The known caller's counts: the answer is counted there.
+    counts: Option<Arc<ClientCounters>>,
 }
 
 impl Stamp {
     fn on(self, resp: &mut Resp) {
+        if let Some(counts) = &self.counts {
+            let kind = match &self.target {
+                Some(Target::Route(m)) if m.route.kind() == Kind::Spend => Counted::Create,
+                _ => Counted::Request,
+            };
+            counts.answered(kind, resp.extensions().get::<Refused>().copied());
+        }
         match self.target {
             Some(Target::Route(m)) => {
                 resp.extensions_mut().insert(m.route);
@@ -113,6 +123,7 @@ impl AdmitLayer {
         if let Some(head) = req.extensions_mut().remove::<HeadStart>() {
             stamp.target = Some(Target::Route(head.matched.clone()));
             stamp.client = Some(head.caller.client.clone());
+            stamp.counts = Some(head.caller.counts.clone());
             strip_credentials(req);
             return Ok(Admitted {
                 id,
@@ -133,10 +144,17 @@ impl AdmitLayer {
             },
         };
         stamp.target = Some(target.clone());
+        let mut known = None;
         let caller = self
             .auth
-            .with(|a| a.admit(req.headers(), &target, &mut stamp.client))?;
+            .with(|a| a.admit(req.headers(), &target, &mut known));
+        if let Some((name, counts)) = known {
+            stamp.client = Some(name);
+            stamp.counts = Some(counts);
+        }
+        let caller = caller?;
         stamp.client = Some(caller.client.clone());
+        stamp.counts = Some(caller.counts.clone());
         if let Target::Own(_) = target {
             stamp.account = Some(caller.account.name.clone());
         }
@@ -251,6 +269,7 @@ mod tests {
             account: testing::account("acct"),
             routes: routes.map(|r| r.iter().copied().collect::<BTreeSet<_>>()),
             token_lease: false,
+            counts: Arc::default(),
         }
     }
 
@@ -468,6 +487,7 @@ mod tests {
             caller: Caller {
                 client: "gamma".into(),
                 account: account.clone(),
+                counts: std::sync::Arc::default(),
             },
             key: CacheKey::new(account.name.clone(), Route::DiskInfo, "d1"),
         });

@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::admitted::{Caller, Target};
 use crate::config::ANONYMOUS;
+use crate::counters::ClientCounters;
 use crate::error::GatewayError;
 use crate::routes::Route;
 use crate::swap::Swap;
@@ -32,12 +33,15 @@ pub(crate) struct ClientEntry {
     pub(crate) routes: Option<BTreeSet<Route>>,
     /// May lease the account's upstream token (`GET /_gateway/token`).
     pub(crate) token_lease: bool,
+    /// Its counts for the console, handed to each of its calls.
+    pub(crate) counts: Arc<ClientCounters>,
 }
 
 /// The identified caller: its name, its account, and its entry unless anonymous.
 struct Identified<'a> {
     name: Arc<str>,
     account: Arc<AccountHandle>,
+    counts: Arc<ClientCounters>,
     entry: Option<&'a ClientEntry>,
 }
 
@@ -48,6 +52,8 @@ pub(crate) struct Authenticator {
     anonymous: Option<Arc<AccountHandle>>,
     /// [`ANONYMOUS`], made once rather than per call.
     anonymous_name: Arc<str>,
+    /// The anonymous caller's counts.
+    anonymous_counts: Arc<ClientCounters>,
     /// The routes an anonymous caller may use; `None`: every route (no clients configured).
     anonymous_routes: Option<BTreeSet<Route>>,
 }
@@ -82,8 +88,30 @@ impl Authenticator {
             clients,
             anonymous,
             anonymous_name: ANONYMOUS.into(),
+            anonymous_counts: Arc::default(),
             anonymous_routes,
         }
+    }
+
+    /// Counts the anonymous caller's calls in `counts` (kept across reloads by their maker).
+    #[must_use]
+    pub(crate) fn with_anonymous_counts(mut self, counts: Arc<ClientCounters>) -> Authenticator {
+        self.anonymous_counts = counts;
+        self
+    }
+
+    /// Every caller this authenticator knows, with its counts: each client, and the anonymous
+    /// caller when allowed (`GET /admin/clients`).
+    pub(crate) fn callers(&self) -> Vec<(Arc<str>, Arc<ClientCounters>)> {
+        self.clients
+            .iter()
+            .map(|c| (c.name.clone(), c.counts.clone()))
+            .chain(
+                self.anonymous
+                    .is_some()
+                    .then(|| (self.anonymous_name.clone(), self.anonymous_counts.clone())),
+            )
+            .collect()
     }
 
     /// The names callers are known by: every client's, and the anonymous one when allowed.
@@ -108,6 +136,7 @@ impl Authenticator {
         let anonymous = |account: &Arc<AccountHandle>| Identified {
             name: self.anonymous_name.clone(),
             account: account.clone(),
+            counts: self.anonymous_counts.clone(),
             entry: None,
         };
         if let (true, Some(account)) = (self.clients.is_empty(), &self.anonymous) {
@@ -133,6 +162,7 @@ impl Authenticator {
                 Ok(Identified {
                     name: c.name.clone(),
                     account: c.account.clone(),
+                    counts: c.counts.clone(),
                     entry: Some(c),
                 })
             }
@@ -154,6 +184,7 @@ impl Authenticator {
         let Identified {
             name,
             account,
+            counts,
             entry,
         } = who;
         if let (Some(entry), Some(route)) = (entry, route)
@@ -172,6 +203,7 @@ impl Authenticator {
         Ok(Caller {
             client: name,
             account,
+            counts,
         })
     }
 
@@ -182,6 +214,7 @@ impl Authenticator {
         let Identified {
             name,
             account,
+            counts,
             entry,
         } = who;
         match entry {
@@ -190,21 +223,23 @@ impl Authenticator {
             Some(_) => Ok(Caller {
                 client: name,
                 account,
+                counts,
             }),
         }
     }
 
-    /// Who may call `target`: the caller, or why not. A known client is named in `known` before
-    /// its route is checked, so that a refusal's access line names it too.
+    /// Who may call `target`: the caller, or why not. A known client is named in `known` (with
+    /// its counts) before its route is checked, so that a refusal's access line names it too and
+    /// its counts count it.
     pub(crate) fn admit(
         &self,
         headers: &HeaderMap,
         target: &Target,
-        known: &mut Option<Arc<str>>,
+        known: &mut Option<(Arc<str>, Arc<ClientCounters>)>,
     ) -> Result<Caller, GatewayError> {
         let who = self.identify(headers)?;
         if who.entry.is_some() {
-            *known = Some(who.name.clone());
+            *known = Some((who.name.clone(), who.counts.clone()));
         }
         match target {
             Target::Own(_) => Self::may_lease(who),

@@ -147,6 +147,7 @@ impl Shared {
         let mut resp = bare_hit(&entry, started, usize::from(self.server_timing));
         let id = request_id::pick(req.headers());
         self.lookups_of(route).inc();
+        caller.counts.hit();
         drop(in_flight);
         let line = Line {
             request_id: id.to_str().unwrap_or("-"),

@@ -75,6 +75,7 @@ pub(crate) fn caller(client: &str, account: &Arc<AccountHandle>) -> Caller {
     Caller {
         client: client.into(),
         account: account.clone(),
+        counts: std::sync::Arc::default(),
     }
 }
 

@@ -140,6 +140,8 @@ impl TokenLease {
             .token_leases
             .with_label_values(&[&caller.client])
             .inc();
+        caller.counts.leased();
+        broker.counts().leased();
         Ok(lease_response(&lease, &caller.account.name, id.as_str()))
     }
 

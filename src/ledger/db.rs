@@ -123,6 +123,14 @@ impl Ledger {
         Ok(())
     }
 
+    /// Which database this is, as the console names it.
+    pub(crate) fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
     /// The pool, for the tables that live beside the ledger (the webhook outbox).
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool

@@ -239,6 +239,28 @@ impl Ledger {
         Ok(row.try_get("n")?)
     }
 
+    /// How many entries arrived since `since_ms` (epoch ms), by outcome: counted by the
+    /// database, whatever the number of entries. Outcomes with none are left out.
+    pub(crate) async fn counts_since(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<(Outcome, i64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT outcome, COUNT(*) AS n FROM purchases WHERE at >= $1 GROUP BY outcome",
+        )
+        .bind(since_ms as i64)
+        .fetch_all(&self.rest)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let outcome: String = r.try_get("outcome")?;
+                let n: i64 = r.try_get("n")?;
+                Ok((Outcome::parse(&outcome).unwrap_or(Outcome::Unknown), n))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(LedgerError::from)
+    }
+
     /// The rows spend sums read: entries that arrived in `[since_ms, until_ms)`.
     pub(crate) async fn spend_rows(
         &self,

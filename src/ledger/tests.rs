@@ -82,6 +82,7 @@ both!(
     counts_read_back_as_integers,
     an_id_is_opened_once,
     the_unsettled_original_is_the_earliest_open_or_unknown_of_its_account,
+    counts_since_a_moment_are_by_outcome,
 );
 
 mod tempdir {
@@ -455,6 +456,45 @@ async fn counts_read_back_as_integers(l: &Ledger) {
     assert_eq!(l.open_count().await.unwrap(), 1);
     assert_eq!(l.remove_before(NOW + 3).await.unwrap(), 3);
     assert_eq!(l.open_count().await.unwrap(), 0);
+}
+
+async fn counts_since_a_moment_are_by_outcome(l: &Ledger) {
+    assert!(l.counts_since(0).await.unwrap().is_empty());
+    // Before the moment: not counted, whatever its outcome.
+    let old = new_id(NOW - 1);
+    l.open(&new_entry(&old, NOW - 1, "a", None)).await.unwrap();
+    l.settle(&old, &Settlement::new(Outcome::Bought, NOW))
+        .await
+        .unwrap();
+    let outcomes = [
+        Outcome::Bought,
+        Outcome::Bought,
+        Outcome::Refused,
+        Outcome::Unknown,
+        Outcome::Open,
+    ];
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let at = NOW + i as u64;
+        let id = new_id(at);
+        l.open(&new_entry(&id, at, "a", None)).await.unwrap();
+        if outcome != Outcome::Open {
+            l.settle(&id, &Settlement::new(outcome, at + 1))
+                .await
+                .unwrap();
+        }
+    }
+    let mut counts = l.counts_since(NOW).await.unwrap();
+    counts.sort_by_key(|(o, _)| o.as_str());
+    assert_eq!(
+        counts,
+        [
+            (Outcome::Bought, 2),
+            (Outcome::Open, 1),
+            (Outcome::Refused, 1),
+            (Outcome::Unknown, 1)
+        ]
+    );
+    assert_eq!(l.counts_since(NOW + 5).await.unwrap(), []);
 }
 
 async fn an_id_is_opened_once(l: &Ledger) {

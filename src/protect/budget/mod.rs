@@ -70,6 +70,8 @@ pub(crate) struct CapUse {
     pub(crate) cap: &'static str,
     pub(crate) used: u64,
     pub(crate) limit: u64,
+    /// When the cap's window ends and its use starts again at 0 (seconds since the epoch).
+    pub(crate) resets_at: u64,
 }
 
 /// One account's or client's caps, and the prefix of its counters' keys.
@@ -111,6 +113,11 @@ impl Budget {
     /// New caps (a reload): counters already charged stay, measured against them.
     pub(crate) fn set_caps(&self, settings: BudgetSettings) {
         self.settings.store(settings);
+    }
+
+    /// The settings in force (the zone and `warn_at` the console shows).
+    pub(crate) fn settings(&self) -> Arc<BudgetSettings> {
+        self.settings.load()
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -282,21 +289,22 @@ impl Budget {
             }
         }
         // One read per account: a shared store keeps an account's counters together.
-        let mut by_account: BTreeMap<String, Vec<(&Whose, Cap, String)>> = BTreeMap::new();
+        let mut by_account: BTreeMap<String, Vec<(&Whose, Cap, String, u64)>> = BTreeMap::new();
         for scope in &scopes {
             for cap in scope.caps.set() {
-                let key = format!("{}|{}", scope.key, window(cap.period, &s.tz, now).key);
+                let w = window(cap.period, &s.tz, now);
+                let key = format!("{}|{}", scope.key, w.key);
                 by_account
                     .entry(scope.account.clone())
                     .or_default()
-                    .push((scope, cap, key));
+                    .push((scope, cap, key, w.ends));
             }
         }
         let mut out = Vec::new();
         for (account, caps) in by_account {
             let keys = caps.iter().map(|c| c.2.clone()).collect();
             let used = self.tally.read(account, keys).await?;
-            for ((scope, cap, _), used) in caps.into_iter().zip(used) {
+            for ((scope, cap, _, resets_at), used) in caps.into_iter().zip(used) {
                 out.push(CapUse {
                     scope: scope.scope,
                     who: scope.who.clone(),
@@ -306,6 +314,7 @@ impl Budget {
                         Unit::Gb => used.gb,
                     },
                     limit: cap.limit,
+                    resets_at,
                 });
             }
         }

@@ -63,6 +63,12 @@ pub(crate) fn window(period: Period, tz: &TimeZone, now: u64) -> Window {
     }
 }
 
+/// The first second of the local day holding `now` in `tz` (its midnight, or the first moment
+/// after a daylight-saving gap that skips it).
+pub(crate) fn start_of_day(tz: &TimeZone, now: u64) -> u64 {
+    start_of(local_date(tz, now), tz)
+}
+
 fn local_date(tz: &TimeZone, now: u64) -> Date {
     Timestamp::from_second(now as i64)
         .expect("a clock within range")
@@ -104,6 +110,21 @@ mod tests {
         let h = window(Period::Hour, &TimeZone::UTC, now);
         assert_eq!(h.key, format!("h|{}", now / 3600));
         assert_eq!(h.ends, at("2026-12-07T10:00:00Z"));
+    }
+
+    #[test]
+    fn a_day_starts_at_the_local_midnight() {
+        let tz = zone("Asia/Shanghai");
+        let now = at("2026-12-07T17:00:00Z");
+        assert_eq!(start_of_day(&tz, now), at("2026-12-07T16:00:00Z"));
+        assert_eq!(
+            start_of_day(&TimeZone::UTC, now),
+            at("2026-12-07T00:00:00Z")
+        );
+        assert_eq!(
+            start_of_day(&tz, at("2026-12-07T16:00:00Z")),
+            at("2026-12-07T16:00:00Z")
+        );
     }
 
     #[test]

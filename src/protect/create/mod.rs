@@ -61,6 +61,7 @@ use tower::{Service, ServiceExt};
 use crate::admitted::{FlowAnswer, OutcomeUnknown};
 use crate::cache::answer::Answer;
 use crate::clock::now_ms;
+use crate::counters::Refused;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::protect::records::{Begin, RecordStore};
@@ -260,11 +261,13 @@ impl Flow {
                     let unknown = resp.extensions().get::<OutcomeUnknown>().is_some();
                     let from_record = resp.extensions().get::<FromRecord>().is_some();
                     let replayed = resp.extensions().get::<Replayed>().is_some();
+                    let refused = resp.extensions().get::<Refused>().copied();
                     Outcome {
                         answer: Ok(Answer::from_response(resp)),
                         unknown,
                         replayed,
                         from_record,
+                        refused,
                     }
                 }
                 Err(Stopped::TimedOut) => Outcome {
@@ -275,12 +278,14 @@ impl Flow {
                     unknown: true,
                     replayed: false,
                     from_record: false,
+                    refused: None,
                 },
                 Err(Stopped::Refused(err)) => Outcome {
                     answer: Err(err),
                     unknown: false,
                     replayed: false,
                     from_record: true,
+                    refused: None,
                 },
             };
             // Whether the disk this create made (if any) is claimed, so that no reconciliation
@@ -319,20 +324,24 @@ impl Flow {
         if outcome.unknown && intent.route.spends_money() {
             return Err(unknown());
         }
-        match role {
+        let mut resp = match role {
             Role::Leader => outcome
                 .answer
                 .as_ref()
                 .map(Answer::to_response)
-                .map_err(Clone::clone),
+                .map_err(Clone::clone)?,
             Role::Joined => {
                 self.count(intent, "joined");
-                outcome.answer.as_ref().map_err(Clone::clone).map(|answer| {
-                    let mut resp = replay(answer);
-                    resp.extensions_mut().insert(FlowAnswer::Joined);
-                    resp
-                })
+                let answer = outcome.answer.as_ref().map_err(Clone::clone)?;
+                let mut resp = replay(answer);
+                resp.extensions_mut().insert(FlowAnswer::Joined);
+                resp
             }
+        };
+        // A refusal made below stays one for whoever gets it.
+        if let Some(refused) = outcome.refused {
+            resp.extensions_mut().insert(refused);
         }
+        Ok(resp)
     }
 }

@@ -10,6 +10,7 @@ use http::StatusCode;
 
 use crate::cache::answer::Answer;
 use crate::clock::{now_ms, retry_secs};
+use crate::counters::Refused;
 use crate::error::{GatewayError, TOO_FREQUENT};
 use crate::protect::records::{Begin, Hold, Record, RecordStore, State, in_flight, marker};
 use crate::routes::Route;
@@ -29,6 +30,8 @@ pub(super) struct Outcome {
     pub(crate) replayed: bool,
     /// Made from the record (a replay, or a refusal about it): the record stays as it is.
     pub(crate) from_record: bool,
+    /// A refusal the gateway made below, and why: the answer's mark for the per-client counts.
+    pub(crate) refused: Option<Refused>,
 }
 
 impl Outcome {
@@ -40,6 +43,7 @@ impl Outcome {
             unknown,
             replayed: false,
             from_record: false,
+            refused: None,
         }
     }
 

@@ -38,6 +38,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{Credentials, TokenConfig};
+use crate::counters::AccountCounters;
 use crate::fleet::token::TokenStore;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -96,6 +97,8 @@ pub(crate) struct TokenBroker {
     flights: SingleFlight<Need, Result<Secret, TokenError>>,
     /// Shared mode: the fleet's token, refreshed by one replica for all.
     shared: Option<Arc<TokenStore>>,
+    /// The account's token history for the console (last token, leases, refusals).
+    counts: AccountCounters,
 }
 
 impl std::fmt::Debug for TokenBroker {
@@ -128,6 +131,7 @@ impl TokenBroker {
             fetching: tokio::sync::Mutex::new(()),
             flights: SingleFlight::new(),
             shared: None,
+            counts: AccountCounters::default(),
         })
     }
 
@@ -135,6 +139,11 @@ impl TokenBroker {
     pub(crate) fn with_shared(mut self, store: Arc<TokenStore>) -> TokenBroker {
         self.shared = Some(store);
         self
+    }
+
+    /// The account's token history for the console.
+    pub(crate) fn counts(&self) -> &AccountCounters {
+        &self.counts
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

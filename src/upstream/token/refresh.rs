@@ -192,6 +192,7 @@ impl TokenBroker {
                     .with_label_values(&["ok"])
                     .inc();
                 tracing::info!(account = %self.account, lifetime = ?lifetime, "obtained an upstream token");
+                self.counts.obtained(crate::clock::now_ms());
                 state.obtained(Held {
                     token: token.clone(),
                     expires_at: sent_at + lifetime,
@@ -204,6 +205,9 @@ impl TokenBroker {
                     .token_refreshes
                     .with_label_values(&["error"])
                     .inc();
+                if e.is_refusal() {
+                    self.counts.refused();
+                }
                 let backoff = self.backoff(state.failures());
                 // The upstream's own words, escaped and without the credentials, for the operator.
                 let mut detail = detail;

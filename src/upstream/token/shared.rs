@@ -81,6 +81,10 @@ impl TokenBroker {
         if left <= margin || (need_fresh && due) || t.refused || state.is_refused(&t.token, now) {
             return None;
         }
+        // A new token from the fleet is this account's latest; the one already held is not.
+        if !state.holds(&t.token) {
+            self.counts.obtained(now_ms);
+        }
         state.obtained(Held {
             token: t.token.clone(),
             expires_at: now + left,

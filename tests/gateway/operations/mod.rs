@@ -3,6 +3,7 @@
 //!
 //! - `admin_endpoints`: without an admin key, `/admin/*` is off and `/healthz` answers;
 //! - `config_properties`: the config loader over arbitrary text (proptest);
+//! - `console_api`: the console's views count what was sent; operator actions are logged;
 //! - `egress_proxy`: the upstream through an HTTP CONNECT proxy and behind an inspecting TLS CA;
 //! - `log_format`: `--log-format json` writes one JSON object per line;
 //! - `memory_bound`: resident memory per cache entry and record stays near what is accounted;
@@ -19,6 +20,7 @@
 
 mod admin_endpoints;
 mod config_properties;
+mod console_api;
 mod egress_proxy;
 mod log_format;
 mod memory_bound;
