@@ -1,6 +1,7 @@
 //! The admin listener (CONTRACT.md, "Admin"): `/metrics`, `/healthz`, `/readyz`, and `/admin/*`
 //! (`/admin/cache/purge`, `/admin/reload`, the ledger's `/admin/purchases` and `/admin/spend`
-//! from `crate::purchases`, the console's views from `crate::console`) guarded by `[admin] key_sha256` (disabled when unset).
+//! from `crate::purchases`, the console's views from `crate::console`) guarded by `[admin]
+//! key_sha256` (disabled when unset), and the console's page (`/console`, off without that key).
 //! Kept apart from the data plane so that it can be exposed to the cluster's probes and scrapers
 //! only.
 
@@ -296,7 +297,12 @@ async fn admin(
                 .map_err(|msg| GatewayError::BadRequest { code: 1007, msg })?;
             let shown = format!("{what:?}");
             state.cache.invalidate(what, Reason::Purge).await;
-            tracing::info!(action = "cache.purge", target = %shown, request_id = %id, "operator action");
+            tracing::info!(
+                action = "cache.purge",
+                target = %shown,
+                request_id = %id,
+                "operator action"
+            );
             Ok(success_response(
                 "purged",
                 serde_json::json!({"purged": shown}),

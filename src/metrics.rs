@@ -389,10 +389,9 @@ impl Metrics {
         for result in ["ok", "error"] {
             self.ledger_writes.with_label_values(&[result]);
         }
-        if !settings.webhooks.is_empty() {
-            for result in ["delivered", "failed", "dropped"] {
-                self.webhook_deliveries.with_label_values(&[result]);
-            }
+        // Always, like the backlog gauge: the alerts read them whether or not webhooks are set.
+        for result in ["delivered", "failed", "dropped"] {
+            self.webhook_deliveries.with_label_values(&[result]);
         }
         for route in settings.cache.routes.keys() {
             for result in ["hit", "stale", "miss", "coalesced", "bypass"] {

@@ -108,7 +108,13 @@ async fn today(state: &AdminState, since: u64) -> Value {
                     }
                 }
             }
-            json!({"since": since, "bought": bought, "refused": refused, "unknown": unknown, "other": other})
+            json!({
+                "since": since,
+                "bought": bought,
+                "refused": refused,
+                "unknown": unknown,
+                "other": other,
+            })
         }
         Err(e) => json!({
             "since": since, "bought": null, "refused": null, "unknown": null, "other": null,

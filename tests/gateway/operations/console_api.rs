@@ -2,8 +2,9 @@
 //! binary: `GET /admin/overview`, `/admin/budgets` and `/admin/clients` count exactly the
 //! creates (bought, refused by a budget, replayed), reads (hits and misses), token lease and
 //! refusals sent; the admin key guards them (401), they are off without one (404), and a query
-//! parameter is refused (400). Operator actions are logged with the request id the operator's tool
-//! sent. With two replicas sharing Redis, each says so, and budgets are the fleet's.
+//! parameter is refused (400); refused credentials show as a failing token with the reason.
+//! Operator actions are logged with the request id the operator's tool sent; a reload that adds
+//! a client lists it. With two replicas sharing Redis, each says so, and budgets are the fleet's.
 
 use std::time::Duration;
 
@@ -209,6 +210,16 @@ async fn the_views_count_exactly_what_was_sent() {
     )
     .await;
     assert_eq!((status, &v["traceId"]), (200, &json!("console-purge-7f3a")));
+    // The reload adds a client: listed at 0, while the others keep their counts.
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        format!(
+            "{text}\n{}",
+            client_entry("late", "fgw_console_late_client_77aa", "")
+        ),
+    )
+    .unwrap();
     let (status, _, v) = answer(
         http()
             .post(format!("{}/admin/reload", gw.admin_url))
@@ -220,6 +231,14 @@ async fn the_views_count_exactly_what_was_sent() {
         (status, &v["traceId"]),
         (200, &json!("console-reload-9c1d"))
     );
+    let (_, v) = view(&gw.admin_url, "/admin/clients").await;
+    let counts: Vec<(&str, i64)> = v["data"]["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["requests"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(counts, [("ops", 10), ("idle", 0), ("late", 0)], "{v}");
     let (_, _, v) = answer(
         http()
             .post(format!("{}/admin/cache/purge", gw.admin_url))
@@ -309,4 +328,32 @@ async fn replicas_sharing_redis_say_so_and_show_the_fleets_budget() {
             ]}),
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_whose_credentials_are_refused_shows_failing_with_the_reason() {
+    let sim = Sim::start(sim_config()).await;
+    let toml = format!(
+        "[admin]\nkey_sha256 = \"{}\"\n",
+        hex::encode(Sha256::digest(ADMIN.as_bytes()))
+    );
+    let env = vec![
+        ("FINOVY_UUID", "demo-uuid".to_string()),
+        ("FINOVY_SECRET", "not-the-secret".to_string()),
+    ];
+    let gw = Gw::start(&toml, &sim.url, env).await;
+    let a: Value = eventually_some("the account fails", Duration::from_secs(20), || async {
+        let (status, v) = view(&gw.admin_url, "/admin/overview").await;
+        assert_eq!(status, 200, "{v}");
+        let a = v["data"]["accounts"][0].clone();
+        (a["token"] == "failing").then_some(a)
+    })
+    .await;
+    assert!(a["refusals"].as_i64().unwrap() >= 1, "{a}");
+    assert!(a["lastError"].as_str().unwrap().contains("code 401"), "{a}");
+    assert_eq!(
+        (&a["lastRefreshAt"], &a["expiresInSeconds"], &a["leases"]),
+        (&Value::Null, &Value::Null, &json!(0))
+    );
+    assert!(!a.to_string().contains("not-the-secret"), "{a}");
 }
