@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
-use crate::counters::{Refusal, Refused};
 use crate::envelope::error_response;
+use crate::refusal::{Refusal, Refused};
 use crate::svc::{BoxFuture, Resp};
 
 /// What a pipeline's service returns: an answer, or a refusal still to be rendered (once, by

@@ -23,6 +23,7 @@ pub(crate) mod listener;
 pub mod metrics;
 pub mod protect;
 pub mod purchases;
+pub(crate) mod refusal;
 pub mod reload;
 pub mod routes;
 pub(crate) mod secret;

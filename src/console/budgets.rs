@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 
 pub(super) async fn budgets(state: &AdminState) -> Value {
     let budget = &state.reloader.budget;

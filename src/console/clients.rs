@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 use crate::counters::Refusal;
 
 pub(super) fn clients(state: &AdminState) -> Value {

@@ -12,39 +12,17 @@ pub(crate) mod assets;
 mod budgets;
 mod clients;
 mod overview;
+pub(crate) mod state;
 pub(crate) mod window;
-
-use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 use crate::envelope::success_response;
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
 
-pub(crate) use window::{LookupWindow, sample};
-
-/// What the console's views know of this process beside the admin state.
-pub(crate) struct Console {
-    /// When this process started (epoch ms): uptime, and since when clients are counted.
-    pub(crate) started_ms: u64,
-    /// This replica's name in the ledger.
-    pub(crate) replica: Arc<str>,
-    /// The cache's lookups over the last minutes.
-    pub(crate) lookups: Arc<LookupWindow>,
-}
-
-impl Console {
-    pub(crate) fn new(metrics: &Metrics, replica: Arc<str>) -> Console {
-        let started_ms = crate::clock::now_ms();
-        Console {
-            started_ms,
-            replica,
-            lookups: Arc::new(LookupWindow::new(metrics, started_ms)),
-        }
-    }
-}
+pub(crate) use state::Console;
+pub(crate) use window::sample;
 
 /// One of the console's JSON views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 use crate::ledger::Outcome;
 use crate::upstream::AccountHandle;
 use crate::upstream::token::TokenStatus;

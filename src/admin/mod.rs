@@ -5,10 +5,12 @@
 //! Kept apart from the data plane so that it can be exposed to the cluster's probes and scrapers
 //! only.
 
+pub(crate) mod state;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,50 +19,27 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::cache::Cache;
 use crate::cache::Reason;
 use crate::cache::key::{CacheKey, canonical_json};
 use crate::clock::now_ms;
 use crate::config::{DEFAULT_ACCOUNT, ServerConfig};
-use crate::console::{self, Console};
+use crate::console;
 use crate::envelope::success_response;
 use crate::error::GatewayError;
-use crate::fleet::Fleet;
-use crate::fleet::cache::TwoLevel;
 use crate::layers::auth::{bearer_key, key_matches};
 use crate::layers::request_id::pick;
 use crate::metrics::Metrics;
-use crate::protect::records::RecordStore;
 use crate::purchases;
-use crate::reload::{ReloadError, Reloader};
+use crate::reload::ReloadError;
 use crate::routes::RouteTable;
 use crate::serve::{self, Plane};
 use crate::store::Invalidation;
-use crate::swap::Swap;
-use crate::upstream::AccountHandle;
 use crate::upstream::token::TokenStatus;
+
+pub(crate) use state::AdminState;
 
 /// How long `/readyz` waits for a token when none is held.
 const READY_TOKEN_WAIT: Duration = Duration::from_secs(3);
-
-pub(crate) struct AdminState {
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) accounts: Vec<Arc<AccountHandle>>,
-    pub(crate) cache: Arc<Cache>,
-    pub(crate) records: Arc<dyn RecordStore>,
-    /// Swapped by a reload, like the settings it guards.
-    pub(crate) admin_key_sha256: Arc<Swap<Option<[u8; 32]>>>,
-    pub(crate) reloader: Arc<Reloader>,
-    pub(crate) draining: Arc<AtomicBool>,
-    pub(crate) fleet: Option<Arc<Fleet>>,
-    pub(crate) two_level: Option<Arc<TwoLevel>>,
-    /// The routes this process runs, for purges that name one.
-    pub(crate) routes: Arc<RouteTable>,
-    /// The purchase ledger (`/admin/purchases`, `/admin/spend`).
-    pub(crate) ledger: crate::ledger::Ledger,
-    /// What the console's views read beside the rest (`/admin/overview` and the others).
-    pub(crate) console: Console,
-}
 
 /// Open admin connections at most: probes and scrapers need few, and a flood of them must not
 /// take the process's file descriptors. At the cap a new one takes the longest-idle one's place.
