@@ -406,6 +406,7 @@ state in memory). Ctrl-C stops both.
 
   gateway    http://{gw}
   admin      http://{admin}  (/metrics /healthz /readyz)
+  console    http://{admin}/console#key={admin_key}   (signed in; the key stays in the tab)
   simulator  http://{sim}  (/_sim/stats /_sim/fault /_sim/reset)
   client key {key}   (client "demo"; new at every start)
   admin key  {admin_key}   (new at every start)

@@ -264,11 +264,35 @@ function start() {
   showView();
 }
 
+// `dev` prints the console's address with its admin key in the fragment (which the browser never
+// sends): taken once into the tab's storage, then removed from the address bar and the history.
+function keyFromFragment() {
+  const m = /^#key=([^&]+)$/.exec(location.hash);
+  if (!m) return null;
+  let key = null;
+  try {
+    key = decodeURIComponent(m[1]);
+  } catch (_) {
+    return null;
+  }
+  try {
+    sessionStorage.setItem(KEY_STORE, key);
+  } catch (_) {
+    // Kept in memory only.
+  }
+  history.replaceState(null, '', location.pathname + location.search + '#overview');
+  return key;
+}
+
 function init() {
   $('signin-form').addEventListener('submit', signIn);
   $('sign-out').addEventListener('click', () => askForKey('Signed out: the key is forgotten.'));
   window.addEventListener('hashchange', () => {
-    if (state.key) showView();
+    const key = keyFromFragment();
+    if (key) {
+      state.key = key;
+      start();
+    } else if (state.key) showView();
   });
   document.addEventListener('visibilitychange', () => {
     if (document.hidden) clearTimeout(state.timer);
@@ -304,7 +328,7 @@ function init() {
   const limit = $('f-limit').value;
   state.purchases.applied = { limit };
   hooks.unauthorized = askForKey;
-  state.key = storedKey();
+  state.key = keyFromFragment() || storedKey();
   if (state.key) start();
   else askForKey('');
 }

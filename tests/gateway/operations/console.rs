@@ -566,6 +566,29 @@ async fn the_console_shows_the_gateway_and_acts_on_it_in_a_real_browser() {
             "return !document.getElementById('signin').hidden && sessionStorage.length === 0;",
         )
         .await;
+
+    // The address `dev` prints carries the key in its fragment: signed in at once, and the key
+    // leaves the address bar (and the history) at once.
+    browser
+        .goto(&format!("{}/console#key={ADMIN}", gw.admin_url))
+        .await;
+    browser
+        .until(
+            "signed in from the fragment",
+            "return document.getElementById('signin').hidden && !document.getElementById('app').hidden;",
+        )
+        .await;
+    let (hash, stored) = {
+        let v = browser
+            .run(
+                "return [location.hash, sessionStorage.getItem(arguments[0])];",
+                json!(["finovy-gateway.console.admin-key"]),
+            )
+            .await;
+        (v[0].clone(), v[1].clone())
+    };
+    assert_eq!(hash, "#overview");
+    assert_eq!(stored, ADMIN);
     browser.quit().await;
 }
 

@@ -461,21 +461,41 @@ async fn dev_serves_the_simulator_behind_the_gateway() {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut gw = None;
+        let (mut gw, mut console) = (None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["gateway", url, ..] => gw = Some(url.to_string()),
+                ["console", url, ..] => console = Some(url.to_string()),
                 ["client", "key", key, ..] => {
-                    let _ = tx.send((gw.clone().expect("gateway line first"), key.to_string()));
+                    let _ = tx.send((
+                        gw.clone().expect("gateway line first"),
+                        console.clone().expect("console line first"),
+                        key.to_string(),
+                    ));
                 }
                 _ => {}
             }
         }
     });
-    let (url, key) = rx
+    let (url, console, key) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("dev prints its banner");
+    // The console's address, signed in by the admin key in its fragment (never sent).
+    let (page, admin_key) = console
+        .split_once("#key=")
+        .expect("the key in the fragment");
+    let resp = http().get(page).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{page}");
+    assert!(resp.text().await.unwrap().contains("app.js"));
+    let overview = page.replace("/console", "/admin/overview");
+    let resp = http()
+        .get(&overview)
+        .bearer_auth(admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{overview}");
     let auth = format!("Bearer {key}");
     let (_, created) = send_json(
         http()
