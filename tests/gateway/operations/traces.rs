@@ -1,8 +1,9 @@
 //! Traces end to end: the real binary exports over OTLP/HTTP to a collector this test runs (an
 //! HTTP server on loopback decoding `ExportTraceServiceRequest` with the protocol's own crate).
 //! The spans of a hit, of a miss joined to another's fill, of a create that waited for its rate
-//! slot, with their parents and attributes; the upstream sees the gateway's span as its parent;
-//! and a collector that is down costs a request nothing while its drops are counted.
+//! slot, of a reconciled create (its list calls under a `reconcile` span), with their parents and
+//! attributes; the upstream sees the gateway's span as its parent; and a collector that is down
+//! costs a request nothing while its drops are counted.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -360,5 +361,122 @@ async fn a_collector_that_is_down_costs_no_request_anything_and_drops_are_counte
             .await
             .contains("trace export failed"),
         "the outage is logged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconciled_create_shows_its_list_calls_under_a_reconcile_span() {
+    let collector = Collector::start().await;
+    let sim = Sim::start(sim_config()).await;
+    // 100 older disks in the area, none of the order's size: the list takes two pages.
+    let token = sim.token().await;
+    for gb in 30..130 {
+        let (status, v) = send_json(
+            http()
+                .post(format!("{}{DISK}/create", sim.url))
+                .header("Finovy-Access-Token", &token)
+                .json(&json!({"area": 0, "memory": gb, "isMount": 0})),
+        )
+        .await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    }
+    let toml = traced(
+        &collector,
+        &format!("[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}"),
+    );
+    let gw = Bin::serve(&toml, &sim.url, &DEMO);
+    let key = fresh_key();
+    let create = || {
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .header("Idempotency-Key", &key)
+            .json(&json!({"area": 0, "memory": 20, "isMount": 0}))
+    };
+    // The gateway's token first, so that only the create meets the fault.
+    let (status, _) = send_json(
+        http()
+            .post(format!("{}{DISK}/getList", gw.url))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The simulator buys the disk, then holds its answer past the gateway's upstream timeout:
+    // an unknown outcome.
+    sim.fault("slow", "1s").await;
+    let (status, _, v) = answer(create()).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    eventually("the disk made", Duration::from_secs(20), || async {
+        sim.stats().await["disks"] == 101
+    })
+    .await;
+    sim.fault("none", "0s").await;
+    // The retry finds that disk in the list instead of buying another.
+    let (status, _, v) = answer(create()).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let disk = v["data"].as_str().unwrap().to_string();
+    assert_eq!(
+        sim.calls("create").await,
+        101,
+        "one purchase through the gateway"
+    );
+
+    let spans = collector
+        .spans_when("the reconciled retry's spans", |s| {
+            s.iter().any(|s| s.name == "reconcile")
+                && s.iter().any(|s| {
+                    s.name == "POST disk.create"
+                        && attr(s, "dedup").as_deref() == Some("reconciled")
+                })
+        })
+        .await;
+    let retry = named(&spans, "POST disk.create")
+        .into_iter()
+        .find(|s| attr(s, "dedup").as_deref() == Some("reconciled"))
+        .unwrap();
+    assert_eq!(
+        attr(retry, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let reconcile = named(&spans, "reconcile")[0];
+    assert_eq!(
+        reconcile.parent_span_id, retry.span_id,
+        "a child of the retry's span"
+    );
+    assert_eq!(reconcile.trace_id, retry.trace_id);
+    assert_eq!(attr(reconcile, "reconcile.pages").as_deref(), Some("2"));
+    assert_eq!(
+        attr(reconcile, "reconcile.disks_listed").as_deref(),
+        Some("101")
+    );
+    assert_eq!(
+        attr(reconcile, "reconcile.candidates").as_deref(),
+        Some("1")
+    );
+    assert_eq!(attr(reconcile, "reconcile.found").as_deref(), Some("true"));
+    // Facts only: neither the key nor the disk it found.
+    for kv in &reconcile.attributes {
+        let value = text(kv.value.as_ref().unwrap().value.as_ref().unwrap()).unwrap();
+        assert!(!value.contains(&key) && !value.contains(&disk), "{kv:?}");
+    }
+    // Each page is an upstream call of its own, under the reconciliation.
+    let lists = children(&spans, reconcile);
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    for call in lists {
+        assert_eq!(call.name, "POST");
+        assert_eq!(call.kind, 3, "a client span");
+        assert_eq!(
+            attr(call, "url.full"),
+            Some(format!("{}{DISK}/getList", sim.url))
+        );
+        assert_eq!(
+            attr(call, "http.response.status_code").as_deref(),
+            Some("200")
+        );
+    }
+    // The retry made no create call of its own.
+    assert!(
+        !children(&spans, retry).iter().any(|s| s.name == "POST"),
+        "{:?}",
+        children(&spans, retry)
     );
 }
