@@ -2,7 +2,8 @@
 //! HTTP server on loopback decoding `ExportTraceServiceRequest` with the protocol's own crate).
 //! The spans of a hit, of a miss joined to another's fill, of a create that waited for its rate
 //! slot, of a reconciled create (its list calls under a `reconcile` span), with their parents and
-//! attributes; the upstream sees the gateway's span as its parent; and a collector that is down
+//! attributes; Redis commands as spans only when debug is on for the fleet's module (a real
+//! redis-server); the upstream sees the gateway's span as its parent; and a collector that is down
 //! costs a request nothing while its drops are counted.
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
 
 /// The collector: every span it was sent, with its service's name.
@@ -479,4 +481,76 @@ async fn a_reconciled_create_shows_its_list_calls_under_a_reconcile_span() {
         "{:?}",
         children(&spans, retry)
     );
+}
+
+/// A shared-mode gateway exporting to `collector`, with `level` as its `[log] level`.
+fn shared_traced(collector: &Collector, redis: &RedisServer, level: &str) -> String {
+    traced(
+        collector,
+        &format!(
+            "[redis]\nurl = \"{}\"\n[log]\nlevel = \"{level}\"\n",
+            redis.url()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_calls_are_spans_only_with_debug_on_for_the_fleet() {
+    let redis = RedisServer::start();
+    let sim = Sim::start(sim_config()).await;
+    let (debug, quiet) = (Collector::start().await, Collector::start().await);
+    let level = "info,finovy_gateway::fleet=debug";
+    let on = Bin::serve(&shared_traced(&debug, &redis, level), &sim.url, &DEMO);
+    let off = Bin::serve(&shared_traced(&quiet, &redis, "info"), &sim.url, &DEMO);
+    let (status, id) = create(&on.url, 20).await;
+    assert_eq!(status, 200);
+    // A miss on each replica: each asks Redis (the second finds the first's fill there).
+    for gw in [&on, &off] {
+        let url = format!("{}{DISK}/info/{id}", gw.url);
+        let (status, h, _) = get(&url, &[]).await;
+        assert_eq!(status, 200, "{h:?}");
+    }
+
+    let miss_with_redis = |s: &[Span]| {
+        s.iter().any(|r| {
+            r.name == "GET disk.info" && children(s, r).iter().any(|c| c.name.starts_with("redis "))
+        })
+    };
+    let spans = debug
+        .spans_when("a miss with its Redis calls", miss_with_redis)
+        .await;
+    let request = named(&spans, "GET disk.info")[0];
+    assert_eq!(attr(request, "cache").as_deref(), Some("miss"));
+    let calls: Vec<&Span> = children(&spans, request)
+        .into_iter()
+        .filter(|c| c.name.starts_with("redis "))
+        .collect();
+    let ops: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+    // The lookup in the request's task, and the fill's store in the task the fill runs in.
+    for op in ["redis cache_get", "redis cache_put"] {
+        assert!(ops.contains(&op), "{op} in {ops:?}");
+    }
+    for call in &calls {
+        assert_eq!(call.kind, 3, "a client span");
+        assert_eq!(attr(call, "db.system.name").as_deref(), Some("redis"));
+        let op = attr(call, "db.operation.name").expect("db.operation.name");
+        assert_eq!(call.name, format!("redis {op}"));
+    }
+    // Only the request's own commands: nothing of the replica's housekeeping as a trace.
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name.starts_with("redis "))
+            .all(|s| spans.iter().any(|p| p.span_id == s.parent_span_id)),
+        "a Redis span without its parent"
+    );
+
+    // At the default level: the same miss, and no Redis span at all.
+    let spans = quiet
+        .spans_when("the other replica's miss", |s| {
+            s.iter().any(|s| s.name == "GET disk.info")
+        })
+        .await;
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("redis")), "{names:?}");
 }
