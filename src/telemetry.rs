@@ -30,7 +30,7 @@ pub(crate) mod server_timing;
 pub(crate) mod span;
 mod traces;
 
-pub(crate) use traces::{SPANS_DROPPED, TRACE_TARGET, on as traces_on};
+pub(crate) use traces::{SPANS_DROPPED, TRACE_TARGET, decided, on as traces_on, sample_hit};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const MAX_BUFFER: usize = 8 * 1024 * 1024;

@@ -80,8 +80,21 @@ fn record_status(span: &Span, status: u16) {
     }
 }
 
-/// A fresh hit's span, made and ended at once.
+/// A fresh hit's span, made and ended at once, when the hit is sampled: its sampling is decided
+/// first ([`crate::telemetry::sample_hit`]), so an unsampled hit makes no span at all.
 pub(crate) fn hit(
+    headers: &HeaderMap,
+    route: Route,
+    client: &str,
+    account: &str,
+    upstream_trace: Option<&str>,
+) {
+    if crate::telemetry::sample_hit(headers) {
+        crate::telemetry::decided(|| sampled_hit(headers, route, client, account, upstream_trace));
+    }
+}
+
+fn sampled_hit(
     headers: &HeaderMap,
     route: Route,
     client: &str,

@@ -1,10 +1,10 @@
 //! Traces end to end: the real binary exports over OTLP/HTTP to a collector this test runs (an
 //! HTTP server on loopback decoding `ExportTraceServiceRequest` with the protocol's own crate).
-//! The spans of a hit, of a miss joined to another's fill, of a create that waited for its rate
-//! slot, of a reconciled create (its list calls under a `reconcile` span), with their parents and
-//! attributes; Redis commands as spans only when debug is on for the fleet's module (a real
-//! redis-server); the upstream sees the gateway's span as its parent; and a collector that is down
-//! costs a request nothing while its drops are counted.
+//! The spans of a hit (only a sampled one), of a miss joined to another's fill, of a create that
+//! waited for its rate slot, of a reconciled create (its list calls under a `reconcile` span), with
+//! their parents and attributes; Redis commands as spans only when debug is on for the fleet's
+//! module (a real redis-server); the upstream sees the gateway's span as its parent; and a
+//! collector that is down costs a request nothing while its drops are counted.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -286,6 +286,45 @@ async fn a_miss_joined_to_a_fill_and_a_hit_are_traced_and_the_upstream_sees_our_
     if leader.trace_id == caller_trace {
         assert_eq!(info[0]["headers"]["tracestate"], "vendor=kept");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hit_is_traced_only_when_sampled_by_the_ratio_or_its_caller() {
+    let collector = Collector::start().await;
+    let sim = Sim::start(sim_config()).await;
+    // No new trace is sampled: only a caller's sampled trace is followed.
+    let toml = format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n{}",
+        collector.url,
+        info_policy("ttl = \"60s\"")
+    );
+    let gw = Bin::serve(&toml, &sim.url, &DEMO);
+    let (status, id) = create(&gw.url, 20).await;
+    assert_eq!(status, 200);
+    let url = format!("{}{DISK}/info/{id}", gw.url);
+    let unsampled = format!("00-{}-{CALLER_SPAN}-00", "1".repeat(32));
+    let sampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let asked: [&[(&str, &str)]; 4] = [
+        &[],
+        &[],
+        &[("traceparent", &unsampled)],
+        &[("traceparent", &sampled)],
+    ];
+    for (i, headers) in asked.into_iter().enumerate() {
+        let (status, h, _) = get(&url, headers).await;
+        assert_eq!(status, 200);
+        // The first fills the entry; the others are fresh hits, answered at the edge.
+        assert_eq!(cache_status(&h).contains("hit"), i > 0, "{h:?}");
+    }
+    let spans = collector
+        .spans_when("the sampled caller's hit", |s| !s.is_empty())
+        .await;
+    assert_eq!(spans.len(), 1, "only the sampled hit: {spans:?}");
+    let hit = &spans[0];
+    assert_eq!(hit.name, "GET disk.info");
+    assert_eq!(attr(hit, "cache").as_deref(), Some("hit"));
+    assert_eq!(hit.trace_id, hex::decode(CALLER_TRACE).unwrap());
+    assert_eq!(hit.parent_span_id, hex::decode(CALLER_SPAN).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
