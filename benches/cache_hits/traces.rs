@@ -2,8 +2,8 @@
 //! the main mode (wrk on CPU 1, 64 connections, a random one of the 1,000 disks per request)
 //! against three gateways on CPU 0 that differ only in `[telemetry]`: traces off (no collector
 //! named, so no span is made), and exporting to an OTLP/HTTP receiver this bench runs itself at
-//! `sample_ratio = 0.01` and at `1.0`. The receiver ([`sink`], on CPU 1 beside wrk, so that its
-//! work is not the gateway's) decodes each export and counts its spans.
+//! `sample_ratio = 0.01` and at `1.0`. The receivers ([`sink`], one per exporting gateway, on CPU 1
+//! beside wrk, so that their work is not the gateway's) decode each export and count its spans.
 //!
 //! Rounds run each gateway once, in rotating order; a gateway's ratios to "off" are taken within
 //! a round (this machine's speed drifts), and their median and range reported: requests/s, p99 and
@@ -196,12 +196,17 @@ pub(super) fn run(
         .build()
         .unwrap();
     let client = reqwest::Client::new();
+    // A receiver for each exporting gateway, so that each one's spans are its own.
     let self_exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "1"]).arg(&self_exe).arg("--otlp-sink");
-    let (_sink, sink) = common::start(cmd, "otlp sink listening", Some(&dir.join("sink.log")));
+    let receiver = |name: &str| {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "1"]).arg(&self_exe).arg("--otlp-sink");
+        let log = dir.join(format!("sink-{name}.log"));
+        common::start(cmd, "otlp sink listening", Some(&log))
+    };
+    let (one_sink, all_sink) = (receiver("one"), receiver("all"));
     let upstream = format!("http://{sim}");
-    let exporting = |ratio: &str| {
+    let exporting = |sink: &str, ratio: &str| {
         format!("[telemetry]\notlp_endpoint = \"http://{sink}\"\nsample_ratio = {ratio}\n")
     };
     let mut gateways = vec![
@@ -211,7 +216,7 @@ pub(super) fn run(
             bin,
             dir,
             "one",
-            &exporting("0.01"),
+            &exporting(&one_sink.1, "0.01"),
             &upstream,
         ),
         gateway(
@@ -219,10 +224,11 @@ pub(super) fn run(
             bin,
             dir,
             "all",
-            &exporting("1.0"),
+            &exporting(&all_sink.1, "1.0"),
             &upstream,
         ),
     ];
+    let sinks = [None, Some(&one_sink.1), Some(&all_sink.1), None];
     if let Ok(before) = std::env::var("FGW_BENCH_BEFORE") {
         gateways.push(gateway(
             "before, traces off",
@@ -247,13 +253,17 @@ pub(super) fn run(
     });
 
     let mut runs: Vec<Vec<Result_>> = gateways.iter().map(|_| Vec::new()).collect();
-    // Spans the sink received during each gateway's measured runs, and the hits wrk counted.
+    // Spans each gateway's receiver got during its runs, and the hits wrk counted.
     let mut spans = vec![(0u64, 0f64); gateways.len()];
     for round in 0..rounds {
         for k in 0..gateways.len() {
             let t = (round + k) % gateways.len();
             let g = &gateways[t];
-            let before = rt.block_on(spans_received(&client, &sink));
+            let received = || match sinks[t] {
+                Some(sink) => rt.block_on(spans_received(&client, sink)),
+                None => 0,
+            };
+            let before = received();
             let r = wrk(
                 g.name,
                 &format!("http://{}", g.addr),
@@ -261,7 +271,7 @@ pub(super) fn run(
                 script,
                 secs,
             );
-            let after = rt.block_on(spans_received(&client, &sink));
+            let after = received();
             // Counted over wrk's warm-up (2 s) and measured run, hits at the measured rate: an
             // estimate, which a batch still on its way also blurs.
             spans[t].0 += after - before;
@@ -282,7 +292,7 @@ pub(super) fn run(
     });
     println!(
         "cache hits, traces: {} disks, wrk -t1 -c64 -d{secs}s on CPU 1, each gateway on CPU 0, \
-         the OTLP receiver on CPU 1, {rounds} rounds (medians; ratios within a round, median [min-max])",
+         OTLP receivers on CPU 1, {rounds} rounds (medians; ratios within a round, median [min-max])",
         ids.len()
     );
     for (i, r) in runs.iter().enumerate() {
