@@ -40,6 +40,40 @@ enum Reconciled {
     NotMade,
 }
 
+/// The reconciliation's span, a child of the request's, when traces are on: what the search read
+/// and found, never a key, fingerprint or disk id.
+fn reconcile_span(req: &Req) -> Option<Span> {
+    RequestSpan::of(req).map(|parent| {
+        child_span!(
+            parent,
+            "reconcile",
+            otel.status_code = Empty,
+            error.type = Empty,
+            reconcile.pages = Empty,
+            reconcile.disks_listed = Empty,
+            reconcile.candidates = Empty,
+            reconcile.found = Empty,
+        )
+    })
+}
+
+/// How the search ended, on its span: found or not, or why it could not look.
+fn record_outcome(span: &Span, reconciled: &Result<Reconciled, GatewayError>) {
+    match reconciled {
+        Ok(r) => {
+            span.record("reconcile.found", matches!(r, Reconciled::Found(_)));
+        }
+        Err(GatewayError::SearchFailed(why)) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", why.as_str());
+        }
+        // Refused, not failed: another retry settles it, or the records are down.
+        Err(_) => {
+            span.record("error.type", "refused");
+        }
+    }
+}
+
 /// A record whose create has an unknown outcome, as a repeat of that create finds it.
 #[derive(Clone, Copy)]
 pub(super) struct Unknown<'a> {
@@ -125,18 +159,7 @@ impl Flow {
         // The settle lock lives for `max_age`: the search (up to a hundred list pages) must end
         // well within it, or a second retry could take the lock and settle this record too.
         let ttl = intent.policy.idempotency_ttl;
-        let span = RequestSpan::of(req).map(|parent| {
-            child_span!(
-                parent,
-                "reconcile",
-                otel.status_code = Empty,
-                error.type = Empty,
-                reconcile.pages = Empty,
-                reconcile.disks_listed = Empty,
-                reconcile.candidates = Empty,
-                reconcile.found = Empty,
-            )
-        });
+        let span = reconcile_span(req);
         let search = self.reconcile(inner, req, intent, unknown, ttl, span.as_ref());
         let search = tokio::time::timeout(self.max_age / 2, search);
         // Inside its span: the records it reads are its children (as Redis spans, when on).
@@ -146,14 +169,7 @@ impl Flow {
         }
         .unwrap_or(Err(GatewayError::SearchFailed(SearchFailed::TookTooLong)));
         if let Some(s) = &span {
-            match &reconciled {
-                Ok(r) => s.record("reconcile.found", matches!(r, Reconciled::Found(_))),
-                Err(GatewayError::SearchFailed(why)) => {
-                    s.record("otel.status_code", "ERROR");
-                    s.record("error.type", why.as_str())
-                }
-                Err(_) => s.record("error.type", "refused"),
-            };
+            record_outcome(s, &reconciled);
         }
         match reconciled? {
             Reconciled::Found(answer) => {
