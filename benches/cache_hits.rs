@@ -14,6 +14,10 @@
 //! `FGW_BENCH_ROUNDS`, default 3: every server runs once per round, in rotating order).
 //! `FGW_BENCH_BEFORE=<path of another finovy-gateway binary>` adds that build as one more server
 //! in the same rounds (say, the last release's), and its ratio to this one.
+//!
+//! Traces mode, `cargo bench --bench cache_hits -- --traces` (needs `wrk` and `taskset` only):
+//! the same hits against the gateway with traces off, and exporting at `sample_ratio` 0.01 and
+//! 1.0 to an OTLP/HTTP receiver the bench runs itself (see `cache_hits/traces.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +33,8 @@ const DISKS: usize = 1000;
 const PATH: &str = "/v1/PveMachineHardDisk/open/info/";
 
 mod common;
+#[path = "cache_hits/traces.rs"]
+mod traces;
 
 use common::{Proc, demo_token, start};
 
@@ -304,33 +310,19 @@ fn require_tools(tools: &[&str]) {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--baseline") {
-        return baseline_server(&args[i + 1]);
-    }
-    if args.iter().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --benches` asks benches to list tests: there are none
-    }
-    require_tools(&["wrk", "nginx", "redis-server", "taskset"]);
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let (secs, rounds) = (
-        env("FGW_BENCH_SECS", 5).max(1),
-        env("FGW_BENCH_ROUNDS", 3).max(1) as usize,
-    );
-    let dir = workdir();
-    let bin = env!("CARGO_BIN_EXE_finovy-gateway");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+/// The simulator (pinned to CPU 0) with [`DISKS`] disks, their bodies in a file (for the
+/// baseline) and wrk's script asking for them at random.
+struct Upstream {
+    sim_proc: Proc,
+    sim: String,
+    token: String,
+    ids: Vec<String>,
+    script: PathBuf,
+    bodies_file: PathBuf,
+}
 
-    let (_sim, sim) = start_pinned(
+fn upstream(bin: &str, dir: &Path, rt: &tokio::runtime::Runtime) -> Upstream {
+    let (sim_proc, sim) = start_pinned(
         bin,
         &[
             "sim",
@@ -386,6 +378,64 @@ fn main() {
     )
     .unwrap();
 
+    Upstream {
+        sim_proc,
+        sim,
+        token,
+        ids,
+        script,
+        bodies_file,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--baseline") {
+        return baseline_server(&args[i + 1]);
+    }
+    if args.iter().any(|a| a == "--otlp-sink") {
+        return traces::sink();
+    }
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` asks benches to list tests: there are none
+    }
+    let traces_mode = args.iter().any(|a| a == "--traces");
+    if traces_mode {
+        require_tools(&["wrk", "taskset"]);
+    } else {
+        require_tools(&["wrk", "nginx", "redis-server", "taskset"]);
+    }
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (secs, rounds) = (
+        env("FGW_BENCH_SECS", 5).max(1),
+        env("FGW_BENCH_ROUNDS", 3).max(1) as usize,
+    );
+    let dir = workdir();
+    let bin = env!("CARGO_BIN_EXE_finovy-gateway");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let Upstream {
+        sim_proc: _sim,
+        sim,
+        token,
+        ids,
+        script,
+        bodies_file,
+    } = upstream(bin, &dir, &rt);
+    if traces_mode {
+        traces::run(bin, &dir, &sim, &ids, &script, secs, rounds);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let client = reqwest::Client::new();
     let config = dir.join("gateway.toml");
     std::fs::write(&config, "[cache.routes.\"disk.info\"]\nttl = \"1h\"\n").unwrap();
     let upstream = format!("http://{sim}");

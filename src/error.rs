@@ -60,6 +60,16 @@ pub(crate) enum SearchFailed {
     TookTooLong,
 }
 
+impl SearchFailed {
+    /// In one word (a span's `error.type`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SearchFailed::ListUnreadable => "list_unreadable",
+            SearchFailed::TookTooLong => "took_too_long",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum GatewayError {
     #[error("missing or unknown client key: send Authorization: Bearer <key>")]

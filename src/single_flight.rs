@@ -149,11 +149,11 @@ where
             rx: rx.clone(),
         };
         let fut = call(detached);
-        tokio::spawn(async move {
+        tokio::spawn(crate::telemetry::span::carried(async move {
             let _land = land;
             let value = fut.await;
             let _ = tx.send(Some(value));
-        });
+        }));
         Flight {
             role: Role::Leader,
             rx,

@@ -30,7 +30,7 @@ pub(crate) mod server_timing;
 pub(crate) mod span;
 mod traces;
 
-pub(crate) use traces::{SPANS_DROPPED, TRACE_TARGET, on as traces_on};
+pub(crate) use traces::{SPANS_DROPPED, TRACE_TARGET, decided, on as traces_on, sample_hit};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const MAX_BUFFER: usize = 8 * 1024 * 1024;
@@ -133,6 +133,7 @@ pub(crate) fn set_level(level: &str) -> Result<(), String> {
         let on = EnvFilter::try_new(level).is_ok_and(access_on);
         sink.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
     }
+    span::set_redis_spans(EnvFilter::try_new(level).is_ok_and(redis_spans_on));
     Ok(())
 }
 
@@ -228,6 +229,16 @@ fn access_on(filter: EnvFilter) -> bool {
     )
 }
 
+/// Whether `filter` enables debug for the fleet's module, which asks for Redis spans
+/// ([`span::redis`]); asked as [`access_on`] is.
+fn redis_spans_on(filter: EnvFilter) -> bool {
+    let probe = tracing::Dispatch::new(tracing_subscriber::registry().with(filter));
+    tracing::dispatcher::with_default(
+        &probe,
+        || tracing::enabled!(target: span::REDIS_SPANS_TARGET, tracing::Level::DEBUG),
+    )
+}
+
 fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> LogGuard {
     let fixed =
         std::env::var_os("RUST_LOG").is_some_and(|_| EnvFilter::try_from_default_env().is_ok());
@@ -270,6 +281,7 @@ fn init_with(format: LogFormat, level: &str, traces: Option<&TraceSettings>) -> 
             format,
             enabled: access_on(active_filter(level)).into(),
         });
+        span::set_redis_spans(redis_spans_on(active_filter(level)));
     }
     let thread = Some(spawn_flusher(writer.clone()));
     LogGuard {

@@ -332,8 +332,23 @@ impl Fleet {
     }
 
     /// Runs one Redis operation under the command timeout; a failure is counted under `op` (one
-    /// of [`crate::metrics::REDIS_OPS`]).
+    /// of [`crate::metrics::REDIS_OPS`]). With traces on and Redis spans asked for, the operation
+    /// is a span of its own ([`crate::telemetry::span::redis`]).
     pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let span = crate::telemetry::span::redis(op);
+        let outcome = self.run_untraced(op, command).await;
+        if let (Some(span), Err(e)) = (&span, &outcome) {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", e.kind());
+        }
+        outcome
+    }
+
+    async fn run_untraced<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,

@@ -3,12 +3,14 @@
 //! route, path parameter and canonical body, in one account) in flight at once are sent upstream
 //! once, and every caller gets its answer; the joiners' carry `Idempotent-Replayed: true`. The
 //! call runs in a task of its own to its end, even if every caller goes away. Nothing is kept
-//! after it: a repeat once it ended runs again. Spends are [`super::dedup`]'s.
+//! after it: a repeat once it ended runs again. A joiner's `Server-Timing` has the time it waited
+//! (`wait;dur=`). Spends are [`super::dedup`]'s.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::HeaderValue;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tower::{Layer, Service, ServiceExt};
 
@@ -20,6 +22,7 @@ use crate::protect::create::{REPLAYED, RecordKey, fingerprint};
 use crate::routes::Route;
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::Resp;
+use crate::telemetry::server_timing::Timing;
 
 /// What one collapsed call got: the upstream's answer, or why there is none.
 type Outcome = Result<Answer, GatewayError>;
@@ -87,14 +90,21 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        // A joiner waited for the call it joined (its `Server-Timing` says so).
+        let timing = Timing::of(&call.req).cloned();
         Box::pin(async move {
             let guard = shared.work.token();
+            let joined_at = Instant::now();
             let flight = shared.flights.join_or_start(rkey, move || async move {
                 let _guard = guard;
                 Arc::new(inner.oneshot(call).await.map(Answer::from_response))
             });
             let role = flight.role;
-            answer(&shared, route, role, flight.wait().await.as_deref())
+            let outcome = flight.wait().await;
+            if let (Some(t), Role::Joined) = (timing, role) {
+                t.waited(joined_at.elapsed());
+            }
+            answer(&shared, route, role, outcome.as_deref())
         })
     }
 }

@@ -18,6 +18,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
 
 use crate::admitted::{Call, FlowAnswer, PURCHASE_ID, PurchaseId, RequestId, Spend};
 use crate::cache::answer::Answer;
@@ -227,8 +228,10 @@ where
             let caller = spend.call.caller.clone();
             // The rest runs to its end whoever still waits for it.
             let work = books.work.clone();
+            // The request's span stays current for the spend (not for the settling after it).
+            let current = crate::telemetry::span::current();
             let task = work.spawn(async move {
-                let result = inner.oneshot(spend).await;
+                let result = inner.oneshot(spend).instrument(current).await;
                 let (mut settlement, flow) = settlement(&id, &result, now_ms());
                 let bought = settlement.outcome() == Outcome::Bought;
                 let resource = settlement.resource_id.clone();

@@ -5,6 +5,10 @@
 //! ([`child_span!`]): they find it in the request's extensions ([`RequestSpan`]), which travel
 //! with the call into the tasks a fill or a create runs in.
 //!
+//! The request's future is polled inside its span, so a step that makes no span of its own
+//! (a Redis command, when its spans are asked for: [`crate::telemetry::span::redis`]) finds it
+//! current.
+//!
 //! With traces off this layer is not in the stack and no request carries a [`RequestSpan`], so
 //! no step makes a span; a fresh hit asks one `bool` ([`hit`] is called only when on).
 
@@ -17,8 +21,8 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::{Layer, Service};
-use tracing::Span;
 use tracing::field::Empty;
+use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::admitted::{AccountName, ClientName, FlowAnswer};
@@ -76,8 +80,21 @@ fn record_status(span: &Span, status: u16) {
     }
 }
 
-/// A fresh hit's span, made and ended at once.
+/// A fresh hit's span, made and ended at once, when the hit is sampled: its sampling is decided
+/// first ([`crate::telemetry::sample_hit`]), so an unsampled hit makes no span at all.
 pub(crate) fn hit(
+    headers: &HeaderMap,
+    route: Route,
+    client: &str,
+    account: &str,
+    upstream_trace: Option<&str>,
+) {
+    if crate::telemetry::sample_hit(headers) {
+        crate::telemetry::decided(|| sampled_hit(headers, route, client, account, upstream_trace));
+    }
+}
+
+fn sampled_hit(
     headers: &HeaderMap,
     route: Route,
     client: &str,
@@ -180,10 +197,16 @@ where
         let span = request_span(req.headers(), method, route);
         req.extensions_mut().insert(RequestSpan(span.clone()));
         let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            finish(&span, &resp);
-            Ok(resp)
-        })
+        // Polled inside its span: what runs in the request's own task and makes no child of its
+        // own finds it current (a Redis command's span, when asked for).
+        let current = span.clone();
+        Box::pin(
+            async move {
+                let resp = fut.await?;
+                finish(&span, &resp);
+                Ok(resp)
+            }
+            .instrument(current),
+        )
     }
 }

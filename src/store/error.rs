@@ -24,6 +24,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The kind of failure, in one word (a span's `error.type`).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Redis(_) => "redis",
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Resting(_) => "resting",
+            StoreError::Unexpected(_) => "unexpected",
+            StoreError::Subscription(_) => "subscription",
+        }
+    }
+
     /// What went wrong, without the common prefix (for `/readyz` and the log).
     pub(crate) fn detail(&self) -> String {
         match self {

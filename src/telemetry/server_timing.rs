@@ -1,7 +1,8 @@
 //! `Server-Timing` on every data-plane answer (CONTRACT.md, `[server] server_timing`, on by
 //! default): where a cached route answered from (`cache;desc=hit|miss|stale`), the time spent in
-//! upstream calls (`upstream;dur=`), the time waited for a rate-limit slot or for another
-//! request's fill (`wait;dur=`), and the whole (`total;dur=`), in milliseconds.
+//! upstream calls (`upstream;dur=`), the time waited for a rate-limit slot, for another
+//! request's fill, or for an identical create or mutation in flight that it joined (`wait;dur=`),
+//! and the whole (`total;dur=`), in milliseconds.
 //!
 //! A request below the cache-hit layer carries a [`Timing`] (a request extension, so it travels
 //! with the call into the tasks a fill or a create runs in); the steps that know a part add to it

@@ -9,27 +9,35 @@
 //! its own with a small runtime, over hyper (the HTTP stack the gateway already has).
 //!
 //! Whether spans are made at all is [`on`], one relaxed load: with tracing off, no layer makes a
-//! span, so a cache hit costs what it did without tracing.
+//! span, so a cache hit costs what it did without tracing. With tracing on, a fresh hit decides
+//! its sampling before it makes a span ([`sample_hit`], the same rule as the SDK's sampler): an
+//! unsampled hit, most of them at a small ratio, makes none, and a sampled one is not sampled a
+//! second time by its trace id ([`Decided`]).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry::Context;
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
+    Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample, Span, SpanData,
+    SpanExporter, SpanProcessor,
 };
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
@@ -50,6 +58,45 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
 static ON: AtomicBool = AtomicBool::new(false);
+
+/// The sampling the exporter was built with, for the hits' own decision ([`sample_hit`]).
+static SAMPLING: OnceLock<Sampling> = OnceLock::new();
+
+thread_local! {
+    /// Set while a span whose sampling was decided already starts ([`decided`]).
+    static DECIDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a fresh hit with these headers is sampled, decided before any span is made: by a
+/// caller's `traceparent` when sampling is parent-based, else by the ratio. The SDK's sampler
+/// answers the same, but only for a span already made.
+pub(crate) fn sample_hit(headers: &HeaderMap) -> bool {
+    let Some(s) = SAMPLING.get() else {
+        return false;
+    };
+    if s.parent_based && headers.contains_key("traceparent") {
+        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let parent = cx.span().span_context().clone();
+        if parent.is_valid() {
+            return parent.is_sampled();
+        }
+    }
+    s.ratio >= 1.0 || (s.ratio > 0.0 && rand::random::<f64>() < s.ratio)
+}
+
+/// Runs `f`, which makes a span and ends it, with that span's sampling decided: sampled
+/// ([`sample_hit`] said so). The span starts, and is sampled, as it ends, on this thread.
+pub(crate) fn decided<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DECIDED.with(|d| d.set(false));
+        }
+    }
+    DECIDED.with(|d| d.set(true));
+    let _reset = Reset;
+    f()
+}
 
 /// Whether this process exports traces (so its layers make spans).
 #[inline]
@@ -85,9 +132,10 @@ pub(crate) fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, St
     if !named {
         resource = resource.with_service_name("finovy-gateway");
     }
+    let _ = SAMPLING.set(settings.sampling);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(Queue::start(exporter)?)
-        .with_sampler(sampler(settings.sampling))
+        .with_sampler(Decided(sampler(settings.sampling)))
         .with_resource(resource.build())
         .build();
     ON.store(true, Ordering::Relaxed);
@@ -121,6 +169,38 @@ fn sampler(s: Sampling) -> Sampler {
         Sampler::ParentBased(Box::new(root))
     } else {
         root
+    }
+}
+
+// === impl Decided ===
+
+/// The configured sampler, except for a span whose sampling was decided before it was made
+/// ([`decided`]): that one is sampled, with its parent's trace state.
+#[derive(Debug, Clone)]
+struct Decided(Sampler);
+
+impl ShouldSample for Decided {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        if DECIDED.with(Cell::get) {
+            let trace_state = parent_context
+                .map(|cx| cx.span().span_context().trace_state().clone())
+                .unwrap_or_default();
+            return SamplingResult {
+                decision: SamplingDecision::RecordAndSample,
+                attributes: Vec::new(),
+                trace_state,
+            };
+        }
+        self.0
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
     }
 }
 

@@ -29,7 +29,8 @@
 //!
 //! This is the flow apart from its layer (`crate::layers::dedup` reads the request and renders
 //! the answer): the flow takes an [`Intent`] and the inner service, and answers
-//! `Result<Resp, GatewayError>`; it reads nothing from the request. In parts, each one concern:
+//! `Result<Resp, GatewayError>`; it reads nothing from the request but what telemetry its steps
+//! add to (the request's span, its `Server-Timing`). In parts, each one concern:
 //! [`intent`] is the prologue both flows share (the one reader of the request); this module runs
 //! an execution and answers its callers; [`keyed`] and [`unkeyed`] are the two flows; [`settle`]
 //! settles unknown outcomes (reconciliation against the disk list, under a lock); [`keys`] names
@@ -68,6 +69,7 @@ use crate::protect::records::{Begin, RecordStore};
 use crate::routes::Route;
 use crate::single_flight::{Role, SingleFlight};
 use crate::svc::{Req, Resp};
+use crate::telemetry::server_timing::Timing;
 
 pub(crate) use intent::{Intent, Keying, Parts};
 pub(crate) use keys::{RecordKey, fingerprint};
@@ -224,6 +226,9 @@ impl Flow {
         let records = self.records.clone();
         let guard = self.work.token();
         let (route, account, lease) = (intent.route, intent.account.clone(), self.lease);
+        // A request joined to another's execution waited for it (its `Server-Timing` says so).
+        let timing = Timing::of(&req).cloned();
+        let joined_at = tokio::time::Instant::now();
         let flight = self.flights.join_or_start(rkey, move || async move {
             let _guard = guard;
             let sent_at_ms = now_ms();
@@ -302,7 +307,12 @@ impl Flow {
             }
             Arc::new(outcome)
         });
-        (flight.role, flight.wait().await)
+        let role = flight.role;
+        let outcome = flight.wait().await;
+        if let (Some(t), Role::Joined) = (timing, role) {
+            t.waited(joined_at.elapsed());
+        }
+        (role, outcome)
     }
 
     /// The answer for one caller of an execution.

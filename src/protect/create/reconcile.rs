@@ -5,12 +5,14 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
+use tracing::Span;
 
 use crate::cache::answer::Answer;
 use crate::envelope::EnvelopeHead;
 use crate::protect::validate::DiskOrder;
 use crate::routes::{Route, RouteMatch};
 use crate::svc::Req;
+use crate::telemetry::span::RequestSpan;
 
 /// The disk list is read this many at a time, and at most this many pages.
 pub(super) const PAGE_SIZE: u64 = 100;
@@ -46,8 +48,14 @@ pub(super) fn candidates(listed: &[Value], order: &DiskOrder, sent_at_ms: u64) -
 }
 
 /// The `getList` request for one page of the account's disks in `order`'s area, carrying the
-/// original request's extensions (caller, account, request id).
-pub(super) fn list_request(original: &Req, order: &DiskOrder, page: u64) -> Req {
+/// original request's extensions (caller, account, request id); with traces on, `span` (the
+/// reconciliation's) stands for the request's span, so the list call is its child.
+pub(super) fn list_request(
+    original: &Req,
+    order: &DiskOrder,
+    page: u64,
+    span: Option<&Span>,
+) -> Req {
     let body = serde_json::json!({"page": page, "pageSize": PAGE_SIZE, "area": order.area});
     let mut list = Req::new(Bytes::from(body.to_string()));
     *list.method_mut() = Method::POST;
@@ -62,6 +70,9 @@ pub(super) fn list_request(original: &Req, order: &DiskOrder, page: u64) -> Req 
         route: Route::DiskList,
         param: None,
     });
+    if let Some(span) = span {
+        list.extensions_mut().insert(RequestSpan(span.clone()));
+    }
     list
 }
 
@@ -258,7 +269,7 @@ mod tests {
     #[test]
     fn the_list_request_asks_one_page_of_the_orders_area() {
         let original = Req::new(Bytes::new());
-        let r = list_request(&original, &order(3, 20, None), 2);
+        let r = list_request(&original, &order(3, 20, None), 2, None);
         assert_eq!(r.method(), Method::POST);
         assert_eq!(r.uri().path(), "/v1/PveMachineHardDisk/open/getList");
         let v: Value = serde_json::from_slice(r.body()).unwrap();

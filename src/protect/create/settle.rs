@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::{Service, ServiceExt};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::admitted::FlowAnswer;
 use crate::cache::answer::Answer;
@@ -19,6 +21,7 @@ use crate::clock::now_ms;
 use crate::error::{GatewayError, SearchFailed, StillRunning};
 use crate::protect::records::{Begin, Lock, Record, State, in_flight, marker};
 use crate::svc::{Req, Resp};
+use crate::telemetry::span::{RequestSpan, child_span};
 
 use super::protocol::records_lost;
 use super::reconcile::{self, candidates, created_disk, last_page, list_request, read_page};
@@ -35,6 +38,40 @@ pub(super) enum Settled {
 enum Reconciled {
     Found(Answer),
     NotMade,
+}
+
+/// The reconciliation's span, a child of the request's, when traces are on: what the search read
+/// and found, never a key, fingerprint or disk id.
+fn reconcile_span(req: &Req) -> Option<Span> {
+    RequestSpan::of(req).map(|parent| {
+        child_span!(
+            parent,
+            "reconcile",
+            otel.status_code = Empty,
+            error.type = Empty,
+            reconcile.pages = Empty,
+            reconcile.disks_listed = Empty,
+            reconcile.candidates = Empty,
+            reconcile.found = Empty,
+        )
+    })
+}
+
+/// How the search ended, on its span: found or not, or why it could not look.
+fn record_outcome(span: &Span, reconciled: &Result<Reconciled, GatewayError>) {
+    match reconciled {
+        Ok(r) => {
+            span.record("reconcile.found", matches!(r, Reconciled::Found(_)));
+        }
+        Err(GatewayError::SearchFailed(why)) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", why.as_str());
+        }
+        // Refused, not failed: another retry settles it, or the records are down.
+        Err(_) => {
+            span.record("error.type", "refused");
+        }
+    }
 }
 
 /// A record whose create has an unknown outcome, as a repeat of that create finds it.
@@ -122,11 +159,19 @@ impl Flow {
         // The settle lock lives for `max_age`: the search (up to a hundred list pages) must end
         // well within it, or a second retry could take the lock and settle this record too.
         let ttl = intent.policy.idempotency_ttl;
-        let search = self.reconcile(inner, req, intent, unknown, ttl);
-        let reconciled = tokio::time::timeout(self.max_age / 2, search)
-            .await
-            .unwrap_or(Err(GatewayError::SearchFailed(SearchFailed::TookTooLong)))?;
-        match reconciled {
+        let span = reconcile_span(req);
+        let search = self.reconcile(inner, req, intent, unknown, ttl, span.as_ref());
+        let search = tokio::time::timeout(self.max_age / 2, search);
+        // Inside its span: the records it reads are its children (as Redis spans, when on).
+        let reconciled = match &span {
+            Some(s) => search.instrument(s.clone()).await,
+            None => search.await,
+        }
+        .unwrap_or(Err(GatewayError::SearchFailed(SearchFailed::TookTooLong)));
+        if let Some(s) = &span {
+            record_outcome(s, &reconciled);
+        }
+        match reconciled? {
             Reconciled::Found(answer) => {
                 self.count(intent, "reconciled");
                 let done = Record {
@@ -165,7 +210,8 @@ impl Flow {
         }
     }
 
-    /// Looks for the disk an unknown-outcome create may have made.
+    /// Looks for the disk an unknown-outcome create may have made; `span`, the reconciliation's
+    /// when traces are on, is told what it read (never a key, fingerprint or disk id).
     async fn reconcile<S>(
         &self,
         inner: S,
@@ -173,6 +219,7 @@ impl Flow {
         intent: &Intent,
         unknown: &Unknown<'_>,
         ttl: Duration,
+        span: Option<&Span>,
     ) -> Result<Reconciled, GatewayError>
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
@@ -182,9 +229,10 @@ impl Flow {
         let Some(order) = &intent.disk else {
             return Err(GatewayError::CannotReconcile(route.as_str()));
         };
-        let mut disks = Vec::new();
+        let (mut disks, mut pages, mut readable) = (Vec::new(), 0, true);
         for page in 1..=reconcile::MAX_PAGES {
-            let list = list_request(req, order, page);
+            pages = page;
+            let list = list_request(req, order, page, span);
             let answer = Answer::from_response(
                 inner
                     .clone()
@@ -193,7 +241,8 @@ impl Flow {
                     .unwrap_or_else(|e| match e {}),
             );
             let Some((got, total)) = read_page(&answer) else {
-                return Err(GatewayError::SearchFailed(SearchFailed::ListUnreadable));
+                readable = false;
+                break;
             };
             let n = got.len();
             disks.extend(got);
@@ -201,7 +250,18 @@ impl Flow {
                 break;
             }
         }
+        // Each recorded once: a field recorded again is one more attribute, not a new value.
+        if let Some(s) = span {
+            s.record("reconcile.pages", pages);
+            s.record("reconcile.disks_listed", disks.len() as u64);
+        }
+        if !readable {
+            return Err(GatewayError::SearchFailed(SearchFailed::ListUnreadable));
+        }
         let matches = candidates(&disks, order, unknown.sent_at_ms);
+        if let Some(s) = span {
+            s.record("reconcile.candidates", matches.len() as u64);
+        }
         // An identical order still being made may own one of these disks without having claimed
         // it yet (its answer is on its way): wait for it rather than take its disk. Asked after
         // the list was read, so a disk listed here is either claimed already or still marked.

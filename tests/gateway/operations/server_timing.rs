@@ -1,10 +1,12 @@
 //! `Server-Timing` end to end: a hit, a miss, a miss joined to another's fill, a create that
-//! waited for its rate slot, the gateway's own refusals, and `[server] server_timing = false`.
+//! waited for its rate slot, a create and a mount joined to identical ones in flight, the
+//! gateway's own refusals, and `[server] server_timing = false`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use finovy_gateway::sim::SimConfig;
 use reqwest::header::HeaderMap;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::*;
 
@@ -145,6 +147,68 @@ async fn a_create_that_waited_for_its_rate_slot_says_how_long() {
         wait + dur(&second, "upstream") <= dur(&second, "total"),
         "{second:?}"
     );
+}
+
+/// Two identical `path` requests with `body` at once, the upstream slow: their answers, the one
+/// that made the call first.
+async fn two_at_once(gw: &Gw, path: &str, body: &Value) -> [(HeaderMap, Value); 2] {
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, body) = (format!("{}{DISK}/{path}", gw.url), body.clone());
+            tokio::spawn(async move {
+                let (status, h, v) = answer(http().post(url).json(&body)).await;
+                assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+                (h, v)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.unwrap());
+    }
+    answers.sort_by_key(|(h, _)| names(h).contains(&"wait".to_string()));
+    answers.try_into().unwrap()
+}
+
+/// The first made the call, the second joined it and says how long it waited for it.
+fn one_called_and_one_waited(answers: &[(HeaderMap, Value); 2]) {
+    let [(leader, first), (joined, second)] = answers;
+    assert_eq!(first["data"], second["data"], "one answer for both");
+    assert_eq!(names(leader), ["upstream", "total"], "{leader:?}");
+    assert_eq!(names(joined), ["wait", "total"], "{joined:?}");
+    assert!(dur(leader, "upstream") >= 400.0, "{leader:?}");
+    // The joined one came a little later than the call went out.
+    assert!(dur(joined, "wait") >= 200.0, "{joined:?}");
+    assert!(dur(joined, "wait") <= dur(joined, "total"), "{joined:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_joined_to_an_identical_one_in_flight_says_it_waited() {
+    let sim = Sim::start(sim_config()).await;
+    let gw = Gw::start("", &sim.url, demo_env()).await;
+    sim.fault("slow", "400ms").await;
+    // No Idempotency-Key: identical creates in flight at once are one purchase.
+    let order = json!({"area": 0, "memory": 20, "isMount": 0});
+    let answers = two_at_once(&gw, "create", &order).await;
+    one_called_and_one_waited(&answers);
+    assert_eq!(sim.calls("create").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mount_joined_to_an_identical_one_in_flight_says_it_waited() {
+    let sim = Sim::start(SimConfig {
+        mount_delay: Duration::from_secs(3600),
+        ..sim_config()
+    })
+    .await;
+    let gw = Gw::anonymous(&sim).await;
+    let (status, _, disk) = create(&gw, 20).await;
+    assert_eq!(status, 200);
+    sim.fault("slow", "400ms").await;
+    let mount = json!({"id": disk, "pveId": finovy_gateway::sim::seed::HOST_AREA0});
+    let answers = two_at_once(&gw, "pveCreate", &mount).await;
+    one_called_and_one_waited(&answers);
+    assert_eq!(sim.calls("pveCreate").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,10 @@
 //! Traces end to end: the real binary exports over OTLP/HTTP to a collector this test runs (an
 //! HTTP server on loopback decoding `ExportTraceServiceRequest` with the protocol's own crate).
-//! The spans of a hit, of a miss joined to another's fill, of a create that waited for its rate
-//! slot, with their parents and attributes; the upstream sees the gateway's span as its parent;
-//! and a collector that is down costs a request nothing while its drops are counted.
+//! The spans of a hit (only a sampled one), of a miss joined to another's fill, of a create that
+//! waited for its rate slot, of a reconciled create (its list calls under a `reconcile` span), with
+//! their parents and attributes; Redis commands as spans only when debug is on for the fleet's
+//! module (a real redis-server); the upstream sees the gateway's span as its parent; and a
+//! collector that is down costs a request nothing while its drops are counted.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
+use crate::harness::redis::RedisServer;
 use crate::harness::*;
 
 /// The collector: every span it was sent, with its service's name.
@@ -286,6 +289,45 @@ async fn a_miss_joined_to_a_fill_and_a_hit_are_traced_and_the_upstream_sees_our_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hit_is_traced_only_when_sampled_by_the_ratio_or_its_caller() {
+    let collector = Collector::start().await;
+    let sim = Sim::start(sim_config()).await;
+    // No new trace is sampled: only a caller's sampled trace is followed.
+    let toml = format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n{}",
+        collector.url,
+        info_policy("ttl = \"60s\"")
+    );
+    let gw = Bin::serve(&toml, &sim.url, &DEMO);
+    let (status, id) = create(&gw.url, 20).await;
+    assert_eq!(status, 200);
+    let url = format!("{}{DISK}/info/{id}", gw.url);
+    let unsampled = format!("00-{}-{CALLER_SPAN}-00", "1".repeat(32));
+    let sampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let asked: [&[(&str, &str)]; 4] = [
+        &[],
+        &[],
+        &[("traceparent", &unsampled)],
+        &[("traceparent", &sampled)],
+    ];
+    for (i, headers) in asked.into_iter().enumerate() {
+        let (status, h, _) = get(&url, headers).await;
+        assert_eq!(status, 200);
+        // The first fills the entry; the others are fresh hits, answered at the edge.
+        assert_eq!(cache_status(&h).contains("hit"), i > 0, "{h:?}");
+    }
+    let spans = collector
+        .spans_when("the sampled caller's hit", |s| !s.is_empty())
+        .await;
+    assert_eq!(spans.len(), 1, "only the sampled hit: {spans:?}");
+    let hit = &spans[0];
+    assert_eq!(hit.name, "GET disk.info");
+    assert_eq!(attr(hit, "cache").as_deref(), Some("hit"));
+    assert_eq!(hit.trace_id, hex::decode(CALLER_TRACE).unwrap());
+    assert_eq!(hit.parent_span_id, hex::decode(CALLER_SPAN).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_create_that_waited_for_its_rate_slot_shows_the_wait() {
     let collector = Collector::start().await;
     let sim = Sim::start(sim_config()).await;
@@ -361,4 +403,193 @@ async fn a_collector_that_is_down_costs_no_request_anything_and_drops_are_counte
             .contains("trace export failed"),
         "the outage is logged once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconciled_create_shows_its_list_calls_under_a_reconcile_span() {
+    let collector = Collector::start().await;
+    let sim = Sim::start(sim_config()).await;
+    // 100 older disks in the area, none of the order's size: the list takes two pages.
+    let token = sim.token().await;
+    for gb in 30..130 {
+        let (status, v) = send_json(
+            http()
+                .post(format!("{}{DISK}/create", sim.url))
+                .header("Finovy-Access-Token", &token)
+                .json(&json!({"area": 0, "memory": gb, "isMount": 0})),
+        )
+        .await;
+        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    }
+    let toml = traced(
+        &collector,
+        &format!("[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}"),
+    );
+    let gw = Bin::serve(&toml, &sim.url, &DEMO);
+    let key = fresh_key();
+    let create = || {
+        http()
+            .post(format!("{}{DISK}/create", gw.url))
+            .header("Idempotency-Key", &key)
+            .json(&json!({"area": 0, "memory": 20, "isMount": 0}))
+    };
+    // The gateway's token first, so that only the create meets the fault.
+    let (status, _) = send_json(
+        http()
+            .post(format!("{}{DISK}/getList", gw.url))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The simulator buys the disk, then holds its answer past the gateway's upstream timeout:
+    // an unknown outcome.
+    sim.fault("slow", "1s").await;
+    let (status, _, v) = answer(create()).await;
+    assert_eq!((status, v["code"].as_i64()), (504, Some(1005)), "{v}");
+    eventually("the disk made", Duration::from_secs(20), || async {
+        sim.stats().await["disks"] == 101
+    })
+    .await;
+    sim.fault("none", "0s").await;
+    // The retry finds that disk in the list instead of buying another.
+    let (status, _, v) = answer(create()).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let disk = v["data"].as_str().unwrap().to_string();
+    assert_eq!(
+        sim.calls("create").await,
+        101,
+        "one purchase through the gateway"
+    );
+
+    let spans = collector
+        .spans_when("the reconciled retry's spans", |s| {
+            s.iter().any(|s| s.name == "reconcile")
+                && s.iter().any(|s| {
+                    s.name == "POST disk.create"
+                        && attr(s, "dedup").as_deref() == Some("reconciled")
+                })
+        })
+        .await;
+    let retry = named(&spans, "POST disk.create")
+        .into_iter()
+        .find(|s| attr(s, "dedup").as_deref() == Some("reconciled"))
+        .unwrap();
+    assert_eq!(
+        attr(retry, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let reconcile = named(&spans, "reconcile")[0];
+    assert_eq!(
+        reconcile.parent_span_id, retry.span_id,
+        "a child of the retry's span"
+    );
+    assert_eq!(reconcile.trace_id, retry.trace_id);
+    assert_eq!(attr(reconcile, "reconcile.pages").as_deref(), Some("2"));
+    assert_eq!(
+        attr(reconcile, "reconcile.disks_listed").as_deref(),
+        Some("101")
+    );
+    assert_eq!(
+        attr(reconcile, "reconcile.candidates").as_deref(),
+        Some("1")
+    );
+    assert_eq!(attr(reconcile, "reconcile.found").as_deref(), Some("true"));
+    // Facts only: neither the key nor the disk it found.
+    for kv in &reconcile.attributes {
+        let value = text(kv.value.as_ref().unwrap().value.as_ref().unwrap()).unwrap();
+        assert!(!value.contains(&key) && !value.contains(&disk), "{kv:?}");
+    }
+    // Each page is an upstream call of its own, under the reconciliation.
+    let lists = children(&spans, reconcile);
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    for call in lists {
+        assert_eq!(call.name, "POST");
+        assert_eq!(call.kind, 3, "a client span");
+        assert_eq!(
+            attr(call, "url.full"),
+            Some(format!("{}{DISK}/getList", sim.url))
+        );
+        assert_eq!(
+            attr(call, "http.response.status_code").as_deref(),
+            Some("200")
+        );
+    }
+    // The retry made no create call of its own.
+    assert!(
+        !children(&spans, retry).iter().any(|s| s.name == "POST"),
+        "{:?}",
+        children(&spans, retry)
+    );
+}
+
+/// A shared-mode gateway exporting to `collector`, with `level` as its `[log] level`.
+fn shared_traced(collector: &Collector, redis: &RedisServer, level: &str) -> String {
+    traced(
+        collector,
+        &format!(
+            "[redis]\nurl = \"{}\"\n[log]\nlevel = \"{level}\"\n",
+            redis.url()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_calls_are_spans_only_with_debug_on_for_the_fleet() {
+    let redis = RedisServer::start();
+    let sim = Sim::start(sim_config()).await;
+    let (debug, quiet) = (Collector::start().await, Collector::start().await);
+    let level = "info,finovy_gateway::fleet=debug";
+    let on = Bin::serve(&shared_traced(&debug, &redis, level), &sim.url, &DEMO);
+    let off = Bin::serve(&shared_traced(&quiet, &redis, "info"), &sim.url, &DEMO);
+    let (status, id) = create(&on.url, 20).await;
+    assert_eq!(status, 200);
+    // A miss on each replica: each asks Redis (the second finds the first's fill there).
+    for gw in [&on, &off] {
+        let url = format!("{}{DISK}/info/{id}", gw.url);
+        let (status, h, _) = get(&url, &[]).await;
+        assert_eq!(status, 200, "{h:?}");
+    }
+
+    let miss_with_redis = |s: &[Span]| {
+        s.iter().any(|r| {
+            r.name == "GET disk.info" && children(s, r).iter().any(|c| c.name.starts_with("redis "))
+        })
+    };
+    let spans = debug
+        .spans_when("a miss with its Redis calls", miss_with_redis)
+        .await;
+    let request = named(&spans, "GET disk.info")[0];
+    assert_eq!(attr(request, "cache").as_deref(), Some("miss"));
+    let calls: Vec<&Span> = children(&spans, request)
+        .into_iter()
+        .filter(|c| c.name.starts_with("redis "))
+        .collect();
+    let ops: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+    // The lookup in the request's task, and the fill's store in the task the fill runs in.
+    for op in ["redis cache_get", "redis cache_put"] {
+        assert!(ops.contains(&op), "{op} in {ops:?}");
+    }
+    for call in &calls {
+        assert_eq!(call.kind, 3, "a client span");
+        assert_eq!(attr(call, "db.system.name").as_deref(), Some("redis"));
+        let op = attr(call, "db.operation.name").expect("db.operation.name");
+        assert_eq!(call.name, format!("redis {op}"));
+    }
+    // Only the request's own commands: nothing of the replica's housekeeping as a trace.
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name.starts_with("redis "))
+            .all(|s| spans.iter().any(|p| p.span_id == s.parent_span_id)),
+        "a Redis span without its parent"
+    );
+
+    // At the default level: the same miss, and no Redis span at all.
+    let spans = quiet
+        .spans_when("the other replica's miss", |s| {
+            s.iter().any(|s| s.name == "GET disk.info")
+        })
+        .await;
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("redis")), "{names:?}");
 }
