@@ -149,11 +149,17 @@ where
             rx: rx.clone(),
         };
         let fut = call(detached);
-        tokio::spawn(crate::telemetry::span::carried(async move {
+        // The flight runs in the span current now (a request's, when traces are on; else none,
+        // since only traces make spans), so what it calls is traced under its request.
+        let flight = async move {
             let _land = land;
             let value = fut.await;
             let _ = tx.send(Some(value));
-        }));
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            flight,
+            tracing::Span::current(),
+        ));
         Flight {
             role: Role::Leader,
             rx,

@@ -83,20 +83,13 @@ pub(crate) fn redis(op: &'static str) -> Option<Span> {
 }
 
 /// The span current now, when traces are on (else none): for work a request hands to a task of
-/// its own to find it current there ([`carried`]).
+/// its own to find it current there (`tracing::Instrument`).
 pub(crate) fn current() -> Span {
     if crate::telemetry::traces_on() {
         Span::current()
     } else {
         Span::none()
     }
-}
-
-/// `fut` polled inside the span current now, when traces are on: a task spawned for a request
-/// (a fill, a create's execution) keeps its request's span current, for [`redis`].
-pub(crate) fn carried<F: std::future::Future>(fut: F) -> tracing::instrument::Instrumented<F> {
-    use tracing::Instrument;
-    fut.instrument(current())
 }
 
 /// `redis <op>`, the span's name.
