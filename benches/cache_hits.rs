@@ -497,7 +497,7 @@ fn main() {
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let (shared_proc, shared) = gateway(&["--redis", &redis_url], "gateway-shared.log");
     // Another build of the gateway, for a before/after in the same rounds.
-    let before = std::env::var("FGW_BENCH_BEFORE").ok().map(|path| {
+    let before = common::before_build().map(|path| {
         let args = [
             "serve",
             "--config",

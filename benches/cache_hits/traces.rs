@@ -229,7 +229,7 @@ pub(super) fn run(
         ),
     ];
     let sinks = [None, Some(&one_sink.1), Some(&all_sink.1), None];
-    if let Ok(before) = std::env::var("FGW_BENCH_BEFORE") {
+    if let Some(before) = common::before_build() {
         gateways.push(gateway(
             "before, traces off",
             &before,

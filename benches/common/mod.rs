@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A child process, stopped with SIGTERM when dropped: nginx's master takes its workers down with
 /// it only when asked nicely, and the gateway drains and exits.
@@ -23,6 +24,16 @@ impl Drop for Proc {
 /// returns it with ADDR. Its log goes straight into `log` (as nginx writes its own: no copying
 /// process in between), or is read and dropped.
 pub(crate) fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc, String) {
+    // A folder of its own under the temp dir: what a process writes beside itself (a gateway's
+    // default purchase ledger, `data/ledger.sqlite`) stays out of the repository. Every path a
+    // bench hands a process is absolute.
+    if cmd.get_current_dir().is_none() {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("fgw-bench-run-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        cmd.current_dir(dir);
+    }
     cmd.env("FINOVY_UUID", "demo-uuid")
         .env("FINOVY_SECRET", "demo-secret")
         .stdout(Stdio::null());
@@ -68,6 +79,17 @@ pub(crate) fn start(mut cmd: Command, marker: &str, log: Option<&Path>) -> (Proc
     };
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     (Proc(child), addr)
+}
+
+/// `FGW_BENCH_BEFORE`'s binary, made absolute: it runs in a folder of its own ([`start`]).
+#[allow(dead_code)]
+pub(crate) fn before_build() -> Option<String> {
+    std::env::var("FGW_BENCH_BEFORE").ok().map(|path| {
+        std::fs::canonicalize(&path)
+            .unwrap_or_else(|e| panic!("FGW_BENCH_BEFORE={path}: {e}"))
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// A token straight from the simulator at `base` (`http://host:port`), for calls that bypass the
