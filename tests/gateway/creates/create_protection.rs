@@ -661,17 +661,7 @@ async fn two_unknown_purchases_reconcile_to_two_different_disks() {
 async fn reconciliation_finds_the_disk_beyond_the_first_page_of_the_list() {
     let sim = Sim::start(sim_config()).await;
     // 150 older disks in the same area: the list's first page (100) does not reach the new one.
-    let token = sim.token().await;
-    for gb in 30..180 {
-        let (status, v) = send_json(
-            http()
-                .post(format!("{}{DISK}/create", sim.url))
-                .header("Finovy-Access-Token", &token)
-                .json(&json!({"area": 0, "memory": gb, "isMount": 0})),
-        )
-        .await;
-        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
-    }
+    sim.make_disks(0, 30..180).await;
     let gw = Gw::start(
         &format!("[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}"),
         &sim.url,

@@ -251,3 +251,25 @@ pub(crate) async fn replica_process(toml: &str, upstream: &str) -> Bin {
     readyz_until(&bin.admin_url, 200).await;
     bin
 }
+
+impl Bin {
+    /// Sends `create` and SIGKILLs the process once the simulator has it (the simulator should
+    /// hold its answer back, e.g. `sim.fault("slow", "5s")`): a replica dead mid-purchase. The
+    /// caller's connection is cut; whatever it got is dropped.
+    pub(crate) async fn kill_mid_create(&mut self, sim: &Sim, create: reqwest::RequestBuilder) {
+        let lost = tokio::spawn(async move {
+            let _ = try_answer(create).await;
+        });
+        eventually(
+            "the create reaches the upstream",
+            Duration::from_secs(10),
+            || async { sim.calls("create").await == 1 },
+        )
+        .await;
+        tokio::task::block_in_place(|| {
+            self.child.kill().expect("SIGKILL");
+            self.child.wait().expect("it exits");
+        });
+        let _ = lost.await;
+    }
+}

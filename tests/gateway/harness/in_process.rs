@@ -123,6 +123,25 @@ impl Sim {
             .unwrap();
         v["data"]["token"].as_str().expect("token").to_string()
     }
+
+    /// Disks of these sizes made in `area` straight at the simulator, bypassing the gateway:
+    /// what a reconciliation's list has to look through.
+    pub(crate) async fn make_disks(&self, area: u32, sizes: impl IntoIterator<Item = u32>) {
+        let token = self.token().await;
+        for gb in sizes {
+            let v: Value = http()
+                .post(format!("{}/v1/PveMachineHardDisk/open/create", self.url))
+                .header("Finovy-Access-Token", &token)
+                .json(&serde_json::json!({"area": area, "memory": gb, "isMount": 0}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["code"].as_i64(), Some(0), "{v}");
+        }
+    }
 }
 
 impl Drop for Sim {

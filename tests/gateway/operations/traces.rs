@@ -410,17 +410,7 @@ async fn a_reconciled_create_shows_its_list_calls_under_a_reconcile_span() {
     let collector = Collector::start().await;
     let sim = Sim::start(sim_config()).await;
     // 100 older disks in the area, none of the order's size: the list takes two pages.
-    let token = sim.token().await;
-    for gb in 30..130 {
-        let (status, v) = send_json(
-            http()
-                .post(format!("{}{DISK}/create", sim.url))
-                .header("Finovy-Access-Token", &token)
-                .json(&json!({"area": 0, "memory": gb, "isMount": 0})),
-        )
-        .await;
-        assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
-    }
+    sim.make_disks(0, 30..130).await;
     let toml = traced(
         &collector,
         &format!("[upstream]\ntimeout = \"300ms\"\n{FAST_CREATES}"),

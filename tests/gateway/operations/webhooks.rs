@@ -454,28 +454,11 @@ async fn a_killed_replicas_purchase_is_told_unknown_then_reconciled_in_order() {
     sim.fault("slow", "5s").await;
     let key = fresh_key();
     let order = json!({"area": 0, "memory": 50, "isMount": 0});
-    let url = gw.url.clone();
-    let (key2, order2) = (key.clone(), order.clone());
-    let lost = tokio::spawn(async move {
-        let _ = try_answer(
-            http()
-                .post(format!("{url}{DISK}/create"))
-                .header("Idempotency-Key", key2)
-                .json(&order2),
-        )
-        .await;
-    });
-    eventually(
-        "the create reaches the upstream",
-        Duration::from_secs(10),
-        || async { sim.calls("create").await == 1 },
-    )
-    .await;
-    tokio::task::block_in_place(|| {
-        gw.child.kill().expect("SIGKILL");
-        gw.child.wait().expect("it exits");
-    });
-    let _ = lost.await;
+    let dying = http()
+        .post(format!("{}{DISK}/create", gw.url))
+        .header("Idempotency-Key", &key)
+        .json(&order);
+    gw.kill_mid_create(&sim, dying).await;
     sim.fault("none", "0s").await;
     let gw = Bin::serve(&toml, &sim.url, &env);
     let unknown = receiver.wait_for("purchase.unknown", 1).await;
