@@ -14,7 +14,7 @@ pub(super) async fn budgets(state: &AdminState) -> Value {
         "warnAt": settings.warn_at,
         "caps": [],
     });
-    if !budget.enabled() {
+    if !settings.enabled() {
         return out;
     }
     match budget.gauges(crate::clock::now_secs()).await {

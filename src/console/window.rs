@@ -55,9 +55,9 @@ impl Lookups {
                     .get_label()
                     .iter()
                     .find(|l| l.name() == "result")
-                    .map(|l| l.value().to_owned());
+                    .map(prometheus::proto::LabelPair::value);
                 let n = m.get_counter().get_value() as u64;
-                match result.as_deref() {
+                match result {
                     Some("hit") => out.hit += n,
                     Some("stale") => out.stale += n,
                     Some("miss") => out.miss += n,

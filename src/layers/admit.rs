@@ -153,8 +153,11 @@ impl AdmitLayer {
             stamp.counts = Some(counts);
         }
         let caller = caller?;
-        stamp.client = Some(caller.client.clone());
-        stamp.counts = Some(caller.counts.clone());
+        // A known client was stamped above; only the anonymous caller is left to stamp.
+        if stamp.counts.is_none() {
+            stamp.client = Some(caller.client.clone());
+            stamp.counts = Some(caller.counts.clone());
+        }
         if let Target::Own(_) = target {
             stamp.account = Some(caller.account.name.clone());
         }

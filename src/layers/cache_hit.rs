@@ -149,6 +149,11 @@ impl Shared {
         self.lookups_of(route).inc();
         caller.counts.hit();
         drop(in_flight);
+        let upstream_trace = entry
+            .answer
+            .head
+            .as_ref()
+            .and_then(|h| h.trace_id.as_deref());
         let line = Line {
             request_id: id.to_str().unwrap_or("-"),
             // A route is one method (see `routes`), so this is the request's.
@@ -158,12 +163,7 @@ impl Shared {
             micros: started.elapsed().as_micros() as u64,
             client: &caller.client,
             account: None,
-            upstream_trace: entry
-                .answer
-                .head
-                .as_ref()
-                .and_then(|h| h.trace_id.as_deref())
-                .unwrap_or("-"),
+            upstream_trace: upstream_trace.unwrap_or("-"),
         };
         self.recorder.finish(Some(route), StatusCode::OK, &line);
         resp.headers_mut().insert(X_REQUEST_ID, id);
@@ -173,11 +173,7 @@ impl Shared {
                 route,
                 &caller.client,
                 &caller.account.name,
-                entry
-                    .answer
-                    .head
-                    .as_ref()
-                    .and_then(|h| h.trace_id.as_deref()),
+                upstream_trace,
             );
         }
         if self.server_timing {
