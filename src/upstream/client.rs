@@ -201,7 +201,7 @@ impl UpstreamClient {
 
 /// The error chain in one line, without the request (whose URI is configuration, not secret, but
 /// whose headers are).
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
+pub(crate) fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

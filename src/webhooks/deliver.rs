@@ -129,10 +129,13 @@ async fn take(ledger: &Ledger, now: u64) -> Vec<Due> {
             return Vec::new();
         }
     };
-    let until = now + LEASE.as_millis() as u64;
     let mut taken = Vec::with_capacity(rows.len());
     for row in rows {
-        if let Ok(true) = outbox::claim(ledger.pool(), &row.id, now, until).await {
+        // Each lease runs from its own claim: the claims before it (and the purge before them)
+        // must not eat into the time its delivery has before another replica may take it.
+        let at = now_ms();
+        let until = at + LEASE.as_millis() as u64;
+        if let Ok(true) = outbox::claim(ledger.pool(), &row.id, at, until).await {
             taken.push(row);
         }
     }
@@ -228,7 +231,9 @@ async fn post(client: &HttpClient, url: &str, key: &[u8], row: &Due) -> Attempt 
     };
     match tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(req)).await {
         Err(_) => Attempt::Failed("no answer in time".into()),
-        Ok(Err(e)) => Attempt::Failed(e.to_string()),
+        // The whole chain ("client error (Connect): tcp connect error: Connection refused"),
+        // never the request itself.
+        Ok(Err(e)) => Attempt::Failed(crate::upstream::client::describe(&e)),
         Ok(Ok(resp)) if resp.status().is_success() => Attempt::Delivered,
         Ok(Ok(resp)) => Attempt::Failed(format!("answered HTTP {}", resp.status())),
     }

@@ -89,11 +89,18 @@ impl Notifier {
             return;
         };
         let now = now_ms();
-        let body = event.body(now);
-        let rows: Vec<_> = inner
+        let wanted: Vec<_> = inner
             .hooks
             .iter()
             .filter(|h| h.wants(event.kind) && only.is_none_or(|u| u == h.url))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // Made only for an event a receiver wants.
+        let body = event.body(now);
+        let rows: Vec<_> = wanted
+            .into_iter()
             .map(|h| outbox::NewRow {
                 id: new_id(now),
                 webhook: h.url.clone(),
@@ -103,9 +110,6 @@ impl Notifier {
                 ordering_key: event.ordering_key.clone(),
             })
             .collect();
-        if rows.is_empty() {
-            return;
-        }
         inner.work.clone().spawn(async move {
             // A write that fails is tried again for a while: the database may be restarting.
             let mut pause = Duration::from_millis(100);
